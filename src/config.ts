@@ -1,0 +1,240 @@
+// The one configuration schema. Defaults live here; docs/configuration.md is generated from it
+// (npm run docs:config). Validation reports every problem with its key path, then the result is
+// frozen so no component can change settings behind another's back.
+import { readFileSync, statfsSync, mkdirSync } from 'node:fs'
+import path from 'node:path'
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Ajv, type ErrorObject } from 'ajv'
+import YAML from 'yaml'
+
+const Id = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: '1-64 of [A-Za-z0-9_-]' })
+
+const Tls = Type.Object(
+  {
+    cert: Type.String({ description: 'PEM certificate file' }),
+    key: Type.String({ description: 'PEM private key file' }),
+    ca: Type.Optional(Type.String({ description: 'PEM CA file for client certificates' })),
+    requestClientCert: Type.Boolean({ default: false, description: 'ask devices for a client certificate' }),
+  },
+  { additionalProperties: false },
+)
+
+const Listener = Type.Object(
+  {
+    host: Type.String({ default: '0.0.0.0', description: 'address to bind' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, description: 'TCP port (0 = any free port)' }),
+    zone: Type.Union([Type.Literal('external'), Type.Literal('internal')], {
+      default: 'external',
+      description: 'external: devices, authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
+    }),
+    tls: Type.Optional(Tls),
+  },
+  { additionalProperties: false },
+)
+
+const DeviceSeed = Type.Object(
+  {
+    productId: Id,
+    deviceId: Id,
+    secret: Type.Optional(Type.String({ minLength: 1, description: 'the device password (hashed at rest)' })),
+    tags: Type.Array(Type.String(), { default: [] }),
+    enabled: Type.Boolean({ default: true }),
+  },
+  { additionalProperties: false },
+)
+
+export const ConfigSchema = Type.Object(
+  {
+    gateway: Type.Object(
+      {
+        id: Type.String({ default: 'gw-01', description: 'name of this gateway in logs and metrics' }),
+        dataDir: Type.String({ default: './data', description: 'where the database, keys and token live (relative to the working directory)' }),
+        productId: Type.String({ default: 'gateways', pattern: '^[A-Za-z0-9_-]{1,64}$', description: "the gateway's own ProductId at the hub" }),
+        deviceId: Type.String({ default: 'gw-01', pattern: '^[A-Za-z0-9_-]{1,64}$', description: "the gateway's own DeviceId at the hub" }),
+        secret: Type.Optional(Type.String({ description: "the gateway's own Secret at the hub (default northbound password)" })),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    broker: Type.Object(
+      {
+        listeners: Type.Array(Listener, {
+          default: [
+            { host: '0.0.0.0', port: 1883, zone: 'external' },
+            { host: '127.0.0.1', port: 11883, zone: 'internal' },
+          ],
+          description: 'MQTT listeners for devices and local tools',
+        }),
+        aclDenyAction: Type.Union([Type.Literal('ignore'), Type.Literal('disconnect')], {
+          default: 'ignore',
+          description: 'what happens to a client that publishes where the ACL denies: drop the message, or also disconnect the client',
+        }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    http: Type.Object(
+      {
+        host: Type.String({ default: '0.0.0.0' }),
+        port: Type.Integer({ default: 8090, minimum: 0, maximum: 65535, description: 'REST API and metrics (ChirpStack uses 8080)' }),
+        apiToken: Type.Optional(Type.String({ minLength: 16, description: 'bearer token for /api; generated into {dataDir}/api-token when absent' })),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    northbound: Type.Object(
+      {
+        url: Type.Optional(Type.String({ pattern: '^mqtts?://', description: 'the cloud hub broker; absent = no cloud link, data waits in the outbox' })),
+        mode: Type.Union([Type.Literal('gateway'), Type.Literal('devices')], {
+          default: 'gateway',
+          description: "gateway: one connection with the gateway's credentials; devices: one connection per child with its own",
+        }),
+        username: Type.Optional(Type.String({ description: 'default {gateway.productId}/{gateway.deviceId}' })),
+        password: Type.Optional(Type.String({ description: 'default gateway.secret' })),
+        clientId: Type.Optional(Type.String({ description: 'default {username}/edge' })),
+        tls: Type.Optional(
+          Type.Object(
+            {
+              ca: Type.Optional(Type.String()),
+              cert: Type.Optional(Type.String()),
+              key: Type.Optional(Type.String()),
+              rejectUnauthorized: Type.Boolean({ default: true }),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+        keepalive: Type.Integer({ default: 60, minimum: 5 }),
+        inflight: Type.Integer({ default: 100, minimum: 1, maximum: 65535, description: 'QoS 1 messages in flight to the hub per connection' }),
+        maxRate: Type.Number({ default: 0, minimum: 0, description: 'messages per second towards the hub, 0 = unlimited' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    store: Type.Object(
+      {
+        outbox: Type.Object(
+          {
+            maxBytes: Type.Optional(Type.Integer({ minimum: 4096, description: 'outbox quota; default half the free space of the data folder at start' })),
+            rpcRespTtlSeconds: Type.Integer({ default: 10, minimum: 1, description: 'rpc_resp older than this is dropped (the hub stopped waiting)' }),
+          },
+          { additionalProperties: false, default: {} },
+        ),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    devices: Type.Array(DeviceSeed, { default: [], description: 'seeds the device registry; the API and CLI own a device after it exists' }),
+    log: Type.Object(
+      {
+        level: Type.Union(
+          ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+          { default: 'info' },
+        ),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+  },
+  { additionalProperties: false, default: {} },
+)
+
+export type Config = Static<typeof ConfigSchema>
+export type ListenerConfig = Static<typeof Listener>
+export type DeviceSeedConfig = Static<typeof DeviceSeed>
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join('\n'))
+    this.name = 'ConfigError'
+  }
+}
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true })
+const validate = ajv.compile(ConfigSchema)
+
+// Ajv messages are generic; a few keys deserve one that says what to do.
+const friendly: Record<string, string> = {
+  'northbound.url': 'must be mqtt:// or mqtts://',
+}
+
+function keyPath(err: ErrorObject): string {
+  const parts = err.instancePath.split('/').filter(Boolean)
+  if (err.keyword === 'additionalProperties') parts.push(String(err.params.additionalProperty))
+  if (err.keyword === 'required') parts.push(String(err.params.missingProperty))
+  return parts.map((p) => (/^\d+$/.test(p) ? `[${p}]` : p)).join('.').replace(/\.\[/g, '[') || '(root)'
+}
+
+function describe(err: ErrorObject): string {
+  const key = keyPath(err)
+  if (err.keyword === 'additionalProperties') return `${key}: unknown key (check the spelling against docs/configuration.md)`
+  if (err.keyword === 'pattern' && friendly[key]) return `${key}: ${friendly[key]}`
+  if (err.keyword === 'anyOf' || err.keyword === 'enum') {
+    return `${key}: must be one of ${JSON.stringify(allowed(err.parentSchema as TSchema))}`
+  }
+  return `${key}: ${err.message ?? 'is invalid'}`
+}
+
+function allowed(schema: TSchema | undefined): unknown[] {
+  const anyOf = (schema as { anyOf?: { const: unknown }[] } | undefined)?.anyOf
+  return anyOf ? anyOf.map((s) => s.const) : []
+}
+
+/** Validate a parsed document, fill defaults, and apply cross-key rules. Throws ConfigError. */
+export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
+  const input = doc == null ? {} : structuredClone(doc)
+  if (!validate(input)) {
+    const errors = (validate.errors ?? []).filter((e) => e.keyword !== 'if')
+    // For union (anyOf) failures Ajv also reports every branch; keep only the summary line.
+    const anyOfPaths = new Set(errors.filter((e) => e.keyword === 'anyOf').map((e) => e.instancePath))
+    const lines = errors
+      .filter((e) => e.keyword === 'anyOf' || !anyOfPaths.has(e.instancePath))
+      .map(describe)
+    throw new ConfigError([...new Set(lines)])
+  }
+  const cfg = input as Config
+  const problems: string[] = []
+  const seen = new Set<string>()
+  cfg.devices.forEach((d, i) => {
+    const key = `${d.productId}/${d.deviceId}`
+    if (seen.has(key)) problems.push(`devices[${i}]: duplicate device ${key}`)
+    seen.add(key)
+    if (cfg.northbound.mode === 'devices' && !d.secret) {
+      problems.push(`devices[${i}].secret: required when northbound.mode is "devices" (each child connects with its own secret)`)
+    }
+  })
+  const ports = new Set<number>()
+  cfg.broker.listeners.forEach((l, i) => {
+    if (l.port !== 0 && ports.has(l.port)) problems.push(`broker.listeners[${i}].port: ${l.port} is used twice`)
+    ports.add(l.port)
+  })
+  if (problems.length) throw new ConfigError(problems)
+  cfg.gateway.dataDir = path.resolve(baseDir, cfg.gateway.dataDir)
+  return deepFreeze(cfg)
+}
+
+export function loadConfig(file?: string): Config {
+  if (!file) return parseConfig({})
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError([`${file}: cannot read (${(err as Error).message})`])
+  }
+  let doc: unknown
+  try {
+    doc = YAML.parse(text)
+  } catch (err) {
+    throw new ConfigError([`${file}: not valid YAML (${(err as Error).message.split('\n')[0]})`])
+  }
+  return parseConfig(doc, process.cwd())
+}
+
+/** Outbox quota: configured, or half the free space of the data folder's filesystem now. */
+export function outboxQuota(cfg: Config): number {
+  if (cfg.store.outbox.maxBytes) return cfg.store.outbox.maxBytes
+  mkdirSync(cfg.gateway.dataDir, { recursive: true })
+  const fs = statfsSync(cfg.gateway.dataDir)
+  return Math.max(4096, Math.floor((fs.bavail * fs.bsize) / 2))
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    Object.freeze(o)
+    for (const v of Object.values(o)) deepFreeze(v)
+  }
+  return o
+}

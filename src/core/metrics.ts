@@ -1,0 +1,55 @@
+// Prometheus metrics (GET /metrics). Components count; the registry only collects.
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
+
+export class Metrics {
+  readonly registry = new Registry()
+  readonly uplinks = new Counter({
+    name: 'iothub_edge_uplinks_total',
+    help: 'Messages accepted for the hub, by transport and kind',
+    labelNames: ['transport', 'kind'] as const,
+    registers: [this.registry],
+  })
+  readonly rejected = new Counter({
+    name: 'iothub_edge_rejected_total',
+    help: 'Input refused, by reason (bad_topic, acl_denied, auth_failed, malformed_packet, store_full)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  })
+  readonly outboxMessages = new Gauge({ name: 'iothub_edge_outbox_messages', help: 'Messages waiting for the hub', registers: [this.registry] })
+  readonly outboxBytes = new Gauge({ name: 'iothub_edge_outbox_bytes', help: 'Bytes waiting for the hub (quota units)', registers: [this.registry] })
+  readonly outboxQuota = new Gauge({ name: 'iothub_edge_outbox_quota_bytes', help: 'Outbox quota', registers: [this.registry] })
+  readonly outboxOldest = new Gauge({
+    name: 'iothub_edge_outbox_oldest_age_seconds',
+    help: 'Age of the oldest message waiting',
+    registers: [this.registry],
+  })
+  readonly dropped = new Gauge({
+    name: 'iothub_edge_outbox_dropped_total',
+    help: 'Acknowledged messages dropped from the outbox, by reason (quota, rpc_resp_expired); kept across restarts',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  })
+  readonly northboundConnected = new Gauge({ name: 'iothub_edge_northbound_connected', help: '1 when the hub link is up', registers: [this.registry] })
+  readonly northboundPublished = new Counter({
+    name: 'iothub_edge_northbound_published_total',
+    help: 'Messages acknowledged by the hub',
+    registers: [this.registry],
+  })
+  readonly northboundReconnects = new Counter({
+    name: 'iothub_edge_northbound_reconnects_total',
+    help: 'Hub connection attempts after a loss',
+    registers: [this.registry],
+  })
+  readonly downlinks = new Counter({
+    name: 'iothub_edge_downlinks_total',
+    help: 'Messages from the hub, by outcome (delivered, offline, expired, malformed)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  })
+  readonly localClients = new Gauge({ name: 'iothub_edge_local_clients', help: 'Clients connected to the local broker', registers: [this.registry] })
+  readonly storeFull = new Gauge({ name: 'iothub_edge_store_disk_full', help: '1 while the data disk is full and intake is stopped', registers: [this.registry] })
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'iothub_edge_' })
+  }
+}

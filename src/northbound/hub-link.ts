@@ -1,0 +1,240 @@
+// One MQTT connection to the cloud hub that drains (part of) the outbox. The outbox is the only
+// source of truth: every connection starts from a fresh MQTT.js client whose own in-memory store is
+// empty, and the link resends every row the hub has not acknowledged, with its original topic and
+// MessageId (at-least-once; the hub's duplicate filter does the rest).
+import mqtt, { type MqttClient, type IClientOptions } from 'mqtt'
+import type { Socket } from 'node:net'
+import type { Logger } from '../core/log.js'
+import type { Metrics } from '../core/metrics.js'
+import type { Outbox, OutboxRow, Priority } from '../store/outbox.js'
+import { PRIORITIES } from '../store/outbox.js'
+import { ErrorCodes } from '../core/types.js'
+
+export interface HubLinkOptions {
+  url: string
+  clientId: string
+  username?: string
+  password?: string
+  keepalive: number
+  inflight: number
+  maxRate: number
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean }
+  /** Drain only this device's rows (northbound `devices` mode); all rows when absent. */
+  device?: string
+  /** Topic filters to hold on the hub (command topics). */
+  subscriptions: () => string[]
+  onMessage: (topic: string, payload: Buffer) => void
+  /** Called once per connection after the subscriptions are in place. */
+  onConnected?: () => void
+}
+
+const READ_BATCH = 512
+const BACKOFF_MIN_MS = 1_000
+const BACKOFF_MAX_MS = 60_000
+const STABLE_AFTER_MS = 60_000
+
+export class HubLink {
+  private client?: MqttClient
+  private generation = 0
+  private connected = false
+  private connectedSince = 0
+  private attempts = 0
+  private reconnectTimer?: NodeJS.Timeout
+  private rateTimer?: NodeJS.Timeout
+  private stopped = true
+  private readonly inflight = new Set<number>()
+  private buffer: OutboxRow[] = []
+  private cursors: Record<Priority, number> = { 0: 0, 1: 0, 2: 0 }
+  private readonly subscribed = new Set<string>()
+  private refusedLogged = false
+  private tokens = 0
+  private lastRefill = 0
+
+  constructor(
+    private readonly outbox: Outbox,
+    private readonly opts: HubLinkOptions,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {}
+
+  get isConnected(): boolean {
+    return this.connected
+  }
+
+  get since(): number | null {
+    return this.connected ? this.connectedSince : null
+  }
+
+  start(): void {
+    this.stopped = false
+    this.connect()
+  }
+
+  private connect(): void {
+    const gen = ++this.generation
+    const o: IClientOptions = {
+      clientId: this.opts.clientId,
+      username: this.opts.username,
+      password: this.opts.password,
+      keepalive: this.opts.keepalive,
+      // A persistent session: commands the hub publishes during a short outage arrive afterwards.
+      clean: false,
+      protocolVersion: 4,
+      reconnectPeriod: 0, // our own backoff with jitter, below
+      connectTimeout: 15_000,
+      ...(this.opts.tls ?? {}),
+    }
+    const client = mqtt.connect(this.opts.url, o)
+    this.client = client
+    client.on('connect', () => {
+      if (gen !== this.generation) return
+      // Nagle + delayed ACK collapse a window of small QoS 1 publishes to ~1k msg/s.
+      ;(client.stream as Socket).setNoDelay?.(true)
+      this.connected = true
+      this.connectedSince = Date.now()
+      this.metrics.northboundConnected.set(1)
+      this.log.info({ url: this.opts.url, clientId: this.opts.clientId }, 'connected to hub')
+      this.subscribed.clear()
+      this.syncSubscriptions()
+      this.opts.onConnected?.()
+      this.pump()
+    })
+    client.on('message', (topic, payload) => {
+      if (gen === this.generation) this.opts.onMessage(topic, payload)
+    })
+    client.on('error', (err) => {
+      if (gen !== this.generation) return
+      this.log.warn({ err: err.message, code: ErrorCodes.NORTHBOUND, url: this.opts.url }, 'hub connection error')
+    })
+    client.on('close', () => {
+      if (gen !== this.generation) return
+      this.onDown()
+    })
+  }
+
+  private onDown(): void {
+    const wasUp = this.connected
+    if (wasUp && Date.now() - this.connectedSince >= STABLE_AFTER_MS) this.attempts = 0
+    this.connected = false
+    this.metrics.northboundConnected.set(0)
+    if (wasUp) this.log.warn({ url: this.opts.url }, 'hub connection lost; messages wait in the outbox')
+    // Forget everything in flight: it is all still in the outbox and is sent again from the start.
+    this.generation++
+    this.client?.end(true)
+    this.client = undefined
+    this.inflight.clear()
+    this.buffer = []
+    this.cursors = { 0: 0, 1: 0, 2: 0 }
+    if (this.stopped) return
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempts++)
+    const delay = Math.round(base / 2 + (Math.random() * base) / 2)
+    this.metrics.northboundReconnects.inc()
+    this.reconnectTimer = setTimeout(() => this.connect(), delay)
+  }
+
+  /** Subscribe what is wanted and not held; unsubscribe what is held and no longer wanted. */
+  syncSubscriptions(): void {
+    const client = this.client
+    if (!client || !this.connected) return
+    const want = new Set(this.opts.subscriptions())
+    const add = [...want].filter((t) => !this.subscribed.has(t))
+    const remove = [...this.subscribed].filter((t) => !want.has(t))
+    if (remove.length) {
+      for (const t of remove) this.subscribed.delete(t)
+      client.unsubscribe(remove)
+    }
+    if (!add.length) return
+    for (const t of add) this.subscribed.add(t)
+    client.subscribe(add, { qos: 1 }, (err, granted) => {
+      if (err) return this.log.warn({ err: err.message }, 'hub subscription failed')
+      const refused = (granted ?? []).filter((g) => g.qos === 128)
+      if (refused.length && !this.refusedLogged) {
+        this.refusedLogged = true
+        this.log.info({ topics: refused.map((g) => g.topic) }, 'hub refused a command subscription (SUBACK 0x80): assuming it subscribes server-side')
+      }
+    })
+  }
+
+  /** Called when new rows were committed. */
+  wake(): void {
+    this.pump()
+  }
+
+  private pump(): void {
+    const client = this.client
+    if (!client || !this.connected) return
+    const gen = this.generation
+    const expired: number[] = []
+    while (this.inflight.size < this.opts.inflight) {
+      if (this.opts.maxRate > 0 && !this.takeToken()) break
+      const row = this.next()
+      if (!row) break
+      if (this.outbox.isRpcRespExpired(row)) {
+        expired.push(row.id)
+        continue
+      }
+      this.inflight.add(row.id)
+      client.publish(row.topic, row.payload, { qos: 1 }, (err) => {
+        if (gen !== this.generation) return
+        this.inflight.delete(row.id)
+        if (err) return // the connection is going down; the row is sent again after reconnect
+        this.outbox.ack(row.id)
+        this.metrics.northboundPublished.inc()
+        this.pump()
+      })
+    }
+    if (expired.length) this.outbox.drop(expired, 'rpc_resp_expired')
+  }
+
+  private next(): OutboxRow | undefined {
+    if (this.buffer.length === 0) this.refill()
+    return this.buffer.shift()
+  }
+
+  // Highest priority first; within a priority, in id order (which keeps each device's order).
+  private refill(): void {
+    for (const prio of PRIORITIES) {
+      const rows = this.outbox.read(prio, this.cursors[prio], READ_BATCH, this.opts.device)
+      if (rows.length) {
+        this.cursors[prio] = rows[rows.length - 1].id
+        this.buffer = rows
+        return
+      }
+    }
+  }
+
+  private takeToken(): boolean {
+    const now = Date.now()
+    this.tokens = Math.min(this.opts.maxRate, this.tokens + ((now - this.lastRefill) / 1000) * this.opts.maxRate)
+    this.lastRefill = now
+    if (this.tokens >= 1) {
+      this.tokens -= 1
+      return true
+    }
+    if (!this.rateTimer) {
+      this.rateTimer = setTimeout(() => {
+        this.rateTimer = undefined
+        this.pump()
+      }, Math.ceil(1000 / this.opts.maxRate))
+    }
+    return false
+  }
+
+  /** Publish directly, outside the outbox (QoS 0 control traffic such as `$ntp` probes). */
+  publishVolatile(topic: string, payload: Buffer): boolean {
+    if (!this.client || !this.connected) return false
+    this.client.publish(topic, payload, { qos: 0 })
+    return true
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true
+    clearTimeout(this.reconnectTimer)
+    clearTimeout(this.rateTimer)
+    const client = this.client
+    this.generation++
+    this.connected = false
+    this.client = undefined
+    if (client) await new Promise<void>((r) => client.end(false, {}, () => r()))
+  }
+}

@@ -1,0 +1,183 @@
+// The one encoder/parser of the cloud IoTHub topic scheme (shared/PROTOCOL.md, "Up" and "Down").
+// Nothing else in the gateway splits or joins a hub topic by hand.
+
+export type UpKind =
+  | 'upload_data'
+  | 'update_status'
+  | 'cmd_resp'
+  | 'rpc_resp'
+  | 'get'
+  | 'm2m'
+  | 'update_ota_status'
+
+export type DownKind = 'cmd' | 'rpc' | 'tags' | 'm2m'
+
+/** A parsed up topic: who sent it, what kind, and its MessageId (kept verbatim end to end). */
+export interface UpTopic {
+  kind: UpKind
+  productId: string
+  /** The device the message is about (for m2m: the sender). */
+  deviceId: string
+  messageId: string
+  /** upload_data: DataType; cmd_resp/rpc_resp: CommandName; get: Resource. */
+  name?: string
+  /** cmd_resp/rpc_resp: the RequestId being answered. */
+  requestId?: string
+  /** m2m: the target device. */
+  targetDeviceId?: string
+}
+
+export interface DownTopic {
+  kind: DownKind
+  productId: string
+  /** cmd/rpc/m2m: the target device. */
+  deviceId?: string
+  /** tags: the tag. */
+  tag?: string
+  name?: string
+  encoding?: 'plain' | 'base64'
+  requestId?: string
+  expiresAt?: number
+  /** m2m: sender and MessageId. */
+  senderDeviceId?: string
+  messageId?: string
+}
+
+const LEVEL = /^[A-Za-z0-9_-]{1,64}$/
+// Command names, DataTypes and resources may start with `$` (internal ones, PROTOCOL.md).
+const NAME = /^\$?[A-Za-z0-9_.:-]{1,64}$/
+
+/** Levels never contain `/`, `+`, `#` or NUL (PROTOCOL.md, "Identities"). */
+export function isId(s: string | undefined): s is string {
+  return s !== undefined && LEVEL.test(s)
+}
+
+function isName(s: string | undefined): s is string {
+  return s !== undefined && NAME.test(s)
+}
+
+/** Parse a device -> hub topic; returns null for anything that is not exactly PROTOCOL.md's shape. */
+export function parseUpTopic(topic: string): UpTopic | null {
+  const l = topic.split('/')
+  const [kind, p, d] = l
+  if (!isId(p) || !isId(d)) return null
+  switch (kind) {
+    case 'upload_data':
+    case 'get':
+      if (l.length !== 5 || !isName(l[3]) || !isId(l[4])) return null
+      return { kind, productId: p, deviceId: d, name: l[3], messageId: l[4] }
+    case 'update_status':
+    case 'update_ota_status':
+      if (l.length !== 4 || !isId(l[3])) return null
+      return { kind, productId: p, deviceId: d, messageId: l[3] }
+    case 'cmd_resp':
+    case 'rpc_resp':
+      if (l.length !== 6 || !isName(l[3]) || !isId(l[4]) || !isId(l[5])) return null
+      return { kind, productId: p, deviceId: d, name: l[3], requestId: l[4], messageId: l[5] }
+    case 'm2m':
+      // m2m/{ProductId}/{TargetDeviceId}/{SenderDeviceId}/{MessageId}
+      if (l.length !== 5 || !isId(l[3]) || !isId(l[4])) return null
+      return { kind, productId: p, deviceId: l[3], targetDeviceId: d, messageId: l[4] }
+    default:
+      return null
+  }
+}
+
+export function formatUpTopic(t: UpTopic): string {
+  switch (t.kind) {
+    case 'upload_data':
+    case 'get':
+      return `${t.kind}/${t.productId}/${t.deviceId}/${t.name}/${t.messageId}`
+    case 'update_status':
+    case 'update_ota_status':
+      return `${t.kind}/${t.productId}/${t.deviceId}/${t.messageId}`
+    case 'cmd_resp':
+    case 'rpc_resp':
+      return `${t.kind}/${t.productId}/${t.deviceId}/${t.name}/${t.requestId}/${t.messageId}`
+    case 'm2m':
+      return `m2m/${t.productId}/${t.targetDeviceId}/${t.deviceId}/${t.messageId}`
+  }
+}
+
+/** Parse a hub -> device topic (cmd, rpc, tags, m2m); null when malformed. */
+export function parseDownTopic(topic: string): DownTopic | null {
+  const l = topic.split('/')
+  const kind = l[0]
+  const p = l[1]
+  if (!isId(p)) return null
+  switch (kind) {
+    case 'cmd':
+    case 'rpc': {
+      // {kind}/{p}/{d}/{CommandName}/{Encoding}/{RequestId}[/{ExpiresAt}]
+      if (l.length !== 6 && l.length !== 7) return null
+      const [, , d, name, enc, req, exp] = l
+      if (!isId(d) || !isName(name) || (enc !== 'plain' && enc !== 'base64') || !isId(req)) return null
+      const expiresAt = parseExpiry(exp)
+      if (expiresAt === null) return null
+      return { kind, productId: p, deviceId: d, name, encoding: enc, requestId: req, expiresAt }
+    }
+    case 'tags': {
+      // tags/{p}/{Tag}/cmd/{CommandName}/{Encoding}/{RequestId}[/{ExpiresAt}]
+      if (l.length !== 7 && l.length !== 8) return null
+      const [, , tag, cmd, name, enc, req, exp] = l
+      if (cmd !== 'cmd' || !isId(tag) || !isName(name) || (enc !== 'plain' && enc !== 'base64') || !isId(req)) return null
+      const expiresAt = parseExpiry(exp)
+      if (expiresAt === null) return null
+      return { kind, productId: p, tag, name, encoding: enc, requestId: req, expiresAt }
+    }
+    case 'm2m': {
+      if (l.length !== 5 || !isId(l[2]) || !isId(l[3]) || !isId(l[4])) return null
+      return { kind, productId: p, deviceId: l[2], senderDeviceId: l[3], messageId: l[4] }
+    }
+    default:
+      return null
+  }
+}
+
+function parseExpiry(s: string | undefined): number | undefined | null {
+  if (s === undefined) return undefined
+  return /^\d{1,12}$/.test(s) ? Number(s) : null
+}
+
+export function formatDownTopic(t: DownTopic): string {
+  const exp = t.expiresAt !== undefined ? `/${t.expiresAt}` : ''
+  switch (t.kind) {
+    case 'cmd':
+    case 'rpc':
+      return `${t.kind}/${t.productId}/${t.deviceId}/${t.name}/${t.encoding}/${t.requestId}${exp}`
+    case 'tags':
+      return `tags/${t.productId}/${t.tag}/cmd/${t.name}/${t.encoding}/${t.requestId}${exp}`
+    case 'm2m':
+      return `m2m/${t.productId}/${t.deviceId}/${t.senderDeviceId}/${t.messageId}`
+  }
+}
+
+/** The topics the hub subscribes a device to on connect ("Server-side subscriptions"). */
+export function serverSideSubscriptions(productId: string, deviceId: string): string[] {
+  return [`cmd/${productId}/${deviceId}/+/+/+/#`, `rpc/${productId}/${deviceId}/+/+/+/#`, `m2m/${productId}/${deviceId}/+/+`]
+}
+
+/** Topic filters a device may subscribe to itself (PROTOCOL.md ACL: its product's tag topics). */
+export function mayDeviceSubscribe(productId: string, filter: string): boolean {
+  const l = filter.split('/')
+  // tags/{p}/{tag or +}/cmd/{...}: exactly the shape `tags/{p}/+/cmd/+/+/+/#` covers.
+  if (l[0] !== 'tags' || l[1] !== productId || l.length < 4 || l[3] !== 'cmd') return false
+  if (!(l[2] === '+' || isId(l[2]))) return false
+  return l.slice(4).every((lvl, i, arr) => lvl === '+' || (lvl === '#' && i === arr.length - 1) || NAME.test(lvl))
+}
+
+/** Outbox priority class of an up message: 0 replies, 1 control and internal, 2 telemetry (DESIGN.md). */
+export function priorityOf(t: UpTopic): 0 | 1 | 2 {
+  switch (t.kind) {
+    case 'cmd_resp':
+    case 'rpc_resp':
+      return 0
+    case 'upload_data':
+      return t.name?.startsWith('$') ? 1 : 2
+    case 'update_status':
+    case 'update_ota_status':
+    case 'get':
+    case 'm2m':
+      return 1
+  }
+}

@@ -1,0 +1,290 @@
+// The local MQTT broker (aedes) for native devices: to them it looks exactly like the cloud hub
+// (PROTOCOL.md, "Broker-side rules"): same authentication, same ACL, same server-side subscriptions.
+// aedes PUBACKs a QoS 1 publish as soon as authorizePublish calls back, so the ACL check and the
+// durable outbox write both happen inside that hook.
+import { Aedes, type Client, type AedesPublishPacket, type PublishPacket, type Subscription } from 'aedes'
+import net from 'node:net'
+import tls from 'node:tls'
+import { readFileSync } from 'node:fs'
+import type { CoreApi, ClientSession } from '../../core/core-api.js'
+import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
+import { deviceKey, ErrorCodes } from '../../core/types.js'
+import { RateLimitedLog } from '../../core/log.js'
+import type { ListenerConfig } from '../../config.js'
+import { formatDownTopic, isId, mayDeviceSubscribe, parseUpTopic, serverSideSubscriptions, type UpTopic } from '../../northbound/hub-topics.js'
+
+type Zone = 'external' | 'internal'
+
+interface ClientState {
+  zone: Zone
+  device?: DeviceRef
+  keepalive: number | null
+  protoVer: number | null
+  session?: ClientSession
+}
+
+export interface BrokerAdapterOptions {
+  listeners: readonly ListenerConfig[]
+  aclDenyAction: 'ignore' | 'disconnect'
+}
+
+// CONNACK return codes (MQTT 3.1.1, 3.2.2.3).
+const SERVER_UNAVAILABLE = 3
+const BAD_USERNAME_OR_PASSWORD = 4
+const NOT_AUTHORIZED = 5
+
+function authError(returnCode: number, message: string): Error & { returnCode: number } {
+  return Object.assign(new Error(message), { returnCode })
+}
+
+/** May device `d` publish this (well-formed) up topic? PROTOCOL.md ACL, exactly. */
+function mayPublish(d: DeviceRef, t: UpTopic): boolean {
+  // For m2m the parsed deviceId is the sender: `m2m/{p}/+/{d}/+`.
+  return t.productId === d.productId && t.deviceId === d.deviceId
+}
+
+export class BrokerAdapter implements SouthboundAdapter {
+  readonly name = 'broker'
+  private aedes?: Aedes
+  private servers: net.Server[] = []
+  private readonly zoneOf = new WeakMap<object, Zone>()
+  private readonly state = new WeakMap<Client, ClientState>()
+  private readonly byDevice = new Map<string, Set<Client>>()
+  // Publishes refused by the ACL: acknowledged (MQTT 3.1.1 has no way to refuse) but never forwarded.
+  private readonly denied = new WeakSet<object>()
+  private readonly serverSubscribing = new WeakSet<Client>()
+  private readonly warn: RateLimitedLog
+  private stopping = false
+  private boundPorts: number[] = []
+
+  constructor(
+    private readonly core: CoreApi,
+    private readonly opts: BrokerAdapterOptions,
+  ) {
+    this.warn = new RateLimitedLog(core.log.child({ component: 'broker' }))
+  }
+
+  /** Ports actually bound, in listener order (useful with port 0). */
+  get ports(): number[] {
+    return this.boundPorts
+  }
+
+  get clientCount(): number {
+    return this.aedes?.connectedClients ?? 0
+  }
+
+  async start(): Promise<void> {
+    const log = this.core.log.child({ component: 'broker' })
+    this.aedes = new Aedes({
+      // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
+      maxClientsIdLength: 256,
+      preConnect: (client, packet, cb) => {
+        this.state.set(client, {
+          zone: this.zoneOf.get(client.conn) ?? 'external',
+          keepalive: packet.keepalive ?? null,
+          protoVer: packet.protocolVersion ?? null,
+        })
+        cb(null, true)
+      },
+      authenticate: (client, username, password, cb) => {
+        this.authenticate(client, username, password).then(
+          () => cb(null, true),
+          (err: Error & { returnCode: number }) => cb(err, false),
+        )
+      },
+      authorizePublish: (client, packet, cb) => this.authorizePublish(client, packet, cb),
+      authorizeSubscribe: (client, sub, cb) => cb(null, this.authorizeSubscribe(client, sub)),
+      authorizeForward: (_client, packet) => (this.denied.has(packet) ? null : packet),
+    })
+    const aedes = this.aedes
+    // aedes 1.x: the broker does nothing until listen() has set up its persistence and mq.
+    await aedes.listen()
+    aedes.on('clientReady', (client) => this.onReady(client))
+    aedes.on('clientDisconnect', (client) => this.onGone(client))
+    aedes.on('clientError', (client, err) => {
+      this.core.metrics.rejected.inc({ reason: 'malformed_packet' })
+      this.warn.warn('clientError', { clientId: client?.id, err: err.message }, 'client sent something the broker could not accept; connection closed')
+    })
+    aedes.on('connectionError', (_client, err) => {
+      this.core.metrics.rejected.inc({ reason: 'malformed_packet' })
+      this.warn.warn('connectionError', { err: err.message }, 'malformed connection refused')
+    })
+    this.core.registry.on('disabled', (ref: DeviceRef) => this.kick(ref, 'disabled'))
+    this.core.registry.on('removed', (ref: DeviceRef) => this.kick(ref, 'removed'))
+
+    for (const l of this.opts.listeners) {
+      const server = l.tls
+        ? tls.createServer({
+            cert: readFileSync(l.tls.cert),
+            key: readFileSync(l.tls.key),
+            ca: l.tls.ca ? readFileSync(l.tls.ca) : undefined,
+            requestCert: l.tls.requestClientCert,
+            rejectUnauthorized: l.tls.requestClientCert,
+          })
+        : net.createServer()
+      const onConn = (socket: net.Socket): void => {
+        this.zoneOf.set(socket, l.zone)
+        socket.setNoDelay(true)
+        aedes.handle(socket)
+      }
+      server.on(l.tls ? 'secureConnection' : 'connection', onConn)
+      server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(l.port, l.host, () => {
+          server.off('error', reject)
+          resolve()
+        })
+      }).catch((err: Error) => {
+        throw Object.assign(new Error(`cannot listen on ${l.host}:${l.port} (${err.message}); change broker.listeners or free the port`), {
+          code: ErrorCodes.LISTENER_FAILED,
+        })
+      })
+      this.servers.push(server)
+      this.boundPorts.push((server.address() as net.AddressInfo).port)
+      log.info({ host: l.host, port: this.boundPorts.at(-1), zone: l.zone, tls: !!l.tls }, 'MQTT listener up')
+    }
+  }
+
+  private async authenticate(client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
+    const st = this.state.get(client)!
+    if (!this.core.intakeOpen()) throw authError(SERVER_UNAVAILABLE, 'gateway storage full')
+    if (st.zone === 'internal') return
+    const [productId, deviceId, ...rest] = (username ?? '').split('/')
+    if (!isId(productId) || !isId(deviceId) || rest.length || !password) {
+      this.core.metrics.rejected.inc({ reason: 'auth_failed' })
+      throw authError(BAD_USERNAME_OR_PASSWORD, 'username must be {ProductId}/{DeviceId} with the Secret as password')
+    }
+    const ref = { productId, deviceId }
+    const result = await this.core.registry.authenticate(ref, password.toString('utf8'))
+    if (result !== 'ok') {
+      this.core.metrics.rejected.inc({ reason: 'auth_failed' })
+      this.warn.warn(`auth:${deviceKey(ref)}`, { device: deviceKey(ref), clientId: client.id, result }, 'device refused')
+      throw authError(result === 'disabled' ? NOT_AUTHORIZED : BAD_USERNAME_OR_PASSWORD, `device ${result}`)
+    }
+    st.device = ref
+  }
+
+  private authorizePublish(client: Client | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+    if (!client) return cb(null) // the broker's own publishes (command delivery)
+    const st = this.state.get(client)!
+    const topic = packet.topic
+    const up = parseUpTopic(topic)
+    const deny = (reason: 'acl_denied' | 'bad_topic'): void => {
+      this.core.metrics.rejected.inc({ reason })
+      this.denied.add(packet)
+      packet.retain = false
+      this.warn.warn(`${reason}:${client.id}`, { clientId: client.id, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
+        reason === 'bad_topic' ? 'publish refused: topic is not one of PROTOCOL.md up topics' : 'publish refused by ACL')
+      if (this.opts.aclDenyAction === 'disconnect') cb(new Error(reason))
+      else cb(null)
+    }
+    if (st.zone === 'external') {
+      if (!up) return deny(topic.startsWith('$SYS') || !/^(upload_data|update_status|cmd_resp|rpc_resp|get|m2m|update_ota_status)\//.test(topic) ? 'acl_denied' : 'bad_topic')
+      if (!mayPublish(st.device!, up)) return deny('acl_denied')
+    } else if (!up) {
+      return cb(null) // internal tools may use any topic locally; only hub topics go north
+    }
+    this.core
+      .uplink({ topic: up, payload: packet.payload as Buffer, transport: 'mqtt', receivedAt: Date.now() })
+      .then(
+        () => cb(null),
+        // Not durable: no PUBACK. The error closes the connection; the client resends on reconnect.
+        (err: Error) => {
+          this.denied.add(packet)
+          cb(err)
+        },
+      )
+  }
+
+  private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
+    const st = this.state.get(client)!
+    if (st.zone === 'internal' || this.serverSubscribing.has(client)) return sub
+    if (mayDeviceSubscribe(st.device!.productId, sub.topic)) return sub
+    this.core.metrics.rejected.inc({ reason: 'acl_denied' })
+    this.warn.warn(`sub:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
+    return null // SUBACK 0x80
+  }
+
+  private onReady(client: Client): void {
+    const st = this.state.get(client)
+    this.core.metrics.localClients.set(this.clientCount)
+    if (!st?.device) return
+    const key = deviceKey(st.device)
+    let set = this.byDevice.get(key)
+    if (!set) this.byDevice.set(key, (set = new Set()))
+    set.add(client)
+    // Server-side subscriptions (PROTOCOL.md): exempt from the device ACL.
+    this.serverSubscribing.add(client)
+    client.subscribe(
+      serverSideSubscriptions(st.device.productId, st.device.deviceId).map((topic) => ({ topic, qos: 1 as const })),
+      () => this.serverSubscribing.delete(client),
+    )
+    const sock = client.conn as net.Socket
+    st.session = {
+      clientId: client.id,
+      device: st.device,
+      transport: 'mqtt',
+      ipaddress: sock.remoteAddress ?? null,
+      keepalive: st.keepalive,
+      protoVer: st.protoVer,
+    }
+    this.core.sessionOpened(st.session)
+  }
+
+  private onGone(client: Client): void {
+    this.core.metrics.localClients.set(this.clientCount)
+    const st = this.state.get(client)
+    if (!st?.device || !st.session) return
+    const set = this.byDevice.get(deviceKey(st.device))
+    set?.delete(client)
+    if (set?.size === 0) this.byDevice.delete(deviceKey(st.device))
+    if (!this.stopping) this.core.sessionClosed(st.session)
+  }
+
+  private kick(ref: DeviceRef, why: string): void {
+    const clients = this.byDevice.get(deviceKey(ref))
+    if (!clients) return
+    this.core.log.info({ device: deviceKey(ref), clients: clients.size, why }, 'disconnecting device')
+    for (const c of [...clients]) c.close()
+  }
+
+  owns(device: DeviceRef): boolean {
+    return (this.byDevice.get(deviceKey(device))?.size ?? 0) > 0
+  }
+
+  async deliver(cmd: Command): Promise<DeliveryResult> {
+    if (!this.aedes || !this.owns(cmd.device)) return 'offline'
+    const topic =
+      cmd.type === 'm2m'
+        ? formatDownTopic({ kind: 'm2m', productId: cmd.device.productId, deviceId: cmd.device.deviceId, senderDeviceId: cmd.senderDeviceId, messageId: cmd.requestId })
+        : formatDownTopic({
+            kind: cmd.type,
+            productId: cmd.device.productId,
+            deviceId: cmd.device.deviceId,
+            name: cmd.name,
+            encoding: cmd.encoding,
+            requestId: cmd.requestId,
+            expiresAt: cmd.expiresAt,
+          })
+    const packet = { cmd: 'publish', topic, payload: cmd.payload, qos: 1, retain: false, dup: false } as AedesPublishPacket
+    await new Promise<void>((resolve, reject) => this.aedes!.publish(packet, (err) => (err ? reject(err) : resolve())))
+    return 'delivered'
+  }
+
+  /** Publish to local subscribers only (internal answers such as `$set_ntp`). */
+  publishLocal(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
+    const packet = { cmd: 'publish', topic, payload, qos, retain: false, dup: false } as AedesPublishPacket
+    return new Promise((resolve, reject) => this.aedes?.publish(packet, (err) => (err ? reject(err) : resolve())))
+  }
+
+  async stop(): Promise<void> {
+    if (!this.aedes || this.stopping) return
+    this.stopping = true
+    // Stop accepting first, then close the clients: nothing new arrives while the store finishes.
+    const closing = this.servers.map((s) => new Promise<void>((r) => s.close(() => r())))
+    await new Promise<void>((r) => this.aedes!.close(() => r()))
+    await Promise.all(closing)
+    this.servers = []
+  }
+}

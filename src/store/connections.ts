@@ -1,0 +1,86 @@
+// Connection tracking per client id, with the hub's Connection fields (PROTOCOL.md `$connection`).
+import type { Statement } from 'better-sqlite3'
+import type { Db } from './db.js'
+import type { DeviceRef, Transport } from '../core/types.js'
+
+export interface ConnectionInfo {
+  clientId: string
+  productId: string | null
+  deviceId: string | null
+  transport: Transport
+  connected: boolean
+  ipaddress: string | null
+  keepalive: number | null
+  protoVer: number | null
+  connectedAt: number | null
+  disconnectAt: number | null
+}
+
+interface Row {
+  client_id: string
+  product_id: string | null
+  device_id: string | null
+  transport: Transport
+  connected: number
+  ipaddress: string | null
+  keepalive: number | null
+  proto_ver: number | null
+  connected_at: number | null
+  disconnect_at: number | null
+}
+
+export class ConnectionStore {
+  private readonly st: Record<'upsert' | 'disconnect' | 'all' | 'stale', Statement>
+
+  constructor(private readonly db: Db) {
+    this.st = {
+      upsert: db.prepare(
+        `INSERT INTO connections (client_id, product_id, device_id, transport, connected, ipaddress, keepalive, proto_ver, connected_at, disconnect_at)
+         VALUES (@clientId, @productId, @deviceId, @transport, 1, @ipaddress, @keepalive, @protoVer, @connectedAt, NULL)
+         ON CONFLICT(client_id) DO UPDATE SET product_id = excluded.product_id, device_id = excluded.device_id,
+           transport = excluded.transport, connected = 1, ipaddress = excluded.ipaddress, keepalive = excluded.keepalive,
+           proto_ver = excluded.proto_ver, connected_at = excluded.connected_at, disconnect_at = NULL`,
+      ),
+      disconnect: db.prepare('UPDATE connections SET connected = 0, disconnect_at = ? WHERE client_id = ? AND connected = 1'),
+      all: db.prepare('SELECT * FROM connections ORDER BY client_id'),
+      stale: db.prepare('SELECT * FROM connections WHERE connected = 1'),
+    }
+  }
+
+  connected(c: Omit<ConnectionInfo, 'connected' | 'disconnectAt'> & DeviceRef): ConnectionInfo {
+    this.st.upsert.run(c)
+    return { ...c, connected: true, disconnectAt: null }
+  }
+
+  disconnected(clientId: string, at = Date.now()): void {
+    this.st.disconnect.run(at, clientId)
+  }
+
+  list(): ConnectionInfo[] {
+    return (this.st.all.all() as Row[]).map(toInfo)
+  }
+
+  /** Connections a previous run left marked as connected (it died): close them now and return them. */
+  closeStale(at = Date.now()): ConnectionInfo[] {
+    const rows = (this.st.stale.all() as Row[]).map(toInfo)
+    this.db.transaction(() => {
+      for (const r of rows) this.st.disconnect.run(at, r.clientId)
+    })()
+    return rows.map((r) => ({ ...r, connected: false, disconnectAt: at }))
+  }
+}
+
+function toInfo(r: Row): ConnectionInfo {
+  return {
+    clientId: r.client_id,
+    productId: r.product_id,
+    deviceId: r.device_id,
+    transport: r.transport,
+    connected: r.connected === 1,
+    ipaddress: r.ipaddress,
+    keepalive: r.keepalive,
+    protoVer: r.proto_ver,
+    connectedAt: r.connected_at,
+    disconnectAt: r.disconnect_at,
+  }
+}

@@ -1,0 +1,89 @@
+// Opens the gateway's SQLite database with the durability settings DESIGN.md requires and applies
+// migrations. One connection for the whole process: better-sqlite3 is synchronous, so every write
+// is ordered and group commit (see outbox.ts) is what keeps it fast.
+import Database from 'better-sqlite3'
+import { mkdirSync } from 'node:fs'
+import path from 'node:path'
+
+export type Db = Database.Database
+
+const migrations: string[] = [
+  // 1: registry, connections, outbox, counters
+  `
+  CREATE TABLE devices (
+    product_id    TEXT NOT NULL,
+    device_id     TEXT NOT NULL,
+    secret_hash   TEXT,
+    secret_enc    BLOB,
+    tags          TEXT NOT NULL DEFAULT '[]',
+    tags_version  INTEGER NOT NULL DEFAULT 0,
+    enabled       INTEGER NOT NULL DEFAULT 1,
+    seed_digest   TEXT,
+    changed_by_api INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (product_id, device_id)
+  ) WITHOUT ROWID;
+
+  CREATE TABLE connections (
+    client_id     TEXT PRIMARY KEY,
+    product_id    TEXT,
+    device_id     TEXT,
+    transport     TEXT NOT NULL,
+    connected     INTEGER NOT NULL,
+    ipaddress     TEXT,
+    keepalive     INTEGER,
+    proto_ver     INTEGER,
+    connected_at  INTEGER,
+    disconnect_at INTEGER
+  );
+
+  -- AUTOINCREMENT: ids never go back, so the bridge's per-priority cursors never skip a row.
+  CREATE TABLE outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    prio        INTEGER NOT NULL,
+    device      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    bytes       INTEGER NOT NULL,
+    received_at INTEGER NOT NULL
+  );
+  CREATE INDEX outbox_by_prio ON outbox (prio, id);
+  CREATE INDEX outbox_by_device ON outbox (device, prio, id);
+
+  CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
+]
+
+export function openDatabase(dataDir: string): Db {
+  mkdirSync(dataDir, { recursive: true })
+  const db = new Database(path.join(dataDir, 'gateway.db'))
+  db.pragma('journal_mode = WAL')
+  // FULL: a commit is on the platter before we acknowledge (power loss, not only kill -9).
+  db.pragma('synchronous = FULL')
+  db.pragma('foreign_keys = ON')
+  db.pragma('busy_timeout = 5000')
+  migrate(db)
+  return db
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number
+  for (let v = current; v < migrations.length; v++) {
+    db.transaction(() => {
+      db.exec(migrations[v])
+      db.pragma(`user_version = ${v + 1}`)
+    })()
+  }
+}
+
+/** True for the errors a full disk produces (SQLITE_FULL, ENOSPC surfaced as SQLITE_IOERR_WRITE). */
+export function isDiskFull(err: unknown): boolean {
+  const code = (err as { code?: string } | null)?.code ?? ''
+  const msg = (err as Error | null)?.message ?? ''
+  return code === 'SQLITE_FULL' || code === 'ENOSPC' || code.startsWith('SQLITE_IOERR') || /disk is full|ENOSPC/.test(msg)
+}

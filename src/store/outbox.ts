@@ -1,0 +1,327 @@
+// The durable outbox: every message on its way to the hub lives here from the moment the gateway
+// acknowledges it until the hub PUBACKs it. Writes are group-committed: everything enqueued in one
+// turn of the event loop (a whole socket read of publishes, many devices at once) becomes one
+// transaction, so synchronous=FULL costs one fsync per batch, not per message.
+import { EventEmitter } from 'node:events'
+import type { Statement } from 'better-sqlite3'
+import type { Db } from './db.js'
+import { isDiskFull } from './db.js'
+import type { Uplink } from '../core/types.js'
+import { deviceKey } from '../core/types.js'
+import { formatUpTopic, priorityOf } from '../northbound/hub-topics.js'
+
+export type DropReason = 'quota' | 'rpc_resp_expired'
+export const PRIORITIES = [0, 1, 2] as const
+export type Priority = (typeof PRIORITIES)[number]
+
+export interface OutboxRow {
+  id: number
+  prio: Priority
+  device: string
+  kind: string
+  topic: string
+  payload: Buffer
+  receivedAt: number
+}
+
+export interface OutboxStats {
+  messages: number
+  bytes: number
+  oldestAgeMs: number
+  byPriority: Record<Priority, { messages: number; bytes: number }>
+  dropped: Record<DropReason, number>
+  maxBytes: number
+}
+
+// What a row costs against the quota besides its topic and payload (index entries, row header).
+const ROW_OVERHEAD = 64
+
+interface Pending {
+  up: Uplink
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+export interface OutboxOptions {
+  maxBytes: number
+  rpcRespTtlMs: number
+}
+
+/**
+ * Events: 'committed' (new rows are readable), 'dropped' ({reason, count}), 'full' (disk full, intake
+ * must stop), 'writable' (a write succeeded again after 'full').
+ */
+export class Outbox extends EventEmitter {
+  private pending: Pending[] = []
+  private acked: number[] = []
+  private flushScheduled = false
+  private totals = { messages: 0, bytes: 0 }
+  private byPrio: Record<Priority, { messages: number; bytes: number }> = {
+    0: { messages: 0, bytes: 0 },
+    1: { messages: 0, bytes: 0 },
+    2: { messages: 0, bytes: 0 },
+  }
+  private drops: Record<DropReason, number> = { quota: 0, rpc_resp_expired: 0 }
+  private diskFull = false
+  private closed = false
+  private readonly st: {
+    insert: Statement
+    del: Statement
+    oldest: Statement
+    readPrio: Statement
+    readPrioDevice: Statement
+    evictCandidates: Statement
+    bumpCounter: Statement
+  }
+
+  constructor(
+    private readonly db: Db,
+    private readonly opts: OutboxOptions,
+  ) {
+    super()
+    this.st = {
+      insert: db.prepare(
+        'INSERT INTO outbox (prio, device, kind, topic, payload, bytes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      ),
+      del: db.prepare('DELETE FROM outbox WHERE id = ? RETURNING prio, bytes'),
+      oldest: db.prepare('SELECT MIN(received_at) AS t FROM outbox'),
+      readPrio: db.prepare('SELECT * FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?'),
+      readPrioDevice: db.prepare('SELECT * FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?'),
+      evictCandidates: db.prepare('SELECT id, bytes FROM outbox WHERE prio = ? ORDER BY id LIMIT 256'),
+      bumpCounter: db.prepare(
+        'INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value',
+      ),
+    }
+    for (const r of db.prepare('SELECT prio, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM outbox GROUP BY prio').all() as {
+      prio: Priority
+      n: number
+      b: number
+    }[]) {
+      this.byPrio[r.prio] = { messages: r.n, bytes: r.b }
+      this.totals.messages += r.n
+      this.totals.bytes += r.b
+    }
+    for (const r of db.prepare("SELECT name, value FROM counters WHERE name LIKE 'dropped.%'").all() as {
+      name: string
+      value: number
+    }[]) {
+      this.drops[r.name.slice('dropped.'.length) as DropReason] = r.value
+    }
+  }
+
+  get maxBytes(): number {
+    return this.opts.maxBytes
+  }
+
+  get isFull(): boolean {
+    return this.diskFull
+  }
+
+  /** Resolves once the message is committed to disk: only then may the sender be acknowledged. */
+  enqueue(up: Uplink): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('outbox closed'))
+    return new Promise((resolve, reject) => {
+      this.pending.push({ up, resolve, reject })
+      this.schedule()
+    })
+  }
+
+  /** The hub acknowledged this row; its deletion joins the next group commit. */
+  ack(id: number): void {
+    this.acked.push(id)
+    this.schedule()
+  }
+
+  private schedule(): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    // setImmediate runs after the current I/O phase: every packet parsed from the sockets that
+    // were readable in this turn lands in the same transaction.
+    setImmediate(() => this.flush())
+  }
+
+  /** Commit everything waiting. Public so that shutdown can finish the batch in flight. */
+  flush(): void {
+    this.flushScheduled = false
+    if (this.pending.length === 0 && this.acked.length === 0) return
+    const batch = this.pending
+    const acked = this.acked
+    this.pending = []
+    this.acked = []
+    try {
+      this.db.transaction(() => {
+        this.deleteRows(acked)
+        for (const p of batch) this.insert(p.up)
+        this.enforceQuota()
+      })()
+    } catch (err) {
+      // Nothing of this batch is on disk: refuse it all, so no sender gets an acknowledgement.
+      // The acknowledged deletions are kept for the next commit (worst case a duplicate later).
+      this.acked = acked.concat(this.acked)
+      this.rollbackTotals()
+      for (const p of batch) p.reject(err as Error)
+      if (isDiskFull(err)) {
+        if (!this.diskFull) {
+          this.diskFull = true
+          this.emit('full', err)
+        }
+      } else {
+        this.emit('error', err)
+      }
+      return
+    }
+    this.commitTotals()
+    if (this.diskFull) {
+      this.diskFull = false
+      this.emit('writable')
+    }
+    for (const p of batch) p.resolve()
+    if (batch.length) this.emit('committed')
+  }
+
+  // Totals change inside the transaction; keep a journal so a failed commit can undo them.
+  private journal: { prio: Priority; messages: number; bytes: number }[] = []
+
+  private account(prio: Priority, messages: number, bytes: number): void {
+    this.byPrio[prio].messages += messages
+    this.byPrio[prio].bytes += bytes
+    this.totals.messages += messages
+    this.totals.bytes += bytes
+    this.journal.push({ prio, messages, bytes })
+  }
+
+  private pendingDrops: Partial<Record<DropReason, number>> = {}
+
+  private rollbackTotals(): void {
+    for (const j of this.journal) {
+      this.byPrio[j.prio].messages -= j.messages
+      this.byPrio[j.prio].bytes -= j.bytes
+      this.totals.messages -= j.messages
+      this.totals.bytes -= j.bytes
+    }
+    this.journal = []
+    this.pendingDrops = {}
+  }
+
+  private commitTotals(): void {
+    this.journal = []
+    for (const [reason, n] of Object.entries(this.pendingDrops) as [DropReason, number][]) {
+      this.drops[reason] += n
+      this.emit('dropped', { reason, count: n })
+    }
+    this.pendingDrops = {}
+  }
+
+  private insert(up: Uplink): void {
+    const topic = formatUpTopic(up.topic)
+    const prio = priorityOf(up.topic)
+    const bytes = topic.length + up.payload.length + ROW_OVERHEAD
+    this.st.insert.run(prio, deviceKey(up.topic), up.topic.kind, topic, up.payload, bytes, up.receivedAt)
+    this.account(prio, 1, bytes)
+  }
+
+  private deleteRows(ids: number[]): number {
+    let n = 0
+    for (const id of ids) {
+      const r = this.st.del.get(id) as { prio: Priority; bytes: number } | undefined
+      if (r) {
+        this.account(r.prio, -1, -r.bytes)
+        n++
+      }
+    }
+    return n
+  }
+
+  // Over quota: the oldest telemetry goes first, then the middle class, replies last (DESIGN.md).
+  private enforceQuota(): void {
+    if (this.totals.bytes <= this.opts.maxBytes) return
+    let evicted = 0
+    for (const prio of [2, 1, 0] as const) {
+      while (this.totals.bytes > this.opts.maxBytes && this.byPrio[prio].messages > 0) {
+        const rows = this.st.evictCandidates.all(prio) as { id: number; bytes: number }[]
+        if (rows.length === 0) break
+        const victims: number[] = []
+        let freed = 0
+        for (const r of rows) {
+          if (this.totals.bytes - freed <= this.opts.maxBytes) break
+          victims.push(r.id)
+          freed += r.bytes
+        }
+        evicted += this.deleteRows(victims)
+      }
+    }
+    if (evicted) this.countDrop('quota', evicted)
+  }
+
+  private countDrop(reason: DropReason, n: number): void {
+    this.st.bumpCounter.run(`dropped.${reason}`, n)
+    this.pendingDrops[reason] = (this.pendingDrops[reason] ?? 0) + n
+  }
+
+  /** Drop rows the hub no longer wants (an rpc_resp after its RPC timed out). Synchronous, own commit. */
+  drop(ids: number[], reason: DropReason): void {
+    if (ids.length === 0) return
+    try {
+      this.db.transaction(() => {
+        const n = this.deleteRows(ids)
+        if (n) this.countDrop(reason, n)
+      })()
+      this.commitTotals()
+    } catch (err) {
+      this.rollbackTotals()
+      if (!isDiskFull(err)) this.emit('error', err)
+    }
+  }
+
+  /** Rows of one priority after a cursor, in order; optionally only one device's. */
+  read(prio: Priority, afterId: number, limit: number, device?: string): OutboxRow[] {
+    const raw = (
+      device === undefined ? this.st.readPrio.all(prio, afterId, limit) : this.st.readPrioDevice.all(device, prio, afterId, limit)
+    ) as { id: number; prio: Priority; device: string; kind: string; topic: string; payload: Buffer; received_at: number }[]
+    return raw.map((r) => ({
+      id: r.id,
+      prio: r.prio,
+      device: r.device,
+      kind: r.kind,
+      topic: r.topic,
+      payload: r.payload,
+      receivedAt: r.received_at,
+    }))
+  }
+
+  isRpcRespExpired(row: OutboxRow, now = Date.now()): boolean {
+    return row.kind === 'rpc_resp' && now - row.receivedAt > this.opts.rpcRespTtlMs
+  }
+
+  stats(now = Date.now()): OutboxStats {
+    const oldest = this.totals.messages ? ((this.st.oldest.get() as { t: number | null }).t ?? now) : now
+    return {
+      messages: this.totals.messages,
+      bytes: this.totals.bytes,
+      oldestAgeMs: Math.max(0, now - oldest),
+      byPriority: structuredClone(this.byPrio),
+      dropped: { ...this.drops },
+      maxBytes: this.opts.maxBytes,
+    }
+  }
+
+  /** While the disk is full: try a tiny write; true (and 'writable') once writes succeed again. */
+  probe(): boolean {
+    if (!this.diskFull) return true
+    try {
+      this.db.transaction(() => this.st.bumpCounter.run('store.probe', 1))()
+    } catch {
+      return false
+    }
+    this.diskFull = false
+    this.emit('writable')
+    this.schedule()
+    return true
+  }
+
+  /** Refuse new messages, commit what is waiting. */
+  close(): void {
+    this.flush()
+    this.closed = true
+  }
+}
