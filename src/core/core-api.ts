@@ -12,6 +12,8 @@ export interface ClientSession {
   ipaddress: string | null
   keepalive: number | null
   protoVer: number | null
+  /** Set by the core when the session opens. */
+  connectedAt?: number
 }
 
 export interface CoreApi {

@@ -110,7 +110,8 @@ export class Gateway implements CoreApi {
   }
 
   sessionOpened(s: ClientSession): void {
-    const info = this.connections.connected({ ...s, ...s.device, connectedAt: Date.now() })
+    s.connectedAt = Date.now()
+    const info = this.connections.connected({ ...s, ...s.device, connectedAt: s.connectedAt })
     this.uplink(this.connectionUplink({ ...info, ...s.device }, true, null)).catch((err: Error) =>
       this.warn.warn('connection-uplink', { err: err.message }, 'could not record a $connection event'),
     )
@@ -120,7 +121,7 @@ export class Gateway implements CoreApi {
     const at = Date.now()
     this.connections.disconnected(s.clientId, at)
     this.uplink(
-      this.connectionUplink({ ...s, ...s.device, connectedAt: null }, false, at),
+      this.connectionUplink({ ...s, ...s.device, connectedAt: s.connectedAt ?? null }, false, at),
     ).catch((err: Error) => this.warn.warn('connection-uplink', { err: err.message }, 'could not record a $connection event'))
   }
 

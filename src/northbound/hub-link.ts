@@ -47,6 +47,9 @@ export class HubLink {
   private cursors: Record<Priority, number> = { 0: 0, 1: 0, 2: 0 }
   private readonly subscribed = new Set<string>()
   private refusedLogged = false
+  // Whether the outbox may hold rows past our cursors: set on every commit, cleared when a read
+  // finds nothing. Without it every acknowledgement would cost three empty queries.
+  private maybeMore = true
   private tokens = 0
   private lastRefill = 0
 
@@ -125,6 +128,7 @@ export class HubLink {
     this.inflight.clear()
     this.buffer = []
     this.cursors = { 0: 0, 1: 0, 2: 0 }
+    this.maybeMore = true
     if (this.stopped) return
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempts++)
     const delay = Math.round(base / 2 + (Math.random() * base) / 2)
@@ -157,6 +161,7 @@ export class HubLink {
 
   /** Called when new rows were committed. */
   wake(): void {
+    this.maybeMore = true
     this.pump()
   }
 
@@ -193,6 +198,7 @@ export class HubLink {
 
   // Highest priority first; within a priority, in id order (which keeps each device's order).
   private refill(): void {
+    if (!this.maybeMore) return
     for (const prio of PRIORITIES) {
       const rows = this.outbox.read(prio, this.cursors[prio], READ_BATCH, this.opts.device)
       if (rows.length) {
@@ -201,6 +207,7 @@ export class HubLink {
         return
       }
     }
+    this.maybeMore = false
   }
 
   private takeToken(): boolean {

@@ -1,0 +1,77 @@
+// A CoreApi for adapter contract tests: a real registry on a real SQLite file, and an uplink sink
+// the test can hold or fail (the core is not what these tests are about).
+import { mkdtempSync, rmSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { pino } from 'pino'
+import type { ClientSession, CoreApi } from '../../src/core/core-api.js'
+import { Metrics } from '../../src/core/metrics.js'
+import type { Uplink } from '../../src/core/types.js'
+import { openDatabase, type Db } from '../../src/store/db.js'
+import { DeviceRegistry } from '../../src/store/devices.js'
+
+export class ContractCore implements CoreApi {
+  readonly log = pino({ level: 'silent' })
+  readonly metrics = new Metrics()
+  readonly registry: DeviceRegistry
+  readonly uplinks: Uplink[] = []
+  readonly sessions: { opened: ClientSession[]; closed: ClientSession[] } = { opened: [], closed: [] }
+  private readonly dir: string
+  private readonly db: Db
+  private held: (() => void)[] | undefined
+  private failure: Error | undefined
+
+  constructor() {
+    this.dir = mkdtempSync(path.join(os.tmpdir(), 'contract-'))
+    this.db = openDatabase(this.dir)
+    this.registry = new DeviceRegistry(this.db, this.dir, false)
+  }
+
+  uplink(up: Uplink): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure)
+    this.uplinks.push(up)
+    if (!this.held) return Promise.resolve()
+    return new Promise((resolve) => this.held!.push(resolve))
+  }
+
+  holdUplinks(): void {
+    this.held = []
+  }
+
+  async waitForHeld(n: number, timeoutMs: number): Promise<void> {
+    const until = Date.now() + timeoutMs
+    while ((this.held?.length ?? 0) < n) {
+      if (Date.now() > until) throw new Error(`expected ${n} held uplinks, have ${this.held?.length ?? 0}`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+
+  releaseUplinks(): void {
+    const held = this.held ?? []
+    this.held = undefined
+    for (const r of held) r()
+  }
+
+  failUplinks(err: Error | undefined): void {
+    this.failure = err
+  }
+
+  intakeOpen(): boolean {
+    return true
+  }
+
+  onIntakeChange(): void {}
+
+  sessionOpened(s: ClientSession): void {
+    this.sessions.opened.push(s)
+  }
+
+  sessionClosed(s: ClientSession): void {
+    this.sessions.closed.push(s)
+  }
+
+  dispose(): void {
+    this.db.close()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}

@@ -1,0 +1,126 @@
+// The outbox against a real SQLite file in a temp dir.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { mkdtempSync, rmSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { openDatabase, type Db } from '../../src/store/db.js'
+import { Outbox, type Priority } from '../../src/store/outbox.js'
+import { parseUpTopic } from '../../src/northbound/hub-topics.js'
+import type { Uplink } from '../../src/core/types.js'
+
+let dir: string
+let db: Db
+const open = (maxBytes = 1 << 30, rpcRespTtlMs = 10_000): Outbox => new Outbox(db, { maxBytes, rpcRespTtlMs })
+
+let seq = 0
+function up(topic: string, payload = 'x', receivedAt = Date.now()): Uplink {
+  const t = parseUpTopic(topic.replace('{id}', `m${++seq}`))
+  if (!t) throw new Error(`bad topic ${topic}`)
+  return { topic: t, payload: Buffer.from(payload), transport: 'mqtt', receivedAt }
+}
+
+function readAll(o: Outbox): { prio: Priority; topic: string }[] {
+  return ([0, 1, 2] as const).flatMap((p) => o.read(p, 0, 1e6).map((r) => ({ prio: r.prio, topic: r.topic })))
+}
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'outbox-'))
+  db = openDatabase(dir)
+})
+afterEach(() => {
+  db.close()
+  rmSync(dir, { recursive: true, force: true })
+})
+
+describe('outbox', () => {
+  it('runs SQLite in WAL mode with synchronous=FULL', () => {
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal')
+    expect(db.pragma('synchronous', { simple: true })).toBe(2)
+  })
+
+  it('resolves enqueue only once the row is committed, and commits a burst in one group', async () => {
+    const o = open()
+    let commits = 0
+    o.on('committed', () => commits++)
+    const burst = Array.from({ length: 500 }, () => o.enqueue(up('upload_data/p/d/t/{id}')))
+    // Nothing is readable before the group commit has run.
+    expect(o.read(2, 0, 1000)).toHaveLength(0)
+    await Promise.all(burst)
+    expect(o.read(2, 0, 1000)).toHaveLength(500)
+    expect(commits).toBe(1)
+  })
+
+  it('keeps rows across a reopen (what a restart after kill -9 sees) until acknowledged', async () => {
+    const o = open()
+    await Promise.all([o.enqueue(up('upload_data/p/d/t/{id}')), o.enqueue(up('update_status/p/d/{id}'))])
+    db.close()
+    db = openDatabase(dir)
+    const o2 = open()
+    expect(o2.stats().messages).toBe(2)
+    const [row] = o2.read(1, 0, 10)
+    o2.ack(row.id)
+    o2.flush()
+    expect(o2.stats().messages).toBe(1)
+    expect(readAll(o2).map((r) => r.prio)).toEqual([2])
+  })
+
+  it('reads by priority and keeps each device in order within a priority', async () => {
+    const o = open()
+    for (let i = 0; i < 3; i++) {
+      void o.enqueue(up(`upload_data/p/a/t/{id}`, `a${i}`))
+      void o.enqueue(up(`upload_data/p/b/t/{id}`, `b${i}`))
+    }
+    void o.enqueue(up('cmd_resp/p/a/reboot/r1/{id}'))
+    await o.enqueue(up('update_status/p/b/{id}'))
+    expect(readAll(o).map((r) => r.prio)).toEqual([0, 1, 2, 2, 2, 2, 2, 2])
+    const a = o.read(2, 0, 100, 'p/a').map((r) => r.payload.toString())
+    expect(a).toEqual(['a0', 'a1', 'a2'])
+  })
+
+  it('evicts over quota: oldest telemetry first, then the middle class, replies last, and counts it', async () => {
+    // Each row here costs 64 + topic + payload bytes; a quota of ~6 rows.
+    const o = open(6 * 110)
+    const dropped: { reason: string; count: number }[] = []
+    o.on('dropped', (d: { reason: string; count: number }) => dropped.push(d))
+    await o.enqueue(up('cmd_resp/p/d/c/r1/{id}', 'reply-1'))
+    await o.enqueue(up('update_status/p/d/{id}', 'status-1'))
+    for (let i = 0; i < 4; i++) await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${i}`))
+    expect(o.stats().dropped.quota).toBe(0)
+    await o.enqueue(up('upload_data/p/d/t/{id}', 'tele-4'))
+    await o.enqueue(up('upload_data/p/d/t/{id}', 'tele-5'))
+    const kept = () => ([0, 1, 2] as const).flatMap((p) => o.read(p, 0, 100).map((r) => r.payload.toString()))
+    // The oldest telemetry went; the reply and the status stayed.
+    expect(kept()[0]).toBe('reply-1')
+    expect(kept()[1]).toBe('status-1')
+    expect(kept()).not.toContain('tele-0')
+    expect(kept()).toContain('tele-5')
+    expect(o.stats().bytes).toBeLessThanOrEqual(o.maxBytes)
+    // Only replies left to evict from: a burst of replies pushes out status and telemetry first.
+    for (let i = 2; i < 8; i++) await o.enqueue(up('rpc_resp/p/d/c/r{id}/{id}'.replace('r{id}', `r${i}`), `reply-${i}`))
+    expect(kept().every((p) => p.startsWith('reply-'))).toBe(true)
+    const total = o.stats().dropped.quota
+    expect(total).toBeGreaterThan(0)
+    expect(dropped.reduce((n, d) => n + d.count, 0)).toBe(total)
+    // The count survives a restart.
+    db.close()
+    db = openDatabase(dir)
+    expect(open(6 * 110).stats().dropped.quota).toBe(total)
+  })
+
+  it('recognises an rpc_resp the hub stopped waiting for, and counts its drop', async () => {
+    const o = open(1 << 30, 10_000)
+    await o.enqueue(up('rpc_resp/p/d/c/r1/{id}', 'late', Date.now() - 11_000))
+    await o.enqueue(up('rpc_resp/p/d/c/r2/{id}', 'fresh'))
+    const rows = o.read(0, 0, 10)
+    expect(rows.map((r) => o.isRpcRespExpired(r))).toEqual([true, false])
+    o.drop([rows[0].id], 'rpc_resp_expired')
+    expect(o.stats().dropped.rpc_resp_expired).toBe(1)
+    expect(o.read(0, 0, 10).map((r) => r.payload.toString())).toEqual(['fresh'])
+  })
+
+  it('refuses new messages after close', async () => {
+    const o = open()
+    o.close()
+    await expect(o.enqueue(up('upload_data/p/d/t/{id}'))).rejects.toThrow(/closed/)
+  })
+})
