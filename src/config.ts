@@ -16,7 +16,7 @@ const Tls = Type.Object(
     ca: Type.Optional(Type.String({ description: 'PEM CA file for client certificates' })),
     requestClientCert: Type.Boolean({ default: false, description: 'ask devices for a client certificate' }),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, description: 'serve MQTT over TLS on this listener' },
 )
 
 const Listener = Type.Object(
@@ -29,7 +29,7 @@ const Listener = Type.Object(
     }),
     tls: Type.Optional(Tls),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, description: 'one MQTT listener' },
 )
 
 const DeviceSeed = Type.Object(
@@ -53,7 +53,7 @@ export const ConfigSchema = Type.Object(
         deviceId: Type.String({ default: 'gw-01', pattern: '^[A-Za-z0-9_-]{1,64}$', description: "the gateway's own DeviceId at the hub" }),
         secret: Type.Optional(Type.String({ description: "the gateway's own Secret at the hub (default northbound password)" })),
       },
-      { additionalProperties: false, default: {} },
+      { additionalProperties: false, default: {}, description: "the gateway's own identity at the hub, and where it keeps its data" },
     ),
     broker: Type.Object(
       {
@@ -69,15 +69,15 @@ export const ConfigSchema = Type.Object(
           description: 'what happens to a client that publishes where the ACL denies: drop the message, or also disconnect the client',
         }),
       },
-      { additionalProperties: false, default: {} },
+      { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
     ),
     http: Type.Object(
       {
-        host: Type.String({ default: '0.0.0.0' }),
+        host: Type.String({ default: '0.0.0.0', description: 'address to bind the HTTP API' }),
         port: Type.Integer({ default: 8090, minimum: 0, maximum: 65535, description: 'REST API and metrics (ChirpStack uses 8080)' }),
         apiToken: Type.Optional(Type.String({ minLength: 16, description: 'bearer token for /api; generated into {dataDir}/api-token when absent' })),
       },
-      { additionalProperties: false, default: {} },
+      { additionalProperties: false, default: {}, description: 'REST API, health and Prometheus metrics' },
     ),
     northbound: Type.Object(
       {
@@ -95,16 +95,16 @@ export const ConfigSchema = Type.Object(
               ca: Type.Optional(Type.String()),
               cert: Type.Optional(Type.String()),
               key: Type.Optional(Type.String()),
-              rejectUnauthorized: Type.Boolean({ default: true }),
+              rejectUnauthorized: Type.Boolean({ default: true, description: 'verify the hub certificate (leave on)' }),
             },
-            { additionalProperties: false },
+            { additionalProperties: false, description: 'TLS towards the hub (mqtts://): CA, client certificate and key files' },
           ),
         ),
-        keepalive: Type.Integer({ default: 60, minimum: 5 }),
+        keepalive: Type.Integer({ default: 60, minimum: 5, description: 'MQTT keepalive towards the hub, seconds' }),
         inflight: Type.Integer({ default: 100, minimum: 1, maximum: 65535, description: 'QoS 1 messages in flight to the hub per connection' }),
         maxRate: Type.Number({ default: 0, minimum: 0, description: 'messages per second towards the hub, 0 = unlimited' }),
       },
-      { additionalProperties: false, default: {} },
+      { additionalProperties: false, default: {}, description: 'the link to the cloud IoTHub' },
     ),
     store: Type.Object(
       {
@@ -113,20 +113,20 @@ export const ConfigSchema = Type.Object(
             maxBytes: Type.Optional(Type.Integer({ minimum: 4096, description: 'outbox quota; default half the free space of the data folder at start' })),
             rpcRespTtlSeconds: Type.Integer({ default: 10, minimum: 1, description: 'rpc_resp older than this is dropped (the hub stopped waiting)' }),
           },
-          { additionalProperties: false, default: {} },
+          { additionalProperties: false, default: {}, description: 'the durable store-and-forward queue towards the hub' },
         ),
       },
-      { additionalProperties: false, default: {} },
+      { additionalProperties: false, default: {}, description: 'the SQLite store in gateway.dataDir' },
     ),
     devices: Type.Array(DeviceSeed, { default: [], description: 'seeds the device registry; the API and CLI own a device after it exists' }),
     log: Type.Object(
       {
         level: Type.Union(
           ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
-          { default: 'info' },
+          { default: 'info', description: 'pino log level (logs are JSON on stdout)' },
         ),
       },
-      { additionalProperties: false, default: {} },
+      { additionalProperties: false, default: {}, description: 'logging' },
     ),
   },
   { additionalProperties: false, default: {} },

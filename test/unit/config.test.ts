@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest'
+import { readFileSync } from 'node:fs'
+import { ConfigError, parseConfig } from '../../src/config.js'
+import { renderConfigDoc } from '../../scripts/gen-config-doc.js'
+
+function problems(doc: unknown): string[] {
+  try {
+    parseConfig(doc)
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems
+    throw err
+  }
+  return []
+}
+
+describe('config', () => {
+  it('runs a complete local gateway with no file: defaults for every key', () => {
+    const cfg = parseConfig(undefined)
+    expect(cfg.broker.listeners).toEqual([
+      { host: '0.0.0.0', port: 1883, zone: 'external' },
+      { host: '127.0.0.1', port: 11883, zone: 'internal' },
+    ])
+    expect(cfg.http.port).toBe(8090)
+    expect(cfg.northbound).toMatchObject({ mode: 'gateway', keepalive: 60, inflight: 100, maxRate: 0 })
+    expect(cfg.northbound.url).toBeUndefined()
+    expect(cfg.store.outbox.rpcRespTtlSeconds).toBe(10)
+    expect(Object.isFrozen(cfg.northbound)).toBe(true)
+  })
+
+  it('names the key path of every problem at once', () => {
+    const p = problems({
+      northbound: { url: 'http://hub', mode: 'cloud', tls: { rejectUnauthorized: 'yes' } },
+      broker: { listeners: [{ port: 70000 }], aclDenyAction: 'kick' },
+      gatway: {},
+    })
+    expect(p).toContain('northbound.url: must be mqtt:// or mqtts://')
+    expect(p).toContain('northbound.mode: must be one of ["gateway","devices"]')
+    expect(p).toContain('northbound.tls.rejectUnauthorized: must be boolean')
+    expect(p).toContain('broker.listeners[0].port: must be <= 65535')
+    expect(p).toContain('broker.aclDenyAction: must be one of ["ignore","disconnect"]')
+    expect(p.some((l) => l.startsWith('gatway: unknown key'))).toBe(true)
+  })
+
+  it('requires a secret per device in devices mode, and refuses duplicates', () => {
+    const p = problems({
+      northbound: { url: 'mqtt://hub', mode: 'devices' },
+      devices: [
+        { productId: 'p', deviceId: 'd', secret: 's' },
+        { productId: 'p', deviceId: 'd', secret: 's' },
+        { productId: 'p', deviceId: 'e' },
+      ],
+    })
+    expect(p).toContain('devices[1]: duplicate device p/d')
+    expect(p.some((l) => l.startsWith('devices[2].secret: required'))).toBe(true)
+  })
+
+  it('refuses identifiers the hub would not accept', () => {
+    expect(problems({ devices: [{ productId: 'a/b', deviceId: 'd' }] })[0]).toMatch(/^devices\[0\]\.productId: /)
+  })
+
+  it('docs/configuration.md is generated from the schema and current (npm run docs:config)', () => {
+    const committed = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8')
+    expect(committed).toBe(renderConfigDoc())
+  })
+})
