@@ -37,10 +37,18 @@ function authError(returnCode: number, message: string): Error & { returnCode: n
   return Object.assign(new Error(message), { returnCode })
 }
 
+// Internal names a device may use (PROTOCOL.md "Internal data requests", "Shadow"); `$connection`
+// is the gateway's own extension and never comes from a device.
+const DEVICE_INTERNAL_DATA = new Set(['$shadow_updated', '$shadow_reported'])
+const DEVICE_INTERNAL_GET = new Set(['$ntp', '$tags', '$shadow'])
+
 /** May device `d` publish this (well-formed) up topic? PROTOCOL.md ACL, exactly. */
 function mayPublish(d: DeviceRef, t: UpTopic): boolean {
   // For m2m the parsed deviceId is the sender: `m2m/{p}/+/{d}/+`.
-  return t.productId === d.productId && t.deviceId === d.deviceId
+  if (t.productId !== d.productId || t.deviceId !== d.deviceId) return false
+  if (t.kind === 'upload_data' && t.name!.startsWith('$')) return DEVICE_INTERNAL_DATA.has(t.name!)
+  if (t.kind === 'get' && t.name!.startsWith('$')) return DEVICE_INTERNAL_GET.has(t.name!)
+  return true
 }
 
 export class BrokerAdapter implements SouthboundAdapter {
@@ -51,8 +59,12 @@ export class BrokerAdapter implements SouthboundAdapter {
   private readonly state = new WeakMap<Client, ClientState>()
   private readonly byDevice = new Map<string, Set<Client>>()
   // Publishes refused by the ACL: acknowledged (MQTT 3.1.1 has no way to refuse) but never forwarded.
-  private readonly denied = new WeakSet<object>()
-  private readonly serverSubscribing = new WeakSet<Client>()
+  // Keyed by the payload Buffer: aedes forwards a copy of the packet (aedes-packet) that keeps
+  // the payload object but not the packet object itself.
+  private readonly denied = new WeakSet<Buffer>()
+  // The subscription objects of the broker's own server-side subscribe: exempt from the device
+  // ACL. Per subscription, not per client, or a device subscribing at the same moment would be too.
+  private readonly serverSubscriptions = new WeakSet<object>()
   private readonly warn: RateLimitedLog
   private stopping = false
   private boundPorts: number[] = []
@@ -94,7 +106,7 @@ export class BrokerAdapter implements SouthboundAdapter {
       },
       authorizePublish: (client, packet, cb) => this.authorizePublish(client, packet, cb),
       authorizeSubscribe: (client, sub, cb) => cb(null, this.authorizeSubscribe(client, sub)),
-      authorizeForward: (_client, packet) => (this.denied.has(packet) ? null : packet),
+      authorizeForward: (_client, packet) => (this.denied.has(packet.payload as Buffer) ? null : packet),
     })
     const aedes = this.aedes
     // aedes 1.x: the broker does nothing until listen() has set up its persistence and mq.
@@ -172,7 +184,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     const up = parseUpTopic(topic)
     const deny = (reason: 'acl_denied' | 'bad_topic'): void => {
       this.core.metrics.rejected.inc({ reason })
-      this.denied.add(packet)
+      this.denied.add(packet.payload as Buffer)
       packet.retain = false
       this.warn.warn(`${reason}:${client.id}`, { clientId: client.id, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
         reason === 'bad_topic' ? 'publish refused: topic is not one of PROTOCOL.md up topics' : 'publish refused by ACL')
@@ -182,6 +194,8 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (st.zone === 'external') {
       if (!up) return deny(topic.startsWith('$SYS') || !/^(upload_data|update_status|cmd_resp|rpc_resp|get|m2m|update_ota_status)\//.test(topic) ? 'acl_denied' : 'bad_topic')
       if (!mayPublish(st.device!, up)) return deny('acl_denied')
+    } else if (topic.startsWith('$SYS')) {
+      return deny('acl_denied') // $SYS is the broker's own, for everybody (aedes' default rule)
     } else if (!up) {
       return cb(null) // internal tools may use any topic locally; only hub topics go north
     }
@@ -191,7 +205,7 @@ export class BrokerAdapter implements SouthboundAdapter {
         () => cb(null),
         // Not durable: no PUBACK. The error closes the connection; the client resends on reconnect.
         (err: Error) => {
-          this.denied.add(packet)
+          this.denied.add(packet.payload as Buffer)
           cb(err)
         },
       )
@@ -199,7 +213,7 @@ export class BrokerAdapter implements SouthboundAdapter {
 
   private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
     const st = this.state.get(client)!
-    if (st.zone === 'internal' || this.serverSubscribing.has(client)) return sub
+    if (st.zone === 'internal' || this.serverSubscriptions.has(sub)) return sub
     if (mayDeviceSubscribe(st.device!.productId, sub.topic)) return sub
     this.core.metrics.rejected.inc({ reason: 'acl_denied' })
     this.warn.warn(`sub:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
@@ -214,12 +228,11 @@ export class BrokerAdapter implements SouthboundAdapter {
     let set = this.byDevice.get(key)
     if (!set) this.byDevice.set(key, (set = new Set()))
     set.add(client)
-    // Server-side subscriptions (PROTOCOL.md): exempt from the device ACL.
-    this.serverSubscribing.add(client)
-    client.subscribe(
-      serverSideSubscriptions(st.device.productId, st.device.deviceId).map((topic) => ({ topic, qos: 1 as const })),
-      () => this.serverSubscribing.delete(client),
-    )
+    // Server-side subscriptions (PROTOCOL.md): exempt from the device ACL. aedes hands these same
+    // objects to authorizeSubscribe.
+    const subs = serverSideSubscriptions(st.device.productId, st.device.deviceId).map((topic) => ({ topic, qos: 1 as const }))
+    for (const s of subs) this.serverSubscriptions.add(s)
+    client.subscribe(subs, () => undefined)
     const sock = client.conn as net.Socket
     st.session = {
       clientId: client.id,
