@@ -103,6 +103,10 @@ export const ConfigSchema = Type.Object(
         keepalive: Type.Integer({ default: 60, minimum: 5, description: 'MQTT keepalive towards the hub, seconds' }),
         inflight: Type.Integer({ default: 100, minimum: 1, maximum: 65535, description: 'QoS 1 messages in flight to the hub per connection' }),
         maxRate: Type.Number({ default: 0, minimum: 0, description: 'messages per second towards the hub, 0 = unlimited' }),
+        subscribePerProduct: Type.Boolean({
+          default: false,
+          description: "gateway mode: subscribe children's command topics with one `+` per product instead of one set per device (when the hub's ACL allows it)",
+        }),
       },
       { additionalProperties: false, default: {}, description: 'the link to the cloud IoTHub' },
     ),

@@ -3,8 +3,8 @@
 import { createRequire } from 'node:module'
 import type { Config } from '../config.js'
 import { outboxQuota } from '../config.js'
-import { openDatabase, type Db } from '../store/db.js'
-import { Outbox } from '../store/outbox.js'
+import { isDiskFull, openDatabase, type Db } from '../store/db.js'
+import { Outbox, RESUME_FREE_BYTES } from '../store/outbox.js'
 import { DeviceRegistry } from '../store/devices.js'
 import { ConnectionStore } from '../store/connections.js'
 import { Bridge } from '../northbound/bridge.js'
@@ -12,19 +12,35 @@ import { BrokerAdapter } from '../southbound/broker/broker-adapter.js'
 import { createLogger, RateLimitedLog, type Logger } from './log.js'
 import { Metrics } from './metrics.js'
 import { newMessageId } from './message-id.js'
-import type { ClientSession, CoreApi } from './core-api.js'
-import type { Command, SouthboundAdapter, Uplink } from './types.js'
+import type { ClientSession, CoreApi, ReplyStatus } from './core-api.js'
+import type { Command, DeviceRef, SouthboundAdapter, Uplink } from './types.js'
 import { deviceKey, ErrorCodes } from './types.js'
 import { HttpApi } from '../web/api.js'
+import { CommandStore } from '../store/commands.js'
+import { ShadowStore } from '../store/shadows.js'
+import { CommandRouter } from './command-router.js'
+import { TagService } from './tags.js'
+import { ShadowService } from './shadows.js'
+import { HubClock } from './clock.js'
+import { parseJsonObject } from './shadow-doc.js'
+import { formatDownTopic, parseDownTopic } from '../northbound/hub-topics.js'
 
 const require = createRequire(import.meta.url)
 export const VERSION: string = (require('../../package.json') as { version: string }).version
 
 const STATUS_INTERVAL_MS = 5 * 60_000
 const DISK_PROBE_MS = 1_000
+const SWEEP_INTERVAL_MS = 60_000
+const NTP_INTERVAL_MS = 10 * 60_000
+
+// Internal commands the hub sends with QoS 0 (PROTOCOL.md "QoS"): relayed to a native device if it
+// is online, never queued (the device asks again on its next connect).
+const QOS0_INTERNAL = new Set(['$set_tags', '$update_shadow', '$shadow_reply'])
 
 export interface GatewayOptions {
   logger?: Logger
+  /** More southbound adapters (mapped devices), built once the core exists. */
+  adapters?: (core: CoreApi) => SouthboundAdapter[]
 }
 
 export class Gateway implements CoreApi {
@@ -38,6 +54,11 @@ export class Gateway implements CoreApi {
   bridge!: Bridge
   broker!: BrokerAdapter
   http!: HttpApi
+  commands!: CommandStore
+  router!: CommandRouter
+  tags!: TagService
+  shadows!: ShadowService
+  readonly clock = new HubClock()
   private adapters: SouthboundAdapter[] = []
   private intakeListeners: ((open: boolean) => void)[] = []
   private timers: NodeJS.Timeout[] = []
@@ -47,7 +68,7 @@ export class Gateway implements CoreApi {
 
   constructor(
     readonly cfg: Config,
-    opts: GatewayOptions = {},
+    private readonly opts: GatewayOptions = {},
   ) {
     this.log = opts.logger ?? createLogger(cfg.log.level)
     this.warn = new RateLimitedLog(this.log)
@@ -75,18 +96,42 @@ export class Gateway implements CoreApi {
       }
     }
 
-    this.bridge = new Bridge(cfg, this.outbox, this.registry, this.metrics, this.log, (cmd) => this.route(cmd), () => void this.reportStatus())
+    this.commands = new CommandStore(this.db)
+    this.router = new CommandRouter({ store: this.commands, adapters: () => this.adapters, log: this.log.child({ component: 'commands' }), metrics: this.metrics })
+    const publishLocal = (topic: string, payload: Buffer, qos: 0 | 1): Promise<void> => this.broker.publishLocal(topic, payload, qos)
+    const isMapped = (d: DeviceRef): boolean => this.isMapped(d)
+    this.tags = new TagService({ registry: this.registry, store: this.commands, router: this.router, isMapped, publishLocal, log: this.log })
+    this.shadows = new ShadowService({
+      store: new ShadowStore(this.db),
+      router: this.router,
+      isMapped,
+      uplink: (up) => this.uplink(up),
+      publishLocal,
+      log: this.log.child({ component: 'shadows' }),
+    })
+
+    this.bridge = new Bridge(cfg, this.outbox, this.registry, this.metrics, this.log, {
+      onMessage: (topic, payload) => this.fromHub(topic, payload),
+      onConnected: () => this.onHubConnected(),
+      extraSubscriptions: (d) => this.tags.hubFilters(d),
+    })
+    this.tags.on('changed', this.bridge.resubscribe)
+    this.registry.on('changed', () => this.tags.registryChanged())
     this.bridge.start()
 
     this.broker = new BrokerAdapter(this, { listeners: cfg.broker.listeners, aclDenyAction: cfg.broker.aclDenyAction })
-    this.adapters = [this.broker]
+    this.adapters = [this.broker, ...(this.opts.adapters?.(this) ?? [])]
     for (const a of this.adapters) await a.start()
+    // Mapped devices that are reachable now get what waited for them.
+    for (const d of this.registry.list()) if (this.isMapped(d)) this.router.deviceOnline(d)
 
     this.http = new HttpApi(this)
     await this.http.start()
 
     this.timers.push(setInterval(() => void this.reportStatus(), STATUS_INTERVAL_MS).unref())
     this.timers.push(setInterval(() => this.updateGauges(), 5_000).unref())
+    this.timers.push(setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref())
+    this.timers.push(setInterval(() => this.probeHubClock(), NTP_INTERVAL_MS).unref())
     this.updateGauges()
     this.log.info(
       { version: VERSION, dataDir: cfg.gateway.dataDir, mqtt: this.broker.ports, http: this.http.port, northbound: cfg.northbound.url ?? null },
@@ -96,8 +141,54 @@ export class Gateway implements CoreApi {
 
   // --- CoreApi -------------------------------------------------------------------------------
 
+  /**
+   * Up: everything a device sends enters here. Most of it goes to the outbox; some of it the
+   * gateway answers or delivers itself (PROTOCOL.md "Internal data requests", m2m between children,
+   * replies to the gateway's own commands). Resolves once the message is durable or handled.
+   */
   uplink(up: Uplink): Promise<void> {
     this.metrics.uplinks.inc({ transport: up.transport, kind: up.topic.kind })
+    const t = up.topic
+    const device = { productId: t.productId, deviceId: t.deviceId }
+    try {
+      switch (t.kind) {
+        case 'get':
+          // `$ntp` is always answered here: the gateway is closer than the hub, so more accurate.
+          if (t.name === '$ntp') return this.answerNtp(up)
+          // `$tags`/`$shadow`: the hub answers when it is reachable, the gateway's copies otherwise.
+          if (t.name === '$tags' && !this.bridge.status().connected) return this.tags.answerLocally(device, up.payload, newMessageId())
+          if (t.name === '$shadow' && !this.bridge.status().connected) return this.shadows.answerLocally(device)
+          break
+        case 'cmd_resp':
+        case 'rpc_resp':
+          // Replies to the gateway's own (local API) commands stay local.
+          if (this.router.reply(device, t.requestId!, up.payload)) return Promise.resolve()
+          break
+        case 'm2m': {
+          // Between two children of this gateway: delivered here, with or without the hub (which
+          // would only echo it back).
+          const target = { productId: t.productId, deviceId: t.targetDeviceId! }
+          if (this.registry.get(target)) {
+            this.router.accept(
+              { type: 'm2m', device: target, name: '', encoding: 'plain', requestId: t.messageId, senderDeviceId: t.deviceId, payload: up.payload },
+              'm2m',
+            )
+            return Promise.resolve()
+          }
+          break
+        }
+        case 'upload_data':
+          if (up.transport !== 'internal' && (t.name === '$shadow_updated' || t.name === '$shadow_reported')) {
+            this.shadows.onDeviceUpload(device, t.name, up.payload)
+          }
+          break
+        default:
+          break
+      }
+    } catch (err) {
+      // A store write for a local path failed (disk full): not durable, so not acknowledged.
+      return Promise.reject(err as Error)
+    }
     return this.outbox.enqueue(up)
   }
 
@@ -111,21 +202,148 @@ export class Gateway implements CoreApi {
 
   sessionOpened(s: ClientSession): void {
     s.connectedAt = Date.now()
-    const info = this.connections.connected({ ...s, ...s.device, connectedAt: s.connectedAt })
-    this.uplink(this.connectionUplink({ ...info, ...s.device }, true, null)).catch((err: Error) =>
+    const c = { ...s, ...s.device, connectedAt: s.connectedAt }
+    this.recordConnection(() => this.connections.connected(c))
+    this.uplink(this.connectionUplink(c, true, null)).catch((err: Error) =>
       this.warn.warn('connection-uplink', { err: err.message }, 'could not record a $connection event'),
     )
+    // Commands that waited for this device go now, in order.
+    this.router.deviceOnline(s.device)
   }
 
   sessionClosed(s: ClientSession): void {
     const at = Date.now()
-    this.connections.disconnected(s.clientId, at)
+    this.recordConnection(() => this.connections.disconnected(s.clientId, at))
+    this.tags.clientGone(s.clientId)
     this.uplink(
       this.connectionUplink({ ...s, ...s.device, connectedAt: s.connectedAt ?? null }, false, at),
     ).catch((err: Error) => this.warn.warn('connection-uplink', { err: err.message }, 'could not record a $connection event'))
   }
 
+  tagSubscribed(device: DeviceRef, clientId: string, filter: string): void {
+    this.tags.localSubscribed(device, clientId, filter)
+  }
+
+  tagUnsubscribed(clientId: string, filter: string): void {
+    this.tags.localUnsubscribed(clientId, filter)
+  }
+
+  reportState(device: DeviceRef, reported: Record<string, unknown>): Promise<void> {
+    return this.shadows.reportState(device, reported)
+  }
+
+  /** A reply written on a mapped device's behalf: `{status, reason?, code?}` (cloud-to-device issue, 8). */
+  replyFor(cmd: Command, status: ReplyStatus, extra: { reason?: string; code?: number | string } = {}): Promise<void> {
+    if (cmd.type === 'm2m') return Promise.resolve()
+    return this.uplink({
+      topic: {
+        kind: cmd.type === 'rpc' ? 'rpc_resp' : 'cmd_resp',
+        productId: cmd.device.productId,
+        deviceId: cmd.device.deviceId,
+        name: cmd.name,
+        requestId: cmd.requestId,
+        messageId: newMessageId(),
+      },
+      payload: Buffer.from(JSON.stringify({ status, ...extra })),
+      transport: 'internal',
+      receivedAt: Date.now(),
+    })
+  }
+
+  isMapped(d: DeviceRef): boolean {
+    return this.adapters.some((a) => a.kind === 'mapped' && a.owns(d))
+  }
+
+  /** Down: a message from the hub. Resolves once it is durable (then the hub gets its PUBACK). */
+  async fromHub(topic: string, payload: Buffer): Promise<void> {
+    const t = parseDownTopic(topic)
+    if (!t) {
+      this.metrics.downlinks.inc({ outcome: 'malformed' })
+      this.warn.warn('hub-malformed', { topic, code: ErrorCodes.BAD_TOPIC }, 'message from the hub on a topic that is not PROTOCOL.md\'s; dropped')
+      return
+    }
+    if (t.kind === 'tags') {
+      const r = await this.tags.fromHub(t, topic, payload)
+      this.metrics.downlinks.inc({ outcome: r === 'relayed' ? 'delivered' : r })
+      return
+    }
+    const device = { productId: t.productId, deviceId: t.deviceId! }
+    if (device.productId === this.cfg.gateway.productId && device.deviceId === this.cfg.gateway.deviceId) {
+      if (t.kind === 'cmd' && t.name === '$set_ntp') this.clock.answer(parseJsonObject(payload))
+      this.metrics.clockOffset.set(this.clock.offsetMs)
+      return
+    }
+    if (!this.registry.get(device)) {
+      this.metrics.downlinks.inc({ outcome: 'unknown_device' })
+      return
+    }
+    const cmd: Command =
+      t.kind === 'm2m'
+        ? { type: 'm2m', device, name: '', encoding: 'plain', requestId: t.messageId!, senderDeviceId: t.senderDeviceId, payload }
+        : { type: t.kind, device, name: t.name!, encoding: t.encoding!, requestId: t.requestId!, expiresAt: t.expiresAt, payload }
+    if (cmd.type === 'cmd' && QOS0_INTERNAL.has(cmd.name)) return this.internalFromHub(cmd)
+    this.router.accept(cmd, t.kind === 'm2m' ? 'm2m' : 'hub')
+  }
+
+  /** `$set_tags`, `$update_shadow`, `$shadow_reply`: update the copies, relay to a native device. */
+  private async internalFromHub(cmd: Command): Promise<void> {
+    if (this.router.isExpired(cmd)) return
+    if (!this.commands.accept(deviceKey(cmd.device), cmd, 'hub').fresh) return
+    if (cmd.name === '$set_tags') this.tags.onSetTags(cmd.device, cmd.payload)
+    else if (cmd.name === '$update_shadow') this.shadows.onUpdateShadow(cmd.device, cmd.payload)
+    else this.shadows.onShadowReply(cmd.device, cmd.payload)
+    if (!this.isMapped(cmd.device) && this.broker.owns(cmd.device)) {
+      await this.broker.deliver({ ...cmd, qos: 0 })
+    }
+  }
+
+  private async answerNtp(up: Uplink): Promise<void> {
+    const device_time = parseJsonObject(up.payload)?.device_time
+    const topic = formatDownTopic({
+      kind: 'cmd',
+      productId: up.topic.productId,
+      deviceId: up.topic.deviceId,
+      name: '$set_ntp',
+      encoding: 'plain',
+      requestId: newMessageId(),
+    })
+    // iothub_recv is when the request arrived; iothub_send is taken now, just before publishing.
+    await this.broker.publishLocal(topic, this.clock.answerFor(device_time, up.receivedAt), 1)
+  }
+
+  private onHubConnected(): void {
+    void this.reportStatus()
+    // A few probes right away: the clock filter keeps the one with the shortest round trip.
+    for (let i = 0; i < 4; i++) setTimeout(() => this.probeHubClock(), i * 250).unref()
+  }
+
+  /** Measure our clock against the hub's with the same `$ntp` exchange a device uses. */
+  private probeHubClock(): void {
+    const messageId = newMessageId()
+    this.bridge.publishDirect(`get/${this.cfg.gateway.productId}/${this.cfg.gateway.deviceId}/$ntp/${messageId}`, this.clock.request(messageId))
+  }
+
+  private sweep(): void {
+    try {
+      this.router.sweep(this.registry.list().map((d) => deviceKey(d)))
+    } catch (err) {
+      this.warn.warn('sweep', { err: (err as Error).message }, 'command housekeeping failed')
+    }
+  }
+
   // --- internals -----------------------------------------------------------------------------
+
+  // The connection table is bookkeeping: a write it cannot make (full disk) is logged, never thrown
+  // into the broker's event handlers, where it would take the process down. A close it misses is
+  // reported as stale on the next start.
+  private recordConnection(write: () => unknown): void {
+    try {
+      write()
+    } catch (err) {
+      this.warn.warn('connection-record', { err: (err as Error).message, code: isDiskFull(err) ? ErrorCodes.STORE_FULL : ErrorCodes.STORE_FAILED },
+        'could not record a device connection')
+    }
+  }
 
   /** The `$connection` extension upload (PROTOCOL.md, "Up"): the hub can no longer see child connections. */
   private connectionUplink(
@@ -176,30 +394,12 @@ export class Gateway implements CoreApi {
     }
   }
 
-  /** Down: a command from the hub to the adapter that owns the device (durable queueing: cloud-to-device issue). */
-  route(cmd: Command): void {
-    if (cmd.expiresAt !== undefined && cmd.expiresAt * 1000 < Date.now()) {
-      this.metrics.downlinks.inc({ outcome: 'expired' })
-      return
-    }
-    const adapter = this.adapters.find((a) => a.owns(cmd.device))
-    if (!adapter) {
-      this.metrics.downlinks.inc({ outcome: 'offline' })
-      this.log.info({ device: deviceKey(cmd.device), name: cmd.name, requestId: cmd.requestId }, 'command for a device that is not connected')
-      return
-    }
-    adapter.deliver(cmd).then(
-      (r) => this.metrics.downlinks.inc({ outcome: r }),
-      (err: Error) => this.log.warn({ err: err.message, device: deviceKey(cmd.device) }, 'command delivery failed'),
-    )
-  }
-
   private onDiskFull(err: Error): void {
     this.metrics.storeFull.set(1)
     this.metrics.rejected.inc({ reason: 'store_full' })
     this.log.error(
       { err: err.message, code: ErrorCodes.STORE_FULL, dataDir: this.cfg.gateway.dataDir },
-      'data disk is full: no longer acknowledging messages; free space in the data folder and intake resumes by itself',
+      `data disk is full: no longer acknowledging messages; free space in the data folder and intake resumes by itself (once ${RESUME_FREE_BYTES >> 20} MiB are free)`,
     )
     for (const l of this.intakeListeners) l(false)
     clearInterval(this.probeTimer)
@@ -240,6 +440,7 @@ export class Gateway implements CoreApi {
       clearInterval(this.probeTimer)
       await this.http?.stop()
       for (const a of [...this.adapters].reverse()) await a.stop()
+      await this.router?.stop()
       await this.bridge?.stop()
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])

@@ -42,11 +42,16 @@ export class Metrics {
   })
   readonly downlinks = new Counter({
     name: 'iothub_edge_downlinks_total',
-    help: 'Messages from the hub, by outcome (delivered, offline, expired, malformed)',
+    help: 'Messages from the hub, by outcome (delivered, offline, expired, duplicate, malformed, unknown_device)',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   })
   readonly localClients = new Gauge({ name: 'iothub_edge_local_clients', help: 'Clients connected to the local broker', registers: [this.registry] })
+  readonly clockOffset = new Gauge({
+    name: 'iothub_edge_clock_offset_ms',
+    help: "The hub's clock minus ours, measured with $ntp (0 until the hub was reached)",
+    registers: [this.registry],
+  })
   readonly storeFull = new Gauge({ name: 'iothub_edge_store_disk_full', help: '1 while the data disk is full and intake is stopped', registers: [this.registry] })
 
   constructor() {

@@ -31,6 +31,8 @@ export interface Command {
   /** m2m: the sending device. */
   senderDeviceId?: string
   payload: Buffer
+  /** 1 unless the protocol says otherwise (`$set_tags`, `$update_shadow`, `$shadow_reply` are QoS 0). */
+  qos?: 0 | 1
 }
 
 export type DeliveryResult = 'delivered' | 'offline'
@@ -41,6 +43,11 @@ export type DeliveryResult = 'delivered' | 'offline'
  */
 export interface SouthboundAdapter {
   readonly name: string
+  /**
+   * native: its devices speak PROTOCOL.md themselves (the gateway relays); mapped: the gateway plays
+   * the device SDK's part for them (tags, shadow, replies).
+   */
+  readonly kind: 'native' | 'mapped'
   start(): Promise<void>
   /** Stop taking input, finish what is in flight, release ports. Idempotent. */
   stop(): Promise<void>

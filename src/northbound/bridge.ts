@@ -1,16 +1,25 @@
-// The northbound bridge: drains the outbox to the cloud hub and turns what the hub sends into
-// Commands for the core. `gateway` mode uses one connection with the gateway's credentials;
+// The northbound bridge: drains the outbox to the cloud hub and hands what the hub sends to the
+// core. `gateway` mode uses one connection with the gateway's credentials;
 // `devices` mode one per child with the child's own (DESIGN.md, "Northbound modes").
 import { readFileSync } from 'node:fs'
 import type { Config } from '../config.js'
 import type { Logger } from '../core/log.js'
 import type { Metrics } from '../core/metrics.js'
-import type { Command, DeviceRef } from '../core/types.js'
+import type { DeviceRef } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
 import type { Outbox } from '../store/outbox.js'
 import type { DeviceRegistry } from '../store/devices.js'
 import { HubLink, type HubLinkOptions } from './hub-link.js'
-import { parseDownTopic, serverSideSubscriptions } from './hub-topics.js'
+import { serverSideSubscriptions } from './hub-topics.js'
+
+export interface BridgeHooks {
+  /** A message from the hub; the hub gets its PUBACK once this resolves. */
+  onMessage: (topic: string, payload: Buffer) => Promise<void>
+  /** The gateway's own link (re)connected. */
+  onConnected: () => void
+  /** Further filters to hold on the hub (tag topics): all of them, or one child's in devices mode. */
+  extraSubscriptions: (device?: DeviceRef) => string[]
+}
 
 export interface BridgeStatus {
   configured: boolean
@@ -31,8 +40,7 @@ export class Bridge {
     private readonly registry: DeviceRegistry,
     private readonly metrics: Metrics,
     log: Logger,
-    private readonly onCommand: (cmd: Command) => void,
-    private readonly onConnected: () => void,
+    private readonly hooks: BridgeHooks,
   ) {
     this.log = log.child({ component: 'bridge' })
     this.gatewayKey = `${cfg.gateway.productId}/${cfg.gateway.deviceId}`
@@ -49,12 +57,13 @@ export class Bridge {
       return
     }
     this.outbox.on('committed', this.wakeAll)
+    this.outbox.on('evicted', this.forgetAll)
     if (nb.mode === 'gateway') {
       this.addLink(this.gatewayKey, {
         username: nb.username ?? this.gatewayKey,
         password: nb.password ?? this.cfg.gateway.secret,
         clientId: nb.clientId ?? `${this.gatewayKey}/edge`,
-        subscriptions: () => this.registry.list().filter((d) => d.enabled).flatMap((d) => serverSideSubscriptions(d.productId, d.deviceId)),
+        subscriptions: () => [...this.ownSubscriptions(), ...this.childSubscriptions(), ...this.hooks.extraSubscriptions()],
       })
       this.registry.on('changed', this.resubscribe)
       this.registry.on('removed', this.resubscribe)
@@ -66,7 +75,7 @@ export class Bridge {
           username: this.gatewayKey,
           password: nb.password ?? this.cfg.gateway.secret,
           clientId: `${this.gatewayKey}/edge`,
-          subscriptions: () => [],
+          subscriptions: () => this.ownSubscriptions(),
         })
       }
       for (const d of this.registry.list()) this.syncDeviceLink(d)
@@ -79,8 +88,32 @@ export class Bridge {
     for (const l of this.links.values()) l.wake()
   }
 
-  private readonly resubscribe = (): void => {
+  private readonly forgetAll = (ids: number[]): void => {
+    const set = new Set(ids)
+    for (const l of this.links.values()) l.forget(set)
+  }
+
+  /** Bring every link's hub subscriptions in line with what is wanted now. */
+  readonly resubscribe = (): void => {
     for (const l of this.links.values()) l.syncSubscriptions()
+  }
+
+  // The gateway is a device of the hub too: its own command topics (our `$set_ntp` answers).
+  private ownSubscriptions(): string[] {
+    return serverSideSubscriptions(this.cfg.gateway.productId, this.cfg.gateway.deviceId)
+  }
+
+  // Gateway mode: the children's command topics, one set per device, or one `+` per product for
+  // hubs whose ACL allows it (northbound.subscribePerProduct).
+  private childSubscriptions(): string[] {
+    const enabled = this.registry.list().filter((d) => d.enabled)
+    if (!this.cfg.northbound.subscribePerProduct) return enabled.flatMap((d) => serverSideSubscriptions(d.productId, d.deviceId))
+    return [...new Set(enabled.map((d) => d.productId))].flatMap((p) => serverSideSubscriptions(p, '+'))
+  }
+
+  /** Publish on the gateway's own link, outside the outbox; false when not connected. */
+  publishDirect(topic: string, payload: Buffer): boolean {
+    return this.links.get(this.gatewayKey)?.publishDirect(topic, payload) ?? false
   }
 
   private readonly syncDeviceLinkListener = (d: { productId: string; deviceId: string; enabled: boolean }): void =>
@@ -102,7 +135,7 @@ export class Bridge {
       password: secret,
       clientId: `${key}/edge`,
       // The hub subscribes devices server-side; we ask too, in case it does not (SUBACK 0x80 is fine).
-      subscriptions: () => serverSideSubscriptions(d.productId, d.deviceId),
+      subscriptions: () => [...serverSideSubscriptions(d.productId, d.deviceId), ...this.hooks.extraSubscriptions(d)],
     })
   }
 
@@ -129,30 +162,14 @@ export class Bridge {
         inflight: nb.inflight,
         maxRate: nb.maxRate,
         tls,
-        onMessage: (topic, payload) => this.onMessage(topic, payload),
-        onConnected: key === this.gatewayKey ? this.onConnected : undefined,
+        onMessage: this.hooks.onMessage,
+        onConnected: key === this.gatewayKey ? this.hooks.onConnected : undefined,
       },
       this.log.child({ link: key }),
       this.metrics,
     )
     this.links.set(key, link)
     link.start()
-  }
-
-  private onMessage(topic: string, payload: Buffer): void {
-    const t = parseDownTopic(topic)
-    if (!t || t.kind === 'tags') {
-      // Tag commands are fanned out by the tag service (cloud-to-device issue); malformed ones counted.
-      this.metrics.downlinks.inc({ outcome: 'malformed' })
-      this.log.warn({ topic }, 'message from the hub on a topic the gateway does not handle; dropped')
-      return
-    }
-    const device = { productId: t.productId, deviceId: t.deviceId! }
-    const cmd: Command =
-      t.kind === 'm2m'
-        ? { type: 'm2m', device, name: '', encoding: 'plain', requestId: t.messageId!, senderDeviceId: t.senderDeviceId, payload }
-        : { type: t.kind, device, name: t.name!, encoding: t.encoding!, requestId: t.requestId!, expiresAt: t.expiresAt, payload }
-    this.onCommand(cmd)
   }
 
   status(): BridgeStatus {
@@ -169,6 +186,7 @@ export class Bridge {
 
   async stop(): Promise<void> {
     this.outbox.off('committed', this.wakeAll)
+    this.outbox.off('evicted', this.forgetAll)
     await Promise.all([...this.links.values()].map((l) => l.stop()))
     this.links.clear()
   }

@@ -23,7 +23,8 @@ export interface HubLinkOptions {
   device?: string
   /** Topic filters to hold on the hub (command topics). */
   subscriptions: () => string[]
-  onMessage: (topic: string, payload: Buffer) => void
+  /** A message from the hub; it is PUBACKed only once this resolves (the command is durable). */
+  onMessage: (topic: string, payload: Buffer) => Promise<void>
   /** Called once per connection after the subscriptions are in place. */
   onConnected?: () => void
 }
@@ -102,9 +103,20 @@ export class HubLink {
       this.opts.onConnected?.()
       this.pump()
     })
-    client.on('message', (topic, payload) => {
-      if (gen === this.generation) this.opts.onMessage(topic, payload)
-    })
+    // MQTT.js sends the PUBACK when handleMessage calls back: only after the command is durable.
+    // A command that cannot be stored is not acknowledged; dropping the connection makes the hub
+    // send it again from the persistent session once we are back.
+    client.handleMessage = (packet, done) => {
+      if (gen !== this.generation) return done(new Error('stale connection'))
+      this.opts.onMessage(packet.topic, packet.payload as Buffer).then(
+        () => done(),
+        (err: Error) => {
+          this.log.warn({ err: err.message, topic: packet.topic, code: ErrorCodes.NORTHBOUND }, 'could not store a message from the hub; it will be redelivered')
+          done(err)
+          client.end(true)
+        },
+      )
+    }
     client.on('error', (err) => {
       if (gen !== this.generation) return
       this.log.warn({ err: err.message, code: ErrorCodes.NORTHBOUND, url: this.opts.url }, 'hub connection error')
@@ -125,6 +137,7 @@ export class HubLink {
     this.generation++
     this.client?.end(true)
     this.client = undefined
+    this.outbox.unsent(this.inflight)
     this.inflight.clear()
     this.buffer = []
     this.cursors = { 0: 0, 1: 0, 2: 0 }
@@ -159,6 +172,11 @@ export class HubLink {
     })
   }
 
+  /** Rows the quota evicted: never publish them from the read-ahead buffer. */
+  forget(ids: ReadonlySet<number>): void {
+    if (this.buffer.length) this.buffer = this.buffer.filter((r) => !ids.has(r.id))
+  }
+
   /** Called when new rows were committed. */
   wake(): void {
     this.maybeMore = true
@@ -179,10 +197,14 @@ export class HubLink {
         continue
       }
       this.inflight.add(row.id)
+      this.outbox.sent(row.id)
       client.publish(row.topic, row.payload, { qos: 1 }, (err) => {
         if (gen !== this.generation) return
         this.inflight.delete(row.id)
-        if (err) return // the connection is going down; the row is sent again after reconnect
+        if (err) {
+          this.outbox.unsent([row.id])
+          return // the connection is going down; the row is sent again after reconnect
+        }
         this.outbox.ack(row.id)
         this.metrics.northboundPublished.inc()
         this.pump()
@@ -227,10 +249,10 @@ export class HubLink {
     return false
   }
 
-  /** Publish directly, outside the outbox (QoS 0 control traffic such as `$ntp` probes). */
-  publishVolatile(topic: string, payload: Buffer): boolean {
+  /** Publish directly, outside the outbox (time-critical control traffic such as our own `$ntp` probe). */
+  publishDirect(topic: string, payload: Buffer): boolean {
     if (!this.client || !this.connected) return false
-    this.client.publish(topic, payload, { qos: 0 })
+    this.client.publish(topic, payload, { qos: 1 })
     return true
   }
 
@@ -242,6 +264,8 @@ export class HubLink {
     this.generation++
     this.connected = false
     this.client = undefined
+    this.outbox.unsent(this.inflight)
+    this.inflight.clear()
     if (client) await new Promise<void>((r) => client.end(false, {}, () => r()))
   }
 }

@@ -2,7 +2,7 @@
 // migrations. One connection for the whole process: better-sqlite3 is synchronous, so every write
 // is ordered and group commit (see outbox.ts) is what keeps it fast.
 import Database from 'better-sqlite3'
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, statfsSync } from 'node:fs'
 import path from 'node:path'
 
 export type Db = Database.Database
@@ -57,6 +57,43 @@ const migrations: string[] = [
     value INTEGER NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 2: commands (queue and history), seen RequestIds, shadow copies
+  `
+  CREATE TABLE commands (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device      TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    encoding    TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    expires_at  INTEGER,
+    sender      TEXT,
+    payload     BLOB NOT NULL,
+    origin      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    reason      TEXT,
+    reply       BLOB,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+  );
+  CREATE INDEX commands_by_device ON commands (device, state, id);
+  CREATE INDEX commands_by_request ON commands (device, request_id);
+
+  -- scope: the target device key, or a tag topic for tag commands
+  CREATE TABLE seen_requests (
+    scope      TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    seen_at    INTEGER NOT NULL,
+    PRIMARY KEY (scope, request_id)
+  ) WITHOUT ROWID;
+  CREATE INDEX seen_by_time ON seen_requests (seen_at);
+
+  CREATE TABLE shadows (
+    device     TEXT PRIMARY KEY,
+    doc        TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ]
 
 export function openDatabase(dataDir: string): Db {
@@ -79,6 +116,12 @@ function migrate(db: Db): void {
       db.pragma(`user_version = ${v + 1}`)
     })()
   }
+}
+
+/** Bytes this process may still write on the filesystem holding `dir` (root may use the reserved blocks too). */
+export function freeBytes(dir: string): number {
+  const s = statfsSync(dir)
+  return (process.getuid?.() === 0 ? s.bfree : s.bavail) * s.bsize
 }
 
 /** True for the errors a full disk produces (SQLITE_FULL, ENOSPC surfaced as SQLITE_IOERR_WRITE). */

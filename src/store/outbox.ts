@@ -3,9 +3,10 @@
 // turn of the event loop (a whole socket read of publishes, many devices at once) becomes one
 // transaction, so synchronous=FULL costs one fsync per batch, not per message.
 import { EventEmitter } from 'node:events'
+import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
-import { isDiskFull } from './db.js'
+import { freeBytes, isDiskFull } from './db.js'
 import type { Uplink } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
 import { formatUpTopic, priorityOf } from '../northbound/hub-topics.js'
@@ -36,6 +37,9 @@ export interface OutboxStats {
 // What a row costs against the quota besides its topic and payload (index entries, row header).
 const ROW_OVERHEAD = 64
 
+/** Free space the data disk needs before intake resumes after it was full. */
+export const RESUME_FREE_BYTES = 1 << 20
+
 interface Pending {
   up: Uplink
   resolve: () => void
@@ -48,12 +52,17 @@ export interface OutboxOptions {
 }
 
 /**
- * Events: 'committed' (new rows are readable), 'dropped' ({reason, count}), 'full' (disk full, intake
- * must stop), 'writable' (a write succeeded again after 'full').
+ * Events: 'committed' (new rows are readable), 'dropped' ({reason, count}), 'evicted' (ids removed by
+ * the quota: readers holding them must forget them), 'full' (disk full, intake must stop),
+ * 'writable' (probe() found room again after 'full').
  */
 export class Outbox extends EventEmitter {
   private pending: Pending[] = []
   private acked: number[] = []
+  // Rows published to the hub and awaiting its PUBACK. Quota eviction passes over them: they are
+  // leaving anyway, and evicting one would count as dropped a message the hub then acknowledges.
+  private readonly sending = new Set<number>()
+  private pendingEvicted: number[] = []
   private flushScheduled = false
   private totals = { messages: 0, bytes: 0 }
   private byPrio: Record<Priority, { messages: number; bytes: number }> = {
@@ -87,7 +96,7 @@ export class Outbox extends EventEmitter {
       oldest: db.prepare('SELECT MIN(received_at) AS t FROM outbox'),
       readPrio: db.prepare('SELECT * FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?'),
       readPrioDevice: db.prepare('SELECT * FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?'),
-      evictCandidates: db.prepare('SELECT id, bytes FROM outbox WHERE prio = ? ORDER BY id LIMIT 256'),
+      evictCandidates: db.prepare('SELECT id, bytes FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT 256'),
       bumpCounter: db.prepare(
         'INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value',
       ),
@@ -128,8 +137,19 @@ export class Outbox extends EventEmitter {
 
   /** The hub acknowledged this row; its deletion joins the next group commit. */
   ack(id: number): void {
+    this.sending.delete(id)
     this.acked.push(id)
     this.schedule()
+  }
+
+  /** This row was published to the hub: keep it from quota eviction until `ack` or `unsent`. */
+  sent(id: number): void {
+    this.sending.add(id)
+  }
+
+  /** These rows will not be acknowledged on the connection they were sent on (it went down). */
+  unsent(ids: Iterable<number>): void {
+    for (const id of ids) this.sending.delete(id)
   }
 
   private schedule(): void {
@@ -171,10 +191,8 @@ export class Outbox extends EventEmitter {
       return
     }
     this.commitTotals()
-    if (this.diskFull) {
-      this.diskFull = false
-      this.emit('writable')
-    }
+    // A commit can succeed with the disk still full (it fits into WAL space a failed one left
+    // allocated): it is durable, but only probe() (which asks for headroom) reopens intake.
     for (const p of batch) p.resolve()
     if (batch.length) this.emit('committed')
   }
@@ -201,10 +219,16 @@ export class Outbox extends EventEmitter {
     }
     this.journal = []
     this.pendingDrops = {}
+    this.pendingEvicted = []
   }
 
   private commitTotals(): void {
     this.journal = []
+    if (this.pendingEvicted.length) {
+      const ids = this.pendingEvicted
+      this.pendingEvicted = []
+      this.emit('evicted', ids)
+    }
     for (const [reason, n] of Object.entries(this.pendingDrops) as [DropReason, number][]) {
       this.drops[reason] += n
       this.emit('dropped', { reason, count: n })
@@ -237,17 +261,21 @@ export class Outbox extends EventEmitter {
     if (this.totals.bytes <= this.opts.maxBytes) return
     let evicted = 0
     for (const prio of [2, 1, 0] as const) {
+      let after = 0
       while (this.totals.bytes > this.opts.maxBytes && this.byPrio[prio].messages > 0) {
-        const rows = this.st.evictCandidates.all(prio) as { id: number; bytes: number }[]
+        const rows = this.st.evictCandidates.all(prio, after) as { id: number; bytes: number }[]
         if (rows.length === 0) break
+        after = rows[rows.length - 1].id
         const victims: number[] = []
         let freed = 0
         for (const r of rows) {
           if (this.totals.bytes - freed <= this.opts.maxBytes) break
+          if (this.sending.has(r.id)) continue
           victims.push(r.id)
           freed += r.bytes
         }
         evicted += this.deleteRows(victims)
+        this.pendingEvicted.push(...victims)
       }
     }
     if (evicted) this.countDrop('quota', evicted)
@@ -305,9 +333,16 @@ export class Outbox extends EventEmitter {
     }
   }
 
-  /** While the disk is full: try a tiny write; true (and 'writable') once writes succeed again. */
+  /** While the disk is full: true (and 'writable') once there is room again and a write succeeds. */
   probe(): boolean {
     if (!this.diskFull) return true
+    // A tiny write alone proves nothing: it fits into the WAL space the failed commit had already
+    // allocated, with the disk still full, and intake would flap open and shut. Ask for headroom.
+    try {
+      if (freeBytes(path.dirname(this.db.name)) < RESUME_FREE_BYTES) return false
+    } catch {
+      // No statfs for this path: the write below decides.
+    }
     try {
       this.db.transaction(() => this.st.bumpCounter.run('store.probe', 1))()
     } catch {

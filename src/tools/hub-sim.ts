@@ -7,6 +7,9 @@ import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import mqtt, { type MqttClient } from 'mqtt'
 import { formatDownTopic, parseUpTopic, type UpTopic } from '../northbound/hub-topics.js'
+import { applyDesired, applyReported, parseJsonObject as parseJson, withDesired, type JsonObject, type ShadowDoc as Shadow } from '../core/shadow-doc.js'
+
+export type { JsonObject, Shadow }
 
 export interface HubSimOptions {
   url: string
@@ -23,15 +26,6 @@ export interface HubUpload {
   payload: Buffer
   receivedAt: number
   duplicate: boolean
-}
-
-export type JsonObject = Record<string, unknown>
-
-export interface Shadow {
-  state: { reported?: JsonObject; desired?: JsonObject }
-  metadata: { reported?: Record<string, { timestamp: number }>; desired?: Record<string, { timestamp: number }> }
-  version: number
-  timestamp?: number
 }
 
 interface DeviceState {
@@ -176,17 +170,8 @@ export class HubSim extends EventEmitter {
       void this.pushShadow(t.productId, t.deviceId)
       return
     }
-    const ts = Math.floor(this.now() / 1000)
-    const desired = s.shadow.state.desired ?? {}
-    s.shadow.state.reported = mergeNullDeletes(s.shadow.state.reported ?? {}, desired)
-    s.shadow.metadata.reported = { ...(s.shadow.metadata.reported ?? {}) }
-    for (const k of Object.keys(desired)) {
-      if (desired[k] === null) delete s.shadow.metadata.reported[k]
-      else s.shadow.metadata.reported[k] = { timestamp: ts }
-    }
-    delete s.shadow.state.desired
-    delete s.shadow.metadata.desired
-    this.bumpAndReply(t, s, ts)
+    s.shadow = applyDesired(s.shadow, Math.floor(this.now() / 1000))
+    this.reply(t, s)
   }
 
   private onShadowReported(t: UpTopic, payload: Buffer): void {
@@ -197,20 +182,12 @@ export class HubSim extends EventEmitter {
       void this.pushShadow(t.productId, t.deviceId)
       return
     }
-    const ts = Math.floor(this.now() / 1000)
-    s.shadow.state.reported = mergeNullDeletes(s.shadow.state.reported ?? {}, reported)
-    s.shadow.metadata.reported = { ...(s.shadow.metadata.reported ?? {}) }
-    for (const k of Object.keys(reported)) {
-      if (reported[k] === null) delete s.shadow.metadata.reported[k]
-      else s.shadow.metadata.reported[k] = { timestamp: ts }
-    }
-    this.bumpAndReply(t, s, ts)
+    s.shadow = applyReported(s.shadow, reported, Math.floor(this.now() / 1000))
+    this.reply(t, s)
   }
 
-  private bumpAndReply(t: UpTopic, s: DeviceState, ts: number): void {
-    s.shadow.version++
-    s.shadow.timestamp = ts
-    void this.command(t.productId, t.deviceId, '$shadow_reply', { status: 'success', timestamp: ts, version: s.shadow.version }, { qos: 0 })
+  private reply(t: UpTopic, s: DeviceState): void {
+    void this.command(t.productId, t.deviceId, '$shadow_reply', { status: 'success', timestamp: s.shadow.timestamp, version: s.shadow.version }, { qos: 0 })
   }
 
   // --- what a business system does through the hub's API ------------------------------------
@@ -272,13 +249,9 @@ export class HubSim extends EventEmitter {
    */
   async setDesired(p: string, d: string, desired: JsonObject, version: number): Promise<boolean> {
     const s = this.device(p, d)
-    if (version <= s.shadow.version) return false
-    const ts = Math.floor(this.now() / 1000)
-    s.shadow.state.desired = { ...(s.shadow.state.desired ?? {}), ...desired }
-    s.shadow.metadata.desired = { ...(s.shadow.metadata.desired ?? {}) }
-    for (const k of Object.keys(desired)) s.shadow.metadata.desired[k] = { timestamp: ts }
-    s.shadow.version = version
-    s.shadow.timestamp = ts
+    const next = withDesired(s.shadow, desired, version, Math.floor(this.now() / 1000))
+    if (!next) return false
+    s.shadow = next
     await this.pushShadow(p, d)
     return true
   }
@@ -333,24 +306,4 @@ export class HubSim extends EventEmitter {
 function encodePayload(payload: unknown, encoding: 'plain' | 'base64'): Buffer {
   const raw = Buffer.isBuffer(payload) ? payload : Buffer.from(typeof payload === 'string' ? payload : JSON.stringify(payload))
   return encoding === 'base64' ? Buffer.from(raw.toString('base64')) : raw
-}
-
-function parseJson(payload: Buffer): JsonObject | undefined {
-  if (payload.length === 0) return undefined
-  try {
-    const v: unknown = JSON.parse(payload.toString('utf8'))
-    return v && typeof v === 'object' && !Array.isArray(v) ? (v as JsonObject) : undefined
-  } catch {
-    return undefined
-  }
-}
-
-/** Merge `patch` into `base`; a key set to null deletes it (PROTOCOL.md "Shadow"). */
-export function mergeNullDeletes(base: JsonObject, patch: JsonObject): JsonObject {
-  const out = { ...base }
-  for (const [k, v] of Object.entries(patch)) {
-    if (v === null) delete out[k]
-    else out[k] = v
-  }
-  return out
 }

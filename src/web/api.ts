@@ -7,6 +7,8 @@ import type { Gateway } from '../core/gateway.js'
 import { isId } from '../northbound/hub-topics.js'
 
 const TOKEN_FILE = 'api-token'
+// How long a local RPC waits for the device's reply (the hub's own limit is ~5 s).
+const RPC_WAIT_MS = 5_000
 export const RUNTIME_FILE = 'runtime.json'
 
 /** Where a running gateway can be reached, for the CLI acting on the same data dir. */
@@ -70,6 +72,7 @@ export class HttpApi {
         reasons: h.reasons,
         northbound: { configured: nb.configured, connected: nb.connected, since: nb.since, links: nb.links, linksConnected: nb.linksConnected },
         outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes },
+        clock: { offsetMs: gw.clock.offsetMs, measuredAt: gw.clock.lastSample?.measuredAt ?? null },
       })
     })
 
@@ -134,6 +137,72 @@ export class HttpApi {
       if (typeof b.enabled === 'boolean') gw.registry.setEnabled(ref, b.enabled)
       return { device: gw.registry.get(ref) }
     })
+
+    app.get<{ Params: DeviceParams }>('/api/devices/:p/:d/shadow', async (req, reply) => {
+      const ref = { productId: req.params.p, deviceId: req.params.d }
+      if (!gw.registry.get(ref)) return reply.code(404).send({ error: 'not_found' })
+      return { shadow: gw.shadows.get(ref) }
+    })
+
+    app.get<{ Params: DeviceParams }>('/api/devices/:p/:d/commands', async (req, reply) => {
+      const ref = { productId: req.params.p, deviceId: req.params.d }
+      if (!gw.registry.get(ref)) return reply.code(404).send({ error: 'not_found' })
+      return {
+        commands: gw.router.history(ref).map((c) => ({
+          id: c.id,
+          type: c.command.type,
+          name: c.command.name,
+          requestId: c.command.requestId,
+          encoding: c.command.encoding,
+          expiresAt: c.command.expiresAt ?? null,
+          origin: c.origin,
+          state: c.state,
+          reason: c.reason ?? null,
+          createdAt: c.createdAt,
+          updatedAt: c.updatedAt,
+          payload: c.command.payload.toString('utf8'),
+          reply: c.reply ? c.reply.toString('utf8') : null,
+        })),
+      }
+    })
+
+    // A technician's command to one device. Replies stay local; `rpc: true` waits for the reply.
+    app.post<{ Params: DeviceParams; Body: { name?: unknown; payload?: unknown; encoding?: unknown; ttl?: unknown; rpc?: unknown } }>(
+      '/api/devices/:p/:d/commands',
+      async (req, reply) => {
+        const ref = { productId: req.params.p, deviceId: req.params.d }
+        const b = req.body ?? {}
+        if (!gw.registry.get(ref)) return reply.code(404).send({ error: 'not_found' })
+        if (typeof b.name !== 'string' || !/^[A-Za-z0-9_.:-]{1,64}$/.test(b.name)) {
+          return reply.code(400).send({
+            error: 'bad_request',
+            message: 'name: 1-64 of [A-Za-z0-9_.:-]; names starting with $ are internal to the protocol and cannot be sent',
+          })
+        }
+        const encoding = b.encoding ?? 'plain'
+        if (encoding !== 'plain' && encoding !== 'base64') return reply.code(400).send({ error: 'bad_request', message: 'encoding: plain or base64' })
+        if (b.ttl !== undefined && !(typeof b.ttl === 'number' && Number.isInteger(b.ttl) && b.ttl > 0)) {
+          return reply.code(400).send({ error: 'bad_request', message: 'ttl: a positive number of seconds' })
+        }
+        const raw = b.payload === undefined ? '' : typeof b.payload === 'string' ? b.payload : JSON.stringify(b.payload)
+        const cmd = {
+          type: b.rpc === true ? ('rpc' as const) : ('cmd' as const),
+          device: ref,
+          name: b.name,
+          encoding: encoding as 'plain' | 'base64',
+          requestId: randomBytes(12).toString('hex'),
+          expiresAt: typeof b.ttl === 'number' ? Math.floor(Date.now() / 1000) + b.ttl : undefined,
+          payload: Buffer.from(raw),
+        }
+        const replied = cmd.type === 'rpc' ? gw.router.waitForReply(ref, cmd.requestId, RPC_WAIT_MS) : undefined
+        const outcome = gw.router.accept(cmd, 'local')
+        if (outcome === 'rpc_offline') return reply.code(409).send({ error: 'offline', message: 'the device is not connected; RPCs are not queued', requestId: cmd.requestId })
+        if (!replied) return reply.code(202).send({ requestId: cmd.requestId, state: outcome })
+        const answer = await replied
+        if (!answer) return reply.code(504).send({ error: 'timeout', message: `no reply within ${RPC_WAIT_MS / 1000} s`, requestId: cmd.requestId })
+        return { requestId: cmd.requestId, state: 'replied', reply: answer.toString('utf8') }
+      },
+    )
 
     app.delete<{ Params: DeviceParams }>('/api/devices/:p/:d', async (req, reply) => {
       if (!gw.registry.remove({ productId: req.params.p, deviceId: req.params.d })) return reply.code(404).send({ error: 'not_found' })

@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { pino } from 'pino'
-import type { ClientSession, CoreApi } from '../../src/core/core-api.js'
+import type { ClientSession, CoreApi, ReplyStatus } from '../../src/core/core-api.js'
 import { Metrics } from '../../src/core/metrics.js'
-import type { Uplink } from '../../src/core/types.js'
+import type { Command, DeviceRef, Uplink } from '../../src/core/types.js'
 import { openDatabase, type Db } from '../../src/store/db.js'
 import { DeviceRegistry } from '../../src/store/devices.js'
 
@@ -68,6 +68,28 @@ export class ContractCore implements CoreApi {
 
   sessionClosed(s: ClientSession): void {
     this.sessions.closed.push(s)
+  }
+
+  readonly tagEvents: { op: 'sub' | 'unsub'; clientId: string; filter: string }[] = []
+
+  tagSubscribed(_device: DeviceRef, clientId: string, filter: string): void {
+    this.tagEvents.push({ op: 'sub', clientId, filter })
+  }
+
+  tagUnsubscribed(clientId: string, filter: string): void {
+    this.tagEvents.push({ op: 'unsub', clientId, filter })
+  }
+
+  readonly reports: { device: DeviceRef; reported: Record<string, unknown> }[] = []
+
+  async reportState(device: DeviceRef, reported: Record<string, unknown>): Promise<void> {
+    this.reports.push({ device, reported })
+  }
+
+  readonly replies: { cmd: Command; status: ReplyStatus }[] = []
+
+  async replyFor(cmd: Command, status: ReplyStatus): Promise<void> {
+    this.replies.push({ cmd, status })
   }
 
   dispose(): void {

@@ -29,7 +29,9 @@ function upMessages(): { what: string; topic: string; payload: Buffer }[] {
     { what: 'rpc_resp', topic: `rpc_resp/${p}/${d}/read_temp/${newMessageId()}/${newMessageId()}`, payload: json({ c: 22 }) },
     { what: 'get (JSON)', topic: `get/${p}/${d}/config/${newMessageId()}`, payload: json({ keys: ['interval'] }) },
     { what: 'get (empty payload)', topic: `get/${p}/${d}/firmware_info/${newMessageId()}`, payload: Buffer.alloc(0) },
-    { what: 'm2m to t2', topic: `m2m/${p}/${t2.deviceId}/${d}/${newMessageId()}`, payload: Buffer.from('hello t2') },
+    // A device that is not a child of this gateway: the hub delivers it (m2m between two children
+    // is delivered locally and never goes north: test/scenario/cloud-to-device.test.ts).
+    { what: 'm2m to a device elsewhere', topic: `m2m/${p}/elsewhere-7/${d}/${newMessageId()}`, payload: Buffer.from('hello elsewhere') },
     {
       what: 'update_ota_status',
       topic: `update_ota_status/${p}/${d}/${newMessageId()}`,

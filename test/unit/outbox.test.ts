@@ -118,6 +118,58 @@ describe('outbox', () => {
     expect(o.read(0, 0, 10).map((r) => r.payload.toString())).toEqual(['fresh'])
   })
 
+  it('does not evict rows on their way to the hub, and names the rows it evicts', async () => {
+    const o = open(6 * 110)
+    const evicted: number[][] = []
+    o.on('evicted', (ids: number[]) => evicted.push(ids))
+    let n = 0
+    while (o.stats().bytes + 100 <= o.maxBytes) await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    expect(o.stats().dropped.quota).toBe(0)
+    const [first, second] = o.read(2, 0, 2)
+    o.sent(first.id)
+    o.sent(second.id)
+    await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    // The oldest row not in flight went; the two in flight stay until the hub answers.
+    const kept = (): string[] => o.read(2, 0, 100).map((r) => r.payload.toString())
+    expect(kept().slice(0, 3)).toEqual(['tele-0', 'tele-1', 'tele-3'])
+    expect(evicted.flat()).toHaveLength(o.stats().dropped.quota)
+    expect(evicted.flat()).not.toContain(first.id)
+    // Once the connection they were sent on is gone they are ordinary rows again.
+    o.unsent([first.id, second.id])
+    await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    expect(kept()).not.toContain('tele-0')
+  })
+
+  it('reopens after a full disk only through probe(), never because one small commit fitted', async () => {
+    const o = open()
+    const events: string[] = []
+    o.on('full', () => events.push('full'))
+    o.on('writable', () => events.push('writable'))
+    // Stand-in for ENOSPC: the first commit fails as SQLite reports a full disk.
+    let fail = true
+    const realTransaction = db.transaction.bind(db)
+    db.transaction = ((fn: () => void) => {
+      const tx = realTransaction(fn)
+      return () => {
+        if (fail) {
+          fail = false
+          throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' })
+        }
+        return tx()
+      }
+    }) as typeof db.transaction
+    await expect(o.enqueue(up('upload_data/p/d/t/{id}'))).rejects.toThrow(/disk is full/)
+    expect(o.isFull).toBe(true)
+    // The next commit succeeds (it is durable and resolves) but intake stays closed.
+    await o.enqueue(up('upload_data/p/d/t/{id}'))
+    expect(o.isFull).toBe(true)
+    expect(events).toEqual(['full'])
+    // Plenty of room in the temp dir: the probe reopens intake.
+    expect(o.probe()).toBe(true)
+    expect(o.isFull).toBe(false)
+    expect(events).toEqual(['full', 'writable'])
+  })
+
   it('refuses new messages after close', async () => {
     const o = open()
     o.close()

@@ -28,6 +28,9 @@ export interface BrokerAdapterOptions {
   aclDenyAction: 'ignore' | 'disconnect'
 }
 
+// A device that does not PUBACK a command within this long is treated as gone; the command stays queued.
+const DELIVERY_ACK_TIMEOUT_MS = 10_000
+
 // CONNACK return codes (MQTT 3.1.1, 3.2.2.3).
 const SERVER_UNAVAILABLE = 3
 const BAD_USERNAME_OR_PASSWORD = 4
@@ -53,6 +56,7 @@ function mayPublish(d: DeviceRef, t: UpTopic): boolean {
 
 export class BrokerAdapter implements SouthboundAdapter {
   readonly name = 'broker'
+  readonly kind = 'native'
   private aedes?: Aedes
   private servers: net.Server[] = []
   private readonly zoneOf = new WeakMap<object, Zone>()
@@ -65,6 +69,14 @@ export class BrokerAdapter implements SouthboundAdapter {
   // The subscription objects of the broker's own server-side subscribe: exempt from the device
   // ACL. Per subscription, not per client, or a device subscribing at the same moment would be too.
   private readonly serverSubscriptions = new WeakSet<object>()
+  // Up messages from devices. They go north (or, m2m between children, through the core's command
+  // path); only trusted local tools on internal listeners see them on the local broker, so a
+  // device never gets one twice.
+  private readonly fromDevice = new WeakSet<Buffer>()
+  // PUBACKs from devices for commands delivered with QoS 1: topic -> waiter.
+  private readonly ackWaiters = new Map<string, { device: string; done: (ok: boolean) => void }>()
+  // `${clientId}\0${packet id}` -> command topic, for the PUBACKs above.
+  private readonly pubackWaiters = new Map<string, string>()
   private readonly warn: RateLimitedLog
   private stopping = false
   private boundPorts: number[] = []
@@ -106,13 +118,35 @@ export class BrokerAdapter implements SouthboundAdapter {
       },
       authorizePublish: (client, packet, cb) => this.authorizePublish(client, packet, cb),
       authorizeSubscribe: (client, sub, cb) => cb(null, this.authorizeSubscribe(client, sub)),
-      authorizeForward: (_client, packet) => (this.denied.has(packet.payload as Buffer) ? null : packet),
+      authorizeForward: (client, packet) => this.authorizeForward(client, packet),
     })
     const aedes = this.aedes
     // aedes 1.x: the broker does nothing until listen() has set up its persistence and mq.
     await aedes.listen()
+    // Every command awaiting a PUBACK listens for its device's disconnect.
+    aedes.setMaxListeners(0)
     aedes.on('clientReady', (client) => this.onReady(client))
     aedes.on('clientDisconnect', (client) => this.onGone(client))
+    // aedes reports a PUBACK with the acknowledged packet only for persistent sessions; every PUBACK
+    // does pass through the persistence's outgoingClearMessageId (a documented plug-in method), so
+    // that is where a command's acknowledgement is matched by client and packet id.
+    const persistence = (aedes as unknown as { persistence: { outgoingClearMessageId: (c: Client, p: { messageId?: number }) => Promise<unknown> } }).persistence
+    const clear = persistence.outgoingClearMessageId.bind(persistence)
+    persistence.outgoingClearMessageId = (c, p) => {
+      if (p.messageId !== undefined) this.onPuback(c, p.messageId)
+      return clear(c, p)
+    }
+    aedes.on('subscribe', (subs, client) => {
+      const st = this.state.get(client)
+      if (!st?.device) return
+      // A refused subscription comes back with its granted QoS set to 0x80.
+      for (const s of subs) if ((s.qos as number) !== 128 && s.topic.startsWith('tags/')) this.core.tagSubscribed(st.device, client.id, s.topic)
+    })
+    aedes.on('unsubscribe', (topics, client) => {
+      const st = this.state.get(client)
+      if (!st?.device) return
+      for (const t of topics) if (t.startsWith('tags/')) this.core.tagUnsubscribed(client.id, t)
+    })
     aedes.on('clientError', (client, err) => {
       this.core.metrics.rejected.inc({ reason: 'malformed_packet' })
       this.warn.warn('clientError', { clientId: client?.id, err: err.message }, 'client sent something the broker could not accept; connection closed')
@@ -199,6 +233,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     } else if (!up) {
       return cb(null) // internal tools may use any topic locally; only hub topics go north
     }
+    if (st.zone === 'external') this.fromDevice.add(packet.payload as Buffer)
     this.core
       .uplink({ topic: up, payload: packet.payload as Buffer, transport: 'mqtt', receivedAt: Date.now() })
       .then(
@@ -214,6 +249,9 @@ export class BrokerAdapter implements SouthboundAdapter {
   private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
     const st = this.state.get(client)!
     if (st.zone === 'internal' || this.serverSubscriptions.has(sub)) return sub
+    // A persistent session's restored subscriptions come back through this hook: the device's own
+    // server-side topics are the broker's, not the device's, to grant.
+    if (serverSideSubscriptions(st.device!.productId, st.device!.deviceId).includes(sub.topic)) return sub
     if (mayDeviceSubscribe(st.device!.productId, sub.topic)) return sub
     this.core.metrics.rejected.inc({ reason: 'acl_denied' })
     this.warn.warn(`sub:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
@@ -266,6 +304,37 @@ export class BrokerAdapter implements SouthboundAdapter {
     return (this.byDevice.get(deviceKey(device))?.size ?? 0) > 0
   }
 
+  private authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const payload = packet.payload as Buffer
+    if (this.denied.has(payload)) return null
+    if (this.fromDevice.has(payload) && this.state.get(client)?.zone !== 'internal') return null
+    const w = packet.qos === 1 ? this.ackWaiters.get(packet.topic) : undefined
+    const st = w && this.state.get(client)
+    if (w && st?.device && deviceKey(st.device) === w.device) {
+      // A command to this device: give the packet its id now (aedes keeps an id it is handed, and
+      // takes the next one from the same per-client counter otherwise), so its PUBACK can be matched.
+      const c = client as unknown as { _nextId: number }
+      const messageId = c._nextId
+      c._nextId = messageId >= 65535 ? 1 : messageId + 1
+      this.pubackWaiters.set(`${client.id}\u0000${messageId}`, packet.topic)
+      return Object.assign(Object.create(Object.getPrototypeOf(packet) as object) as AedesPublishPacket, packet, { messageId })
+    }
+    return packet
+  }
+
+  private onPuback(client: Client, messageId: number): void {
+    const k = `${client.id}\u0000${messageId}`
+    const topic = this.pubackWaiters.get(k)
+    if (topic === undefined) return
+    this.pubackWaiters.delete(k)
+    this.ackWaiters.get(topic)?.done(true)
+  }
+
+  /**
+   * Publish the command on its own topic; the device's server-side subscriptions deliver it. QoS 1
+   * commands count as delivered only once the device PUBACKs (DESIGN.md: queued commands wait until
+   * delivered and acknowledged).
+   */
   async deliver(cmd: Command): Promise<DeliveryResult> {
     if (!this.aedes || !this.owns(cmd.device)) return 'offline'
     const topic =
@@ -280,9 +349,27 @@ export class BrokerAdapter implements SouthboundAdapter {
             requestId: cmd.requestId,
             expiresAt: cmd.expiresAt,
           })
-    const packet = { cmd: 'publish', topic, payload: cmd.payload, qos: 1, retain: false, dup: false } as AedesPublishPacket
-    await new Promise<void>((resolve, reject) => this.aedes!.publish(packet, (err) => (err ? reject(err) : resolve())))
-    return 'delivered'
+    const qos = cmd.qos ?? 1
+    const acked =
+      qos === 1
+        ? new Promise<boolean>((resolve) => {
+            const timer = setTimeout(() => done(false), DELIVERY_ACK_TIMEOUT_MS)
+            const onGone = (): void => {
+              if (!this.owns(cmd.device)) done(false)
+            }
+            const done = (ok: boolean): void => {
+              clearTimeout(timer)
+              this.aedes?.off('clientDisconnect', onGone)
+              this.ackWaiters.delete(topic)
+              for (const [k, t] of this.pubackWaiters) if (t === topic) this.pubackWaiters.delete(k)
+              resolve(ok)
+            }
+            this.aedes!.on('clientDisconnect', onGone)
+            this.ackWaiters.set(topic, { device: deviceKey(cmd.device), done })
+          })
+        : Promise.resolve(true)
+    await this.publishLocal(topic, cmd.payload, qos)
+    return (await acked) ? 'delivered' : 'offline'
   }
 
   /** Publish to local subscribers only (internal answers such as `$set_ntp`). */

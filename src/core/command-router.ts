@@ -1,0 +1,168 @@
+// Down: every command for a child passes through here once. It is dropped when expired or seen
+// before, made durable (queued, or at least recorded as seen) before the hub gets its PUBACK, and
+// handed to the adapter that owns the device, in order, one at a time per device. A command for a
+// device that is offline waits until the device comes back or the command expires; an RPC never
+// waits (the hub stops waiting after ~5 s anyway).
+import { EventEmitter } from 'node:events'
+import type { Logger } from './log.js'
+import type { Metrics } from './metrics.js'
+import type { Command, DeviceRef, SouthboundAdapter } from './types.js'
+import { deviceKey } from './types.js'
+import type { CommandOrigin, CommandStore, StoredCommand } from '../store/commands.js'
+
+export const SEEN_TTL_MS = 24 * 3600_000
+
+export interface RouterDeps {
+  store: CommandStore
+  adapters: () => readonly SouthboundAdapter[]
+  log: Logger
+  metrics: Metrics
+}
+
+/** Events: 'delivered' (StoredCommand), 'reply' ({command: StoredCommand, payload}). */
+export class CommandRouter extends EventEmitter {
+  private readonly chains = new Map<string, Promise<void>>()
+  private readonly replyWaiters = new Map<string, (payload: Buffer) => void>()
+  private stopped = false
+
+  constructor(private readonly d: RouterDeps) {
+    super()
+  }
+
+  private owner(device: DeviceRef): SouthboundAdapter | undefined {
+    return this.d.adapters().find((a) => a.owns(device))
+  }
+
+  isExpired(cmd: Command, now = Date.now()): boolean {
+    return cmd.expiresAt !== undefined && cmd.expiresAt * 1000 < now
+  }
+
+  /**
+   * A command from the hub (or a tag fan-out, or a local m2m). Synchronous up to durability: when it
+   * returns, the command is stored (or known to be a duplicate/expired) and the sender may be
+   * acknowledged. Delivery runs afterwards.
+   */
+  accept(cmd: Command, origin: CommandOrigin, scope = deviceKey(cmd.device)): 'queued' | 'duplicate' | 'expired' | 'rpc_sent' | 'rpc_offline' {
+    if (this.isExpired(cmd)) {
+      this.d.metrics.downlinks.inc({ outcome: 'expired' })
+      this.d.store.accept(scope, cmd, origin) // an expired id is seen too: a late redelivery stays dropped
+      return 'expired'
+    }
+    if (cmd.type === 'rpc') {
+      const r = this.d.store.accept(scope, cmd, origin, 'queued')
+      if (!r.fresh) return this.duplicate(cmd)
+      // Not queued: delivered now or never.
+      if (!this.owner(cmd.device)) {
+        this.d.store.setState(r.id!, 'dropped', 'device offline')
+        this.d.metrics.downlinks.inc({ outcome: 'offline' })
+        return 'rpc_offline'
+      }
+      this.schedule(cmd.device)
+      return 'rpc_sent'
+    }
+    const r = this.d.store.accept(scope, cmd, origin, 'queued')
+    if (!r.fresh) return this.duplicate(cmd)
+    this.schedule(cmd.device)
+    return 'queued'
+  }
+
+  /** Record a fan-out copy (its scope, e.g. the tag topic, was deduplicated already) and deliver it. */
+  enqueueCopy(cmd: Command, origin: CommandOrigin): void {
+    this.d.store.record(cmd, origin, 'queued')
+    this.schedule(cmd.device)
+  }
+
+  private duplicate(cmd: Command): 'duplicate' {
+    this.d.metrics.downlinks.inc({ outcome: 'duplicate' })
+    this.d.log.debug({ device: deviceKey(cmd.device), requestId: cmd.requestId }, 'duplicate command dropped')
+    return 'duplicate'
+  }
+
+  /** A device came online (or a mapped device woke up): deliver what waits for it. */
+  deviceOnline(device: DeviceRef): void {
+    this.schedule(device)
+  }
+
+  // One delivery chain per device keeps its commands in order.
+  private schedule(device: DeviceRef): void {
+    const key = deviceKey(device)
+    const prev = this.chains.get(key) ?? Promise.resolve()
+    const next = prev.then(() => this.flush(key)).catch((err: Error) => this.d.log.warn({ err: err.message, device: key }, 'command delivery failed'))
+    this.chains.set(key, next)
+    void next.then(() => {
+      if (this.chains.get(key) === next) this.chains.delete(key)
+    })
+  }
+
+  private async flush(key: string): Promise<void> {
+    for (const sc of this.d.store.pending(key)) {
+      if (this.stopped) return
+      if (this.isExpired(sc.command)) {
+        this.d.store.setState(sc.id, 'expired')
+        this.d.metrics.downlinks.inc({ outcome: 'expired' })
+        continue
+      }
+      const adapter = this.owner(sc.command.device)
+      if (!adapter) {
+        if (sc.command.type === 'rpc') this.d.store.setState(sc.id, 'dropped', 'device offline')
+        else return // stays queued until the device is back, in order
+        continue
+      }
+      const result = await adapter.deliver(sc.command)
+      if (result === 'delivered') {
+        this.d.store.setState(sc.id, 'delivered')
+        this.d.metrics.downlinks.inc({ outcome: 'delivered' })
+        this.emit('delivered', sc)
+      } else if (sc.command.type === 'rpc') {
+        this.d.store.setState(sc.id, 'dropped', 'device offline')
+        this.d.metrics.downlinks.inc({ outcome: 'offline' })
+      } else {
+        return // the device went away mid-flush: the rest waits, in order
+      }
+    }
+  }
+
+  /**
+   * A device replied (cmd_resp/rpc_resp). Returns true when the command was the gateway's own
+   * (from the local API): such replies stay local and do not go to the hub.
+   */
+  reply(device: DeviceRef, requestId: string, payload: Buffer): boolean {
+    const sc = this.d.store.byRequest(deviceKey(device), requestId)
+    if (!sc) return false
+    this.d.store.setReply(sc.id, payload)
+    this.emit('reply', { command: sc, payload })
+    const waiter = this.replyWaiters.get(`${deviceKey(device)} ${requestId}`)
+    waiter?.(payload)
+    return sc.origin === 'local'
+  }
+
+  /** Wait for the reply to a locally issued command. */
+  waitForReply(device: DeviceRef, requestId: string, timeoutMs: number): Promise<Buffer | undefined> {
+    const k = `${deviceKey(device)} ${requestId}`
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.replyWaiters.delete(k)
+        resolve(undefined)
+      }, timeoutMs)
+      this.replyWaiters.set(k, (p) => {
+        clearTimeout(timer)
+        this.replyWaiters.delete(k)
+        resolve(p)
+      })
+    })
+  }
+
+  history(device: DeviceRef, limit?: number): StoredCommand[] {
+    return this.d.store.recent(deviceKey(device), limit)
+  }
+
+  sweep(devices: string[]): void {
+    const expired = this.d.store.sweep(SEEN_TTL_MS, devices)
+    if (expired) this.d.metrics.downlinks.inc({ outcome: 'expired' }, expired)
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true
+    await Promise.allSettled([...this.chains.values()])
+  }
+}

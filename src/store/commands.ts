@@ -1,0 +1,180 @@
+// Durable command state: the queue of commands waiting for their device, the recent history a
+// technician sees, and the seen-set that keeps a redelivered RequestId from running twice, even
+// across a gateway restart (PROTOCOL.md "Rules every receiver applies").
+import type { Statement } from 'better-sqlite3'
+import type { Db } from './db.js'
+import type { Command } from '../core/types.js'
+import { deviceKey } from '../core/types.js'
+
+export type CommandState = 'queued' | 'delivered' | 'expired' | 'replied' | 'dropped' | 'failed'
+export type CommandOrigin = 'hub' | 'local' | 'm2m' | 'tag'
+
+export interface StoredCommand {
+  id: number
+  command: Command
+  origin: CommandOrigin
+  state: CommandState
+  createdAt: number
+  updatedAt: number
+  reply?: Buffer
+  reason?: string
+}
+
+interface Row {
+  id: number
+  device: string
+  type: Command['type']
+  name: string
+  encoding: Command['encoding']
+  request_id: string
+  expires_at: number | null
+  sender: string | null
+  payload: Buffer
+  origin: CommandOrigin
+  state: CommandState
+  created_at: number
+  updated_at: number
+  reply: Buffer | null
+  reason: string | null
+}
+
+// How many finished commands per device the history keeps for the technician's view.
+const HISTORY_PER_DEVICE = 100
+
+export class CommandStore {
+  private readonly st: Record<
+    'seen' | 'markSeen' | 'insert' | 'setState' | 'setReply' | 'pending' | 'recent' | 'byRequest' | 'expireSeen' | 'expireQueued' | 'trim',
+    Statement
+  >
+
+  constructor(private readonly db: Db) {
+    this.st = {
+      seen: db.prepare('SELECT 1 FROM seen_requests WHERE scope = ? AND request_id = ?'),
+      markSeen: db.prepare('INSERT OR IGNORE INTO seen_requests (scope, request_id, seen_at) VALUES (?, ?, ?)'),
+      insert: db.prepare(
+        `INSERT INTO commands (device, type, name, encoding, request_id, expires_at, sender, payload, origin, state, created_at, updated_at)
+         VALUES (@device, @type, @name, @encoding, @requestId, @expiresAt, @sender, @payload, @origin, @state, @now, @now)`,
+      ),
+      setState: db.prepare('UPDATE commands SET state = ?, reason = ?, updated_at = ? WHERE id = ?'),
+      setReply: db.prepare("UPDATE commands SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?"),
+      pending: db.prepare("SELECT * FROM commands WHERE device = ? AND state = 'queued' ORDER BY id"),
+      recent: db.prepare('SELECT * FROM commands WHERE device = ? ORDER BY id DESC LIMIT ?'),
+      byRequest: db.prepare('SELECT * FROM commands WHERE device = ? AND request_id = ? ORDER BY id DESC LIMIT 1'),
+      expireSeen: db.prepare('DELETE FROM seen_requests WHERE seen_at < ?'),
+      expireQueued: db.prepare(
+        "UPDATE commands SET state = 'expired', updated_at = @now WHERE state = 'queued' AND expires_at IS NOT NULL AND expires_at * 1000 < @now RETURNING id",
+      ),
+      trim: db.prepare(
+        `DELETE FROM commands WHERE device = ? AND state != 'queued' AND id NOT IN
+           (SELECT id FROM commands WHERE device = ? ORDER BY id DESC LIMIT ${HISTORY_PER_DEVICE})`,
+      ),
+    }
+  }
+
+  /** Has this RequestId (m2m: MessageId) been seen for this scope (a device key, or a tag topic)? */
+  seen(scope: string, requestId: string): boolean {
+    return this.st.seen.get(scope, requestId) !== undefined
+  }
+
+  /**
+   * Record the command as seen and, when `state` is given, store it, in one transaction: after this
+   * returns, a crash can neither lose the command nor run it twice. Returns false if it was a duplicate.
+   */
+  accept(scope: string, cmd: Command, origin: CommandOrigin, state?: CommandState): { fresh: boolean; id?: number } {
+    return this.db.transaction(() => {
+      const now = Date.now()
+      if (this.st.markSeen.run(scope, cmd.requestId, now).changes === 0) return { fresh: false }
+      if (!state) return { fresh: true }
+      const r = this.st.insert.run({
+        device: deviceKey(cmd.device),
+        type: cmd.type,
+        name: cmd.name,
+        encoding: cmd.encoding,
+        requestId: cmd.requestId,
+        expiresAt: cmd.expiresAt ?? null,
+        sender: cmd.senderDeviceId ?? null,
+        payload: cmd.payload,
+        origin,
+        state,
+        now,
+      })
+      return { fresh: true, id: Number(r.lastInsertRowid) }
+    })()
+  }
+
+  /** Store a command without a seen-set entry (e.g. a fan-out copy whose scope was checked already). */
+  record(cmd: Command, origin: CommandOrigin, state: CommandState): number {
+    const now = Date.now()
+    return Number(
+      this.st.insert.run({
+        device: deviceKey(cmd.device),
+        type: cmd.type,
+        name: cmd.name,
+        encoding: cmd.encoding,
+        requestId: cmd.requestId,
+        expiresAt: cmd.expiresAt ?? null,
+        sender: cmd.senderDeviceId ?? null,
+        payload: cmd.payload,
+        origin,
+        state,
+        now,
+      }).lastInsertRowid,
+    )
+  }
+
+  setState(id: number, state: CommandState, reason?: string): void {
+    this.st.setState.run(state, reason ?? null, Date.now(), id)
+  }
+
+  setReply(id: number, reply: Buffer): void {
+    this.st.setReply.run(reply, Date.now(), id)
+  }
+
+  /** Queued commands for a device, oldest first. */
+  pending(deviceKeyStr: string): StoredCommand[] {
+    return (this.st.pending.all(deviceKeyStr) as Row[]).map(toStored)
+  }
+
+  recent(deviceKeyStr: string, limit = 50): StoredCommand[] {
+    return (this.st.recent.all(deviceKeyStr, limit) as Row[]).map(toStored)
+  }
+
+  byRequest(deviceKeyStr: string, requestId: string): StoredCommand | undefined {
+    const r = this.st.byRequest.get(deviceKeyStr, requestId) as Row | undefined
+    return r && toStored(r)
+  }
+
+  /** Housekeeping: forget seen ids past their time to live, expire queued commands, trim history. */
+  sweep(seenTtlMs: number, devices: string[]): number {
+    return this.db.transaction(() => {
+      const now = Date.now()
+      this.st.expireSeen.run(now - seenTtlMs)
+      const expired = this.st.expireQueued.all({ now }).length
+      for (const d of devices) this.st.trim.run(d, d)
+      return expired
+    })()
+  }
+}
+
+function toStored(r: Row): StoredCommand {
+  const [productId, deviceId] = r.device.split('/')
+  return {
+    id: r.id,
+    command: {
+      type: r.type,
+      device: { productId, deviceId },
+      name: r.name,
+      encoding: r.encoding,
+      requestId: r.request_id,
+      expiresAt: r.expires_at ?? undefined,
+      senderDeviceId: r.sender ?? undefined,
+      payload: r.payload,
+    },
+    origin: r.origin,
+    state: r.state,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    reply: r.reply ?? undefined,
+    reason: r.reason ?? undefined,
+  }
+}
