@@ -8,6 +8,8 @@ import { openDatabase } from './store/db.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/api.js'
 import { isId } from './northbound/hub-topics.js'
+import { simulate } from './tools/simulate.js'
+import { HubSimServer } from './tools/hub-sim-server.js'
 
 // sysexits.h EX_CONFIG: systemd and scripts can tell "fix your config" from a crash.
 export const EXIT_CONFIG = 78
@@ -21,6 +23,11 @@ const USAGE = `usage:
   iothub-edge devices disable PRODUCT DEVICE [-c FILE]
   iothub-edge devices enable  PRODUCT DEVICE [-c FILE]
   iothub-edge devices remove  PRODUCT DEVICE [-c FILE]
+  iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
+                       [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
+                       [--api http://127.0.0.1:8090 --token T]   register the devices first
+  iothub-edge hub-sim [--host 127.0.0.1] [--mqtt-port 1884] [--http-port 8091] [--username U --password P]
+                      a stand-in cloud hub for demos and tests (not a production hub)
 `
 
 export async function main(argv: string[]): Promise<number | undefined> {
@@ -34,6 +41,22 @@ export async function main(argv: string[]): Promise<number | undefined> {
         secret: { type: 'string' },
         tags: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
+        url: { type: 'string' },
+        devices: { type: 'string' },
+        rate: { type: 'string' },
+        qos: { type: 'string' },
+        product: { type: 'string' },
+        'payload-bytes': { type: 'string' },
+        'secret-prefix': { type: 'string' },
+        duration: { type: 'string' },
+        'connect-rate': { type: 'string' },
+        api: { type: 'string' },
+        token: { type: 'string' },
+        host: { type: 'string' },
+        'mqtt-port': { type: 'string' },
+        'http-port': { type: 'string' },
+        username: { type: 'string' },
+        password: { type: 'string' },
       },
     })
   } catch (err) {
@@ -53,6 +76,10 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return checkConfig(rest[0] ?? values.config)
     case 'devices':
       return devices(rest, values)
+    case 'simulate':
+      return runSimulate(values)
+    case 'hub-sim':
+      return runHubSim(values)
     default:
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
       return EXIT_USAGE
@@ -218,4 +245,66 @@ async function devices(args: string[], values: { config?: string; secret?: strin
   } finally {
     db.close()
   }
+}
+
+// --- tools -----------------------------------------------------------------------------------
+
+function num(v: string | undefined, def: number, name: string): number {
+  if (v === undefined) return def
+  const n = Number(v)
+  if (!Number.isFinite(n) || n < 0) throw new UsageError(`--${name} must be a non-negative number`)
+  return n
+}
+
+class UsageError extends Error {}
+
+async function runSimulate(v: Record<string, string | boolean | undefined>): Promise<number> {
+  try {
+    const ac = new AbortController()
+    process.once('SIGINT', () => ac.abort())
+    process.once('SIGTERM', () => ac.abort())
+    const qos = num(v.qos as string | undefined, 1, 'qos')
+    if (qos !== 0 && qos !== 1) throw new UsageError('--qos must be 0 or 1')
+    const stats = await simulate(
+      {
+        url: (v.url as string | undefined) ?? 'mqtt://127.0.0.1:1883',
+        productId: (v.product as string | undefined) ?? 'sim',
+        devices: num(v.devices as string | undefined, 10, 'devices'),
+        rate: num(v.rate as string | undefined, 1, 'rate'),
+        qos,
+        payloadBytes: num(v['payload-bytes'] as string | undefined, 64, 'payload-bytes'),
+        secretPrefix: (v['secret-prefix'] as string | undefined) ?? 'sim-secret-',
+        durationS: num(v.duration as string | undefined, 60, 'duration'),
+        connectRate: num(v['connect-rate'] as string | undefined, 500, 'connect-rate'),
+        api: v.api ? { url: v.api as string, token: (v.token as string | undefined) ?? '' } : undefined,
+      },
+      ac.signal,
+    )
+    process.stdout.write(JSON.stringify(stats) + '\n')
+    return stats.connected > 0 ? 0 : 1
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`simulate: ${err.message}\n`)
+      return EXIT_USAGE
+    }
+    throw err
+  }
+}
+
+async function runHubSim(v: Record<string, string | boolean | undefined>): Promise<number | undefined> {
+  const server = new HubSimServer({
+    host: (v.host as string | undefined) ?? '127.0.0.1',
+    mqttPort: num(v['mqtt-port'] as string | undefined, 1884, 'mqtt-port'),
+    httpPort: num(v['http-port'] as string | undefined, 8091, 'http-port'),
+    username: v.username as string | undefined,
+    password: v.password as string | undefined,
+  })
+  await server.start()
+  process.stdout.write(
+    `hub-sim (a stand-in cloud hub for demos and tests, NOT a production hub)\n  MQTT  mqtt://127.0.0.1:${server.mqttPort}\n  HTTP  http://127.0.0.1:${server.httpPort}  (GET /stats, GET /uploads, POST /devices/{p}/{d}/commands, POST /devices/{p}/{d}/rpc, PUT /devices/{p}/{d}/shadow, PUT /devices/{p}/{d}/tags, POST /tags/{p}/{tag}/commands)\n`,
+  )
+  const stop = (): void => void server.stop().then(() => process.exit(0))
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  return undefined
 }
