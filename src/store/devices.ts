@@ -36,10 +36,24 @@ interface Row {
 // PROTOCOL.md / issue: salted scrypt, N=2^14, r=8, p=1.
 const SCRYPT = { N: 1 << 14, r: 8, p: 1, keylen: 32, maxmem: 64 * 1024 * 1024 }
 
-function scryptAsync(secret: string, salt: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) =>
-    scrypt(secret, salt, SCRYPT.keylen, SCRYPT, (err, key) => (err ? reject(err) : resolve(key))),
-  )
+// Each scrypt holds 16 MiB (128 * N * r) while it runs. At most two at a time (one per core here):
+// a reconnect storm then costs bounded memory instead of one 16 MiB buffer per waiting device,
+// and the allocator is not left holding four threads' worth of them.
+const SCRYPT_CONCURRENCY = 2
+let scryptRunning = 0
+const scryptQueue: (() => void)[] = []
+
+async function scryptAsync(secret: string, salt: Buffer): Promise<Buffer> {
+  if (scryptRunning >= SCRYPT_CONCURRENCY) await new Promise<void>((r) => scryptQueue.push(r))
+  scryptRunning++
+  try {
+    return await new Promise((resolve, reject) =>
+      scrypt(secret, salt, SCRYPT.keylen, SCRYPT, (err, key) => (err ? reject(err) : resolve(key))),
+    )
+  } finally {
+    scryptRunning--
+    scryptQueue.shift()?.()
+  }
 }
 
 export async function hashSecret(secret: string): Promise<string> {

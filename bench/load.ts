@@ -1,0 +1,111 @@
+// Load worker for the benchmark, run as its own process so the load generator does not share a
+// CPU budget with what is measured. Reads a JSON job from argv[2], prints one JSON result line.
+//   publish: N publishers, each keeping `window` QoS 1 messages in flight, `perPublisher` messages,
+//            optional fixed total rate; MessageId = `${run}${publisher}x${seq}` (24 hex-ish chars)
+//   idle:    open N connections and hold them until stdin closes
+import mqtt, { type MqttClient } from 'mqtt'
+
+interface PublishJob {
+  kind: 'publish'
+  url: string
+  publishers: number
+  perPublisher: number
+  window: number
+  payloadBytes: number
+  /** total messages per second over all publishers; 0 = as fast as acknowledgements allow */
+  rate: number
+  run: string
+  auth?: { productId: string; secret: string; deviceIdPrefix: string }
+  productId: string
+}
+
+interface IdleJob {
+  kind: 'idle'
+  url: string
+  connections: number
+}
+
+const job = JSON.parse(process.argv[2]) as PublishJob | IdleJob
+
+function connect(url: string, opts: mqtt.IClientOptions): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const c = mqtt.connect(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 30_000, ...opts })
+    c.once('connect', () => {
+      ;(c.stream as import('node:net').Socket).setNoDelay?.(true)
+      resolve(c)
+    })
+    c.once('error', reject)
+  })
+}
+
+async function publish(j: PublishJob): Promise<void> {
+  const payload = Buffer.alloc(j.payloadBytes, 'p')
+  const clients = await Promise.all(
+    Array.from({ length: j.publishers }, (_, i) => {
+      const deviceId = j.auth ? `${j.auth.deviceIdPrefix}${i}` : `dev${i}`
+      return connect(j.url, {
+        clientId: `bench-${j.run}-${i}`,
+        username: j.auth ? `${j.productId}/${deviceId}` : undefined,
+        password: j.auth?.secret,
+      }).then((c) => ({ c, deviceId }))
+    }),
+  )
+  const t0 = performance.now()
+  const perMsgInterval = j.rate > 0 ? (1000 * j.publishers) / j.rate : 0
+  let acked = 0
+  await Promise.all(
+    clients.map(
+      ({ c, deviceId }, pi) =>
+        new Promise<void>((resolve) => {
+          let sent = 0
+          let done = 0
+          const start = performance.now()
+          const pump = (): void => {
+            while (sent < j.perPublisher && sent - done < j.window) {
+              if (perMsgInterval > 0) {
+                const due = start + sent * perMsgInterval
+                const wait = due - performance.now()
+                if (wait > 0) {
+                  setTimeout(pump, wait)
+                  return
+                }
+              }
+              const seq = sent++
+              const mid = `${j.run}${String(pi).padStart(4, '0')}x${String(seq).padStart(9, '0')}`
+              // At a fixed rate the payload carries the send time (ms since the epoch, sub-ms) for latency.
+              const body = perMsgInterval > 0 ? Buffer.from(JSON.stringify({ hr: performance.timeOrigin + performance.now() })) : payload
+              c.publish(`upload_data/${j.productId}/${deviceId}/bench/${mid}`, body, { qos: 1 }, () => {
+                done++
+                acked++
+                if (done === j.perPublisher) resolve()
+                else pump()
+              })
+            }
+          }
+          pump()
+        }),
+    ),
+  )
+  const seconds = (performance.now() - t0) / 1000
+  process.stdout.write(JSON.stringify({ acked, seconds }) + '\n')
+  await Promise.all(clients.map(({ c }) => c.endAsync()))
+}
+
+async function idle(j: IdleJob): Promise<void> {
+  const clients: MqttClient[] = []
+  // Open in batches: a listen backlog of 511 would refuse a burst of thousands.
+  for (let i = 0; i < j.connections; i += 200) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(200, j.connections - i) }, (_, k) => connect(j.url, { clientId: `idle-${i + k}`, keepalive: 600 })),
+    )
+    clients.push(...batch)
+  }
+  process.stdout.write(JSON.stringify({ connected: clients.length }) + '\n')
+  process.stdin.resume()
+  await new Promise((r) => process.stdin.once('end', r))
+  await Promise.all(clients.map((c) => c.endAsync(true)))
+}
+
+if (job.kind === 'publish') await publish(job)
+else await idle(job)
+process.exit(0)

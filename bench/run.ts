@@ -1,0 +1,500 @@
+// npm run bench: the gateway against the usual alternative (Debian's Mosquitto as the edge broker,
+// persistence on, bridged to a Mosquitto playing the cloud), on the same machine in one invocation.
+// A benchmark, not a test: it asserts nothing about speed. It writes bench/results/<date>.json and
+// a markdown table (medians of several runs, gateway/reference ratios).
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import mqtt, { type MqttClient } from 'mqtt'
+import { GatewayProcess } from '../test/helpers/gateway-process.js'
+import { freePort, waitForTcp } from '../test/helpers/ports.js'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+const HEAVY_RUNS = Number(process.env.BENCH_HEAVY_RUNS ?? 1)
+const SCALE = Number(process.env.BENCH_SCALE ?? 1) // < 1 for a quick smoke run
+const MOSQUITTO = '/usr/sbin/mosquitto'
+const PRODUCT = 'bench'
+const SECRET = 'bench-secret'
+const CLK_TCK = 100
+
+type System = 'gateway' | 'reference'
+interface Figure {
+  median: number
+  min: number
+  max: number
+  runs: number
+  unit: string
+  values: number[]
+  note?: string
+}
+type Scenario = { gateway?: Figure | Record<string, unknown>; reference?: Figure | Record<string, unknown>; ratio?: number; note?: string }
+const scenarios: Record<string, Scenario> = {}
+const log = (s: string): void => void process.stderr.write(`[bench] ${s}\n`)
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+function figure(values: number[], unit: string, note?: string): Figure {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
+  const median = v.length ? (v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2) : NaN
+  return { median: round(median), min: round(v[0] ?? NaN), max: round(v.at(-1) ?? NaN), runs: values.length, unit, values: values.map(round), ...(note ? { note } : {}) }
+}
+const round = (x: number): number => (Number.isFinite(x) ? Math.round(x * 100) / 100 : x)
+function record(name: string, gw: Figure, ref: Figure, higherIsBetter: boolean): void {
+  scenarios[name] = { gateway: gw, reference: ref, ratio: round(gw.median / ref.median) }
+  void higherIsBetter
+  log(`${name}: gateway ${gw.median} ${gw.unit}, reference ${ref.median} ${ref.unit}`)
+}
+function percentile(sorted: number[], p: number): number {
+  if (!sorted.length) return NaN
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+}
+
+// --- processes -------------------------------------------------------------------------------
+
+class Mosquitto {
+  child?: ChildProcess
+  readonly dir = mkdtempSync(path.join(os.tmpdir(), 'bench-mosq-'))
+  constructor(
+    readonly port: number,
+    private readonly extra: string[],
+  ) {}
+  async start(): Promise<void> {
+    const conf = [
+      `listener ${this.port} 127.0.0.1`,
+      'allow_anonymous true',
+      'persistence true',
+      `persistence_location ${this.dir}/`,
+      'max_queued_messages 0',
+      'set_tcp_nodelay true',
+      ...(process.getuid?.() === 0 ? ['user root'] : []),
+      ...this.extra,
+    ]
+    writeFileSync(path.join(this.dir, 'mosquitto.conf'), conf.join('\n') + '\n')
+    this.child = spawn(MOSQUITTO, ['-c', path.join(this.dir, 'mosquitto.conf')], { stdio: 'ignore' })
+    await waitForTcp(this.port, { timeoutMs: 10_000 })
+  }
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const c = this.child
+    if (!c || c.exitCode !== null) return
+    const exited = new Promise((r) => c.once('exit', r))
+    c.kill(signal)
+    await exited
+  }
+  get pid(): number | undefined {
+    return this.child?.pid
+  }
+  async close(): Promise<void> {
+    await this.stop()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+function cpuSeconds(pid: number | undefined): number {
+  if (!pid) return NaN
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK
+}
+function rssMb(pid: number | undefined): number {
+  if (!pid) return NaN
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return m ? Number(m[1]) / 1024 : NaN
+}
+
+/** The cloud side: a persistent QoS 1 subscriber that records MessageIds and arrival times. */
+class HubCounter {
+  client?: MqttClient
+  ids = new Set<string>()
+  arrivals = 0
+  firstAt = 0
+  lastAt = 0
+  latencies: number[] = []
+  constructor(private readonly url: string) {}
+  async connect(): Promise<void> {
+    this.client = await mqtt.connectAsync(this.url, { protocolVersion: 4, clientId: 'bench-hub', clean: false, reconnectPeriod: 200 })
+    ;(this.client.stream as import('node:net').Socket).setNoDelay?.(true)
+    this.client.on('connect', () => (this.client!.stream as import('node:net').Socket).setNoDelay?.(true))
+    this.client.on('message', (topic, payload) => {
+      // Only the load's own messages (DataType `bench`), not the gateway's $connection/status.
+      if (!topic.includes('/bench/')) return
+      const now = performance.timeOrigin + performance.now()
+      this.arrivals++
+      if (!this.firstAt) this.firstAt = now
+      this.lastAt = now
+      this.ids.add(topic.slice(topic.lastIndexOf('/') + 1))
+      if (payload[0] === 0x7b) {
+        const hr = (JSON.parse(payload.toString()) as { hr?: number }).hr
+        if (hr) this.latencies.push(now - hr)
+      }
+    })
+    await this.client.subscribeAsync('upload_data/#', { qos: 1 })
+  }
+  reset(): void {
+    this.ids.clear()
+    this.arrivals = 0
+    this.firstAt = this.lastAt = 0
+    this.latencies = []
+  }
+  /** Wait until `n` distinct ids arrived, or nothing new arrived for `quietMs`; never hangs. */
+  async waitFor(n: number, quietMs = 10_000, maxMs = 180_000): Promise<boolean> {
+    const until = Date.now() + maxMs
+    let last = this.arrivals
+    let lastChange = Date.now()
+    while (this.ids.size < n) {
+      if (Date.now() > until) return false
+      if (this.arrivals !== last) {
+        last = this.arrivals
+        lastChange = Date.now()
+      } else if (Date.now() - lastChange > quietMs) return false
+      await sleep(20)
+    }
+    return true
+  }
+  async close(): Promise<void> {
+    await this.client?.endAsync()
+  }
+}
+
+interface LoadResult {
+  acked: number
+  seconds: number
+  startedAt: number
+}
+function runLoad(job: object): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify(job)], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    const startedAt = performance.timeOrigin + performance.now()
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000)
+    child.on('exit', (code) => {
+      clearTimeout(timer)
+      const line = out.trim().split('\n').pop()
+      if (code !== 0 || !line) return reject(new Error(`load worker exited ${code}: ${out}`))
+      resolve({ ...(JSON.parse(line) as { acked: number; seconds: number }), startedAt })
+    })
+  })
+}
+
+/** Idle connections held by a worker until we close its stdin. */
+async function holdIdle(url: string, connections: number): Promise<() => Promise<void>> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify({ kind: 'idle', url, connections })], {
+    cwd: root,
+    stdio: ['pipe', 'pipe', 'inherit'],
+  })
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.once('data', () => resolve())
+    child.once('exit', (c) => reject(new Error(`idle worker exited ${c}`)))
+  })
+  return async () => {
+    const exited = new Promise((r) => child.once('exit', r))
+    child.stdin.end()
+    await exited
+  }
+}
+
+// --- systems under test ------------------------------------------------------------------------
+
+interface Sut {
+  system: System
+  deviceUrl: string
+  /** URL for idle connections (memory scenario): gateway internal listener, reference anonymous. */
+  idleUrl: string
+  pid(): number | undefined
+  auth?: { productId: string; secret: string; deviceIdPrefix: string }
+  kill9(): Promise<void>
+  restart(): Promise<void>
+  close(): Promise<void>
+}
+
+async function startGateway(cloudUrl: string, devices: number): Promise<Sut> {
+  const gw = new GatewayProcess({
+    gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
+    northbound: { url: cloudUrl, inflight: 100 },
+    store: { outbox: { maxBytes: 4 * 1024 ** 3 } },
+    devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
+    log: { level: 'warn' },
+  })
+  await gw.start(120_000)
+  return {
+    system: 'gateway',
+    deviceUrl: gw.externalUrl,
+    idleUrl: gw.internalUrl,
+    pid: () => gw.pid,
+    auth: { productId: PRODUCT, secret: SECRET, deviceIdPrefix: 'd' },
+    kill9: () => gw.kill9(),
+    restart: () => gw.restart(120_000),
+    close: () => gw.close(),
+  }
+}
+
+async function startReference(cloudPort: number): Promise<Sut> {
+  const port = await freePort()
+  // The usual alternative: an edge Mosquitto with persistence, bridged to the cloud with QoS 1,
+  // queued messages unlimited; its default autosave settings (what a site would run).
+  const edge = new Mosquitto(port, [
+    'max_inflight_messages 100',
+    'connection cloud',
+    `address 127.0.0.1:${cloudPort}`,
+    'topic upload_data/# out 1',
+    'cleansession false',
+    'clientid bench-edge-bridge',
+    'restart_timeout 1 1',
+  ])
+  await edge.start()
+  return {
+    system: 'reference',
+    deviceUrl: `mqtt://127.0.0.1:${port}`,
+    idleUrl: `mqtt://127.0.0.1:${port}`,
+    pid: () => edge.pid,
+    kill9: () => edge.stop('SIGKILL'),
+    restart: () => edge.start(),
+    close: () => edge.close(),
+  }
+}
+
+// --- scenarios ---------------------------------------------------------------------------------
+
+async function throughput(sut: Sut, hub: HubCounter, publishers: number, payloadBytes: number, total: number, run: string) {
+  hub.reset()
+  const cpu0 = cpuSeconds(sut.pid())
+  const load = await runLoad({
+    kind: 'publish',
+    url: sut.deviceUrl,
+    publishers,
+    perPublisher: Math.floor(total / publishers),
+    window: 100,
+    payloadBytes,
+    rate: 0,
+    run,
+    productId: PRODUCT,
+    auth: sut.auth,
+  })
+  const expected = Math.floor(total / publishers) * publishers
+  const all = await hub.waitFor(expected)
+  const cpu = cpuSeconds(sut.pid()) - cpu0
+  // Durable end to end: the longer of "publishing until every PUBACK" and "first to last arrival
+  // at the hub".
+  const rate = expected / Math.max(load.seconds, (hub.lastAt - hub.firstAt) / 1000)
+  if (!all) log(`  ${sut.system}: only ${hub.ids.size}/${expected} arrived (undelivered, reported as such)`)
+  return { rate: all ? rate : NaN, cpuPer10k: (cpu / expected) * 10_000, arrived: hub.ids.size, expected }
+}
+
+async function main(): Promise<void> {
+  const started = Date.now()
+  const machine = {
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model,
+    memoryGb: round(os.totalmem() / 1024 ** 3),
+    node: process.version,
+    loadAverageAtStart: os.loadavg().map(round),
+    mosquitto: 'Debian 2.0.11 (reference)',
+  }
+  const cloudPort = await freePort()
+  const cloud = new Mosquitto(cloudPort, ['max_inflight_messages 0'])
+  await cloud.start()
+  const hub = new HubCounter(`mqtt://127.0.0.1:${cloudPort}`)
+  await hub.connect()
+  const cloudUrl = `mqtt://127.0.0.1:${cloudPort}`
+
+  const systems: Record<System, () => Promise<Sut>> = {
+    gateway: () => startGateway(cloudUrl, 100),
+    reference: () => startReference(cloudPort),
+  }
+
+  // Throughput and CPU, latency at a fixed rate: one instance of each system serves all runs.
+  const tp: Record<string, Record<System, number[]>> = {}
+  const cpu: Record<System, number[]> = { gateway: [], reference: [] }
+  const lat: Record<System, { p50: number[]; p99: number[] }> = { gateway: { p50: [], p99: [] }, reference: { p50: [], p99: [] } }
+  const rssIdle: Record<System, number[]> = { gateway: [], reference: [] }
+  for (const system of ['gateway', 'reference'] as System[]) {
+    log(`starting ${system}`)
+    const sut = await systems[system]()
+    await sleep(2_000)
+    rssIdle[system].push(rssMb(sut.pid()))
+    for (const payload of [64, 1024]) {
+      for (const pubs of [1, 100]) {
+        const name = `throughput_qos1_${payload === 64 ? '64b' : '1k'}_${pubs}pub`
+        tp[name] ??= { gateway: [], reference: [] }
+        for (let r = 0; r < RUNS; r++) {
+          const res = await throughput(sut, hub, pubs, payload, Math.round(50_000 * SCALE), `${system[0]}${payload}${pubs}r${r}`)
+          tp[name][system].push(res.rate)
+          if (payload === 64 && pubs === 1) cpu[system].push(res.cpuPer10k)
+          log(`  ${system} ${name} run ${r + 1}: ${Math.round(res.rate)} msg/s (${res.arrived}/${res.expected})`)
+        }
+      }
+    }
+    for (let r = 0; r < RUNS; r++) {
+      hub.reset()
+      const n = Math.round(5_000 * SCALE)
+      await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 1, perPublisher: n, window: 100, payloadBytes: 64, rate: 1000, run: `l${r}`, productId: PRODUCT, auth: sut.auth })
+      await hub.waitFor(n)
+      const sorted = [...hub.latencies].sort((a, b) => a - b)
+      lat[system].p50.push(percentile(sorted, 50))
+      lat[system].p99.push(percentile(sorted, 99))
+      log(`  ${system} latency run ${r + 1}: p50 ${percentile(sorted, 50).toFixed(2)} ms, p99 ${percentile(sorted, 99).toFixed(2)} ms`)
+    }
+    await sut.close()
+  }
+  for (const [name, v] of Object.entries(tp)) record(name, figure(v.gateway, 'msg/s'), figure(v.reference, 'msg/s'), true)
+  record('cpu_s_per_10k_64b_1pub', figure(cpu.gateway, 's'), figure(cpu.reference, 's'), false)
+  record('latency_1k_rate_p50', figure(lat.gateway.p50, 'ms'), figure(lat.reference.p50, 'ms'), false)
+  record('latency_1k_rate_p99', figure(lat.gateway.p99, 'ms'), figure(lat.reference.p99, 'ms'), false)
+
+  // Memory: idle, and with idle connections held open (gateway: internal listener, so that the
+  // figure is the connection's cost, not 5,000 scrypt hashes to seed).
+  const per1k: Record<System, number[]> = { gateway: [], reference: [] }
+  for (const system of ['gateway', 'reference'] as System[]) {
+    const sut = await systems[system]()
+    await sleep(2_000)
+    const idle = rssMb(sut.pid())
+    const release1k = await holdIdle(sut.idleUrl, 1000)
+    await sleep(2_000)
+    const with1k = rssMb(sut.pid())
+    await release1k()
+    const release5k = await holdIdle(sut.idleUrl, Math.round(5000 * Math.max(SCALE, 0.2)))
+    await sleep(3_000)
+    const with5k = rssMb(sut.pid())
+    await release5k()
+    per1k[system].push((with5k - idle) / (5 * Math.max(SCALE, 0.2)))
+    log(`  ${system} rss idle ${idle.toFixed(1)} MB, 1k ${with1k.toFixed(1)} MB, 5k ${with5k.toFixed(1)} MB`)
+    await sut.close()
+  }
+  record('rss_idle', figure(rssIdle.gateway, 'MB'), figure(rssIdle.reference, 'MB'), false)
+  record('rss_per_1k', figure(per1k.gateway, 'MB'), figure(per1k.reference, 'MB'), false)
+
+  // Backlog and crash: the cloud goes away while devices keep publishing.
+  const drain: Record<System, { rate: number[]; total: number[]; arrived: number; expected: number }> = {
+    gateway: { rate: [], total: [], arrived: 0, expected: 0 },
+    reference: { rate: [], total: [], arrived: 0, expected: 0 },
+  }
+  const kill: Record<System, { acked: number; arrived: number }> = { gateway: { acked: 0, arrived: 0 }, reference: { acked: 0, arrived: 0 } }
+  for (const system of ['gateway', 'reference'] as System[]) {
+    for (let r = 0; r < HEAVY_RUNS; r++) {
+      const sut = await systems[system]()
+      await sleep(1_000)
+      hub.reset()
+      await cloud.stop()
+      const n = Math.round(200_000 * SCALE)
+      const load = await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 10, perPublisher: n / 10, window: 100, payloadBytes: 64, rate: 0, run: `b${r}`, productId: PRODUCT, auth: sut.auth })
+      log(`  ${system} backlog: ${load.acked} acknowledged in ${load.seconds.toFixed(1)} s with the cloud down`)
+      const back = performance.timeOrigin + performance.now()
+      await cloud.start()
+      await hub.waitFor(n, 15_000, 240_000)
+      drain[system].rate.push(hub.ids.size / Math.max(0.001, (hub.lastAt - hub.firstAt) / 1000))
+      drain[system].total.push((hub.lastAt - back) / 1000)
+      drain[system].arrived = hub.ids.size
+      drain[system].expected = load.acked
+      log(`  ${system} drain: ${hub.ids.size}/${load.acked} arrived, ${Math.round(drain[system].rate.at(-1)!)} msg/s while draining, ${drain[system].total.at(-1)!.toFixed(1)} s after the cloud came back`)
+      await sut.close()
+    }
+    // kill -9 with an acknowledged backlog.
+    const sut = await systems[system]()
+    await sleep(1_000)
+    hub.reset()
+    await cloud.stop()
+    const n = Math.round(100_000 * SCALE)
+    const load = await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 10, perPublisher: n / 10, window: 100, payloadBytes: 64, rate: 0, run: `k${system[0]}`, productId: PRODUCT, auth: sut.auth })
+    await sut.kill9()
+    await sut.restart()
+    await cloud.start()
+    await hub.waitFor(load.acked, 15_000, 240_000)
+    kill[system] = { acked: load.acked, arrived: hub.ids.size }
+    log(`  ${system} kill -9: ${hub.ids.size} of ${load.acked} acknowledged messages arrived`)
+    await sut.close()
+  }
+  scenarios.drain_200k = {
+    gateway: { ...figure(drain.gateway.rate, 'msg/s'), arrived: drain.gateway.arrived, expected: drain.gateway.expected, secondsAfterCloudBack: figure(drain.gateway.total, 's') },
+    reference: { ...figure(drain.reference.rate, 'msg/s'), arrived: drain.reference.arrived, expected: drain.reference.expected, secondsAfterCloudBack: figure(drain.reference.total, 's') },
+    ratio: round(figure(drain.gateway.rate, '').median / figure(drain.reference.rate, '').median),
+  }
+  scenarios.kill9_loss = { gateway: kill.gateway, reference: kill.reference, note: 'reference: edge Mosquitto with its default persistence settings (autosave every 1800 s)' }
+
+  // RPC: through the gateway vs a device connected to the cloud broker directly.
+  const rpc: Record<'gateway' | 'direct', number[]> = { gateway: [], direct: [] }
+  {
+    const sut = await systems.gateway()
+    const viaGateway = await mqtt.connectAsync(sut.deviceUrl, { protocolVersion: 4, username: `${PRODUCT}/d0`, password: SECRET, clientId: 'rpc-dev-gw' })
+    const direct = await mqtt.connectAsync(cloudUrl, { protocolVersion: 4, clientId: 'rpc-dev-direct' })
+    await direct.subscribeAsync(`rpc/${PRODUCT}/d1/#`, { qos: 1 })
+    for (const dev of [viaGateway, direct]) {
+      dev.on('message', (topic, payload) => {
+        const l = topic.split('/')
+        dev.publish(`rpc_resp/${l[1]}/${l[2]}/${l[3]}/${l[5]}/m${l[5]}`, payload, { qos: 1 })
+      })
+    }
+    const caller = await mqtt.connectAsync(cloudUrl, { protocolVersion: 4, clientId: 'rpc-hub' })
+    ;(caller.stream as import('node:net').Socket).setNoDelay?.(true)
+    await caller.subscribeAsync('rpc_resp/#', { qos: 1 })
+    const waiting = new Map<string, () => void>()
+    caller.on('message', (topic) => waiting.get(topic.split('/')[4])?.())
+    await sleep(1_000)
+    for (const [which, d] of [['gateway', 'd0'], ['direct', 'd1']] as const) {
+      for (let i = 0; i < 300; i++) {
+        const req = `${which}${i}`
+        const t0 = performance.now()
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 5_000)
+          waiting.set(req, () => {
+            clearTimeout(timer)
+            resolve()
+          })
+          caller.publish(`rpc/${PRODUCT}/${d}/bench/plain/${req}`, 'x', { qos: 1 })
+        })
+        if (i >= 20) rpc[which].push(performance.now() - t0) // the first ones warm up
+      }
+    }
+    await Promise.all([viaGateway.endAsync(), direct.endAsync(), caller.endAsync()])
+    await sut.close()
+  }
+  const sortedGw = [...rpc.gateway].sort((a, b) => a - b)
+  const sortedDirect = [...rpc.direct].sort((a, b) => a - b)
+  record('rpc_latency_p50', figure([percentile(sortedGw, 50)], 'ms'), figure([percentile(sortedDirect, 50)], 'ms'), false)
+  record('rpc_latency_p99', figure([percentile(sortedGw, 99)], 'ms'), figure([percentile(sortedDirect, 99)], 'ms'), false)
+  scenarios.rpc_latency_p50.note = scenarios.rpc_latency_p99.note = `reference = device connected to the cloud broker directly; ${rpc.gateway.length} RPCs each`
+
+  await hub.close()
+  await cloud.close()
+
+  const date = new Date().toISOString().slice(0, 10)
+  const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, machine, scenarios }
+  mkdirSync(path.join(root, 'bench', 'results'), { recursive: true })
+  writeFileSync(path.join(root, 'bench', 'results', `${date}.json`), JSON.stringify(result, null, 2) + '\n')
+  const table = renderTable(result)
+  writeFileSync(path.join(root, 'bench', 'results', `${date}.md`), table)
+  process.stdout.write(table)
+}
+
+function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<string, Scenario>; durationS: number; runs: number; heavyRuns: number }): string {
+  const lines = [
+    `# Benchmark ${new Date().toISOString().slice(0, 10)}`,
+    '',
+    `Machine: ${JSON.stringify(r.machine)}. Took ${r.durationS} s. Runs per figure: ${r.runs} (backlog and kill -9: ${r.heavyRuns}).`,
+    '',
+    '| scenario | gateway | reference | gateway/reference |',
+    '| --- | --- | --- | --- |',
+  ]
+  const cell = (f: Scenario['gateway']): string => {
+    if (!f) return ''
+    const x = f as Partial<Figure> & Record<string, unknown>
+    if (x.median !== undefined) {
+      const extra = x.arrived !== undefined ? ` (${String(x.arrived)}/${String(x.expected)} arrived)` : ''
+      return `${x.median} ${x.unit} (min ${x.min}, max ${x.max}, n=${x.runs})${extra}`
+    }
+    return Object.entries(x)
+      .map(([k, v]) => `${k} ${String(v)}`)
+      .join(', ')
+  }
+  for (const [name, s] of Object.entries(r.scenarios)) lines.push(`| ${name} | ${cell(s.gateway)} | ${cell(s.reference)} | ${s.ratio ?? ''} |`)
+  lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.', '')
+  return lines.join('\n')
+}
+
+main().then(
+  () => process.exit(0),
+  (err: Error) => {
+    log(`failed: ${err.stack ?? err.message}`)
+    process.exit(1)
+  },
+)
