@@ -7,7 +7,7 @@ import type { Logger } from '../core/log.js'
 import type { Metrics } from '../core/metrics.js'
 import type { DeviceRef } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
-import type { Outbox } from '../store/outbox.js'
+import type { Outbox, OutboxRow } from '../store/outbox.js'
 import type { DeviceRegistry } from '../store/devices.js'
 import { HubLink, type HubLinkOptions } from './hub-link.js'
 import { serverSideSubscriptions } from './hub-topics.js'
@@ -84,8 +84,8 @@ export class Bridge {
     }
   }
 
-  private readonly wakeAll = (): void => {
-    for (const l of this.links.values()) l.wake()
+  private readonly wakeAll = (rows?: readonly OutboxRow[]): void => {
+    for (const l of this.links.values()) l.wake(rows)
   }
 
   private readonly forgetAll = (ids: number[]): void => {

@@ -177,9 +177,18 @@ export class HubLink {
     if (this.buffer.length) this.buffer = this.buffer.filter((r) => !ids.has(r.id))
   }
 
-  /** Called when new rows were committed. */
-  wake(): void {
-    this.maybeMore = true
+  /** New rows were committed. A link that has read everything before them takes them as they are. */
+  wake(rows?: readonly OutboxRow[]): void {
+    if (rows && this.connected && !this.maybeMore) {
+      const mine = this.opts.device === undefined ? rows : rows.filter((r) => r.device === this.opts.device)
+      if (mine.length) {
+        for (const r of mine) this.cursors[r.prio] = Math.max(this.cursors[r.prio], r.id)
+        // Highest priority first, in id order within a priority: what refill() would have read.
+        this.buffer = this.buffer.concat(mine).sort((a, b) => a.prio - b.prio || a.id - b.id)
+      }
+    } else {
+      this.maybeMore = true
+    }
     this.pump()
   }
 

@@ -37,6 +37,10 @@ export interface OutboxStats {
 // What a row costs against the quota besides its topic and payload (index entries, row header).
 const ROW_OVERHEAD = 64
 
+// Hub acknowledgements wait at most this long, or until this many are pending, for a commit.
+const ACK_DELAY_MS = 50
+const ACK_BATCH_MAX = 5_000
+
 /** Free space the data disk needs before intake resumes after it was full. */
 export const RESUME_FREE_BYTES = 1 << 20
 
@@ -64,6 +68,7 @@ export class Outbox extends EventEmitter {
   private readonly sending = new Set<number>()
   private pendingEvicted: number[] = []
   private flushScheduled = false
+  private ackTimer?: NodeJS.Timeout
   private totals = { messages: 0, bytes: 0 }
   private byPrio: Record<Priority, { messages: number; bytes: number }> = {
     0: { messages: 0, bytes: 0 },
@@ -139,7 +144,11 @@ export class Outbox extends EventEmitter {
   ack(id: number): void {
     this.sending.delete(id)
     this.acked.push(id)
-    this.schedule()
+    // A deletion need not be durable at once: if it is lost in a crash the row is sent again with
+    // its MessageId, which the hub drops. So deletions ride along with the next commit of new
+    // messages, and only get a commit (an fsync) of their own after a short while.
+    if (this.acked.length >= ACK_BATCH_MAX) this.schedule()
+    else if (!this.ackTimer) this.ackTimer = setTimeout(() => this.schedule(), ACK_DELAY_MS)
   }
 
   /** This row was published to the hub: keep it from quota eviction until `ack` or `unsent`. */
@@ -163,16 +172,21 @@ export class Outbox extends EventEmitter {
   /** Commit everything waiting. Public so that shutdown can finish the batch in flight. */
   flush(): void {
     this.flushScheduled = false
+    clearTimeout(this.ackTimer)
+    this.ackTimer = undefined
     if (this.pending.length === 0 && this.acked.length === 0) return
     const batch = this.pending
     const acked = this.acked
     this.pending = []
     this.acked = []
+    const rows: OutboxRow[] = []
+    let evicted: Set<number> = new Set()
     try {
       this.db.transaction(() => {
         this.deleteRows(acked)
-        for (const p of batch) this.insert(p.up)
+        for (const p of batch) rows.push(this.insert(p.up))
         this.enforceQuota()
+        if (this.pendingEvicted.length) evicted = new Set(this.pendingEvicted)
       })()
     } catch (err) {
       // Nothing of this batch is on disk: refuse it all, so no sender gets an acknowledgement.
@@ -194,7 +208,9 @@ export class Outbox extends EventEmitter {
     // A commit can succeed with the disk still full (it fits into WAL space a failed one left
     // allocated): it is durable, but only probe() (which asks for headroom) reopens intake.
     for (const p of batch) p.resolve()
-    if (batch.length) this.emit('committed')
+    // The new rows go with the event: a reader that is caught up takes them from here instead of
+    // reading them back from the database.
+    if (batch.length) this.emit('committed', evicted.size ? rows.filter((r) => !evicted.has(r.id)) : rows)
   }
 
   // Totals change inside the transaction; keep a journal so a failed commit can undo them.
@@ -236,12 +252,14 @@ export class Outbox extends EventEmitter {
     this.pendingDrops = {}
   }
 
-  private insert(up: Uplink): void {
+  private insert(up: Uplink): OutboxRow {
     const topic = formatUpTopic(up.topic)
     const prio = priorityOf(up.topic)
     const bytes = topic.length + up.payload.length + ROW_OVERHEAD
-    this.st.insert.run(prio, deviceKey(up.topic), up.topic.kind, topic, up.payload, bytes, up.receivedAt)
+    const device = deviceKey(up.topic)
+    const r = this.st.insert.run(prio, device, up.topic.kind, topic, up.payload, bytes, up.receivedAt)
     this.account(prio, 1, bytes)
+    return { id: Number(r.lastInsertRowid), prio, device, kind: up.topic.kind, topic, payload: up.payload, receivedAt: up.receivedAt }
   }
 
   private deleteRows(ids: number[]): number {
