@@ -153,6 +153,10 @@ export class CommandRouter extends EventEmitter {
   }
 
   history(device: DeviceRef, limit?: number): StoredCommand[] {
+    // A command whose ExpiresAt passed while its device was away shows as expired now, not only at
+    // the next sweep or when the device comes back.
+    const expired = this.d.store.expireDue()
+    if (expired) this.d.metrics.downlinks.inc({ outcome: 'expired' }, expired)
     return this.d.store.recent(deviceKey(device), limit)
   }
 

@@ -124,6 +124,10 @@ export class Gateway implements CoreApi {
     for (const a of this.adapters) await a.start()
     // Mapped devices that are reachable now get what waited for them.
     for (const d of this.registry.list()) if (this.isMapped(d)) this.router.deviceOnline(d)
+    // A device counts as mapped once its adapter owns it: the hub link may have come up while the
+    // adapters were starting, without the mapped devices' tag filters and their on-connect requests.
+    this.bridge.resubscribe()
+    this.askForMappedState()
 
     this.http = new HttpApi(this)
     await this.http.start()
@@ -209,6 +213,8 @@ export class Gateway implements CoreApi {
     )
     // Commands that waited for this device go now, in order.
     this.router.deviceOnline(s.device)
+    // A mapped device that joins now needs its tag filters on the hub.
+    if (this.isMapped(s.device)) this.bridge.resubscribe()
   }
 
   sessionClosed(s: ClientSession): void {
@@ -313,8 +319,26 @@ export class Gateway implements CoreApi {
 
   private onHubConnected(): void {
     void this.reportStatus()
+    this.askForMappedState()
     // A few probes right away: the clock filter keeps the one with the shortest round trip.
     for (let i = 0; i < 4; i++) setTimeout(() => this.probeHubClock(), i * 250).unref()
+  }
+
+  /**
+   * The SDK sends `$tags` and `$shadow` on every connect (PROTOCOL.md "Tags", "Shadow"); for mapped
+   * devices the hub link is that connection, so the gateway asks on their behalf. What the hub pushed
+   * at QoS 0 while the link was down (a desired change, new tags) is not lost that way.
+   */
+  private askForMappedState(): void {
+    if (!this.bridge.status().connected) return
+    for (const d of this.registry.list()) {
+      if (!d.enabled || !this.isMapped(d)) continue
+      const asks: [string, Buffer][] = [['$tags', Buffer.from(JSON.stringify({ tags_version: d.tagsVersion }))], ['$shadow', Buffer.alloc(0)]]
+      for (const [name, payload] of asks) {
+        this.uplink({ topic: { kind: 'get', productId: d.productId, deviceId: d.deviceId, name, messageId: newMessageId() }, payload, transport: 'internal', receivedAt: Date.now() })
+          .catch((err: Error) => this.warn.warn('mapped-ask', { err: err.message }, `could not queue ${name} for a mapped device`))
+      }
+    }
   }
 
   /** Measure our clock against the hub's with the same `$ntp` exchange a device uses. */

@@ -55,7 +55,9 @@ export class CommandStore {
         `INSERT INTO commands (device, type, name, encoding, request_id, expires_at, sender, payload, origin, state, created_at, updated_at)
          VALUES (@device, @type, @name, @encoding, @requestId, @expiresAt, @sender, @payload, @origin, @state, @now, @now)`,
       ),
-      setState: db.prepare('UPDATE commands SET state = ?, reason = ?, updated_at = ? WHERE id = ?'),
+      // A reply is final: a device may answer before its PUBACK is matched (or after a delivery
+      // timeout), and the delivery outcome recorded afterwards must not hide the reply.
+      setState: db.prepare("UPDATE commands SET state = ?, reason = ?, updated_at = ? WHERE id = ? AND state != 'replied'"),
       setReply: db.prepare("UPDATE commands SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?"),
       pending: db.prepare("SELECT * FROM commands WHERE device = ? AND state = 'queued' ORDER BY id"),
       recent: db.prepare('SELECT * FROM commands WHERE device = ? ORDER BY id DESC LIMIT ?'),
@@ -144,12 +146,17 @@ export class CommandStore {
     return r && toStored(r)
   }
 
+  /** Mark queued commands whose ExpiresAt has passed as expired; returns how many. */
+  expireDue(now = Date.now()): number {
+    return this.st.expireQueued.all({ now }).length
+  }
+
   /** Housekeeping: forget seen ids past their time to live, expire queued commands, trim history. */
   sweep(seenTtlMs: number, devices: string[]): number {
     return this.db.transaction(() => {
       const now = Date.now()
       this.st.expireSeen.run(now - seenTtlMs)
-      const expired = this.st.expireQueued.all({ now }).length
+      const expired = this.expireDue(now)
       for (const d of devices) this.st.trim.run(d, d)
       return expired
     })()

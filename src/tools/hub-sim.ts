@@ -5,6 +5,7 @@
 // `$shadow_reported`, and sends commands, RPCs, tag commands and shadow changes on request.
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
+import type { Socket } from 'node:net'
 import mqtt, { type MqttClient } from 'mqtt'
 import { formatDownTopic, parseUpTopic, type UpTopic } from '../northbound/hub-topics.js'
 import { applyDesired, applyReported, parseJsonObject as parseJson, withDesired, type JsonObject, type ShadowDoc as Shadow } from '../core/shadow-doc.js'
@@ -70,6 +71,9 @@ export class HubSim extends EventEmitter {
       reconnectPeriod: 500,
     })
     this.client = client
+    // Without it Nagle holds each small publish that follows a PUBACK until the broker's delayed
+    // ACK (~40 ms on Linux), and that, not the system under test, would dominate every RPC.
+    client.on('connect', () => (client.stream as Socket).setNoDelay?.(true))
     client.on('message', (topic, payload) => this.onMessage(topic, payload))
     client.on('error', () => undefined)
     await new Promise<void>((resolve, reject) => {

@@ -112,6 +112,12 @@ export class HubBroker {
     return isRunning(this.child)
   }
 
+  /** Path of Mosquitto's log file (log_type all, flushed per line), for tests that follow it as it grows. */
+  get logPath(): string {
+    if (this.dir === undefined) throw new Error('HubBroker: start() first')
+    return path.join(this.dir, 'mosquitto.log')
+  }
+
   /** Mosquitto's own log (log_type all), for diagnosing a failing test. */
   async log(): Promise<string> {
     if (!this.dir) return ''

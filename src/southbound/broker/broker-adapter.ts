@@ -73,6 +73,8 @@ export class BrokerAdapter implements SouthboundAdapter {
   // path); only trusted local tools on internal listeners see them on the local broker, so a
   // device never gets one twice.
   private readonly fromDevice = new WeakSet<Buffer>()
+  // Device clients whose server-side subscriptions are in place: only they can be handed a command.
+  private readonly subscribed = new WeakSet<Client>()
   // PUBACKs from devices for commands delivered with QoS 1: topic -> waiter.
   private readonly ackWaiters = new Map<string, { device: string; done: (ok: boolean) => void }>()
   // `${clientId}\0${packet id}` -> command topic, for the PUBACKs above.
@@ -268,29 +270,36 @@ export class BrokerAdapter implements SouthboundAdapter {
     set.add(client)
     // Server-side subscriptions (PROTOCOL.md): exempt from the device ACL. aedes hands these same
     // objects to authorizeSubscribe.
-    const subs = serverSideSubscriptions(st.device.productId, st.device.deviceId).map((topic) => ({ topic, qos: 1 as const }))
+    const device = st.device
+    const subs = serverSideSubscriptions(device.productId, device.deviceId).map((topic) => ({ topic, qos: 1 as const }))
     for (const s of subs) this.serverSubscriptions.add(s)
-    client.subscribe(subs, () => undefined)
-    const sock = client.conn as net.Socket
-    st.session = {
-      clientId: client.id,
-      device: st.device,
-      transport: 'mqtt',
-      ipaddress: sock.remoteAddress ?? null,
-      keepalive: st.keepalive,
-      protoVer: st.protoVer,
-    }
-    this.core.sessionOpened(st.session)
+    // The session opens (owns(), queued commands flushed, `$connection` sent) only once these are in
+    // place: aedes subscribes after the CONNACK, and a command published before would reach nobody.
+    client.subscribe(subs, (err) => {
+      if (err || client.closed) return
+      this.subscribed.add(client)
+      const sock = client.conn as net.Socket
+      st.session = {
+        clientId: client.id,
+        device,
+        transport: 'mqtt',
+        ipaddress: sock.remoteAddress ?? null,
+        keepalive: st.keepalive,
+        protoVer: st.protoVer,
+      }
+      this.core.sessionOpened(st.session)
+    })
   }
 
   private onGone(client: Client): void {
     this.core.metrics.localClients.set(this.clientCount)
     const st = this.state.get(client)
-    if (!st?.device || !st.session) return
+    if (!st?.device) return
     const set = this.byDevice.get(deviceKey(st.device))
     set?.delete(client)
     if (set?.size === 0) this.byDevice.delete(deviceKey(st.device))
-    if (!this.stopping) this.core.sessionClosed(st.session)
+    // A client gone before its session opened (subscriptions still pending) never had one to close.
+    if (st.session && !this.stopping) this.core.sessionClosed(st.session)
   }
 
   private kick(ref: DeviceRef, why: string): void {
@@ -301,7 +310,10 @@ export class BrokerAdapter implements SouthboundAdapter {
   }
 
   owns(device: DeviceRef): boolean {
-    return (this.byDevice.get(deviceKey(device))?.size ?? 0) > 0
+    const clients = this.byDevice.get(deviceKey(device))
+    if (!clients) return false
+    for (const c of clients) if (this.subscribed.has(c)) return true
+    return false
   }
 
   private authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
