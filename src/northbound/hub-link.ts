@@ -45,6 +45,7 @@ export class HubLink {
   private stopped = true
   private readonly inflight = new Set<number>()
   private buffer: OutboxRow[] = []
+  private bufferPos = 0
   private cursors: Record<Priority, number> = { 0: 0, 1: 0, 2: 0 }
   private readonly subscribed = new Set<string>()
   private refusedLogged = false
@@ -140,6 +141,7 @@ export class HubLink {
     this.outbox.unsent(this.inflight)
     this.inflight.clear()
     this.buffer = []
+    this.bufferPos = 0
     this.cursors = { 0: 0, 1: 0, 2: 0 }
     this.maybeMore = true
     if (this.stopped) return
@@ -174,17 +176,24 @@ export class HubLink {
 
   /** Rows the quota evicted: never publish them from the read-ahead buffer. */
   forget(ids: ReadonlySet<number>): void {
-    if (this.buffer.length) this.buffer = this.buffer.filter((r) => !ids.has(r.id))
+    if (this.bufferPos < this.buffer.length) {
+      this.buffer = this.buffer.slice(this.bufferPos).filter((r) => !ids.has(r.id))
+      this.bufferPos = 0
+    }
   }
 
   /** New rows were committed. A link that has read everything before them takes them as they are. */
   wake(rows?: readonly OutboxRow[]): void {
-    if (rows && this.connected && !this.maybeMore) {
+    const pending = this.buffer.length - this.bufferPos
+    // Only while caught up, and only a read-ahead's worth: when intake outpaces the hub, the rows
+    // wait in the outbox (not in memory) and are read in order from there.
+    if (rows && this.connected && !this.maybeMore && pending + rows.length <= READ_BATCH) {
       const mine = this.opts.device === undefined ? rows : rows.filter((r) => r.device === this.opts.device)
       if (mine.length) {
         for (const r of mine) this.cursors[r.prio] = Math.max(this.cursors[r.prio], r.id)
         // Highest priority first, in id order within a priority: what refill() would have read.
-        this.buffer = this.buffer.concat(mine).sort((a, b) => a.prio - b.prio || a.id - b.id)
+        this.buffer = this.buffer.slice(this.bufferPos).concat(mine).sort((a, b) => a.prio - b.prio || a.id - b.id)
+        this.bufferPos = 0
       }
     } else {
       this.maybeMore = true
@@ -223,8 +232,8 @@ export class HubLink {
   }
 
   private next(): OutboxRow | undefined {
-    if (this.buffer.length === 0) this.refill()
-    return this.buffer.shift()
+    if (this.bufferPos >= this.buffer.length) this.refill()
+    return this.buffer[this.bufferPos++]
   }
 
   // Highest priority first; within a priority, in id order (which keeps each device's order).
@@ -235,6 +244,7 @@ export class HubLink {
       if (rows.length) {
         this.cursors[prio] = rows[rows.length - 1].id
         this.buffer = rows
+        this.bufferPos = 0
         return
       }
     }
