@@ -87,20 +87,7 @@ export class CommandStore {
       const now = Date.now()
       if (this.st.markSeen.run(scope, cmd.requestId, now).changes === 0) return { fresh: false }
       if (!state) return { fresh: true }
-      const r = this.st.insert.run({
-        device: deviceKey(cmd.device),
-        type: cmd.type,
-        name: cmd.name,
-        encoding: cmd.encoding,
-        requestId: cmd.requestId,
-        expiresAt: cmd.expiresAt ?? null,
-        sender: cmd.senderDeviceId ?? null,
-        payload: cmd.payload,
-        origin,
-        state,
-        now,
-      })
-      return { fresh: true, id: Number(r.lastInsertRowid) }
+      return { fresh: true, id: this.record(cmd, origin, state) }
     })()
   }
 

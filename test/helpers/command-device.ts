@@ -6,16 +6,10 @@
 // filtered. (test/helpers/sdk-device.ts models the SDK's tags/shadow/NTP state instead.)
 import type { Socket } from 'node:net'
 import type { MqttClient } from 'mqtt'
-import { connectDevice, newMessageId, type DeviceLogin } from './device.js'
+import { connectDevice, newMessageId, type DeviceLogin, type ReceivedMessage } from './device.js'
 
-export interface ReceivedMessage {
-  topic: string
-  /** Topic levels, split. */
-  levels: string[]
-  payload: Buffer
-  qos: number
-  at: number
-}
+export type { ReceivedMessage }
+
 
 export interface CommandDeviceOptions {
   /** Subscribe to its own cmd/rpc/m2m topics itself (Mosquitto has no server-side subscriptions). */

@@ -74,3 +74,24 @@ export function newMessageId(): string {
 export async function publishQos1(client: MqttClient, topic: string, payload: string | Buffer): Promise<void> {
   await client.publishAsync(topic, payload, { qos: 1 })
 }
+
+/** The CONNACK return code of a refused connection; throws if the device is let in. */
+export async function refusedWith(url: string, login: DeviceLogin): Promise<number | string | undefined> {
+  try {
+    const client = await connectDevice(url, login)
+    await client.endAsync(true)
+  } catch (err) {
+    return (err as ConnectError).code
+  }
+  throw new Error(`${login.productId}/${login.deviceId} connected, but should have been refused`)
+}
+
+/** A message a test device received, kept raw. */
+export interface ReceivedMessage {
+  topic: string
+  /** The topic split at '/'. */
+  levels: string[]
+  payload: Buffer
+  qos: number
+  at: number
+}

@@ -12,18 +12,12 @@
 // (test/helpers/command-device.ts is the device for the command path.)
 import { EventEmitter } from 'node:events'
 import type { MqttClient } from 'mqtt'
-import { connectDevice, newMessageId, type DeviceLogin } from './device.js'
+import { connectDevice, newMessageId, type DeviceLogin, type ReceivedMessage } from './device.js'
+
+export type { ReceivedMessage }
 
 type Json = Record<string, unknown>
 
-export interface ReceivedMessage {
-  topic: string
-  /** The topic split at '/'. */
-  levels: string[]
-  payload: Buffer
-  qos: number
-  at: number
-}
 
 export interface NtpResult {
   deviceTime: number

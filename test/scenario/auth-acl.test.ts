@@ -5,7 +5,7 @@
 import type { MqttClient } from 'mqtt'
 import mqtt from 'mqtt'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { connectDevice, newMessageId, publishQos1, type ConnectError, type DeviceLogin } from '../helpers/device.js'
+import { connectDevice, newMessageId, publishQos1, type ConnectError, type DeviceLogin, refusedWith } from '../helpers/device.js'
 import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
 import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
 import { metricValue } from '../helpers/metrics.js'
@@ -24,16 +24,6 @@ async function connect(url: string, login: DeviceLogin): Promise<MqttClient> {
   return client
 }
 
-/** The CONNACK return code of a refused connection (fails the test if it connects). */
-async function refusedWith(url: string, login: DeviceLogin): Promise<number | string | undefined> {
-  try {
-    const client = await connectDevice(url, login)
-    await client.endAsync(true)
-  } catch (err) {
-    return (err as ConnectError).code
-  }
-  throw new Error(`${login.productId}/${login.deviceId} connected, but should have been refused`)
-}
 
 function closed(client: MqttClient, timeoutMs: number, what: string): Promise<void> {
   if (!client.connected) return Promise.resolve()

@@ -9,7 +9,7 @@ import path from 'node:path'
 import YAML from 'yaml'
 import type { MqttClient } from 'mqtt'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { connectDevice, newMessageId, publishQos1, type ConnectError, type DeviceLogin } from '../helpers/device.js'
+import { connectDevice, newMessageId, publishQos1, type ConnectError, type DeviceLogin, refusedWith } from '../helpers/device.js'
 import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
 import { HubBroker } from '../helpers/hub-broker.js'
 import { freePort } from '../helpers/ports.js'
@@ -45,15 +45,6 @@ async function connect(url: string, login: DeviceLogin): Promise<MqttClient> {
   return client
 }
 
-async function refusedWith(url: string, login: DeviceLogin): Promise<number | string | undefined> {
-  try {
-    const client = await connectDevice(url, login)
-    await client.endAsync(true)
-  } catch (err) {
-    return (err as ConnectError).code
-  }
-  throw new Error(`${login.productId}/${login.deviceId} connected, but should have been refused`)
-}
 
 /** Resolves true when something accepts a TCP connection on the port. */
 function listening(port: number): Promise<boolean> {
