@@ -71,13 +71,14 @@ export async function simulate(o: SimulateOptions, signal?: AbortSignal): Promis
       password: `${o.secretPrefix}${i}`,
       clientId: `${o.productId}/${deviceId}/sim`,
       protocolVersion: 4,
-      reconnectPeriod: 0,
-      connectTimeout: 10_000,
+      // Like the SDK: keep trying. After a gateway restart every device needs one scrypt check
+      // (about 45 ms of CPU each), so a thousand devices take a while to all get in.
+      reconnectPeriod: 2_000 + Math.floor(Math.random() * 2_000),
+      connectTimeout: 30_000,
     })
     clients.push(c)
     c.on('error', () => undefined)
     c.once('connect', () => {
-      stats.connected++
       if (o.rate > 0) {
         const every = 1000 / o.rate
         // Spread the devices over the interval so the load is even.
