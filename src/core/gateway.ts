@@ -326,13 +326,16 @@ export class Gateway implements CoreApi {
 
   /**
    * The SDK sends `$tags` and `$shadow` on every connect (PROTOCOL.md "Tags", "Shadow"); for mapped
-   * devices the hub link is that connection, so the gateway asks on their behalf. What the hub pushed
-   * at QoS 0 while the link was down (a desired change, new tags) is not lost that way.
+   * devices the hub link is that connection, so the gateway asks on their behalf, and for native
+   * devices that are connected while the link comes back. What the hub pushed at QoS 0 while the
+   * link was down (a desired change, new tags) is not lost that way.
    */
   private askForMappedState(): void {
     if (!this.bridge.status().connected) return
     for (const d of this.registry.list()) {
-      if (!d.enabled || !this.isMapped(d)) continue
+      // Native devices ask themselves when they connect; one that stayed connected while the hub
+      // link was down would miss what the hub pushed meanwhile (QoS 0), so the gateway asks for it.
+      if (!d.enabled || !(this.isMapped(d) || this.broker?.owns(d))) continue
       const asks: [string, Buffer][] = [['$tags', Buffer.from(JSON.stringify({ tags_version: d.tagsVersion }))], ['$shadow', Buffer.alloc(0)]]
       for (const [name, payload] of asks) {
         this.uplink({ topic: { kind: 'get', productId: d.productId, deviceId: d.deviceId, name, messageId: newMessageId() }, payload, transport: 'internal', receivedAt: Date.now() })

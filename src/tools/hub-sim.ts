@@ -84,6 +84,11 @@ export class HubSim extends EventEmitter {
     await client.subscribeAsync(filters, { qos: 1 })
   }
 
+  /** Whether the simulator's own connection to the broker is up. */
+  get connected(): boolean {
+    return !!this.client?.connected
+  }
+
   async stop(): Promise<void> {
     const c = this.client
     this.client = undefined

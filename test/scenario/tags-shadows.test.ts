@@ -132,7 +132,8 @@ describe('tags and shadows through the gateway, hub reachable', () => {
   const fanBlue2 = native('fan-blue-2')
   const fanGreen = native('fan-green')
   const shadowNative = native('shadow-n')
-  const natives = [tagA, tagB, fanBlue1, fanBlue2, fanGreen, shadowNative]
+  const outageNative = native('outage-n')
+  const natives = [tagA, tagB, fanBlue1, fanBlue2, fanGreen, shadowNative, outageNative]
   const mBlue = mappedDevice('m-blue', ['blue'])
   const mGreen = mappedDevice('m-green', ['green'])
   const mLate = mappedDevice('m-late')
@@ -425,6 +426,30 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     await waitForHubSubscription(hub, tagFilterOf(P, 'violet'), true)
     const requestId = await sim.tagCommand(P, 'violet', 'hello', {})
     await mapped.waitForDelivery((c) => c.device.deviceId === d && c.requestId === requestId, 10_000, 'a violet tag command')
+  })
+
+  it('a native device that stays connected while the hub link is down gets what the hub pushed meanwhile', async () => {
+    const dev = await sdk(outageNative)
+    const d = outageNative.deviceId
+    await dev.reportState({ on: false })
+    await until(() => sim.shadowOf(P, d).version === 1 && dev.shadowVersion === 1, 10_000, () => `first report: hub ${sim.shadowOf(P, d).version}, device ${dev.shadowVersion}`)
+
+    // The hub goes away long enough for the gateway's reconnect backoff to grow past a few seconds.
+    await hub.stop()
+    await sleep(4_000) // reconnect attempts at ~1, 2 and 4 s: the next one comes seconds after the hub is back
+    const from = sim.uploads.length
+    await hub.start()
+    // HubSim is back first (it retries every 500 ms); the gateway is still waiting out its backoff
+    // when the business system changes desired state: the `$update_shadow` (QoS 0) never reaches it.
+    await until(() => sim.connected, 5_000, () => 'hub-sim did not reconnect')
+    expect(gw.bridge.status().connected).toBe(false)
+    expect(await sim.setDesired(P, d, { on: true }, 5)).toBe(true)
+
+    // Once the link is back the gateway asks `$shadow` for the device, the hub answers, the device applies.
+    await linkReady(from)
+    await until(() => dev.state.on === true, 15_000, () => `the device never got the desired change: ${JSON.stringify(dev.state)}`)
+    await until(() => sim.shadowOf(P, d).version === 6, 10_000, () => `hub shadow version ${sim.shadowOf(P, d).version}`)
+    expect(sim.shadowOf(P, d).state).toEqual({ reported: { on: true } })
   })
 
   it("a mapped device's report that crosses a business change is refused; the gateway adopts the hub's version and the next report goes through", async () => {
