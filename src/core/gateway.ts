@@ -3,7 +3,7 @@
 import { createRequire } from 'node:module'
 import type { Config } from '../config.js'
 import { outboxQuota } from '../config.js'
-import { isDiskFull, openDatabase, type Db } from '../store/db.js'
+import { freeBytes, isDiskFull, openDatabase, type Db } from '../store/db.js'
 import { Outbox, RESUME_FREE_BYTES } from '../store/outbox.js'
 import { DeviceRegistry } from '../store/devices.js'
 import { ConnectionStore } from '../store/connections.js'
@@ -77,7 +77,17 @@ export class Gateway implements CoreApi {
   async start(): Promise<void> {
     const cfg = this.cfg
     this.db = openDatabase(cfg.gateway.dataDir)
-    this.outbox = new Outbox(this.db, { maxBytes: outboxQuota(cfg), rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000 })
+    const maxBytes = outboxQuota(cfg)
+    this.outbox = new Outbox(this.db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000 })
+    // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
+    // A quota near the free space means the disk fills before the quota ever evicts anything.
+    const free = freeBytes(cfg.gateway.dataDir)
+    if (maxBytes > free / 2) {
+      this.log.warn(
+        { maxBytes, freeBytes: free, dataDir: cfg.gateway.dataDir, code: ErrorCodes.CONFIG_INVALID },
+        'store.outbox.maxBytes is more than half the free space of the data disk: the disk will fill before the quota applies; lower it or free space',
+      )
+    }
     this.outbox.on('dropped', ({ reason, count }: { reason: string; count: number }) =>
       this.warn.warn(`drop:${reason}`, { reason, count, total: this.outbox.stats().dropped }, 'outbox dropped acknowledged messages'),
     )
