@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers the tests start (STYLE.md "Tests"): Debian packages, installed when missing.
-DEB_PACKAGES="mosquitto mosquitto-clients openssl"
+DEB_PACKAGES="mosquitto mosquitto-clients openssl systemd python3"
 
 log() { printf '\n=== %s\n' "$*"; }
 

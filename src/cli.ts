@@ -4,6 +4,7 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { ConfigError, loadConfig, type Config } from './config.js'
 import { Gateway } from './core/gateway.js'
+import { SystemdNotifier } from './core/systemd.js'
 import { openDatabase } from './store/db.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/api.js'
@@ -121,10 +122,13 @@ async function start(file: string | undefined): Promise<number | undefined> {
     await gw.stop(2_000)
     return 1
   }
+  const systemd = new SystemdNotifier(gw.log)
+  systemd.ready()
   let stopping = false
   const shutdown = (signal: string): void => {
     if (stopping) return
     stopping = true
+    systemd.stopping()
     gw.log.info({ signal }, 'stopping')
     // Hard deadline: whatever happens, the process is gone within 10 s of the signal.
     setTimeout(() => process.exit(1), 10_000).unref()
