@@ -18,6 +18,7 @@ import { deviceKey, ErrorCodes } from './types.js'
 import { HttpApi } from '../web/api.js'
 import { CommandStore } from '../store/commands.js'
 import { ShadowStore } from '../store/shadows.js'
+import { HubSubscriptionStore } from '../store/hub-subscriptions.js'
 import { CommandRouter } from './command-router.js'
 import { TagService } from './tags.js'
 import { ShadowService } from './shadows.js'
@@ -120,10 +121,12 @@ export class Gateway implements CoreApi {
       log: this.log.child({ component: 'shadows' }),
     })
 
+    const held = new HubSubscriptionStore(this.db)
     this.bridge = new Bridge(cfg, this.outbox, this.registry, this.metrics, this.log, {
       onMessage: (topic, payload) => this.fromHub(topic, payload),
       onConnected: () => this.onHubConnected(),
       extraSubscriptions: (d) => this.tags.hubFilters(d),
+      heldSubscriptions: (link) => ({ load: () => held.load(link), save: (filters) => held.save(link, filters) }),
     })
     this.tags.on('changed', this.bridge.resubscribe)
     this.registry.on('changed', () => this.tags.registryChanged())

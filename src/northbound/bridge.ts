@@ -19,6 +19,8 @@ export interface BridgeHooks {
   onConnected: () => void
   /** Further filters to hold on the hub (tag topics): all of them, or one child's in devices mode. */
   extraSubscriptions: (device?: DeviceRef) => string[]
+  /** Durable record of what each link (by key) holds on the hub. */
+  heldSubscriptions?: (linkKey: string) => { load: () => string[]; save: (filters: string[]) => void }
 }
 
 export interface BridgeStatus {
@@ -163,6 +165,7 @@ export class Bridge {
         maxRate: nb.maxRate,
         tls,
         onMessage: this.hooks.onMessage,
+        heldSubscriptions: this.hooks.heldSubscriptions?.(key),
         onConnected: key === this.gatewayKey ? this.hooks.onConnected : undefined,
       },
       this.log.child({ link: key }),

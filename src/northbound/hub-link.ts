@@ -25,6 +25,8 @@ export interface HubLinkOptions {
   subscriptions: () => string[]
   /** A message from the hub; it is PUBACKed only once this resolves (the command is durable). */
   onMessage: (topic: string, payload: Buffer) => Promise<void>
+  /** What this link held on the hub in an earlier connection or run (persistent session). */
+  heldSubscriptions?: { load: () => string[]; save: (filters: string[]) => void }
   /** Called once per connection after the subscriptions are in place. */
   onConnected?: () => void
 }
@@ -99,6 +101,14 @@ export class HubLink {
       this.connectedSince = Date.now()
       this.metrics.northboundConnected.set(1)
       this.log.info({ url: this.opts.url, clientId: this.opts.clientId }, 'connected to hub')
+      // The hub may still hold subscriptions of our persistent session from before (an earlier run
+      // included): what is no longer wanted is unsubscribed; what is wanted is subscribed again.
+      const wanted = new Set(this.opts.subscriptions())
+      const stale = (this.opts.heldSubscriptions?.load() ?? []).filter((f) => !wanted.has(f))
+      if (stale.length) {
+        this.log.info({ filters: stale }, 'dropping hub subscriptions that are no longer wanted')
+        client.unsubscribe(stale)
+      }
       this.subscribed.clear()
       this.syncSubscriptions()
       this.opts.onConnected?.()
@@ -162,8 +172,9 @@ export class HubLink {
       for (const t of remove) this.subscribed.delete(t)
       client.unsubscribe(remove)
     }
-    if (!add.length) return
     for (const t of add) this.subscribed.add(t)
+    if (add.length || remove.length || this.heldDirty) this.saveHeld()
+    if (!add.length) return
     client.subscribe(add, { qos: 1 }, (err, granted) => {
       if (err) return this.log.warn({ err: err.message }, 'hub subscription failed')
       const refused = (granted ?? []).filter((g) => g.qos === 128)
@@ -172,6 +183,19 @@ export class HubLink {
         this.log.info({ topics: refused.map((g) => g.topic) }, 'hub refused a command subscription (SUBACK 0x80): assuming it subscribes server-side')
       }
     })
+  }
+
+  private heldDirty = true
+
+  private saveHeld(): void {
+    try {
+      this.opts.heldSubscriptions?.save([...this.subscribed])
+      this.heldDirty = false
+    } catch (err) {
+      // Bookkeeping only (a full disk): the next change tries again.
+      this.heldDirty = true
+      this.log.warn({ err: (err as Error).message }, 'could not record the hub subscriptions')
+    }
   }
 
   /** Rows the quota evicted: never publish them from the read-ahead buffer. */

@@ -94,6 +94,22 @@ const migrations: string[] = [
     updated_at INTEGER NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 3: what each hub link subscribed, so that a later run can drop what is no longer wanted
+  `
+  CREATE TABLE hub_subscriptions (
+    link   TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    PRIMARY KEY (link, filter)
+  ) WITHOUT ROWID;
+
+  -- devices removed through the API/CLI that a config seed would otherwise create again
+  CREATE TABLE removed_seeds (
+    product_id  TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    seed_digest TEXT NOT NULL,
+    PRIMARY KEY (product_id, device_id)
+  ) WITHOUT ROWID;
+  `,
 ]
 
 export function openDatabase(dataDir: string): Db {

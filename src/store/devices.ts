@@ -81,7 +81,10 @@ export class DeviceRegistry extends EventEmitter {
   // Recently failed secrets per device, so a client hammering a wrong password costs one scrypt.
   private readonly failed = new Map<string, Set<string>>()
   private readonly localKey: Buffer
-  private readonly st: Record<'get' | 'all' | 'insert' | 'setEnabled' | 'setSecret' | 'remove' | 'setTags' | 'applySeed', Statement>
+  private readonly st: Record<
+    'get' | 'all' | 'insert' | 'setEnabled' | 'setSecret' | 'remove' | 'setTags' | 'applySeed' | 'tomb' | 'tombstone' | 'untomb',
+    Statement
+  >
 
   constructor(
     private readonly db: Db,
@@ -102,6 +105,9 @@ export class DeviceRegistry extends EventEmitter {
         'UPDATE devices SET secret_hash = ?, secret_enc = ?, changed_by_api = 1, updated_at = ? WHERE product_id = ? AND device_id = ?',
       ),
       remove: db.prepare('DELETE FROM devices WHERE product_id = ? AND device_id = ?'),
+      tomb: db.prepare('INSERT OR REPLACE INTO removed_seeds (product_id, device_id, seed_digest) VALUES (?, ?, ?)'),
+      tombstone: db.prepare('SELECT seed_digest FROM removed_seeds WHERE product_id = ? AND device_id = ?'),
+      untomb: db.prepare('DELETE FROM removed_seeds WHERE product_id = ? AND device_id = ?'),
       setTags: db.prepare('UPDATE devices SET tags = ?, tags_version = ?, updated_at = ? WHERE product_id = ? AND device_id = ?'),
       applySeed: db.prepare(
         `UPDATE devices SET secret_hash = @hash, secret_enc = @enc, tags = @tags, enabled = @enabled, seed_digest = @seed, updated_at = @now
@@ -129,6 +135,10 @@ export class DeviceRegistry extends EventEmitter {
         .digest('base64')
       const row = this.st.get.get(s.productId, s.deviceId) as Row | undefined
       if (row && (row.seed_digest === digest || row.changed_by_api)) continue
+      // Removed through the API or CLI since: stays removed until the seed itself changes.
+      const tomb = !row && (this.st.tombstone.get(s.productId, s.deviceId) as { seed_digest: string } | undefined)
+      if (tomb && tomb.seed_digest === digest) continue
+      if (tomb) this.st.untomb.run(s.productId, s.deviceId)
       const values = {
         p: s.productId,
         d: s.deviceId,
@@ -157,6 +167,7 @@ export class DeviceRegistry extends EventEmitter {
   async add(ref: DeviceRef & { secret?: string; tags?: string[]; enabled?: boolean }): Promise<{ device: Device; secret: string }> {
     if (this.get(ref)) throw Object.assign(new Error(`device ${deviceKey(ref)} already exists`), { code: 'EXISTS' })
     const secret = ref.secret ?? randomBytes(18).toString('base64url')
+    this.st.untomb.run(ref.productId, ref.deviceId)
     this.st.insert.run({
       p: ref.productId,
       d: ref.deviceId,
@@ -194,7 +205,12 @@ export class DeviceRegistry extends EventEmitter {
   }
 
   remove(ref: DeviceRef): boolean {
-    if (this.st.remove.run(ref.productId, ref.deviceId).changes === 0) return false
+    const row = this.st.get.get(ref.productId, ref.deviceId) as Row | undefined
+    if (!row) return false
+    this.db.transaction(() => {
+      this.st.remove.run(ref.productId, ref.deviceId)
+      if (row.seed_digest) this.st.tomb.run(ref.productId, ref.deviceId, row.seed_digest)
+    })()
     this.forget(ref)
     this.emit('removed', ref)
     return true

@@ -119,6 +119,27 @@ export class HubBroker {
   }
 
   /** Mosquitto's own log (log_type all), for diagnosing a failing test. */
+  /**
+   * The topic filters Mosquitto holds for a client, read from its log (log_type all): what a client
+   * subscribed, seen from the broker's side rather than from the client's own state.
+   */
+  async subscriptionsOf(clientId: string): Promise<Set<string>> {
+    const subs = new Set<string>()
+    let op: 'sub' | 'unsub' | undefined
+    for (const raw of (await this.log()).split('\n')) {
+      const line = raw.replace(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: /, '')
+      if (line.startsWith('Received SUBSCRIBE from ')) op = line === `Received SUBSCRIBE from ${clientId}` ? 'sub' : undefined
+      else if (line.startsWith('Received UNSUBSCRIBE from ')) op = line === `Received UNSUBSCRIBE from ${clientId}` ? 'unsub' : undefined
+      else if (line.startsWith('Sending SUBACK') || line.startsWith('Sending UNSUBACK') || line.startsWith('Received ')) op = undefined
+      else if (op && line.startsWith('\t')) {
+        const filter = line.slice(1).replace(/ \(QoS \d\)$/, '')
+        if (op === 'sub') subs.add(filter)
+        else subs.delete(filter)
+      }
+    }
+    return subs
+  }
+
   async log(): Promise<string> {
     if (!this.dir) return ''
     const file = path.join(this.dir, 'mosquitto.log')

@@ -236,6 +236,27 @@ describe('seeded devices and the API', () => {
     expect(await refusedWith(gateway.externalUrl, touched)).toBe(5)
     expect(await refusedWith(gateway.externalUrl, untouched)).toBe(5)
   })
+
+  it('a seeded device removed through the API is not created again by the same seed; an edited seed brings it back', async () => {
+    const seeded = { productId: 'thermo', deviceId: 'seeded', secret: 'seeded-secret' }
+    const gateway = track(new GatewayProcess({ gateway: gw, devices: [seeded] }))
+    await gateway.start()
+    await connect(gateway.externalUrl, seeded)
+    expect((await gateway.api('DELETE', '/api/devices/thermo/seeded')).status).toBe(204)
+
+    await gateway.restart()
+    expect((await gateway.api('GET', '/api/devices/thermo/seeded')).status).toBe(404)
+    expect(await refusedWith(gateway.externalUrl, seeded)).toBe(4)
+
+    // The operator changes that device's seed (a new secret): the config speaks again.
+    expect(await gateway.stop()).toBe(0)
+    const doc = YAML.parse(await readFile(gateway.configFile, 'utf8')) as { devices: { deviceId: string; secret?: string }[] }
+    doc.devices[0].secret = 'new-seeded-secret'
+    await writeFile(gateway.configFile, YAML.stringify(doc))
+    await gateway.start()
+    expect((await gateway.api('GET', '/api/devices/thermo/seeded')).status).toBe(200)
+    await connect(gateway.externalUrl, { ...seeded, secret: 'new-seeded-secret' })
+  })
 })
 
 describe('SIGTERM', () => {

@@ -73,31 +73,10 @@ async function api<T>(gw: Gateway, urlPath: string): Promise<T> {
   return (await res.json()) as T
 }
 
-/**
- * The topic filters Mosquitto holds for a client, read from its log (log_type all): what the
- * gateway mirrors on the hub, seen from the hub's side rather than from the gateway's own state.
- */
-async function hubSubscriptions(hub: HubBroker, clientId: string): Promise<Set<string>> {
-  const subs = new Set<string>()
-  let op: 'sub' | 'unsub' | undefined
-  for (const raw of (await hub.log()).split('\n')) {
-    const line = raw.replace(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: /, '')
-    if (line.startsWith('Received SUBSCRIBE from ')) op = line === `Received SUBSCRIBE from ${clientId}` ? 'sub' : undefined
-    else if (line.startsWith('Received UNSUBSCRIBE from ')) op = line === `Received UNSUBSCRIBE from ${clientId}` ? 'unsub' : undefined
-    else if (line.startsWith('Sending SUBACK') || line.startsWith('Sending UNSUBACK') || line.startsWith('Received ')) op = undefined
-    else if (op && line.startsWith('\t')) {
-      const filter = line.slice(1).replace(/ \(QoS \d\)$/, '')
-      if (op === 'sub') subs.add(filter)
-      else subs.delete(filter)
-    }
-  }
-  return subs
-}
-
 async function waitForHubSubscription(hub: HubBroker, filter: string, held: boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
-    const subs = await hubSubscriptions(hub, GW_CLIENT_ID)
+    const subs = await hub.subscriptionsOf(GW_CLIENT_ID)
     if (subs.has(filter) === held) return
     if (Date.now() > deadline) {
       throw new Error(`the gateway ${held ? 'does not hold' : 'still holds'} ${filter} on the hub after ${timeoutMs} ms; holds ${JSON.stringify([...subs])}`)
@@ -203,7 +182,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
 
   it('takes up the tags of a mapped device that joins after the start', async () => {
     const amber = tagFilterOf(P, 'amber')
-    expect(await hubSubscriptions(hub, GW_CLIENT_ID)).not.toContain(amber)
+    expect(await hub.subscriptionsOf(GW_CLIENT_ID)).not.toContain(amber)
     mapped.join(mJoin)
     await waitForHubSubscription(hub, amber, true, 3_000)
     const requestId = await sim.tagCommand(P, 'amber', 'wake', { s: 1 })
@@ -242,7 +221,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     await b.waitFor(isTagCmd(second), 10_000, 'blue-t command on tag-b')
     await a.waitFor(isTagCmd(marker), 10_000, 'red-t marker on tag-a')
     expect(a.messages.filter(isTagCmd(second))).toEqual([])
-    expect(await hubSubscriptions(hub, GW_CLIENT_ID)).toContain(blue)
+    expect(await hub.subscriptionsOf(GW_CLIENT_ID)).toContain(blue)
 
     // The last local holder goes: the gateway unsubscribes blue-t on the hub, so a blue-t command
     // no longer even reaches the gateway.
@@ -253,7 +232,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     await a.waitFor(isTagCmd(marker2), 10_000, 'second red-t marker on tag-a')
     expect(await hubSentToGateway(hub, `tags/${P}/blue-t/cmd/flash/plain/${third}`)).toBe(false)
     expect(await hubSentToGateway(hub, `tags/${P}/red-t/cmd/marker/plain/${marker2}`)).toBe(true)
-    expect(await hubSubscriptions(hub, GW_CLIENT_ID)).toContain(red)
+    expect(await hub.subscriptionsOf(GW_CLIENT_ID)).toContain(red)
   })
 
   it('a tag command reaches exactly the children carrying the tag, native and mapped, once per RequestId', async () => {
