@@ -14,6 +14,8 @@ export interface ClientSession {
   protoVer: number | null
   /** Set by the core when the session opens. */
   connectedAt?: number
+  /** A persistent session (MQTT clean session off): its subscriptions outlive the connection. */
+  persistent?: boolean
 }
 
 export interface CoreApi {

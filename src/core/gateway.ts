@@ -233,7 +233,9 @@ export class Gateway implements CoreApi {
   sessionClosed(s: ClientSession): void {
     const at = Date.now()
     this.recordConnection(() => this.connections.disconnected(s.clientId, at))
-    this.tags.clientGone(s.clientId)
+    // A persistent session keeps its tag subscriptions while away, as the hub's broker would: the
+    // broker queues what arrives for it meanwhile and hands it over when the device is back.
+    if (!s.persistent) this.tags.clientGone(s.clientId)
     this.uplink(
       this.connectionUplink({ ...s, ...s.device, connectedAt: s.connectedAt ?? null }, false, at),
     ).catch((err: Error) => this.warn.warn('connection-uplink', { err: err.message }, 'could not record a $connection event'))

@@ -112,7 +112,8 @@ describe('tags and shadows through the gateway, hub reachable', () => {
   const fanGreen = native('fan-green')
   const shadowNative = native('shadow-n')
   const outageNative = native('outage-n')
-  const natives = [tagA, tagB, fanBlue1, fanBlue2, fanGreen, shadowNative, outageNative]
+  const persistentNative = native('persist-n')
+  const natives = [tagA, tagB, fanBlue1, fanBlue2, fanGreen, shadowNative, outageNative, persistentNative]
   const mBlue = mappedDevice('m-blue', ['blue'])
   const mGreen = mappedDevice('m-green', ['green'])
   const mLate = mappedDevice('m-late')
@@ -130,7 +131,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
   let localUrl: string
   const devices: SdkDevice[] = []
 
-  async function sdk(login: Login): Promise<SdkDevice> {
+  async function sdk(login: Login & { clientId?: string; clean?: boolean }): Promise<SdkDevice> {
     const d = await SdkDevice.connect(localUrl, login)
     devices.push(d)
     return d
@@ -405,6 +406,23 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     await waitForHubSubscription(hub, tagFilterOf(P, 'violet'), true)
     const requestId = await sim.tagCommand(P, 'violet', 'hello', {})
     await mapped.waitForDelivery((c) => c.device.deviceId === d && c.requestId === requestId, 10_000, 'a violet tag command')
+  })
+
+  it('a native device with a persistent session keeps its tag subscription on the hub while away and gets the tag command on return', async () => {
+    const d = persistentNative.deviceId
+    const dev = await sdk({ ...persistentNative, clientId: `${P}/${d}/fixed`, clean: false })
+    await sim.setTags(P, d, ['teal'])
+    await waitForHubSubscription(hub, tagFilterOf(P, 'teal'), true)
+    await dev.close()
+    await sleep(500)
+    // Still held: the session is persistent, as it would be at the hub's own broker.
+    expect((await hub.subscriptionsOf(GW_CLIENT_ID)).has(tagFilterOf(P, 'teal'))).toBe(true)
+    const requestId = await sim.tagCommand(P, 'teal', 'wake', { n: 1 })
+    for (const deadline = Date.now() + 10_000; !(await hubSentToGateway(hub, `tags/${P}/teal/cmd/wake/plain/${requestId}`)); await sleep(50)) {
+      if (Date.now() > deadline) throw new Error('the tag command did not reach the gateway')
+    }
+    await dev.open()
+    await until(() => dev.messages.some(isTagCmd(requestId)), 10_000, () => 'the device did not get the tag command queued for its session')
   })
 
   it('a native device that stays connected while the hub link is down gets what the hub pushed meanwhile', async () => {

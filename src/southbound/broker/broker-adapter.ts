@@ -286,6 +286,7 @@ export class BrokerAdapter implements SouthboundAdapter {
         ipaddress: sock.remoteAddress ?? null,
         keepalive: st.keepalive,
         protoVer: st.protoVer,
+        persistent: !client.clean,
       }
       this.core.sessionOpened(st.session)
     })
