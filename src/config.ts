@@ -1,7 +1,7 @@
 // The one configuration schema. Defaults live here; docs/configuration.md is generated from it
 // (npm run docs:config). Validation reports every problem with its key path, then the result is
 // frozen so no component can change settings behind another's back.
-import { readFileSync, statfsSync, mkdirSync } from 'node:fs'
+import { readFileSync, statfsSync, statSync, mkdirSync } from 'node:fs'
 import path from 'node:path'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
@@ -114,7 +114,7 @@ export const ConfigSchema = Type.Object(
       {
         outbox: Type.Object(
           {
-            maxBytes: Type.Optional(Type.Integer({ minimum: 4096, description: 'outbox quota; default half the free space of the data folder at start' })),
+            maxBytes: Type.Optional(Type.Integer({ minimum: 4096, description: 'outbox quota; default: half the space the store can use (free space of the data folder plus the database), measured at start, never lower than at an earlier start' })),
             rpcRespTtlSeconds: Type.Integer({ default: 10, minimum: 1, description: 'rpc_resp older than this is dropped (the hub stopped waiting)' }),
           },
           { additionalProperties: false, default: {}, description: 'the durable store-and-forward queue towards the hub' },
@@ -227,12 +227,25 @@ export function loadConfig(file?: string): Config {
   return parseConfig(doc, process.cwd())
 }
 
-/** Outbox quota: configured, or half the free space of the data folder's filesystem now. */
+/**
+ * Outbox quota: configured, or half the space the store can use, measured at start: the free space
+ * of the data folder's filesystem plus what the database already occupies. Counting the database
+ * matters after a restart on a nearly full disk: measured on free space alone, the quota would
+ * shrink to nothing and evict what was acknowledged before the restart.
+ */
 export function outboxQuota(cfg: Config): number {
   if (cfg.store.outbox.maxBytes) return cfg.store.outbox.maxBytes
   mkdirSync(cfg.gateway.dataDir, { recursive: true })
   const fs = statfsSync(cfg.gateway.dataDir)
-  return Math.max(4096, Math.floor((fs.bavail * fs.bsize) / 2))
+  let stored = 0
+  for (const f of ['gateway.db', 'gateway.db-wal']) {
+    try {
+      stored += statSync(path.join(cfg.gateway.dataDir, f)).size
+    } catch {
+      // not created yet
+    }
+  }
+  return Math.max(4096, Math.floor((fs.bavail * fs.bsize + stored) / 2))
 }
 
 function deepFreeze<T>(o: T): T {

@@ -78,12 +78,12 @@ export class Gateway implements CoreApi {
   async start(): Promise<void> {
     const cfg = this.cfg
     this.db = openDatabase(cfg.gateway.dataDir)
-    const maxBytes = outboxQuota(cfg)
+    const maxBytes = this.defaultQuota()
     this.outbox = new Outbox(this.db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000 })
     // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
     // A quota near the free space means the disk fills before the quota ever evicts anything.
     const free = freeBytes(cfg.gateway.dataDir)
-    if (maxBytes > free / 2) {
+    if (cfg.store.outbox.maxBytes && maxBytes > free / 2) {
       this.log.warn(
         { maxBytes, freeBytes: free, dataDir: cfg.gateway.dataDir, code: ErrorCodes.CONFIG_INVALID },
         'store.outbox.maxBytes is more than half the free space of the data disk: the disk will fill before the quota applies; lower it or free space',
@@ -95,16 +95,26 @@ export class Gateway implements CoreApi {
     this.outbox.on('full', (err: Error) => this.onDiskFull(err))
     this.outbox.on('writable', () => this.onDiskWritable())
     this.outbox.on('error', (err: Error) => this.log.error({ err, code: ErrorCodes.STORE_FAILED }, 'outbox write failed'))
+    this.outbox.checkHeadroom()
     this.registry = new DeviceRegistry(this.db, cfg.gateway.dataDir, cfg.northbound.mode === 'devices')
     this.connections = new ConnectionStore(this.db)
-    const seeded = await this.registry.seed(cfg.devices)
-    if (seeded.created || seeded.updated) this.log.info(seeded, 'device registry seeded from config')
-
-    // A previous run that died left sessions marked open: tell the hub they are gone.
-    for (const c of this.connections.closeStale()) {
-      if (c.productId && c.deviceId) {
-        await this.uplink(this.connectionUplink({ ...c, productId: c.productId, deviceId: c.deviceId }, false, c.disconnectAt ?? Date.now()))
+    // A gateway restarted on a full disk must still come up (degraded) and serve what it has: the
+    // bookkeeping below is retried at the next start if it cannot be written now.
+    try {
+      const seeded = await this.registry.seed(cfg.devices)
+      if (seeded.created || seeded.updated) this.log.info(seeded, 'device registry seeded from config')
+    } catch (err) {
+      this.log.error({ err, code: isDiskFull(err) ? ErrorCodes.STORE_FULL : ErrorCodes.STORE_FAILED }, 'could not seed the device registry from the config')
+    }
+    try {
+      // A previous run that died left sessions marked open: tell the hub they are gone.
+      for (const c of this.connections.closeStale()) {
+        if (c.productId && c.deviceId) {
+          await this.uplink(this.connectionUplink({ ...c, productId: c.productId, deviceId: c.deviceId }, false, c.disconnectAt ?? Date.now()))
+        }
       }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'could not report the connections a previous run left open')
     }
 
     this.commands = new CommandStore(this.db)
@@ -154,6 +164,26 @@ export class Gateway implements CoreApi {
       { version: VERSION, dataDir: cfg.gateway.dataDir, mqtt: this.broker.ports, http: this.http.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  /**
+   * The outbox quota. Configured, or derived from the disk at start; a derived quota never shrinks
+   * across restarts (it is kept in the database): measured on a disk that filled up, it would be
+   * tiny and would evict what was acknowledged before the restart.
+   */
+  private defaultQuota(): number {
+    const measured = outboxQuota(this.cfg)
+    if (this.cfg.store.outbox.maxBytes) return measured
+    const row = this.db.prepare("SELECT value FROM counters WHERE name = 'outbox.default_quota'").get() as { value: number } | undefined
+    const quota = Math.max(measured, row?.value ?? 0)
+    if (quota !== row?.value) {
+      try {
+        this.db.prepare("INSERT INTO counters (name, value) VALUES ('outbox.default_quota', ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value").run(quota)
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'could not record the outbox quota')
+      }
+    }
+    return quota
   }
 
   // --- CoreApi -------------------------------------------------------------------------------

@@ -352,6 +352,17 @@ export class Outbox extends EventEmitter {
   }
 
   /** While the disk is full: true (and 'writable') once there is room again and a write succeeds. */
+  /** At start: a disk without headroom is treated as full right away, before a write fails on it. */
+  checkHeadroom(): void {
+    try {
+      if (freeBytes(path.dirname(this.db.name)) >= RESUME_FREE_BYTES || this.diskFull) return
+    } catch {
+      return
+    }
+    this.diskFull = true
+    this.emit('full', Object.assign(new Error('less than 1 MiB free on the data disk'), { code: 'ENOSPC' }))
+  }
+
   probe(): boolean {
     if (!this.diskFull) return true
     // A tiny write alone proves nothing: it fits into the WAL space the failed commit had already

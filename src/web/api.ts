@@ -218,7 +218,12 @@ export class HttpApi {
     const addr = this.app.server.address()
     this.boundPort = typeof addr === 'object' && addr ? addr.port : this.gw.cfg.http.port
     const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort }
-    writeFileSync(path.join(this.gw.cfg.gateway.dataDir, RUNTIME_FILE), JSON.stringify(runtime), { mode: 0o600 })
+    try {
+      writeFileSync(path.join(this.gw.cfg.gateway.dataDir, RUNTIME_FILE), JSON.stringify(runtime), { mode: 0o600 })
+    } catch (err) {
+      // A full disk must not keep the gateway from starting; only the CLI's shortcut is lost.
+      this.gw.log.warn({ err: (err as Error).message }, `could not write ${RUNTIME_FILE}: the devices CLI will not find this running gateway`)
+    }
   }
 
   async stop(): Promise<void> {

@@ -107,6 +107,22 @@ describe.skipIf(!isRoot)('data disk full', () => {
       await sleep(1_200) // the gateway probes the disk every second: it must keep refusing
     }
 
+    // A restart while the disk is still full (a power cycle, a watchdog): it comes back up, degraded
+    // from the start, still refusing new work, with everything it acknowledged still in its outbox.
+    expect(await gateway.stop()).toBe(0)
+    await gateway.start()
+    const again = await gateway.api<{ status: string; reasons: string[] }>('GET', '/api/health')
+    expect(again.status, JSON.stringify(again.body)).toBe(503)
+    expect(again.body.reasons).toContain('disk_full')
+    const refused = (await connectDevice(gateway.externalUrl, dev).then(
+      (c) => {
+        clients.push(c)
+        return new Error('CONNECT accepted while the disk is full, after a restart')
+      },
+      (e: unknown) => e,
+    )) as ConnectError
+    expect(refused.code, refused.message).toBe(3)
+
     // Space again: intake resumes without a restart.
     rmSync(filler)
     await gateway.waitForHealth((h) => h.status === 'ok', 15_000, 'health ok after the filler is gone')
