@@ -119,6 +119,16 @@ export const ConfigSchema = Type.Object(
           },
           { additionalProperties: false, default: {}, description: 'the durable store-and-forward queue towards the hub' },
         ),
+        commands: Type.Object(
+          {
+            seenTtlSeconds: Type.Integer({
+              default: 86_400,
+              minimum: 60,
+              description: 'how long a RequestId from the hub is remembered, so a redelivery is not executed twice (also across restarts)',
+            }),
+          },
+          { additionalProperties: false, default: {}, description: 'commands from the hub' },
+        ),
       },
       { additionalProperties: false, default: {}, description: 'the SQLite store in gateway.dataDir' },
     ),

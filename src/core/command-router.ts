@@ -10,13 +10,13 @@ import type { Command, DeviceRef, SouthboundAdapter } from './types.js'
 import { deviceKey } from './types.js'
 import type { CommandOrigin, CommandStore, StoredCommand } from '../store/commands.js'
 
-export const SEEN_TTL_MS = 24 * 3600_000
-
 export interface RouterDeps {
   store: CommandStore
   adapters: () => readonly SouthboundAdapter[]
   log: Logger
   metrics: Metrics
+  /** How long a seen RequestId is remembered (store.commands.seenTtlSeconds). */
+  seenTtlMs: number
 }
 
 /** Events: 'delivered' (StoredCommand), 'reply' ({command: StoredCommand, payload}). */
@@ -161,7 +161,7 @@ export class CommandRouter extends EventEmitter {
   }
 
   sweep(devices: string[]): void {
-    const expired = this.d.store.sweep(SEEN_TTL_MS, devices)
+    const expired = this.d.store.sweep(this.d.seenTtlMs, devices)
     if (expired) this.d.metrics.downlinks.inc({ outcome: 'expired' }, expired)
   }
 

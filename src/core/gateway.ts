@@ -118,7 +118,13 @@ export class Gateway implements CoreApi {
     }
 
     this.commands = new CommandStore(this.db)
-    this.router = new CommandRouter({ store: this.commands, adapters: () => this.adapters, log: this.log.child({ component: 'commands' }), metrics: this.metrics })
+    this.router = new CommandRouter({
+      store: this.commands,
+      adapters: () => this.adapters,
+      log: this.log.child({ component: 'commands' }),
+      metrics: this.metrics,
+      seenTtlMs: cfg.store.commands.seenTtlSeconds * 1000,
+    })
     const publishLocal = (topic: string, payload: Buffer, qos: 0 | 1): Promise<void> => this.broker.publishLocal(topic, payload, qos)
     const isMapped = (d: DeviceRef): boolean => this.isMapped(d)
     this.tags = new TagService({ registry: this.registry, store: this.commands, router: this.router, isMapped, publishLocal, log: this.log })
