@@ -95,15 +95,18 @@ describe.skipIf(!isRoot)('data disk full', () => {
     const metrics = (await gateway.api<string>('GET', '/metrics')).body
     expect(metricValue(metrics, 'iothub_edge_store_disk_full')).toBe(1)
     // New devices are turned away with CONNACK 3 (server unavailable), for as long as it lasts.
-    for (let i = 0; i < 3; i++) {
+    const expectServerUnavailable = async (when: string): Promise<void> => {
       const err = (await connectDevice(gateway.externalUrl, dev).then(
         (c) => {
           clients.push(c)
-          return new Error('CONNECT accepted while the disk is full')
+          return new Error(`CONNECT accepted while the disk is full, ${when}`)
         },
         (e: unknown) => e,
       )) as ConnectError
       expect(err.code, err.message).toBe(3)
+    }
+    for (let i = 0; i < 3; i++) {
+      await expectServerUnavailable(`attempt ${i + 1}`)
       await sleep(1_200) // the gateway probes the disk every second: it must keep refusing
     }
 
@@ -114,14 +117,7 @@ describe.skipIf(!isRoot)('data disk full', () => {
     const again = await gateway.api<{ status: string; reasons: string[] }>('GET', '/api/health')
     expect(again.status, JSON.stringify(again.body)).toBe(503)
     expect(again.body.reasons).toContain('disk_full')
-    const refused = (await connectDevice(gateway.externalUrl, dev).then(
-      (c) => {
-        clients.push(c)
-        return new Error('CONNECT accepted while the disk is full, after a restart')
-      },
-      (e: unknown) => e,
-    )) as ConnectError
-    expect(refused.code, refused.message).toBe(3)
+    await expectServerUnavailable('after a restart')
 
     // Space again: intake resumes without a restart.
     rmSync(filler)
