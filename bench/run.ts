@@ -44,9 +44,8 @@ function figure(values: number[], unit: string, note?: string): Figure {
   return { median: round(median), min: round(v[0] ?? NaN), max: round(v.at(-1) ?? NaN), runs: values.length, unit, values: values.map(round), ...(note ? { note } : {}) }
 }
 const round = (x: number): number => (Number.isFinite(x) ? Math.round(x * 100) / 100 : x)
-function record(name: string, gw: Figure, ref: Figure, higherIsBetter: boolean): void {
+function record(name: string, gw: Figure, ref: Figure): void {
   scenarios[name] = { gateway: gw, reference: ref, ratio: round(gw.median / ref.median) }
-  void higherIsBetter
   log(`${name}: gateway ${gw.median} ${gw.unit}, reference ${ref.median} ${ref.unit}`)
 }
 function percentile(sorted: number[], p: number): number {
@@ -340,10 +339,10 @@ async function main(): Promise<void> {
     }
     await sut.close()
   }
-  for (const [name, v] of Object.entries(tp)) record(name, figure(v.gateway, 'msg/s'), figure(v.reference, 'msg/s'), true)
-  record('cpu_s_per_10k_64b_1pub', figure(cpu.gateway, 's'), figure(cpu.reference, 's'), false)
-  record('latency_1k_rate_p50', figure(lat.gateway.p50, 'ms'), figure(lat.reference.p50, 'ms'), false)
-  record('latency_1k_rate_p99', figure(lat.gateway.p99, 'ms'), figure(lat.reference.p99, 'ms'), false)
+  for (const [name, v] of Object.entries(tp)) record(name, figure(v.gateway, 'msg/s'), figure(v.reference, 'msg/s'))
+  record('cpu_s_per_10k_64b_1pub', figure(cpu.gateway, 's'), figure(cpu.reference, 's'))
+  record('latency_1k_rate_p50', figure(lat.gateway.p50, 'ms'), figure(lat.reference.p50, 'ms'))
+  record('latency_1k_rate_p99', figure(lat.gateway.p99, 'ms'), figure(lat.reference.p99, 'ms'))
 
   // Memory: idle, and with idle connections held open (gateway: internal listener, so that the
   // figure is the connection's cost, not 5,000 scrypt hashes to seed).
@@ -365,8 +364,8 @@ async function main(): Promise<void> {
     log(`  ${system} rss idle ${idle.toFixed(1)} MB, 1k ${with1k.toFixed(1)} MB, 5k ${with5k.toFixed(1)} MB`)
     await sut.close()
   }
-  record('rss_idle', figure(rssIdle.gateway, 'MB'), figure(rssIdle.reference, 'MB'), false)
-  record('rss_per_1k', figure(per1k.gateway, 'MB'), figure(per1k.reference, 'MB'), false)
+  record('rss_idle', figure(rssIdle.gateway, 'MB'), figure(rssIdle.reference, 'MB'))
+  record('rss_per_1k', figure(per1k.gateway, 'MB'), figure(per1k.reference, 'MB'))
 
   // Backlog and crash: the cloud goes away while devices keep publishing.
   const drain: Record<System, { rate: number[]; total: number[]; arrived: number; expected: number }> = {
@@ -454,8 +453,8 @@ async function main(): Promise<void> {
   }
   const sortedGw = [...rpc.gateway].sort((a, b) => a - b)
   const sortedDirect = [...rpc.direct].sort((a, b) => a - b)
-  record('rpc_latency_p50', figure([percentile(sortedGw, 50)], 'ms'), figure([percentile(sortedDirect, 50)], 'ms'), false)
-  record('rpc_latency_p99', figure([percentile(sortedGw, 99)], 'ms'), figure([percentile(sortedDirect, 99)], 'ms'), false)
+  record('rpc_latency_p50', figure([percentile(sortedGw, 50)], 'ms'), figure([percentile(sortedDirect, 50)], 'ms'))
+  record('rpc_latency_p99', figure([percentile(sortedGw, 99)], 'ms'), figure([percentile(sortedDirect, 99)], 'ms'))
   scenarios.rpc_latency_p50.note = scenarios.rpc_latency_p99.note = `reference = device connected to the cloud broker directly; ${rpc.gateway.length} RPCs each`
 
   await hub.close()
