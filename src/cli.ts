@@ -8,7 +8,7 @@ import { SystemdNotifier } from './core/systemd.js'
 import { openDatabase } from './store/db.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/api.js'
-import { isId } from './northbound/hub-topics.js'
+import { isId } from './core/hub-topics.js'
 import { simulate } from './tools/simulate.js'
 import { HubSimServer } from './tools/hub-sim-server.js'
 

@@ -24,7 +24,7 @@ import { TagService } from './tags.js'
 import { ShadowService } from './shadows.js'
 import { HubClock } from './clock.js'
 import { parseJsonObject } from './shadow-doc.js'
-import { formatDownTopic, parseDownTopic } from '../northbound/hub-topics.js'
+import { formatDownTopic, parseDownTopic } from './hub-topics.js'
 
 const require = createRequire(import.meta.url)
 export const VERSION: string = (require('../../package.json') as { version: string }).version

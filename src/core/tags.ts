@@ -9,7 +9,7 @@ import { deviceKey } from './types.js'
 import type { DeviceRegistry } from '../store/devices.js'
 import type { CommandStore } from '../store/commands.js'
 import type { CommandRouter } from './command-router.js'
-import { formatDownTopic, isId, type DownTopic } from '../northbound/hub-topics.js'
+import { formatDownTopic, isId, type DownTopic } from './hub-topics.js'
 import { parseJsonObject } from './shadow-doc.js'
 
 export interface TagDeps {

@@ -1,5 +1,5 @@
 // The gateway's own types: the only ones that cross between adapters, core, store and bridge.
-import type { UpTopic } from '../northbound/hub-topics.js'
+import type { UpTopic } from './hub-topics.js'
 
 export interface DeviceRef {
   productId: string

@@ -10,7 +10,7 @@ import { deviceKey } from '../core/types.js'
 import type { Outbox, OutboxRow } from '../store/outbox.js'
 import type { DeviceRegistry } from '../store/devices.js'
 import { HubLink, type HubLinkOptions } from './hub-link.js'
-import { serverSideSubscriptions } from './hub-topics.js'
+import { serverSideSubscriptions } from '../core/hub-topics.js'
 
 export interface BridgeHooks {
   /** A message from the hub; the hub gets its PUBACK once this resolves. */

@@ -9,7 +9,7 @@ import type { Db } from './db.js'
 import { freeBytes, isDiskFull } from './db.js'
 import type { Uplink } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
-import { formatUpTopic, priorityOf } from '../northbound/hub-topics.js'
+import { formatUpTopic, priorityOf } from '../core/hub-topics.js'
 
 export type DropReason = 'quota' | 'rpc_resp_expired'
 export const PRIORITIES = [0, 1, 2] as const

@@ -6,7 +6,7 @@ import net from 'node:net'
 import { Aedes } from 'aedes'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { HubSim } from './hub-sim.js'
-import { isId } from '../northbound/hub-topics.js'
+import { isId } from '../core/hub-topics.js'
 
 export interface HubSimServerOptions {
   host: string

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import type { Socket } from 'node:net'
 import mqtt, { type MqttClient } from 'mqtt'
-import { formatDownTopic, parseUpTopic, type UpTopic } from '../northbound/hub-topics.js'
+import { formatDownTopic, parseUpTopic, type UpTopic } from '../core/hub-topics.js'
 import { applyDesired, applyReported, parseJsonObject as parseJson, withDesired, type JsonObject, type ShadowDoc as Shadow } from '../core/shadow-doc.js'
 
 export type { JsonObject, Shadow }

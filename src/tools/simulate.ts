@@ -3,7 +3,7 @@
 // answering commands as the device SDK does. Prints connected/failed counts and achieved rates.
 import mqtt, { type MqttClient } from 'mqtt'
 import { randomBytes } from 'node:crypto'
-import { formatUpTopic, parseDownTopic } from '../northbound/hub-topics.js'
+import { formatUpTopic, parseDownTopic } from '../core/hub-topics.js'
 
 export interface SimulateOptions {
   url: string

@@ -4,7 +4,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import type { Gateway } from '../core/gateway.js'
-import { isId } from '../northbound/hub-topics.js'
+import { isId } from '../core/hub-topics.js'
 
 const TOKEN_FILE = 'api-token'
 // How long a local RPC waits for the device's reply (the hub's own limit is ~5 s).

@@ -1,7 +1,7 @@
 // The MQTT broker adapter runs the southbound contract with real MQTT.js devices.
 import type { MqttClient } from 'mqtt'
 import { BrokerAdapter } from '../../src/southbound/broker/broker-adapter.js'
-import { parseDownTopic } from '../../src/northbound/hub-topics.js'
+import { parseDownTopic } from '../../src/core/hub-topics.js'
 import { connectDevice } from '../helpers/device.js'
 import { adapterContract, type AdapterHarness, type SimDevice } from './adapter-contract.js'
 import { ContractCore } from './contract-core.js'

@@ -6,7 +6,7 @@ import {
   parseDownTopic,
   parseUpTopic,
   priorityOf,
-} from '../../src/northbound/hub-topics.js'
+} from '../../src/core/hub-topics.js'
 
 const MID = '65a1b2c3d4e5f60718293a4b'
 

@@ -5,7 +5,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { openDatabase, type Db } from '../../src/store/db.js'
 import { Outbox, type Priority } from '../../src/store/outbox.js'
-import { parseUpTopic } from '../../src/northbound/hub-topics.js'
+import { parseUpTopic } from '../../src/core/hub-topics.js'
 import type { Uplink } from '../../src/core/types.js'
 
 let dir: string

@@ -11,7 +11,7 @@ import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../.
 import { deviceKey, ErrorCodes } from '../../core/types.js'
 import { RateLimitedLog } from '../../core/log.js'
 import type { ListenerConfig } from '../../config.js'
-import { formatDownTopic, isId, mayDeviceSubscribe, parseUpTopic, serverSideSubscriptions, type UpTopic } from '../../northbound/hub-topics.js'
+import { formatDownTopic, isId, mayDeviceSubscribe, parseUpTopic, serverSideSubscriptions, type UpTopic } from '../../core/hub-topics.js'
 
 type Zone = 'external' | 'internal'
 
