@@ -1,0 +1,81 @@
+// What the web layer needs of the rest of the gateway, and nothing more: the composition root
+// (src/gateway.ts) builds this from the core and the stores. The web never imports the core's
+// classes, so it can be built and tested with `inject()` against any implementation of this.
+import type { FastifyPluginAsync } from 'fastify'
+import type { Logger } from '../core/log.js'
+import type { Command, DeviceRef } from '../core/types.js'
+import type { ShadowDoc } from '../core/shadow-doc.js'
+import type { ConnectionInfo } from '../store/connections.js'
+import type { Device } from '../store/devices.js'
+import type { OutboxStats } from '../store/outbox.js'
+import type { StoredCommand } from '../store/commands.js'
+
+export interface AdapterHealth {
+  name: string
+  kind: 'native' | 'mapped'
+  state: 'starting' | 'running' | 'failed' | 'stopped'
+  /** Why it failed, with what to do (state 'failed'). */
+  error?: string
+}
+
+export interface HealthReport {
+  status: 'ok' | 'degraded'
+  /** disk_full, outbox_near_quota, adapter_failed:<name>, ... */
+  reasons: string[]
+  northbound: { configured: boolean; connected: boolean; since: number | null; links: number; linksConnected: number }
+  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }
+  clock: { offsetMs: number; measuredAt: number | null }
+  adapters: AdapterHealth[]
+}
+
+export interface NewDevice {
+  productId: string
+  deviceId: string
+  secret?: string
+  tags?: string[]
+  enabled: boolean
+}
+
+/** Device administration for the technician (registry plus what the core knows of the device). */
+export interface DeviceAdmin {
+  list(): Device[]
+  get(ref: DeviceRef): Device | undefined
+  /** Rejects with `{code: 'EXISTS'}` when the device exists. The secret is returned this once. */
+  add(d: NewDevice): Promise<{ device: Device; secret?: string }>
+  setEnabled(ref: DeviceRef, enabled: boolean): void
+  setSecret(ref: DeviceRef, secret: string): Promise<void>
+  /** False when there was no such device. */
+  remove(ref: DeviceRef): boolean
+  connections(ref: DeviceRef): ConnectionInfo[]
+  /** Whether an adapter is the route to the device right now. */
+  online(ref: DeviceRef): boolean
+  shadow(ref: DeviceRef): ShadowDoc
+}
+
+export type SendOutcome = 'queued' | 'duplicate' | 'expired' | 'rpc_sent' | 'rpc_offline'
+
+/** The technician's commands: sent with origin 'local', so replies stay on the gateway. */
+export interface CommandDesk {
+  history(ref: DeviceRef, limit?: number): StoredCommand[]
+  send(cmd: Command): SendOutcome
+  waitForReply(ref: DeviceRef, requestId: string, timeoutMs: number): Promise<Buffer | undefined>
+}
+
+/** A route plugin an adapter contributes; mounted under /api/adapters/{adapter}/ behind the token. */
+export interface AdapterRoutes {
+  adapter: string
+  plugin: FastifyPluginAsync
+}
+
+export interface WebDeps {
+  log: Logger
+  /** The bearer token every /api route except /api/health requires. */
+  apiToken: string
+  health(): HealthReport
+  /** Prometheus exposition of every metric (the core's and the adapters'). */
+  metrics(): Promise<{ contentType: string; body: string }>
+  outboxStats(): OutboxStats
+  devices: DeviceAdmin
+  commands: CommandDesk
+  adapterRoutes: readonly AdapterRoutes[]
+}
