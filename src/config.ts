@@ -6,31 +6,10 @@ import path from 'node:path'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
 import YAML from 'yaml'
+import { ID_PATTERN, ID_RULE } from './core/hub-topics.js'
+import { adapterConfigProperties, adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 
-const Id = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: '1-64 of [A-Za-z0-9_-]' })
-
-const Tls = Type.Object(
-  {
-    cert: Type.String({ description: 'PEM certificate file' }),
-    key: Type.String({ description: 'PEM private key file' }),
-    ca: Type.Optional(Type.String({ description: 'PEM CA file for client certificates' })),
-    requestClientCert: Type.Boolean({ default: false, description: 'ask devices for a client certificate' }),
-  },
-  { additionalProperties: false, description: 'serve MQTT over TLS on this listener' },
-)
-
-const Listener = Type.Object(
-  {
-    host: Type.String({ default: '0.0.0.0', description: 'address to bind' }),
-    port: Type.Integer({ minimum: 0, maximum: 65535, description: 'TCP port (0 = any free port)' }),
-    zone: Type.Union([Type.Literal('external'), Type.Literal('internal')], {
-      default: 'external',
-      description: 'external: devices, authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
-    }),
-    tls: Type.Optional(Tls),
-  },
-  { additionalProperties: false, description: 'one MQTT listener' },
-)
+const Id = Type.String({ pattern: ID_PATTERN, description: ID_RULE })
 
 const DeviceSeed = Type.Object(
   {
@@ -43,34 +22,19 @@ const DeviceSeed = Type.Object(
   { additionalProperties: false },
 )
 
-export const ConfigSchema = Type.Object(
-  {
+const rootProperties = {
     gateway: Type.Object(
       {
         id: Type.String({ default: 'gw-01', description: 'name of this gateway in logs and metrics' }),
         dataDir: Type.String({ default: './data', description: 'where the database, keys and token live (relative to the working directory)' }),
-        productId: Type.String({ default: 'gateways', pattern: '^[A-Za-z0-9_-]{1,64}$', description: "the gateway's own ProductId at the hub" }),
-        deviceId: Type.String({ default: 'gw-01', pattern: '^[A-Za-z0-9_-]{1,64}$', description: "the gateway's own DeviceId at the hub" }),
+        productId: Type.String({ default: 'gateways', pattern: ID_PATTERN, description: "the gateway's own ProductId at the hub" }),
+        deviceId: Type.String({ default: 'gw-01', pattern: ID_PATTERN, description: "the gateway's own DeviceId at the hub" }),
         secret: Type.Optional(Type.String({ description: "the gateway's own Secret at the hub (default northbound password)" })),
       },
       { additionalProperties: false, default: {}, description: "the gateway's own identity at the hub, and where it keeps its data" },
     ),
-    broker: Type.Object(
-      {
-        listeners: Type.Array(Listener, {
-          default: [
-            { host: '0.0.0.0', port: 1883, zone: 'external' },
-            { host: '127.0.0.1', port: 11883, zone: 'internal' },
-          ],
-          description: 'MQTT listeners for devices and local tools',
-        }),
-        aclDenyAction: Type.Union([Type.Literal('ignore'), Type.Literal('disconnect')], {
-          default: 'ignore',
-          description: 'what happens to a client that publishes where the ACL denies: drop the message, or also disconnect the client',
-        }),
-      },
-      { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
-    ),
+    // Each southbound adapter's own section (src/southbound/registry.ts).
+    ...adapterConfigProperties,
     http: Type.Object(
       {
         host: Type.String({ default: '0.0.0.0', description: 'address to bind the HTTP API' }),
@@ -142,12 +106,11 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {}, description: 'logging' },
     ),
-  },
-  { additionalProperties: false, default: {} },
-)
+}
+
+export const ConfigSchema = Type.Object(rootProperties, { additionalProperties: false, default: {} })
 
 export type Config = Static<typeof ConfigSchema>
-export type ListenerConfig = Static<typeof Listener>
 export type DeviceSeedConfig = Static<typeof DeviceSeed>
 
 export class ConfigError extends Error {
@@ -158,7 +121,13 @@ export class ConfigError extends Error {
 }
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true })
-const validate = ajv.compile(ConfigSchema)
+const validateBuiltIn = ajv.compile(ConfigSchema)
+
+/** The root schema with further adapters' sections (tests register their own adapters). */
+export function configSchemaWith(extra: readonly KeyedAdapterEntry[]): TSchema {
+  if (extra.length === 0) return ConfigSchema
+  return Type.Object({ ...rootProperties, ...Object.fromEntries(extra.map((e) => [e.key, e.configSchema])) }, { additionalProperties: false, default: {} })
+}
 
 // Ajv messages are generic; a few keys deserve one that says what to do.
 const friendly: Record<string, string> = {
@@ -188,8 +157,9 @@ function allowed(schema: TSchema | undefined): unknown[] {
 }
 
 /** Validate a parsed document, fill defaults, and apply cross-key rules. Throws ConfigError. */
-export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
+export function parseConfig(doc: unknown, baseDir = process.cwd(), extraAdapters: readonly KeyedAdapterEntry[] = []): Config {
   const input = doc == null ? {} : structuredClone(doc)
+  const validate = extraAdapters.length ? ajv.compile(configSchemaWith(extraAdapters)) : validateBuiltIn
   if (!validate(input)) {
     const errors = (validate.errors ?? []).filter((e) => e.keyword !== 'if')
     // For union (anyOf) failures Ajv also reports every branch; keep only the summary line.
@@ -210,18 +180,17 @@ export function parseConfig(doc: unknown, baseDir = process.cwd()): Config {
       problems.push(`devices[${i}].secret: required when northbound.mode is "devices" (each child connects with its own secret)`)
     }
   })
-  const ports = new Set<number>()
-  cfg.broker.listeners.forEach((l, i) => {
-    if (l.port !== 0 && ports.has(l.port)) problems.push(`broker.listeners[${i}].port: ${l.port} is used twice`)
-    ports.add(l.port)
-  })
+  for (const e of adapterEntries(extraAdapters)) {
+    const section = (cfg as Record<string, unknown>)[e.key]
+    if (section !== undefined && e.check) problems.push(...e.check(section as never))
+  }
   if (problems.length) throw new ConfigError(problems)
   cfg.gateway.dataDir = path.resolve(baseDir, cfg.gateway.dataDir)
   return deepFreeze(cfg)
 }
 
-export function loadConfig(file?: string): Config {
-  if (!file) return parseConfig({})
+export function loadConfig(file?: string, extraAdapters: readonly KeyedAdapterEntry[] = []): Config {
+  if (!file) return parseConfig({}, process.cwd(), extraAdapters)
   let text: string
   try {
     text = readFileSync(file, 'utf8')
@@ -234,7 +203,7 @@ export function loadConfig(file?: string): Config {
   } catch (err) {
     throw new ConfigError([`${file}: not valid YAML (${(err as Error).message.split('\n')[0]})`])
   }
-  return parseConfig(doc, process.cwd())
+  return parseConfig(doc, process.cwd(), extraAdapters)
 }
 
 /**

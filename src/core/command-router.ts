@@ -12,7 +12,8 @@ import type { CommandOrigin, CommandStore, StoredCommand } from '../store/comman
 
 export interface RouterDeps {
   store: CommandStore
-  adapters: () => readonly SouthboundAdapter[]
+  /** The adapter that is the route to a device now, if any. */
+  owner: (device: DeviceRef) => SouthboundAdapter | undefined
   log: Logger
   metrics: Metrics
   /** How long a seen RequestId is remembered (store.commands.seenTtlSeconds). */
@@ -30,7 +31,7 @@ export class CommandRouter extends EventEmitter {
   }
 
   private owner(device: DeviceRef): SouthboundAdapter | undefined {
-    return this.d.adapters().find((a) => a.owns(device))
+    return this.d.owner(device)
   }
 
   isExpired(cmd: Command, now = Date.now()): boolean {

@@ -1,5 +1,7 @@
-// The one encoder/parser of the cloud IoTHub topic scheme (shared/PROTOCOL.md, "Up" and "Down").
-// Nothing else in the gateway splits or joins a hub topic by hand.
+// The one encoder/parser of the cloud IoTHub topic scheme (shared/PROTOCOL.md, "Up" and "Down"),
+// and the identity rules behind it. It is the core's vocabulary: adapters, the bridge, the store
+// and the tools build and read topics only through these functions; nothing else in the gateway
+// splits or joins a hub topic, or writes the id pattern, by hand.
 
 export type UpKind =
   | 'upload_data'
@@ -43,9 +45,15 @@ export interface DownTopic {
   messageId?: string
 }
 
-const LEVEL = /^[A-Za-z0-9_-]{1,64}$/
+/** ProductId, DeviceId, tag, RequestId, MessageId (PROTOCOL.md "Identities"), as a JSON Schema pattern. */
+export const ID_PATTERN = '^[A-Za-z0-9_-]{1,64}$'
+/** What ID_PATTERN allows, in words for error messages. */
+export const ID_RULE = '1-64 of [A-Za-z0-9_-]'
+const LEVEL = new RegExp(ID_PATTERN)
 // Command names, DataTypes and resources may start with `$` (internal ones, PROTOCOL.md).
 const NAME = /^\$?[A-Za-z0-9_.:-]{1,64}$/
+/** A command name a technician may send: no `$` (those are the protocol's own). */
+export const COMMAND_NAME_PATTERN = '^[A-Za-z0-9_.:-]{1,64}$'
 
 /** Levels never contain `/`, `+`, `#` or NUL (PROTOCOL.md, "Identities"). */
 export function isId(s: string | undefined): s is string {
@@ -55,6 +63,9 @@ export function isId(s: string | undefined): s is string {
 function isName(s: string | undefined): s is string {
   return s !== undefined && NAME.test(s)
 }
+
+/** Internal names (`$ntp`, `$update_shadow`, ...) belong to the protocol, not to applications. */
+export const isInternalName = (name: string | undefined): boolean => name?.startsWith('$') ?? false
 
 /** Parse a device -> hub topic; returns null for anything that is not exactly PROTOCOL.md's shape. */
 export function parseUpTopic(topic: string): UpTopic | null {
@@ -166,18 +177,20 @@ export function mayDeviceSubscribe(productId: string, filter: string): boolean {
   return l.slice(4).every((lvl, i, arr) => lvl === '+' || (lvl === '#' && i === arr.length - 1) || NAME.test(lvl))
 }
 
-/** Outbox priority class of an up message: 0 replies, 1 control and internal, 2 telemetry (DESIGN.md). */
-export function priorityOf(t: UpTopic): 0 | 1 | 2 {
-  switch (t.kind) {
-    case 'cmd_resp':
-    case 'rpc_resp':
-      return 0
-    case 'upload_data':
-      return t.name?.startsWith('$') ? 1 : 2
-    case 'update_status':
-    case 'update_ota_status':
-    case 'get':
-    case 'm2m':
-      return 1
+/** The filter that carries a tag's commands (PROTOCOL.md "Tags"): what the gateway holds on the hub for a mapped child. */
+export const tagFilter = (productId: string, tag: string): string => `tags/${productId}/${tag}/cmd/+/+/+/#`
+
+/** The scope a tag command's RequestId is deduplicated in (one tag, many devices). */
+export const tagScope = (productId: string, tag: string): string => `tags/${productId}/${tag}`
+
+/** MQTT topic filter matching (`+` one level, `#` the rest, including the parent level). */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/')
+  const t = topic.split('/')
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return i === f.length - 1
+    if (i >= t.length) return false
+    if (f[i] !== '+' && f[i] !== t[i]) return false
   }
+  return f.length === t.length
 }

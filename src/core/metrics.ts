@@ -1,5 +1,6 @@
 // Prometheus metrics (GET /metrics). Components count; the registry only collects.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
+import type { AdapterMetrics } from './adapter-context.js'
 
 export class Metrics {
   readonly registry = new Registry()
@@ -46,7 +47,6 @@ export class Metrics {
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   })
-  readonly localClients = new Gauge({ name: 'iothub_edge_local_clients', help: 'Clients connected to the local broker', registers: [this.registry] })
   readonly clockOffset = new Gauge({
     name: 'iothub_edge_clock_offset_ms',
     help: "The hub's clock minus ours, measured with $ntp (0 until the hub was reached)",
@@ -56,5 +56,17 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'iothub_edge_' })
+  }
+
+  /** An adapter's own metrics, in the same registry, named `iothub_edge_{adapter}_{name}`. */
+  forAdapter(adapter: string): AdapterMetrics {
+    const prefix = `iothub_edge_${adapter.replace(/[^A-Za-z0-9_]/g, '_')}_`
+    return {
+      counter: <L extends string>(name: string, help: string, labelNames: readonly L[] = []) =>
+        new Counter<L>({ name: prefix + name, help, labelNames, registers: [this.registry] }),
+      gauge: <L extends string>(name: string, help: string, labelNames: readonly L[] = []) =>
+        new Gauge<L>({ name: prefix + name, help, labelNames, registers: [this.registry] }),
+      rejected: (reason: string) => this.rejected.inc({ reason }),
+    }
   }
 }

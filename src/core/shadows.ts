@@ -6,12 +6,11 @@
 // and adopts versions from `$shadow_reply`.
 import { randomBytes } from 'node:crypto'
 import type { Logger } from './log.js'
-import type { Command, DeviceRef, Uplink } from './types.js'
+import type { Command, DeliveryResult, DeviceRef, Uplink } from './types.js'
 import { deviceKey } from './types.js'
 import type { ShadowStore } from '../store/shadows.js'
 import { emptyShadow } from '../store/shadows.js'
 import { applyDesired, applyReported, isShadowDoc, parseJsonObject, type JsonObject, type ShadowDoc } from './shadow-doc.js'
-import { formatDownTopic } from './hub-topics.js'
 import { newMessageId } from './message-id.js'
 import type { CommandRouter } from './command-router.js'
 import type { StoredCommand } from '../store/commands.js'
@@ -24,7 +23,8 @@ export interface ShadowDeps {
   router: CommandRouter
   isMapped: (d: DeviceRef) => boolean
   uplink: (up: Uplink) => Promise<void>
-  publishLocal: (topic: string, payload: Buffer, qos: 0 | 1) => Promise<void>
+  /** Hand an answer to the device now, through its adapter (never queued). */
+  deliverNow: (cmd: Command) => Promise<DeliveryResult>
   log: Logger
 }
 
@@ -102,15 +102,15 @@ export class ShadowService {
 
   /** Answer a `$shadow` request from the copy (when the hub is unreachable). */
   async answerLocally(device: DeviceRef): Promise<void> {
-    const topic = formatDownTopic({
-      kind: 'cmd',
-      productId: device.productId,
-      deviceId: device.deviceId,
+    await this.d.deliverNow({
+      type: 'cmd',
+      device,
       name: '$update_shadow',
       encoding: 'plain',
       requestId: randomBytes(12).toString('hex'),
+      payload: Buffer.from(JSON.stringify(this.get(device))),
+      qos: 0,
     })
-    await this.d.publishLocal(topic, Buffer.from(JSON.stringify(this.get(device))), 0)
   }
 
   // What the gateway uploads on a mapped device's behalf updates the copy exactly as a native

@@ -1,15 +1,16 @@
 // Tags (PROTOCOL.md "Tags"). The gateway keeps each child's tags and tags_version, holds the tag
 // subscriptions on the hub that its children need, and hands each tag command to the children that
-// carry the tag: native devices through their own subscriptions on the local broker (mirrored on
-// the hub, reference-counted), mapped devices as the device SDK would, per tag in the registry.
+// carry the tag, through their adapter's `deliver()` with the tag it came through: native devices
+// by the tag filters they subscribed (mirrored on the hub, reference-counted), mapped devices as
+// the device SDK would, per tag in the registry.
 import { EventEmitter } from 'node:events'
 import type { Logger } from './log.js'
-import type { Command, DeviceRef } from './types.js'
+import type { Command, DeliveryResult, DeviceRef } from './types.js'
 import { deviceKey } from './types.js'
 import type { DeviceRegistry } from '../store/devices.js'
 import type { CommandStore } from '../store/commands.js'
 import type { CommandRouter } from './command-router.js'
-import { formatDownTopic, isId, type DownTopic } from './hub-topics.js'
+import { isId, tagFilter, tagScope, topicMatches, type DownTopic } from './hub-topics.js'
 import { parseJsonObject } from './shadow-doc.js'
 
 export interface TagDeps {
@@ -17,12 +18,10 @@ export interface TagDeps {
   store: CommandStore
   router: CommandRouter
   isMapped: (d: DeviceRef) => boolean
-  /** Publish on the local broker to whoever subscribed (native devices). */
-  publishLocal: (topic: string, payload: Buffer, qos: 0 | 1) => Promise<void>
+  /** Hand an answer to the device now, through its adapter (never queued). */
+  deliverNow: (cmd: Command) => Promise<DeliveryResult>
   log: Logger
 }
-
-export const tagFilter = (productId: string, tag: string): string => `tags/${productId}/${tag}/cmd/+/+/+/#`
 
 /** Events: 'changed' (the set of hub filters changed). */
 export class TagService extends EventEmitter {
@@ -80,11 +79,13 @@ export class TagService extends EventEmitter {
   }
 
   /**
-   * A tag command from the hub: deduplicated by (topic, RequestId), relayed to native subscribers
-   * on the local broker, and handed once to every mapped child carrying the tag.
+   * A tag command from the hub: deduplicated by (tag, RequestId), then one copy per child that gets
+   * it, queued for delivery in order with that child's other commands: every mapped child carrying
+   * the tag, and every native device holding a matching tag filter (also a persistent session that
+   * is away: it gets it when it is back, as from the hub's broker).
    */
-  async fromHub(t: DownTopic, topic: string, payload: Buffer): Promise<'duplicate' | 'expired' | 'relayed'> {
-    const scope = `tags/${t.productId}/${t.tag}`
+  fromHub(t: DownTopic, topic: string, payload: Buffer): 'duplicate' | 'expired' | 'relayed' {
+    const tag = t.tag!
     const cmdFor = (device: DeviceRef): Command => ({
       type: 'cmd',
       device,
@@ -93,15 +94,24 @@ export class TagService extends EventEmitter {
       requestId: t.requestId!,
       expiresAt: t.expiresAt,
       payload,
+      via: { tag },
     })
     if (this.d.router.isExpired(cmdFor({ productId: t.productId, deviceId: '-' }))) return 'expired'
-    const first = this.d.store.accept(scope, cmdFor({ productId: t.productId, deviceId: t.tag! }), 'tag')
+    const first = this.d.store.accept(tagScope(t.productId, tag), cmdFor({ productId: t.productId, deviceId: tag }), 'tag')
     if (!first.fresh) return 'duplicate'
+    const targets = new Map<string, DeviceRef>()
     for (const dev of this.d.registry.list()) {
-      if (dev.productId !== t.productId || !dev.enabled || !dev.tags.includes(t.tag!) || !this.d.isMapped(dev)) continue
-      this.d.router.enqueueCopy(cmdFor(dev), 'tag')
+      if (dev.productId !== t.productId || !dev.enabled || !dev.tags.includes(tag) || !this.d.isMapped(dev)) continue
+      targets.set(deviceKey(dev), { productId: dev.productId, deviceId: dev.deviceId })
     }
-    await this.d.publishLocal(topic, payload, 1)
+    for (const [filter, holders] of this.local) {
+      if (!topicMatches(filter, topic)) continue
+      for (const key of holders.values()) {
+        const [productId, deviceId] = key.split('/')
+        if (!targets.has(key) && this.d.registry.get({ productId, deviceId })?.enabled) targets.set(key, { productId, deviceId })
+      }
+    }
+    for (const device of targets.values()) this.d.router.enqueueCopy(cmdFor(device), 'tag')
     return 'relayed'
   }
 
@@ -119,12 +129,12 @@ export class TagService extends EventEmitter {
   }
 
   /** Answer a `$tags` request from the copy (when the hub is unreachable). */
-  async answerLocally(device: DeviceRef, payload: Buffer, requestId: string): Promise<void> {
-    const have = parseJsonObject(payload)?.tags_version
+  async answerLocally(device: DeviceRef, request: Buffer, requestId: string): Promise<void> {
+    const have = parseJsonObject(request)?.tags_version
     const current = this.d.registry.get(device)
     if (!current || current.tagsVersion <= (typeof have === 'number' ? have : 0)) return
-    const topic = formatDownTopic({ kind: 'cmd', productId: device.productId, deviceId: device.deviceId, name: '$set_tags', encoding: 'plain', requestId })
     // QoS 0 as the hub sends it (PROTOCOL.md "QoS").
-    await this.d.publishLocal(topic, Buffer.from(JSON.stringify({ tags: current.tags, tags_version: current.tagsVersion })), 0)
+    const payload = Buffer.from(JSON.stringify({ tags: current.tags, tags_version: current.tagsVersion }))
+    await this.d.deliverNow({ type: 'cmd', device, name: '$set_tags', encoding: 'plain', requestId, payload, qos: 0 })
   }
 }

@@ -10,6 +10,27 @@ export const deviceKey = (d: DeviceRef): string => `${d.productId}/${d.deviceId}
 
 export type Transport = 'mqtt' | 'coap' | 'lorawan' | 'serial' | 'http' | 'internal'
 
+/**
+ * What the transport knew about a message besides its payload. Every field is optional: an adapter
+ * fills what its peer tells it (ChirpStack's rxInfo, a serial port, a CoAP source address).
+ */
+export interface UplinkMeta {
+  /** Best received signal strength, dBm. */
+  rssi?: number
+  /** Best signal-to-noise ratio, dB. */
+  snr?: number
+  /** LoRaWAN uplink frame counter (gaps mean lost frames). */
+  frameCounter?: number
+  /** How many radio gateways heard it. */
+  gatewayCount?: number
+  /** LoRaWAN FPort, or the serial port path (`/dev/ttyUSB0`). */
+  port?: number | string
+  /** Battery level, percent. */
+  battery?: number
+  /** Where it came from on the network (CoAP/HTTP source address). */
+  remoteAddress?: string
+}
+
 /** One message on its way up to the hub. The MessageId is fixed when it enters the gateway. */
 export interface Uplink {
   /** Parsed hub topic: kind, device, MessageId and the kind-specific levels. */
@@ -18,6 +39,7 @@ export interface Uplink {
   transport: Transport
   /** Milliseconds since the epoch when the gateway received it. */
   receivedAt: number
+  meta?: UplinkMeta
 }
 
 /** A command on its way down to one device. */
@@ -33,13 +55,19 @@ export interface Command {
   payload: Buffer
   /** 1 unless the protocol says otherwise (`$set_tags`, `$update_shadow`, `$shadow_reply` are QoS 0). */
   qos?: 0 | 1
+  /**
+   * Why this device gets it when it was not addressed to it alone: the hub sent it to a tag the
+   * device carries (a native device expects it on the tag's topic, PROTOCOL.md "Tags").
+   */
+  via?: { tag: string }
 }
 
 export type DeliveryResult = 'delivered' | 'offline'
 
 /**
  * The one southbound plug point. Every adapter (broker, coap, lorawan, serial, http) implements it
- * and passes the contract suite in test/contract/. Constructors only store their arguments.
+ * and passes the contract suite of its kind in test/contract/. Constructors only store their
+ * arguments; everything the core sends to a device reaches it through `deliver()`.
  */
 export interface SouthboundAdapter {
   readonly name: string
@@ -51,20 +79,12 @@ export interface SouthboundAdapter {
   start(): Promise<void>
   /** Stop taking input, finish what is in flight, release ports. Idempotent. */
   stop(): Promise<void>
-  /** Whether this adapter is the route to the device (a native device with a live session, a mapped device it owns). */
+  /**
+   * Whether this adapter is the route to the device. native: while the device holds a connection
+   * (from its CONNACK on, or the transport's equivalent). mapped: for every device it maps, reachable
+   * or not (then `deliver()` answers 'offline' and the core keeps the command queued).
+   */
   owns(device: DeviceRef): boolean
   /** Hand a command to the device. 'offline' means nothing was sent and the core keeps it. */
   deliver(command: Command): Promise<DeliveryResult>
 }
-
-/** Stable error codes, one catalogue (docs/troubleshooting.md lists what to do for each). */
-export const ErrorCodes = {
-  CONFIG_INVALID: 'IHE_CONFIG_INVALID',
-  STORE_FULL: 'IHE_STORE_FULL',
-  STORE_FAILED: 'IHE_STORE_FAILED',
-  BAD_TOPIC: 'IHE_BAD_TOPIC',
-  ACL_DENIED: 'IHE_ACL_DENIED',
-  AUTH_FAILED: 'IHE_AUTH_FAILED',
-  LISTENER_FAILED: 'IHE_LISTENER_FAILED',
-  NORTHBOUND: 'IHE_NORTHBOUND',
-} as const

@@ -8,7 +8,7 @@ import type { Logger } from '../core/log.js'
 import type { Metrics } from '../core/metrics.js'
 import type { Outbox, OutboxRow, Priority } from '../store/outbox.js'
 import { PRIORITIES } from '../store/outbox.js'
-import { ErrorCodes } from '../core/types.js'
+import { ErrorCodes } from '../core/errors.js'
 
 export interface HubLinkOptions {
   url: string

@@ -36,6 +36,7 @@ interface Row {
   updated_at: number
   reply: Buffer | null
   reason: string | null
+  via_tag: string | null
 }
 
 // How many finished commands per device the history keeps for the technician's view.
@@ -52,8 +53,8 @@ export class CommandStore {
       seen: db.prepare('SELECT 1 FROM seen_requests WHERE scope = ? AND request_id = ?'),
       markSeen: db.prepare('INSERT OR IGNORE INTO seen_requests (scope, request_id, seen_at) VALUES (?, ?, ?)'),
       insert: db.prepare(
-        `INSERT INTO commands (device, type, name, encoding, request_id, expires_at, sender, payload, origin, state, created_at, updated_at)
-         VALUES (@device, @type, @name, @encoding, @requestId, @expiresAt, @sender, @payload, @origin, @state, @now, @now)`,
+        `INSERT INTO commands (device, type, name, encoding, request_id, expires_at, sender, payload, origin, state, created_at, updated_at, via_tag)
+         VALUES (@device, @type, @name, @encoding, @requestId, @expiresAt, @sender, @payload, @origin, @state, @now, @now, @viaTag)`,
       ),
       // A reply is final: a device may answer before its PUBACK is matched (or after a delivery
       // timeout), and the delivery outcome recorded afterwards must not hide the reply.
@@ -107,6 +108,7 @@ export class CommandStore {
         origin,
         state,
         now,
+        viaTag: cmd.via?.tag ?? null,
       }).lastInsertRowid,
     )
   }
@@ -163,6 +165,7 @@ function toStored(r: Row): StoredCommand {
       expiresAt: r.expires_at ?? undefined,
       senderDeviceId: r.sender ?? undefined,
       payload: r.payload,
+      ...(r.via_tag ? { via: { tag: r.via_tag } } : {}),
     },
     origin: r.origin,
     state: r.state,

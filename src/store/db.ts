@@ -110,6 +110,20 @@ const migrations: string[] = [
     PRIMARY KEY (product_id, device_id)
   ) WITHOUT ROWID;
   `,
+  // 4: a command sent to a device because it carries a tag remembers the tag (a native device gets
+  // it on the tag's topic); the adapters' durable seen-sets (ChirpStack deduplication ids, CoAP
+  // message ids), each entry with its own expiry
+  `
+  ALTER TABLE commands ADD COLUMN via_tag TEXT;
+
+  CREATE TABLE adapter_seen (
+    scope      TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, id)
+  ) WITHOUT ROWID;
+  CREATE INDEX adapter_seen_by_expiry ON adapter_seen (expires_at);
+  `,
 ]
 
 export function openDatabase(dataDir: string): Db {

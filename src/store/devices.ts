@@ -7,6 +7,7 @@ import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
 import type { DeviceRef } from '../core/types.js'
+import type { AuthResult } from '../core/adapter-context.js'
 import { deviceKey } from '../core/types.js'
 import type { DeviceSeedConfig } from '../config.js'
 
@@ -70,7 +71,6 @@ async function verifyHash(secret: string, stored: string): Promise<boolean> {
   return got.length === want.length && timingSafeEqual(got, want)
 }
 
-export type AuthResult = 'ok' | 'unknown' | 'disabled' | 'bad_secret'
 
 /** Events: 'changed' (Device), 'removed' (DeviceRef), 'disabled' (DeviceRef). */
 export class DeviceRegistry extends EventEmitter {

@@ -8,12 +8,29 @@ import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
 import { freeBytes, isDiskFull } from './db.js'
 import type { Uplink } from '../core/types.js'
+import type { UpTopic } from '../core/hub-topics.js'
 import { deviceKey } from '../core/types.js'
-import { formatUpTopic, priorityOf } from '../core/hub-topics.js'
+import { formatUpTopic } from '../core/hub-topics.js'
 
 export type DropReason = 'quota' | 'rpc_resp_expired'
 export const PRIORITIES = [0, 1, 2] as const
 export type Priority = (typeof PRIORITIES)[number]
+
+/** Priority class of an up message: 0 replies, 1 control and internal, 2 telemetry (DESIGN.md). */
+export function priorityOf(t: UpTopic): Priority {
+  switch (t.kind) {
+    case 'cmd_resp':
+    case 'rpc_resp':
+      return 0
+    case 'upload_data':
+      return t.name?.startsWith('$') ? 1 : 2
+    case 'update_status':
+    case 'update_ota_status':
+    case 'get':
+    case 'm2m':
+      return 1
+  }
+}
 
 export interface OutboxRow {
   id: number

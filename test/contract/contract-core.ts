@@ -1,19 +1,23 @@
-// A CoreApi for adapter contract tests: a real registry on a real SQLite file, and an uplink sink
-// the test can hold or fail (the core is not what these tests are about).
+// An AdapterContext for adapter contract tests: a real registry and seen-set on a real SQLite file,
+// and an uplink sink the test can hold or fail (the core is not what these tests are about).
 import { mkdtempSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { pino } from 'pino'
-import type { ClientSession, CoreApi, ReplyStatus } from '../../src/core/core-api.js'
+import type { AdapterContext, ClientSession, DeviceDirectory, ReplyStatus, SeenSet } from '../../src/core/adapter-context.js'
 import { Metrics } from '../../src/core/metrics.js'
 import type { Command, DeviceRef, Uplink } from '../../src/core/types.js'
 import { openDatabase, type Db } from '../../src/store/db.js'
 import { DeviceRegistry } from '../../src/store/devices.js'
+import { SeenStore } from '../../src/store/seen.js'
 
-export class ContractCore implements CoreApi {
+export class ContractCore implements AdapterContext {
   readonly log = pino({ level: 'silent' })
-  readonly metrics = new Metrics()
+  readonly allMetrics = new Metrics()
+  readonly metrics = this.allMetrics.forAdapter('contract')
   readonly registry: DeviceRegistry
+  readonly devices: DeviceDirectory
+  private readonly seenStore: SeenStore
   readonly uplinks: Uplink[] = []
   readonly sessions: { opened: ClientSession[]; closed: ClientSession[] } = { opened: [], closed: [] }
   private readonly dir: string
@@ -25,6 +29,32 @@ export class ContractCore implements CoreApi {
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'contract-'))
     this.db = openDatabase(this.dir)
     this.registry = new DeviceRegistry(this.db, this.dir, false)
+    this.seenStore = new SeenStore(this.db)
+    const registry = this.registry
+    this.devices = {
+      authenticate: (d, secret) => registry.authenticate(d, secret),
+      get: (d) => registry.get(d),
+      list: () => registry.list(),
+      onRevoked: (l) => {
+        registry.on('disabled', (d: DeviceRef) => l(d, 'disabled'))
+        registry.on('removed', (d: DeviceRef) => l(d, 'removed'))
+      },
+    }
+  }
+
+  seen(name: string, ttlMs: number): SeenSet {
+    return { firstTime: (id) => this.seenStore.firstTime(`contract/${name}`, id, ttlMs) }
+  }
+
+  /** Mapped devices reported reachable (true) or away (false), in order. */
+  readonly reachability: { device: DeviceRef; reachable: boolean }[] = []
+
+  deviceReachable(device: DeviceRef): void {
+    this.reachability.push({ device, reachable: true })
+  }
+
+  deviceAway(device: DeviceRef): void {
+    this.reachability.push({ device, reachable: false })
   }
 
   uplink(up: Uplink): Promise<void> {

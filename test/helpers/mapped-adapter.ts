@@ -3,7 +3,9 @@
 // "Two kinds of device"). It has no transport of its own: a test plays the device by calling
 // `receive()` (a reading arrives) and `reportState()` (the device's own state changed), and reads
 // what the gateway handed down from `delivered`.
-import type { ClientSession, CoreApi } from '../../src/core/core-api.js'
+import { Type } from '@sinclair/typebox'
+import type { AdapterContext } from '../../src/core/adapter-context.js'
+import type { KeyedAdapterEntry } from '../../src/southbound/registry.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter, Transport } from '../../src/core/types.js'
 import { deviceKey } from '../../src/core/types.js'
 
@@ -28,13 +30,12 @@ export class TestMappedAdapter implements SouthboundAdapter {
   readonly delivered: Command[] = []
   private readonly devices: Map<string, DeviceRef>
   private readonly joined = new Set<string>()
-  private readonly sessions = new Map<string, ClientSession>()
   private started = false
   private reachable = true
   private waiters = new Set<() => void>()
 
   constructor(
-    private readonly core: CoreApi,
+    private readonly core: AdapterContext,
     private readonly opts: TestMappedAdapterOptions,
   ) {
     this.devices = new Map(opts.devices.map((d) => [deviceKey(d), d]))
@@ -79,7 +80,7 @@ export class TestMappedAdapter implements SouthboundAdapter {
 
   /**
    * The transport goes down (radio out of range, serial bus unplugged) or comes back. Coming back
-   * opens a session per joined device, which is how the core learns to deliver what waited.
+   * reports each joined device reachable, which is how the core learns to deliver what waited.
    */
   setReachable(reachable: boolean): void {
     if (reachable === this.reachable) return
@@ -141,22 +142,28 @@ export class TestMappedAdapter implements SouthboundAdapter {
   }
 
   private opened(device: DeviceRef): void {
-    const session: ClientSession = {
-      clientId: `${this.name}/${deviceKey(device)}`,
-      device,
-      transport: this.opts.transport ?? 'serial',
-      ipaddress: null,
-      keepalive: null,
-      protoVer: null,
-    }
-    this.sessions.set(deviceKey(device), session)
-    this.core.sessionOpened(session)
+    this.core.deviceReachable(device)
   }
 
   private closed(device: DeviceRef): void {
-    const session = this.sessions.get(deviceKey(device))
-    if (!session) return
-    this.sessions.delete(deviceKey(device))
-    this.core.sessionClosed(session)
+    this.core.deviceAway(device)
+  }
+}
+
+/**
+ * The test mapped adapter as an entry of the adapter registry (config key `testMapped`, always on),
+ * built by `create` so the test keeps a handle on it.
+ */
+export function testMappedAdapterEntry(create: (ctx: AdapterContext) => TestMappedAdapter): KeyedAdapterEntry {
+  const schema = Type.Object({}, { additionalProperties: false, default: {} })
+  return {
+    key: 'testMapped',
+    name: 'test-mapped',
+    transport: 'serial',
+    schema,
+    configSchema: schema,
+    always: true,
+    required: true,
+    load: async () => ({ adapterModule: { create: (ctx) => ({ adapter: create(ctx) }) } }),
   }
 }

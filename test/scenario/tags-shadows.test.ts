@@ -11,11 +11,12 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { parseConfig } from '../../src/config.js'
-import { Gateway } from '../../src/core/gateway.js'
+import { Gateway } from '../../src/gateway.js'
+import type { BrokerAdapter } from '../../src/southbound/broker/broker-adapter.js'
 import type { Command } from '../../src/core/types.js'
 import { HubSim, type Shadow } from '../../src/tools/hub-sim.js'
 import { HUB_PASSWORD, HUB_USERNAME, HubBroker } from '../helpers/hub-broker.js'
-import { TestMappedAdapter } from '../helpers/mapped-adapter.js'
+import { TestMappedAdapter, testMappedAdapterEntry } from '../helpers/mapped-adapter.js'
 import { SdkDevice, jsonOf, tagFilterOf, type ReceivedMessage } from '../helpers/sdk-device.js'
 
 const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
@@ -62,13 +63,14 @@ async function startGateway(o: {
   let mapped: TestMappedAdapter | undefined
   // The adapter takes a moment to start, as a real one does (ChirpStack, serial ports): the hub link
   // is usually up before it is.
-  const gw = new Gateway(cfg, { adapters: (core) => [(mapped = new TestMappedAdapter(core, { devices: o.mapped, joined: o.mapped.filter((m) => !o.late?.includes(m)), startDelayMs: 300 }))] })
+  const entry = testMappedAdapterEntry((ctx) => (mapped = new TestMappedAdapter(ctx, { devices: o.mapped, joined: o.mapped.filter((m) => !o.late?.includes(m)), startDelayMs: 300 })))
+  const gw = new Gateway(cfg, { adapters: [entry] })
   await gw.start()
-  return { gw, mapped: mapped!, url: `mqtt://127.0.0.1:${gw.broker.ports[0]}` }
+  return { gw, mapped: mapped!, url: `mqtt://127.0.0.1:${gw.adapter<BrokerAdapter>('broker')!.ports[0]}` }
 }
 
 async function api<T>(gw: Gateway, urlPath: string): Promise<T> {
-  const res = await fetch(`http://127.0.0.1:${gw.http.port}${urlPath}`, { headers: { authorization: `Bearer ${API_TOKEN}` } })
+  const res = await fetch(`http://127.0.0.1:${gw.web.port}${urlPath}`, { headers: { authorization: `Bearer ${API_TOKEN}` } })
   if (!res.ok) throw new Error(`GET ${urlPath}: ${res.status} ${await res.text()}`)
   return (await res.json()) as T
 }
@@ -204,7 +206,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     await waitForHubSubscription(hub, blue, true)
     await waitForHubSubscription(hub, red, true)
     // The gateway's copy of the device's tags (what it answers `$tags` from when the hub is away).
-    expect(gw.registry.get(tagA)).toMatchObject({ tags: ['blue-t', 'red-t'], tagsVersion: 1 })
+    expect(gw.store.registry.get(tagA)).toMatchObject({ tags: ['blue-t', 'red-t'], tagsVersion: 1 })
 
     const first = await sim.tagCommand(P, 'blue-t', 'flash', { n: 1 })
     const got = await a.waitFor(isTagCmd(first), 10_000, 'tag command for blue-t')
@@ -247,7 +249,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     for (const d of [b1, b2, g]) await d.until(() => d.tagsVersion === 1, 10_000, `${d.deviceId} got its tags`)
     // A mapped device gets a tag from the hub: the gateway keeps it (the device has no SDK).
     await sim.setTags(P, mLate.deviceId, ['blue'])
-    await until(() => gw.registry.get(mLate)?.tagsVersion === 1, 5_000, () => 'the gateway did not take m-late\'s $set_tags')
+    await until(() => gw.store.registry.get(mLate)?.tagsVersion === 1, 5_000, () => 'the gateway did not take m-late\'s $set_tags')
     await waitForHubSubscription(hub, tagFilterOf(P, 'blue'), true)
     await waitForHubSubscription(hub, tagFilterOf(P, 'green'), true)
 
@@ -326,7 +328,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
   it('plays the SDK for a mapped device: desired applied through the adapter, state reported, mismatches resolved, ending equal to the hub', async () => {
     const d = mShadow.deviceId
     const applied = (): { desired: Record<string, unknown>; version: number }[] => mapped.deliveredTo(mShadow, '$update_shadow').map(applyPayload)
-    const hubVersion = (v: number) => (): boolean => sim.shadowOf(P, d).version === v && gw.shadows.get(mShadow).version === v
+    const hubVersion = (v: number) => (): boolean => sim.shadowOf(P, d).version === v && gw.core.shadows.get(mShadow).version === v
 
     // Hub -> mapped device: the adapter gets `$update_shadow` {desired, version}; the gateway answers
     // `$shadow_updated` for it; the hub moves desired into reported.
@@ -336,12 +338,12 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     expect(applyPayload(cmd)).toEqual({ desired: { mode: 'eco' }, version: 1 })
     const updated = await sim.waitFor((u) => u.parsed.deviceId === d && u.parsed.name === '$shadow_updated', 10_000, '$shadow_updated from the gateway')
     expect(JSON.parse(updated.payload.toString('utf8'))).toEqual({ state: { desired: null }, version: 1 })
-    await until(hubVersion(2), 10_000, () => `versions: hub ${sim.shadowOf(P, d).version}, gateway ${gw.shadows.get(mShadow).version}`)
+    await until(hubVersion(2), 10_000, () => `versions: hub ${sim.shadowOf(P, d).version}, gateway ${gw.core.shadows.get(mShadow).version}`)
     expect(sim.shadowOf(P, d).state).toEqual({ reported: { mode: 'eco' } })
 
     // Mapped device -> hub: its own state change, reported with the version the gateway holds.
     await mapped.reportState(mShadow, { battery: 90 })
-    await until(hubVersion(3), 10_000, () => `after the report: hub ${sim.shadowOf(P, d).version}, gateway ${gw.shadows.get(mShadow).version}`)
+    await until(hubVersion(3), 10_000, () => `after the report: hub ${sim.shadowOf(P, d).version}, gateway ${gw.core.shadows.get(mShadow).version}`)
 
     // Mismatch: desired arrives while the device is unreachable (it waits, queued); meanwhile the
     // device reports its own state, which moves the version on. When the device is back, the
@@ -349,13 +351,13 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     // `$update_shadow` again, the gateway adopts that version, applies it once more and answers.
     mapped.setReachable(false)
     expect(await sim.setDesired(P, d, { mode: 'boost' }, 4)).toBe(true)
-    await until(() => gw.shadows.get(mShadow).version === 4, 10_000, () => 'the gateway did not take the desired change')
+    await until(() => gw.core.shadows.get(mShadow).version === 4, 10_000, () => 'the gateway did not take the desired change')
     await mapped.reportState(mShadow, { battery: 80 })
-    await until(hubVersion(5), 10_000, () => `report while unreachable: hub ${sim.shadowOf(P, d).version}, gateway ${gw.shadows.get(mShadow).version}`)
+    await until(hubVersion(5), 10_000, () => `report while unreachable: hub ${sim.shadowOf(P, d).version}, gateway ${gw.core.shadows.get(mShadow).version}`)
     expect(applied()).toHaveLength(1)
     const stale = sim.uploads.length
     mapped.setReachable(true)
-    await until(hubVersion(6), 10_000, () => `after coming back: hub ${sim.shadowOf(P, d).version}, gateway ${gw.shadows.get(mShadow).version}`)
+    await until(hubVersion(6), 10_000, () => `after coming back: hub ${sim.shadowOf(P, d).version}, gateway ${gw.core.shadows.get(mShadow).version}`)
     expect(applied()).toEqual([
       { desired: { mode: 'eco' }, version: 1 },
       { desired: { mode: 'boost' }, version: 4 },
@@ -373,7 +375,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     expect(await sim.setDesired(P, d, { mode: 'off' }, 6)).toBe(false)
     expect(await sim.setDesired(P, d, { mode: 'off' }, 3)).toBe(false)
     expect(await sim.setDesired(P, d, { mode: 'auto' }, 7)).toBe(true)
-    await until(hubVersion(8), 10_000, () => `last change: hub ${sim.shadowOf(P, d).version}, gateway ${gw.shadows.get(mShadow).version}`)
+    await until(hubVersion(8), 10_000, () => `last change: hub ${sim.shadowOf(P, d).version}, gateway ${gw.core.shadows.get(mShadow).version}`)
     expect(applied().map((a) => a.desired.mode)).toEqual(['eco', 'boost', 'boost', 'auto'])
 
     const hubShadow = sim.shadowOf(P, d)
@@ -385,7 +387,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
   it('a desired change and new tags made while the gateway was away reach a mapped device once the link is back', async () => {
     const d = mAway.deviceId
     await mapped.reportState(mAway, { temp: 18 })
-    await until(() => sim.shadowOf(P, d).version === 1 && gw.shadows.get(mAway).version === 1, 10_000, () => 'first report not applied')
+    await until(() => sim.shadowOf(P, d).version === 1 && gw.core.shadows.get(mAway).version === 1, 10_000, () => 'first report not applied')
 
     // The gateway is away while the business system changes desired state and tags: the hub's
     // `$update_shadow` and `$set_tags` are QoS 0 and are lost (PROTOCOL.md "QoS").
@@ -397,12 +399,12 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     // The SDK asks `$tags` and `$shadow` on every connect; the gateway does so for its mapped devices.
     const cmd = await mapped.waitForDelivery((c) => c.device.deviceId === d && c.name === '$update_shadow', 10_000, 'the missed desired change')
     expect(applyPayload(cmd)).toEqual({ desired: { target: 22 }, version: 2 })
-    await until(() => sim.shadowOf(P, d).version === 3 && gw.shadows.get(mAway).version === 3, 10_000,
-      () => `hub ${sim.shadowOf(P, d).version}, gateway ${gw.shadows.get(mAway).version}`)
-    expect(stateAndVersion(gw.shadows.get(mAway))).toEqual(stateAndVersion(sim.shadowOf(P, d)))
+    await until(() => sim.shadowOf(P, d).version === 3 && gw.core.shadows.get(mAway).version === 3, 10_000,
+      () => `hub ${sim.shadowOf(P, d).version}, gateway ${gw.core.shadows.get(mAway).version}`)
+    expect(stateAndVersion(gw.core.shadows.get(mAway))).toEqual(stateAndVersion(sim.shadowOf(P, d)))
     expect(sim.shadowOf(P, d).state).toEqual({ reported: { temp: 18, target: 22 } })
-    await until(() => gw.registry.get(mAway)?.tagsVersion === 1, 10_000, () => 'the missed tags did not arrive')
-    expect(gw.registry.get(mAway)?.tags).toEqual(['violet'])
+    await until(() => gw.store.registry.get(mAway)?.tagsVersion === 1, 10_000, () => 'the missed tags did not arrive')
+    expect(gw.store.registry.get(mAway)?.tags).toEqual(['violet'])
     await waitForHubSubscription(hub, tagFilterOf(P, 'violet'), true)
     const requestId = await sim.tagCommand(P, 'violet', 'hello', {})
     await mapped.waitForDelivery((c) => c.device.deviceId === d && c.requestId === requestId, 10_000, 'a violet tag command')
@@ -458,7 +460,7 @@ describe('tags and shadows through the gateway, hub reachable', () => {
   it("a mapped device's report that crosses a business change is refused; the gateway adopts the hub's version and the next report goes through", async () => {
     const d = mStale.deviceId
     await mapped.reportState(mStale, { temp: 18 })
-    await until(() => sim.shadowOf(P, d).version === 1 && gw.shadows.get(mStale).version === 1, 10_000, () => 'first report not applied')
+    await until(() => sim.shadowOf(P, d).version === 1 && gw.core.shadows.get(mStale).version === 1, 10_000, () => 'first report not applied')
 
     // The hub takes the business change (version 2) before the device's report, which still carries 1.
     const from = sim.uploads.length
@@ -468,8 +470,8 @@ describe('tags and shadows through the gateway, hub reachable', () => {
 
     // The stale report is not merged; the hub answers `$update_shadow`; the gateway adopts version 2,
     // applies desired through the adapter and answers `$shadow_updated` with 2.
-    await until(() => sim.shadowOf(P, d).version === 3 && gw.shadows.get(mStale).version === 3, 10_000,
-      () => `hub ${sim.shadowOf(P, d).version}, gateway ${gw.shadows.get(mStale).version}`)
+    await until(() => sim.shadowOf(P, d).version === 3 && gw.core.shadows.get(mStale).version === 3, 10_000,
+      () => `hub ${sim.shadowOf(P, d).version}, gateway ${gw.core.shadows.get(mStale).version}`)
     const ups = sim.received((u) => sim.uploads.indexOf(u) >= from && u.parsed.deviceId === d && u.parsed.kind === 'upload_data')
     const sent = ups.map((u) => [u.parsed.name, (JSON.parse(u.payload.toString('utf8')) as { version: number }).version])
     expect(sent.slice(0, 2)).toEqual([
@@ -478,12 +480,12 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     ])
     expect(mapped.deliveredTo(mStale, '$update_shadow').map(applyPayload)[0]).toEqual({ desired: { target: 23 }, version: 2 })
     expect(sim.shadowOf(P, d).state).toEqual({ reported: { temp: 18, target: 23 } })
-    expect(stateAndVersion(gw.shadows.get(mStale))).toEqual(stateAndVersion(sim.shadowOf(P, d)))
+    expect(stateAndVersion(gw.core.shadows.get(mStale))).toEqual(stateAndVersion(sim.shadowOf(P, d)))
 
     await mapped.reportState(mStale, { temp: 20 })
-    await until(() => sim.shadowOf(P, d).version === 4 && gw.shadows.get(mStale).version === 4, 10_000, () => 'the second report was not applied')
+    await until(() => sim.shadowOf(P, d).version === 4 && gw.core.shadows.get(mStale).version === 4, 10_000, () => 'the second report was not applied')
     expect(sim.shadowOf(P, d).state).toEqual({ reported: { temp: 20, target: 23 } })
-    expect(stateAndVersion(gw.shadows.get(mStale))).toEqual(stateAndVersion(sim.shadowOf(P, d)))
+    expect(stateAndVersion(gw.core.shadows.get(mStale))).toEqual(stateAndVersion(sim.shadowOf(P, d)))
   })
 })
 
@@ -507,7 +509,7 @@ describe('hub unreachable: time, tags, shadow and m2m from the gateway', () => {
     const r = await d.ntp()
     // Carry the device's computed time forward from when it received the answer to now.
     const deviceNow = r.now + (Date.now() - r.deviceRecv)
-    return { deviceNow, gatewayNow: gw.clock.now(), iothubRecv: r.iothubRecv }
+    return { deviceNow, gatewayNow: gw.core.clock.now(), iothubRecv: r.iothubRecv }
   }
 
   beforeAll(async () => {
@@ -531,8 +533,8 @@ describe('hub unreachable: time, tags, shadow and m2m from the gateway', () => {
   it('before the hub was ever reached: $ntp is answered on the gateway clock with offset 0', async () => {
     expect(gw.bridge.status().connected).toBe(false)
     const { deviceNow, gatewayNow } = await ntpCheck(dev)
-    expect(gw.clock.offsetMs).toBe(0)
-    expect(gw.clock.lastSample).toBeUndefined()
+    expect(gw.core.clock.offsetMs).toBe(0)
+    expect(gw.core.clock.lastSample).toBeUndefined()
     expect(Math.abs(deviceNow - gatewayNow)).toBeLessThan(100)
     expect(Math.abs(deviceNow - Date.now())).toBeLessThan(100)
     const health = await api<{ clock: { offsetMs: number; measuredAt: number | null } }>(gw, '/api/health')
@@ -543,9 +545,9 @@ describe('hub unreachable: time, tags, shadow and m2m from the gateway', () => {
     await hub.start()
     sim = new HubSim({ url: hub.url, username: HUB_USERNAME, password: HUB_PASSWORD, now: () => Date.now() + HUB_AHEAD_MS })
     await sim.start()
-    await until(() => gw.clock.lastSample, 20_000, () => 'the gateway never measured its clock against the hub')
-    expect(Math.abs(gw.clock.offsetMs - HUB_AHEAD_MS)).toBeLessThan(100)
-    const metrics = await (await fetch(`http://127.0.0.1:${gw.http.port}/metrics`)).text()
+    await until(() => gw.core.clock.lastSample, 20_000, () => 'the gateway never measured its clock against the hub')
+    expect(Math.abs(gw.core.clock.offsetMs - HUB_AHEAD_MS)).toBeLessThan(100)
+    const metrics = await (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
     const gauge = Number(/^iothub_edge_clock_offset_ms (\S+)$/m.exec(metrics)?.[1])
     expect(Math.abs(gauge - HUB_AHEAD_MS)).toBeLessThan(100)
 

@@ -5,8 +5,8 @@ import {
   mayDeviceSubscribe,
   parseDownTopic,
   parseUpTopic,
-  priorityOf,
 } from '../../src/core/hub-topics.js'
+import { priorityOf } from '../../src/store/outbox.js'
 
 const MID = '65a1b2c3d4e5f60718293a4b'
 

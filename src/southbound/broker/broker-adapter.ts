@@ -6,11 +6,13 @@ import { Aedes, type Client, type AedesPublishPacket, type PublishPacket, type S
 import net from 'node:net'
 import tls from 'node:tls'
 import { readFileSync } from 'node:fs'
-import type { CoreApi, ClientSession } from '../../core/core-api.js'
+import type { AdapterContext, ClientSession } from '../../core/adapter-context.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
-import { deviceKey, ErrorCodes } from '../../core/types.js'
+import { deviceKey } from '../../core/types.js'
+import { ErrorCodes } from '../../core/errors.js'
 import { RateLimitedLog } from '../../core/log.js'
-import type { ListenerConfig } from '../../config.js'
+import type { Gauge } from 'prom-client'
+import type { BrokerConfig, ListenerConfig } from './schema.js'
 import { formatDownTopic, isId, mayDeviceSubscribe, parseUpTopic, serverSideSubscriptions, type UpTopic } from '../../core/hub-topics.js'
 
 type Zone = 'external' | 'internal'
@@ -21,12 +23,15 @@ interface ClientState {
   keepalive: number | null
   protoVer: number | null
   session?: ClientSession
+  /**
+   * Resolves true once the device's server-side subscriptions are in place (false if it left
+   * first). From its CONNACK on the device is owned; a delivery waits for this, so nothing sent to
+   * it in its first moments is lost.
+   */
+  subscribed?: Promise<boolean>
 }
 
-export interface BrokerAdapterOptions {
-  listeners: readonly ListenerConfig[]
-  aclDenyAction: 'ignore' | 'disconnect'
-}
+export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & { listeners: readonly ListenerConfig[] }
 
 // A device that does not PUBACK a command within this long is treated as gone; the command stays queued.
 const DELIVERY_ACK_TIMEOUT_MS = 10_000
@@ -73,21 +78,25 @@ export class BrokerAdapter implements SouthboundAdapter {
   // path); only trusted local tools on internal listeners see them on the local broker, so a
   // device never gets one twice.
   private readonly fromDevice = new WeakSet<Buffer>()
-  // Device clients whose server-side subscriptions are in place: only they can be handed a command.
-  private readonly subscribed = new WeakSet<Client>()
-  // PUBACKs from devices for commands delivered with QoS 1: topic -> waiter.
-  private readonly ackWaiters = new Map<string, { device: string; done: (ok: boolean) => void }>()
-  // `${clientId}\0${packet id}` -> command topic, for the PUBACKs above.
+  // What the core hands down to one device: forwarded to that device's clients only (and to trusted
+  // local tools), never to another device holding the same topic (a tag both carry). Keyed by the
+  // payload Buffer, as `denied` is.
+  private readonly targetOf = new WeakMap<Buffer, string>()
+  // PUBACKs from devices for commands delivered with QoS 1: `${device}\0${topic}` -> waiter.
+  private readonly ackWaiters = new Map<string, { done: (ok: boolean) => void }>()
+  // `${clientId}\0${packet id}` -> ack waiter key, for the PUBACKs above.
   private readonly pubackWaiters = new Map<string, string>()
+  private readonly clientsGauge: Gauge
   private readonly warn: RateLimitedLog
   private stopping = false
   private boundPorts: number[] = []
 
   constructor(
-    private readonly core: CoreApi,
+    private readonly core: AdapterContext,
     private readonly opts: BrokerAdapterOptions,
   ) {
-    this.warn = new RateLimitedLog(core.log.child({ component: 'broker' }))
+    this.warn = new RateLimitedLog(core.log)
+    this.clientsGauge = core.metrics.gauge('clients', 'Clients connected to the local MQTT broker (devices and local tools)')
   }
 
   /** Ports actually bound, in listener order (useful with port 0). */
@@ -100,7 +109,7 @@ export class BrokerAdapter implements SouthboundAdapter {
   }
 
   async start(): Promise<void> {
-    const log = this.core.log.child({ component: 'broker' })
+    const log = this.core.log
     this.aedes = new Aedes({
       // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
       maxClientsIdLength: 256,
@@ -150,15 +159,14 @@ export class BrokerAdapter implements SouthboundAdapter {
       for (const t of topics) if (t.startsWith('tags/')) this.core.tagUnsubscribed(client.id, t)
     })
     aedes.on('clientError', (client, err) => {
-      this.core.metrics.rejected.inc({ reason: 'malformed_packet' })
+      this.core.metrics.rejected('malformed_packet')
       this.warn.warn('clientError', { clientId: client?.id, err: err.message }, 'client sent something the broker could not accept; connection closed')
     })
     aedes.on('connectionError', (_client, err) => {
-      this.core.metrics.rejected.inc({ reason: 'malformed_packet' })
+      this.core.metrics.rejected('malformed_packet')
       this.warn.warn('connectionError', { err: err.message }, 'malformed connection refused')
     })
-    this.core.registry.on('disabled', (ref: DeviceRef) => this.kick(ref, 'disabled'))
-    this.core.registry.on('removed', (ref: DeviceRef) => this.kick(ref, 'removed'))
+    this.core.devices.onRevoked((ref, why) => this.kick(ref, why))
 
     for (const l of this.opts.listeners) {
       const server = l.tls
@@ -200,14 +208,14 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (st.zone === 'internal') return
     const [productId, deviceId, ...rest] = (username ?? '').split('/')
     if (!isId(productId) || !isId(deviceId) || rest.length || !password) {
-      this.core.metrics.rejected.inc({ reason: 'auth_failed' })
+      this.core.metrics.rejected('auth_failed')
       throw authError(BAD_USERNAME_OR_PASSWORD, 'username must be {ProductId}/{DeviceId} with the Secret as password')
     }
     const ref = { productId, deviceId }
-    const result = await this.core.registry.authenticate(ref, password.toString('utf8'))
+    const result = await this.core.devices.authenticate(ref, password.toString('utf8'))
     if (result !== 'ok') {
-      this.core.metrics.rejected.inc({ reason: 'auth_failed' })
-      this.warn.warn(`auth:${deviceKey(ref)}`, { device: deviceKey(ref), clientId: client.id, result }, 'device refused')
+      this.core.metrics.rejected('auth_failed')
+      this.warn.warn(`auth:${deviceKey(ref)}`, { device: deviceKey(ref), clientId: client.id, result, code: ErrorCodes.AUTH_FAILED }, 'device refused')
       throw authError(result === 'disabled' ? NOT_AUTHORIZED : BAD_USERNAME_OR_PASSWORD, `device ${result}`)
     }
     st.device = ref
@@ -219,7 +227,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     const topic = packet.topic
     const up = parseUpTopic(topic)
     const deny = (reason: 'acl_denied' | 'bad_topic'): void => {
-      this.core.metrics.rejected.inc({ reason })
+      this.core.metrics.rejected(reason)
       this.denied.add(packet.payload as Buffer)
       packet.retain = false
       this.warn.warn(`${reason}:${client.id}`, { clientId: client.id, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
@@ -255,14 +263,14 @@ export class BrokerAdapter implements SouthboundAdapter {
     // server-side topics are the broker's, not the device's, to grant.
     if (serverSideSubscriptions(st.device!.productId, st.device!.deviceId).includes(sub.topic)) return sub
     if (mayDeviceSubscribe(st.device!.productId, sub.topic)) return sub
-    this.core.metrics.rejected.inc({ reason: 'acl_denied' })
+    this.core.metrics.rejected('acl_denied')
     this.warn.warn(`sub:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
     return null // SUBACK 0x80
   }
 
   private onReady(client: Client): void {
     const st = this.state.get(client)
-    this.core.metrics.localClients.set(this.clientCount)
+    this.clientsGauge.set(this.clientCount)
     if (!st?.device) return
     const key = deviceKey(st.device)
     let set = this.byDevice.get(key)
@@ -273,27 +281,30 @@ export class BrokerAdapter implements SouthboundAdapter {
     const device = st.device
     const subs = serverSideSubscriptions(device.productId, device.deviceId).map((topic) => ({ topic, qos: 1 as const }))
     for (const s of subs) this.serverSubscriptions.add(s)
-    // The session opens (owns(), queued commands flushed, `$connection` sent) only once these are in
-    // place: aedes subscribes after the CONNACK, and a command published before would reach nobody.
-    client.subscribe(subs, (err) => {
-      if (err || client.closed) return
-      this.subscribed.add(client)
-      const sock = client.conn as net.Socket
-      st.session = {
-        clientId: client.id,
-        device,
-        transport: 'mqtt',
-        ipaddress: sock.remoteAddress ?? null,
-        keepalive: st.keepalive,
-        protoVer: st.protoVer,
-        persistent: !client.clean,
-      }
-      this.core.sessionOpened(st.session)
+    // aedes subscribes after the CONNACK: the device is owned from now on, and a delivery in the
+    // meantime waits for these (a command published before them would reach nobody). The session
+    // opens (`$connection` sent, queued commands flushed) once they are in place.
+    st.subscribed = new Promise<boolean>((resolve) => {
+      client.subscribe(subs, (err) => {
+        if (err || client.closed) return resolve(false)
+        resolve(true)
+        const sock = client.conn as net.Socket
+        st.session = {
+          clientId: client.id,
+          device,
+          transport: 'mqtt',
+          ipaddress: sock.remoteAddress ?? null,
+          keepalive: st.keepalive,
+          protoVer: st.protoVer,
+          persistent: !client.clean,
+        }
+        this.core.sessionOpened(st.session)
+      })
     })
   }
 
   private onGone(client: Client): void {
-    this.core.metrics.localClients.set(this.clientCount)
+    this.clientsGauge.set(this.clientCount)
     const st = this.state.get(client)
     if (!st?.device) return
     const set = this.byDevice.get(deviceKey(st.device))
@@ -310,26 +321,37 @@ export class BrokerAdapter implements SouthboundAdapter {
     for (const c of [...clients]) c.close()
   }
 
+  /** A device is owned from its CONNACK until its last connection closes. */
   owns(device: DeviceRef): boolean {
     const clients = this.byDevice.get(deviceKey(device))
     if (!clients) return false
-    for (const c of clients) if (this.subscribed.has(c)) return true
+    for (const c of clients) if (!c.closed) return true
     return false
+  }
+
+  /** Whether a connection of the device can take a delivery (waits for its server-side subscriptions). */
+  private async reachable(device: DeviceRef): Promise<boolean> {
+    const clients = [...(this.byDevice.get(deviceKey(device)) ?? [])]
+    const ready = await Promise.all(clients.map((c) => this.state.get(c)?.subscribed ?? Promise.resolve(false)))
+    return ready.some(Boolean) && this.owns(device)
   }
 
   private authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
     const payload = packet.payload as Buffer
     if (this.denied.has(payload)) return null
-    if (this.fromDevice.has(payload) && this.state.get(client)?.zone !== 'internal') return null
-    const w = packet.qos === 1 ? this.ackWaiters.get(packet.topic) : undefined
-    const st = w && this.state.get(client)
-    if (w && st?.device && deviceKey(st.device) === w.device) {
+    const st = this.state.get(client)
+    if (this.fromDevice.has(payload) && st?.zone !== 'internal') return null
+    const target = this.targetOf.get(payload)
+    if (target === undefined || st?.zone === 'internal') return packet
+    if (!st?.device || deviceKey(st.device) !== target) return null
+    const waiterKey = `${target}\u0000${packet.topic}`
+    if (packet.qos === 1 && this.ackWaiters.has(waiterKey)) {
       // A command to this device: give the packet its id now (aedes keeps an id it is handed, and
       // takes the next one from the same per-client counter otherwise), so its PUBACK can be matched.
       const c = client as unknown as { _nextId: number }
       const messageId = c._nextId
       c._nextId = messageId >= 65535 ? 1 : messageId + 1
-      this.pubackWaiters.set(`${client.id}\u0000${messageId}`, packet.topic)
+      this.pubackWaiters.set(`${client.id}\u0000${messageId}`, waiterKey)
       return Object.assign(Object.create(Object.getPrototypeOf(packet) as object) as AedesPublishPacket, packet, { messageId })
     }
     return packet
@@ -337,32 +359,26 @@ export class BrokerAdapter implements SouthboundAdapter {
 
   private onPuback(client: Client, messageId: number): void {
     const k = `${client.id}\u0000${messageId}`
-    const topic = this.pubackWaiters.get(k)
-    if (topic === undefined) return
+    const waiterKey = this.pubackWaiters.get(k)
+    if (waiterKey === undefined) return
     this.pubackWaiters.delete(k)
-    this.ackWaiters.get(topic)?.done(true)
+    this.ackWaiters.get(waiterKey)?.done(true)
   }
 
   /**
-   * Publish the command on its own topic; the device's server-side subscriptions deliver it. QoS 1
-   * commands count as delivered only once the device PUBACKs (DESIGN.md: queued commands wait until
-   * delivered and acknowledged).
+   * Publish the command on its own topic (a tag command on the tag's topic) to this device's
+   * connections only. QoS 1 commands count as delivered only once the device PUBACKs (DESIGN.md:
+   * queued commands wait until delivered and acknowledged).
    */
   async deliver(cmd: Command): Promise<DeliveryResult> {
-    if (!this.aedes || !this.owns(cmd.device)) return 'offline'
-    const topic =
-      cmd.type === 'm2m'
-        ? formatDownTopic({ kind: 'm2m', productId: cmd.device.productId, deviceId: cmd.device.deviceId, senderDeviceId: cmd.senderDeviceId, messageId: cmd.requestId })
-        : formatDownTopic({
-            kind: cmd.type,
-            productId: cmd.device.productId,
-            deviceId: cmd.device.deviceId,
-            name: cmd.name,
-            encoding: cmd.encoding,
-            requestId: cmd.requestId,
-            expiresAt: cmd.expiresAt,
-          })
+    if (!this.aedes || !(await this.reachable(cmd.device))) return 'offline'
+    const topic = downTopicOf(cmd)
+    const device = deviceKey(cmd.device)
+    const waiterKey = `${device}\u0000${topic}`
     const qos = cmd.qos ?? 1
+    // A Buffer of its own per delivery: the forwarding filter recognises it by identity.
+    const payload = Buffer.from(cmd.payload)
+    this.targetOf.set(payload, device)
     const acked =
       qos === 1
         ? new Promise<boolean>((resolve) => {
@@ -373,20 +389,19 @@ export class BrokerAdapter implements SouthboundAdapter {
             const done = (ok: boolean): void => {
               clearTimeout(timer)
               this.aedes?.off('clientDisconnect', onGone)
-              this.ackWaiters.delete(topic)
-              for (const [k, t] of this.pubackWaiters) if (t === topic) this.pubackWaiters.delete(k)
+              this.ackWaiters.delete(waiterKey)
+              for (const [k, w] of this.pubackWaiters) if (w === waiterKey) this.pubackWaiters.delete(k)
               resolve(ok)
             }
             this.aedes!.on('clientDisconnect', onGone)
-            this.ackWaiters.set(topic, { device: deviceKey(cmd.device), done })
+            this.ackWaiters.set(waiterKey, { done })
           })
         : Promise.resolve(true)
-    await this.publishLocal(topic, cmd.payload, qos)
+    await this.publish(topic, payload, qos)
     return (await acked) ? 'delivered' : 'offline'
   }
 
-  /** Publish to local subscribers only (internal answers such as `$set_ntp`). */
-  publishLocal(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
+  private publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
     const packet = { cmd: 'publish', topic, payload, qos, retain: false, dup: false } as AedesPublishPacket
     return new Promise((resolve, reject) => this.aedes?.publish(packet, (err) => (err ? reject(err) : resolve())))
   }
@@ -400,4 +415,13 @@ export class BrokerAdapter implements SouthboundAdapter {
     await Promise.all(closing)
     this.servers = []
   }
+}
+
+/** The topic a command travels on to a native MQTT device (PROTOCOL.md "Down"). */
+function downTopicOf(cmd: Command): string {
+  const d = cmd.device
+  if (cmd.type === 'm2m') return formatDownTopic({ kind: 'm2m', productId: d.productId, deviceId: d.deviceId, senderDeviceId: cmd.senderDeviceId, messageId: cmd.requestId })
+  const common = { productId: d.productId, name: cmd.name, encoding: cmd.encoding, requestId: cmd.requestId, expiresAt: cmd.expiresAt }
+  if (cmd.via) return formatDownTopic({ kind: 'tags', tag: cmd.via.tag, ...common })
+  return formatDownTopic({ kind: cmd.type, deviceId: d.deviceId, ...common })
 }

@@ -1,0 +1,25 @@
+// Stable error codes, one catalogue (STYLE.md, fastify's lib/errors.js). Every code here is emitted
+// somewhere in src/ and explained, with what to do, in docs/operators/troubleshooting.md; a unit
+// test holds both true.
+export const ErrorCodes = {
+  /** The config file is wrong (the CLI exits 78), or a setting cannot work on this machine. */
+  CONFIG_INVALID: 'IHE_CONFIG_INVALID',
+  /** The data disk is full: nothing more is acknowledged until there is room. */
+  STORE_FULL: 'IHE_STORE_FULL',
+  /** SQLite failed for another reason. */
+  STORE_FAILED: 'IHE_STORE_FAILED',
+  /** A device used a topic that is not PROTOCOL.md's. */
+  BAD_TOPIC: 'IHE_BAD_TOPIC',
+  /** A device published or subscribed outside its rights. */
+  ACL_DENIED: 'IHE_ACL_DENIED',
+  /** A device was refused at connect (unknown, disabled, wrong secret). */
+  AUTH_FAILED: 'IHE_AUTH_FAILED',
+  /** An MQTT listener could not bind. */
+  LISTENER_FAILED: 'IHE_LISTENER_FAILED',
+  /** The hub link failed, or the hub sent something unusable. */
+  NORTHBOUND: 'IHE_NORTHBOUND',
+  /** A southbound adapter failed to start or stopped working; the rest of the gateway carries on. */
+  ADAPTER_FAILED: 'IHE_ADAPTER_FAILED',
+} as const
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -1,0 +1,211 @@
+// The composition root (STYLE.md; zigbee2mqtt's controller, fastify's app.js vs server.js): builds
+// the store, the core, the hub bridge, the southbound adapters and the web, in that order, starts
+// them sinks first (store, bridge) and sources last (adapters, HTTP), and stops them in reverse
+// within a deadline. Nothing else wires components together.
+import type { Config } from './config.js'
+import { createLogger, RateLimitedLog, type Logger } from './core/log.js'
+import { Metrics } from './core/metrics.js'
+import { Core } from './core/core.js'
+import type { HubPort } from './core/gateway-device.js'
+import type { DeviceRef } from './core/types.js'
+import { ErrorCodes } from './core/errors.js'
+import { VERSION } from './core/version.js'
+import { openStore, type Store } from './store/store.js'
+import { Bridge } from './northbound/bridge.js'
+import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
+import type { AdapterInstance } from './southbound/adapter-module.js'
+import type { AdapterHealth, HealthReport, WebDeps } from './web/deps.js'
+import { buildApp } from './web/app.js'
+import { WebServer, loadOrCreateApiToken } from './web/server.js'
+
+const GAUGE_INTERVAL_MS = 5_000
+
+export interface GatewayOptions {
+  logger?: Logger
+  /** Adapters besides the built-in ones (tests register their own through the same seam). */
+  adapters?: readonly KeyedAdapterEntry[]
+}
+
+interface RunningAdapter {
+  entry: KeyedAdapterEntry
+  health: AdapterHealth
+  instance?: AdapterInstance
+}
+
+export class Gateway {
+  readonly log: Logger
+  readonly metrics = new Metrics()
+  store!: Store
+  core!: Core
+  bridge!: Bridge
+  web!: WebServer
+  private readonly adapters: RunningAdapter[] = []
+  private gaugeTimer?: NodeJS.Timeout
+  private stopping = false
+
+  constructor(
+    readonly cfg: Config,
+    private readonly opts: GatewayOptions = {},
+  ) {
+    this.log = opts.logger ?? createLogger(cfg.log.level)
+  }
+
+  async start(): Promise<void> {
+    const { cfg, log, metrics } = this
+    this.store = await openStore(cfg, log)
+    const store = this.store
+    const warn = new RateLimitedLog(log)
+    store.outbox.on('dropped', ({ reason, count }: { reason: string; count: number }) =>
+      warn.warn(`drop:${reason}`, { reason, count, total: store.outbox.stats().dropped }, 'outbox dropped acknowledged messages'),
+    )
+    store.outbox.on('error', (err: Error) => log.error({ err, code: ErrorCodes.STORE_FAILED }, 'outbox write failed'))
+
+    // The core reaches the hub link only through this port; the link exists from the next step on.
+    const hub: HubPort = {
+      isConnected: () => this.bridge?.status().connected ?? false,
+      publishDirect: (topic, payload) => this.bridge?.publishDirect(topic, payload) ?? false,
+      resubscribe: () => this.bridge?.resubscribe(),
+    }
+    this.core = new Core({
+      store,
+      hub,
+      metrics,
+      log,
+      options: {
+        identity: { productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId },
+        dataDir: cfg.gateway.dataDir,
+        seenTtlMs: cfg.store.commands.seenTtlSeconds * 1000,
+      },
+    })
+    await this.core.start()
+
+    const core = this.core
+    this.bridge = new Bridge(cfg, store.outbox, store.registry, metrics, log, {
+      onMessage: core.fromHub,
+      onConnected: core.hubConnected,
+      extraSubscriptions: core.hubFilters,
+      heldSubscriptions: (link) => ({ load: () => store.hubSubscriptions.load(link), save: (filters) => store.hubSubscriptions.save(link, filters) }),
+    })
+    this.bridge.start()
+
+    await this.startAdapters()
+    core.adaptersStarted()
+
+    this.web = new WebServer({ host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir, log }, buildApp(this.webDeps()))
+    await this.web.start()
+
+    this.gaugeTimer = setInterval(() => core.updateGauges(), GAUGE_INTERVAL_MS).unref()
+    core.updateGauges()
+    log.info(
+      { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
+      'gateway started',
+    )
+  }
+
+  /**
+   * Each configured adapter: loaded, built with its own context and config section, started. One
+   * that fails is named, logged, reported in health and left out; the gateway carries on, unless it
+   * is one the gateway cannot run without (the broker).
+   */
+  private async startAdapters(): Promise<void> {
+    for (const entry of adapterEntries(this.opts.adapters)) {
+      const section = (this.cfg as unknown as Record<string, unknown>)[entry.key]
+      if (section === undefined && !entry.always) continue
+      const running: RunningAdapter = { entry, health: { name: entry.name, kind: 'native', state: 'starting' } }
+      this.adapters.push(running)
+      try {
+        const { adapterModule } = await entry.load()
+        running.instance = adapterModule.create(this.core.contextFor(entry.name, entry.transport), section as never)
+        running.health.kind = running.instance.adapter.kind
+        await running.instance.adapter.start()
+        running.health.state = 'running'
+        this.core.attach(running.instance.adapter)
+      } catch (err) {
+        running.health.state = 'failed'
+        running.health.error = (err as Error).message
+        if (entry.required) throw err
+        this.log.error(
+          { err, adapter: entry.name, code: ErrorCodes.ADAPTER_FAILED },
+          `adapter ${entry.name} failed to start; the rest of the gateway carries on without it: fix its "${entry.key}" config section or its device, then restart`,
+        )
+        await running.instance?.adapter.stop().catch(() => undefined)
+      }
+    }
+  }
+
+  /** A running adapter by name (tests and diagnostics). */
+  adapter<T>(name: string): T | undefined {
+    return this.adapters.find((a) => a.health.name === name && a.health.state === 'running')?.instance?.adapter as T | undefined
+  }
+
+  health(): HealthReport {
+    const reasons = this.core.healthReasons()
+    for (const a of this.adapters) if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
+    const nb = this.bridge.status()
+    const s = this.store.outbox.stats()
+    return {
+      status: reasons.length ? 'degraded' : 'ok',
+      reasons,
+      northbound: { configured: nb.configured, connected: nb.connected, since: nb.since, links: nb.links, linksConnected: nb.linksConnected },
+      outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes },
+      clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
+      adapters: this.adapters.map((a) => ({ ...a.health })),
+    }
+  }
+
+  /** The narrow interface the web is built on (src/web/deps.ts). */
+  private webDeps(): WebDeps {
+    const { store, core, metrics } = this
+    const online = (ref: DeviceRef): boolean => core.routes.owner(ref) !== undefined
+    return {
+      log: this.log.child({ component: 'http' }),
+      apiToken: loadOrCreateApiToken(this.cfg.gateway.dataDir, this.cfg.http.apiToken),
+      health: () => this.health(),
+      metrics: async () => {
+        core.updateGauges()
+        return { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }
+      },
+      outboxStats: () => store.outbox.stats(),
+      devices: {
+        list: () => store.registry.list(),
+        get: (ref) => store.registry.get(ref),
+        add: (d) => store.registry.add(d),
+        setEnabled: (ref, enabled) => void store.registry.setEnabled(ref, enabled),
+        setSecret: async (ref, secret) => void (await store.registry.setSecret(ref, secret)),
+        remove: (ref) => store.registry.remove(ref),
+        connections: (ref) => store.connections.list().filter((c) => c.productId === ref.productId && c.deviceId === ref.deviceId),
+        online,
+        shadow: (ref) => core.shadows.get(ref),
+      },
+      commands: {
+        history: (ref, limit) => core.router.history(ref, limit),
+        send: (cmd) => core.router.accept(cmd, 'local'),
+        waitForReply: (ref, requestId, timeoutMs) => core.router.waitForReply(ref, requestId, timeoutMs),
+      },
+      adapterRoutes: this.adapters.flatMap((a) => (a.instance?.routes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.routes }] : [])),
+    }
+  }
+
+  /** Stop intake, stop sources first and sinks last, close the database. Bounded by `deadlineMs`. */
+  async stop(deadlineMs = 8_000): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    const work = async (): Promise<void> => {
+      clearInterval(this.gaugeTimer)
+      this.core?.closeIntake()
+      await this.web?.stop()
+      for (const a of [...this.adapters].reverse()) {
+        if (a.instance && a.health.state === 'running') {
+          this.core.routes.remove(a.instance.adapter)
+          await a.instance.adapter.stop()
+          a.health.state = 'stopped'
+        }
+      }
+      await this.core?.stop()
+      await this.bridge?.stop()
+    }
+    await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
+    this.store?.close()
+    this.log.info('gateway stopped')
+  }
+}

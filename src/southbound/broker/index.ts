@@ -1,0 +1,8 @@
+// The broker adapter's entry point for the adapter registry (loaded when the gateway starts it).
+import type { AdapterModule } from '../adapter-module.js'
+import { BrokerAdapter } from './broker-adapter.js'
+import type { BrokerConfig } from './schema.js'
+
+export const adapterModule: AdapterModule<BrokerConfig> = {
+  create: (ctx, config) => ({ adapter: new BrokerAdapter(ctx, config) }),
+}

@@ -1,0 +1,57 @@
+// The broker adapter's configuration (`broker:` in the config file), composed into the one root
+// schema through the adapter registry.
+import { Type, type Static } from '@sinclair/typebox'
+
+const Tls = Type.Object(
+  {
+    cert: Type.String({ description: 'PEM certificate file' }),
+    key: Type.String({ description: 'PEM private key file' }),
+    ca: Type.Optional(Type.String({ description: 'PEM CA file for client certificates' })),
+    requestClientCert: Type.Boolean({ default: false, description: 'ask devices for a client certificate' }),
+  },
+  { additionalProperties: false, description: 'serve MQTT over TLS on this listener' },
+)
+
+const Listener = Type.Object(
+  {
+    host: Type.String({ default: '0.0.0.0', description: 'address to bind' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, description: 'TCP port (0 = any free port)' }),
+    zone: Type.Union([Type.Literal('external'), Type.Literal('internal')], {
+      default: 'external',
+      description: 'external: devices, authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
+    }),
+    tls: Type.Optional(Tls),
+  },
+  { additionalProperties: false, description: 'one MQTT listener' },
+)
+
+export const BrokerSchema = Type.Object(
+  {
+    listeners: Type.Array(Listener, {
+      default: [
+        { host: '0.0.0.0', port: 1883, zone: 'external' },
+        { host: '127.0.0.1', port: 11883, zone: 'internal' },
+      ],
+      description: 'MQTT listeners for devices and local tools',
+    }),
+    aclDenyAction: Type.Union([Type.Literal('ignore'), Type.Literal('disconnect')], {
+      default: 'ignore',
+      description: 'what happens to a client that publishes where the ACL denies: drop the message, or also disconnect the client',
+    }),
+  },
+  { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
+)
+
+export type BrokerConfig = Static<typeof BrokerSchema>
+export type ListenerConfig = Static<typeof Listener>
+
+/** Rules across keys that a schema cannot say. */
+export function checkBrokerConfig(cfg: BrokerConfig): string[] {
+  const problems: string[] = []
+  const ports = new Set<number>()
+  cfg.listeners.forEach((l, i) => {
+    if (l.port !== 0 && ports.has(l.port)) problems.push(`broker.listeners[${i}].port: ${l.port} is used twice`)
+    ports.add(l.port)
+  })
+  return problems
+}

@@ -1,0 +1,87 @@
+// Opens the gateway's SQLite store and everything kept in it: the outbox, the device registry, the
+// connection table, commands, shadows, the hub subscriptions each link holds, and the adapters'
+// seen-sets. One database file, one connection (better-sqlite3 is synchronous).
+import type { Config } from '../config.js'
+import { outboxQuota } from '../config.js'
+import type { Logger } from '../core/log.js'
+import { ErrorCodes } from '../core/errors.js'
+import { freeBytes, isDiskFull, openDatabase, type Db } from './db.js'
+import { Outbox } from './outbox.js'
+import { DeviceRegistry } from './devices.js'
+import { ConnectionStore } from './connections.js'
+import { CommandStore } from './commands.js'
+import { ShadowStore } from './shadows.js'
+import { HubSubscriptionStore } from './hub-subscriptions.js'
+import { SeenStore } from './seen.js'
+
+export interface Store {
+  readonly db: Db
+  readonly outbox: Outbox
+  readonly registry: DeviceRegistry
+  readonly connections: ConnectionStore
+  readonly commands: CommandStore
+  readonly shadows: ShadowStore
+  readonly hubSubscriptions: HubSubscriptionStore
+  readonly seen: SeenStore
+  close(): void
+}
+
+export async function openStore(cfg: Config, log: Logger): Promise<Store> {
+  const dataDir = cfg.gateway.dataDir
+  const db = openDatabase(dataDir)
+  const maxBytes = resolveQuota(db, cfg, log)
+  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000 })
+  // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
+  // A quota near the free space means the disk fills before the quota ever evicts anything.
+  const free = freeBytes(dataDir)
+  if (cfg.store.outbox.maxBytes && maxBytes > free / 2) {
+    log.warn(
+      { maxBytes, freeBytes: free, dataDir, code: ErrorCodes.CONFIG_INVALID },
+      'store.outbox.maxBytes is more than half the free space of the data disk: the disk will fill before the quota applies; lower it or free space',
+    )
+  }
+  outbox.checkHeadroom()
+  const registry = new DeviceRegistry(db, dataDir, cfg.northbound.mode === 'devices')
+  // A gateway restarted on a full disk must still come up (degraded) and serve what it has: the
+  // seed is retried at the next start if it cannot be written now.
+  try {
+    const seeded = await registry.seed(cfg.devices)
+    if (seeded.created || seeded.updated) log.info(seeded, 'device registry seeded from config')
+  } catch (err) {
+    log.error({ err, code: isDiskFull(err) ? ErrorCodes.STORE_FULL : ErrorCodes.STORE_FAILED }, 'could not seed the device registry from the config')
+  }
+  return {
+    db,
+    outbox,
+    registry,
+    connections: new ConnectionStore(db),
+    commands: new CommandStore(db),
+    shadows: new ShadowStore(db),
+    hubSubscriptions: new HubSubscriptionStore(db),
+    seen: new SeenStore(db),
+    close() {
+      outbox.close()
+      db.close()
+    },
+  }
+}
+
+/**
+ * The outbox quota. Configured, or derived from the disk at start; a derived quota never shrinks
+ * across restarts (it is kept in the database): measured on a disk that filled up, it would be
+ * tiny and would evict what was acknowledged before the restart.
+ */
+function resolveQuota(db: Db, cfg: Config, log: Logger): number {
+  const measured = outboxQuota(cfg)
+  if (cfg.store.outbox.maxBytes) return measured
+  const row = db.prepare("SELECT value FROM counters WHERE name = 'outbox.default_quota'").get() as { value: number } | undefined
+  const quota = Math.max(measured, row?.value ?? 0)
+  if (quota !== row?.value) {
+    try {
+      db.prepare("INSERT INTO counters (name, value) VALUES ('outbox.default_quota', ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value").run(quota)
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'could not record the outbox quota')
+    }
+  }
+  return quota
+}
