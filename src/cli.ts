@@ -8,7 +8,8 @@ import { SystemdNotifier } from './core/systemd.js'
 import { openDatabase } from './store/db.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/server.js'
-import { isId } from './core/hub-topics.js'
+import { ID_RULE, isId } from './core/hub-topics.js'
+import { ErrorCodes } from './core/errors.js'
 import { simulate } from './tools/simulate.js'
 import { HubSimServer } from './tools/hub-sim-server.js'
 
@@ -93,7 +94,7 @@ function readConfig(file: string | undefined): Config | number {
   } catch (err) {
     if (err instanceof ConfigError) {
       for (const p of err.problems) process.stderr.write(`${p}\n`)
-      process.stderr.write(`${err.problems.length} problem(s) in ${file ?? 'the built-in defaults'}\n`)
+      process.stderr.write(`${ErrorCodes.CONFIG_INVALID}: ${err.problems.length} problem(s) in ${file ?? 'the built-in defaults'}\n`)
       return EXIT_CONFIG
     }
     throw err
@@ -175,7 +176,7 @@ async function devices(args: string[], values: { config?: string; secret?: strin
     return EXIT_USAGE
   }
   if (needsId && (!isId(productId) || !isId(deviceId))) {
-    process.stderr.write(`devices ${sub}: PRODUCT and DEVICE must be 1-64 of [A-Za-z0-9_-]\n`)
+    process.stderr.write(`devices ${sub}: PRODUCT and DEVICE must be ${ID_RULE}\n`)
     return EXIT_USAGE
   }
   const tags = values.tags ? values.tags.split(',').map((t) => t.trim()).filter(Boolean) : undefined

@@ -163,6 +163,24 @@ export function formatDownTopic(t: DownTopic): string {
   }
 }
 
+/** Every up kind, and the filters that catch all up traffic (what a hub listens to). */
+export const UP_KINDS: readonly UpKind[] = ['upload_data', 'update_status', 'cmd_resp', 'rpc_resp', 'get', 'm2m', 'update_ota_status']
+export const UP_TOPIC_FILTERS: readonly string[] = UP_KINDS.map((k) => `${k}/#`)
+
+/** Starts like an up topic (its first level is an up kind), whether or not the rest is well formed. */
+export function hasUpKind(topic: string): boolean {
+  return (UP_KINDS as readonly string[]).includes(topic.slice(0, topic.indexOf('/')))
+}
+
+/** A tag topic or filter (`tags/...`). */
+export const isTagTopic = (topic: string): boolean => topic.startsWith('tags/')
+
+/** The MQTT username a device logs in with: `{ProductId}/{DeviceId}` (PROTOCOL.md "Identities"). */
+export function parseUsername(username: string | undefined): { productId: string; deviceId: string } | null {
+  const [productId, deviceId, ...rest] = (username ?? '').split('/')
+  return isId(productId) && isId(deviceId) && rest.length === 0 ? { productId, deviceId } : null
+}
+
 /** The topics the hub subscribes a device to on connect ("Server-side subscriptions"). */
 export function serverSideSubscriptions(productId: string, deviceId: string): string[] {
   return [`cmd/${productId}/${deviceId}/+/+/+/#`, `rpc/${productId}/${deviceId}/+/+/+/#`, `m2m/${productId}/${deviceId}/+/+`]

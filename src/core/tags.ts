@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events'
 import type { Logger } from './log.js'
 import type { Command, DeliveryResult, DeviceRef } from './types.js'
-import { deviceKey } from './types.js'
+import { deviceKey, parseDeviceKey } from './types.js'
 import type { DeviceRegistry } from '../store/devices.js'
 import type { CommandStore } from '../store/commands.js'
 import type { CommandRouter } from './command-router.js'
@@ -107,8 +107,8 @@ export class TagService extends EventEmitter {
     for (const [filter, holders] of this.local) {
       if (!topicMatches(filter, topic)) continue
       for (const key of holders.values()) {
-        const [productId, deviceId] = key.split('/')
-        if (!targets.has(key) && this.d.registry.get({ productId, deviceId })?.enabled) targets.set(key, { productId, deviceId })
+        const device = parseDeviceKey(key)
+        if (!targets.has(key) && this.d.registry.get(device)?.enabled) targets.set(key, device)
       }
     }
     for (const device of targets.values()) this.d.router.enqueueCopy(cmdFor(device), 'tag')

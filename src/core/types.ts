@@ -8,6 +8,12 @@ export interface DeviceRef {
 
 export const deviceKey = (d: DeviceRef): string => `${d.productId}/${d.deviceId}`
 
+/** The DeviceRef a deviceKey stands for. */
+export function parseDeviceKey(key: string): DeviceRef {
+  const slash = key.indexOf('/')
+  return { productId: key.slice(0, slash), deviceId: key.slice(slash + 1) }
+}
+
 export type Transport = 'mqtt' | 'coap' | 'lorawan' | 'serial' | 'http' | 'internal'
 
 /**

@@ -4,7 +4,7 @@
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
 import type { Command } from '../core/types.js'
-import { deviceKey } from '../core/types.js'
+import { deviceKey, parseDeviceKey } from '../core/types.js'
 
 export type CommandState = 'queued' | 'delivered' | 'expired' | 'replied' | 'dropped' | 'failed'
 export type CommandOrigin = 'hub' | 'local' | 'm2m' | 'tag'
@@ -153,12 +153,11 @@ export class CommandStore {
 }
 
 function toStored(r: Row): StoredCommand {
-  const [productId, deviceId] = r.device.split('/')
   return {
     id: r.id,
     command: {
       type: r.type,
-      device: { productId, deviceId },
+      device: parseDeviceKey(r.device),
       name: r.name,
       encoding: r.encoding,
       requestId: r.request_id,

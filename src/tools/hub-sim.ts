@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import type { Socket } from 'node:net'
 import mqtt, { type MqttClient } from 'mqtt'
-import { formatDownTopic, parseUpTopic, type UpTopic } from '../core/hub-topics.js'
+import { formatDownTopic, parseUpTopic, UP_TOPIC_FILTERS, type UpTopic } from '../core/hub-topics.js'
 import { applyDesired, applyReported, parseJsonObject as parseJson, withDesired, type JsonObject, type ShadowDoc as Shadow } from '../core/shadow-doc.js'
 
 export type { JsonObject, Shadow }
@@ -80,7 +80,7 @@ export class HubSim extends EventEmitter {
       client.once('connect', () => resolve())
       client.once('error', reject)
     })
-    const filters = ['upload_data/#', 'update_status/#', 'cmd_resp/#', 'rpc_resp/#', 'get/#', 'm2m/#', 'update_ota_status/#']
+    const filters = [...UP_TOPIC_FILTERS]
     await client.subscribeAsync(filters, { qos: 1 })
   }
 

@@ -13,7 +13,7 @@ import { ErrorCodes } from '../../core/errors.js'
 import { RateLimitedLog } from '../../core/log.js'
 import type { Gauge } from 'prom-client'
 import type { BrokerConfig, ListenerConfig } from './schema.js'
-import { formatDownTopic, isId, mayDeviceSubscribe, parseUpTopic, serverSideSubscriptions, type UpTopic } from '../../core/hub-topics.js'
+import { formatDownTopic, hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions, type UpTopic } from '../../core/hub-topics.js'
 
 type Zone = 'external' | 'internal'
 
@@ -151,12 +151,12 @@ export class BrokerAdapter implements SouthboundAdapter {
       const st = this.state.get(client)
       if (!st?.device) return
       // A refused subscription comes back with its granted QoS set to 0x80.
-      for (const s of subs) if ((s.qos as number) !== 128 && s.topic.startsWith('tags/')) this.core.tagSubscribed(st.device, client.id, s.topic)
+      for (const s of subs) if ((s.qos as number) !== 128 && isTagTopic(s.topic)) this.core.tagSubscribed(st.device, client.id, s.topic)
     })
     aedes.on('unsubscribe', (topics, client) => {
       const st = this.state.get(client)
       if (!st?.device) return
-      for (const t of topics) if (t.startsWith('tags/')) this.core.tagUnsubscribed(client.id, t)
+      for (const t of topics) if (isTagTopic(t)) this.core.tagUnsubscribed(client.id, t)
     })
     aedes.on('clientError', (client, err) => {
       this.core.metrics.rejected('malformed_packet')
@@ -206,12 +206,11 @@ export class BrokerAdapter implements SouthboundAdapter {
     const st = this.state.get(client)!
     if (!this.core.intakeOpen()) throw authError(SERVER_UNAVAILABLE, 'gateway storage full')
     if (st.zone === 'internal') return
-    const [productId, deviceId, ...rest] = (username ?? '').split('/')
-    if (!isId(productId) || !isId(deviceId) || rest.length || !password) {
+    const ref = parseUsername(username)
+    if (!ref || !password) {
       this.core.metrics.rejected('auth_failed')
       throw authError(BAD_USERNAME_OR_PASSWORD, 'username must be {ProductId}/{DeviceId} with the Secret as password')
     }
-    const ref = { productId, deviceId }
     const result = await this.core.devices.authenticate(ref, password.toString('utf8'))
     if (result !== 'ok') {
       this.core.metrics.rejected('auth_failed')
@@ -236,7 +235,7 @@ export class BrokerAdapter implements SouthboundAdapter {
       else cb(null)
     }
     if (st.zone === 'external') {
-      if (!up) return deny(topic.startsWith('$SYS') || !/^(upload_data|update_status|cmd_resp|rpc_resp|get|m2m|update_ota_status)\//.test(topic) ? 'acl_denied' : 'bad_topic')
+      if (!up) return deny(topic.startsWith('$SYS') || !hasUpKind(topic) ? 'acl_denied' : 'bad_topic')
       if (!mayPublish(st.device!, up)) return deny('acl_denied')
     } else if (topic.startsWith('$SYS')) {
       return deny('acl_denied') // $SYS is the broker's own, for everybody (aedes' default rule)
