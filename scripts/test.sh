@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (npm test; CI runs `npm ci && npm test`): system packages the tests
-# talk to, build, type check, lint, then every vitest suite. Extra arguments go to vitest.
+# talk to, build, type check, lint, import boundaries, then every vitest suite. Extra
+# arguments go to vitest.
 # The last line printed is "N passed, N failed" for CI to read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,9 @@ npx tsc --noEmit
 
 log "lint"
 npx eslint src test
+
+log "import boundaries"
+npm run --silent check:boundaries
 
 log "tests"
 mkdir -p .tmp

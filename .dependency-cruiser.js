@@ -1,0 +1,158 @@
+// Import boundaries of src/ (docs/contributors/boundaries.md), checked by
+// `npm run check:boundaries` as part of `npm test`. Paths are relative to the directory the
+// check runs in, so the same rules also run on the fixtures of test/unit/boundaries.test.ts.
+// Rules are written by folder, so they hold for new adapters (src/southbound/<adapter>/) and
+// new files without edits here. Every rule's comment is printed with its violations: it says
+// what the rule protects.
+
+// Transport packages: they belong to the adapters and the cloud link, not to the core or store.
+const TRANSPORT_PACKAGES = 'mqtt|aedes|fastify|coap|serialport'
+// Installed packages resolve to node_modules/<name>/...; one that is not installed keeps its bare name.
+const transportPackage = `(^|/)node_modules/(${TRANSPORT_PACKAGES})/|^(${TRANSPORT_PACKAGES})(/|$)`
+// Node's network modules, with or without the node: prefix.
+const networkBuiltin = '^(node:)?(net|tls|dgram|http|https|http2)$'
+
+/** @type {import('dependency-cruiser').IConfiguration} */
+export default {
+  forbidden: [
+    // --- southbound: one folder per adapter; files directly in src/southbound/ are the registry
+    {
+      name: 'southbound-not-cloud-link',
+      comment: 'Adapters never talk to the cloud link: uplinks go through the core API (CoreApi), commands come back through the command router.',
+      severity: 'error',
+      from: { path: '^src/southbound/' },
+      to: { path: '^src/northbound/' },
+    },
+    {
+      name: 'southbound-not-store',
+      comment: 'Adapters never write SQL: what must be durable goes through the core API, which owns the store.',
+      severity: 'error',
+      from: { path: '^src/southbound/' },
+      to: { path: '^src/store/' },
+    },
+    {
+      name: 'southbound-not-web-or-root',
+      comment: 'Adapters are built by the composition root and know nothing of it, the CLI or the web UI.',
+      severity: 'error',
+      from: { path: '^src/southbound/' },
+      to: { path: ['^src/web/', '^src/gateway\\.ts$', '^src/cli\\.ts$'] },
+    },
+    {
+      name: 'adapters-not-each-other',
+      comment: 'Adapters never talk to each other, nor to the registry that knows them all: each one plugs into the core on its own and can be added or removed alone.',
+      severity: 'error',
+      from: { path: '^src/southbound/([^/]+)/' },
+      to: { path: '^src/southbound/', pathNot: '^src/southbound/$1/' },
+    },
+    {
+      name: 'only-registry-knows-adapters',
+      comment: 'The adapter registry (files directly in src/southbound/) is the one place that knows all adapters; everything else reaches them through it or through the SouthboundAdapter interface.',
+      severity: 'error',
+      from: { path: '^src/', pathNot: '^src/southbound/' },
+      to: { path: '^src/southbound/[^/]+/' },
+    },
+
+    // --- store: the bottom layer
+    {
+      name: 'store-not-upper-layers',
+      comment: 'The store keeps data and knows nothing of who reads or writes it: not the adapters, the cloud link, the rules, the web UI or the composition root.',
+      severity: 'error',
+      from: { path: '^src/store/' },
+      to: { path: ['^src/(northbound|southbound|web|rules)/', '^src/gateway\\.ts$'] },
+    },
+    {
+      name: 'store-no-network',
+      comment: 'The store never does network I/O: durability must not wait on, or break with, a socket.',
+      severity: 'error',
+      from: { path: '^src/store/' },
+      to: { path: [networkBuiltin, transportPackage] },
+    },
+
+    // --- core: the hub of the pipeline
+    {
+      name: 'core-not-edges',
+      comment: 'The core is the hub of the pipeline: adapters, the cloud link, the rules and the web UI plug into it, never the reverse. Wiring them together is the job of the composition root (src/gateway.ts).',
+      severity: 'error',
+      from: { path: '^src/core/' },
+      to: { path: ['^src/(southbound|northbound|web|rules)/', '^src/gateway\\.ts$', '^src/cli\\.ts$'] },
+    },
+    {
+      name: 'core-no-transport-packages',
+      comment: 'The core speaks only the gateway\'s own types (Uplink, Command, DeviceRef); peers\' protocol packages stay inside the adapters and the cloud link.',
+      severity: 'error',
+      from: { path: '^src/core/' },
+      to: { path: transportPackage },
+    },
+
+    // --- northbound: the cloud link
+    {
+      name: 'northbound-not-devices-or-root',
+      comment: 'The cloud link never reaches devices, rules or the web UI directly: commands go through the core\'s command router to the owning adapter.',
+      severity: 'error',
+      from: { path: '^src/northbound/' },
+      to: { path: ['^src/(southbound|web|rules)/', '^src/gateway\\.ts$'] },
+    },
+
+    // --- rules: pure logic on the core's vocabulary
+    {
+      name: 'rules-only-core-vocabulary',
+      comment: 'Rules see only the gateway\'s vocabulary (src/core/types.ts, src/core/hub-topics.ts) and each other, so they stay pure and testable without a running gateway.',
+      severity: 'error',
+      from: { path: '^src/rules/' },
+      to: { path: '^src/', pathNot: ['^src/rules/', '^src/core/types\\.ts$', '^src/core/hub-topics\\.ts$'] },
+    },
+
+    // --- web: reads and steers the core through the interface the composition root hands it
+    {
+      name: 'web-not-edges-or-root',
+      comment: 'The web UI never drives adapters, the cloud link or the composition root directly: it gets a narrow interface (src/web/deps.ts) from the composition root.',
+      severity: 'error',
+      from: { path: '^src/web/' },
+      to: { path: ['^src/(southbound|northbound)/', '^src/gateway\\.ts$'] },
+    },
+    {
+      name: 'web-types-only-from-core-and-store',
+      comment: 'The web UI may name the core\'s and the store\'s types (import type) but not call into them: behaviour reaches it only through the interface the composition root hands it.',
+      severity: 'error',
+      from: { path: '^src/web/' },
+      to: { path: '^src/(core|store)/', dependencyTypesNot: ['type-only'] },
+    },
+
+    // --- the whole tree
+    {
+      name: 'no-cycles',
+      comment: 'No import cycles (type-only imports count too): a cycle ties modules so that none can be understood, tested or started first on its own.',
+      severity: 'error',
+      from: { path: '^src/' },
+      to: { circular: true },
+    },
+    {
+      name: 'reachable-from-cli',
+      comment: 'Every file in src/ is reachable from the entry point src/cli.ts (what bin/iothub-edge.js runs): a file nothing imports is dead code or not wired in yet.',
+      severity: 'error',
+      from: { path: '^src/cli\\.ts$' },
+      to: { path: '^src/', pathNot: '\\.d\\.ts$', reachable: false },
+    },
+    {
+      name: 'no-unresolvable',
+      comment: 'Every import must resolve (a .js specifier to its .ts file); one that does not is invisible to these rules.',
+      severity: 'error',
+      from: { path: '^src/' },
+      to: { couldNotResolve: true },
+    },
+  ],
+  options: {
+    doNotFollow: { path: ['node_modules'] },
+    // process.getBuiltinModule('net') counts as an import of net.
+    detectProcessBuiltinModuleCalls: true,
+    // See `import type` and the imports tsc elides, so cycles and the web rule see them.
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: 'tsconfig.json' },
+    enhancedResolveOptions: {
+      exportsFields: ['exports'],
+      conditionNames: ['import', 'require', 'node', 'default', 'types'],
+      mainFields: ['module', 'main', 'types', 'typings'],
+    },
+    skipAnalysisNotInRules: true,
+  },
+}
