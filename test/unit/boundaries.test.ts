@@ -68,10 +68,10 @@ const forbidden: Tree = {
     'export const r: DeviceRef = String(log)',
     '',
   ].join('\n'),
-  'src/core/hub-topics.ts': 'export const isId = (s: string): boolean => s.length > 0\n',
+  'src/core/router.ts': 'export const isId = (s: string): boolean => s.length > 0\n',
   'src/web/w.ts': [
     "import type { DeviceRef } from '../core/types.js'",
-    "import { isId } from '../core/hub-topics.js'",
+    "import { isId } from '../core/router.js'",
     "import { y } from '../northbound/y.js'",
     'export const w: DeviceRef = String(isId(String(y)))',
     '',
@@ -182,7 +182,7 @@ describe('import boundaries (npm run check:boundaries)', () => {
       ['core-no-transport-packages', 'src/core/b.ts', '../../../node_modules/aedes/'],
       ['northbound-not-devices-or-root', 'src/northbound/y.ts', 'src/gateway.ts'],
       ['rules-only-core-vocabulary', 'src/rules/r.ts', 'src/core/log.ts'],
-      ['web-types-only-from-core-and-store', 'src/web/w.ts', 'src/core/hub-topics.ts'],
+      ['web-types-only-from-core-and-store', 'src/web/w.ts', 'src/core/router.ts'],
       ['web-not-edges-or-root', 'src/web/w.ts', 'src/northbound/y.ts'],
     ]
     for (const [rule, from, to] of expected) {
