@@ -94,7 +94,7 @@ function readConfig(file: string | undefined): Config | number {
   } catch (err) {
     if (err instanceof ConfigError) {
       for (const p of err.problems) process.stderr.write(`${p}\n`)
-      process.stderr.write(`${ErrorCodes.CONFIG_INVALID}: ${err.problems.length} problem(s) in ${file ?? 'the built-in defaults'}\n`)
+      process.stderr.write(`${err.problems.length} problem(s) in ${file ?? 'the built-in defaults'} (${ErrorCodes.CONFIG_INVALID})\n`)
       return EXIT_CONFIG
     }
     throw err

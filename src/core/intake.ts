@@ -20,6 +20,8 @@ export class IntakeGate {
   start(): void {
     this.d.outbox.on('full', (err: Error) => this.onDiskFull(err))
     this.d.outbox.on('writable', () => this.onDiskWritable())
+    // A gateway started on a full disk comes up degraded, refusing work, and probes for room.
+    this.d.outbox.checkHeadroom()
   }
 
   isOpen(): boolean {

@@ -40,7 +40,6 @@ export async function openStore(cfg: Config, log: Logger): Promise<Store> {
       'store.outbox.maxBytes is more than half the free space of the data disk: the disk will fill before the quota applies; lower it or free space',
     )
   }
-  outbox.checkHeadroom()
   const registry = new DeviceRegistry(db, dataDir, cfg.northbound.mode === 'devices')
   // A gateway restarted on a full disk must still come up (degraded) and serve what it has: the
   // seed is retried at the next start if it cannot be written now.
