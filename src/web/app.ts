@@ -1,0 +1,60 @@
+// The web app, built and not listening (fastify's app.js; server.ts listens): tests drive it
+// with inject(). Everything under /api/ except /api/health needs the bearer token.
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest } from 'fastify'
+import type { Logger } from '../core/log.js'
+import { requireBearerToken } from './auth.js'
+import type { AdapterRoutes, WebDeps } from './deps.js'
+import { commandRoutes } from './routes/commands.js'
+import { deviceRoutes } from './routes/devices.js'
+import { healthRoutes } from './routes/health.js'
+import { metricsRoutes } from './routes/metrics.js'
+import { outboxRoutes } from './routes/outbox.js'
+import { compileValidator, describeValidationError } from './validation.js'
+
+export function buildApp(deps: WebDeps): FastifyInstance {
+  const log = deps.log.child({ component: 'web' })
+  const checkToken = requireBearerToken(deps.apiToken)
+  const app = Fastify({ logger: false, bodyLimit: 1 << 20, schemaErrorFormatter: describeValidationError })
+  app.setValidatorCompiler(compileValidator)
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const status = err.statusCode ?? 500
+    // Schema failures and what fastify refuses before a handler runs (bad JSON, too large).
+    if (status < 500) return reply.code(status).send({ error: 'bad_request', message: err.message })
+    log.error({ err, method: req.method, url: req.url }, 'request failed')
+    return reply.code(500).send({ error: 'internal', message: 'the gateway could not answer this request; its log says why' })
+  })
+  app.setNotFoundHandler(notFound)
+
+  void app.register(healthRoutes, deps)
+  void app.register(metricsRoutes, deps)
+  // The token guards a scope rather than URLs that start with "/api/": the router decodes the path
+  // (/%61pi/devices is /api/devices), so a string test on the raw URL can be walked around.
+  void app.register(
+    async (api) => {
+      api.addHook('onRequest', checkToken)
+      // Set after the hook, so an unknown /api/ path without the token answers 401, not 404.
+      api.setNotFoundHandler(notFound)
+      void api.register(outboxRoutes, deps)
+      void api.register(deviceRoutes, deps)
+      void api.register(commandRoutes, deps)
+      for (const routes of deps.adapterRoutes) void api.register(adapterScope(routes, log), { prefix: `/adapters/${routes.adapter}` })
+    },
+    { prefix: '/api' },
+  )
+  return app
+}
+
+function notFound(req: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` })
+}
+
+/** One adapter's routes failing to register is logged and leaves the rest of the API up. */
+function adapterScope({ adapter, plugin }: AdapterRoutes, log: Logger): FastifyPluginAsync {
+  return async (scope, opts) => {
+    try {
+      await plugin(scope, opts)
+    } catch (err) {
+      log.error({ err, adapter }, `the ${adapter} adapter's routes failed to register: some of /api/adapters/${adapter}/ may be missing`)
+    }
+  }
+}
