@@ -78,4 +78,6 @@ export interface WebDeps {
   devices: DeviceAdmin
   commands: CommandDesk
   adapterRoutes: readonly AdapterRoutes[]
+  /** How long `POST .../commands` with `rpc: true` waits for the reply; 5 s when not given. */
+  rpcWaitMs?: number
 }

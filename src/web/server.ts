@@ -1,39 +1,36 @@
-// Temporary: replaced by the web rework. Listens, records runtime.json, tokens.
+// Serving the web app (fastify's server.js to app.ts's app.js): listen, and leave in the data dir
+// what the CLI needs to reach a running gateway (runtime.json) and to authenticate (api-token).
 import { randomBytes } from 'node:crypto'
-import { existsSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import type { FastifyInstance } from 'fastify'
-import type { Logger } from '../core/log.js'
+import { buildApp } from './app.js'
+import type { WebDeps } from './deps.js'
 
-const TOKEN_FILE = 'api-token'
 export const RUNTIME_FILE = 'runtime.json'
+const TOKEN_FILE = 'api-token'
 
+/** Where a running gateway can be reached, for the CLI acting on the same data dir. */
 export interface RuntimeInfo {
   pid: number
   httpPort: number
 }
 
-export function readApiToken(dataDir: string): string | undefined {
-  const f = path.join(dataDir, TOKEN_FILE)
-  return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined
-}
-
-export function loadOrCreateApiToken(dataDir: string, configured?: string): string {
-  if (configured) return configured
-  const existing = readApiToken(dataDir)
-  if (existing) return existing
-  const token = randomBytes(24).toString('base64url')
-  const file = path.join(dataDir, TOKEN_FILE)
-  writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' })
-  process.stdout.write(`API token generated (stored in ${file}): ${token}\n`)
-  return token
+export interface WebServerOptions {
+  host: string
+  /** 0 picks a free port; `port` tells which after start(). */
+  port: number
+  dataDir: string
 }
 
 export class WebServer {
+  private app?: FastifyInstance
   private boundPort = 0
+  private wroteRuntime = false
+
   constructor(
-    private readonly o: { host: string; port: number; dataDir: string; log: Logger },
-    private readonly app: FastifyInstance,
+    private readonly deps: WebDeps,
+    private readonly opts: WebServerOptions,
   ) {}
 
   get port(): number {
@@ -41,19 +38,42 @@ export class WebServer {
   }
 
   async start(): Promise<void> {
-    await this.app.listen({ host: this.o.host, port: this.o.port })
+    this.app = buildApp(this.deps)
+    await this.app.listen({ host: this.opts.host, port: this.opts.port })
     const addr = this.app.server.address()
-    this.boundPort = typeof addr === 'object' && addr ? addr.port : this.o.port
+    this.boundPort = typeof addr === 'object' && addr ? addr.port : this.opts.port
     const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort }
     try {
-      writeFileSync(path.join(this.o.dataDir, RUNTIME_FILE), JSON.stringify(runtime), { mode: 0o600 })
+      writeFileSync(path.join(this.opts.dataDir, RUNTIME_FILE), JSON.stringify(runtime), { mode: 0o600 })
+      this.wroteRuntime = true
     } catch (err) {
-      this.o.log.warn({ err: (err as Error).message }, `could not write ${RUNTIME_FILE}: the devices CLI will not find this running gateway`)
+      // A full disk must not keep the gateway from starting; only the CLI's shortcut is lost.
+      this.deps.log.warn({ err: (err as Error).message }, `could not write ${RUNTIME_FILE}: the devices CLI will not find this running gateway`)
     }
   }
 
   async stop(): Promise<void> {
-    rmSync(path.join(this.o.dataDir, RUNTIME_FILE), { force: true })
-    await this.app.close()
+    // Only our own: a start that failed to listen must not erase another gateway's file.
+    if (this.wroteRuntime) rmSync(path.join(this.opts.dataDir, RUNTIME_FILE), { force: true })
+    this.wroteRuntime = false
+    await this.app?.close()
   }
+}
+
+export function readApiToken(dataDir: string): string | undefined {
+  const f = path.join(dataDir, TOKEN_FILE)
+  return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined
+}
+
+/** The configured token, else the one in {dataDir}/api-token, else a new one written there (0600). */
+export function loadOrCreateApiToken(dataDir: string, configured?: string): string {
+  if (configured) return configured
+  const existing = readApiToken(dataDir)
+  if (existing) return existing
+  const token = randomBytes(24).toString('base64url')
+  const file = path.join(dataDir, TOKEN_FILE)
+  writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' })
+  // Printed once, on first start, so the operator can copy it; afterwards it is only in the 0600 file.
+  process.stdout.write(`API token generated (stored in ${file}): ${token}\n`)
+  return token
 }

@@ -1,0 +1,113 @@
+// The device registry for the technician: list, add, show, enable/disable, new secret, remove, shadow.
+import { Type, type Static } from '@sinclair/typebox'
+import type { FastifyPluginAsync } from 'fastify'
+import type { WebDeps } from '../deps.js'
+import { DeviceParams, NOT_FOUND, refOf } from './device-params.js'
+
+// ProductId/DeviceId levels (PROTOCOL.md "Identities"; the same rule as core/hub-topics.ts).
+const Id = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: '1-64 of [A-Za-z0-9_-]' })
+const Secret = Type.String({ minLength: 1, description: 'a non-empty string' })
+const Enabled = Type.Boolean({ description: 'a boolean' })
+const NullableString = Type.Union([Type.String(), Type.Null()])
+const NullableNumber = Type.Union([Type.Number(), Type.Null()])
+
+const NewDeviceBody = Type.Object(
+  {
+    productId: Id,
+    deviceId: Id,
+    secret: Type.Optional(Secret),
+    tags: Type.Optional(Type.Array(Type.String({ description: 'a string' }), { description: 'an array of strings' })),
+    enabled: Type.Optional(Enabled),
+  },
+  { description: 'a JSON object' },
+)
+
+const DeviceChangeBody = Type.Object({ enabled: Type.Optional(Enabled), secret: Type.Optional(Secret) }, { description: 'a JSON object' })
+
+// Response schemas list what leaves the gateway: a field added to the registry's rows stays inside
+// until it is added here.
+const DeviceView = Type.Object({
+  productId: Type.String(),
+  deviceId: Type.String(),
+  tags: Type.Array(Type.String()),
+  tagsVersion: Type.Integer(),
+  enabled: Type.Boolean(),
+  hasSecret: Type.Boolean(),
+  createdAt: Type.Number(),
+  updatedAt: Type.Number(),
+})
+
+const ConnectionView = Type.Object({
+  clientId: Type.String(),
+  productId: NullableString,
+  deviceId: NullableString,
+  transport: Type.String(),
+  connected: Type.Boolean(),
+  ipaddress: NullableString,
+  keepalive: NullableNumber,
+  protoVer: NullableNumber,
+  connectedAt: NullableNumber,
+  disconnectAt: NullableNumber,
+})
+
+export const deviceRoutes: FastifyPluginAsync<Pick<WebDeps, 'devices'>> = async (app, { devices }) => {
+  app.get('/devices', { schema: { response: { 200: Type.Object({ devices: Type.Array(DeviceView) }) } } }, async () => ({
+    devices: devices.list(),
+  }))
+
+  app.post<{ Body: Static<typeof NewDeviceBody> }>(
+    '/devices',
+    { schema: { body: NewDeviceBody, response: { 201: Type.Object({ device: DeviceView, secret: Type.Optional(Type.String()) }) } } },
+    async (req, reply) => {
+      const { productId, deviceId, secret, tags, enabled } = req.body
+      try {
+        const added = await devices.add({ productId, deviceId, secret, tags, enabled: enabled !== false })
+        // The secret is returned this once: the registry keeps only its hash.
+        return reply.code(201).send({ device: added.device, secret: added.secret })
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EXISTS') return reply.code(409).send({ error: 'exists', message: (err as Error).message })
+        throw err
+      }
+    },
+  )
+
+  app.get<{ Params: DeviceParams }>(
+    '/devices/:p/:d',
+    { schema: { params: DeviceParams, response: { 200: Type.Object({ device: DeviceView, online: Type.Boolean(), connections: Type.Array(ConnectionView) }) } } },
+    async (req, reply) => {
+      const ref = refOf(req.params)
+      const device = devices.get(ref)
+      if (!device) return reply.code(404).send(NOT_FOUND)
+      return { device, online: devices.online(ref), connections: devices.connections(ref) }
+    },
+  )
+
+  // Disabling disconnects the device at once (the registry's 'disabled' event); a new secret
+  // takes effect at its next connect.
+  app.patch<{ Params: DeviceParams; Body: Static<typeof DeviceChangeBody> }>(
+    '/devices/:p/:d',
+    { schema: { params: DeviceParams, body: DeviceChangeBody, response: { 200: Type.Object({ device: DeviceView }) } } },
+    async (req, reply) => {
+      const ref = refOf(req.params)
+      const { enabled, secret } = req.body
+      if (enabled === undefined && secret === undefined) {
+        return reply.code(400).send({ error: 'bad_request', message: 'send {"enabled": true|false} and/or {"secret": "..."}' })
+      }
+      if (!devices.get(ref)) return reply.code(404).send(NOT_FOUND)
+      if (secret !== undefined) await devices.setSecret(ref, secret)
+      if (enabled !== undefined) devices.setEnabled(ref, enabled)
+      return { device: devices.get(ref) }
+    },
+  )
+
+  app.delete<{ Params: DeviceParams }>('/devices/:p/:d', { schema: { params: DeviceParams } }, async (req, reply) => {
+    if (!devices.remove(refOf(req.params))) return reply.code(404).send(NOT_FOUND)
+    return reply.code(204).send()
+  })
+
+  app.get<{ Params: DeviceParams }>('/devices/:p/:d/shadow', { schema: { params: DeviceParams } }, async (req, reply) => {
+    const ref = refOf(req.params)
+    if (!devices.get(ref)) return reply.code(404).send(NOT_FOUND)
+    return { shadow: devices.shadow(ref) }
+  })
+}

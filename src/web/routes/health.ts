@@ -1,0 +1,36 @@
+// GET /api/health: no token (load balancers, container health checks); 503 while degraded.
+import { Type } from '@sinclair/typebox'
+import type { FastifyPluginAsync } from 'fastify'
+import type { WebDeps } from '../deps.js'
+
+const NullableNumber = Type.Union([Type.Number(), Type.Null()])
+
+// The response schema is the published shape: whatever else a report carries stays inside.
+const HealthBody = Type.Object({
+  status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]),
+  reasons: Type.Array(Type.String()),
+  northbound: Type.Object({
+    configured: Type.Boolean(),
+    connected: Type.Boolean(),
+    since: NullableNumber,
+    links: Type.Integer(),
+    linksConnected: Type.Integer(),
+  }),
+  outbox: Type.Object({ messages: Type.Integer(), bytes: Type.Integer(), oldestAgeMs: Type.Number(), maxBytes: Type.Integer() }),
+  clock: Type.Object({ offsetMs: Type.Number(), measuredAt: NullableNumber }),
+  adapters: Type.Array(
+    Type.Object({
+      name: Type.String(),
+      kind: Type.String(),
+      state: Type.String(),
+      error: Type.Optional(Type.String()),
+    }),
+  ),
+})
+
+export const healthRoutes: FastifyPluginAsync<Pick<WebDeps, 'health'>> = async (app, deps) => {
+  app.get('/api/health', { schema: { response: { 200: HealthBody, 503: HealthBody } } }, async (_req, reply) => {
+    const report = deps.health()
+    return reply.code(report.status === 'ok' ? 200 : 503).send(report)
+  })
+}
