@@ -15,7 +15,6 @@ import { Bridge } from './northbound/bridge.js'
 import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import type { AdapterInstance } from './southbound/adapter-module.js'
 import type { AdapterHealth, HealthReport, WebDeps } from './web/deps.js'
-import { buildApp } from './web/app.js'
 import { WebServer, loadOrCreateApiToken } from './web/server.js'
 
 const GAUGE_INTERVAL_MS = 5_000
@@ -91,7 +90,7 @@ export class Gateway {
     await this.startAdapters()
     core.adaptersStarted()
 
-    this.web = new WebServer({ host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir, log }, buildApp(this.webDeps()))
+    this.web = new WebServer(this.webDeps(), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir })
     await this.web.start()
 
     this.gaugeTimer = setInterval(() => core.updateGauges(), GAUGE_INTERVAL_MS).unref()
@@ -156,7 +155,11 @@ export class Gateway {
   /** The narrow interface the web is built on (src/web/deps.ts). */
   private webDeps(): WebDeps {
     const { store, core, metrics } = this
-    const online = (ref: DeviceRef): boolean => core.routes.owner(ref) !== undefined
+    // A native device is online while its adapter owns it; a mapped one is owned while away too.
+    const online = (ref: DeviceRef): boolean => {
+      const owner = core.routes.owner(ref)
+      return owner !== undefined && (owner.kind === 'native' || core.sessions.isMappedReachable(ref))
+    }
     return {
       log: this.log.child({ component: 'http' }),
       apiToken: loadOrCreateApiToken(this.cfg.gateway.dataDir, this.cfg.http.apiToken),

@@ -88,6 +88,7 @@ export class Core {
       clock: this.clock,
       hubConnected: () => hub.isConnected(),
       isChild: (dev) => store.registry.get(dev) !== undefined,
+      isMapped,
       deliverNow,
       sink: (up) => store.outbox.enqueue(up),
     })

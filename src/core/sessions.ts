@@ -50,6 +50,11 @@ export class SessionTracker {
     return this.open + this.reachable.size
   }
 
+  /** A mapped device its adapter reported reachable (and not away since). */
+  isMappedReachable(device: DeviceRef): boolean {
+    return this.reachable.has(deviceKey(device))
+  }
+
   /** A previous run that died left sessions marked open: tell the hub they are gone. */
   async reportStale(): Promise<void> {
     try {

@@ -30,6 +30,8 @@ export interface PipelineDeps {
   /** Is the hub reachable right now? (Otherwise `$tags`/`$shadow` are answered from the copies.) */
   hubConnected: () => boolean
   isChild: (device: DeviceRef) => boolean
+  /** The gateway plays the SDK for it: the hub's answers reach it as shadow/tag updates, not as raw commands. */
+  isMapped: (device: DeviceRef) => boolean
   deliverNow: (cmd: Command) => Promise<DeliveryResult>
   /** The end of the way: resolves once the message is durable in the outbox. */
   sink: (up: Uplink) => Promise<void>
@@ -94,6 +96,8 @@ export class UplinkPipeline {
       void this.d.deliverNow({ type: 'cmd', device, name: '$set_ntp', encoding: 'plain', requestId: newMessageId(), payload })
       return Promise.resolve()
     }
+    // A mapped device has no SDK to hand an answer to: its request waits for the hub in the outbox.
+    if (this.d.isMapped(device)) return next(up)
     if (t.name === '$tags' && !this.d.hubConnected()) return this.d.tags.answerLocally(device, up.payload, newMessageId())
     if (t.name === '$shadow' && !this.d.hubConnected()) return this.d.shadows.answerLocally(device)
     return next(up)

@@ -1,8 +1,13 @@
 // The southbound adapter contract (STYLE.md: "one small interface per plug point, and a contract
 // test suite that every implementation runs"). Each adapter supplies a harness that plays one of
-// its devices over the adapter's real transport; the suite checks what the core relies on.
+// its devices over the adapter's real transport; the suite checks what the core relies on, with
+// the part that differs by kind (docs/contributors/adapters.md, "Two kinds of device"):
+// - native: owns a device while the device holds a connection, and reports its session;
+// - mapped: owns every device it maps, reachable or not (deliveries to an unreachable one are
+//   'offline' and the core keeps them), and reports the device reachable when it comes back.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import type { Command, DeviceRef, SouthboundAdapter, Uplink } from '../../src/core/types.js'
+import { deviceKey } from '../../src/core/types.js'
 import type { ContractCore } from './contract-core.js'
 
 export interface SimDevice {
@@ -18,13 +23,23 @@ export interface AdapterHarness {
   core: ContractCore
   /** A device this adapter can serve, already known to the registry. */
   device: DeviceRef
-  /** Bring the device online through the adapter (connect, join, first poll...). */
+  /** A device this adapter does not serve (not connected, not in its configuration). */
+  stranger: DeviceRef
+  /** Bring the device online through the adapter (connect, first answer on its bus, an uplink...); close() takes it away. */
   attach(): Promise<SimDevice>
   dispose(): Promise<void>
 }
 
-export function adapterContract(name: string, makeHarness: () => Promise<AdapterHarness>): void {
-  describe(`southbound adapter contract: ${name}`, () => {
+async function waitUntil(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const until = Date.now() + timeoutMs
+  while (!check()) {
+    if (Date.now() > until) throw new Error(what)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
+
+export function adapterContract(name: string, kind: 'native' | 'mapped', makeHarness: () => Promise<AdapterHarness>): void {
+  describe(`southbound adapter contract (${kind}): ${name}`, () => {
     let h: AdapterHarness
     beforeEach(async () => {
       h = await makeHarness()
@@ -35,17 +50,50 @@ export function adapterContract(name: string, makeHarness: () => Promise<Adapter
       await h.dispose()
     })
 
-    it('has a name and stops idempotently', async () => {
+    it('has a name, is of its kind, and stops idempotently', async () => {
       expect(h.adapter.name).toMatch(/^[a-z][a-z0-9-]*$/)
+      expect(h.adapter.kind).toBe(kind)
       await h.adapter.stop()
       await h.adapter.stop()
     })
 
-    it('does not own a device that never came online, and reports a delivery to it as offline', async () => {
-      expect(h.adapter.owns(h.device)).toBe(false)
-      const cmd: Command = { type: 'cmd', device: h.device, name: 'reboot', encoding: 'plain', requestId: 'r-offline', payload: Buffer.from('{}') }
+    it('does not own a device it does not serve, and reports a delivery to it as offline', async () => {
+      expect(h.adapter.owns(h.stranger)).toBe(false)
+      const cmd: Command = { type: 'cmd', device: h.stranger, name: 'reboot', encoding: 'plain', requestId: 'r-stranger', payload: Buffer.from('{}') }
       await expect(h.adapter.deliver(cmd)).resolves.toBe('offline')
     })
+
+    if (kind === 'native') {
+      it('native: owns a device from its connection until it leaves, and reports the session', async () => {
+        expect(h.adapter.owns(h.device)).toBe(false)
+        const offline: Command = { type: 'cmd', device: h.device, name: 'reboot', encoding: 'plain', requestId: 'r-offline', payload: Buffer.from('{}') }
+        await expect(h.adapter.deliver(offline)).resolves.toBe('offline')
+        const sim = await h.attach()
+        expect(h.adapter.owns(h.device)).toBe(true)
+        await waitUntil(() => h.core.sessions.opened.some((s) => deviceKey(s.device) === deviceKey(h.device)), 5_000, 'no session opened')
+        await sim.close()
+        await waitUntil(() => !h.adapter.owns(h.device), 5_000, 'still owned after the device left')
+        await waitUntil(() => h.core.sessions.closed.some((s) => deviceKey(s.device) === deviceKey(h.device)), 5_000, 'no session closed')
+        await expect(h.adapter.deliver({ ...offline, requestId: 'r-gone' })).resolves.toBe('offline')
+      })
+    } else {
+      it('mapped: owns a device it maps while it cannot be reached, answers offline, and reports it reachable when it is back', async () => {
+        expect(h.adapter.owns(h.device)).toBe(true)
+        const cmd: Command = { type: 'cmd', device: h.device, name: 'set_interval', encoding: 'plain', requestId: 'r-away', payload: Buffer.from('{"s":60}') }
+        await expect(h.adapter.deliver(cmd)).resolves.toBe('offline')
+        const sim = await h.attach()
+        try {
+          await waitUntil(() => h.core.reachability.some((r) => r.reachable && deviceKey(r.device) === deviceKey(h.device)), 5_000, 'not reported reachable')
+          const got = sim.nextCommand(5_000)
+          await expect(h.adapter.deliver(cmd)).resolves.toBe('delivered')
+          await expect(got).resolves.toMatchObject({ name: 'set_interval', requestId: 'r-away' })
+        } finally {
+          await sim.close()
+        }
+        await waitUntil(() => h.core.reachability.some((r) => !r.reachable && deviceKey(r.device) === deviceKey(h.device)), 5_000, 'not reported away')
+        expect(h.adapter.owns(h.device)).toBe(true)
+      })
+    }
 
     it('hands an uplink to the core as the gateway type, with the MessageId kept', async () => {
       const sim = await h.attach()

@@ -6,7 +6,7 @@ import { connectDevice } from '../helpers/device.js'
 import { adapterContract, type AdapterHarness, type SimDevice } from './adapter-contract.js'
 import { ContractCore } from './contract-core.js'
 
-adapterContract('broker (MQTT)', async (): Promise<AdapterHarness> => {
+adapterContract('broker (MQTT)', 'native', async (): Promise<AdapterHarness> => {
   const core = new ContractCore()
   const device = { productId: 'contract', deviceId: 'dev-1' }
   await core.registry.add({ ...device, secret: 'contract-secret' })
@@ -15,6 +15,7 @@ adapterContract('broker (MQTT)', async (): Promise<AdapterHarness> => {
     adapter,
     core,
     device,
+    stranger: { productId: 'contract', deviceId: 'nobody' },
     async attach(): Promise<SimDevice> {
       const client: MqttClient = await connectDevice(`mqtt://127.0.0.1:${adapter.ports[0]}`, { ...device, secret: 'contract-secret' })
       const queue: { topic: string; payload: Buffer }[] = []

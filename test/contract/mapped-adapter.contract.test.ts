@@ -10,18 +10,19 @@ import { TestMappedAdapter } from '../helpers/mapped-adapter.js'
 import { adapterContract, type AdapterHarness, type SimDevice } from './adapter-contract.js'
 import { ContractCore } from './contract-core.js'
 
-adapterContract('test mapped adapter (no transport)', async (): Promise<AdapterHarness> => {
+adapterContract('test mapped adapter (no transport)', 'mapped', async (): Promise<AdapterHarness> => {
   const core = new ContractCore()
   const device = { productId: 'contract', deviceId: 'mapped-1' }
   await core.registry.add({ ...device })
-  // Not joined: the contract expects a device that never came online not to be owned.
-  const adapter = new TestMappedAdapter(core, { devices: [device], joined: false })
+  // Mapped from the start (it is in the adapter's configuration) but not reachable yet.
+  const adapter = new TestMappedAdapter(core, { devices: [device], reachable: false })
   return {
     adapter,
     core,
     device,
+    stranger: { productId: 'contract', deviceId: 'not-mapped' },
     async attach(): Promise<SimDevice> {
-      adapter.join(device)
+      adapter.setReachable(true)
       let taken = 0
       return {
         sendTelemetry: (dataType, messageId, payload) =>

@@ -21,6 +21,8 @@ export interface TestMappedAdapterOptions {
   transport?: Exclude<Transport, 'internal'>
   /** How long `start()` takes (default 0): a real one connects to ChirpStack or opens serial ports first. */
   startDelayMs?: number
+  /** Whether its transport is up at start (default true). */
+  reachable?: boolean
 }
 
 export class TestMappedAdapter implements SouthboundAdapter {
@@ -39,6 +41,7 @@ export class TestMappedAdapter implements SouthboundAdapter {
     private readonly opts: TestMappedAdapterOptions,
   ) {
     this.devices = new Map(opts.devices.map((d) => [deviceKey(d), d]))
+    this.reachable = opts.reachable ?? true
   }
 
   async start(): Promise<void> {

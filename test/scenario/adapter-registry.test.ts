@@ -56,7 +56,7 @@ describe('a native adapter that is not MQTT, registered through the registry', (
   let dataDir: string
   let gw: Gateway
   let loopback: LoopbackAdapter
-  const api = async (urlPath: string, token: string | undefined = API_TOKEN): Promise<Response> =>
+  const api = async (urlPath: string, token: string | null = API_TOKEN): Promise<Response> =>
     fetch(`http://127.0.0.1:${gw.web.port}${urlPath}`, { headers: token ? { authorization: `Bearer ${token}` } : {} })
 
   beforeAll(async () => {
@@ -90,7 +90,7 @@ describe('a native adapter that is not MQTT, registered through the registry', (
   })
 
   it('reports a failed adapter by name in health while the others run', async () => {
-    const res = await api('/api/health', undefined)
+    const res = await api('/api/health', null)
     expect(res.status).toBe(503)
     const h = (await res.json()) as { status: string; reasons: string[]; adapters: { name: string; state: string; error?: string }[] }
     expect(h.status).toBe('degraded')
@@ -135,14 +135,14 @@ describe('a native adapter that is not MQTT, registered through the registry', (
   it('delivers an ordinary hub command and counts it in the adapter\'s own metric', async () => {
     await hub.publishAsHub(`cmd/${dev.productId}/${dev.deviceId}/reboot/plain/req-7`, '{}')
     await loopback.waitFor(ref, (c) => c.requestId === 'req-7')
-    const metrics = await (await api('/metrics', undefined)).text()
+    const metrics = await (await api('/metrics', null)).text()
     const line = metrics.split('\n').find((l) => l.startsWith('iothub_edge_loopback_deliveries_total'))
     expect(line).toBeDefined()
     expect(Number(line!.split(' ')[1])).toBeGreaterThanOrEqual(3)
   })
 
   it('serves the adapter\'s own route under /api/adapters/{name}/, behind the token', async () => {
-    expect((await api('/api/adapters/loopback/devices', undefined)).status).toBe(401)
+    expect((await api('/api/adapters/loopback/devices', null)).status).toBe(401)
     const res = await api('/api/adapters/loopback/devices')
     expect(res.status).toBe(200)
     expect(await res.json()).toMatchObject({ label: 'bench-A', online: ['meter/coap-1'] })

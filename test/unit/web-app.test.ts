@@ -83,7 +83,7 @@ function fakeGateway() {
     log: pino({ level: 'info' }, { write: (line: string) => void g.logs.push(JSON.parse(line) as Record<string, unknown>) }),
     apiToken: TOKEN,
     health: () => g.health,
-    metrics: async () => ({ contentType: 'text/plain; version=0.0.4; charset=utf-8', body: 'iothub_edge_local_clients 2\n' }),
+    metrics: async () => ({ contentType: 'text/plain; version=0.0.4; charset=utf-8', body: 'iothub_edge_broker_clients 2\n' }),
     outboxStats: () => stats,
     devices: {
       list: () => [...registry.values()],
@@ -206,7 +206,7 @@ describe('GET /metrics and /api/outbox', () => {
   it('serves the Prometheus text with its content type', async () => {
     const res = await get('/metrics', {})
     expect(res.headers['content-type']).toBe('text/plain; version=0.0.4; charset=utf-8')
-    expect(res.body).toBe('iothub_edge_local_clients 2\n')
+    expect(res.body).toBe('iothub_edge_broker_clients 2\n')
   })
 
   it('serves the outbox statistics', async () => {
