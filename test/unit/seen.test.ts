@@ -1,0 +1,46 @@
+// The adapters' durable seen-sets (ChirpStack deduplicationIds, CoAP Message-IDs) on a real SQLite
+// file: a repeat within the time to live is caught, also after a restart; after it, the id is new.
+import { mkdtempSync, rmSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { openDatabase, type Db } from '../../src/store/db.js'
+import { SeenStore } from '../../src/store/seen.js'
+
+let dir: string
+let db: Db
+beforeEach(() => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'seen-'))
+  db = openDatabase(dir)
+})
+afterEach(() => {
+  db.close()
+  rmSync(dir, { recursive: true, force: true })
+})
+
+describe('SeenStore', () => {
+  it('says first time once per id and scope within the time to live', () => {
+    const s = new SeenStore(db)
+    const t = 1_000_000
+    expect(s.firstTime('lorawan/dedup', 'a', 60_000, t)).toBe(true)
+    expect(s.firstTime('lorawan/dedup', 'a', 60_000, t + 1)).toBe(false)
+    expect(s.firstTime('coap/mid', 'a', 60_000, t + 1)).toBe(true) // another scope
+    expect(s.firstTime('lorawan/dedup', 'a', 60_000, t + 60_001)).toBe(true) // expired, not yet swept
+    expect(s.firstTime('lorawan/dedup', 'a', 60_000, t + 60_002)).toBe(false)
+  })
+
+  it('remembers across a restart (a redelivery after kill -9 stays a repeat)', () => {
+    new SeenStore(db).firstTime('lorawan/dedup', 'b', 60_000)
+    db.close()
+    db = openDatabase(dir)
+    expect(new SeenStore(db).firstTime('lorawan/dedup', 'b', 60_000)).toBe(false)
+  })
+
+  it('sweeps what has expired, and only that', () => {
+    const s = new SeenStore(db)
+    s.firstTime('x', 'old', 1_000, 0)
+    s.firstTime('x', 'new', 1_000_000, 0)
+    expect(s.sweep(10_000)).toBe(1)
+    expect(s.firstTime('x', 'new', 1_000_000, 10_001)).toBe(false)
+  })
+})
