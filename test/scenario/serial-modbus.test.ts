@@ -141,7 +141,7 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
   beforeAll(async () => {
     hub = new HubBroker({ devices: [], gateway: { ...gwLogin, children: [meter, pump] } })
     await hub.start()
-    rec = await hub.subscribeAll('#')
+    rec = await hub.subscribeAll('#', { clientId: 'serial-modbus-recorder' })
     tmp = await serialTempDir('serial-modbus-')
     pair = new PtyPair(path.join(tmp.dir, 'gw'), path.join(tmp.dir, 'dev'))
     await pair.start()
@@ -271,6 +271,39 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     const metrics = await (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
     expect(metrics).toMatch(/iothub_edge_serial_modbus_polls_total\{port="line1",device="meters\/m-001"\} [1-9]/)
     expect(metrics).toMatch(/iothub_edge_serial_port_open\{port="line1"\} 1/)
+  })
+
+  it('keeps polling while the hub is down, and every reading reaches the hub once it is back', async () => {
+    type View = { ports: { devices: { deviceId: string; counters: { polls: number; failedPolls: number } }[] }[] }
+    const okPolls = async (): Promise<number> => {
+      const d = ((await (await api('/api/adapters/serial/ports')).json()) as View).ports[0]!.devices.find((x) => x.deviceId === meter.deviceId)!
+      return d.counters.polls - d.counters.failedPolls
+    }
+    await hub.stop()
+    const atStop = await okPolls()
+    await until(async () => (await okPolls()) >= atStop + 3, 10_000, 'no polls while the hub is down')
+    // Stop the readings (the slave goes), so the number of readings made is known exactly.
+    await slave.stop()
+    await until(
+      async () => !((await (await api('/api/adapters/serial/ports')).json()) as { ports: { devices: { reachable: boolean }[] }[] }).ports[0]!.devices[0]!.reachable,
+      10_000,
+      'the meter still counts as reachable',
+    )
+    const made = await okPolls()
+    await hub.start()
+    const isReading = (m: RecordedMessage): boolean => m.topic.startsWith(`upload_data/${meter.productId}/${meter.deviceId}/energy/`)
+    const arrived = await until(
+      () => {
+        const ids = new Set(rec.messages.filter(isReading).map((m) => levels(m)[4]))
+        return ids.size >= made ? ids : undefined
+      },
+      30_000,
+      `not every reading reached the hub (made ${made})`,
+    )
+    expect(arrived.size).toBe(made)
+    slave = new ModbusSlave(pair.device, path.join(tmp.dir, 'slave.json'), SLAVE)
+    await slave.start()
+    await connection(meter, true, rec.messages.length)
   })
 
   it('reports a slave that stops answering as disconnected, queues its commands, and connected again when it is back', async () => {
