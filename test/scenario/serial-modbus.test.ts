@@ -178,7 +178,19 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
                 commands: { set_setpoint: { register: 'setpoint' }, set_relay: { register: 'relay' }, set_far: { register: 'far' } },
                 shadow: { desired: ['setpoint', 'relay'], reported: ['setpoint', 'relay'] },
               },
-              { unitId: 2, productId: pump.productId, deviceId: pump.deviceId, pollIntervalMs: 300, dataType: 'pump', registers: [{ name: 'speed', table: 'holding', address: 0 }] },
+              {
+                unitId: 2,
+                productId: pump.productId,
+                deviceId: pump.deviceId,
+                pollIntervalMs: 300,
+                dataType: 'pump',
+                registers: [
+                  { name: 'speed', table: 'holding', address: 0, writable: true },
+                  { name: 'mode', table: 'holding', address: 1 },
+                ],
+                commands: { set_speed: { register: 'speed' } },
+                reportByException: { deadband: 5, heartbeatMs: 2500 },
+              },
             ],
           },
         ],
@@ -202,7 +214,7 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     const up = await nextUpload(meter, 'energy', 0, 'a poll of the meter')
     expect(json(up)).toEqual(EXPECTED)
     const pumpUp = await nextUpload(pump, 'pump', 0, 'a poll of the pump')
-    expect(json(pumpUp)).toEqual({ speed: 77 })
+    expect(json(pumpUp)).toEqual({ speed: 77, mode: 0 })
     await connection(meter, true, 0)
   })
 
@@ -252,6 +264,24 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     expect(slave.writes).toContainEqual({ write: 'hr', unit: 1, address: 10, values: [190] })
     expect(slave.writes).toContainEqual({ write: 'co', unit: 1, address: 0, values: [0] })
     await nextUpload(meter, '$shadow_reported', from, 'the new setpoint reported', (b) => (b.state as { reported: Record<string, unknown> }).reported.setpoint === 19)
+  })
+
+  it('reports by exception: only values that moved beyond the deadband, and every value each heartbeat', async () => {
+    const pumpUploads = (from: number): Record<string, unknown>[] =>
+      rec.messages.slice(from).filter((m) => m.topic.startsWith(`upload_data/${pump.productId}/${pump.deviceId}/pump/`)).map(json)
+    // Within the deadband (77 -> 80): not sent as a change; the heartbeats still carry it.
+    let from = rec.messages.length
+    await hub.publishAsHub(`cmd/${pump.productId}/${pump.deviceId}/set_speed/plain/req-speed-1`, '{"value": 80}')
+    expect(json(await cmdResp('req-speed-1'))).toEqual({ status: 'ok' })
+    await nextUpload(pump, 'pump', from, 'a heartbeat with the new speed', (b) => b.speed === 80)
+    expect(pumpUploads(from).every((b) => 'mode' in b)).toBe(true)
+    // Right after a heartbeat, a change beyond the deadband goes up alone, at once.
+    from = rec.messages.length
+    await hub.publishAsHub(`cmd/${pump.productId}/${pump.deviceId}/set_speed/plain/req-speed-2`, '{"value": 90}')
+    expect(json(await cmdResp('req-speed-2'))).toEqual({ status: 'ok' })
+    const change = await nextUpload(pump, 'pump', from, 'the change beyond the deadband', (b) => b.speed === 90)
+    expect(json(change)).toEqual({ speed: 90 })
+    await nextUpload(pump, 'pump', from, 'the next heartbeat', (b) => b.speed === 90 && b.mode === 0)
   })
 
   it('shows the bus in the diagnostics routes and reads registers on demand for commissioning', async () => {

@@ -38,6 +38,9 @@ export class ModbusDevice {
   private readonly byName: Map<string, RegisterConfig>
   private failedInRow = 0
   private reported: Values = {}
+  // Report by exception: the values last sent and when everything was last sent (the heartbeat).
+  private readonly sent: Values = {}
+  private lastSentAt: number | null = null
   private timer?: NodeJS.Timeout
   private running = false
   private polling?: Promise<void>
@@ -150,8 +153,33 @@ export class ModbusDevice {
     this.lastError = null
     this.lastValues = values
     this.setReachable(true)
-    if (Object.keys(values).length > 0) await this.upload(values)
+    const toSend = this.worthSending(values)
+    if (Object.keys(toSend).length > 0) await this.upload(toSend)
     await this.reportChanged(values)
+  }
+
+  /**
+   * What of a poll goes up: everything, or with reportByException the values that moved beyond their
+   * deadband since they were last sent, and everything again once per heartbeat.
+   */
+  private worthSending(values: Values): Values {
+    const rbe = this.cfg.reportByException
+    const now = Date.now()
+    if (!rbe || this.lastSentAt === null || now - this.lastSentAt >= rbe.heartbeatMs) {
+      if (Object.keys(values).length > 0) this.lastSentAt = now
+      Object.assign(this.sent, values)
+      return values
+    }
+    const changed: Values = {}
+    for (const [name, v] of Object.entries(values)) {
+      const before = this.sent[name]
+      const band = this.byName.get(name)?.deadband ?? rbe.deadband
+      const moved = typeof v === 'number' && typeof before === 'number' ? Math.abs(v - before) > band : v !== before
+      if (moved) changed[name] = v
+    }
+    Object.assign(this.sent, changed)
+    if (Object.keys(changed).length === 0) this.metrics.unchangedPolls.inc(this.labels)
+    return changed
   }
 
   private async upload(values: Values): Promise<void> {

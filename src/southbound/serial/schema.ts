@@ -26,6 +26,7 @@ const Register = Type.Object(
     offset: Type.Number({ default: 0, description: 'see scale' }),
     unit: Type.Optional(Type.String({ description: 'engineering unit, for people (not sent)' })),
     writable: Type.Boolean({ default: false, description: 'commands and shadow desired state may write it (holding registers and coils only)' }),
+    deadband: Type.Optional(Type.Number({ minimum: 0, description: 'with reportByException: the change (engineering units) that counts for this register; default the device\'s deadband' })),
   },
   { additionalProperties: false, description: 'one value of a Modbus device' },
 )
@@ -42,6 +43,15 @@ const ModbusDevice = Type.Object(
       default: {},
       description: 'hub command name -> the writable register it sets; the command payload is {"value": ...} in engineering units',
     }),
+    reportByException: Type.Optional(
+      Type.Object(
+        {
+          deadband: Type.Number({ minimum: 0, default: 0, description: 'a number counts as changed when it moved by more than this since it was last sent' }),
+          heartbeatMs: Type.Integer({ minimum: 1000, default: 300000, description: 'all values are sent at least this often, changed or not' }),
+        },
+        { additionalProperties: false, description: 'send only values that changed (beyond the deadband), plus every value each heartbeat; without it every poll is sent whole' },
+      ),
+    ),
     shadow: Type.Object(
       {
         desired: Type.Array(Type.String(), { default: [], description: 'writable registers the shadow\'s desired state may set' }),

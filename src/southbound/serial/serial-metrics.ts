@@ -16,6 +16,7 @@ export interface SerialMetrics {
   exceptions: Counter<DeviceLabels>
   writes: Counter<DeviceLabels | 'result'>
   readingsRefused: Counter<DeviceLabels>
+  unchangedPolls: Counter<DeviceLabels>
   commandsIgnored: Counter<DeviceLabels | 'command'>
   shadowKeysIgnored: Counter<DeviceLabels>
   lines: Counter<'port'>
@@ -35,6 +36,7 @@ export function serialMetrics(m: AdapterMetrics): SerialMetrics {
     exceptions: m.counter('modbus_exceptions_total', 'Modbus exception answers (illegal address, device busy, ...)', dev),
     writes: m.counter('modbus_writes_total', 'register/coil writes from commands and shadow desired state, by result', [...dev, 'result']),
     readingsRefused: m.counter('readings_refused_total', 'readings not stored because the gateway refused them (disk full, stopping)', dev),
+    unchangedPolls: m.counter('modbus_unchanged_polls_total', 'polls with reportByException that sent nothing (no value moved beyond its deadband)', dev),
     commandsIgnored: m.counter('commands_ignored_total', 'protocol-internal commands and m2m messages a serial device cannot take', [...dev, 'command']),
     shadowKeysIgnored: m.counter('shadow_keys_ignored_total', 'shadow desired keys that name no register in shadow.desired', dev),
     lines: m.counter('lines_total', 'lines read from a line-protocol port and uploaded', ['port']),
