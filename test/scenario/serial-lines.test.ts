@@ -171,11 +171,40 @@ describe('line-protocol sensors through the gateway to the hub', () => {
     expect(rec.messages.filter((m) => m.topic.startsWith(`upload_data/${P}/s1/reading/`)).map((m) => json(m))).toEqual([{ t: 21.5, h: 40 }, { t: 30.25 }])
   })
 
-  it('writes a command as a line from its template and answers sent', async () => {
+  it('writes a command as a line from its template and answers sent, as the live monitor shows', async () => {
+    // A technician watches the port (server-sent events) while the command goes out.
+    const abort = new AbortController()
+    const res = await fetch(`http://127.0.0.1:${gw.web.port}/api/adapters/serial/ports/csv1/monitor`, {
+      headers: { authorization: `Bearer ${API_TOKEN}`, accept: 'text/event-stream' },
+      signal: abort.signal,
+    })
+    expect(res.headers.get('content-type')).toBe('text/event-stream')
+    const reader = res.body!.getReader()
+    const seen: { dir: string; text: string }[] = []
+    const watching = (async () => {
+      let buf = ''
+      for (;;) {
+        const { value, done } = await reader.read()
+        if (done) return
+        buf += Buffer.from(value).toString('utf8')
+        let at: number
+        while ((at = buf.indexOf('\n\n')) >= 0) {
+          seen.push(JSON.parse(buf.slice(0, at).replace(/^data: /, '')) as { dir: string; text: string })
+          buf = buf.slice(at + 2)
+        }
+      }
+    })().catch(() => undefined)
     await hub.publishAsHub(`cmd/${P}/c1/set_interval/plain/req-int-1`, '{"seconds": 30}')
     await until(() => sensors.csv1!.received.includes('INTERVAL 30 c1\r\n'), 10_000, `the sensor got ${JSON.stringify(sensors.csv1!.received)}`)
     const resp = await rec.waitFor((m) => m.topic.startsWith(`cmd_resp/${P}/c1/set_interval/req-int-1/`), 10_000, 'cmd_resp')
     expect(json(resp)).toEqual({ status: 'sent' })
+    await until(() => seen.some((f) => f.dir === 'out' && f.text === 'INTERVAL 30 c1..'), 10_000, `the monitor showed ${JSON.stringify(seen)}`)
+    // Earlier traffic is in the snapshot too, the sensor's reading among it.
+    expect(seen.some((f) => f.dir === 'in' && f.text.includes('22.5,41'))).toBe(true)
+    abort.abort()
+    await watching
+    const snapshot = await api<{ frames: { dir: string; hex: string }[] }>('/api/adapters/serial/ports/csv1/monitor')
+    expect(snapshot.frames.some((f) => f.dir === 'out' && Buffer.from(f.hex, 'hex').toString() === 'INTERVAL 30 c1\r\n')).toBe(true)
     await hub.publishAsHub(`cmd/${P}/c1/set_interval/plain/req-int-2`, '{"minutes": 1}')
     const bad = await rec.waitFor((m) => m.topic.startsWith(`cmd_resp/${P}/c1/set_interval/req-int-2/`), 10_000, 'cmd_resp')
     expect(json(bad)).toEqual({ status: 'failed', reason: 'the payload lacks seconds', code: 'bad_payload' })

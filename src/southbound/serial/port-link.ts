@@ -31,6 +31,8 @@ export interface PortLinkEvents {
   close: []
   /** An open attempt failed (the port is missing, busy or not permitted). */
   failed: []
+  /** Bytes went in or out (for the live monitor). */
+  traffic: [TrafficFrame]
 }
 
 export class PortLink extends EventEmitter<PortLinkEvents> {
@@ -139,7 +141,9 @@ export class PortLink extends EventEmitter<PortLinkEvents> {
   }
 
   private remember(dir: 'in' | 'out', bytes: Buffer): void {
-    this.recent.push({ at: Date.now(), dir, hex: bytes.toString('hex') })
+    const frame: TrafficFrame = { at: Date.now(), dir, hex: bytes.toString('hex') }
+    this.recent.push(frame)
     if (this.recent.length > MONITOR_FRAMES) this.recent.splice(0, this.recent.length - MONITOR_FRAMES)
+    this.emit('traffic', frame)
   }
 }

@@ -4,7 +4,13 @@
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyPluginAsync } from 'fastify'
 import { answerBits, answerWords, MAX_READ, readRequest } from './modbus-frame.js'
+import type { TrafficFrame } from './port-link.js'
 import type { SerialAdapter, PortRuntime } from './serial-adapter.js'
+
+/** The bytes as text for a technician, with what is not printable ASCII shown as `.`. */
+function printable(hex: string): string {
+  return Buffer.from(hex, 'hex').toString('latin1').replace(/[^\x20-\x7e]/g, '.')
+}
 
 const ReadBody = Type.Object(
   {
@@ -49,10 +55,34 @@ export function serialRoutes(adapter: SerialAdapter): FastifyPluginAsync {
   return async (app) => {
     app.get('/ports', async () => ({ ports: adapter.ports.map(portView) }))
 
+    // Live streams end when the web server closes, or it would wait for them.
+    const streams = new Set<() => void>()
+    app.addHook('preClose', (done) => {
+      for (const end of streams) end()
+      done()
+    })
+
     app.get<{ Params: { name: string } }>('/ports/:name/monitor', async (req, reply) => {
       const rt = adapter.port(req.params.name)
       if (!rt) return reply.code(404).send({ error: 'not_found', message: `no serial port named ${req.params.name}` })
-      return { port: rt.cfg.name, frames: rt.link.recent }
+      if (!(req.headers.accept ?? '').includes('text/event-stream')) return { port: rt.cfg.name, frames: rt.link.recent }
+      // Server-sent events: the recent frames, then each new one as it passes.
+      reply.hijack()
+      const res = reply.raw
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
+      const send = (f: TrafficFrame): void => {
+        res.write(`data: ${JSON.stringify({ port: rt.cfg.name, ...f, text: printable(f.hex) })}\n\n`)
+      }
+      rt.link.recent.forEach(send)
+      const link = rt.link
+      const end = (): void => {
+        link.off('traffic', send)
+        streams.delete(end)
+        res.end()
+      }
+      link.on('traffic', send)
+      streams.add(end)
+      req.raw.on('close', end)
     })
 
     app.post<{ Body: Static<typeof ReadBody> }>('/modbus/read', { schema: { body: ReadBody } }, async (req, reply) => {
