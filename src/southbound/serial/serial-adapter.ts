@@ -69,6 +69,7 @@ export class SerialAdapter implements SouthboundAdapter {
         rt.lines.start()
       }
       this.ports.push(rt)
+      this.warnUnregistered(rt)
       this.countOpenFailures(rt)
       link.start()
       for (const d of rt.modbus) d.start()
@@ -104,6 +105,16 @@ export class SerialAdapter implements SouthboundAdapter {
   /** A port by its configured name (for the diagnostics routes). */
   port(name: string): PortRuntime | undefined {
     return this.ports.find((p) => p.cfg.name === name)
+  }
+
+  /** A device missing from `devices:` works locally, but the hub's ACL and the tag/shadow copies do not know it. */
+  private warnUnregistered(rt: PortRuntime): void {
+    const refs = rt.modbus.length > 0 ? rt.modbus.map((d) => d.ref) : [...(rt.lines?.devices.values() ?? [])]
+    for (const ref of refs) {
+      if (!this.ctx.devices.get(ref)) {
+        this.ctx.log.warn({ port: rt.cfg.name, device: deviceKey(ref) }, `serial device ${deviceKey(ref)} is not in devices:; add it there so the hub accepts its data as a child of this gateway`)
+      }
+    }
   }
 
   private countOpenFailures(rt: PortRuntime): void {
