@@ -3,6 +3,7 @@
 // good line arrives; the port carries on. Commands become lines written from a template.
 import type { AdapterContext } from '../../core/adapter-context.js'
 import { RateLimitedLog } from '../../core/log.js'
+import { COMMAND_NAME_PATTERN, ID_RULE, isId } from '../../core/hub-topics.js'
 import { newMessageId } from '../../core/message-id.js'
 import type { Command, DeliveryResult, DeviceRef } from '../../core/types.js'
 import { deviceKey } from '../../core/types.js'
@@ -10,6 +11,13 @@ import { LineFramer, lineParser, type ParseResult } from './line-parsers.js'
 import type { PortLink } from './port-link.js'
 import type { PortConfig } from './schema.js'
 import type { SerialMetrics } from './serial-metrics.js'
+
+const DATA_TYPE = new RegExp(COMMAND_NAME_PATTERN)
+
+/** `{key}` placeholders filled from `values`. */
+function fill(template: string, values: Record<string, string>): string {
+  return template.replace(/\{([A-Za-z0-9_]+)\}/g, (m, k: string) => values[k] ?? m)
+}
 
 export type LineRejectReason = 'garbage' | 'too_long' | 'not_utf8' | 'unknown_device' | 'no_values' | 'partial'
 
@@ -72,6 +80,21 @@ export class LinePort {
     }
     const device = deviceId === undefined ? undefined : this.devices.get(deviceKey({ productId: this.cfg.productId!, deviceId }))
     if (!device) return this.reject('unknown_device', `device ${deviceId ?? '(none)'} is not in deviceIds`)
+    let dataType = this.cfg.dataType
+    if (this.cfg.dataTypeField !== undefined && fields[this.cfg.dataTypeField] !== undefined) {
+      dataType = String(fields[this.cfg.dataTypeField])
+      delete fields[this.cfg.dataTypeField]
+      // A device names data, never the protocol's internal `$` types.
+      if (!DATA_TYPE.test(dataType)) return this.reject('garbage', `DataType ${JSON.stringify(dataType).slice(0, 40)} is not allowed (${COMMAND_NAME_PATTERN})`)
+    }
+    const now = Date.now()
+    let messageId = newMessageId(now)
+    if (this.cfg.messageIdField !== undefined && fields[this.cfg.messageIdField] !== undefined) {
+      const own = String(fields[this.cfg.messageIdField])
+      delete fields[this.cfg.messageIdField]
+      if (!isId(own)) return this.reject('garbage', `MessageId ${JSON.stringify(own).slice(0, 40)} is not ${ID_RULE}`)
+      messageId = own
+    }
     if (Object.keys(fields).length === 0) return this.reject('no_values', text.slice(0, 80))
     if (!this.ctx.intakeOpen()) {
       this.metrics.readingsRefused.inc({ port: this.cfg.name, device: deviceKey(device) })
@@ -79,20 +102,32 @@ export class LinePort {
     }
     this.lines++
     this.metrics.lines.inc({ port: this.cfg.name })
-    const now = Date.now()
     const up = this.ctx.uplink({
-      topic: { kind: 'upload_data', productId: device.productId, deviceId: device.deviceId, name: this.cfg.dataType, messageId: newMessageId(now) },
+      topic: { kind: 'upload_data', productId: device.productId, deviceId: device.deviceId, name: dataType, messageId },
       payload: Buffer.from(JSON.stringify(fields)),
       transport: 'serial',
       receivedAt: now,
       meta: { port: this.cfg.path },
     })
-    const done = up.catch((err: unknown) => {
+    const ack = this.cfg.ack
+    const done = up.then(
+      // The device is acknowledged only once its reading is durable (DESIGN.md "Durability rules").
+      () => (ack === undefined ? undefined : this.writeAck(fill(ack, { messageId, deviceId: device.deviceId, dataType }))),
+      (err: unknown) => {
       this.metrics.readingsRefused.inc({ port: this.cfg.name, device: deviceKey(device) })
       this.rateLog.warn(`${this.cfg.name}:store`, { err, port: this.cfg.name }, 'a serial reading could not be stored; it is dropped')
-    })
+      },
+    )
     this.pending.add(done)
     void done.finally(() => this.pending.delete(done))
+  }
+
+  private async writeAck(line: string): Promise<void> {
+    try {
+      await this.link.write(Buffer.from(line + this.cfg.delimiter, 'utf8'))
+    } catch (err) {
+      this.rateLog.warn(`${this.cfg.name}:ack`, { err, port: this.cfg.name }, 'an acknowledgement could not be written; the device may resend (the hub drops it by its MessageId)')
+    }
   }
 
   /** A command for one of this port's devices: its template, filled from the payload, written as a line. */
@@ -118,8 +153,9 @@ export class LinePort {
       }
     }
     const missing: string[] = []
+    const own: Record<string, string> = { deviceId: cmd.device.deviceId, requestId: cmd.requestId, command: cmd.name, payload: cmd.payload.toString('utf8') }
     const line = c.template.replace(/\{([A-Za-z0-9_]+)\}/g, (_, k: string) => {
-      if (k === 'deviceId') return cmd.device.deviceId
+      if (own[k] !== undefined) return own[k]
       if (body[k] === undefined) missing.push(k)
       return String(body[k] ?? '')
     })

@@ -64,7 +64,11 @@ const ModbusDevice = Type.Object(
 )
 
 const LineCommand = Type.Object(
-  { template: Type.String({ description: 'the line written to the port; {name} is replaced by the payload\'s field of that name, {deviceId} by the device' }) },
+  {
+    template: Type.String({
+      description: 'the line written to the port: {field} is the payload\'s field of that name; {deviceId}, {requestId}, {command} and {payload} (the payload as sent) are the command\'s',
+    }),
+  },
   { additionalProperties: false },
 )
 
@@ -97,6 +101,13 @@ const Port = Type.Object(
     deviceField: Type.Optional(Type.String({ minLength: 1, description: 'lines: the field that names the device' })),
     deviceIds: Type.Array(Type.String({ pattern: ID_PATTERN }), { default: [], description: 'lines with deviceField: the devices expected on this port (others are counted and skipped)' }),
     dataType: Type.String({ pattern: COMMAND_NAME_PATTERN, default: 'reading', description: 'lines: the upload_data DataType' }),
+    dataTypeField: Type.Optional(Type.String({ minLength: 1, description: 'lines: a field naming the DataType of the line (else dataType); removed from the values' })),
+    messageIdField: Type.Optional(
+      Type.String({ minLength: 1, description: 'lines: a field carrying the reading\'s own MessageId, kept end to end so the hub drops a resent reading; removed from the values' }),
+    ),
+    ack: Type.Optional(
+      Type.String({ description: 'lines: a line written back once the reading is durable, e.g. "ACK {messageId}" ({messageId}, {deviceId}, {dataType}); nothing is written when it could not be stored' }),
+    ),
     columns: Type.Array(Type.String({ minLength: 1 }), { default: [], description: 'lines, csv: the column names, in order' }),
     separator: Type.Optional(Type.String({ minLength: 1, description: 'lines: csv column separator (default ","), kv pair separator (default ";")' })),
     pattern: Type.Optional(Type.String({ minLength: 1, description: 'lines, regex: a JavaScript regular expression with named groups' })),
@@ -118,7 +129,7 @@ export type RegisterConfig = Static<typeof Register>
 /** The type a register is read as (the schema's default depends on its table). */
 export const registerType = (r: RegisterConfig): NonNullable<RegisterConfig['type']> => r.type ?? (r.table === 'coil' || r.table === 'discrete' ? 'bool' : 'uint16')
 
-const LINE_KEYS = ['format', 'productId', 'deviceId', 'deviceField', 'pattern'] as const
+const LINE_KEYS = ['format', 'productId', 'deviceId', 'deviceField', 'pattern', 'dataTypeField', 'messageIdField', 'ack'] as const
 
 /** Rules across keys that the schema cannot say; each problem starts with its key path. */
 export function checkSerialConfig(cfg: SerialConfig): string[] {
