@@ -343,6 +343,9 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     await connection(pump, false, from)
     // A command while the slave is away waits in the gateway and is written once it answers again.
     await hub.publishAsHub(`cmd/${meter.productId}/${meter.deviceId}/set_setpoint/plain/req-queued-1`, '{"value": 23}')
+    // A version above any the gateway's copy reached (its own reports advance it, as the hub's would).
+    const doc = { state: { desired: { relay: true } }, metadata: {}, version: 100, timestamp: Math.floor(Date.now() / 1000) }
+    await hub.publishAsHub(`cmd/${meter.productId}/${meter.deviceId}/$update_shadow/plain/shadow-req-away`, JSON.stringify(doc), 0)
     await sleep(500)
     expect(rec.messages.some((m) => levels(m)[0] === 'cmd_resp' && levels(m)[4] === 'req-queued-1')).toBe(false)
     const timeouts = (await (await api('/api/adapters/serial/ports')).json()) as { ports: { devices: { counters: { timeouts: number } }[] }[] }
@@ -353,6 +356,10 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     await connection(meter, true, from)
     expect(json(await cmdResp('req-queued-1'))).toEqual({ status: 'ok' })
     expect(slave.writes).toContainEqual({ write: 'hr', unit: 1, address: 10, values: [230] })
+    // The desired state that arrived while it was away is applied once it is back, then confirmed.
+    const updated = await nextUpload(meter, '$shadow_updated', from, '$shadow_updated after the slave came back', (b) => b.version === 100)
+    expect(json(updated)).toEqual({ state: { desired: null }, version: 100 })
+    expect(slave.writes).toContainEqual({ write: 'co', unit: 1, address: 0, values: [1] })
   })
 
   it('reopens the port by itself when the adapter is unplugged and plugged back in', async () => {
