@@ -194,7 +194,7 @@ export class ModbusDevice {
         payload: Buffer.from(JSON.stringify(values)),
         transport: 'serial',
         receivedAt: now,
-        meta: { port: this.port.path },
+        meta: { port: this.port.path, unitId: this.cfg.unitId },
       })
       this.logged.delete('upload')
     } catch (err) {
