@@ -43,7 +43,7 @@ describe('Modbus readings at the core seam', () => {
               path: pair.gateway,
               baudRate: 19200,
               protocol: 'modbus-rtu',
-              timeoutMs: 300,
+              timeoutMs: 1000,
               devices: [{ unitId: 9, ...device, pollIntervalMs: 200, dataType: 'counter', registers: [{ name: 'count', table: 'holding', address: 5 }] }],
             },
           ],

@@ -38,7 +38,7 @@ describe('the serial adapter in the gateway process', () => {
             path: pair.gateway,
             baudRate: 38400,
             protocol: 'modbus-rtu',
-            timeoutMs: 300,
+            timeoutMs: 1000,
             devices: [{ unitId: 3, ...meter, pollIntervalMs: 500, dataType: 'power', registers: [{ name: 'voltage', table: 'input', address: 0, type: 'float32', unit: 'V' }] }],
           },
         ],

@@ -117,7 +117,7 @@ describe('the bus master over a real pty', () => {
     const opened = new Promise<void>((resolve) => link.once('open', resolve))
     link.start()
     await opened
-    master = new ModbusMaster(link, { timeoutMs: 300, retries: 2, baudRate: 19200, onAttempt: (_u, e) => events.push(e) })
+    master = new ModbusMaster(link, { timeoutMs: 600, retries: 2, baudRate: 19200, onAttempt: (_u, e) => events.push(e) })
   })
 
   afterAll(async () => {
