@@ -1,6 +1,7 @@
 // A line-protocol port: each line a device sends becomes one upload_data for the device it names
-// (or the port's one device). Bad lines are counted by reason and logged once per reason until a
-// good line arrives; the port carries on. Commands become lines written from a template.
+// (or the port's one device). Bad lines are counted by reason and logged at most once a minute per
+// reason; the port carries on. Commands become lines written from a template; with `ack`, the
+// device is acknowledged only once its reading is durable.
 import type { AdapterContext } from '../../core/adapter-context.js'
 import { RateLimitedLog } from '../../core/log.js'
 import { COMMAND_NAME_PATTERN, ID_RULE, isId } from '../../core/hub-topics.js'
