@@ -2,6 +2,7 @@
 // seam (the contract test's recording core) with a real pymodbus slave on a socat pty: the gateway
 // types with the port and unit as transport metadata, and a reading the core cannot store is
 // counted and dropped while polling carries on.
+import { symlink } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -85,5 +86,22 @@ describe('Modbus readings at the core seam', () => {
     await until(() => core.uplinks.length > before, 5_000, 'no reading after the store recovered')
     // The device stayed reachable throughout: a full disk is not the device's fault.
     expect(core.reachability.filter((r) => !r.reachable)).toEqual([])
+  })
+
+  it('refuses to start with two paths to one device node (a by-id link and its ttyUSB name)', async () => {
+    const alias = path.join(tmp.dir, 'by-id-alias')
+    await symlink(pair.gateway, alias)
+    const port = { protocol: 'modbus-rtu', devices: [{ unitId: 1, productId: 'meters', deviceId: 'twice', registers: [{ name: 'x', table: 'holding', address: 0 }] }] }
+    const cfg = (
+      parseConfig({
+        serial: { ports: [{ ...port, name: 'a', path: pair.gateway }, { ...port, name: 'b', path: alias, devices: [{ ...port.devices[0]!, deviceId: 'twice-b' }] }] },
+      }) as unknown as { serial: SerialConfig }
+    ).serial
+    const other = new ContractCore()
+    try {
+      await expect(new SerialAdapter(other, cfg).start()).rejects.toThrow(`serial.ports[1].path: ${alias} is the same device as serial.ports[0].path`)
+    } finally {
+      other.dispose()
+    }
   })
 })

@@ -2,6 +2,7 @@
 // polls or a line of text-protocol sensors. Every configured device is owned from the start,
 // reachable or not. A port that is missing or goes away never fails the adapter: it is reopened
 // with backoff and shows in the routes, the metrics and the log (docs/operators/serial.md).
+import { realpathSync } from 'node:fs'
 import type { AdapterContext } from '../../core/adapter-context.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
 import { deviceKey } from '../../core/types.js'
@@ -38,6 +39,7 @@ export class SerialAdapter implements SouthboundAdapter {
 
   async start(): Promise<void> {
     if (this.started) return
+    this.refuseSharedDevices()
     this.started = true
     for (const cfg of this.config.ports) {
       const link = new PortLink(cfg, this.ctx.log)
@@ -105,6 +107,25 @@ export class SerialAdapter implements SouthboundAdapter {
   /** A port by its configured name (for the diagnostics routes). */
   port(name: string): PortRuntime | undefined {
     return this.ports.find((p) => p.cfg.name === name)
+  }
+
+  /**
+   * Two paths to one device node (`/dev/serial/by-id/...` and `/dev/ttyUSB0`) would put two masters
+   * on one bus; the config check sees only the spelling, so the paths present now are resolved here.
+   */
+  private refuseSharedDevices(): void {
+    const seen = new Map<string, number>()
+    this.config.ports.forEach((p, i) => {
+      let real: string
+      try {
+        real = realpathSync(p.path)
+      } catch {
+        return // missing for now: it is opened (and reopened) when it appears
+      }
+      const had = seen.get(real)
+      if (had !== undefined) throw new Error(`serial.ports[${i}].path: ${p.path} is the same device as serial.ports[${had}].path (${real}); a port has one owner`)
+      seen.set(real, i)
+    })
   }
 
   /** A device missing from `devices:` works locally, but the hub's ACL and the tag/shadow copies do not know it. */
