@@ -331,9 +331,12 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
       `not every reading reached the hub (made ${made})`,
     )
     expect(arrived.size).toBe(made)
+    const back = rec.messages.length
     slave = new ModbusSlave(pair.device, path.join(tmp.dir, 'slave.json'), SLAVE)
     await slave.start()
-    await connection(meter, true, rec.messages.length)
+    // Both slaves answer again before the next test takes them away.
+    await connection(meter, true, back)
+    await connection(pump, true, back)
   })
 
   it('reports a slave that stops answering as disconnected, queues its commands, and connected again when it is back', async () => {
@@ -354,6 +357,7 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     slave = new ModbusSlave(pair.device, path.join(tmp.dir, 'slave.json'), SLAVE)
     await slave.start()
     await connection(meter, true, from)
+    await connection(pump, true, from)
     expect(json(await cmdResp('req-queued-1'))).toEqual({ status: 'ok' })
     expect(slave.writes).toContainEqual({ write: 'hr', unit: 1, address: 10, values: [230] })
     // The desired state that arrived while it was away is applied once it is back, then confirmed.
