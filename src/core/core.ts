@@ -185,6 +185,18 @@ export class Core {
         return found && info(found)
       },
       list: () => registry.list().map(info),
+      register: async (dev, opts) => {
+        const found = registry.get(dev)
+        if (found) return info(found)
+        try {
+          return info((await registry.add({ ...dev, tags: opts?.tags ?? [] })).device)
+        } catch (err) {
+          // Two events of a new device in flight at once: the other one created it meanwhile.
+          const now = registry.get(dev)
+          if (now && (err as { code?: string }).code === 'EXISTS') return info(now)
+          throw err
+        }
+      },
       onRevoked: (listener) => {
         registry.on('disabled', (ref: DeviceRef) => listener(ref, 'disabled'))
         registry.on('removed', (ref: DeviceRef) => listener(ref, 'removed'))

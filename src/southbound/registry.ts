@@ -6,6 +6,7 @@ import { Type, type Static, type TObject, type TOptional } from '@sinclair/typeb
 import type { Transport } from '../core/types.js'
 import type { AdapterModule } from './adapter-module.js'
 import { BrokerSchema, checkBrokerConfig } from './broker/schema.js'
+import { LorawanSchema, checkLorawanConfig } from './lorawan/schema.js'
 
 export interface AdapterEntry<S extends TObject = TObject> {
   /** The adapter's name in logs, metrics (`iothub_edge_{name}_...`), health and its routes. */
@@ -33,6 +34,7 @@ function alwaysOn<S extends TObject>(e: Omit<AdapterEntry<S>, 'always'>): Adapte
 
 export const builtInAdapters = {
   broker: alwaysOn({ name: 'broker', transport: 'mqtt', schema: BrokerSchema, required: true, check: checkBrokerConfig, load: () => import('./broker/index.js') }),
+  lorawan: optionalAdapter({ name: 'lorawan', transport: 'lorawan', schema: LorawanSchema, check: checkLorawanConfig, load: () => import('./lorawan/index.js') }),
 }
 
 /** The config properties the adapters contribute, typed per key. */
