@@ -385,7 +385,9 @@ export class LorawanAdapter implements SouthboundAdapter {
     }
     const data = cmd.encoding === 'base64' ? Buffer.from(cmd.payload.toString('utf8'), 'base64') : cmd.payload
     const what = cmd.via ? `${cmd.name} (tag ${cmd.via.tag})` : cmd.name
-    const sent = await this.sendDownlink(c, devEui, { fPort: spec.fPort, confirmed: spec.confirmed, data, expiresAt: cmd.expiresAt }, cmd, what)
+    // ExpiresAt is in UNIX seconds (PROTOCOL.md, "Identities").
+    const expiresAt = cmd.expiresAt !== undefined ? cmd.expiresAt * 1000 : undefined
+    const sent = await this.sendDownlink(c, devEui, { fPort: spec.fPort, confirmed: spec.confirmed, data, expiresAt }, cmd, what)
     return sent ? 'delivered' : 'offline'
   }
 
