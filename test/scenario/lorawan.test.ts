@@ -342,3 +342,84 @@ describe('LoRaWAN via ChirpStack (protobuf events)', () => {
     await r.sim.waitFor((u) => u.parsed.kind === 'cmd_resp' && u.parsed.requestId === rid && JSON.parse(u.payload.toString()).status === 'sent', 10_000, 'cmd_resp sent')
   })
 })
+
+describe('LoRaWAN JavaScript codecs in the sandbox', () => {
+  let r: Rig
+  let codecDir: string
+  const D = { devEui: '0505050505050505', productId: 'codec', deviceId: 'ttn-style' }
+  const THROWS = { devEui: '0606060606060606', productId: 'codec', deviceId: 'throws' }
+  const LOOPS = { devEui: '0707070707070707', productId: 'codec', deviceId: 'loops' }
+  const HOG = { devEui: '0808080808080808', productId: 'codec', deviceId: 'hog' }
+  const ESCAPE = { devEui: '0909090909090909', productId: 'codec', deviceId: 'escape' }
+  const codecs: Record<string, string> = {
+    // A TTN-style codec as public device repositories ship them.
+    'ttn.js': `
+      function decodeUplink(input) {
+        if (input.fPort !== 2) return { errors: ['unknown fPort ' + input.fPort] }
+        var t = (input.bytes[0] << 8 | input.bytes[1]); if (t & 0x8000) t -= 0x10000
+        return { data: { temperature: t / 10, humidity: input.bytes[2] / 2 }, warnings: input.bytes[2] > 200 ? ['humidity out of range'] : [] }
+      }
+      function encodeDownlink(input) { return { bytes: [input.data.level & 0xff], fPort: 15, warnings: [], errors: [] } }`,
+    'throws.js': 'function decodeUplink(input) { throw new TypeError("cannot read byte " + input.bytes.length) }',
+    'loops.js': 'function decodeUplink(input) { while (true) {} }',
+    'hog.js': 'function decodeUplink(input) { var a = []; for (;;) a.push(new Array(1 << 20).fill(input.fPort)) }',
+    'escape.js': `
+      function decodeUplink(input) {
+        var found
+        try { found = typeof this.constructor.constructor('return process')() } catch (e) { found = 'error: ' + e.message }
+        var req; try { req = typeof require } catch (e) { req = 'error' }
+        return { data: { process: found, require: req, globals: Object.getOwnPropertyNames(globalThis).filter(function (k) { return /process|require|fs|fetch|setTimeout/.test(k) }) } }
+      }`,
+  }
+  const dev = (d: typeof D, file: string) => ({ ...d, codec: path.join(codecDir, file) })
+  const dataOf = (d: { deviceId: string }) => (u: HubUpload): boolean => u.parsed.kind === 'upload_data' && u.parsed.deviceId === d.deviceId && (u.parsed.name ?? '').startsWith('fport_')
+
+  beforeAll(async () => {
+    codecDir = await mkdtemp(path.join(os.tmpdir(), 'lorawan-codecs-'))
+    const { writeFile } = await import('node:fs/promises')
+    for (const [f, src] of Object.entries(codecs)) await writeFile(path.join(codecDir, f), src)
+    r = await rig('json', { devices: [dev(D, 'ttn.js'), dev(THROWS, 'throws.js'), dev(LOOPS, 'loops.js'), dev(HOG, 'hog.js'), dev(ESCAPE, 'escape.js')] }, [D, THROWS, LOOPS, HOG, ESCAPE].map(ref))
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+    if (codecDir) await rm(codecDir, { recursive: true, force: true })
+  })
+
+  it('decodes with a TTN-style decodeUplink, and sends raw what it reports as errors', async () => {
+    await r.cs.publish('up', { devEui: D.devEui }, { deduplicationId: r.cs.nextId(), fPort: 2, data: Buffer.from([0xff, 0x38, 81]).toString('base64') })
+    const up = await r.sim.waitFor(dataOf(D), 10_000, 'the decoded uplink')
+    expect(JSON.parse(up.payload.toString())).toEqual({ temperature: -20, humidity: 40.5 })
+    await r.cs.publish('up', { devEui: D.devEui }, { deduplicationId: r.cs.nextId(), fPort: 9, data: 'AQ==' })
+    const raw = await r.sim.waitFor((u) => dataOf(D)(u) && u.parsed.name === 'fport_9', 10_000, 'the uplink the codec refused')
+    expect(JSON.parse(raw.payload.toString())).toEqual({ raw: 'AQ==', fPort: 9 })
+  })
+
+  it('survives codecs that throw, loop forever, exhaust memory or reach for process: counted, sent raw, the adapter keeps going', async () => {
+    const errorsBefore = metricValue(await r.metrics(), 'iothub_edge_lorawan_decode_errors_total', { codec: 'js' })
+    for (const d of [THROWS, LOOPS, HOG, ESCAPE]) {
+      await r.cs.publish('up', { devEui: d.devEui }, { deduplicationId: r.cs.nextId(), fPort: 3, data: 'AQID' })
+    }
+    for (const d of [THROWS, LOOPS, HOG]) {
+      const up = await r.sim.waitFor(dataOf(d), 20_000, `the uplink of ${d.deviceId}`)
+      expect(JSON.parse(up.payload.toString())).toEqual({ raw: 'AQID', fPort: 3 })
+    }
+    const escape = JSON.parse((await r.sim.waitFor(dataOf(ESCAPE), 10_000, 'the escape attempt')).payload.toString()) as Record<string, unknown>
+    expect(escape.process).toMatch(/^error: .*process/)
+    expect(escape.require).toBe('undefined')
+    expect(escape.globals).toEqual([])
+    expect(metricValue(await r.metrics(), 'iothub_edge_lorawan_decode_errors_total', { codec: 'js' })).toBe(errorsBefore + 3)
+    // The gateway process is intact and the looping and hungry codecs get a fresh engine next time.
+    expect(process.memoryUsage().rss).toBeLessThan(1024 ** 3)
+    await r.cs.publish('up', { devEui: HOG.devEui }, { deduplicationId: r.cs.nextId(), fPort: 4, data: 'BA==' })
+    await r.cs.publish('up', { devEui: D.devEui }, { deduplicationId: r.cs.nextId(), fPort: 2, data: Buffer.from([0, 215, 90]).toString('base64') })
+    const after = await r.sim.waitFor((u) => dataOf(D)(u) && JSON.parse(u.payload.toString()).temperature === 21.5, 20_000, 'a decoded uplink after the failures')
+    expect(JSON.parse(after.payload.toString())).toEqual({ temperature: 21.5, humidity: 45 })
+  }, 60_000)
+
+  it('encodes a JSON command with encodeDownlink when no fPort is configured for it', async () => {
+    await r.sim.command('codec', D.deviceId, 'set_level', { level: 7 })
+    const down = await r.cs.waitForDownlink((d) => d.devEui === D.devEui, 10_000, 'the encoded downlink')
+    expect(down).toMatchObject({ fPort: 15, confirmed: false, data: Buffer.from([7]) })
+  })
+})

@@ -18,6 +18,7 @@ import { newMessageId } from '../../core/message-id.js'
 import { BadEventError, encodeDownlink, isEventType, parseJsonEvent, parseProtobufEvent, type LoraEvent } from './chirpstack-events.js'
 import { CayenneError, decodeCayenne } from './cayenne-lpp.js'
 import { DeviceMap } from './device-map.js'
+import { CodecError, JsCodec } from './js-codec.js'
 import type { DeviceSettings, LorawanConfig } from './schema.js'
 
 const SWEEP_MS = 60_000
@@ -65,6 +66,8 @@ export class LorawanAdapter implements SouthboundAdapter {
   private readonly pending = new Map<string, PendingDownlink>()
   // Events whose uplink failed after their deduplicationId was marked seen: a redelivery must pass.
   private readonly retry = new Set<string>()
+  // JavaScript codecs by file, each in its own sandbox engine; null: it did not load.
+  private readonly codecs = new Map<string, JsCodec | null>()
   private readonly warn: RateLimitedLog
   private readonly seen
   private sweepTimer?: NodeJS.Timeout
@@ -74,6 +77,7 @@ export class LorawanAdapter implements SouthboundAdapter {
     duplicates: Counter<'type'>
     unknown: Counter
     decodeErrors: Counter<'codec'>
+    codecLoadFailures: Counter
     downlinks: Counter<'result'>
     logs: Counter<'code' | 'level'>
     connectedGauge: Gauge
@@ -93,6 +97,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       duplicates: mt.counter('duplicate_events_total', 'events dropped as repeats of a deduplicationId already handled', ['type']),
       unknown: mt.counter('unknown_device_events_total', 'events of devEuis neither listed nor auto-registered'),
       decodeErrors: mt.counter('decode_errors_total', 'uplinks whose payload the configured codec could not decode (sent raw)', ['codec']),
+      codecLoadFailures: mt.counter('codec_load_failures_total', 'JavaScript codec files that could not be loaded (their devices get raw payloads)'),
       downlinks: mt.counter('downlinks_total', 'downlinks and their fate: queued, sent, acknowledged, not_acknowledged, failed, expired, refused', ['result']),
       logs: mt.counter('log_events_total', 'ChirpStack log events, by code and level', ['code', 'level']),
       connectedGauge: mt.gauge('broker_connected', '1 while connected to ChirpStack\'s broker'),
@@ -107,6 +112,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       await this.ctx.devices.register(ref, { tags: d.tags })
       this.child(ref, d.devEui.toLowerCase())
     }
+    await this.loadCodecs()
     this.connect()
     this.sweepTimer = setInterval(() => this.sweep(), SWEEP_MS).unref()
   }
@@ -122,6 +128,28 @@ export class LorawanAdapter implements SouthboundAdapter {
     // Not forced: events in flight finish (and are PUBACKed) before the connection closes; the
     // session stays at the broker, which queues what comes meanwhile.
     if (client) await new Promise<void>((resolve) => client.end(false, {}, () => resolve()))
+    for (const c of this.codecs.values()) c?.dispose()
+    this.codecs.clear()
+  }
+
+  /** Load every JavaScript codec the config names; one that fails is reported and its devices get raw payloads. */
+  private async loadCodecs(): Promise<void> {
+    const files = new Set<string>()
+    for (const s of [...this.cfg.devices, ...Object.values(this.cfg.deviceProfiles)]) if (s.codec?.startsWith('/')) files.add(s.codec)
+    for (const file of files) {
+      try {
+        this.codecs.set(file, await JsCodec.load(file))
+      } catch (err) {
+        if (!(err instanceof CodecError)) throw err
+        this.codecs.set(file, null)
+        this.m.codecLoadFailures.inc()
+        this.ctx.log.error({ err: err.message, file, code: ErrorCodes.CONFIG_INVALID }, 'LoRaWAN codec not loaded; its devices\' payloads go up raw until it is fixed and the gateway restarted')
+      }
+    }
+  }
+
+  private jsCodec(settings: DeviceSettings): JsCodec | undefined {
+    return settings.codec?.startsWith('/') ? (this.codecs.get(settings.codec) ?? undefined) : undefined
   }
 
   owns(device: DeviceRef): boolean {
@@ -295,7 +323,7 @@ export class LorawanAdapter implements SouthboundAdapter {
     // fPort 0 carries MAC commands only: nothing for the hub but the radio facts.
     if (ev.fPort > 0) {
       const settings = this.map.settings(c.device, ev.device.deviceProfileName)
-      const decoded = this.decode(ev, settings)
+      const decoded = await this.decode(ev, settings)
       const payload: Record<string, unknown> = this.cfg.radioInPayload ? { ...decoded, _radio: { ...c.radio } } : decoded
       await this.ctx.uplink({
         topic: {
@@ -318,8 +346,20 @@ export class LorawanAdapter implements SouthboundAdapter {
   }
 
   /** ChirpStack's `object`, else the configured codec, else the raw bytes (issue 8, "Payload decoding"). */
-  private decode(ev: Extract<LoraEvent, { type: 'up' }>, settings: DeviceSettings): Record<string, unknown> {
+  private async decode(ev: Extract<LoraEvent, { type: 'up' }>, settings: DeviceSettings): Promise<Record<string, unknown>> {
     if (ev.object) return ev.object
+    const js = this.jsCodec(settings)
+    if (js) {
+      try {
+        const { data, warnings } = await js.decodeUplink(ev.data, ev.fPort, ev.time ?? new Date().toISOString())
+        if (warnings.length) this.warn.warn(`codec-warn:${ev.device.devEui}`, { devEui: ev.device.devEui, codec: js.file, warnings }, 'codec warnings')
+        return data
+      } catch (err) {
+        if (!(err instanceof CodecError)) throw err
+        this.m.decodeErrors.inc({ codec: 'js' })
+        this.warn.warn(`codec:${js.file}`, { devEui: ev.device.devEui, fPort: ev.fPort, codec: js.file, err: err.message }, 'JavaScript codec failed; payload sent raw')
+      }
+    }
     if (settings.codec === 'cayenne') {
       try {
         return decodeCayenne(ev.data)
@@ -377,6 +417,8 @@ export class LorawanAdapter implements SouthboundAdapter {
       return 'delivered'
     }
     const spec = settings.commands?.[cmd.name]
+    const js = this.jsCodec(settings)
+    if (!spec && js?.canEncode) return this.encodeCommand(c, devEui, cmd, js)
     if (!spec) {
       this.m.downlinks.inc({ result: 'refused' })
       this.warn.warn(`no-spec:${cmd.name}`, { device: deviceKey(cmd.device), command: cmd.name }, 'no fPort configured for this command (lorawan.devices[].commands); refused')
@@ -388,6 +430,30 @@ export class LorawanAdapter implements SouthboundAdapter {
     // ExpiresAt is in UNIX seconds (PROTOCOL.md, "Identities").
     const expiresAt = cmd.expiresAt !== undefined ? cmd.expiresAt * 1000 : undefined
     const sent = await this.sendDownlink(c, devEui, { fPort: spec.fPort, confirmed: spec.confirmed, data, expiresAt }, cmd, what)
+    return sent ? 'delivered' : 'offline'
+  }
+
+  /** A command without a configured fPort, encoded by the codec's encodeDownlink from its JSON payload. */
+  private async encodeCommand(c: LoraChildState, devEui: string, cmd: Command, js: JsCodec): Promise<DeliveryResult> {
+    let encoded: { bytes: Buffer; fPort?: number }
+    try {
+      const text = cmd.encoding === 'base64' ? Buffer.from(cmd.payload.toString('utf8'), 'base64').toString('utf8') : cmd.payload.toString('utf8')
+      let data: unknown
+      try {
+        data = JSON.parse(text)
+      } catch {
+        throw new CodecError('the command payload is not JSON, which encodeDownlink needs')
+      }
+      encoded = await js.encodeDownlink(data)
+      if (encoded.fPort === undefined) throw new CodecError('encodeDownlink returned no fPort')
+    } catch (err) {
+      if (!(err instanceof CodecError)) throw err
+      this.m.downlinks.inc({ result: 'refused' })
+      await this.ctx.replyFor(cmd, 'failed', { reason: err.message, code: 'codec' })
+      return 'delivered'
+    }
+    const expiresAt = cmd.expiresAt !== undefined ? cmd.expiresAt * 1000 : undefined
+    const sent = await this.sendDownlink(c, devEui, { fPort: encoded.fPort!, confirmed: false, data: encoded.bytes, expiresAt }, cmd, cmd.name)
     return sent ? 'delivered' : 'offline'
   }
 
@@ -404,14 +470,31 @@ export class LorawanAdapter implements SouthboundAdapter {
       return 'delivered'
     }
     const spec = settings.shadow
-    if (!spec) {
+    const js = this.jsCodec(settings)
+    let down: { fPort: number; data: Buffer } | undefined
+    if (js?.canEncode) {
+      try {
+        const encoded = await js.encodeDownlink(desired)
+        const fPort = encoded.fPort ?? spec?.fPort
+        if (fPort === undefined) throw new CodecError('encodeDownlink returned no fPort and shadow.fPort is not configured')
+        down = { fPort, data: encoded.bytes }
+      } catch (err) {
+        if (!(err instanceof CodecError)) throw err
+        this.m.downlinks.inc({ result: 'refused' })
+        this.warn.warn(`shadow-codec:${deviceKey(c.device)}`, { device: deviceKey(c.device), err: err.message }, 'desired state could not be encoded; it stays queued')
+        return 'offline'
+      }
+    } else if (spec) {
+      down = { fPort: spec.fPort, data: Buffer.from(JSON.stringify(desired)) }
+    }
+    if (!down) {
       // Kept queued by the core: it applies once the device's shadow downlink is configured.
       this.m.downlinks.inc({ result: 'refused' })
       this.warn.warn(`shadow-nospec:${deviceKey(c.device)}`, { device: deviceKey(c.device) },
-        'desired state for a LoRaWAN device without `shadow.fPort` configured; it waits until one is')
+        'desired state for a LoRaWAN device with neither `shadow.fPort` nor a codec with encodeDownlink; it waits until one is configured')
       return 'offline'
     }
-    const sent = await this.sendDownlink(c, c.devEui, { fPort: spec.fPort, confirmed: spec.confirmed, data: Buffer.from(JSON.stringify(desired)) }, undefined, '$update_shadow')
+    const sent = await this.sendDownlink(c, c.devEui, { ...down, confirmed: spec?.confirmed ?? false }, undefined, '$update_shadow')
     return sent ? 'delivered' : 'offline'
   }
 

@@ -65,8 +65,10 @@ const CommandSpec = Type.Object(
 /** What decodes and encodes one device's payloads; shared by a device profile's devices. */
 const deviceSettings = {
   codec: Type.Optional(
-    Type.Union([Type.Literal('cayenne'), Type.Literal('none')], {
-      description: 'payload codec when ChirpStack sends no decoded `object`: `cayenne` (Cayenne LPP) or `none` (raw bytes)',
+    Type.String({
+      pattern: '^(cayenne|none|/.+)$',
+      description:
+        'payload codec when ChirpStack sends no decoded `object`: `cayenne` (Cayenne LPP), `none` (raw bytes), or the absolute path of a JavaScript codec file (decodeUplink/encodeDownlink, as ChirpStack and TTN use)',
     }),
   ),
   dataTypes: Type.Optional(
