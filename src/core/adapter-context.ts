@@ -48,6 +48,12 @@ export interface DeviceDirectory {
 export interface SeenSet {
   /** True the first time within its time to live; false for a repeat. A synchronous durable write. */
   firstTime(id: string): boolean
+  /**
+   * Whether `id` was recorded (and has not expired), recording nothing. For marking only once the
+   * work is durable: check with `has()`, do the work, then `firstTime()`; a crash in between then
+   * repeats the work instead of losing it.
+   */
+  has(id: string): boolean
 }
 
 /** The adapter's own metrics, named `iothub_edge_{adapter}_{name}` on /metrics. */

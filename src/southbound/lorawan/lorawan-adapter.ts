@@ -64,8 +64,6 @@ export class LorawanAdapter implements SouthboundAdapter {
   private readonly map: DeviceMap
   private readonly children = new Map<string, LoraChildState>()
   private readonly pending = new Map<string, PendingDownlink>()
-  // Events whose uplink failed after their deduplicationId was marked seen: a redelivery must pass.
-  private readonly retry = new Set<string>()
   // JavaScript codecs by file, each in its own sandbox engine; null: it did not load.
   private readonly codecs = new Map<string, JsCodec | null>()
   private readonly warn: RateLimitedLog
@@ -247,18 +245,16 @@ export class LorawanAdapter implements SouthboundAdapter {
     }
     this.m.events.inc({ type })
     // [ChirpStack README] deduplicate on event type + deduplicationId (an `up` and its `status`
-    // share one id); QoS 1 means at-least-once.
+    // share one id); QoS 1 means at-least-once. The id is recorded only once what the event turned
+    // into is durable: a crash in between makes the broker send it again and it is taken in again,
+    // under the same MessageId (the hub's duplicate filter drops the copy), never lost.
     const dedupKey = ev.deduplicationId ? `${type}/${ev.deduplicationId}` : undefined
-    if (dedupKey && !this.retry.delete(dedupKey) && !this.seen.firstTime(dedupKey)) {
+    if (dedupKey && this.seen.has(dedupKey)) {
       this.m.duplicates.inc({ type })
       return
     }
-    try {
-      await this.handle(ev)
-    } catch (err) {
-      if (dedupKey) this.retry.add(dedupKey)
-      throw err
-    }
+    await this.handle(ev)
+    if (dedupKey) this.seen.firstTime(dedupKey)
   }
 
   private async handle(ev: LoraEvent): Promise<void> {
