@@ -71,6 +71,15 @@ export class ChirpstackBroker {
     await waitForTcp(this.port!, { timeoutMs: 10_000, abort: () => (isRunning(child) ? undefined : `mosquitto exited (${child.exitCode})`) })
   }
 
+  /** SIGTERM and wait (Mosquitto saves sessions and queued messages); start() brings it back on the same port. */
+  async stop(): Promise<void> {
+    const child = this.child
+    if (child && isRunning(child)) {
+      child.kill('SIGTERM')
+      await waitForExit(child, 10_000)
+    }
+  }
+
   async close(): Promise<void> {
     const child = this.child
     if (child && isRunning(child)) {

@@ -417,9 +417,53 @@ describe('LoRaWAN JavaScript codecs in the sandbox', () => {
     expect(JSON.parse(after.payload.toString())).toEqual({ temperature: 21.5, humidity: 45 })
   }, 60_000)
 
+  it('encodes desired shadow state with encodeDownlink', async () => {
+    const from = r.cs.downlinks.length
+    expect(await r.sim.setDesired('codec', D.deviceId, { level: 3 }, r.sim.shadowOf('codec', D.deviceId).version + 1)).toBe(true)
+    const down = await r.cs.waitForDownlink((d) => r.cs.downlinks.indexOf(d) >= from && d.devEui === D.devEui, 10_000, 'the encoded shadow downlink')
+    expect(down).toMatchObject({ fPort: 15, data: Buffer.from([3]) })
+    await r.sim.waitFor((u) => u.parsed.deviceId === D.deviceId && u.parsed.name === '$shadow_updated', 10_000, '$shadow_updated')
+  })
+
   it('encodes a JSON command with encodeDownlink when no fPort is configured for it', async () => {
+    const from = r.cs.downlinks.length
     await r.sim.command('codec', D.deviceId, 'set_level', { level: 7 })
-    const down = await r.cs.waitForDownlink((d) => d.devEui === D.devEui, 10_000, 'the encoded downlink')
+    const down = await r.cs.waitForDownlink((d) => r.cs.downlinks.indexOf(d) >= from && d.devEui === D.devEui, 10_000, 'the encoded downlink')
     expect(down).toMatchObject({ fPort: 15, confirmed: false, data: Buffer.from([7]) })
   })
+})
+
+describe('LoRaWAN device and broker availability', () => {
+  let r: Rig
+  const E = { devEui: '0a0a0a0a0a0a0a0a', productId: P, deviceId: 'quiet' }
+  const conn = (connected: boolean) => (u: HubUpload): boolean =>
+    u.parsed.deviceId === E.deviceId && u.parsed.name === '$connection' && json(u).connected === connected
+
+  beforeAll(async () => {
+    r = await rig('json', { devices: [{ ...E, commands: { ping: { fPort: 7 } } }], awayAfterSeconds: 2 }, [ref(E)])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+  })
+
+  it('reports a device disconnected after awayAfterSeconds of silence, and connected when heard again', async () => {
+    await r.cs.publish('up', { devEui: E.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'AA==' })
+    await r.sim.waitFor(conn(true), 10_000, '$connection connected')
+    await r.sim.waitFor(conn(false), 15_000, '$connection disconnected after the silence')
+    const from = r.sim.uploads.length
+    await r.cs.publish('up', { devEui: E.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'AQ==' })
+    await r.sim.waitFor((u) => r.sim.uploads.indexOf(u) >= from && conn(true)(u), 10_000, '$connection connected again')
+  })
+
+  it('keeps a command queued while ChirpStack\'s broker is down and sends it once it is back', async () => {
+    await r.cs.publish('up', { devEui: E.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'Ag==' })
+    await r.sim.waitFor((u) => u.parsed.deviceId === E.deviceId && u.parsed.name === 'fport_1' && json(u).raw === 'Ag==', 10_000, 'the uplink')
+    await r.broker.stop()
+    await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_broker_connected') === 0, 15_000, () => 'the adapter did not notice the broker going')
+    await r.sim.command(P, E.deviceId, 'ping', 'hi')
+    await r.broker.start()
+    const down = await r.cs.waitForDownlink((d) => d.devEui === E.devEui && d.fPort === 7, 20_000, 'the queued command')
+    expect(down.data.toString()).toBe('hi')
+  }, 40_000)
 })

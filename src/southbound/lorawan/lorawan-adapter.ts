@@ -21,6 +21,8 @@ import { DeviceMap } from './device-map.js'
 import { CodecError, JsCodec } from './js-codec.js'
 import type { DeviceSettings, LorawanConfig } from './schema.js'
 
+// Housekeeping (downlinks past their life, silent devices) runs this often, or more often for a
+// short awayAfterSeconds.
 const SWEEP_MS = 60_000
 // A status change this large goes up at once, whatever the interval (issue 8: "unless something
 // changed materially").
@@ -112,7 +114,8 @@ export class LorawanAdapter implements SouthboundAdapter {
     }
     await this.loadCodecs()
     this.connect()
-    this.sweepTimer = setInterval(() => this.sweep(), SWEEP_MS).unref()
+    const away = this.cfg.awayAfterSeconds * 1000
+    this.sweepTimer = setInterval(() => this.sweep(), away > 0 ? Math.min(SWEEP_MS, Math.max(1_000, away / 4)) : SWEEP_MS).unref()
   }
 
   async stop(): Promise<void> {
@@ -196,6 +199,8 @@ export class LorawanAdapter implements SouthboundAdapter {
       this.connected = true
       this.m.connectedGauge.set(1)
       this.ctx.log.info({ url: c.url, clientId: c.clientId, sessionPresent: connack.sessionPresent }, 'connected to ChirpStack\'s broker')
+      // Commands that waited while ChirpStack's broker was away go now to the devices heard from.
+      for (const child of this.children.values()) if (child.reachable) this.ctx.deviceReachable(child.device)
       if (!connack.sessionPresent) {
         client.subscribe(c.eventTopic, { qos: 1 }, (err) => {
           if (err) this.ctx.log.error({ err: err.message, topic: c.eventTopic, code: ErrorCodes.ADAPTER_FAILED }, 'could not subscribe to ChirpStack\'s events')
