@@ -15,6 +15,7 @@ import { HubSim, type HubUpload } from '../../src/tools/hub-sim.js'
 import { HUB_PASSWORD, HUB_USERNAME, HubBroker } from '../helpers/hub-broker.js'
 import { APP_ID, ChirpstackBroker, ChirpstackSim, example, type DeviceInfoArgs } from '../helpers/chirpstack.js'
 import { metricValue } from '../helpers/metrics.js'
+import type { LorawanAdapter } from '../../src/southbound/lorawan/lorawan-adapter.js'
 
 const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const GW_CLIENT_ID = `${gwLogin.productId}/${gwLogin.deviceId}/edge`
@@ -68,7 +69,7 @@ async function rig(encoding: 'json' | 'protobuf', lorawan: Record<string, unknow
     broker: { listeners: [{ host: '127.0.0.1', port: 0, zone: 'external' }] },
     http: { host: '127.0.0.1', port: 0, apiToken: API_TOKEN },
     northbound: { url: hub.url, mode: 'gateway' },
-    lorawan: { ...lorawan, chirpstack: { mqtt: { url: broker.url, clientId: `gw-lorawan-${encoding}` }, encoding } },
+    lorawan: { ...lorawan, chirpstack: { ...(lorawan.chirpstack as object), mqtt: { url: broker.url, clientId: `gw-lorawan-${encoding}` }, encoding } },
     log: { level: process.env.TEST_GATEWAY_LOG ?? 'silent' },
   })
   const gw = new Gateway(cfg)
@@ -436,11 +437,16 @@ describe('LoRaWAN JavaScript codecs in the sandbox', () => {
 describe('LoRaWAN device and broker availability', () => {
   let r: Rig
   const E = { devEui: '0a0a0a0a0a0a0a0a', productId: P, deviceId: 'quiet' }
+  const HTTP_SECRET = 'a-shared-secret-of-some-length'
   const conn = (connected: boolean) => (u: HubUpload): boolean =>
     u.parsed.deviceId === E.deviceId && u.parsed.name === '$connection' && json(u).connected === connected
 
   beforeAll(async () => {
-    r = await rig('json', { devices: [{ ...E, commands: { ping: { fPort: 7 } } }], awayAfterSeconds: 2 }, [ref(E)])
+    r = await rig('json', {
+      devices: [{ ...E, commands: { ping: { fPort: 7 } } }],
+      awayAfterSeconds: 2,
+      chirpstack: { http: { port: 0, secret: HTTP_SECRET } },
+    }, [ref(E)])
   }, 60_000)
 
   afterAll(async () => {
@@ -466,4 +472,48 @@ describe('LoRaWAN device and broker availability', () => {
     const down = await r.cs.waitForDownlink((d) => d.devEui === E.devEui && d.fPort === 7, 20_000, 'the queued command')
     expect(down.data.toString()).toBe('hi')
   }, 40_000)
+})
+
+describe('LoRaWAN via ChirpStack\'s HTTP integration', () => {
+  let r: Rig
+  const F = { devEui: '0b0b0b0b0b0b0b0b', productId: P, deviceId: 'posted' }
+  const SECRET = 'http-integration-secret-123'
+  const post = async (event: string, body: Buffer | string, contentType = 'application/json', secret = SECRET): Promise<number> => {
+    const port = r.gw.adapter<LorawanAdapter>('lorawan')!.httpPort!
+    const res = await fetch(`http://127.0.0.1:${port}/integrations/chirpstack?event=${event}`, {
+      method: 'POST', headers: { 'content-type': contentType, 'x-iothub-edge-secret': secret }, body: typeof body === 'string' ? body : new Uint8Array(body),
+    })
+    await res.arrayBuffer()
+    return res.status
+  }
+
+  beforeAll(async () => {
+    r = await rig('json', { devices: [F], chirpstack: { http: { port: 0, secret: SECRET } } }, [ref(F)])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+  })
+
+  it('takes JSON and protobuf events posted by ChirpStack, answering 200 once they are stored', async () => {
+    const pb = new ChirpstackSim('mqtt://unused', 'protobuf')
+    expect(await post('join', pb.encode('join', { devEui: F.devEui }, { deduplicationId: r.cs.nextId(), devAddr: '01020304' }), 'application/octet-stream')).toBe(200)
+    await r.sim.waitFor((u) => u.parsed.deviceId === F.deviceId && u.parsed.name === '$connection', 10_000, '$connection from the posted join')
+    const body = JSON.stringify({ ...example('up'), deviceInfo: { ...(example('up').deviceInfo as object), devEui: F.devEui }, deduplicationId: r.cs.nextId(), fPort: 4 })
+    expect(await post('up', body)).toBe(200)
+    const up = await r.sim.waitFor((u) => u.parsed.deviceId === F.deviceId && u.parsed.name === 'fport_4', 10_000, 'the posted uplink')
+    expect(json(up)).toEqual({ raw: 'qg==', fPort: 4 })
+  })
+
+  it('refuses a wrong secret (401), unreadable events (400) and other content types (415)', async () => {
+    const body = JSON.stringify({ ...example('up'), deviceInfo: { ...(example('up').deviceInfo as object), devEui: F.devEui }, deduplicationId: r.cs.nextId(), fPort: 5 })
+    expect(await post('up', body, 'application/json', 'wrong-secret-wrong-secret')).toBe(401)
+    expect(await post('up', '{"truncated": ')).toBe(400)
+    expect(await post('bogus', body)).toBe(400)
+    expect(await post('up', body, 'text/plain')).toBe(415)
+    expect(r.sim.received((u) => u.parsed.deviceId === F.deviceId && u.parsed.name === 'fport_5')).toEqual([])
+    const m = await r.metrics()
+    expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'malformed_json' })).toBe(1)
+    expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'bad_event_type' })).toBe(1)
+  })
 })

@@ -19,6 +19,7 @@ import { BadEventError, encodeDownlink, isEventType, parseJsonEvent, parseProtob
 import { CayenneError, decodeCayenne } from './cayenne-lpp.js'
 import { DeviceMap } from './device-map.js'
 import { CodecError, JsCodec } from './js-codec.js'
+import { HttpIntake } from './http-intake.js'
 import type { DeviceSettings, LorawanConfig } from './schema.js'
 
 // Housekeeping (downlinks past their life, silent devices) runs this often, or more often for a
@@ -61,6 +62,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   readonly name = 'lorawan'
   readonly kind = 'mapped'
   private client?: MqttClient
+  private http?: HttpIntake
   private started = false
   private connected = false
   private readonly map: DeviceMap
@@ -113,6 +115,13 @@ export class LorawanAdapter implements SouthboundAdapter {
       this.child(ref, d.devEui.toLowerCase())
     }
     await this.loadCodecs()
+    const h = this.cfg.chirpstack.http
+    if (h) {
+      this.http = new HttpIntake(h, (source, type, body, encoding) => this.onEvent(source, type, body, encoding), (status, why, remote) =>
+        this.warn.warn(`http:${status}`, { status, why, remote }, 'refused a request on the ChirpStack HTTP integration endpoint'))
+      await this.http.start()
+      this.ctx.log.info({ host: h.host, port: this.http.port, path: h.path }, 'taking ChirpStack HTTP integration events')
+    }
     this.connect()
     const away = this.cfg.awayAfterSeconds * 1000
     this.sweepTimer = setInterval(() => this.sweep(), away > 0 ? Math.min(SWEEP_MS, Math.max(1_000, away / 4)) : SWEEP_MS).unref()
@@ -122,6 +131,8 @@ export class LorawanAdapter implements SouthboundAdapter {
     if (!this.started) return
     this.started = false
     clearInterval(this.sweepTimer)
+    await this.http?.stop()
+    this.http = undefined
     const client = this.client
     this.client = undefined
     this.connected = false
@@ -151,6 +162,11 @@ export class LorawanAdapter implements SouthboundAdapter {
 
   private jsCodec(settings: DeviceSettings): JsCodec | undefined {
     return settings.codec?.startsWith('/') ? (this.codecs.get(settings.codec) ?? undefined) : undefined
+  }
+
+  /** The HTTP integration endpoint's port (when configured). */
+  get httpPort(): number | undefined {
+    return this.http?.port
   }
 
   owns(device: DeviceRef): boolean {
@@ -217,7 +233,8 @@ export class LorawanAdapter implements SouthboundAdapter {
     // event that cannot be made durable is not acknowledged; dropping the connection makes the
     // broker send it again from the persistent session.
     client.handleMessage = (packet, done) => {
-      this.onEvent(packet.topic, packet.payload as Buffer).then(
+      const topic = packet.topic
+      this.onEvent(topic, topic.slice(topic.lastIndexOf('/') + 1), packet.payload as Buffer, this.cfg.chirpstack.encoding).then(
         () => done(),
         (err: Error) => {
           this.warn.warn('not-durable', { err: err.message, topic: packet.topic, code: ErrorCodes.STORE_FAILED }, 'could not store a ChirpStack event; the broker will send it again')
@@ -230,23 +247,27 @@ export class LorawanAdapter implements SouthboundAdapter {
     }
   }
 
-  /** One message from ChirpStack's broker. Resolves when it may be acknowledged. */
-  private async onEvent(topic: string, body: Buffer): Promise<void> {
-    const type = topic.slice(topic.lastIndexOf('/') + 1)
+  /**
+   * One event from ChirpStack (an MQTT message, or an HTTP integration POST): `source` names where
+   * it came from in logs. Resolves once it may be acknowledged: 'taken' (durable, a duplicate, or of
+   * an unknown device) or 'bad' (unreadable: counted, logged, dropped); rejects when it could not be
+   * made durable.
+   */
+  private async onEvent(source: string, type: string, body: Buffer, encoding: 'json' | 'protobuf'): Promise<'taken' | 'bad'> {
     if (!isEventType(type)) {
-      this.m.bad.inc({ reason: 'bad_topic' })
-      this.warn.warn(`topic:${type}`, { topic }, 'not a ChirpStack event topic (the last level is not an event type); dropped')
-      return
+      this.m.bad.inc({ reason: 'bad_event_type' })
+      this.warn.warn(`type:${type.slice(0, 20)}`, { source }, 'not a ChirpStack event type (up, join, ack, txack, status, log, location); dropped')
+      return 'bad'
     }
     let ev: LoraEvent
     try {
-      ev = this.cfg.chirpstack.encoding === 'protobuf' ? parseProtobufEvent(type, body) : parseJsonEvent(type, body)
+      ev = encoding === 'protobuf' ? parseProtobufEvent(type, body) : parseJsonEvent(type, body)
     } catch (err) {
       if (!(err instanceof BadEventError)) throw err
       this.m.bad.inc({ reason: err.reason })
       this.ctx.metrics.rejected('malformed_packet')
-      this.warn.warn(`bad:${err.reason}`, { topic, err: err.message, bytes: body.length }, `unreadable ChirpStack ${type} event; dropped`)
-      return
+      this.warn.warn(`bad:${err.reason}`, { source, err: err.message, bytes: body.length }, `unreadable ChirpStack ${type} event; dropped`)
+      return 'bad'
     }
     this.m.events.inc({ type })
     // [ChirpStack README] deduplicate on event type + deduplicationId (an `up` and its `status`
@@ -256,10 +277,11 @@ export class LorawanAdapter implements SouthboundAdapter {
     const dedupKey = ev.deduplicationId ? `${type}/${ev.deduplicationId}` : undefined
     if (dedupKey && this.seen.has(dedupKey)) {
       this.m.duplicates.inc({ type })
-      return
+      return 'taken'
     }
     await this.handle(ev)
     if (dedupKey) this.seen.firstTime(dedupKey)
+    return 'taken'
   }
 
   private async handle(ev: LoraEvent): Promise<void> {

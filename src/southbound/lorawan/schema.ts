@@ -43,9 +43,21 @@ const Mqtt = Type.Object(
   { additionalProperties: false, default: {}, description: 'the gateway connects as a client to the broker ChirpStack publishes to (QoS 1, persistent session)' },
 )
 
+const Http = Type.Object(
+  {
+    host: Type.String({ default: '127.0.0.1', description: 'address to bind the HTTP integration endpoint' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 8091, description: 'its TCP port (8090 is the gateway API, 8080 ChirpStack\'s)' }),
+    path: Type.String({ default: '/integrations/chirpstack', pattern: '^/', description: 'the path ChirpStack\'s HTTP integration posts to (`?event=...` is added by ChirpStack)' }),
+    secretHeader: Type.String({ default: 'x-iothub-edge-secret', pattern: '^[A-Za-z0-9-]+$', description: 'the header carrying the shared secret (a header set in ChirpStack\'s integration)' }),
+    secret: Type.String({ minLength: 16, description: 'the shared secret; requests without it are refused (401)' }),
+  },
+  { additionalProperties: false, description: 'also take events from ChirpStack\'s HTTP integration (beside MQTT, which downlinks need)' },
+)
+
 const Chirpstack = Type.Object(
   {
     mqtt: Mqtt,
+    http: Type.Optional(Http),
     encoding: Type.Union([Type.Literal('json'), Type.Literal('protobuf')], {
       default: 'json',
       description: 'the encoding of ChirpStack\'s MQTT integration (`json = true` in chirpstack.toml is json); downlinks are sent the same way',
