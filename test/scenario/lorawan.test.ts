@@ -16,6 +16,9 @@ import { HUB_PASSWORD, HUB_USERNAME, HubBroker } from '../helpers/hub-broker.js'
 import { APP_ID, ChirpstackBroker, ChirpstackSim, example, type DeviceInfoArgs } from '../helpers/chirpstack.js'
 import { metricValue } from '../helpers/metrics.js'
 import type { LorawanAdapter } from '../../src/southbound/lorawan/lorawan-adapter.js'
+import { Server as GrpcServer, ServerCredentials, status as GrpcStatus, type sendUnaryData, type ServerUnaryCall, type ServiceError, type UntypedServiceImplementation } from '@grpc/grpc-js'
+import { DeviceServiceService } from '@chirpstack/chirpstack-api/api/device_grpc_pb.js'
+import devicePb from '@chirpstack/chirpstack-api/api/device_pb.js'
 
 const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const GW_CLIENT_ID = `${gwLogin.productId}/${gwLogin.deviceId}/edge`
@@ -515,5 +518,69 @@ describe('LoRaWAN via ChirpStack\'s HTTP integration', () => {
     const m = await r.metrics()
     expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'malformed_json' })).toBe(1)
     expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'bad_event_type' })).toBe(1)
+  })
+})
+
+describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
+  let r: Rig
+  let api: GrpcServer
+  const G = { devEui: '0c0c0c0c0c0c0c0c', productId: P, deviceId: 'via-api' }
+  const REFUSED = { devEui: '0d0d0d0d0d0d0d0d', productId: P, deviceId: 'not-in-chirpstack' }
+  const TOKEN = 'chirpstack-api-token'
+  const requests: { devEui: string; fPort: number; confirmed: boolean; data: Buffer; expiresAt?: number; auth?: string; id: string }[] = []
+
+  beforeAll(async () => {
+    // A grpc-js server built from the package's own service definition stands in for ChirpStack's API.
+    api = new GrpcServer()
+    api.addService(DeviceServiceService, {
+      enqueue: (call: ServerUnaryCall<devicePb.EnqueueDeviceQueueItemRequest, devicePb.EnqueueDeviceQueueItemResponse>, cb: sendUnaryData<devicePb.EnqueueDeviceQueueItemResponse>) => {
+        const item = call.request.getQueueItem()!
+        if (item.getDevEui() === REFUSED.devEui) return cb({ code: GrpcStatus.NOT_FOUND, details: 'Object does not exist (id: 0d0d0d0d0d0d0d0d)' } as ServiceError, null)
+        const id = `7e57${String(requests.length).padStart(4, '0')}-0000-4000-8000-000000000000`
+        requests.push({
+          devEui: item.getDevEui(), fPort: item.getFPort(), confirmed: item.getConfirmed(), data: Buffer.from(item.getData_asU8()),
+          expiresAt: item.getExpiresAt()?.toDate().getTime(), auth: call.metadata.get('authorization')[0] as string | undefined, id,
+        })
+        const res = new devicePb.EnqueueDeviceQueueItemResponse()
+        res.setId(id)
+        cb(null, res)
+      },
+    } as unknown as UntypedServiceImplementation)
+    const port = await new Promise<number>((resolve, reject) => api.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))))
+    r = await rig('json', {
+      devices: [{ ...G, commands: { open_valve: { fPort: 10, confirmed: true } } }, { ...REFUSED, commands: { open_valve: { fPort: 10 } } }],
+      chirpstack: { api: { url: `127.0.0.1:${port}`, token: TOKEN } },
+    }, [ref(G), ref(REFUSED)])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+    api?.forceShutdown()
+  })
+
+  it('queues a command with DeviceService.Enqueue (devEui, fPort, data, confirmed, expiry, token) and follows the returned id', async () => {
+    for (const d of [G, REFUSED]) await r.cs.publish('up', { devEui: d.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'AA==' })
+    await r.sim.waitFor((u) => u.parsed.deviceId === REFUSED.deviceId && u.parsed.name === 'fport_1', 10_000, 'the uplinks')
+    const expiresAt = Math.floor(Date.now() / 1000) + 300
+    const rid = await r.sim.command(P, G.deviceId, 'open_valve', Buffer.from([1, 2, 3]), { encoding: 'base64', expiresAt })
+    const req = await until(() => requests[0], 10_000, () => 'no Enqueue reached the API')
+    expect(req).toMatchObject({ devEui: G.devEui, fPort: 10, confirmed: true, data: Buffer.from([1, 2, 3]), expiresAt: expiresAt * 1000, auth: `Bearer ${TOKEN}` })
+    expect(r.cs.downlinks).toEqual([]) // nothing over MQTT
+    // The gateway follows the id once Enqueue answered (our server records the request before it answers).
+    await until(async () => {
+      const diag = (await (await fetch(`http://127.0.0.1:${r.gw.web.port}/api/adapters/lorawan/devices`, { headers: { authorization: `Bearer ${API_TOKEN}` } })).json()) as { devices: { devEui: string; pendingDownlinks: number }[] }
+      return diag.devices.find((d) => d.devEui === G.devEui)?.pendingDownlinks === 1
+    }, 10_000, () => 'the gateway does not follow the queued downlink')
+    await r.cs.publish('txack', { devEui: G.devEui }, { queueItemId: req.id })
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'sent', 10_000, 'cmd_resp sent')
+    await r.cs.publish('ack', { devEui: G.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: req.id, acknowledged: true })
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'acknowledged', 10_000, 'cmd_resp acknowledged')
+  })
+
+  it('answers failed when ChirpStack refuses the downlink', async () => {
+    const rid = await r.sim.command(P, REFUSED.deviceId, 'open_valve', 'on')
+    const reply = json(await r.sim.waitFor((u) => u.parsed.requestId === rid, 10_000, 'the reply'))
+    expect(reply).toMatchObject({ status: 'failed', code: 'enqueue' })
+    expect(String(reply.reason)).toContain('does not exist')
   })
 })

@@ -20,6 +20,7 @@ import { CayenneError, decodeCayenne } from './cayenne-lpp.js'
 import { DeviceMap } from './device-map.js'
 import { CodecError, JsCodec } from './js-codec.js'
 import { HttpIntake } from './http-intake.js'
+import { ChirpstackApi, EnqueueError } from './chirpstack-api.js'
 import type { DeviceSettings, LorawanConfig } from './schema.js'
 
 // Housekeeping (downlinks past their life, silent devices) runs this often, or more often for a
@@ -63,6 +64,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   readonly kind = 'mapped'
   private client?: MqttClient
   private http?: HttpIntake
+  private api?: ChirpstackApi
   private started = false
   private connected = false
   private readonly map: DeviceMap
@@ -115,6 +117,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       this.child(ref, d.devEui.toLowerCase())
     }
     await this.loadCodecs()
+    if (this.cfg.chirpstack.api) this.api = new ChirpstackApi(this.cfg.chirpstack.api)
     const h = this.cfg.chirpstack.http
     if (h) {
       this.http = new HttpIntake(h, (source, type, body, encoding) => this.onEvent(source, type, body, encoding), (status, why, remote) =>
@@ -140,6 +143,8 @@ export class LorawanAdapter implements SouthboundAdapter {
     // Not forced: events in flight finish (and are PUBACKed) before the connection closes; the
     // session stays at the broker, which queues what comes meanwhile.
     if (client) await new Promise<void>((resolve) => client.end(false, {}, () => resolve()))
+    this.api?.close()
+    this.api = undefined
     for (const c of this.codecs.values()) c?.dispose()
     this.codecs.clear()
   }
@@ -421,7 +426,9 @@ export class LorawanAdapter implements SouthboundAdapter {
   async deliver(cmd: Command): Promise<DeliveryResult> {
     const devEui = this.map.devEuiOf(cmd.device)
     const c = this.children.get(deviceKey(cmd.device))
-    if (!this.started || !devEui || !c?.reachable || !c.applicationId || !this.connected) return 'offline'
+    // Downlinks go through the gRPC API when configured, else through ChirpStack's broker (whose
+    // topic needs the application id, learnt from the device's events).
+    if (!this.started || !devEui || !c?.reachable || (!this.api && (!c.applicationId || !this.connected))) return 'offline'
     const settings = this.map.settings(cmd.device, c.deviceProfileName)
     if (cmd.name === '$update_shadow') return this.applyDesired(c, cmd, settings)
     // The core's other internals ($set_tags, $set_ntp, ...) have no LoRaWAN form: the core keeps
@@ -521,7 +528,12 @@ export class LorawanAdapter implements SouthboundAdapter {
     return sent ? 'delivered' : 'offline'
   }
 
-  /** Publish to ChirpStack's `command/down`; resolves true once its broker has it (PUBACK). */
+  /**
+   * Hand a downlink to ChirpStack: `DeviceService.Enqueue` when the API is configured, else a publish
+   * to `command/down` with an id of our own. Resolves true once ChirpStack (or its broker) has it;
+   * false when it should be tried again later. A downlink ChirpStack refuses outright is answered
+   * `failed` for its command and counts as handed over (true), so it does not wait forever.
+   */
   private async sendDownlink(
     c: LoraChildState,
     devEui: string,
@@ -529,13 +541,29 @@ export class LorawanAdapter implements SouthboundAdapter {
     cmd: Command | undefined,
     what: string,
   ): Promise<boolean> {
+    const until = d.expiresAt ?? Date.now() + this.cfg.downlinkTtlSeconds * 1000
+    if (this.api) {
+      let id: string
+      try {
+        id = await this.api.enqueue({ devEui, ...d })
+      } catch (err) {
+        if (!(err instanceof EnqueueError)) throw err
+        this.warn.warn(`enqueue:${err.transient}`, { err: err.message, device: deviceKey(c.device), what }, 'ChirpStack\'s API did not queue a downlink')
+        if (err.transient || !cmd) return false
+        this.m.downlinks.inc({ result: 'failed' })
+        await this.ctx.replyFor(cmd, 'failed', { reason: err.message, code: 'enqueue' })
+        return true
+      }
+      this.pending.set(id, { id, device: c.device, confirmed: d.confirmed, cmd, what, until, sent: false })
+      this.m.downlinks.inc({ result: 'queued' })
+      return true
+    }
     const client = this.client
     if (!client || !this.connected) return false
     const id = randomUUID()
     const topic = this.cfg.chirpstack.mqtt.commandTopic.replace('{applicationId}', c.applicationId ?? '').replace('{devEui}', devEui)
     const body = encodeDownlink({ id, devEui, ...d }, this.cfg.chirpstack.encoding)
     // Registered before publishing: a txack may come back before our PUBACK callback runs.
-    const until = d.expiresAt ?? Date.now() + this.cfg.downlinkTtlSeconds * 1000
     this.pending.set(id, { id, device: c.device, confirmed: d.confirmed, cmd, what, until, sent: false })
     try {
       await client.publishAsync(topic, body, { qos: 1 })

@@ -54,10 +54,20 @@ const Http = Type.Object(
   { additionalProperties: false, description: 'also take events from ChirpStack\'s HTTP integration (beside MQTT, which downlinks need)' },
 )
 
+const Api = Type.Object(
+  {
+    url: Type.String({ default: '127.0.0.1:8080', description: 'ChirpStack\'s gRPC API, host:port' }),
+    token: Type.String({ minLength: 1, description: 'an API token made in ChirpStack (API keys)' }),
+    tls: Type.Boolean({ default: false, description: 'use TLS (the system\'s CAs) towards the API' }),
+  },
+  { additionalProperties: false, description: 'ChirpStack\'s gRPC API: when set, downlinks are queued with DeviceService.Enqueue instead of MQTT' },
+)
+
 const Chirpstack = Type.Object(
   {
     mqtt: Mqtt,
     http: Type.Optional(Http),
+    api: Type.Optional(Api),
     encoding: Type.Union([Type.Literal('json'), Type.Literal('protobuf')], {
       default: 'json',
       description: 'the encoding of ChirpStack\'s MQTT integration (`json = true` in chirpstack.toml is json); downlinks are sent the same way',
