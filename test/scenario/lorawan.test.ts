@@ -528,6 +528,8 @@ describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
   const REFUSED = { devEui: '0d0d0d0d0d0d0d0d', productId: P, deviceId: 'not-in-chirpstack' }
   const TOKEN = 'chirpstack-api-token'
   const requests: { devEui: string; fPort: number; confirmed: boolean; data: Buffer; expiresAt?: number; auth?: string; id: string }[] = []
+  // When set, the next Enqueue answer is held back until the test releases it.
+  let hold: { release?: () => void } | undefined
 
   beforeAll(async () => {
     // A grpc-js server built from the package's own service definition stands in for ChirpStack's API.
@@ -543,7 +545,8 @@ describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
         })
         const res = new devicePb.EnqueueDeviceQueueItemResponse()
         res.setId(id)
-        cb(null, res)
+        if (hold) hold.release = () => cb(null, res)
+        else cb(null, res)
       },
     } as unknown as UntypedServiceImplementation)
     const port = await new Promise<number>((resolve, reject) => api.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))))
@@ -575,6 +578,21 @@ describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
     await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'sent', 10_000, 'cmd_resp sent')
     await r.cs.publish('ack', { devEui: G.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: req.id, acknowledged: true })
     await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'acknowledged', 10_000, 'cmd_resp acknowledged')
+  })
+
+  it('keeps a txack that overtakes the Enqueue answer (a Class C device served at once) and applies it then', async () => {
+    hold = {}
+    const before = requests.length
+    const rid = await r.sim.command(P, G.deviceId, 'open_valve', 'Ag==', { encoding: 'base64' })
+    const req = await until(() => requests[before], 10_000, () => 'no Enqueue reached the API')
+    const txacks = metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'txack' })
+    await r.cs.publish('txack', { devEui: G.devEui }, { queueItemId: req.id })
+    await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'txack' }) > txacks, 10_000, () => 'the txack was not taken in')
+    expect(r.sim.received((u) => u.parsed.requestId === rid)).toEqual([])
+    const { release } = hold
+    hold = undefined
+    release!()
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'sent', 10_000, 'cmd_resp sent after the Enqueue answer')
   })
 
   it('answers failed when ChirpStack refuses the downlink', async () => {

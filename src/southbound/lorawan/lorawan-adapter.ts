@@ -47,6 +47,12 @@ export interface LoraChildState {
   statusSent?: { at: number; battery?: number; externalPower?: boolean }
 }
 
+type Fate = { kind: 'txack' } | { kind: 'ack'; acknowledged: boolean } | { kind: 'log'; code: string; description: string }
+
+// Fates of queue items not (yet) known: kept this long, at most this many (see keepEarly).
+const EARLY_TTL_MS = 60_000
+const EARLY_MAX = 1_000
+
 /** A downlink handed to ChirpStack whose fate the gateway still follows. */
 interface PendingDownlink {
   id: string
@@ -70,6 +76,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   private readonly map: DeviceMap
   private readonly children = new Map<string, LoraChildState>()
   private readonly pending = new Map<string, PendingDownlink>()
+  private readonly early = new Map<string, { at: number; fates: Fate[] }>()
   // JavaScript codecs by file, each in its own sandbox engine; null: it did not load.
   private readonly codecs = new Map<string, JsCodec | null>()
   private readonly warn: RateLimitedLog
@@ -556,6 +563,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       }
       this.pending.set(id, { id, device: c.device, confirmed: d.confirmed, cmd, what, until, sent: false })
       this.m.downlinks.inc({ result: 'queued' })
+      await this.applyEarly(id)
       return true
     }
     const client = this.client
@@ -579,21 +587,14 @@ export class LorawanAdapter implements SouthboundAdapter {
 
   private async onTxAck(queueItemId: string): Promise<void> {
     const p = this.pending.get(queueItemId)
-    if (!p) return
-    this.m.downlinks.inc({ result: 'sent' })
-    if (!p.sent && p.cmd) await this.ctx.replyFor(p.cmd, 'sent')
-    p.sent = true
-    // An unconfirmed downlink's story ends here; a confirmed one waits for its ack.
-    if (!p.confirmed) this.pending.delete(queueItemId)
+    if (p) await this.applyFate(p, { kind: 'txack' })
+    else this.keepEarly(queueItemId, { kind: 'txack' })
   }
 
   private async onAck(queueItemId: string, acknowledged: boolean): Promise<void> {
     const p = this.pending.get(queueItemId)
-    if (!p) return
-    this.pending.delete(queueItemId)
-    this.m.downlinks.inc({ result: acknowledged ? 'acknowledged' : 'not_acknowledged' })
-    if (p.cmd) await this.ctx.replyFor(p.cmd, acknowledged ? 'acknowledged' : 'not_acknowledged')
-    else if (!acknowledged) this.ctx.log.warn({ device: deviceKey(p.device), what: p.what }, 'a confirmed LoRaWAN downlink was not acknowledged by the device')
+    if (p) await this.applyFate(p, { kind: 'ack', acknowledged })
+    else this.keepEarly(queueItemId, { kind: 'ack', acknowledged })
   }
 
   /**
@@ -603,22 +604,66 @@ export class LorawanAdapter implements SouthboundAdapter {
   private async onLog(c: LoraChildState, ev: Extract<LoraEvent, { type: 'log' }>): Promise<void> {
     c.logs[ev.code] = (c.logs[ev.code] ?? 0) + 1
     this.m.logs.inc({ code: ev.code, level: ev.level })
-    const p = ev.context.queue_item_id ? this.pending.get(ev.context.queue_item_id) : undefined
-    if (!p) {
-      if (ev.level !== 'INFO') this.warn.warn(`log:${ev.code}:${c.devEui}`, { devEui: c.devEui, code: ev.code, level: ev.level, description: ev.description }, 'ChirpStack reported a problem with a device')
-      return
+    const id = ev.context.queue_item_id
+    const p = id ? this.pending.get(id) : undefined
+    if (p) return this.applyFate(p, { kind: 'log', code: ev.code, description: ev.description })
+    if (id) this.keepEarly(id, { kind: 'log', code: ev.code, description: ev.description })
+    if (ev.level !== 'INFO') this.warn.warn(`log:${ev.code}:${c.devEui}`, { devEui: c.devEui, code: ev.code, level: ev.level, description: ev.description }, 'ChirpStack reported a problem with a device')
+  }
+
+  /** What ChirpStack says became of a downlink, as the reply to its command. */
+  private async applyFate(p: PendingDownlink, f: Fate): Promise<void> {
+    switch (f.kind) {
+      case 'txack':
+        this.m.downlinks.inc({ result: 'sent' })
+        if (!p.sent && p.cmd) await this.ctx.replyFor(p.cmd, 'sent')
+        p.sent = true
+        // An unconfirmed downlink's story ends here; a confirmed one waits for its ack.
+        if (!p.confirmed) this.pending.delete(p.id)
+        return
+      case 'ack':
+        this.pending.delete(p.id)
+        this.m.downlinks.inc({ result: f.acknowledged ? 'acknowledged' : 'not_acknowledged' })
+        if (p.cmd) await this.ctx.replyFor(p.cmd, f.acknowledged ? 'acknowledged' : 'not_acknowledged')
+        else if (!f.acknowledged) this.ctx.log.warn({ device: deviceKey(p.device), what: p.what }, 'a confirmed LoRaWAN downlink was not acknowledged by the device')
+        return
+      case 'log': {
+        this.pending.delete(p.id)
+        const expired = f.code === 'EXPIRED'
+        this.m.downlinks.inc({ result: expired ? 'expired' : 'failed' })
+        if (p.cmd) await this.ctx.replyFor(p.cmd, expired ? 'expired' : 'failed', expired ? {} : { reason: `${f.code}: ${f.description}` })
+        else this.ctx.log.warn({ device: deviceKey(p.device), what: p.what, code: f.code, description: f.description }, 'a LoRaWAN downlink failed; the device keeps its values until it reports them')
+        return
+      }
     }
-    this.pending.delete(p.id)
-    const expired = ev.code === 'EXPIRED'
-    this.m.downlinks.inc({ result: expired ? 'expired' : 'failed' })
-    if (p.cmd) await this.ctx.replyFor(p.cmd, expired ? 'expired' : 'failed', expired ? {} : { reason: `${ev.code}: ${ev.description}` })
-    else this.ctx.log.warn({ device: deviceKey(p.device), what: p.what, code: ev.code, description: ev.description }, 'a LoRaWAN downlink failed; the device keeps its values until it reports them')
+  }
+
+  /**
+   * With the gRPC API the queue item id is ChirpStack's, known only once Enqueue has answered: a fate
+   * that overtakes that answer (a Class C device served at once) is kept briefly and applied then.
+   */
+  private keepEarly(id: string, f: Fate): void {
+    if (!this.api || this.early.size >= EARLY_MAX) return
+    const e = this.early.get(id) ?? { at: Date.now(), fates: [] }
+    e.fates.push(f)
+    this.early.set(id, e)
+  }
+
+  private async applyEarly(id: string): Promise<void> {
+    const e = this.early.get(id)
+    if (!e) return
+    this.early.delete(id)
+    for (const f of e.fates) {
+      const p = this.pending.get(id)
+      if (p) await this.applyFate(p, f)
+    }
   }
 
   /** Forget downlinks past their life; report devices silent for too long as away. */
   private sweep(): void {
     const now = Date.now()
     for (const [id, p] of this.pending) if (p.until < now) this.pending.delete(id)
+    for (const [id, e] of this.early) if (now - e.at > EARLY_TTL_MS) this.early.delete(id)
     const away = this.cfg.awayAfterSeconds * 1000
     if (away > 0) {
       for (const c of this.children.values()) {
