@@ -75,6 +75,7 @@ export class ScriptSandbox {
   has(fn: string): boolean {
     const ctx = this.engine?.context
     if (!ctx) return false
+    this.engine!.runtime.setInterruptHandler(shouldInterruptAfterDeadline(Date.now() + this.opts.timeoutMs))
     const r = ctx.evalCode(`typeof globalThis[${JSON.stringify(fn)}] === 'function'`)
     if (r.error) {
       r.error.dispose()
