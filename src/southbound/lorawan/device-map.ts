@@ -52,22 +52,16 @@ export class DeviceMap {
   }
 
   /**
-   * Whether a child is one of this adapter's: listed, or shaped as the rule makes them (DeviceId a
-   * lower-case devEui; ProductId the fixed one when the rule says `fixed`). The second part lets
-   * the adapter claim children it auto-registered in an earlier run before they are heard from.
+   * Whether a child is one of this adapter's before it is heard from in this run: listed, or shaped
+   * as the `fixed` rule makes them (its ProductId, DeviceId a lower-case devEui). With a ProductId
+   * taken from ChirpStack's names any hex DeviceId of any product would match, including devices
+   * of other adapters, so those children are claimed only once heard from (the adapter keeps them).
    */
   isOurs(device: DeviceRef): boolean {
     if (this.byKey.has(deviceKey(device))) return true
     const rule = this.cfg.autoRegister
     if (!rule || !DEV_EUI_ID.test(device.deviceId) || this.byEui.has(device.deviceId)) return false
-    return rule.productIdFrom !== 'fixed' || device.productId === rule.productId
-  }
-
-  /** The devEui behind a child of this adapter. */
-  devEuiOf(device: DeviceRef): string | undefined {
-    const listed = this.byKey.get(deviceKey(device))
-    if (listed) return listed.devEui.toLowerCase()
-    return this.isOurs(device) ? device.deviceId : undefined
+    return rule.productIdFrom === 'fixed' && device.productId === rule.productId
   }
 
   /** Codec, data types, commands and shadow for a device: its own over its device profile's. */

@@ -431,8 +431,8 @@ export class LorawanAdapter implements SouthboundAdapter {
   // ---- downlinks and their fate ----------------------------------------------------------------
 
   async deliver(cmd: Command): Promise<DeliveryResult> {
-    const devEui = this.map.devEuiOf(cmd.device)
     const c = this.children.get(deviceKey(cmd.device))
+    const devEui = c?.devEui
     // Downlinks go through the gRPC API when configured, else through ChirpStack's broker (whose
     // topic needs the application id, learnt from the device's events).
     if (!this.started || !devEui || !c?.reachable || (!this.api && (!c.applicationId || !this.connected))) return 'offline'
