@@ -260,6 +260,9 @@ describe('LoRaWAN via ChirpStack (JSON events)', () => {
     const reply = await r.sim.rpc(P, A.deviceId, 'read_now', {}, 5_000)
     expect(reply.parsed.kind).toBe('rpc_resp')
     expect(json(reply)).toMatchObject({ status: 'failed', code: 'class_a_rpc' })
+    // An uplink with new radio facts since its first update_status, within statusIntervalSeconds
+    // and without a material change: still one (the replies above came after them, in order).
+    expect(uploads((u) => u.parsed.kind === 'update_status' && u.parsed.deviceId === A.deviceId)).toHaveLength(1)
   })
 
   it('applies desired shadow state as one downlink and the hub gets $shadow_updated', async () => {
