@@ -33,6 +33,13 @@ export interface DeviceDirectory {
   authenticate(device: DeviceRef, secret: string): Promise<AuthResult>
   get(device: DeviceRef): DeviceInfo | undefined
   list(): DeviceInfo[]
+  /**
+   * Mapped adapters: make sure a device the adapter maps exists as a child (a LoRaWAN device heard
+   * from for the first time under an auto-registration rule). Creates it with these tags when
+   * absent, with a random secret nobody is told (it cannot log in itself: the adapter speaks for
+   * it); returns the existing device unchanged otherwise.
+   */
+  register(device: DeviceRef, opts?: { tags?: string[] }): Promise<DeviceInfo>
   /** The device was disabled or removed: close what it holds open. */
   onRevoked(listener: (device: DeviceRef, why: 'disabled' | 'removed') => void): void
 }
@@ -41,6 +48,12 @@ export interface DeviceDirectory {
 export interface SeenSet {
   /** True the first time within its time to live; false for a repeat. A synchronous durable write. */
   firstTime(id: string): boolean
+  /**
+   * Whether `id` was recorded (and has not expired), recording nothing. For marking only once the
+   * work is durable: check with `has()`, do the work, then `firstTime()`; a crash in between then
+   * repeats the work instead of losing it.
+   */
+  has(id: string): boolean
 }
 
 /** The adapter's own metrics, named `iothub_edge_{adapter}_{name}` on /metrics. */

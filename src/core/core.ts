@@ -159,7 +159,10 @@ export class Core {
       log: log.child({ component: adapter }),
       metrics: metrics.forAdapter(adapter),
       devices: this.directory(),
-      seen: (name, ttlMs) => ({ firstTime: (id) => store.seen.firstTime(`${adapter}/${name}`, id, ttlMs) }),
+      seen: (name, ttlMs) => ({
+        firstTime: (id) => store.seen.firstTime(`${adapter}/${name}`, id, ttlMs),
+        has: (id) => store.seen.has(`${adapter}/${name}`, id),
+      }),
       uplink: (up) => this.pipeline.uplink(up),
       intakeOpen: () => this.intake.isOpen(),
       onIntakeChange: (l) => this.intake.onChange(l),
@@ -184,6 +187,18 @@ export class Core {
         return found && info(found)
       },
       list: () => registry.list().map(info),
+      register: async (dev, opts) => {
+        const found = registry.get(dev)
+        if (found) return info(found)
+        try {
+          return info((await registry.add({ ...dev, tags: opts?.tags ?? [] })).device)
+        } catch (err) {
+          // Two events of a new device in flight at once: the other one created it meanwhile.
+          const now = registry.get(dev)
+          if (now && (err as { code?: string }).code === 'EXISTS') return info(now)
+          throw err
+        }
+      },
       onRevoked: (listener) => {
         registry.on('disabled', (ref: DeviceRef) => listener(ref, 'disabled'))
         registry.on('removed', (ref: DeviceRef) => listener(ref, 'removed'))

@@ -7,6 +7,7 @@ import type { Transport } from '../core/types.js'
 import type { AdapterModule } from './adapter-module.js'
 import { BrokerSchema, checkBrokerConfig } from './broker/schema.js'
 import { SerialSchema, checkSerialConfig } from './serial/schema.js'
+import { LorawanSchema, checkLorawanConfig } from './lorawan/schema.js'
 
 export interface AdapterEntry<S extends TObject = TObject> {
   /** The adapter's name in logs, metrics (`iothub_edge_{name}_...`), health and its routes. */
@@ -35,6 +36,7 @@ function alwaysOn<S extends TObject>(e: Omit<AdapterEntry<S>, 'always'>): Adapte
 export const builtInAdapters = {
   broker: alwaysOn({ name: 'broker', transport: 'mqtt', schema: BrokerSchema, required: true, check: checkBrokerConfig, load: () => import('./broker/index.js') }),
   serial: optionalAdapter({ name: 'serial', transport: 'serial', schema: SerialSchema, check: checkSerialConfig, load: () => import('./serial/index.js') }),
+  lorawan: optionalAdapter({ name: 'lorawan', transport: 'lorawan', schema: LorawanSchema, check: checkLorawanConfig, load: () => import('./lorawan/index.js') }),
 }
 
 /** The config properties the adapters contribute, typed per key. */

@@ -35,6 +35,7 @@ export class ContractCore implements AdapterContext {
       authenticate: (d, secret) => registry.authenticate(d, secret),
       get: (d) => registry.get(d),
       list: () => registry.list(),
+      register: async (d, opts) => registry.get(d) ?? (await registry.add({ ...d, tags: opts?.tags ?? [] })).device,
       onRevoked: (l) => {
         registry.on('disabled', (d: DeviceRef) => l(d, 'disabled'))
         registry.on('removed', (d: DeviceRef) => l(d, 'removed'))
@@ -43,7 +44,7 @@ export class ContractCore implements AdapterContext {
   }
 
   seen(name: string, ttlMs: number): SeenSet {
-    return { firstTime: (id) => this.seenStore.firstTime(`contract/${name}`, id, ttlMs) }
+    return { firstTime: (id) => this.seenStore.firstTime(`contract/${name}`, id, ttlMs), has: (id) => this.seenStore.has(`contract/${name}`, id) }
   }
 
   /** Mapped devices reported reachable (true) or away (false), in order. */

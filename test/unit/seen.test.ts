@@ -36,6 +36,17 @@ describe('SeenStore', () => {
     expect(new SeenStore(db).firstTime('lorawan/dedup', 'b', 60_000)).toBe(false)
   })
 
+  it('answers has() without recording, so an adapter can record only once its work is durable', () => {
+    const s = new SeenStore(db)
+    const t = 2_000_000
+    expect(s.has('lorawan/events', 'up/c', t)).toBe(false)
+    expect(s.has('lorawan/events', 'up/c', t)).toBe(false) // still not recorded
+    expect(s.firstTime('lorawan/events', 'up/c', 60_000, t)).toBe(true)
+    expect(s.has('lorawan/events', 'up/c', t + 1)).toBe(true)
+    expect(s.has('coap/mid', 'up/c', t + 1)).toBe(false) // another scope
+    expect(s.has('lorawan/events', 'up/c', t + 60_001)).toBe(false) // expired
+  })
+
   it('sweeps what has expired, and only that', () => {
     const s = new SeenStore(db)
     s.firstTime('x', 'old', 1_000, 0)

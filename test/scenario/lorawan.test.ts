@@ -1,0 +1,607 @@
+// LoRaWAN devices behind ChirpStack v4 (issue 8), end to end: a real Mosquitto (MQTT 5) stands in
+// for ChirpStack's broker and ChirpstackSim publishes ChirpStack's own events on it (its documented
+// JSON examples, and protobuf built with @chirpstack/chirpstack-api's classes); the gateway runs in
+// this process (the real Gateway, SQLite in a temp dir) with the LoRaWAN adapter configured under
+// `lorawan:`; the hub is Mosquitto with the hub's ACL plus the hub simulator.
+import { mkdtemp, rm } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { parseConfig } from '../../src/config.js'
+import { Gateway } from '../../src/gateway.js'
+import { tagFilter } from '../../src/core/hub-topics.js'
+import { HubSim, type HubUpload } from '../../src/tools/hub-sim.js'
+import { HUB_PASSWORD, HUB_USERNAME, HubBroker } from '../helpers/hub-broker.js'
+import { APP_ID, ChirpstackBroker, ChirpstackSim, example, type DeviceInfoArgs } from '../helpers/chirpstack.js'
+import { metricValue } from '../helpers/metrics.js'
+import type { LorawanAdapter } from '../../src/southbound/lorawan/lorawan-adapter.js'
+import { Server as GrpcServer, ServerCredentials, status as GrpcStatus, type sendUnaryData, type ServerUnaryCall, type ServiceError, type UntypedServiceImplementation } from '@grpc/grpc-js'
+import { DeviceServiceService } from '@chirpstack/chirpstack-api/api/device_grpc_pb.js'
+import devicePb from '@chirpstack/chirpstack-api/api/device_pb.js'
+
+const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
+const GW_CLIENT_ID = `${gwLogin.productId}/${gwLogin.deviceId}/edge`
+const API_TOKEN = 'lorawan-test-token'
+const P = 'sensors'
+
+// room-101 is the device of ChirpStack's example events (devEui 0101010101010101).
+const A = { devEui: '0101010101010101', productId: P, deviceId: 'room-101' }
+const B = { devEui: '0202020202020202', productId: P, deviceId: 'room-102' }
+const C = { devEui: '0303030303030303', productId: P, deviceId: 'room-103' }
+const CLASS_C = { devEui: '0404040404040404', productId: P, deviceId: 'valve-104' }
+const UNKNOWN: DeviceInfoArgs = { devEui: 'ffffffffffffffff' }
+const ref = (d: { productId: string; deviceId: string }): { productId: string; deviceId: string } => ({ productId: d.productId, deviceId: d.deviceId })
+
+const json = (u: HubUpload): Record<string, unknown> => JSON.parse(u.payload.toString('utf8')) as Record<string, unknown>
+
+async function until<T>(check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, what: () => string): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await check()
+    if (v !== undefined && v !== false) return v
+    if (Date.now() > deadline) throw new Error(`${what()} (waited ${timeoutMs} ms)`)
+    await sleep(25)
+  }
+}
+
+interface Rig {
+  hub: HubBroker
+  sim: HubSim
+  broker: ChirpstackBroker
+  cs: ChirpstackSim
+  gw: Gateway
+  dataDir: string
+  metrics(): Promise<string>
+  close(): Promise<void>
+}
+
+/** Hub, ChirpStack's broker and a gateway with the LoRaWAN adapter in the given encoding. */
+async function rig(encoding: 'json' | 'protobuf', lorawan: Record<string, unknown>, children: { productId: string; deviceId: string }[]): Promise<Rig> {
+  const hub = new HubBroker({ devices: [], gateway: { ...gwLogin, children } })
+  await hub.start()
+  const sim = new HubSim({ url: hub.url, username: HUB_USERNAME, password: HUB_PASSWORD })
+  await sim.start()
+  const broker = new ChirpstackBroker()
+  await broker.start()
+  const cs = new ChirpstackSim(broker.url, encoding)
+  await cs.start()
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'lorawan-'))
+  const cfg = parseConfig({
+    gateway: { ...gwLogin, dataDir },
+    broker: { listeners: [{ host: '127.0.0.1', port: 0, zone: 'external' }] },
+    http: { host: '127.0.0.1', port: 0, apiToken: API_TOKEN },
+    northbound: { url: hub.url, mode: 'gateway' },
+    lorawan: { ...lorawan, chirpstack: { ...(lorawan.chirpstack as object), mqtt: { url: broker.url, clientId: `gw-lorawan-${encoding}` }, encoding } },
+    log: { level: process.env.TEST_GATEWAY_LOG ?? 'silent' },
+  })
+  const gw = new Gateway(cfg)
+  await gw.start()
+  await until(() => gw.bridge.status().connected, 15_000, () => 'the hub link did not come up')
+  // The adapter is connected and subscribed once its connection gauge says so.
+  const metrics = async (): Promise<string> => (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
+  await until(async () => metricValue(await metrics(), 'iothub_edge_lorawan_broker_connected') === 1, 15_000, () => 'the adapter did not connect to ChirpStack\'s broker')
+  return {
+    hub,
+    sim,
+    broker,
+    cs,
+    gw,
+    dataDir,
+    metrics,
+    close: async () => {
+      await gw.stop()
+      await cs.stop()
+      await sim.stop()
+      await broker.close()
+      await hub.close()
+      await rm(dataDir, { recursive: true, force: true })
+    },
+  }
+}
+
+const deviceConfig = {
+  devices: [
+    {
+      ...A,
+      dataTypes: { '1': 'telemetry' },
+      commands: { open_valve: { fPort: 10, confirmed: true }, beep: { fPort: 11 } },
+      shadow: { fPort: 20, confirmed: false, reportedKeys: ['mode'] },
+      tags: ['floor1'],
+    },
+    { ...B, codec: 'cayenne', tags: ['floor1'] },
+    { ...C },
+    { ...CLASS_C, commands: { open: { fPort: 5 } } },
+  ],
+  // Every device of this profile beeps on port 11 unless its own settings say otherwise.
+  deviceProfiles: { 'Test device-profile': { commands: { beep: { fPort: 11 } } } },
+  statusIntervalSeconds: 3600,
+}
+
+describe('LoRaWAN via ChirpStack (JSON events)', () => {
+  let r: Rig
+  const uploads = (p: (u: HubUpload) => boolean): HubUpload[] => r.sim.received(p)
+  const dataOf = (d: { deviceId: string }, name?: string) => (u: HubUpload): boolean =>
+    u.parsed.kind === 'upload_data' && u.parsed.deviceId === d.deviceId && (name === undefined || u.parsed.name === name)
+  const replyTo = (requestId: string, status?: string) => (u: HubUpload): boolean =>
+    (u.parsed.kind === 'cmd_resp' || u.parsed.kind === 'rpc_resp') && u.parsed.requestId === requestId && (status === undefined || json(u).status === status)
+
+  beforeAll(async () => {
+    r = await rig('json', deviceConfig, [A, B, C, CLASS_C].map(ref))
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+  })
+
+  it('turns ChirpStack\'s documented up event into upload_data, $connection and update_status with the radio facts', async () => {
+    // The example as ChirpStack documents it: fPort 1, data "qg==", no `object`, one gateway.
+    await r.cs.publishRaw(A.devEui, 'up', JSON.stringify(example('up')))
+    const up = await r.sim.waitFor(dataOf(A, 'telemetry'), 10_000, 'upload_data for the example uplink')
+    expect(json(up)).toEqual({ raw: 'qg==', fPort: 1 })
+    expect(up.parsed.messageId).toMatch(/^[0-9a-f]{24}$/)
+    const conn = await r.sim.waitFor(dataOf(A, '$connection'), 10_000, '$connection for room-101')
+    expect(json(conn)).toMatchObject({ connected: true, transport: 'lorawan' })
+    const status = await r.sim.waitFor((u) => u.parsed.kind === 'update_status' && u.parsed.deviceId === A.deviceId, 10_000, 'update_status for room-101')
+    expect(json(status)).toMatchObject({ transport: 'lorawan', devEui: A.devEui, rssi: -36, snr: 10.5, gateways: 1, frequency: 867100000, dr: 1 })
+    // The child exists in the registry with its configured tags.
+    const dev = (await (await fetch(`http://127.0.0.1:${r.gw.web.port}/api/devices/${P}/${A.deviceId}`, { headers: { authorization: `Bearer ${API_TOKEN}` } })).json()) as { device: { tags: string[] } }
+    expect(dev.device.tags).toEqual(['floor1'])
+  })
+
+  it('sends ChirpStack\'s decoded `object` as it is, with the best RSSI/SNR of several gateways', async () => {
+    const id = r.cs.nextId()
+    await r.cs.publish('up', { devEui: A.devEui }, {
+      deduplicationId: id, time: new Date().toISOString(), fPort: 1, fCnt: 7, dr: 5, data: 'AQI=', adr: false, confirmed: false,
+      object: { temperature: 21.5, humidity: 40.0, mode: 'comfort' },
+      rxInfo: [{ gatewayId: 'aa', rssi: -110, snr: -3.5 }, { gatewayId: 'bb', rssi: -70, snr: 7.25 }],
+    })
+    const up = await r.sim.waitFor((u) => dataOf(A, 'telemetry')(u) && json(u).temperature === 21.5, 10_000, 'the decoded uplink')
+    expect(json(up)).toEqual({ temperature: 21.5, humidity: 40, mode: 'comfort' })
+    // `mode` is a shadow-reported key of room-101: the core reports it to the shadow.
+    const reported = await r.sim.waitFor((u) => dataOf(A, '$shadow_reported')(u), 10_000, '$shadow_reported for mode')
+    expect(json(reported)).toMatchObject({ state: { reported: { mode: 'comfort' } } })
+    const diag = await (await fetch(`http://127.0.0.1:${r.gw.web.port}/api/adapters/lorawan/devices`, { headers: { authorization: `Bearer ${API_TOKEN}` } })).json() as {
+      connected: boolean; devices: { devEui: string; radio?: { rssi: number; snr: number; gateways: number; fCnt: number } }[]
+    }
+    expect(diag.connected).toBe(true)
+    expect(diag.devices.find((d) => d.devEui === A.devEui)?.radio).toMatchObject({ rssi: -70, snr: 7.25, gateways: 2, fCnt: 7 })
+  })
+
+  it('decodes Cayenne LPP for a device configured with that codec, and sends undecodable bytes raw', async () => {
+    // Channel 3 temperature 27.2 °C, channel 5 humidity 41.5 %, channel 7 digital input 1.
+    const lpp = Buffer.from('03670110056853070001', 'hex')
+    await r.cs.publish('up', { devEui: B.devEui }, { deduplicationId: r.cs.nextId(), fPort: 2, fCnt: 1, data: lpp.toString('base64') })
+    const up = await r.sim.waitFor(dataOf(B, 'fport_2'), 10_000, 'the Cayenne uplink')
+    expect(json(up)).toEqual({ temperature_3: 27.2, humidity_5: 41.5, digital_in_7: 1 })
+
+    // A truncated frame: counted as a decode error, and the bytes still reach the hub.
+    const broken = Buffer.from('036701', 'hex')
+    await r.cs.publish('up', { devEui: B.devEui }, { deduplicationId: r.cs.nextId(), fPort: 3, fCnt: 2, data: broken.toString('base64') })
+    const raw = await r.sim.waitFor(dataOf(B, 'fport_3'), 10_000, 'the undecodable uplink')
+    expect(json(raw)).toEqual({ raw: broken.toString('base64'), fPort: 3 })
+    expect(metricValue(await r.metrics(), 'iothub_edge_lorawan_decode_errors_total', { codec: 'cayenne' })).toBe(1)
+  })
+
+  it('drops a repeated deduplicationId (and a status sharing the id of an up is not a repeat)', async () => {
+    const id = r.cs.nextId()
+    const event = { deduplicationId: id, fPort: 9, fCnt: 3, data: Buffer.from('dup').toString('base64') }
+    await r.cs.publish('up', { devEui: C.devEui }, event)
+    await r.cs.publish('up', { devEui: C.devEui }, event)
+    await r.cs.publish('status', { devEui: C.devEui }, { deduplicationId: id, margin: 7, batteryLevel: 55.5 })
+    await r.cs.publish('up', { devEui: C.devEui }, { deduplicationId: r.cs.nextId(), fPort: 9, fCnt: 4, data: Buffer.from('marker').toString('base64') })
+    await r.sim.waitFor((u) => dataOf(C, 'fport_9')(u) && json(u).raw === Buffer.from('marker').toString('base64'), 10_000, 'the marker uplink')
+    const copies = uploads((u) => dataOf(C, 'fport_9')(u) && json(u).raw === Buffer.from('dup').toString('base64'))
+    expect(copies).toHaveLength(1)
+    expect(metricValue(await r.metrics(), 'iothub_edge_lorawan_duplicate_events_total', { type: 'up' })).toBe(1)
+    const status = await r.sim.waitFor((u) => u.parsed.kind === 'update_status' && u.parsed.deviceId === C.deviceId && json(u).battery === 55.5, 10_000, 'the battery status')
+    expect(json(status)).toMatchObject({ battery: 55.5, margin: 7, external_power: false })
+  })
+
+  it('counts and drops unknown devEuis, malformed JSON and v3-shaped events, and carries on', async () => {
+    await r.cs.publish('up', UNKNOWN, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'AA==' })
+    await r.cs.publishRaw(C.devEui, 'up', '{"deduplicationId": "x", "deviceInfo": ')
+    await r.cs.publishRaw(C.devEui, 'up', JSON.stringify({ applicationID: '1', devEUI: C.devEui, data: 'AA==' }))
+    await r.cs.publishRaw(C.devEui, 'up', JSON.stringify({ ...example('up'), data: 'not base64!' }))
+    await r.cs.publish('up', { devEui: C.devEui }, { deduplicationId: r.cs.nextId(), fPort: 8, data: Buffer.from('after').toString('base64') })
+    await r.sim.waitFor(dataOf(C, 'fport_8'), 10_000, 'the uplink after the bad ones')
+    const m = await r.metrics()
+    expect(metricValue(m, 'iothub_edge_lorawan_unknown_device_events_total')).toBe(1)
+    expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'malformed_json' })).toBe(1)
+    expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'bad_event' })).toBe(2)
+    expect(uploads((u) => u.parsed.deviceId === UNKNOWN.devEui)).toEqual([])
+  })
+
+  it('turns a command into a downlink whose txack and ack become its replies, with the command\'s expiry', async () => {
+    const expiresAt = Math.floor(Date.now() / 1000) + 600
+    const rid = await r.sim.command(P, A.deviceId, 'open_valve', Buffer.from([1, 2, 3]), { encoding: 'base64', expiresAt })
+    const down = await r.cs.waitForDownlink((d) => d.devEui === A.devEui && d.fPort === 10, 10_000, 'the open_valve downlink')
+    expect(down).toMatchObject({ topic: `application/${APP_ID}/device/${A.devEui}/command/down`, confirmed: true, data: Buffer.from([1, 2, 3]) })
+    expect(down.id).toMatch(/^[0-9a-f-]{36}$/)
+    expect(Date.parse(down.expiresAt!)).toBe(expiresAt * 1000)
+    // Merely queued at ChirpStack: no reply yet.
+    expect(uploads(replyTo(rid))).toEqual([])
+
+    await r.cs.publish('txack', { devEui: A.devEui }, { ...example('txack'), queueItemId: down.id })
+    expect(json(await r.sim.waitFor(replyTo(rid, 'sent'), 10_000, 'cmd_resp sent'))).toEqual({ status: 'sent' })
+    await r.cs.publish('ack', { devEui: A.devEui }, { ...example('ack'), deduplicationId: r.cs.nextId(), queueItemId: down.id, acknowledged: true })
+    const acked = await r.sim.waitFor(replyTo(rid, 'acknowledged'), 10_000, 'cmd_resp acknowledged')
+    expect(acked.parsed).toMatchObject({ kind: 'cmd_resp', productId: P, deviceId: A.deviceId, name: 'open_valve' })
+
+    // A confirmed downlink the device never acknowledged.
+    const rid2 = await r.sim.command(P, A.deviceId, 'open_valve', 'AQ==', { encoding: 'base64' })
+    const down2 = await r.cs.waitForDownlink((d) => d.id !== down.id && d.fPort === 10, 10_000, 'the second downlink')
+    expect(down2.expiresAt).toBeUndefined()
+    await r.cs.publish('ack', { devEui: A.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: down2.id, acknowledged: false })
+    await r.sim.waitFor(replyTo(rid2, 'not_acknowledged'), 10_000, 'cmd_resp not_acknowledged')
+  })
+
+  it('replies expired or failed when ChirpStack logs the queue item, and failed for a command without an fPort', async () => {
+    const rid = await r.sim.command(P, A.deviceId, 'beep', 'on')
+    const down = await r.cs.waitForDownlink((d) => d.fPort === 11 && d.data.toString() === 'on', 10_000, 'the beep downlink')
+    expect(down.confirmed).toBe(false)
+    await r.cs.publish('log', { devEui: A.devEui }, { level: 'WARNING', code: 'EXPIRED', description: 'Queue item has expired', context: { queue_item_id: down.id } })
+    expect(json(await r.sim.waitFor(replyTo(rid, 'expired'), 10_000, 'cmd_resp expired'))).toEqual({ status: 'expired' })
+
+    const rid2 = await r.sim.command(P, A.deviceId, 'beep', 'x'.repeat(300))
+    const down2 = await r.cs.waitForDownlink((d) => d.fPort === 11 && d.data.length === 300, 10_000, 'the oversized downlink')
+    await r.cs.publish('log', { devEui: A.devEui }, { level: 'ERROR', code: 'DOWNLINK_PAYLOAD_SIZE', description: 'Payload exceeds max size', context: { queue_item_id: down2.id } })
+    const failed = json(await r.sim.waitFor(replyTo(rid2, 'failed'), 10_000, 'cmd_resp failed'))
+    expect(failed.reason).toContain('DOWNLINK_PAYLOAD_SIZE')
+
+    const rid3 = await r.sim.command(P, A.deviceId, 'reboot', 'now')
+    const refused = json(await r.sim.waitFor(replyTo(rid3, 'failed'), 10_000, 'cmd_resp for an unconfigured command'))
+    expect(refused).toMatchObject({ status: 'failed', code: 'no_fport' })
+    const m = await r.metrics()
+    expect(metricValue(m, 'iothub_edge_lorawan_log_events_total', { code: 'EXPIRED', level: 'WARNING' })).toBe(1)
+  })
+
+  it('answers an RPC to a Class A device at once with an error', async () => {
+    const reply = await r.sim.rpc(P, A.deviceId, 'read_now', {}, 5_000)
+    expect(reply.parsed.kind).toBe('rpc_resp')
+    expect(json(reply)).toMatchObject({ status: 'failed', code: 'class_a_rpc' })
+    // An uplink with new radio facts since its first update_status, within statusIntervalSeconds
+    // and without a material change: still one (the replies above came after them, in order).
+    expect(uploads((u) => u.parsed.kind === 'update_status' && u.parsed.deviceId === A.deviceId)).toHaveLength(1)
+  })
+
+  it('applies desired shadow state as one downlink and the hub gets $shadow_updated', async () => {
+    const from = r.cs.downlinks.length
+    // The uplink above reported `mode`, which moved the shadow's version on.
+    const version = r.sim.shadowOf(P, A.deviceId).version + 1
+    expect(await r.sim.setDesired(P, A.deviceId, { mode: 'eco', setpoint: 19 }, version)).toBe(true)
+    const down = await r.cs.waitForDownlink((d) => r.cs.downlinks.indexOf(d) >= from && d.fPort === 20, 10_000, 'the shadow downlink')
+    expect(JSON.parse(down.data.toString('utf8'))).toEqual({ mode: 'eco', setpoint: 19 })
+    const updated = await r.sim.waitFor(dataOf(A, '$shadow_updated'), 10_000, '$shadow_updated')
+    expect(json(updated)).toEqual({ state: { desired: null }, version })
+  })
+
+  it('sends a tag command to every LoRaWAN child carrying the tag', async () => {
+    // B becomes reachable (heard from) above; the gateway holds floor1's filter on the hub for them.
+    await until(async () => (await r.hub.subscriptionsOf(GW_CLIENT_ID)).has(tagFilter(P, 'floor1')), 10_000, () => 'the gateway does not hold the floor1 tag filter')
+    const from = r.cs.downlinks.length
+    await r.sim.tagCommand(P, 'floor1', 'beep', 'tag!')
+    const got = await until(() => {
+      const d = r.cs.downlinks.slice(from).filter((x) => x.fPort === 11 && x.data.toString() === 'tag!')
+      return d.length >= 2 ? d : undefined
+    }, 10_000, () => `tag downlinks: ${JSON.stringify(r.cs.downlinks.slice(from).map((d) => d.devEui))}`)
+    expect(got.map((d) => d.devEui).sort()).toEqual([A.devEui, B.devEui])
+  })
+
+  it('keeps uplinks that arrive while the hub is down and delivers all of them once it is back', async () => {
+    await r.hub.stop()
+    await until(() => !r.gw.bridge.status().connected, 15_000, () => 'the hub link did not notice the outage')
+    const before = metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'up' })
+    const N = 30
+    for (let i = 0; i < N; i++) {
+      await r.cs.publish('up', { devEui: C.devEui }, { deduplicationId: r.cs.nextId(), fPort: 30, fCnt: 100 + i, data: Buffer.from(`outage-${i}`).toString('base64') })
+    }
+    await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'up' }) >= before + N, 15_000, () => 'the gateway did not take in the uplinks')
+    await r.hub.start()
+    const got = await until(() => {
+      const u = uploads(dataOf(C, 'fport_30'))
+      return u.length >= N ? u : undefined
+    }, 30_000, () => `only ${uploads(dataOf(C, 'fport_30')).length} of ${N} outage uplinks reached the hub`)
+    expect(got.map((u) => Buffer.from(json(u).raw as string, 'base64').toString())).toEqual(Array.from({ length: N }, (_, i) => `outage-${i}`))
+  }, 60_000)
+})
+
+describe('LoRaWAN via ChirpStack (protobuf events)', () => {
+  let r: Rig
+  beforeAll(async () => {
+    r = await rig('protobuf', { ...deviceConfig, autoRegister: { productIdFrom: 'applicationName' } }, [...[A, B, C, CLASS_C].map(ref), { productId: 'Plant7', deviceId: 'abcdefabcdefabcd' }])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+  })
+
+  it('decodes protobuf events built with the package\'s classes (every field set), and counts a truncated one', async () => {
+    const event = {
+      deduplicationId: r.cs.nextId(), time: new Date().toISOString(), fPort: 1, fCnt: 12, dr: 3, adr: true, confirmed: true,
+      data: 'AQI=', object: { temperature: 9.2, ok: true }, rxInfo: [{ gatewayId: '0016c001f153a14c', rssi: -90, snr: 9.2 }], txInfo: { frequency: 868300000 },
+    }
+    const bytes = r.cs.encode('up', { devEui: A.devEui }, event)
+    await r.cs.publishRaw(A.devEui, 'up', bytes.subarray(0, bytes.length - 7))
+    await r.cs.publishRaw(A.devEui, 'up', bytes)
+    const up = await r.sim.waitFor((u) => u.parsed.kind === 'upload_data' && u.parsed.deviceId === A.deviceId && u.parsed.name === 'telemetry', 10_000, 'the protobuf uplink')
+    expect(JSON.parse(up.payload.toString())).toEqual({ temperature: 9.2, ok: true })
+    const status = await r.sim.waitFor((u) => u.parsed.kind === 'update_status' && u.parsed.deviceId === A.deviceId, 10_000, 'update_status')
+    // float32 on the wire: 9.2 comes back as 9.2, not 9.199999809265137.
+    expect(JSON.parse(status.payload.toString())).toMatchObject({ rssi: -90, snr: 9.2, fcnt: 12, dr: 3, frequency: 868300000 })
+    expect(metricValue(await r.metrics(), 'iothub_edge_lorawan_bad_events_total', { reason: 'malformed_protobuf' })).toBe(1)
+  })
+
+  it('auto-registers an unknown devEui under its application name with ChirpStack\'s tags, and sends protobuf downlinks', async () => {
+    const dev: DeviceInfoArgs = { devEui: 'abcdefabcdefabcd', applicationName: 'Plant 7!', deviceClass: 'CLASS_C', tags: { floor: '2', zone: 'east wing' } }
+    await r.cs.publish('join', dev, { deduplicationId: r.cs.nextId(), devAddr: '01020304' })
+    const conn = await r.sim.waitFor((u) => u.parsed.deviceId === dev.devEui && u.parsed.name === '$connection', 10_000, '$connection of the new child')
+    expect(conn.parsed.productId).toBe('Plant7')
+    const res = await fetch(`http://127.0.0.1:${r.gw.web.port}/api/devices/Plant7/${dev.devEui}`, { headers: { authorization: `Bearer ${API_TOKEN}` } })
+    expect(res.status).toBe(200)
+    expect(((await res.json()) as { device: { tags: string[] } }).device.tags.sort()).toEqual(['floor_2', 'zone_east_wing'])
+
+    // Its device profile's commands apply to it: beep goes down on port 11, in protobuf.
+    const rid = await r.sim.command('Plant7', dev.devEui, 'beep', 'hi')
+    const down = await r.cs.waitForDownlink((d) => d.devEui === dev.devEui, 10_000, 'the protobuf downlink')
+    expect(down).toMatchObject({ fPort: 11, confirmed: false, data: Buffer.from('hi') })
+    await r.cs.publish('txack', dev, { queueItemId: down.id })
+    await r.sim.waitFor((u) => u.parsed.kind === 'cmd_resp' && u.parsed.requestId === rid && JSON.parse(u.payload.toString()).status === 'sent', 10_000, 'cmd_resp sent')
+  })
+})
+
+describe('LoRaWAN JavaScript codecs in the sandbox', () => {
+  let r: Rig
+  let codecDir: string
+  const D = { devEui: '0505050505050505', productId: 'codec', deviceId: 'ttn-style' }
+  const THROWS = { devEui: '0606060606060606', productId: 'codec', deviceId: 'throws' }
+  const LOOPS = { devEui: '0707070707070707', productId: 'codec', deviceId: 'loops' }
+  const HOG = { devEui: '0808080808080808', productId: 'codec', deviceId: 'hog' }
+  const ESCAPE = { devEui: '0909090909090909', productId: 'codec', deviceId: 'escape' }
+  const codecs: Record<string, string> = {
+    // A TTN-style codec as public device repositories ship them.
+    'ttn.js': `
+      function decodeUplink(input) {
+        if (input.fPort !== 2) return { errors: ['unknown fPort ' + input.fPort] }
+        var t = (input.bytes[0] << 8 | input.bytes[1]); if (t & 0x8000) t -= 0x10000
+        return { data: { temperature: t / 10, humidity: input.bytes[2] / 2 }, warnings: input.bytes[2] > 200 ? ['humidity out of range'] : [] }
+      }
+      function encodeDownlink(input) { return { bytes: [input.data.level & 0xff], fPort: 15, warnings: [], errors: [] } }`,
+    'throws.js': 'function decodeUplink(input) { throw new TypeError("cannot read byte " + input.bytes.length) }',
+    'loops.js': 'function decodeUplink(input) { while (true) {} }',
+    'hog.js': 'function decodeUplink(input) { var a = []; for (;;) a.push(new Array(1 << 20).fill(input.fPort)) }',
+    'escape.js': `
+      function decodeUplink(input) {
+        var found
+        try { found = typeof this.constructor.constructor('return process')() } catch (e) { found = 'error: ' + e.message }
+        var req; try { req = typeof require } catch (e) { req = 'error' }
+        return { data: { process: found, require: req, globals: Object.getOwnPropertyNames(globalThis).filter(function (k) { return /process|require|fs|fetch|setTimeout/.test(k) }) } }
+      }`,
+  }
+  const dev = (d: typeof D, file: string) => ({ ...d, codec: path.join(codecDir, file) })
+  const dataOf = (d: { deviceId: string }) => (u: HubUpload): boolean => u.parsed.kind === 'upload_data' && u.parsed.deviceId === d.deviceId && (u.parsed.name ?? '').startsWith('fport_')
+
+  beforeAll(async () => {
+    codecDir = await mkdtemp(path.join(os.tmpdir(), 'lorawan-codecs-'))
+    const { writeFile } = await import('node:fs/promises')
+    for (const [f, src] of Object.entries(codecs)) await writeFile(path.join(codecDir, f), src)
+    r = await rig('json', { devices: [dev(D, 'ttn.js'), dev(THROWS, 'throws.js'), dev(LOOPS, 'loops.js'), dev(HOG, 'hog.js'), dev(ESCAPE, 'escape.js')] }, [D, THROWS, LOOPS, HOG, ESCAPE].map(ref))
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+    if (codecDir) await rm(codecDir, { recursive: true, force: true })
+  })
+
+  it('decodes with a TTN-style decodeUplink, and sends raw what it reports as errors', async () => {
+    await r.cs.publish('up', { devEui: D.devEui }, { deduplicationId: r.cs.nextId(), fPort: 2, data: Buffer.from([0xff, 0x38, 81]).toString('base64') })
+    const up = await r.sim.waitFor(dataOf(D), 10_000, 'the decoded uplink')
+    expect(JSON.parse(up.payload.toString())).toEqual({ temperature: -20, humidity: 40.5 })
+    await r.cs.publish('up', { devEui: D.devEui }, { deduplicationId: r.cs.nextId(), fPort: 9, data: 'AQ==' })
+    const raw = await r.sim.waitFor((u) => dataOf(D)(u) && u.parsed.name === 'fport_9', 10_000, 'the uplink the codec refused')
+    expect(JSON.parse(raw.payload.toString())).toEqual({ raw: 'AQ==', fPort: 9 })
+  })
+
+  it('survives codecs that throw, loop forever, exhaust memory or reach for process: counted, sent raw, the adapter keeps going', async () => {
+    const errorsBefore = metricValue(await r.metrics(), 'iothub_edge_lorawan_decode_errors_total', { codec: 'js' })
+    for (const d of [THROWS, LOOPS, HOG, ESCAPE]) {
+      await r.cs.publish('up', { devEui: d.devEui }, { deduplicationId: r.cs.nextId(), fPort: 3, data: 'AQID' })
+    }
+    for (const d of [THROWS, LOOPS, HOG]) {
+      const up = await r.sim.waitFor(dataOf(d), 20_000, `the uplink of ${d.deviceId}`)
+      expect(JSON.parse(up.payload.toString())).toEqual({ raw: 'AQID', fPort: 3 })
+    }
+    const escape = JSON.parse((await r.sim.waitFor(dataOf(ESCAPE), 10_000, 'the escape attempt')).payload.toString()) as Record<string, unknown>
+    expect(escape.process).toMatch(/^error: .*process/)
+    expect(escape.require).toBe('undefined')
+    expect(escape.globals).toEqual([])
+    expect(metricValue(await r.metrics(), 'iothub_edge_lorawan_decode_errors_total', { codec: 'js' })).toBe(errorsBefore + 3)
+    // The gateway process is intact and the looping and hungry codecs get a fresh engine next time.
+    expect(process.memoryUsage().rss).toBeLessThan(1024 ** 3)
+    await r.cs.publish('up', { devEui: HOG.devEui }, { deduplicationId: r.cs.nextId(), fPort: 4, data: 'BA==' })
+    await r.cs.publish('up', { devEui: D.devEui }, { deduplicationId: r.cs.nextId(), fPort: 2, data: Buffer.from([0, 215, 90]).toString('base64') })
+    const after = await r.sim.waitFor((u) => dataOf(D)(u) && JSON.parse(u.payload.toString()).temperature === 21.5, 20_000, 'a decoded uplink after the failures')
+    expect(JSON.parse(after.payload.toString())).toEqual({ temperature: 21.5, humidity: 45 })
+  }, 60_000)
+
+  it('encodes desired shadow state with encodeDownlink', async () => {
+    const from = r.cs.downlinks.length
+    expect(await r.sim.setDesired('codec', D.deviceId, { level: 3 }, r.sim.shadowOf('codec', D.deviceId).version + 1)).toBe(true)
+    const down = await r.cs.waitForDownlink((d) => r.cs.downlinks.indexOf(d) >= from && d.devEui === D.devEui, 10_000, 'the encoded shadow downlink')
+    expect(down).toMatchObject({ fPort: 15, data: Buffer.from([3]) })
+    await r.sim.waitFor((u) => u.parsed.deviceId === D.deviceId && u.parsed.name === '$shadow_updated', 10_000, '$shadow_updated')
+  })
+
+  it('encodes a JSON command with encodeDownlink when no fPort is configured for it', async () => {
+    const from = r.cs.downlinks.length
+    await r.sim.command('codec', D.deviceId, 'set_level', { level: 7 })
+    const down = await r.cs.waitForDownlink((d) => r.cs.downlinks.indexOf(d) >= from && d.devEui === D.devEui, 10_000, 'the encoded downlink')
+    expect(down).toMatchObject({ fPort: 15, confirmed: false, data: Buffer.from([7]) })
+  })
+})
+
+describe('LoRaWAN device and broker availability', () => {
+  let r: Rig
+  const E = { devEui: '0a0a0a0a0a0a0a0a', productId: P, deviceId: 'quiet' }
+  const HTTP_SECRET = 'a-shared-secret-of-some-length'
+  const conn = (connected: boolean) => (u: HubUpload): boolean =>
+    u.parsed.deviceId === E.deviceId && u.parsed.name === '$connection' && json(u).connected === connected
+
+  beforeAll(async () => {
+    r = await rig('json', {
+      devices: [{ ...E, commands: { ping: { fPort: 7 } } }],
+      awayAfterSeconds: 2,
+      chirpstack: { http: { port: 0, secret: HTTP_SECRET } },
+    }, [ref(E)])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+  })
+
+  it('reports a device disconnected after awayAfterSeconds of silence, and connected when heard again', async () => {
+    await r.cs.publish('up', { devEui: E.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'AA==' })
+    await r.sim.waitFor(conn(true), 10_000, '$connection connected')
+    await r.sim.waitFor(conn(false), 15_000, '$connection disconnected after the silence')
+    const from = r.sim.uploads.length
+    await r.cs.publish('up', { devEui: E.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'AQ==' })
+    await r.sim.waitFor((u) => r.sim.uploads.indexOf(u) >= from && conn(true)(u), 10_000, '$connection connected again')
+  })
+
+  it('keeps a command queued while ChirpStack\'s broker is down and sends it once it is back', async () => {
+    await r.cs.publish('up', { devEui: E.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'Ag==' })
+    await r.sim.waitFor((u) => u.parsed.deviceId === E.deviceId && u.parsed.name === 'fport_1' && json(u).raw === 'Ag==', 10_000, 'the uplink')
+    await r.broker.stop()
+    await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_broker_connected') === 0, 15_000, () => 'the adapter did not notice the broker going')
+    await r.sim.command(P, E.deviceId, 'ping', 'hi')
+    await r.broker.start()
+    const down = await r.cs.waitForDownlink((d) => d.devEui === E.devEui && d.fPort === 7, 20_000, 'the queued command')
+    expect(down.data.toString()).toBe('hi')
+  }, 40_000)
+})
+
+describe('LoRaWAN via ChirpStack\'s HTTP integration', () => {
+  let r: Rig
+  const F = { devEui: '0b0b0b0b0b0b0b0b', productId: P, deviceId: 'posted' }
+  const SECRET = 'http-integration-secret-123'
+  const post = async (event: string, body: Buffer | string, contentType = 'application/json', secret = SECRET): Promise<number> => {
+    const port = r.gw.adapter<LorawanAdapter>('lorawan')!.httpPort!
+    const res = await fetch(`http://127.0.0.1:${port}/integrations/chirpstack?event=${event}`, {
+      method: 'POST', headers: { 'content-type': contentType, 'x-iothub-edge-secret': secret }, body: typeof body === 'string' ? body : new Uint8Array(body),
+    })
+    await res.arrayBuffer()
+    return res.status
+  }
+
+  beforeAll(async () => {
+    r = await rig('json', { devices: [F], chirpstack: { http: { port: 0, secret: SECRET } } }, [ref(F)])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+  })
+
+  it('takes JSON and protobuf events posted by ChirpStack, answering 200 once they are stored', async () => {
+    const pb = new ChirpstackSim('mqtt://unused', 'protobuf')
+    expect(await post('join', pb.encode('join', { devEui: F.devEui }, { deduplicationId: r.cs.nextId(), devAddr: '01020304' }), 'application/octet-stream')).toBe(200)
+    await r.sim.waitFor((u) => u.parsed.deviceId === F.deviceId && u.parsed.name === '$connection', 10_000, '$connection from the posted join')
+    const body = JSON.stringify({ ...example('up'), deviceInfo: { ...(example('up').deviceInfo as object), devEui: F.devEui }, deduplicationId: r.cs.nextId(), fPort: 4 })
+    expect(await post('up', body)).toBe(200)
+    const up = await r.sim.waitFor((u) => u.parsed.deviceId === F.deviceId && u.parsed.name === 'fport_4', 10_000, 'the posted uplink')
+    expect(json(up)).toEqual({ raw: 'qg==', fPort: 4 })
+  })
+
+  it('refuses a wrong secret (401), unreadable events (400) and other content types (415)', async () => {
+    const body = JSON.stringify({ ...example('up'), deviceInfo: { ...(example('up').deviceInfo as object), devEui: F.devEui }, deduplicationId: r.cs.nextId(), fPort: 5 })
+    expect(await post('up', body, 'application/json', 'wrong-secret-wrong-secret')).toBe(401)
+    expect(await post('up', '{"truncated": ')).toBe(400)
+    expect(await post('bogus', body)).toBe(400)
+    expect(await post('up', body, 'text/plain')).toBe(415)
+    expect(r.sim.received((u) => u.parsed.deviceId === F.deviceId && u.parsed.name === 'fport_5')).toEqual([])
+    const m = await r.metrics()
+    expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'malformed_json' })).toBe(1)
+    expect(metricValue(m, 'iothub_edge_lorawan_bad_events_total', { reason: 'bad_event_type' })).toBe(1)
+  })
+})
+
+describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
+  let r: Rig
+  let api: GrpcServer
+  const G = { devEui: '0c0c0c0c0c0c0c0c', productId: P, deviceId: 'via-api' }
+  const REFUSED = { devEui: '0d0d0d0d0d0d0d0d', productId: P, deviceId: 'not-in-chirpstack' }
+  const TOKEN = 'chirpstack-api-token'
+  const requests: { devEui: string; fPort: number; confirmed: boolean; data: Buffer; expiresAt?: number; auth?: string; id: string }[] = []
+  // When set, the next Enqueue answer is held back until the test releases it.
+  let hold: { release?: () => void } | undefined
+
+  beforeAll(async () => {
+    // A grpc-js server built from the package's own service definition stands in for ChirpStack's API.
+    api = new GrpcServer()
+    api.addService(DeviceServiceService, {
+      enqueue: (call: ServerUnaryCall<devicePb.EnqueueDeviceQueueItemRequest, devicePb.EnqueueDeviceQueueItemResponse>, cb: sendUnaryData<devicePb.EnqueueDeviceQueueItemResponse>) => {
+        const item = call.request.getQueueItem()!
+        if (item.getDevEui() === REFUSED.devEui) return cb({ code: GrpcStatus.NOT_FOUND, details: 'Object does not exist (id: 0d0d0d0d0d0d0d0d)' } as ServiceError, null)
+        const id = `7e57${String(requests.length).padStart(4, '0')}-0000-4000-8000-000000000000`
+        requests.push({
+          devEui: item.getDevEui(), fPort: item.getFPort(), confirmed: item.getConfirmed(), data: Buffer.from(item.getData_asU8()),
+          expiresAt: item.getExpiresAt()?.toDate().getTime(), auth: call.metadata.get('authorization')[0] as string | undefined, id,
+        })
+        const res = new devicePb.EnqueueDeviceQueueItemResponse()
+        res.setId(id)
+        if (hold) hold.release = () => cb(null, res)
+        else cb(null, res)
+      },
+    } as unknown as UntypedServiceImplementation)
+    const port = await new Promise<number>((resolve, reject) => api.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))))
+    r = await rig('json', {
+      devices: [{ ...G, commands: { open_valve: { fPort: 10, confirmed: true } } }, { ...REFUSED, commands: { open_valve: { fPort: 10 } } }],
+      chirpstack: { api: { url: `127.0.0.1:${port}`, token: TOKEN } },
+    }, [ref(G), ref(REFUSED)])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+    api?.forceShutdown()
+  })
+
+  it('queues a command with DeviceService.Enqueue (devEui, fPort, data, confirmed, expiry, token) and follows the returned id', async () => {
+    for (const d of [G, REFUSED]) await r.cs.publish('up', { devEui: d.devEui }, { deduplicationId: r.cs.nextId(), fPort: 1, data: 'AA==' })
+    await r.sim.waitFor((u) => u.parsed.deviceId === REFUSED.deviceId && u.parsed.name === 'fport_1', 10_000, 'the uplinks')
+    const expiresAt = Math.floor(Date.now() / 1000) + 300
+    const rid = await r.sim.command(P, G.deviceId, 'open_valve', Buffer.from([1, 2, 3]), { encoding: 'base64', expiresAt })
+    const req = await until(() => requests[0], 10_000, () => 'no Enqueue reached the API')
+    expect(req).toMatchObject({ devEui: G.devEui, fPort: 10, confirmed: true, data: Buffer.from([1, 2, 3]), expiresAt: expiresAt * 1000, auth: `Bearer ${TOKEN}` })
+    expect(r.cs.downlinks).toEqual([]) // nothing over MQTT
+    // The gateway follows the id once Enqueue answered (our server records the request before it answers).
+    await until(async () => {
+      const diag = (await (await fetch(`http://127.0.0.1:${r.gw.web.port}/api/adapters/lorawan/devices`, { headers: { authorization: `Bearer ${API_TOKEN}` } })).json()) as { devices: { devEui: string; pendingDownlinks: number }[] }
+      return diag.devices.find((d) => d.devEui === G.devEui)?.pendingDownlinks === 1
+    }, 10_000, () => 'the gateway does not follow the queued downlink')
+    await r.cs.publish('txack', { devEui: G.devEui }, { queueItemId: req.id })
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'sent', 10_000, 'cmd_resp sent')
+    await r.cs.publish('ack', { devEui: G.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: req.id, acknowledged: true })
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'acknowledged', 10_000, 'cmd_resp acknowledged')
+  })
+
+  it('keeps a txack that overtakes the Enqueue answer (a Class C device served at once) and applies it then', async () => {
+    hold = {}
+    const before = requests.length
+    const rid = await r.sim.command(P, G.deviceId, 'open_valve', 'Ag==', { encoding: 'base64' })
+    const req = await until(() => requests[before], 10_000, () => 'no Enqueue reached the API')
+    const txacks = metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'txack' })
+    await r.cs.publish('txack', { devEui: G.devEui }, { queueItemId: req.id })
+    await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'txack' }) > txacks, 10_000, () => 'the txack was not taken in')
+    expect(r.sim.received((u) => u.parsed.requestId === rid)).toEqual([])
+    const { release } = hold
+    hold = undefined
+    release!()
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'sent', 10_000, 'cmd_resp sent after the Enqueue answer')
+  })
+
+  it('answers failed when ChirpStack refuses the downlink', async () => {
+    const rid = await r.sim.command(P, REFUSED.deviceId, 'open_valve', 'on')
+    const reply = json(await r.sim.waitFor((u) => u.parsed.requestId === rid, 10_000, 'the reply'))
+    expect(reply).toMatchObject({ status: 'failed', code: 'enqueue' })
+    expect(String(reply.reason)).toContain('does not exist')
+  })
+})
