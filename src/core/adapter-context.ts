@@ -41,6 +41,8 @@ export interface DeviceDirectory {
 export interface SeenSet {
   /** True the first time within its time to live; false for a repeat. A synchronous durable write. */
   firstTime(id: string): boolean
+  /** Forget `id` (the work it guarded failed and may be retried). A synchronous durable write. */
+  forget(id: string): void
 }
 
 /** The adapter's own metrics, named `iothub_edge_{adapter}_{name}` on /metrics. */

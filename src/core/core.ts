@@ -160,7 +160,10 @@ export class Core {
       log: log.child({ component: adapter }),
       metrics: metrics.forAdapter(adapter),
       devices: this.directory(),
-      seen: (name, ttlMs) => ({ firstTime: (id) => store.seen.firstTime(`${adapter}/${name}`, id, ttlMs) }),
+      seen: (name, ttlMs) => ({
+        firstTime: (id) => store.seen.firstTime(`${adapter}/${name}`, id, ttlMs),
+        forget: (id) => store.seen.forget(`${adapter}/${name}`, id),
+      }),
       uplink: (up) => this.pipeline.uplink(up),
       intakeOpen: () => this.intake.isOpen(),
       onIntakeChange: (l) => this.intake.onChange(l),

@@ -4,7 +4,7 @@ import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
 
 export class SeenStore {
-  private readonly st: Record<'mark' | 'refresh' | 'expire', Statement>
+  private readonly st: Record<'mark' | 'refresh' | 'expire' | 'forget', Statement>
 
   constructor(db: Db) {
     this.st = {
@@ -12,6 +12,7 @@ export class SeenStore {
       // An entry past its expiry that has not been swept yet counts as not seen.
       refresh: db.prepare('UPDATE adapter_seen SET expires_at = ? WHERE scope = ? AND id = ? AND expires_at < ?'),
       expire: db.prepare('DELETE FROM adapter_seen WHERE expires_at < ?'),
+      forget: db.prepare('DELETE FROM adapter_seen WHERE scope = ? AND id = ?'),
     }
   }
 
@@ -19,6 +20,14 @@ export class SeenStore {
   firstTime(scope: string, id: string, ttlMs: number, now = Date.now()): boolean {
     if (this.st.mark.run(scope, id, now + ttlMs).changes === 1) return true
     return this.st.refresh.run(now + ttlMs, scope, id, now).changes === 1
+  }
+
+  /**
+   * Forget one id: it was marked before the work it guards was done, and that work failed (an HTTP
+   * ingest whose outbox write did not happen must be accepted when the device retries it).
+   */
+  forget(scope: string, id: string): void {
+    this.st.forget.run(scope, id)
   }
 
   /** Forget what has expired; returns how many entries went. */

@@ -43,7 +43,7 @@ export class ContractCore implements AdapterContext {
   }
 
   seen(name: string, ttlMs: number): SeenSet {
-    return { firstTime: (id) => this.seenStore.firstTime(`contract/${name}`, id, ttlMs) }
+    return { firstTime: (id) => this.seenStore.firstTime(`contract/${name}`, id, ttlMs), forget: (id) => this.seenStore.forget(`contract/${name}`, id) }
   }
 
   /** Mapped devices reported reachable (true) or away (false), in order. */
