@@ -4,6 +4,7 @@
 // 1.5 x keepalive; the harness uses a keepalive of 1 s so that a device that stops polling leaves
 // within the suite's waits.
 import Fastify, { type FastifyInstance } from 'fastify'
+import { afterEach, describe, expect, it } from 'vitest'
 import type { AddressInfo } from 'node:net'
 import { HttpIngestAdapter, type PolledCommand } from '../../src/southbound/http/http-ingest-adapter.js'
 import { adapterContract, type AdapterHarness, type SimDevice } from './adapter-contract.js'
@@ -53,4 +54,41 @@ adapterContract('http-devices (HTTP ingest, long-poll)', 'native', async (): Pro
       core.dispose()
     },
   }
+})
+
+// Beyond the contract: a message the core could not make durable is answered 503, and the device's
+// retry with the same Idempotency-Key is then taken (the key is not burnt by the failed attempt).
+describe('http-devices: a failed store does not burn the Idempotency-Key', () => {
+  let app: FastifyInstance | undefined
+  let core: ContractCore | undefined
+  afterEach(async () => {
+    await app?.close()
+    core?.dispose()
+  })
+
+  it('answers 503, then 201 for the retry, then 200 for a repeat', async () => {
+    core = new ContractCore()
+    const device = { productId: 'contract', deviceId: 'http-2' }
+    await core.registry.add({ ...device, secret: 's2' })
+    const adapter = new HttpIngestAdapter(core, { keepalive: 60, maxWaitSeconds: 5, maxBodyBytes: 1024, idempotencyTtlSeconds: 60 })
+    await adapter.start()
+    app = Fastify({ logger: false })
+    await app.register(adapter.deviceRoutes, { prefix: '/devices' })
+    const post = (): Promise<{ statusCode: number; headers: Record<string, unknown> }> =>
+      app!.inject({
+        method: 'POST',
+        url: '/devices/contract/http-2/data/t',
+        headers: { authorization: `Basic ${Buffer.from('contract/http-2:s2').toString('base64')}`, 'idempotency-key': 'key-1' },
+        payload: '1',
+      })
+    core.failUplinks(new Error('disk full'))
+    const failed = await post()
+    expect(failed.statusCode).toBe(503)
+    expect(failed.headers['retry-after']).toBeDefined()
+    core.failUplinks(undefined)
+    expect((await post()).statusCode).toBe(201)
+    expect((await post()).statusCode).toBe(200)
+    expect(core.uplinks.filter((u) => u.topic.messageId === 'key-1')).toHaveLength(1)
+    await adapter.stop()
+  })
 })
