@@ -7,6 +7,7 @@ import type { Transport } from '../core/types.js'
 import type { AdapterModule } from './adapter-module.js'
 import { BrokerSchema, checkBrokerConfig } from './broker/schema.js'
 import { HttpDevicesSchema } from './http/schema.js'
+import { CoapSchema } from './coap/schema.js'
 
 export interface AdapterEntry<S extends TObject = TObject> {
   /** The adapter's name in logs, metrics (`iothub_edge_{name}_...`), health and its routes. */
@@ -36,6 +37,7 @@ export const builtInAdapters = {
   broker: alwaysOn({ name: 'broker', transport: 'mqtt', schema: BrokerSchema, required: true, check: checkBrokerConfig, load: () => import('./broker/index.js') }),
   // HTTP device ingest: routes under /devices/ on the `http` listener (the `http` key is the web's).
   httpDevices: optionalAdapter({ name: 'http-devices', transport: 'http', schema: HttpDevicesSchema, load: () => import('./http/index.js') }),
+  coap: optionalAdapter({ name: 'coap', transport: 'coap', schema: CoapSchema, load: () => import('./coap/index.js') }),
 }
 
 /** The config properties the adapters contribute, typed per key. */
