@@ -73,6 +73,7 @@ const OPTION_NUMBERS: Record<string, number> = {
   'If-Match': 1, 'Uri-Host': 3, ETag: 4, 'If-None-Match': 5, Observe: 6, 'Uri-Port': 7, 'Location-Path': 8, OSCORE: 9,
   'Uri-Path': 11, 'Content-Format': 12, 'Max-Age': 14, 'Uri-Query': 15, 'Hop-Limit': 16, Accept: 17, 'Q-Block1': 19,
   'Location-Query': 20, Block2: 23, Block1: 27, 'Size2': 28, 'Q-Block2': 31, 'Proxy-Uri': 35, 'Proxy-Scheme': 39, Size1: 60, 'No-Response': 258,
+  'OCF-Accept-Content-Format-Version': 2049, 'OCF-Content-Format-Version': 2053,
 }
 // Critical options (odd numbers, section 5.4.1) this endpoint acts on; any other critical option
 // in a request is answered 4.02 Bad Option (section 5.4.1), never ignored.
@@ -231,7 +232,7 @@ export class CoapWire {
     const query: string[] = []
     let observe: number | undefined
     for (const o of packet.options) {
-      const n = typeof o.name === 'number' ? o.name : (OPTION_NUMBERS[o.name] ?? Number(o.name))
+      const n = typeof o.name === 'number' ? o.name : (OPTION_NUMBERS[o.name] ?? parseInt(o.name, 10))
       if (n === 11) path.push(o.value.toString('utf8'))
       else if (n === 15) query.push(o.value.toString('utf8'))
       else if (n === 6) observe = o.value.length === 0 ? 0 : o.value.readUIntBE(0, Math.min(o.value.length, 3))
