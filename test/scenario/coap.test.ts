@@ -5,7 +5,7 @@
 // sent raw from a UDP socket with coap-packet, the codec the endpoint itself uses.
 import { execFile } from 'node:child_process'
 import dgram from 'node:dgram'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -24,7 +24,7 @@ const MID = (n: number): string => `65a1b2c3d4e5f6071831${String(n).padStart(4, 
 type Dev = typeof dev
 
 interface CoapRun {
-  /** The response code libcoap logged for the request (`2.04`, `4.01`, ...). */
+  /** The last response code libcoap logged (`2.04`, `4.01`, ...; after a Block1 upload's 2.31s, the final one). */
   code: string | undefined
   /** stdout: the payloads it received. */
   out: string
@@ -38,7 +38,7 @@ function coapClient(args: string[], timeoutMs = 30_000): Promise<CoapRun> {
     execFile(COAP_CLIENT, ['-v', '7', '-B', '5', ...args], { timeout: timeoutMs }, (err, stdout, stderr) => {
       if (err && err.killed) return reject(new Error(`${COAP_CLIENT} ${args.join(' ')} timed out`))
       const log = `${stdout}\n${stderr}`
-      const code = /t:(?:ACK|NON|CON) c:([245]\.\d\d)/.exec(log)?.[1]
+      const code = [...log.matchAll(/t:(?:ACK|NON|CON) c:([245]\.\d\d)/g)].at(-1)?.[1]
       resolve({ code, out: stdout, log })
     })
   })
@@ -194,6 +194,31 @@ describe('CoAP endpoint with libcoap as the device', () => {
     expect(run.out).toContain('LIVE')
     expect(run.out).not.toContain('STALE')
     await until(() => gw.core.router.history(sleepy).find((c) => c.command.requestId === 'req-live' && c.state === 'delivered'), 5_000, 'not delivered')
+  })
+
+  it('takes a 64 KiB block-wise PUT (Block1, libcoap changing the token per block) as one message', async () => {
+    const body = Buffer.alloc(65536)
+    for (let i = 0; i < body.length; i++) body[i] = 65 + ((i * 7) % 26)
+    const file = path.join(dataDir, 'upload.bin')
+    await writeFile(file, body)
+    const run = await coapClient(['-b', '1024', '-m', 'put', '-f', file, uri(`upload_data/${dev.productId}/${dev.deviceId}/firmware_log/${MID(11)}`)])
+    expect(run.log).toMatch(/c:2\.31 .*Block1:0\/M\//)
+    expect(run.code).toBe('2.04')
+    const m = await recorder.waitFor((x) => x.topic === `upload_data/${dev.productId}/${dev.deviceId}/firmware_log/${MID(11)}`, 10_000)
+    expect(m.payload.equals(body)).toBe(true)
+  })
+
+  it('delivers a 64 KiB command as a block-wise notification (Block2) that libcoap puts together', async () => {
+    const body = Buffer.alloc(65536)
+    for (let i = 0; i < body.length; i++) body[i] = 97 + ((i * 11) % 26)
+    const out = path.join(dataDir, 'command.bin')
+    const observing = coapClient(['-b', '1024', '-m', 'get', '-s', '5', '-o', out, uri(`cmd/${dev.productId}/${dev.deviceId}/+/+/+/#`)])
+    await until(() => coapAdapter().owns(dev), 5_000, 'the observing device is not online')
+    await hub.publishAsHub(`cmd/${dev.productId}/${dev.deviceId}/ota_chunk/plain/req-big`, body)
+    const run = await observing
+    expect(run.log).toMatch(/Block2:0\/M\/1024/)
+    expect((await readFile(out)).equals(body)).toBe(true)
+    await until(() => gw.core.router.history(dev).find((c) => c.command.requestId === 'req-big' && c.state === 'delivered'), 5_000, 'not recorded as delivered')
   })
 
   it('publishes a retransmitted CON (same Message-ID) once, answering each copy', async () => {

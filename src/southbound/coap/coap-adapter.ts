@@ -10,7 +10,7 @@ import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername,
 import { RateLimitedLog } from '../../core/log.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
 import { deviceKey } from '../../core/types.js'
-import { CoapWire, uintOption, type CoapRequest, type CoapResponse, type Peer } from './coap-wire.js'
+import { CoapWire, uintOption, type CoapRequest, type CoapResponse, type Peer, type ResourceKey } from './coap-wire.js'
 import type { CoapConfig } from './schema.js'
 
 interface Observation {
@@ -18,6 +18,8 @@ interface Observation {
   token: Buffer
   filter: string
   clientId: string
+  /** The observe request's Uri-Path and Uri-Query: where the client fetches further blocks of a large notification. */
+  resource: ResourceKey
   /** Observe sequence number of the last notification (RFC 7641 section 4.4). */
   seq: number
 }
@@ -67,7 +69,7 @@ export class CoapAdapter implements SouthboundAdapter {
     }
     const dropped = this.ctx.metrics.counter('dropped_total', 'CoAP datagrams not handled as requests, by reason', ['reason'])
     this.wire = new CoapWire(
-      { host: this.cfg.host, port: this.cfg.port, perSourcePerSecond: this.cfg.rateLimit.perSourcePerSecond },
+      { host: this.cfg.host, port: this.cfg.port, perSourcePerSecond: this.cfg.rateLimit.perSourcePerSecond, maxPayloadBytes: this.cfg.maxPayloadBytes },
       {
         request: (req) => this.onRequest(req),
         heard: (peer) => this.heard(peer),
@@ -129,7 +131,7 @@ export class CoapAdapter implements SouthboundAdapter {
     obs.seq = (obs.seq + 1) & 0xffffff
     // PROTOCOL.md's gateway extension: the concrete topic as Location-Path options, one per level.
     const options = [{ name: 'Observe', value: uintOption(obs.seq) }, ...h.topic.split('/').map((l) => ({ name: 'Location-Path', value: text(l) }))]
-    void this.wire!.notify(obs.peer, obs.token, { code: '2.05', options, payload: h.cmd.payload }).then((outcome) => {
+    void this.wire!.notify(obs.peer, obs.token, { code: '2.05', options, payload: h.cmd.payload }, obs.resource).then((outcome) => {
       c.sending = false
       if (outcome === 'acked') {
         c.queue.shift()
@@ -246,7 +248,7 @@ export class CoapAdapter implements SouthboundAdapter {
     }
     // A re-registration from the same endpoint replaces the old one (RFC 7641 section 4.1).
     for (const o of c.observations.filter(same)) this.dropObservation(c, o)
-    const obs: Observation = { peer: req.peer, token: Buffer.from(req.token), filter, clientId, seq: 1 }
+    const obs: Observation = { peer: req.peer, token: Buffer.from(req.token), filter, clientId, seq: 1, resource: { path: req.path, query: req.query } }
     c.observations.push(obs)
     if (isTagTopic(filter)) this.ctx.tagSubscribed(device, clientId, filter)
     // The registration's answer first, then what waited for it.

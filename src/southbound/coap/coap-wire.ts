@@ -45,6 +45,8 @@ export interface WireOptions {
   host: string
   port: number
   perSourcePerSecond: number
+  /** Largest request body, also when it comes block by block (4.13 beyond). */
+  maxPayloadBytes: number
 }
 
 export interface WireEvents {
@@ -77,7 +79,36 @@ const OPTION_NUMBERS: Record<string, number> = {
 }
 // Critical options (odd numbers, section 5.4.1) this endpoint acts on; any other critical option
 // in a request is answered 4.02 Bad Option (section 5.4.1), never ignored.
-const SUPPORTED_CRITICAL = new Set([3, 7, 11, 15, 17])
+const SUPPORTED_CRITICAL = new Set([3, 7, 11, 15, 17, 23, 27])
+// RFC 7959: the block size notifications are cut into when their payload does not fit one
+// (SZX 6 = 1024 bytes, what constrained stacks commonly take), and how long a block-wise transfer
+// may take between its blocks before its state is dropped.
+const BLOCK_SZX = 6
+const BLOCK_LIFETIME_MS = EXCHANGE_LIFETIME_MS
+
+interface BlockValue {
+  num: number
+  more: boolean
+  szx: number
+}
+
+/** A Block1 upload being put together (RFC 7959 section 2.5: by endpoint and URI, not by token). */
+interface Upload {
+  parts: Buffer[]
+  bytes: number
+  next: number
+  expires: number
+}
+
+/** A notification too large for one datagram, whose further blocks the client fetches with GET. */
+interface Representation {
+  payload: Buffer
+  options: CoapOption[]
+  code: string
+  expires: number
+  /** Called once the last block was served. */
+  complete?: () => void
+}
 
 interface Remembered {
   expires: number
@@ -94,6 +125,8 @@ export class CoapWire {
   private readonly seen = new Map<string, Remembered>()
   private readonly outstanding = new Map<string, Outstanding>()
   private readonly rate = new Map<string, { second: number; count: number }>()
+  private readonly uploads = new Map<string, Upload>()
+  private readonly representations = new Map<string, Representation>()
   private nextMessageId = Math.floor(Math.random() * 0x10000)
   private sweepTimer?: NodeJS.Timeout
   private closed = false
@@ -135,10 +168,39 @@ export class CoapWire {
    * A CON notification (RFC 7641 section 4.5: CON, so that the gateway learns whether it arrived):
    * retransmitted with exponential back-off until ACKed, RST or MAX_RETRANSMIT is exhausted.
    */
-  notify(peer: Peer, token: Buffer, res: CoapResponse): Promise<NotifyOutcome> {
+  notify(peer: Peer, token: Buffer, res: CoapResponse, resource: ResourceKey): Promise<NotifyOutcome> {
     if (this.closed || !this.socket) return Promise.resolve('timeout')
+    const payload = res.payload ?? Buffer.alloc(0)
+    const size = 1 << (BLOCK_SZX + 4)
+    if (payload.length <= size) return this.sendCon(peer, token, res)
+    // RFC 7959 section 2.4/3.4: the first block goes in the notification; the client GETs the rest
+    // (Block2 num > 0) and the command counts as delivered once the last block was served.
+    const key = `${peerKey(peer)}|${resourceKeyString(resource)}`
+    const rep: Representation = { payload, options: res.options ?? [], code: res.code, expires: Date.now() + BLOCK_LIFETIME_MS }
+    const served = new Promise<void>((resolve) => (rep.complete = resolve))
+    this.representations.set(key, rep)
+    const first: CoapResponse = { code: res.code, options: [...rep.options, blockOption('Block2', { num: 0, more: true, szx: BLOCK_SZX }), { name: 'Size2', value: uintOption(payload.length) }], payload: payload.subarray(0, size) }
+    return this.sendCon(peer, token, first).then(async (outcome) => {
+      if (outcome !== 'acked') {
+        this.representations.delete(key)
+        return outcome
+      }
+      const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), BLOCK_LIFETIME_MS).unref())
+      const result = await Promise.race([served.then(() => 'acked' as const), timeout])
+      if (this.representations.get(key) === rep) this.representations.delete(key)
+      return result
+    })
+  }
+
+  private sendCon(peer: Peer, token: Buffer, res: CoapResponse): Promise<NotifyOutcome> {
     const messageId = this.newMessageId()
-    const datagram = generate({ code: res.code, confirmable: true, messageId, token, options: res.options ?? [], payload: res.payload ?? Buffer.alloc(0) }, MAX_DATAGRAM)
+    let datagram: Buffer
+    try {
+      datagram = generate({ code: res.code, confirmable: true, messageId, token, options: res.options ?? [], payload: res.payload ?? Buffer.alloc(0) }, MAX_DATAGRAM)
+    } catch (err) {
+      this.events.dropped('unexpected', peer, `notification not encodable: ${(err as Error).message}`)
+      return Promise.resolve('timeout')
+    }
     const key = `${peerKey(peer)}#${messageId}`
     return new Promise((resolve) => {
       let attempt = 0
@@ -231,21 +293,80 @@ export class CoapWire {
     const path: string[] = []
     const query: string[] = []
     let observe: number | undefined
+    let block1: BlockValue | undefined
+    let block2: BlockValue | undefined
     for (const o of packet.options) {
       const n = typeof o.name === 'number' ? o.name : (OPTION_NUMBERS[o.name] ?? parseInt(o.name, 10))
       if (n === 11) path.push(o.value.toString('utf8'))
       else if (n === 15) query.push(o.value.toString('utf8'))
       else if (n === 6) observe = o.value.length === 0 ? 0 : o.value.readUIntBE(0, Math.min(o.value.length, 3))
+      else if (n === 27) block1 = decodeBlock(o.value)
+      else if (n === 23) block2 = decodeBlock(o.value)
       else if (n % 2 === 1 && !SUPPORTED_CRITICAL.has(n)) {
         this.events.dropped('bad_option', peer, `critical option ${n}`)
         return answer({ code: '4.02', payload: Buffer.from(`critical option ${n} is not supported`) })
       }
     }
     if (!method) return answer({ code: '4.05', payload: Buffer.from(`method ${packet.code} not allowed`) })
+    if ((block1 && block1.szx === 7) || (block2 && block2.szx === 7)) return answer({ code: '4.00', payload: Buffer.from('block size exponent 7 (BERT) is not supported') })
     this.events.heard(peer)
+    const resource = `${peerKey(peer)}|${resourceKeyString({ path, query })}`
+    if (method === 'GET' && block2 && block2.num > 0) return answer(this.nextBlock(resource, block2))
+    let payload = packet.payload
+    let echo: CoapOption | undefined
+    if (block1 && (method === 'PUT' || method === 'POST')) {
+      const step = this.takeBlock(`${method}|${resource}`, block1, payload)
+      if ('answer' in step) return answer(step.answer)
+      payload = step.payload
+      echo = blockOption('Block1', block1)
+    }
     this.events
-      .request({ peer, method, confirmable: packet.confirmable, token: packet.token, path, query, observe, payload: packet.payload })
-      .then(answer, () => answer({ code: '5.00' }))
+      .request({ peer, method, confirmable: packet.confirmable, token: packet.token, path, query, observe, payload })
+      .then(
+        (res) => answer(echo ? { ...res, options: [...(res.options ?? []), echo] } : res),
+        () => answer({ code: '5.00' }),
+      )
+  }
+
+  /** One Block1 block of an upload (RFC 7959 section 2.5): 2.31 Continue until the last, then the whole body. */
+  private takeBlock(key: string, b: BlockValue, part: Buffer): { answer: CoapResponse } | { payload: Buffer } {
+    const size = 1 << (b.szx + 4)
+    let up = this.uploads.get(key)
+    if (b.num === 0) {
+      up = { parts: [], bytes: 0, next: 0, expires: 0 }
+      this.uploads.set(key, up)
+    }
+    if (!up || b.num !== up.next || (b.more && part.length !== size)) {
+      this.uploads.delete(key)
+      return { answer: { code: '4.08', payload: Buffer.from(`block ${b.num} out of sequence; start again at block 0`) } }
+    }
+    up.parts.push(part)
+    up.bytes += part.length
+    up.next++
+    up.expires = Date.now() + BLOCK_LIFETIME_MS
+    if (up.bytes > this.opts.maxPayloadBytes) {
+      this.uploads.delete(key)
+      return { answer: { code: '4.13', options: [{ name: 'Size1', value: uintOption(this.opts.maxPayloadBytes) }], payload: Buffer.from(`payload over ${this.opts.maxPayloadBytes} bytes`) } }
+    }
+    if (b.more) return { answer: { code: '2.31', options: [blockOption('Block1', b)] } }
+    this.uploads.delete(key)
+    return { payload: Buffer.concat(up.parts) }
+  }
+
+  /** A further block of a notification too large for one datagram (RFC 7959 section 2.4). */
+  private nextBlock(key: string, b: BlockValue): CoapResponse {
+    const rep = this.representations.get(key)
+    if (!rep) return { code: '4.08', payload: Buffer.from('no block-wise notification in progress for this resource') }
+    // The client may ask for smaller blocks than we started with, never larger (section 2.4).
+    const szx = Math.min(b.szx, BLOCK_SZX)
+    const size = 1 << (szx + 4)
+    const start = b.num * size
+    if (start >= rep.payload.length) return { code: '4.02', payload: Buffer.from('block beyond the end') }
+    const end = Math.min(start + size, rep.payload.length)
+    const more = end < rep.payload.length
+    if (!more) rep.complete?.()
+    const options = rep.options.filter((o) => o.name !== 'Observe')
+    return { code: rep.code, options: [...options, blockOption('Block2', { num: b.num, more, szx })], payload: rep.payload.subarray(start, end) }
   }
 
   private withinRate(peer: Peer): boolean {
@@ -273,10 +394,30 @@ export class CoapWire {
     for (const [k, r] of this.seen) if (r.expires <= now) this.seen.delete(k)
     const second = Math.floor(now / 1000)
     for (const [k, r] of this.rate) if (r.second < second) this.rate.delete(k)
+    for (const [k, u] of this.uploads) if (u.expires <= now) this.uploads.delete(k)
+    for (const [k, r] of this.representations) if (r.expires <= now) this.representations.delete(k)
   }
 }
 
 const peerKey = (p: Peer): string => `${p.address}:${p.port}`
+
+/** The resource a request names: its Uri-Path and Uri-Query options. */
+export interface ResourceKey {
+  path: string[]
+  query: string[]
+}
+
+const resourceKeyString = (r: ResourceKey): string => `${r.path.join('/')}?${r.query.join('&')}`
+
+/** RFC 7959 section 2.2: NUM (4-20 bits), M (1 bit), SZX (3 bits), as a uint. */
+function decodeBlock(v: Buffer): BlockValue {
+  const n = v.length === 0 ? 0 : v.readUIntBE(0, Math.min(v.length, 3))
+  return { num: n >> 4, more: (n & 0x8) !== 0, szx: n & 0x7 }
+}
+
+function blockOption(name: 'Block1' | 'Block2', b: BlockValue): CoapOption {
+  return { name, value: uintOption((b.num << 4) | (b.more ? 0x8 : 0) | b.szx) }
+}
 
 /** A CoAP uint option value (section 3.2): big-endian, no leading zero bytes. */
 export function uintOption(n: number): Buffer {
