@@ -316,4 +316,13 @@ describe('CoAP endpoint with libcoap as the device', () => {
     await hub.start()
     for (const id of ids) await recorder.waitFor((x) => x.topic === `upload_data/${dev.productId}/${dev.deviceId}/outage/${id}`, 30_000)
   })
+
+  // Last: the gateway's intake stays closed afterwards (as when it stops, or its disk is full).
+  it('answers 5.03 while the gateway cannot store, and nothing reaches the hub', async () => {
+    gw.core.closeIntake()
+    const run = await coapClient(['-m', 'put', '-e', '1', uri(`upload_data/${dev.productId}/${dev.deviceId}/t/${MID(30)}`)])
+    expect(run.code).toBe('5.03')
+    await sleep(300)
+    expect(recorder.topics().filter((t) => t.endsWith(MID(30)))).toEqual([])
+  })
 })

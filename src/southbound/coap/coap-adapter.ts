@@ -47,6 +47,8 @@ export class CoapAdapter implements SouthboundAdapter {
   readonly kind = 'native'
   private wire?: CoapWire
   private readonly clients = new Map<string, CoapClient>()
+  // `address:port` of an observation -> the device it belongs to (for ACKs, which carry no credentials).
+  private readonly byPeer = new Map<string, string>()
   private readonly warn: RateLimitedLog
   private stopped = false
 
@@ -147,7 +149,9 @@ export class CoapAdapter implements SouthboundAdapter {
 
   private heard(peer: Peer): void {
     // An ACK to a notification shows the device is there as much as a request does.
-    for (const [key, c] of this.clients) if (c.observations.some((o) => o.peer.address === peer.address && o.peer.port === peer.port)) this.touchClient(key, c)
+    const key = this.byPeer.get(`${peer.address}:${peer.port}`)
+    const c = key === undefined ? undefined : this.clients.get(key)
+    if (key !== undefined && c) this.touchClient(key, c)
   }
 
   private touchClient(key: string, c: CoapClient): void {
@@ -182,6 +186,8 @@ export class CoapAdapter implements SouthboundAdapter {
 
   private dropObservation(c: CoapClient, o: Observation): void {
     c.observations = c.observations.filter((x) => x !== o)
+    const peer = `${o.peer.address}:${o.peer.port}`
+    if (!c.observations.some((x) => `${x.peer.address}:${x.peer.port}` === peer)) this.byPeer.delete(peer)
     if (isTagTopic(o.filter) && !c.observations.some((x) => x.filter === o.filter)) this.ctx.tagUnsubscribed(o.clientId, o.filter)
   }
 
@@ -250,6 +256,7 @@ export class CoapAdapter implements SouthboundAdapter {
     for (const o of c.observations.filter(same)) this.dropObservation(c, o)
     const obs: Observation = { peer: req.peer, token: Buffer.from(req.token), filter, clientId, seq: 1, resource: { path: req.path, query: req.query } }
     c.observations.push(obs)
+    this.byPeer.set(`${req.peer.address}:${req.peer.port}`, deviceKey(device))
     if (isTagTopic(filter)) this.ctx.tagSubscribed(device, clientId, filter)
     // The registration's answer first, then what waited for it.
     setImmediate(() => this.pump(c))

@@ -52,7 +52,7 @@ export interface WireOptions {
 export interface WireEvents {
   request(req: CoapRequest): Promise<CoapResponse>
   dropped(reason: WireDrop, peer: Peer, detail?: string): void
-  /** Any datagram from the peer that proves it is there (a request, an ACK to a notification). */
+  /** An ACK to one of our notifications: the peer is there (requests speak for themselves). */
   heard(peer: Peer): void
 }
 
@@ -309,7 +309,6 @@ export class CoapWire {
     }
     if (!method) return answer({ code: '4.05', payload: Buffer.from(`method ${packet.code} not allowed`) })
     if ((block1 && block1.szx === 7) || (block2 && block2.szx === 7)) return answer({ code: '4.00', payload: Buffer.from('block size exponent 7 (BERT) is not supported') })
-    this.events.heard(peer)
     const resource = `${peerKey(peer)}|${resourceKeyString({ path, query })}`
     if (method === 'GET' && block2 && block2.num > 0) return answer(this.nextBlock(resource, block2))
     let payload = packet.payload
