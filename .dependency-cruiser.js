@@ -18,7 +18,7 @@ export default {
     // --- southbound: one folder per adapter; files directly in src/southbound/ are the registry
     {
       name: 'southbound-not-cloud-link',
-      comment: "Adapters never talk to the cloud link: uplinks go through the core's AdapterContext, commands come back through the command router.",
+      comment: 'Adapters never talk to the cloud link: uplinks go through the core AdapterContext, commands come back through the command router.',
       severity: 'error',
       from: { path: '^src/southbound/' },
       to: { path: '^src/northbound/' },

@@ -84,20 +84,42 @@ export class CommandRouter extends EventEmitter {
     this.schedule(device)
   }
 
-  // One delivery chain per device keeps its commands in order.
+  /**
+   * A message that is worthless late (the QoS 0 internals from the hub): handed to the device in
+   * turn with its commands if an adapter owns it, dropped otherwise; never queued.
+   */
+  relay(cmd: Command): void {
+    // What waited for the device before this arrived goes first (a device that has just come back
+    // gets its queue before what the hub sends on its arrival), and only that: what the hub sends
+    // after it comes after it.
+    const key = deviceKey(cmd.device)
+    const upTo = this.d.store.pending(key).at(-1)?.id
+    if (upTo !== undefined) this.chain(cmd.device, () => this.flush(key, upTo))
+    this.chain(cmd.device, async () => {
+      const adapter = this.owner(cmd.device)
+      if (adapter) await adapter.deliver(cmd)
+    })
+  }
+
+  // One delivery chain per device keeps what it is sent in order.
   private schedule(device: DeviceRef): void {
+    this.chain(device, () => this.flush(deviceKey(device)))
+  }
+
+  private chain(device: DeviceRef, task: () => Promise<void>): void {
     const key = deviceKey(device)
     const prev = this.chains.get(key) ?? Promise.resolve()
-    const next = prev.then(() => this.flush(key)).catch((err: Error) => this.d.log.warn({ err: err.message, device: key }, 'command delivery failed'))
+    const next = prev.then(task).catch((err: Error) => this.d.log.warn({ err: err.message, device: key }, 'command delivery failed'))
     this.chains.set(key, next)
     void next.then(() => {
       if (this.chains.get(key) === next) this.chains.delete(key)
     })
   }
 
-  private async flush(key: string): Promise<void> {
+  /** Deliver what is queued for the device, in order (only up to `upTo` when given). */
+  private async flush(key: string, upTo = Infinity): Promise<void> {
     for (const sc of this.d.store.pending(key)) {
-      if (this.stopped) return
+      if (this.stopped || sc.id > upTo) return
       if (this.isExpired(sc.command)) {
         this.d.store.setState(sc.id, 'expired')
         this.d.metrics.downlinks.inc({ outcome: 'expired' })

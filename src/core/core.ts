@@ -117,7 +117,6 @@ export class Core {
       forGateway: (cmd) => this.gatewayDevice.command(cmd),
       isChild: (dev) => store.registry.get(dev) !== undefined,
       isMapped,
-      deliverNow,
     })
   }
 

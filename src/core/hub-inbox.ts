@@ -1,12 +1,12 @@
 // Down: what the hub sends, parsed once into the gateway's own types and sent on its way. Tag
 // commands fan out to the children that carry the tag; the gateway's own commands (`$set_ntp`
 // answers to its clock probes) stay here; the QoS 0 internals update the gateway's copies and are
-// handed to a connected native device at once (never queued: the device asks again on its next
-// connect); everything else goes through the command router (deduplicated, durable, in order).
+// handed to a connected native device in turn with its commands (never queued: the device asks
+// again on its next connect); everything else goes through the command router (deduplicated, durable, in order).
 import type { Logger } from './log.js'
 import { RateLimitedLog } from './log.js'
 import type { Metrics } from './metrics.js'
-import type { Command, DeliveryResult, DeviceRef } from './types.js'
+import type { Command, DeviceRef } from './types.js'
 import { deviceKey } from './types.js'
 import { ErrorCodes } from './errors.js'
 import { parseDownTopic } from './hub-topics.js'
@@ -30,7 +30,6 @@ export interface HubInboxDeps {
   forGateway: (cmd: Command) => void
   isChild: (device: DeviceRef) => boolean
   isMapped: (device: DeviceRef) => boolean
-  deliverNow: (cmd: Command) => Promise<DeliveryResult>
 }
 
 export class HubInbox {
@@ -67,14 +66,18 @@ export class HubInbox {
     this.d.router.accept(cmd, t.kind === 'm2m' ? 'm2m' : 'hub')
   }
 
-  /** `$set_tags`, `$update_shadow`, `$shadow_reply`: update the copies, hand to a native device. */
-  private async internal(cmd: Command): Promise<void> {
+  /**
+   * `$set_tags`, `$update_shadow`, `$shadow_reply`: update the copies, hand to a native device in
+   * turn with what was sent to it before (an `$update_shadow` must not overtake an RPC that waits
+   * behind a command).
+   */
+  private internal(cmd: Command): void {
     if (this.d.router.isExpired(cmd)) return
     if (!this.d.commands.accept(deviceKey(cmd.device), cmd, 'hub').fresh) return
     if (cmd.name === '$set_tags') this.d.tags.onSetTags(cmd.device, cmd.payload)
     else if (cmd.name === '$update_shadow') this.d.shadows.onUpdateShadow(cmd.device, cmd.payload)
     else this.d.shadows.onShadowReply(cmd.device, cmd.payload)
     // A mapped device gets desired state through the shadow service; a native one applies it itself.
-    if (!this.d.isMapped(cmd.device)) await this.d.deliverNow({ ...cmd, qos: 0 })
+    if (!this.d.isMapped(cmd.device)) this.d.router.relay({ ...cmd, qos: 0 })
   }
 }

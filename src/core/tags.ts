@@ -97,22 +97,26 @@ export class TagService extends EventEmitter {
       via: { tag },
     })
     if (this.d.router.isExpired(cmdFor({ productId: t.productId, deviceId: '-' }))) return 'expired'
-    const first = this.d.store.accept(tagScope(t.productId, tag), cmdFor({ productId: t.productId, deviceId: tag }), 'tag')
-    if (!first.fresh) return 'duplicate'
-    const targets = new Map<string, DeviceRef>()
-    for (const dev of this.d.registry.list()) {
-      if (dev.productId !== t.productId || !dev.enabled || !dev.tags.includes(tag) || !this.d.isMapped(dev)) continue
-      targets.set(deviceKey(dev), { productId: dev.productId, deviceId: dev.deviceId })
-    }
-    for (const [filter, holders] of this.local) {
-      if (!topicMatches(filter, topic)) continue
-      for (const key of holders.values()) {
-        const device = parseDeviceKey(key)
-        if (!targets.has(key) && this.d.registry.get(device)?.enabled) targets.set(key, device)
+    // The seen entry and every copy in one transaction: one fsync however many children get it,
+    // and a crash leaves either all of them or none (the hub then sends it again).
+    return this.d.store.atomically(() => {
+      const first = this.d.store.accept(tagScope(t.productId, tag), cmdFor({ productId: t.productId, deviceId: tag }), 'tag')
+      if (!first.fresh) return 'duplicate'
+      const targets = new Map<string, DeviceRef>()
+      for (const dev of this.d.registry.list()) {
+        if (dev.productId !== t.productId || !dev.enabled || !dev.tags.includes(tag) || !this.d.isMapped(dev)) continue
+        targets.set(deviceKey(dev), { productId: dev.productId, deviceId: dev.deviceId })
       }
-    }
-    for (const device of targets.values()) this.d.router.enqueueCopy(cmdFor(device), 'tag')
-    return 'relayed'
+      for (const [filter, holders] of this.local) {
+        if (!topicMatches(filter, topic)) continue
+        for (const key of holders.values()) {
+          const device = parseDeviceKey(key)
+          if (!targets.has(key) && this.d.registry.get(device)?.enabled) targets.set(key, device)
+        }
+      }
+      for (const device of targets.values()) this.d.router.enqueueCopy(cmdFor(device), 'tag')
+      return 'relayed'
+    })
   }
 
   /** `$set_tags` seen on its way to a device: keep the newer set. Returns true if it was newer. */

@@ -74,6 +74,11 @@ export class CommandStore {
     }
   }
 
+  /** Run several writes as one transaction (one fsync: a tag command fanned out to hundreds of children). */
+  atomically<T>(fn: () => T): T {
+    return this.db.transaction(fn)()
+  }
+
   /** Has this RequestId (m2m: MessageId) been seen for this scope (a device key, or a tag topic)? */
   seen(scope: string, requestId: string): boolean {
     return this.st.seen.get(scope, requestId) !== undefined

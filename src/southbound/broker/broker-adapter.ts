@@ -26,10 +26,11 @@ interface ClientState {
   session?: ClientSession
   /**
    * Resolves true once the device's server-side subscriptions are in place (false if it left
-   * first). From its CONNACK on the device is owned; a delivery waits for this, so nothing sent to
-   * it in its first moments is lost.
+   * first). The device is owned from before its CONNACK; a delivery waits for this, so nothing sent
+   * to it in its first moments is lost.
    */
   subscribed?: Promise<boolean>
+  settleSubscribed?: (ok: boolean) => void
 }
 
 export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & { listeners: readonly ListenerConfig[] }
@@ -205,6 +206,27 @@ export class BrokerAdapter implements SouthboundAdapter {
       throw authError(result === 'disabled' ? NOT_AUTHORIZED : BAD_USERNAME_OR_PASSWORD, `device ${result}`)
     }
     st.device = ref
+    this.register(client, st)
+  }
+
+  /**
+   * An authenticated device client is the route to its device from now on, before aedes writes the
+   * CONNACK: the hub may act on the device's arrival at once, and aedes hands a persistent session
+   * its queued messages (one event-loop turn each) before it reports the client ready.
+   */
+  private register(client: Client, st: ClientState): void {
+    const key = deviceKey(st.device!)
+    let set = this.byDevice.get(key)
+    if (!set) this.byDevice.set(key, (set = new Set()))
+    set.add(client)
+    st.subscribed = new Promise<boolean>((resolve) => (st.settleSubscribed = resolve))
+    // A client that never gets ready (it fails or leaves during the connect) gets no clientDisconnect.
+    ;(client.conn as net.Socket).once('close', () => {
+      st.settleSubscribed?.(false)
+      const clients = this.byDevice.get(key)
+      clients?.delete(client)
+      if (clients?.size === 0) this.byDevice.delete(key)
+    })
   }
 
   private authorizePublish(client: Client | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
@@ -258,34 +280,28 @@ export class BrokerAdapter implements SouthboundAdapter {
     const st = this.state.get(client)
     this.clientsGauge.set(this.clientCount)
     if (!st?.device) return
-    const key = deviceKey(st.device)
-    let set = this.byDevice.get(key)
-    if (!set) this.byDevice.set(key, (set = new Set()))
-    set.add(client)
     // Server-side subscriptions (PROTOCOL.md): exempt from the device ACL. aedes hands these same
     // objects to authorizeSubscribe.
     const device = st.device
     const subs = serverSideSubscriptions(device.productId, device.deviceId).map((topic) => ({ topic, qos: 1 as const }))
     for (const s of subs) this.serverSubscriptions.add(s)
-    // aedes subscribes after the CONNACK: the device is owned from now on, and a delivery in the
-    // meantime waits for these (a command published before them would reach nobody). The session
-    // opens (`$connection` sent, queued commands flushed) once they are in place.
-    st.subscribed = new Promise<boolean>((resolve) => {
-      client.subscribe(subs, (err) => {
-        if (err || client.closed) return resolve(false)
-        resolve(true)
-        const sock = client.conn as net.Socket
-        st.session = {
-          clientId: client.id,
-          device,
-          transport: 'mqtt',
-          ipaddress: sock.remoteAddress ?? null,
-          keepalive: st.keepalive,
-          protoVer: st.protoVer,
-          persistent: !client.clean,
-        }
-        this.core.sessionOpened(st.session)
-      })
+    // aedes subscribes after the CONNACK: a delivery in the meantime waits for these (a command
+    // published before them would reach nobody). The session opens (`$connection` sent, queued
+    // commands flushed) once they are in place.
+    client.subscribe(subs, (err) => {
+      if (err || client.closed) return st.settleSubscribed?.(false)
+      st.settleSubscribed?.(true)
+      const sock = client.conn as net.Socket
+      st.session = {
+        clientId: client.id,
+        device,
+        transport: 'mqtt',
+        ipaddress: sock.remoteAddress ?? null,
+        keepalive: st.keepalive,
+        protoVer: st.protoVer,
+        persistent: !client.clean,
+      }
+      this.core.sessionOpened(st.session)
     })
   }
 
@@ -307,7 +323,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     for (const c of [...clients]) c.close()
   }
 
-  /** A device is owned from its CONNACK until its last connection closes. */
+  /** A device is owned from its authentication (before the CONNACK) until its last connection closes. */
   owns(device: DeviceRef): boolean {
     const clients = this.byDevice.get(deviceKey(device))
     if (!clients) return false
