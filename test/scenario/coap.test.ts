@@ -308,11 +308,15 @@ describe('CoAP endpoint with libcoap as the device', () => {
     }
   })
 
-  it('takes messages while the hub is down and delivers every one once it is back', async () => {
+  it('takes messages while the hub is down, answers $shadow from the copy meanwhile, and delivers every message once the hub is back', async () => {
     await hub.stop()
     await until(() => !gw.bridge.status().connected, 10_000, 'the gateway did not notice the hub going down')
     const ids = [20, 21, 22].map(MID)
     for (const id of ids) expect((await coapClient(['-m', 'put', '-e', id, uri(`upload_data/${dev.productId}/${dev.deviceId}/outage/${id}`)])).code).toBe('2.04')
+    // While the hub is away the gateway answers $shadow from its copy, as a notification too.
+    expect((await coapClient(['-m', 'put', uri(`get/${dev.productId}/${dev.deviceId}/$shadow/${MID(23)}`)])).code).toBe('2.04')
+    const run = await coapClient(['-m', 'get', '-s', '3', uri(`cmd/${dev.productId}/${dev.deviceId}/+/+/+/#`)])
+    expect(run.log).toMatch(/t:CON c:2\.05 .*Location-Path:\$update_shadow, Location-Path:plain/)
     await hub.start()
     for (const id of ids) await recorder.waitFor((x) => x.topic === `upload_data/${dev.productId}/${dev.deviceId}/outage/${id}`, 30_000)
   })

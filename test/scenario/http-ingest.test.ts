@@ -175,7 +175,7 @@ describe('HTTP device ingest with curl as the device', () => {
     expect(body.iothub_send).toBeGreaterThanOrEqual(body.iothub_recv)
   })
 
-  it('takes messages while the hub is down and delivers every one once it is back', async () => {
+  it('takes messages while the hub is down, answers $shadow from the copy meanwhile, and delivers every message once the hub is back', async () => {
     await hub.stop()
     await until(() => !gw.bridge.status().connected, 10_000, 'the gateway did not notice the hub going down')
     const ids = [10, 11, 12, 13, 14].map(MID)
@@ -183,6 +183,13 @@ describe('HTTP device ingest with curl as the device', () => {
       const res = await curl([...as(dev), '-H', `Idempotency-Key: ${id}`, '--data-binary', `{"id":"${id}"}`, `${base}/data/outage`])
       expect(res.status).toBe(201)
     }
+    // While the hub is away the gateway answers $shadow from its copy, through the long-poll too.
+    expect((await curl([...as(dev), '-X', 'POST', `${base}/get/$shadow`])).status).toBe(201)
+    const poll = await curl([...as(dev), `${base}/commands?wait=10`])
+    expect(poll.status).toBe(200)
+    const [shadow] = JSON.parse(poll.body) as { name: string; payload: string }[]
+    expect(shadow.name).toBe('$update_shadow')
+    expect(JSON.parse(Buffer.from(shadow.payload, 'base64').toString())).toHaveProperty('version')
     await hub.start()
     for (const id of ids) await recorder.waitFor((x) => x.topic === `upload_data/${dev.productId}/${dev.deviceId}/outage/${id}`, 30_000)
   })

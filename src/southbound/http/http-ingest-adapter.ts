@@ -113,6 +113,14 @@ export class HttpIngestAdapter implements SouthboundAdapter {
     const key = deviceKey(cmd.device)
     const link = this.links.get(key)
     if (this.stopped || !link || !this.owns(cmd.device)) return Promise.resolve('offline')
+    if (cmd.qos === 0) {
+      // QoS 0 (`$set_tags`, `$update_shadow` answers, PROTOCOL.md "QoS"): at most once, handed over
+      // now. The core answers a device's `get` with these before the device's POST is answered, so
+      // waiting here for the next poll would hold that POST until the device stops counting as online.
+      link.queue.push({ cmd, settle: () => undefined })
+      this.dispatch(link)
+      return Promise.resolve('delivered')
+    }
     return new Promise((settle) => {
       link.queue.push({ cmd, settle })
       this.dispatch(link)
