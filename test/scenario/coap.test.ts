@@ -301,8 +301,9 @@ describe('CoAP endpoint with libcoap as the device', () => {
       await recorder.waitFor((x) => x.topic.endsWith(MID(10)), 10_000)
       const metrics = await (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
       const dropped = (reason: string): number => Number(new RegExp(`iothub_edge_coap_dropped_total\\{reason="${reason}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0)
+      // Garbage is counted as such; beyond coap.rateLimit.perSourcePerSecond (500 here) nothing is even parsed.
       expect(dropped('malformed')).toBeGreaterThan(0)
-      expect(dropped('rate_limited') + dropped('malformed')).toBeGreaterThan(0)
+      expect(dropped('rate_limited')).toBeGreaterThan(0)
     } finally {
       flood.close()
     }

@@ -175,6 +175,17 @@ describe('HTTP device ingest with curl as the device', () => {
     expect(body.iothub_send).toBeGreaterThanOrEqual(body.iothub_recv)
   })
 
+  it('ends a disabled device\'s long-poll and refuses it from then on (403)', async () => {
+    const poll = curl([...as(other), `http://127.0.0.1:${gw.web.port}/devices/${other.productId}/${other.deviceId}/commands?wait=25`])
+    await until(() => gw.adapter<{ owns: (d: object) => boolean }>('http-devices')?.owns(other), 5_000, 'the polling device is not online')
+    gw.store.registry.setEnabled(other, false)
+    expect((await poll).status).toBe(204)
+    expect(gw.adapter<{ owns: (d: object) => boolean }>('http-devices')?.owns(other)).toBe(false)
+    const refused = await curl([...as(other), '--data-binary', '1', `http://127.0.0.1:${gw.web.port}/devices/${other.productId}/${other.deviceId}/data/t`])
+    expect(refused.status).toBe(403)
+    gw.store.registry.setEnabled(other, true)
+  })
+
   it('takes messages while the hub is down, answers $shadow from the copy meanwhile, and delivers every message once the hub is back', async () => {
     await hub.stop()
     await until(() => !gw.bridge.status().connected, 10_000, 'the gateway did not notice the hub going down')
