@@ -284,6 +284,28 @@ describe('CoAP endpoint with libcoap as the device', () => {
     }
   })
 
+  it('ends an observation on deregistration (Observe 1): later commands wait for the next one', async () => {
+    const peer = new RawPeer(port)
+    await peer.bind()
+    try {
+      const filter = `cmd/${raw.productId}/${raw.deviceId}/+/+/+/#`
+      const token = Buffer.from([8, 8])
+      peer.send(generate({ code: 'GET', confirmable: true, messageId: 7001, token, options: [{ name: 'Observe', value: Buffer.alloc(0) }, ...uriOptions(filter, raw)] }))
+      expect((await peer.waitFor((p) => p.messageId === 7001)).code).toBe('2.05')
+      peer.send(generate({ code: 'GET', confirmable: true, messageId: 7002, token, options: [{ name: 'Observe', value: Buffer.from([1]) }, ...uriOptions(filter, raw)] }))
+      expect((await peer.waitFor((p) => p.messageId === 7002)).code).toBe('2.05')
+      await hub.publishAsHub(`cmd/${raw.productId}/${raw.deviceId}/blink/plain/req-dereg`, 'AFTER')
+      await until(() => gw.core.router.history(raw).find((c) => c.command.requestId === 'req-dereg'), 10_000, 'command not accepted')
+      await sleep(500)
+      expect(peer.received.filter((p) => p.payload.toString() === 'AFTER')).toEqual([])
+      expect(gw.core.router.history(raw).find((c) => c.command.requestId === 'req-dereg')?.state).toBe('queued')
+      const run = await coapClient(['-m', 'get', '-s', '3', uri(filter, raw)])
+      expect(run.out).toContain('AFTER')
+    } finally {
+      peer.close()
+    }
+  })
+
   it('keeps serving a well-behaved device while 10,000 datagrams flood in from 127.0.0.2', async () => {
     const flood = new RawPeer(port)
     await flood.bind('127.0.0.2')
