@@ -186,6 +186,7 @@ export class Gateway {
         waitForReply: (ref, requestId, timeoutMs) => core.router.waitForReply(ref, requestId, timeoutMs),
       },
       adapterRoutes: this.adapters.flatMap((a) => (a.instance?.routes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.routes }] : [])),
+      deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
     }
   }
 

@@ -54,6 +54,8 @@ export interface SeenSet {
    * repeats the work instead of losing it.
    */
   has(id: string): boolean
+  /** Forget `id` (the work it guarded failed and may be retried). A synchronous durable write. */
+  forget(id: string): void
 }
 
 /** The adapter's own metrics, named `iothub_edge_{adapter}_{name}` on /metrics. */

@@ -162,6 +162,7 @@ export class Core {
       seen: (name, ttlMs) => ({
         firstTime: (id) => store.seen.firstTime(`${adapter}/${name}`, id, ttlMs),
         has: (id) => store.seen.has(`${adapter}/${name}`, id),
+        forget: (id) => store.seen.forget(`${adapter}/${name}`, id),
       }),
       uplink: (up) => this.pipeline.uplink(up),
       intakeOpen: () => this.intake.isOpen(),

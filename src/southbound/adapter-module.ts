@@ -1,5 +1,7 @@
 // What an adapter folder hands the registry: how to build the adapter from its context and its own
-// section of the config, and optionally a route plugin (diagnostics under /api/adapters/{name}/).
+// section of the config, and optionally route plugins: diagnostics under /api/adapters/{name}/
+// (behind the API token), and device-facing routes under /devices/ (no token: the adapter
+// authenticates each device itself, e.g. HTTP ingest with the device's own credentials).
 import type { FastifyPluginAsync } from 'fastify'
 import type { AdapterContext } from '../core/adapter-context.js'
 import type { SouthboundAdapter } from '../core/types.js'
@@ -7,6 +9,12 @@ import type { SouthboundAdapter } from '../core/types.js'
 export interface AdapterInstance {
   adapter: SouthboundAdapter
   routes?: FastifyPluginAsync
+  /**
+   * Routes devices call, mounted under /devices/ on the gateway's HTTP listener, outside /api and
+   * without the API token: the plugin must authenticate every request with the device's own
+   * credentials (secure by default: nothing in it may answer an anonymous caller).
+   */
+  deviceRoutes?: FastifyPluginAsync
 }
 
 export interface AdapterModule<C> {

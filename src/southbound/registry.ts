@@ -8,6 +8,8 @@ import type { AdapterModule } from './adapter-module.js'
 import { BrokerSchema, checkBrokerConfig } from './broker/schema.js'
 import { SerialSchema, checkSerialConfig } from './serial/schema.js'
 import { LorawanSchema, checkLorawanConfig } from './lorawan/schema.js'
+import { HttpDevicesSchema } from './http/schema.js'
+import { CoapSchema } from './coap/schema.js'
 
 export interface AdapterEntry<S extends TObject = TObject> {
   /** The adapter's name in logs, metrics (`iothub_edge_{name}_...`), health and its routes. */
@@ -37,6 +39,9 @@ export const builtInAdapters = {
   broker: alwaysOn({ name: 'broker', transport: 'mqtt', schema: BrokerSchema, required: true, check: checkBrokerConfig, load: () => import('./broker/index.js') }),
   serial: optionalAdapter({ name: 'serial', transport: 'serial', schema: SerialSchema, check: checkSerialConfig, load: () => import('./serial/index.js') }),
   lorawan: optionalAdapter({ name: 'lorawan', transport: 'lorawan', schema: LorawanSchema, check: checkLorawanConfig, load: () => import('./lorawan/index.js') }),
+  // HTTP device ingest: routes under /devices/ on the `http` listener (the `http` key is the web's).
+  httpDevices: optionalAdapter({ name: 'http-devices', transport: 'http', schema: HttpDevicesSchema, load: () => import('./http/index.js') }),
+  coap: optionalAdapter({ name: 'coap', transport: 'coap', schema: CoapSchema, load: () => import('./coap/index.js') }),
 }
 
 /** The config properties the adapters contribute, typed per key. */

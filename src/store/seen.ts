@@ -4,7 +4,7 @@ import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
 
 export class SeenStore {
-  private readonly st: Record<'mark' | 'refresh' | 'expire' | 'has', Statement>
+  private readonly st: Record<'mark' | 'refresh' | 'expire' | 'has' | 'forget', Statement>
 
   constructor(db: Db) {
     this.st = {
@@ -13,6 +13,7 @@ export class SeenStore {
       refresh: db.prepare('UPDATE adapter_seen SET expires_at = ? WHERE scope = ? AND id = ? AND expires_at < ?'),
       expire: db.prepare('DELETE FROM adapter_seen WHERE expires_at < ?'),
       has: db.prepare('SELECT 1 FROM adapter_seen WHERE scope = ? AND id = ? AND expires_at >= ?'),
+      forget: db.prepare('DELETE FROM adapter_seen WHERE scope = ? AND id = ?'),
     }
   }
 
@@ -25,6 +26,14 @@ export class SeenStore {
   /** Whether `id` was recorded in `scope` and has not expired; records nothing. */
   has(scope: string, id: string, now = Date.now()): boolean {
     return this.st.has.get(scope, id, now) !== undefined
+  }
+
+  /**
+   * Forget one id: it was marked before the work it guards was done, and that work failed (an HTTP
+   * ingest whose outbox write did not happen must be accepted when the device retries it).
+   */
+  forget(scope: string, id: string): void {
+    this.st.forget.run(scope, id)
   }
 
   /** Forget what has expired; returns how many entries went. */

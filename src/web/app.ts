@@ -1,5 +1,7 @@
 // The web app, built and not listening (fastify's app.js; server.ts listens): tests drive it
-// with inject(). Everything under /api/ except /api/health needs the bearer token.
+// with inject(). Everything under /api/ except /api/health needs the bearer token. Adapters' device
+// routes live under /devices/, outside that scope: devices authenticate there with their own
+// credentials, checked by the adapter (they never hold the technician's token).
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from '../core/log.js'
 import { requireBearerToken } from './auth.js'
@@ -41,6 +43,8 @@ export function buildApp(deps: WebDeps): FastifyInstance {
     },
     { prefix: '/api' },
   )
+  // A scope of its own per adapter, under a fixed prefix: a device plugin cannot reach into /api.
+  for (const routes of deps.deviceRoutes ?? []) void app.register(adapterScope(routes, log, '/devices/'), { prefix: '/devices' })
   return app
 }
 
@@ -49,12 +53,12 @@ function notFound(req: FastifyRequest, reply: FastifyReply): FastifyReply {
 }
 
 /** One adapter's routes failing to register is logged and leaves the rest of the API up. */
-function adapterScope({ adapter, plugin }: AdapterRoutes, log: Logger): FastifyPluginAsync {
+function adapterScope({ adapter, plugin }: AdapterRoutes, log: Logger, where = `/api/adapters/${adapter}/`): FastifyPluginAsync {
   return async (scope, opts) => {
     try {
       await plugin(scope, opts)
     } catch (err) {
-      log.error({ err, adapter }, `the ${adapter} adapter's routes failed to register: some of /api/adapters/${adapter}/ may be missing`)
+      log.error({ err, adapter }, `the ${adapter} adapter's routes failed to register: some of ${where} may be missing`)
     }
   }
 }

@@ -61,7 +61,11 @@ export interface CommandDesk {
   waitForReply(ref: DeviceRef, requestId: string, timeoutMs: number): Promise<Buffer | undefined>
 }
 
-/** A route plugin an adapter contributes; mounted under /api/adapters/{adapter}/ behind the token. */
+/**
+ * A route plugin an adapter contributes: in `adapterRoutes` mounted under /api/adapters/{adapter}/
+ * behind the token; in `deviceRoutes` mounted under /devices/ without it (the plugin authenticates
+ * devices with their own credentials).
+ */
 export interface AdapterRoutes {
   adapter: string
   plugin: FastifyPluginAsync
@@ -78,6 +82,8 @@ export interface WebDeps {
   devices: DeviceAdmin
   commands: CommandDesk
   adapterRoutes: readonly AdapterRoutes[]
+  /** Device-facing routes (HTTP ingest), under /devices/, outside /api and not behind the token. */
+  deviceRoutes?: readonly AdapterRoutes[]
   /** How long `POST .../commands` with `rpc: true` waits for the reply; 5 s when not given. */
   rpcWaitMs?: number
 }

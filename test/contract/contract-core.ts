@@ -44,7 +44,11 @@ export class ContractCore implements AdapterContext {
   }
 
   seen(name: string, ttlMs: number): SeenSet {
-    return { firstTime: (id) => this.seenStore.firstTime(`contract/${name}`, id, ttlMs), has: (id) => this.seenStore.has(`contract/${name}`, id) }
+    return {
+      firstTime: (id) => this.seenStore.firstTime(`contract/${name}`, id, ttlMs),
+      has: (id) => this.seenStore.has(`contract/${name}`, id),
+      forget: (id) => this.seenStore.forget(`contract/${name}`, id),
+    }
   }
 
   /** Mapped devices reported reachable (true) or away (false), in order. */

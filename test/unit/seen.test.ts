@@ -47,6 +47,15 @@ describe('SeenStore', () => {
     expect(s.has('lorawan/events', 'up/c', t + 60_001)).toBe(false) // expired
   })
 
+  it('forgets one id of one scope on request (work it guarded failed and may be retried)', () => {
+    const s = new SeenStore(db)
+    s.firstTime('http/idem', 'k', 60_000)
+    s.firstTime('other/idem', 'k', 60_000)
+    s.forget('http/idem', 'k')
+    expect(s.firstTime('http/idem', 'k', 60_000)).toBe(true)
+    expect(s.firstTime('other/idem', 'k', 60_000)).toBe(false)
+  })
+
   it('sweeps what has expired, and only that', () => {
     const s = new SeenStore(db)
     s.firstTime('x', 'old', 1_000, 0)

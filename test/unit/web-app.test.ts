@@ -65,6 +65,7 @@ function fakeGateway() {
     rpcReply: undefined as ((cmd: Command) => string) | undefined,
     secrets: new Map<string, string>(),
     adapterRoutes: [] as WebDeps['adapterRoutes'],
+    deviceRoutes: [] as NonNullable<WebDeps['deviceRoutes']>,
     logs: [] as Record<string, unknown>[],
     rpcWaitMs: 200,
   }
@@ -123,6 +124,7 @@ function fakeGateway() {
       },
     },
     adapterRoutes: g.adapterRoutes,
+    deviceRoutes: g.deviceRoutes,
     rpcWaitMs: g.rpcWaitMs,
   })
   return Object.assign(g, { deps })
@@ -448,5 +450,28 @@ describe('errors', () => {
     expect(res.json()).toMatchObject({ error: 'internal' })
     expect(res.body).not.toContain('database is locked')
     expect(gw.logs).toContainEqual(expect.objectContaining({ level: 50, url: '/api/outbox', err: expect.objectContaining({ message: 'database is locked' }) }))
+  })
+})
+
+describe('adapter device routes', () => {
+  // A device-facing plugin: it checks a credential of its own, never the API token.
+  const ingest: FastifyPluginAsync = async (scope) => {
+    scope.post('/:p/:d/data', async (req, reply) => (req.headers['x-device-key'] === 'k' ? reply.code(201).send({ ok: true }) : reply.code(401).send({ error: 'unauthorized' })))
+    // What a device plugin registers stays under /devices/: it cannot add to the token's scope.
+    scope.get('/api/devices', async () => ({ leaked: true }))
+  }
+
+  it('mounts them under /devices/, outside /api and without the API token', async () => {
+    await app.close()
+    gw.deviceRoutes = [{ adapter: 'http-devices', plugin: ingest }]
+    await open()
+    const ok = await app.inject({ method: 'POST', url: '/devices/thermo/t1/data', headers: { 'x-device-key': 'k' } })
+    expect(ok.statusCode).toBe(201)
+    // No bearer token involved either way: the plugin's own check decides.
+    const refused = await app.inject({ method: 'POST', url: '/devices/thermo/t1/data', headers: { authorization: `Bearer ${TOKEN}` } })
+    expect(refused.statusCode).toBe(401)
+    expect((await app.inject({ method: 'GET', url: '/devices/api/devices' })).json()).toEqual({ leaked: true })
+    expect((await app.inject({ method: 'GET', url: '/api/devices' })).statusCode).toBe(401)
+    expect((await app.inject({ method: 'GET', url: '/api/devices', headers: auth })).json()).not.toEqual({ leaked: true })
   })
 })

@@ -13,7 +13,8 @@ import { ErrorCodes } from '../../core/errors.js'
 import { RateLimitedLog } from '../../core/log.js'
 import type { Gauge } from 'prom-client'
 import type { BrokerConfig, ListenerConfig } from './schema.js'
-import { formatDownTopic, hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions, type UpTopic } from '../../core/hub-topics.js'
+import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions } from '../../core/hub-topics.js'
+import { commandTopic, mayPublish } from '../../core/device-acl.js'
 
 type Zone = 'external' | 'internal'
 
@@ -44,20 +45,6 @@ const NOT_AUTHORIZED = 5
 
 function authError(returnCode: number, message: string): Error & { returnCode: number } {
   return Object.assign(new Error(message), { returnCode })
-}
-
-// Internal names a device may use (PROTOCOL.md "Internal data requests", "Shadow"); `$connection`
-// is the gateway's own extension and never comes from a device.
-const DEVICE_INTERNAL_DATA = new Set(['$shadow_updated', '$shadow_reported'])
-const DEVICE_INTERNAL_GET = new Set(['$ntp', '$tags', '$shadow'])
-
-/** May device `d` publish this (well-formed) up topic? PROTOCOL.md ACL, exactly. */
-function mayPublish(d: DeviceRef, t: UpTopic): boolean {
-  // For m2m the parsed deviceId is the sender: `m2m/{p}/+/{d}/+`.
-  if (t.productId !== d.productId || t.deviceId !== d.deviceId) return false
-  if (t.kind === 'upload_data' && t.name!.startsWith('$')) return DEVICE_INTERNAL_DATA.has(t.name!)
-  if (t.kind === 'get' && t.name!.startsWith('$')) return DEVICE_INTERNAL_GET.has(t.name!)
-  return true
 }
 
 export class BrokerAdapter implements SouthboundAdapter {
@@ -387,7 +374,7 @@ export class BrokerAdapter implements SouthboundAdapter {
    */
   async deliver(cmd: Command): Promise<DeliveryResult> {
     if (!this.aedes || !(await this.reachable(cmd.device))) return 'offline'
-    const topic = downTopicOf(cmd)
+    const topic = commandTopic(cmd)
     const device = deviceKey(cmd.device)
     const waiterKey = `${device}\u0000${topic}`
     const qos = cmd.qos ?? 1
@@ -430,13 +417,4 @@ export class BrokerAdapter implements SouthboundAdapter {
     await Promise.all(closing)
     this.servers = []
   }
-}
-
-/** The topic a command travels on to a native MQTT device (PROTOCOL.md "Down"). */
-function downTopicOf(cmd: Command): string {
-  const d = cmd.device
-  if (cmd.type === 'm2m') return formatDownTopic({ kind: 'm2m', productId: d.productId, deviceId: d.deviceId, senderDeviceId: cmd.senderDeviceId, messageId: cmd.requestId })
-  const common = { productId: d.productId, name: cmd.name, encoding: cmd.encoding, requestId: cmd.requestId, expiresAt: cmd.expiresAt }
-  if (cmd.via) return formatDownTopic({ kind: 'tags', tag: cmd.via.tag, ...common })
-  return formatDownTopic({ kind: cmd.type, deviceId: d.deviceId, ...common })
 }
