@@ -139,7 +139,10 @@ export class Gateway {
 
   health(): HealthReport {
     const reasons = this.core.healthReasons()
-    for (const a of this.adapters) if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
+    for (const a of this.adapters) {
+      if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
+      else if (a.health.state === 'running') for (const r of a.instance?.health?.() ?? []) reasons.push(`${a.health.name}:${r}`)
+    }
     const nb = this.bridge.status()
     const s = this.store.outbox.stats()
     return {

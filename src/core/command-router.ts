@@ -136,6 +136,10 @@ export class CommandRouter extends EventEmitter {
         this.d.store.setState(sc.id, 'delivered')
         this.d.metrics.downlinks.inc({ outcome: 'delivered' })
         this.emit('delivered', sc)
+      } else if (this.isExpired(sc.command)) {
+        // It expired while the adapter held it (waiting for a sleepy device): not sent, and the rest goes on.
+        this.d.store.setState(sc.id, 'expired')
+        this.d.metrics.downlinks.inc({ outcome: 'expired' })
       } else if (sc.command.type === 'rpc') {
         this.d.store.setState(sc.id, 'dropped', 'device offline')
         this.d.metrics.downlinks.inc({ outcome: 'offline' })

@@ -8,6 +8,11 @@ import type { SouthboundAdapter } from '../core/types.js'
 
 export interface AdapterInstance {
   adapter: SouthboundAdapter
+  /**
+   * Why the adapter is degraded right now, if it is (e.g. `port_down:line1`): reported in
+   * /api/health as `{adapter}:{reason}` while the adapter keeps running.
+   */
+  health?: () => string[]
   routes?: FastifyPluginAsync
   /**
    * Routes devices call, mounted under /devices/ on the gateway's HTTP listener, outside /api and

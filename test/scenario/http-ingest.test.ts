@@ -161,6 +161,18 @@ describe('HTTP device ingest with curl as the device', () => {
     expect((await curl([...as(dev), `${base}/commands?wait=1`])).status).toBe(204)
   })
 
+  it('does not hand over a command whose ExpiresAt passed while it waited for a poll; the next one still comes', async () => {
+    // The device counts as online (it polled a moment ago) but is not polling now.
+    expect((await curl([...as(dev), `${base}/commands?wait=0`])).status).toBe(204)
+    const expiresAt = Math.floor(Date.now() / 1000) + 2
+    await hub.publishAsHub(`cmd/${dev.productId}/${dev.deviceId}/open_valve/plain/req-http-exp/${expiresAt}`, '{}')
+    await hub.publishAsHub(`cmd/${dev.productId}/${dev.deviceId}/close_valve/plain/req-http-after`, '{}')
+    await new Promise((r) => setTimeout(r, (expiresAt + 1) * 1000 - Date.now()))
+    const res = await curl([...as(dev), `${base}/commands?wait=10`])
+    expect(res.status).toBe(200)
+    expect((JSON.parse(res.body) as { requestId: string }[]).map((c) => c.requestId)).toEqual(['req-http-after'])
+  })
+
   it('answers $ntp locally, through the long-poll', async () => {
     const sentAt = Date.now()
     const get = await curl([...as(dev), '--data-binary', JSON.stringify({ device_time: sentAt }), `${base}/get/$ntp`])

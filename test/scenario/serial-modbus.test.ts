@@ -130,7 +130,8 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
         const l = levels(m)
         return rec.messages.indexOf(m) >= from && l[0] === 'upload_data' && l[1] === device.productId && l[2] === device.deviceId && l[3] === dataType && pred(json(m))
       },
-      15_000,
+      // Generous: a loaded machine takes seconds to start a Python Modbus slave after a replug.
+      30_000,
       what,
     )
   const connection = (device: { deviceId: string }, connected: boolean, from: number): Promise<RecordedMessage> =>

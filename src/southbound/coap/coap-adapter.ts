@@ -133,6 +133,9 @@ export class CoapAdapter implements SouthboundAdapter {
 
   private pump(c: CoapClient): void {
     if (c.sending || this.stopped) return
+    // A command whose ExpiresAt passed while it waited here for an observation is not sent
+    // (PROTOCOL.md): 'offline' hands it back to the core, which records it as expired.
+    while (c.queue[0] && isExpired(c.queue[0].cmd)) c.queue.shift()!.settle('offline')
     const h = c.queue[0]
     if (!h) return
     const obs = c.observations.find((o) => topicMatches(o.filter, h.topic))
@@ -297,3 +300,5 @@ function mayObserve(d: DeviceRef, filter: string): boolean {
   if ((l[0] === 'cmd' || l[0] === 'rpc' || l[0] === 'm2m') && l[1] === d.productId && l[2] === d.deviceId) return true
   return mayDeviceSubscribe(d.productId, filter)
 }
+
+const isExpired = (cmd: Command): boolean => cmd.expiresAt !== undefined && cmd.expiresAt * 1000 < Date.now()

@@ -165,6 +165,13 @@ export class HttpIngestAdapter implements SouthboundAdapter {
   }
 
   private dispatch(link: DeviceLink): void {
+    // A command whose ExpiresAt passed while it waited here for a poll is not sent (PROTOCOL.md):
+    // 'offline' hands it back to the core, which records it as expired.
+    const now = Date.now()
+    for (const h of link.queue.filter((q) => q.cmd.expiresAt !== undefined && q.cmd.expiresAt * 1000 < now)) {
+      link.queue.splice(link.queue.indexOf(h), 1)
+      h.settle('offline')
+    }
     if (link.queue.length === 0) return
     const poll = link.polls.shift()
     if (!poll) return

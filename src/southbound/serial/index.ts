@@ -8,6 +8,6 @@ import type { SerialConfig } from './schema.js'
 export const adapterModule: AdapterModule<SerialConfig> = {
   create: (ctx, config) => {
     const adapter = new SerialAdapter(ctx, config)
-    return { adapter, routes: serialRoutes(adapter) }
+    return { adapter, routes: serialRoutes(adapter), health: () => adapter.healthReasons() }
   },
 }

@@ -37,6 +37,11 @@ export class SerialAdapter implements SouthboundAdapter {
     this.metrics = serialMetrics(ctx.metrics)
   }
 
+  /** A configured port that is not open (missing, unplugged) degrades the gateway's health. */
+  healthReasons(): string[] {
+    return this.ports.filter((p) => !p.link.isOpen).map((p) => `port_down:${p.cfg.name}`)
+  }
+
   async start(): Promise<void> {
     if (this.started) return
     this.refuseSharedDevices()
