@@ -2,14 +2,15 @@
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { ConfigError, loadConfig, type Config } from './config.js'
+import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } from './config.js'
 import { Gateway } from './gateway.js'
 import { SystemdNotifier } from './core/systemd.js'
-import { openDatabase } from './store/db.js'
+import { DB_FILE, openDatabase } from './store/db.js'
+import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/server.js'
 import { ID_RULE, isId } from './core/hub-topics.js'
-import { ErrorCodes } from './core/errors.js'
+import { ErrorCodes, StartError } from './core/errors.js'
 import { simulate } from './tools/simulate.js'
 import { HubSimServer } from './tools/hub-sim-server.js'
 
@@ -21,7 +22,8 @@ const USAGE = `usage:
   iothub-edge start [-c FILE]                 run the gateway (built-in defaults without -c)
   iothub-edge check-config FILE               validate a config file; exit 78 on problems
   iothub-edge devices list    [-c FILE]
-  iothub-edge devices add     PRODUCT DEVICE [--secret S] [--tags a,b] [-c FILE]
+  iothub-edge devices add     PRODUCT DEVICE [--secret S] [--tags a,b] [-c FILE] [--create]
+                              (--create: allow a new database when the data folder has none)
   iothub-edge devices disable PRODUCT DEVICE [-c FILE]
   iothub-edge devices enable  PRODUCT DEVICE [-c FILE]
   iothub-edge devices remove  PRODUCT DEVICE [-c FILE]
@@ -42,6 +44,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
         config: { type: 'string', short: 'c' },
         secret: { type: 'string' },
         tags: { type: 'string' },
+        create: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         url: { type: 'string' },
         devices: { type: 'string' },
@@ -88,9 +91,13 @@ export async function main(argv: string[]): Promise<number | undefined> {
   }
 }
 
-function readConfig(file: string | undefined): Config | number {
+/** The config, or the exit code after its problems went to stderr; `files`: also check named files. */
+function readConfig(file: string | undefined, files = false): Config | number {
   try {
-    return loadConfig(file)
+    const cfg = loadConfig(file)
+    const missing = files ? fileProblems(cfg) : []
+    if (missing.length) throw new ConfigError(missing)
+    return cfg
   } catch (err) {
     if (err instanceof ConfigError) {
       for (const p of err.problems) process.stderr.write(`${p}\n`)
@@ -106,20 +113,26 @@ function checkConfig(file: string | undefined): number {
     process.stderr.write(`check-config needs a FILE\n${USAGE}`)
     return EXIT_USAGE
   }
-  const cfg = readConfig(file)
+  const cfg = readConfig(file, true)
   if (typeof cfg === 'number') return cfg
-  process.stdout.write(`${file}: ok\n`)
+  const warnings = configWarnings(cfg)
+  for (const w of warnings) process.stderr.write(`warning: ${w}\n`)
+  process.stdout.write(`${file}: ok${warnings.length ? ` (${warnings.length} warning(s))` : ''}\n`)
   return 0
 }
 
 async function start(file: string | undefined): Promise<number | undefined> {
-  const cfg = readConfig(file)
+  const cfg = readConfig(file, true)
   if (typeof cfg === 'number') return cfg
   const gw = new Gateway(cfg)
+  for (const w of configWarnings(cfg)) gw.log.warn({ code: ErrorCodes.CONFIG_INVALID }, w)
   try {
     await gw.start()
   } catch (err) {
-    gw.log.fatal({ err }, `gateway failed to start: ${(err as Error).message}`)
+    const code = err instanceof StartError ? err.code : undefined
+    gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
+    // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
+    process.stderr.write(`iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
     await gw.stop(2_000)
     return 1
   }
@@ -143,6 +156,9 @@ async function start(file: string | undefined): Promise<number | undefined> {
   }
   process.on('SIGTERM', () => shutdown('SIGTERM'))
   process.on('SIGINT', () => shutdown('SIGINT'))
+  // SIGHUP (a closed terminal, or `kill -HUP` to re-read the config): a clean stop, exit 0. Under
+  // systemd (Restart=always) the service starts again at once with the config as it is now.
+  process.on('SIGHUP', () => shutdown('SIGHUP'))
   // A bug in one component is logged with its stack; durability does not depend on the process
   // surviving it (everything acknowledged is already committed), so exit and let systemd restart.
   process.on('uncaughtException', (err) => {
@@ -154,24 +170,31 @@ async function start(file: string | undefined): Promise<number | undefined> {
 
 // --- devices ---------------------------------------------------------------------------------
 
-function runningGateway(dataDir: string): RuntimeInfo | undefined {
-  const f = path.join(dataDir, RUNTIME_FILE)
-  if (!existsSync(f)) return undefined
+/**
+ * The gateway running on this data folder, if any: the lock tells whether one lives (a runtime.json
+ * left by a gateway killed with -9, or one whose pid now belongs to another process, is stale and
+ * ignored); runtime.json tells its HTTP port.
+ */
+function runningGateway(dataDir: string): { pid: number; httpPort?: number } | undefined {
+  const owner = lockOwner(dataDir)
+  if (!owner) return undefined
   try {
-    const info = JSON.parse(readFileSync(f, 'utf8')) as RuntimeInfo
-    process.kill(info.pid, 0)
-    return info
+    const info = JSON.parse(readFileSync(path.join(dataDir, RUNTIME_FILE), 'utf8')) as RuntimeInfo
+    if (info.pid === owner.pid && Number.isInteger(info.httpPort)) return info
   } catch {
-    return undefined
+    // not written yet (still starting), or unreadable
   }
+  return { pid: owner.pid }
 }
 
-async function devices(args: string[], values: { config?: string; secret?: string; tags?: string }): Promise<number> {
+const DEVICE_COMMANDS = ['list', 'add', 'disable', 'enable', 'remove']
+
+async function devices(args: string[], values: { config?: string; secret?: string; tags?: string; create?: boolean }): Promise<number> {
   const [sub, productId, deviceId] = args
   const cfg = readConfig(values.config)
   if (typeof cfg === 'number') return cfg
   const needsId = sub !== 'list'
-  if (!sub || !['list', 'add', 'disable', 'enable', 'remove'].includes(sub)) {
+  if (!sub || !DEVICE_COMMANDS.includes(sub)) {
     process.stderr.write(USAGE)
     return EXIT_USAGE
   }
@@ -180,32 +203,45 @@ async function devices(args: string[], values: { config?: string; secret?: strin
     return EXIT_USAGE
   }
   const tags = values.tags ? values.tags.split(',').map((t) => t.trim()).filter(Boolean) : undefined
-  const live = runningGateway(cfg.gateway.dataDir)
+  const dataDir = cfg.gateway.dataDir
+  const live = runningGateway(dataDir)
   const out = (o: unknown): void => void process.stdout.write(JSON.stringify(o, null, 2) + '\n')
 
   if (live) {
+    if (live.httpPort === undefined) {
+      process.stderr.write(`devices ${sub}: a gateway (pid ${live.pid}) is using ${dataDir} but has not published its API port (${RUNTIME_FILE}) yet; if it is starting, try again in a moment\n`)
+      return 1
+    }
     // The gateway owns the database while it runs; act through its API so that e.g. a disable
     // disconnects the device at once.
-    const token = cfg.http.apiToken ?? readApiToken(cfg.gateway.dataDir)
+    const token = cfg.http.apiToken ?? readApiToken(dataDir)
     const host = cfg.http.host === '0.0.0.0' || cfg.http.host === '::' ? '127.0.0.1' : cfg.http.host
     const call = async (method: string, p: string, body?: unknown): Promise<{ status: number; body: unknown }> => {
       const res = await fetch(`http://${host}:${live.httpPort}${p}`, {
         method,
         headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
         body: body ? JSON.stringify(body) : undefined,
+        signal: AbortSignal.timeout(15_000),
       })
       const text = await res.text()
       return { status: res.status, body: text ? JSON.parse(text) : null }
     }
     const dev = `/api/devices/${productId}/${deviceId}`
-    const r =
-      sub === 'list'
-        ? await call('GET', '/api/devices')
-        : sub === 'add'
-          ? await call('POST', '/api/devices', { productId, deviceId, secret: values.secret, tags })
-          : sub === 'remove'
-            ? await call('DELETE', dev)
-            : await call('PATCH', dev, { enabled: sub === 'enable' })
+    let r: { status: number; body: unknown }
+    try {
+      r =
+        sub === 'list'
+          ? await call('GET', '/api/devices')
+          : sub === 'add'
+            ? await call('POST', '/api/devices', { productId, deviceId, secret: values.secret, tags })
+            : sub === 'remove'
+              ? await call('DELETE', dev)
+              : await call('PATCH', dev, { enabled: sub === 'enable' })
+    } catch (err) {
+      const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message
+      process.stderr.write(`devices ${sub}: the gateway (pid ${live.pid}) using ${dataDir} does not answer on http://${host}:${live.httpPort} (${cause}); check its log, or try again once it is up\n`)
+      return 1
+    }
     if (r.status >= 400) {
       process.stderr.write(`devices ${sub}: ${r.status} ${JSON.stringify(r.body)}\n`)
       return 1
@@ -214,6 +250,39 @@ async function devices(args: string[], values: { config?: string; secret?: strin
     return 0
   }
 
+  // No gateway runs: open the database directly, but never a new empty one by accident (a wrong
+  // -c or data folder would put devices where the gateway never looks).
+  if (!existsSync(path.join(dataDir, DB_FILE)) && !values.create) {
+    process.stderr.write(
+      `devices ${sub}: no gateway database in ${dataDir} (gateway.dataDir${values.config ? ` of ${values.config}` : ', built-in default ./data'}); ` +
+        `check -c FILE, or pass --create to start a new one there\n`,
+    )
+    return 1
+  }
+  // Hold the data folder while working on it, so that a gateway does not start meanwhile.
+  const lock = new DataDirLock(dataDir)
+  try {
+    lock.acquire()
+  } catch (err) {
+    process.stderr.write(`devices ${sub}: ${(err as Error).message}\n`)
+    return 1
+  }
+  try {
+    return await offlineDevices(sub, productId, deviceId, cfg, values.secret, tags, out)
+  } finally {
+    lock.release()
+  }
+}
+
+async function offlineDevices(
+  sub: string,
+  productId: string,
+  deviceId: string,
+  cfg: Config,
+  secret: string | undefined,
+  tags: string[] | undefined,
+  out: (o: unknown) => void,
+): Promise<number> {
   const db = openDatabase(cfg.gateway.dataDir)
   try {
     const registry = new DeviceRegistry(db, cfg.gateway.dataDir, cfg.northbound.mode === 'devices')
@@ -231,7 +300,7 @@ async function devices(args: string[], values: { config?: string; secret?: strin
           process.stderr.write(`devices add: ${productId}/${deviceId} already exists\n`)
           return 1
         }
-        const r = await registry.add({ ...ref, secret: values.secret, tags })
+        const r = await registry.add({ ...ref, secret, tags })
         out({ device: r.device, secret: r.secret })
         return 0
       }

@@ -8,9 +8,10 @@ import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
 import type { DeviceRef } from './core/types.js'
-import { ErrorCodes } from './core/errors.js'
+import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
+import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
 import { Bridge } from './northbound/bridge.js'
 import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import type { AdapterInstance } from './southbound/adapter-module.js'
@@ -41,6 +42,7 @@ export class Gateway {
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
+  private lock?: DataDirLock
 
   constructor(
     readonly cfg: Config,
@@ -51,6 +53,7 @@ export class Gateway {
 
   async start(): Promise<void> {
     const { cfg, log, metrics } = this
+    this.lockDataDir()
     this.store = await openStore(cfg, log)
     const store = this.store
     const warn = new RateLimitedLog(log)
@@ -99,6 +102,24 @@ export class Gateway {
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  /** One gateway per data folder (src/store/data-dir-lock.ts); also proves the folder is writable. */
+  private lockDataDir(): void {
+    const dir = this.cfg.gateway.dataDir
+    const lock = new DataDirLock(dir)
+    try {
+      lock.acquire()
+    } catch (err) {
+      if (err instanceof DataDirBusyError) throw new StartError(ErrorCodes.DATA_DIR_BUSY, 'gateway.dataDir', err.message)
+      const e = err as NodeJS.ErrnoException
+      throw new StartError(
+        ErrorCodes.DATA_DIR_UNWRITABLE,
+        'gateway.dataDir',
+        `cannot create or write ${dir} (${e.code ?? e.message}): make it writable by the user the gateway runs as (uid ${process.getuid?.() ?? '?'}), or set gateway.dataDir to a folder that is`,
+      )
+    }
+    this.lock = lock
   }
 
   /**
@@ -209,6 +230,7 @@ export class Gateway {
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
     this.store?.close()
+    this.lock?.release()
     this.log.info('gateway stopped')
   }
 }

@@ -6,6 +6,7 @@ import path from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import type { WebDeps } from './deps.js'
+import { ErrorCodes, StartError } from '../core/errors.js'
 
 export const RUNTIME_FILE = 'runtime.json'
 const TOKEN_FILE = 'api-token'
@@ -39,7 +40,17 @@ export class WebServer {
 
   async start(): Promise<void> {
     this.app = buildApp(this.deps)
-    await this.app.listen({ host: this.opts.host, port: this.opts.port })
+    try {
+      await this.app.listen({ host: this.opts.host, port: this.opts.port })
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException
+      const why = e.code === 'EADDRINUSE' ? 'another process has this port' : e.code === 'EADDRNOTAVAIL' ? 'the address is not one of this machine' : (e.code ?? e.message)
+      throw new StartError(
+        ErrorCodes.HTTP_LISTEN_FAILED,
+        'http.port',
+        `cannot listen on ${this.opts.host}:${this.opts.port} (${why}): stop the other process or change http.port / http.host`,
+      )
+    }
     const addr = this.app.server.address()
     this.boundPort = typeof addr === 'object' && addr ? addr.port : this.opts.port
     const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort }
