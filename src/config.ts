@@ -101,7 +101,13 @@ const rootProperties = {
       {
         level: Type.Union(
           ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
-          { default: 'info', description: 'pino log level (logs are JSON on stdout)' },
+          { default: 'info', description: 'pino log level' },
+        ),
+        format: Type.Optional(
+          Type.Union([Type.Literal('json'), Type.Literal('pretty')], {
+            description:
+              'json: one JSON object per line; pretty: ISO time, level name, message and fields on one line. Default: pretty when stdout is a terminal, json otherwise. Under systemd every line starts with its syslog priority, so `journalctl -p warning` works',
+          }),
         ),
       },
       { additionalProperties: false, default: {}, description: 'logging' },

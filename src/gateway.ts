@@ -48,7 +48,7 @@ export class Gateway {
     readonly cfg: Config,
     private readonly opts: GatewayOptions = {},
   ) {
-    this.log = opts.logger ?? createLogger(cfg.log.level)
+    this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id })
   }
 
   async start(): Promise<void> {
@@ -183,7 +183,10 @@ export class Gateway {
     }
     return {
       log: this.log.child({ component: 'http' }),
-      apiToken: loadOrCreateApiToken(this.cfg.gateway.dataDir, this.cfg.http.apiToken),
+      // Never into the log stream (journals are kept and shipped): the log says where the file is.
+      apiToken: loadOrCreateApiToken(this.cfg.gateway.dataDir, this.cfg.http.apiToken, (file) =>
+        this.log.info({ file }, `API token generated into ${file} (mode 0600): send it as "Authorization: Bearer <token>"; set http.apiToken to choose your own`),
+      ),
       health: () => this.health(),
       metrics: async () => {
         core.updateGauges()

@@ -76,15 +76,17 @@ export function readApiToken(dataDir: string): string | undefined {
   return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined
 }
 
-/** The configured token, else the one in {dataDir}/api-token, else a new one written there (0600). */
-export function loadOrCreateApiToken(dataDir: string, configured?: string): string {
+/**
+ * The configured token, else the one in {dataDir}/api-token, else a new one written there (0600);
+ * `created` is told the file's path then (the token itself is never printed or logged).
+ */
+export function loadOrCreateApiToken(dataDir: string, configured?: string, created?: (file: string) => void): string {
   if (configured) return configured
   const existing = readApiToken(dataDir)
   if (existing) return existing
   const token = randomBytes(24).toString('base64url')
   const file = path.join(dataDir, TOKEN_FILE)
   writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' })
-  // Printed once, on first start, so the operator can copy it; afterwards it is only in the 0600 file.
-  process.stdout.write(`API token generated (stored in ${file}): ${token}\n`)
+  created?.(file)
   return token
 }

@@ -139,6 +139,21 @@ describe('data folder of the devices CLI', () => {
   })
 })
 
+describe('logs of a first start', () => {
+  it('say where the API token is without printing it; every line is JSON carrying the gateway id', async () => {
+    const g = track(new GatewayProcess({ gateway: { ...gw, id: 'site-7' }, log: { level: 'info', format: 'json' } }))
+    await g.start()
+    const token = g.apiToken!
+    expect(token).toBeTruthy()
+    const logs = g.logs()
+    expect(logs).not.toContain(token)
+    expect(logs).toContain(`API token generated into ${path.join(g.dataDir, 'api-token')}`)
+    const lines = logs.split('\n').filter((l) => l && !l.startsWith('--- [test]'))
+    expect(lines.length).toBeGreaterThan(3)
+    for (const l of lines) expect((JSON.parse(l) as { gateway?: string }).gateway, l).toBe('site-7')
+  })
+})
+
 describe('signals', () => {
   it('SIGHUP is a clean stop (exit 0, lock released): a supervisor starts it again', async () => {
     const g = track(new GatewayProcess({ gateway: gw, log: { level: 'info' } }))
