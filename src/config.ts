@@ -67,6 +67,11 @@ const rootProperties = {
         keepalive: Type.Integer({ default: 60, minimum: 5, description: 'MQTT keepalive towards the hub, seconds' }),
         inflight: Type.Integer({ default: 100, minimum: 1, maximum: 65535, description: 'QoS 1 messages in flight to the hub per connection' }),
         maxRate: Type.Number({ default: 0, minimum: 0, description: 'messages per second towards the hub, 0 = unlimited' }),
+        degradedAfterSeconds: Type.Integer({
+          default: 300,
+          minimum: 0,
+          description: '/api/health turns degraded (reason northbound_down) once the hub has been out of reach this long; 0 = never',
+        }),
         subscribePerProduct: Type.Boolean({
           default: false,
           description: "gateway mode: subscribe children's command topics with one `+` per product instead of one set per device (when the hub's ACL allows it)",

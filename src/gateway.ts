@@ -49,6 +49,8 @@ export class Gateway {
     private readonly opts: GatewayOptions = {},
   ) {
     this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id })
+    // Every sample names its gateway: one Prometheus rule set covers a fleet (docs/operators/alerts.md).
+    this.metrics.registry.setDefaultLabels({ gateway: cfg.gateway.id })
   }
 
   async start(): Promise<void> {
@@ -162,11 +164,13 @@ export class Gateway {
     const reasons = this.core.healthReasons()
     for (const a of this.adapters) if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
     const nb = this.bridge.status()
+    const after = this.cfg.northbound.degradedAfterSeconds * 1000
+    if (nb.configured && after > 0 && nb.downSince !== null && Date.now() - nb.downSince >= after) reasons.push('northbound_down')
     const s = this.store.outbox.stats()
     return {
       status: reasons.length ? 'degraded' : 'ok',
       reasons,
-      northbound: { configured: nb.configured, connected: nb.connected, since: nb.since, links: nb.links, linksConnected: nb.linksConnected },
+      northbound: { configured: nb.configured, connected: nb.connected, since: nb.since, downSince: nb.downSince, links: nb.links, linksConnected: nb.linksConnected },
       outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes },
       clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
       adapters: this.adapters.map((a) => ({ ...a.health })),

@@ -20,6 +20,8 @@ export const ErrorCodes = {
   NORTHBOUND: 'IHE_NORTHBOUND',
   /** A southbound adapter failed to start or stopped working; the rest of the gateway carries on. */
   ADAPTER_FAILED: 'IHE_ADAPTER_FAILED',
+  /** A device spoke a protocol version the broker does not (MQTT 5; only 3.1.1 and 3.1 are served). */
+  UNSUPPORTED_PROTOCOL: 'IHE_UNSUPPORTED_PROTOCOL',
   /** Another live gateway holds the data folder's lock. */
   DATA_DIR_BUSY: 'IHE_DATA_DIR_BUSY',
   /** The data folder cannot be created or written. */

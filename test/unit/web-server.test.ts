@@ -21,7 +21,7 @@ function deps(): WebDeps {
     health: () => ({
       status: 'ok',
       reasons: [],
-      northbound: { configured: false, connected: false, since: null, links: 0, linksConnected: 0 },
+      northbound: { configured: false, connected: false, since: null, downSince: null, links: 0, linksConnected: 0 },
       outbox: { messages: 0, bytes: 0, oldestAgeMs: 0, maxBytes: 1 },
       clock: { offsetMs: 0, measuredAt: null },
       adapters: [],
