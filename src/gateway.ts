@@ -111,7 +111,9 @@ export class Gateway {
     const dir = this.cfg.gateway.dataDir
     const lock = new DataDirLock(dir)
     try {
-      lock.acquire()
+      if (!lock.acquire()) {
+        this.log.warn({ dataDir: dir, code: ErrorCodes.STORE_FULL }, 'the data disk is full: running without the data folder lock (a second gateway on this folder would not be refused)')
+      }
     } catch (err) {
       if (err instanceof DataDirBusyError) throw new StartError(ErrorCodes.DATA_DIR_BUSY, 'gateway.dataDir', err.message)
       const e = err as NodeJS.ErrnoException

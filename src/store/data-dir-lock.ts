@@ -67,8 +67,12 @@ export class DataDirLock {
 
   constructor(readonly dataDir: string) {}
 
-  /** Take the lock; throws DataDirBusyError when a live process holds it, fs errors as they are. */
-  acquire(): void {
+  /**
+   * Take the lock; throws DataDirBusyError when a live process holds it, fs errors as they are.
+   * Returns false when the folder is usable but the lock file could not be written for lack of
+   * space: a gateway restarted on a full disk must still come up (degraded) and serve what it has.
+   */
+  acquire(): boolean {
     mkdirSync(this.dataDir, { recursive: true })
     const file = path.join(this.dataDir, LOCK_FILE)
     const me: LockOwner = { pid: process.pid, startTime: startTimeOf(process.pid) }
@@ -77,9 +81,15 @@ export class DataDirLock {
         // wx: creating the file is the atomic step; of two starting at once, one wins.
         writeFileSync(file, JSON.stringify(me), { flag: 'wx', mode: 0o600 })
         this.held = true
-        return
+        return true
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+        const code = (err as NodeJS.ErrnoException).code
+        if (code === 'ENOSPC' || code === 'EDQUOT') {
+          // An empty file may have been created before the write failed: not a lock of anybody's.
+          rmSync(file, { force: true })
+          return false
+        }
+        if (code !== 'EEXIST') throw err
       }
       const owner = lockOwner(this.dataDir)
       if (owner) throw new DataDirBusyError(this.dataDir, owner)
