@@ -98,12 +98,35 @@ export class Gateway {
     this.web = new WebServer(this.webDeps(), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir })
     await this.web.start()
 
-    this.gaugeTimer = setInterval(() => core.updateGauges(), GAUGE_INTERVAL_MS).unref()
+    this.gaugeTimer = setInterval(() => {
+      core.updateGauges()
+      this.watchOutbox()
+    }, GAUGE_INTERVAL_MS).unref()
     core.updateGauges()
     log.info(
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  private outboxNear = false
+
+  /**
+   * The outbox passing 90 % of its quota: eviction of acknowledged telemetry is next. Said once,
+   * until it is below 80 % again. (The backlog drained after an outage is the hub link's line.)
+   */
+  private watchOutbox(): void {
+    const s = this.store.outbox.stats()
+    const share = s.maxBytes ? s.bytes / s.maxBytes : 0
+    if (!this.outboxNear && share >= 0.9) {
+      this.outboxNear = true
+      this.log.warn(
+        { bytes: s.bytes, maxBytes: s.maxBytes, messages: s.messages, oldestAgeMs: s.oldestAgeMs },
+        `outbox at ${Math.round(share * 100)} % of its quota: the oldest telemetry is evicted next; restore the hub link or raise store.outbox.maxBytes`,
+      )
+    } else if (this.outboxNear && share < 0.8) {
+      this.outboxNear = false
+    }
   }
 
   /** One gateway per data folder (src/store/data-dir-lock.ts); also proves the folder is writable. */

@@ -43,6 +43,8 @@ export class HubLink {
   private connectedSince = 0
   // Since when the hub is out of reach: the start, or the loss of the last connection; null while up.
   private downAt: number | null = null
+  // The backlog found at (re)connect, until it has all reached the hub: for the "drained" line.
+  private backlog: { messages: number; since: number } | null = null
   private attempts = 0
   private reconnectTimer?: NodeJS.Timeout
   private rateTimer?: NodeJS.Timeout
@@ -110,6 +112,7 @@ export class HubLink {
       const outageS = this.downAt === null ? null : Math.round((this.connectedSince - this.downAt) / 1000)
       this.downAt = null
       const waiting = this.waiting()
+      this.backlog = waiting > 0 && this.opts.device === undefined ? { messages: waiting, since: this.connectedSince } : null
       this.log.info(
         { url: this.opts.url, clientId: this.opts.clientId, outageS, waiting },
         `connected to hub${outageS === null ? '' : ` after ${outageS} s without it`}; ${waiting} message(s) waiting in the outbox are sent now`,
@@ -283,6 +286,11 @@ export class HubLink {
       })
     }
     if (expired.length) this.outbox.drop(expired, 'rpc_resp_expired')
+    if (this.backlog && this.inflight.size === 0 && !this.maybeMore && this.bufferPos >= this.buffer.length) {
+      const { messages, since } = this.backlog
+      this.backlog = null
+      this.log.info({ messages, tookS: Math.round((Date.now() - since) / 100) / 10 }, `outbox drained: the ${messages} message(s) that waited reached the hub`)
+    }
   }
 
   private next(): OutboxRow | undefined {

@@ -66,6 +66,13 @@ describe('health through a hub outage', () => {
     expect(back).toMatchObject({ waiting: expect.any(Number), outageS: expect.any(Number) })
     expect(back!.waiting).toBeGreaterThanOrEqual(3)
 
+    // And once everything that waited reached the hub, the log says so.
+    await expect
+      .poll(() => g.logs().split('\n').filter((l) => l.includes('outbox drained')).map((l) => JSON.parse(l) as { messages: number }), { timeout: 20_000 })
+      .toEqual([expect.objectContaining({ messages: expect.any(Number) })])
+    const drained = g.logs().split('\n').find((l) => l.includes('outbox drained'))!
+    expect((JSON.parse(drained) as { messages: number }).messages).toBe(back!.waiting)
+
     // The alert rules operators are given name metrics that exist, labelled with the gateway id.
     const metrics = (await g.api<string>('GET', '/metrics')).body
     const rules = readFileSync(path.join(repoRoot, 'docs/operators/alerts.md'), 'utf8')
@@ -73,5 +80,21 @@ describe('health through a hub outage', () => {
     expect(named.length).toBeGreaterThan(4)
     for (const m of named) expect(metrics, `${m} in docs/operators/alerts.md`).toMatch(new RegExp(`^# TYPE ${m} `, 'm'))
     expect(metricValue(metrics, 'iothub_edge_northbound_connected', { gateway: 'site-7' })).toBe(1)
+  })
+
+  it('warns once when the outbox passes 90 % of its quota', async () => {
+    const g = new GatewayProcess({ gateway: gw, devices: [dev], store: { outbox: { maxBytes: 8192 } }, log: { level: 'info', format: 'json' } })
+    try {
+      await g.start()
+      const client = await connectDevice(g.externalUrl, dev)
+      const payload = Buffer.alloc(400, 'x')
+      for (let i = 0; i < 24; i++) await publishQos1(client, `upload_data/thermo/t1/temperature/${newMessageId()}`, payload)
+      await client.endAsync()
+      await expect.poll(() => g.logs().split('\n').filter((l) => l.includes('of its quota: the oldest telemetry is evicted next')).length, { timeout: 20_000 }).toBe(1)
+      const line = JSON.parse(g.logs().split('\n').find((l) => l.includes('of its quota'))!) as { level: number; maxBytes: number }
+      expect(line).toMatchObject({ level: 40, maxBytes: 8192 })
+    } finally {
+      await g.close()
+    }
   })
 })
