@@ -31,6 +31,8 @@ export interface UplinkMeta {
   gatewayCount?: number
   /** LoRaWAN FPort, or the serial port path (`/dev/ttyUSB0`). */
   port?: number | string
+  /** Modbus: the unit (slave) id on the bus. */
+  unitId?: number
   /** Battery level, percent. */
   battery?: number
   /** Where it came from on the network (CoAP/HTTP source address). */

@@ -6,6 +6,7 @@ import { Type, type Static, type TObject, type TOptional } from '@sinclair/typeb
 import type { Transport } from '../core/types.js'
 import type { AdapterModule } from './adapter-module.js'
 import { BrokerSchema, checkBrokerConfig } from './broker/schema.js'
+import { SerialSchema, checkSerialConfig } from './serial/schema.js'
 
 export interface AdapterEntry<S extends TObject = TObject> {
   /** The adapter's name in logs, metrics (`iothub_edge_{name}_...`), health and its routes. */
@@ -33,6 +34,7 @@ function alwaysOn<S extends TObject>(e: Omit<AdapterEntry<S>, 'always'>): Adapte
 
 export const builtInAdapters = {
   broker: alwaysOn({ name: 'broker', transport: 'mqtt', schema: BrokerSchema, required: true, check: checkBrokerConfig, load: () => import('./broker/index.js') }),
+  serial: optionalAdapter({ name: 'serial', transport: 'serial', schema: SerialSchema, check: checkSerialConfig, load: () => import('./serial/index.js') }),
 }
 
 /** The config properties the adapters contribute, typed per key. */
