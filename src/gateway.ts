@@ -4,6 +4,7 @@
 // within a deadline. Nothing else wires components together.
 import type { Config } from './config.js'
 import { createLogger, RateLimitedLog, type Logger } from './core/log.js'
+import { Gauge } from 'prom-client'
 import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
@@ -49,8 +50,12 @@ export class Gateway {
     private readonly opts: GatewayOptions = {},
   ) {
     this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id })
-    // Every sample names its gateway: one Prometheus rule set covers a fleet (docs/operators/alerts.md).
-    this.metrics.registry.setDefaultLabels({ gateway: cfg.gateway.id })
+    // Which gateway a scrape came from, the Prometheus way (an info metric to join on), rather than a
+    // label on every sample: docs/operators/alerts.md.
+    new Gauge({ name: 'iothub_edge_gateway_info', help: 'Always 1; labels: gateway.id and version', labelNames: ['gateway', 'version'], registers: [this.metrics.registry] }).set(
+      { gateway: cfg.gateway.id, version: VERSION },
+      1,
+    )
   }
 
   async start(): Promise<void> {
