@@ -71,7 +71,7 @@ export function renderConfigDoc(): string {
     '',
     '- `devices[]`: a product/device pair appears once; in `northbound.mode: devices` every device needs a `secret`.',
     '- `broker.listeners[].port`: no port twice (0 means "any free port").',
-    '- `gateway.dataDir` is resolved against the working directory at start.',
+    "- A relative `gateway.dataDir` is resolved against the config file's folder (against the working directory when started without `-c`).",
     '- `store.outbox.maxBytes` absent: half of what the store can use (the free space of the data folder\'s filesystem plus the database), measured at start and never lower than at an earlier start, so that a restart on a full disk does not shrink it.',
     '',
     'Example:',

@@ -2,29 +2,47 @@
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { ConfigError, loadConfig, type Config } from './config.js'
+import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } from './config.js'
 import { Gateway } from './gateway.js'
 import { SystemdNotifier } from './core/systemd.js'
-import { openDatabase } from './store/db.js'
+import { DB_FILE, openDatabase } from './store/db.js'
+import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/server.js'
 import { ID_RULE, isId } from './core/hub-topics.js'
-import { ErrorCodes } from './core/errors.js'
+import { ErrorCodes, StartError } from './core/errors.js'
 import { simulate } from './tools/simulate.js'
+import { VERSION } from './core/version.js'
+import type { DeviceRef } from './core/types.js'
+import { ConnectionStore, type ConnectionInfo } from './store/connections.js'
+import { deviceDetails, devicesTable, json, outputMode, statusText } from './cli-output.js'
+import readline from 'node:readline/promises'
+import { Writable } from 'node:stream'
 import { HubSimServer } from './tools/hub-sim-server.js'
 
 // sysexits.h EX_CONFIG: systemd and scripts can tell "fix your config" from a crash.
 export const EXIT_CONFIG = 78
 const EXIT_USAGE = 64
+// `status`: as `systemctl status` does, 3 for "not running"; 2 for running but degraded.
+const EXIT_DEGRADED = 2
+const EXIT_NOT_RUNNING = 3
 
 const USAGE = `usage:
   iothub-edge start [-c FILE]                 run the gateway (built-in defaults without -c)
   iothub-edge check-config FILE               validate a config file; exit 78 on problems
+  iothub-edge status [-c FILE] [--json]      health of the gateway running on the data folder
+                                              (exit 0 ok, 2 degraded, 3 not running)
   iothub-edge devices list    [-c FILE]
-  iothub-edge devices add     PRODUCT DEVICE [--secret S] [--tags a,b] [-c FILE]
+  iothub-edge devices show    PRODUCT DEVICE [-c FILE]
+  iothub-edge devices add     PRODUCT DEVICE [--tags a,b] [-c FILE] [--create]
+                              (prints a generated secret once; --create: allow a new database
+                              when the data folder has none)
+  iothub-edge devices set-secret PRODUCT DEVICE [-c FILE]   the secret from a prompt, or stdin
   iothub-edge devices disable PRODUCT DEVICE [-c FILE]
   iothub-edge devices enable  PRODUCT DEVICE [-c FILE]
   iothub-edge devices remove  PRODUCT DEVICE [-c FILE]
+  devices and status print tables on a terminal, JSON otherwise or with --json
+  iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
                        [--api http://127.0.0.1:8090 --token T]   register the devices first
@@ -42,6 +60,9 @@ export async function main(argv: string[]): Promise<number | undefined> {
         config: { type: 'string', short: 'c' },
         secret: { type: 'string' },
         tags: { type: 'string' },
+        create: { type: 'boolean' },
+        json: { type: 'boolean' },
+        version: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         url: { type: 'string' },
         devices: { type: 'string' },
@@ -67,6 +88,10 @@ export async function main(argv: string[]): Promise<number | undefined> {
   }
   const { values, positionals } = parsed
   const [cmd, ...rest] = positionals
+  if (values.version) {
+    process.stdout.write(`iothub-edge ${VERSION}\n`)
+    return 0
+  }
   if (values.help || !cmd) {
     process.stdout.write(USAGE)
     return cmd || values.help ? 0 : EXIT_USAGE
@@ -78,6 +103,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return checkConfig(rest[0] ?? values.config)
     case 'devices':
       return devices(rest, values)
+    case 'status':
+      return status(values)
     case 'simulate':
       return runSimulate(values)
     case 'hub-sim':
@@ -88,9 +115,13 @@ export async function main(argv: string[]): Promise<number | undefined> {
   }
 }
 
-function readConfig(file: string | undefined): Config | number {
+/** The config, or the exit code after its problems went to stderr; `files`: also check named files. */
+function readConfig(file: string | undefined, files = false): Config | number {
   try {
-    return loadConfig(file)
+    const cfg = loadConfig(file)
+    const missing = files ? fileProblems(cfg) : []
+    if (missing.length) throw new ConfigError(missing)
+    return cfg
   } catch (err) {
     if (err instanceof ConfigError) {
       for (const p of err.problems) process.stderr.write(`${p}\n`)
@@ -106,20 +137,26 @@ function checkConfig(file: string | undefined): number {
     process.stderr.write(`check-config needs a FILE\n${USAGE}`)
     return EXIT_USAGE
   }
-  const cfg = readConfig(file)
+  const cfg = readConfig(file, true)
   if (typeof cfg === 'number') return cfg
-  process.stdout.write(`${file}: ok\n`)
+  const warnings = configWarnings(cfg)
+  for (const w of warnings) process.stderr.write(`warning: ${w}\n`)
+  process.stdout.write(`${file}: ok${warnings.length ? ` (${warnings.length} warning(s))` : ''}\n`)
   return 0
 }
 
 async function start(file: string | undefined): Promise<number | undefined> {
-  const cfg = readConfig(file)
+  const cfg = readConfig(file, true)
   if (typeof cfg === 'number') return cfg
   const gw = new Gateway(cfg)
+  for (const w of configWarnings(cfg)) gw.log.warn({ code: ErrorCodes.CONFIG_INVALID }, w)
   try {
     await gw.start()
   } catch (err) {
-    gw.log.fatal({ err }, `gateway failed to start: ${(err as Error).message}`)
+    const code = err instanceof StartError ? err.code : undefined
+    gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
+    // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
+    process.stderr.write(`iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
     await gw.stop(2_000)
     return 1
   }
@@ -143,6 +180,9 @@ async function start(file: string | undefined): Promise<number | undefined> {
   }
   process.on('SIGTERM', () => shutdown('SIGTERM'))
   process.on('SIGINT', () => shutdown('SIGINT'))
+  // SIGHUP (a closed terminal, or `kill -HUP` to re-read the config): a clean stop, exit 0. Under
+  // systemd (Restart=always) the service starts again at once with the config as it is now.
+  process.on('SIGHUP', () => shutdown('SIGHUP'))
   // A bug in one component is logged with its stack; durability does not depend on the process
   // surviving it (everything acknowledged is already committed), so exit and let systemd restart.
   process.on('uncaughtException', (err) => {
@@ -154,24 +194,42 @@ async function start(file: string | undefined): Promise<number | undefined> {
 
 // --- devices ---------------------------------------------------------------------------------
 
-function runningGateway(dataDir: string): RuntimeInfo | undefined {
-  const f = path.join(dataDir, RUNTIME_FILE)
-  if (!existsSync(f)) return undefined
+/**
+ * The gateway running on this data folder, if any: the lock tells whether one lives (a runtime.json
+ * left by a gateway killed with -9, or one whose pid now belongs to another process, is stale and
+ * ignored); runtime.json tells its HTTP port.
+ */
+function runningGateway(dataDir: string): { pid: number; httpPort?: number } | undefined {
+  const owner = lockOwner(dataDir)
+  if (!owner) return undefined
   try {
-    const info = JSON.parse(readFileSync(f, 'utf8')) as RuntimeInfo
-    process.kill(info.pid, 0)
-    return info
+    const info = JSON.parse(readFileSync(path.join(dataDir, RUNTIME_FILE), 'utf8')) as RuntimeInfo
+    if (info.pid === owner.pid && Number.isInteger(info.httpPort)) return info
   } catch {
-    return undefined
+    // not written yet (still starting), or unreadable
   }
+  return { pid: owner.pid }
 }
 
-async function devices(args: string[], values: { config?: string; secret?: string; tags?: string }): Promise<number> {
+const DEVICE_COMMANDS = ['list', 'add', 'show', 'set-secret', 'disable', 'enable', 'remove']
+
+interface DeviceValues {
+  config?: string
+  secret?: string
+  tags?: string
+  create?: boolean
+  json?: boolean
+}
+
+/** What a devices command printed or failed with, the same whether the gateway or the CLI did it. */
+type Result = { ok: true; body: Record<string, unknown> | null } | { ok: false; status: number; message: string }
+
+async function devices(args: string[], values: DeviceValues): Promise<number> {
   const [sub, productId, deviceId] = args
   const cfg = readConfig(values.config)
   if (typeof cfg === 'number') return cfg
   const needsId = sub !== 'list'
-  if (!sub || !['list', 'add', 'disable', 'enable', 'remove'].includes(sub)) {
+  if (!sub || !DEVICE_COMMANDS.includes(sub)) {
     process.stderr.write(USAGE)
     return EXIT_USAGE
   }
@@ -179,77 +237,217 @@ async function devices(args: string[], values: { config?: string; secret?: strin
     process.stderr.write(`devices ${sub}: PRODUCT and DEVICE must be ${ID_RULE}\n`)
     return EXIT_USAGE
   }
+  const ref = { productId, deviceId }
+  if (values.secret !== undefined) {
+    // Still accepted (scripts use it), but said once: argv is in shell history and `ps` for everyone.
+    process.stderr.write(
+      `warning: --secret on the command line is visible in shell history and to every user (ps); ` +
+        `${sub === 'set-secret' ? 'leave it out to be prompted, or pipe it on stdin' : 'leave it out to have one generated, then change it with `devices set-secret` (prompt or stdin)'}\n`,
+    )
+  }
+  let secret = values.secret
+  if (sub === 'set-secret' && secret === undefined) {
+    try {
+      secret = await readSecret(`new secret for ${productId}/${deviceId}`)
+    } catch (err) {
+      process.stderr.write(`devices set-secret: ${(err as Error).message}\n`)
+      return 1
+    }
+  }
+  if (sub === 'set-secret' && !secret) {
+    process.stderr.write('devices set-secret: the secret is empty\n')
+    return EXIT_USAGE
+  }
   const tags = values.tags ? values.tags.split(',').map((t) => t.trim()).filter(Boolean) : undefined
-  const live = runningGateway(cfg.gateway.dataDir)
-  const out = (o: unknown): void => void process.stdout.write(JSON.stringify(o, null, 2) + '\n')
+  const dataDir = cfg.gateway.dataDir
+  const live = runningGateway(dataDir)
+  const mode = outputMode(values.json)
 
+  let result: Result
+  let online: boolean | null = null
   if (live) {
+    if (live.httpPort === undefined) {
+      process.stderr.write(`devices ${sub}: a gateway (pid ${live.pid}) is using ${dataDir} but has not published its API port (${RUNTIME_FILE}) yet; if it is starting, try again in a moment\n`)
+      return 1
+    }
     // The gateway owns the database while it runs; act through its API so that e.g. a disable
     // disconnects the device at once.
-    const token = cfg.http.apiToken ?? readApiToken(cfg.gateway.dataDir)
-    const host = cfg.http.host === '0.0.0.0' || cfg.http.host === '::' ? '127.0.0.1' : cfg.http.host
-    const call = async (method: string, p: string, body?: unknown): Promise<{ status: number; body: unknown }> => {
-      const res = await fetch(`http://${host}:${live.httpPort}${p}`, {
+    const api = gatewayApi(cfg, live.httpPort)
+    const dev = `/api/devices/${productId}/${deviceId}`
+    try {
+      const r =
+        sub === 'list'
+          ? await api.call('GET', '/api/devices')
+          : sub === 'show'
+            ? await api.call('GET', dev)
+            : sub === 'add'
+              ? await api.call('POST', '/api/devices', { productId, deviceId, secret, tags })
+              : sub === 'remove'
+                ? await api.call('DELETE', dev)
+                : sub === 'set-secret'
+                  ? await api.call('PATCH', dev, { secret })
+                  : await api.call('PATCH', dev, { enabled: sub === 'enable' })
+      const body = r.body as Record<string, unknown> | null
+      result = r.status >= 400 ? { ok: false, status: r.status, message: `${r.status} ${JSON.stringify(body)}` } : { ok: true, body }
+      if (sub === 'show' && body) online = body.online === true
+    } catch (err) {
+      const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message
+      process.stderr.write(`devices ${sub}: the gateway (pid ${live.pid}) using ${dataDir} does not answer on ${api.base} (${cause}); check its log, or try again once it is up\n`)
+      return 1
+    }
+  } else {
+    // No gateway runs: open the database directly, but never a new empty one by accident (a wrong
+    // -c or data folder would put devices where the gateway never looks).
+    if (!existsSync(path.join(dataDir, DB_FILE)) && !values.create) {
+      process.stderr.write(
+        `devices ${sub}: no gateway database in ${dataDir} (gateway.dataDir${values.config ? ` of ${values.config}` : ', built-in default ./data'}); ` +
+          `check -c FILE, or pass --create to start a new one there\n`,
+      )
+      return 1
+    }
+    // Hold the data folder while working on it, so that a gateway does not start meanwhile.
+    const lock = new DataDirLock(dataDir)
+    try {
+      lock.acquire()
+    } catch (err) {
+      process.stderr.write(`devices ${sub}: ${(err as Error).message}\n`)
+      return 1
+    }
+    try {
+      result = await offlineDevices(sub, ref, cfg, secret, tags)
+    } finally {
+      lock.release()
+    }
+  }
+
+  if (!result.ok) {
+    process.stderr.write(`devices ${sub}: ${result.message}\n`)
+    return 1
+  }
+  const body = result.body
+  if (!body) return 0
+  if (mode.json) {
+    process.stdout.write(json(body))
+  } else if (sub === 'list') {
+    process.stdout.write(devicesTable(body.devices as Device[]))
+  } else if (sub === 'show') {
+    process.stdout.write(deviceDetails(body.device as Device, online, (body.connections as ConnectionInfo[] | undefined) ?? []))
+  } else {
+    process.stdout.write(devicesTable([body.device as Device]))
+    if (typeof body.secret === 'string') process.stdout.write(`\nsecret: ${body.secret}\n(shown this once; only its hash is kept)\n`)
+  }
+  if (sub === 'set-secret') process.stderr.write(`the new secret applies from the device's next connect\n`)
+  return 0
+}
+
+function gatewayApi(cfg: Config, port: number): { base: string; call: (method: string, p: string, body?: unknown) => Promise<{ status: number; body: unknown }> } {
+  const token = cfg.http.apiToken ?? readApiToken(cfg.gateway.dataDir)
+  const host = cfg.http.host === '0.0.0.0' || cfg.http.host === '::' ? '127.0.0.1' : cfg.http.host
+  const base = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+  return {
+    base,
+    call: async (method, p, body) => {
+      const res = await fetch(`${base}${p}`, {
         method,
         headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
         body: body ? JSON.stringify(body) : undefined,
+        signal: AbortSignal.timeout(15_000),
       })
       const text = await res.text()
       return { status: res.status, body: text ? JSON.parse(text) : null }
-    }
-    const dev = `/api/devices/${productId}/${deviceId}`
-    const r =
-      sub === 'list'
-        ? await call('GET', '/api/devices')
-        : sub === 'add'
-          ? await call('POST', '/api/devices', { productId, deviceId, secret: values.secret, tags })
-          : sub === 'remove'
-            ? await call('DELETE', dev)
-            : await call('PATCH', dev, { enabled: sub === 'enable' })
-    if (r.status >= 400) {
-      process.stderr.write(`devices ${sub}: ${r.status} ${JSON.stringify(r.body)}\n`)
-      return 1
-    }
-    if (r.body) out(r.body)
-    return 0
+    },
   }
+}
 
+/** A secret from a prompt without echo (on a terminal), else the first line of stdin. */
+async function readSecret(what: string): Promise<string> {
+  const stdin = process.stdin
+  if (!stdin.isTTY) {
+    let text = ''
+    stdin.setEncoding('utf8')
+    for await (const chunk of stdin) text += chunk as string
+    return text.split(/\r?\n/)[0]
+  }
+  const ask = async (prompt: string): Promise<string> => {
+    const muted = new Writable({ write: (_c, _e, cb) => cb() })
+    const rl = readline.createInterface({ input: stdin, output: muted, terminal: true })
+    process.stderr.write(prompt)
+    try {
+      return await rl.question('')
+    } finally {
+      rl.close()
+      process.stderr.write('\n')
+    }
+  }
+  const first = await ask(`${what}: `)
+  const again = await ask('again: ')
+  if (first !== again) throw new Error('the two entries differ; nothing changed')
+  return first
+}
+
+async function offlineDevices(sub: string, ref: DeviceRef, cfg: Config, secret: string | undefined, tags: string[] | undefined): Promise<Result> {
   const db = openDatabase(cfg.gateway.dataDir)
   try {
     const registry = new DeviceRegistry(db, cfg.gateway.dataDir, cfg.northbound.mode === 'devices')
-    const ref = { productId, deviceId }
-    const missing = (): number => {
-      process.stderr.write(`devices ${sub}: no device ${productId}/${deviceId}\n`)
-      return 1
-    }
+    const missing: Result = { ok: false, status: 404, message: `no device ${ref.productId}/${ref.deviceId}` }
     switch (sub) {
       case 'list':
-        out({ devices: registry.list() })
-        return 0
-      case 'add': {
-        if (registry.get(ref)) {
-          process.stderr.write(`devices add: ${productId}/${deviceId} already exists\n`)
-          return 1
-        }
-        const r = await registry.add({ ...ref, secret: values.secret, tags })
-        out({ device: r.device, secret: r.secret })
-        return 0
+        return { ok: true, body: { devices: registry.list() } }
+      case 'show': {
+        const device = registry.get(ref)
+        if (!device) return missing
+        const connections = new ConnectionStore(db).list().filter((c) => c.productId === ref.productId && c.deviceId === ref.deviceId)
+        return { ok: true, body: { device, online: null, connections } }
       }
+      case 'add': {
+        if (registry.get(ref)) return { ok: false, status: 409, message: `${ref.productId}/${ref.deviceId} already exists` }
+        const r = await registry.add({ ...ref, secret, tags })
+        return { ok: true, body: { device: r.device, secret: r.secret } }
+      }
+      case 'set-secret':
+        if (!(await registry.setSecret(ref, secret!))) return missing
+        return { ok: true, body: { device: registry.get(ref) } }
       case 'disable':
       case 'enable': {
         const d: Device | undefined = registry.setEnabled(ref, sub === 'enable')
-        if (!d) return missing()
-        out({ device: d })
-        return 0
+        return d ? { ok: true, body: { device: d } } : missing
       }
       case 'remove':
-        return registry.remove(ref) ? 0 : missing()
+        return registry.remove(ref) ? { ok: true, body: null } : missing
       default:
-        return EXIT_USAGE
+        return { ok: false, status: 400, message: USAGE }
     }
   } finally {
     db.close()
   }
+}
+
+// --- status ----------------------------------------------------------------------------------
+
+async function status(values: { config?: string; json?: boolean }): Promise<number> {
+  const cfg = readConfig(values.config)
+  if (typeof cfg === 'number') return cfg
+  const live = runningGateway(cfg.gateway.dataDir)
+  if (!live) {
+    process.stderr.write(`no gateway is running on ${cfg.gateway.dataDir}\n`)
+    return EXIT_NOT_RUNNING
+  }
+  if (live.httpPort === undefined) {
+    process.stderr.write(`a gateway (pid ${live.pid}) is using ${cfg.gateway.dataDir} and is still starting\n`)
+    return EXIT_NOT_RUNNING
+  }
+  const api = gatewayApi(cfg, live.httpPort)
+  let r: { status: number; body: unknown }
+  try {
+    r = await api.call('GET', '/api/health')
+  } catch (err) {
+    const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message
+    process.stderr.write(`the gateway (pid ${live.pid}) does not answer on ${api.base} (${cause}); check its log\n`)
+    return EXIT_NOT_RUNNING
+  }
+  const health = r.body as Parameters<typeof statusText>[2]
+  process.stdout.write(outputMode(values.json).json ? json({ pid: live.pid, url: api.base, ...health }) : statusText(live.pid, api.base, health))
+  return health.status === 'ok' ? 0 : EXIT_DEGRADED
 }
 
 // --- tools -----------------------------------------------------------------------------------

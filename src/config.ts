@@ -1,7 +1,7 @@
 // The one configuration schema. Defaults live here; docs/configuration.md is generated from it
 // (npm run docs:config). Validation reports every problem with its key path, then the result is
 // frozen so no component can change settings behind another's back.
-import { readFileSync, statfsSync, statSync, mkdirSync } from 'node:fs'
+import { accessSync, constants as fsConstants, readFileSync, statfsSync, statSync, mkdirSync } from 'node:fs'
 import path from 'node:path'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
@@ -26,7 +26,7 @@ const rootProperties = {
     gateway: Type.Object(
       {
         id: Type.String({ default: 'gw-01', description: 'name of this gateway in logs and metrics' }),
-        dataDir: Type.String({ default: './data', description: 'where the database, keys and token live (relative to the working directory)' }),
+        dataDir: Type.String({ default: './data', description: "where the database, keys and token live; a relative path is relative to the config file's folder (to the working directory when started without a config file)" }),
         productId: Type.String({ default: 'gateways', pattern: ID_PATTERN, description: "the gateway's own ProductId at the hub" }),
         deviceId: Type.String({ default: 'gw-01', pattern: ID_PATTERN, description: "the gateway's own DeviceId at the hub" }),
         secret: Type.Optional(Type.String({ description: "the gateway's own Secret at the hub (default northbound password)" })),
@@ -67,6 +67,11 @@ const rootProperties = {
         keepalive: Type.Integer({ default: 60, minimum: 5, description: 'MQTT keepalive towards the hub, seconds' }),
         inflight: Type.Integer({ default: 100, minimum: 1, maximum: 65535, description: 'QoS 1 messages in flight to the hub per connection' }),
         maxRate: Type.Number({ default: 0, minimum: 0, description: 'messages per second towards the hub, 0 = unlimited' }),
+        degradedAfterSeconds: Type.Integer({
+          default: 300,
+          minimum: 0,
+          description: '/api/health turns degraded (reason northbound_down) once the hub has been out of reach this long; 0 = never',
+        }),
         subscribePerProduct: Type.Boolean({
           default: false,
           description: "gateway mode: subscribe children's command topics with one `+` per product instead of one set per device (when the hub's ACL allows it)",
@@ -101,7 +106,13 @@ const rootProperties = {
       {
         level: Type.Union(
           ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
-          { default: 'info', description: 'pino log level (logs are JSON on stdout)' },
+          { default: 'info', description: 'pino log level' },
+        ),
+        format: Type.Optional(
+          Type.Union([Type.Literal('json'), Type.Literal('pretty')], {
+            description:
+              'json: one JSON object per line; pretty: ISO time, level name, message and fields on one line. Default: pretty when stdout is a terminal, json otherwise. Under systemd every line starts with its syslog priority, so `journalctl -p warning` works',
+          }),
         ),
       },
       { additionalProperties: false, default: {}, description: 'logging' },
@@ -203,7 +214,71 @@ export function loadConfig(file?: string, extraAdapters: readonly KeyedAdapterEn
   } catch (err) {
     throw new ConfigError([`${file}: not valid YAML (${(err as Error).message.split('\n')[0]})`])
   }
-  return parseConfig(doc, process.cwd(), extraAdapters)
+  // Relative to the file, not to wherever the command was run from: `devices add -c /etc/...` run
+  // from a home folder must find the gateway's database, not create a second one there.
+  return parseConfig(doc, path.dirname(path.resolve(file)), extraAdapters)
+}
+
+const TLS_FILE_KEYS = new Set(['ca', 'cert', 'key'])
+
+/**
+ * Files the config names that the start will read (TLS CA, certificate and key of the broker's
+ * listeners, the hub link and any adapter's `tls` section): one problem per file that is not there or
+ * not readable by this user, with its key path. Relative paths are as the process sees them (its
+ * working directory).
+ */
+export function fileProblems(cfg: Config): string[] {
+  const problems: string[] = []
+  const walk = (node: unknown, key: string): void => {
+    if (Array.isArray(node)) return node.forEach((v, i) => walk(v, `${key}[${i}]`))
+    if (node && typeof node === 'object') {
+      for (const [k, v] of Object.entries(node)) walk(v, key ? `${key}.${k}` : k)
+      return
+    }
+    const parts = key.split('.')
+    if (typeof node !== 'string' || parts.at(-2) !== 'tls' || !TLS_FILE_KEYS.has(parts.at(-1) ?? '')) return
+    try {
+      accessSync(node, fsConstants.R_OK)
+      if (!statSync(node).isFile()) problems.push(`${key}: ${node} is not a file`)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? `is not readable by this user (uid ${process.getuid?.() ?? '?'})` : `cannot be read (${code})`
+      problems.push(`${key}: ${node} ${why}`)
+    }
+  }
+  walk(cfg, '')
+  return problems
+}
+
+/** Settings that start but are most likely not what the operator wants; one line each, key first. */
+export function configWarnings(cfg: Config): string[] {
+  const warnings: string[] = []
+  const nb = cfg.northbound
+  if (!nb.url) return warnings
+  let url: URL | undefined
+  try {
+    url = new URL(nb.url)
+  } catch {
+    // the schema's pattern let it through; the connection will say what is wrong
+  }
+  if (url && (url.username || url.password)) {
+    warnings.push('northbound.url: holds credentials (user:password@host): they show in process listings and support bundles; use northbound.username and northbound.password instead')
+  }
+  const defaults = rootProperties.gateway.properties
+  const defaultIdentity = cfg.gateway.productId === defaults.productId.default && cfg.gateway.deviceId === defaults.deviceId.default
+  const hasSecret = !!(nb.password ?? cfg.gateway.secret) || !!url?.password || !!nb.tls?.cert
+  if (nb.mode === 'gateway' && !hasSecret) {
+    warnings.push(
+      `gateway.secret: not set (nor northbound.password, nor a client certificate) while northbound.url is: the hub will refuse the gateway; set the gateway's Secret at the hub`,
+    )
+  }
+  // With a secret, gateways/gw-01 may well be its real identity at the hub; without one it is unconfigured.
+  if (defaultIdentity && !hasSecret) {
+    warnings.push(
+      `gateway.deviceId: still the default ${defaults.productId.default}/${defaults.deviceId.default} while northbound.url is set: every gateway installed this way logs in to the hub as the same device; set gateway.productId and gateway.deviceId to this gateway's own identity`,
+    )
+  }
+  return warnings
 }
 
 /**

@@ -4,13 +4,15 @@
 // within a deadline. Nothing else wires components together.
 import type { Config } from './config.js'
 import { createLogger, RateLimitedLog, type Logger } from './core/log.js'
+import { Gauge } from 'prom-client'
 import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
 import type { DeviceRef } from './core/types.js'
-import { ErrorCodes } from './core/errors.js'
+import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
+import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
 import { Bridge } from './northbound/bridge.js'
 import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import type { AdapterInstance } from './southbound/adapter-module.js'
@@ -41,16 +43,24 @@ export class Gateway {
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
+  private lock?: DataDirLock
 
   constructor(
     readonly cfg: Config,
     private readonly opts: GatewayOptions = {},
   ) {
-    this.log = opts.logger ?? createLogger(cfg.log.level)
+    this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id })
+    // Which gateway a scrape came from, the Prometheus way (an info metric to join on), rather than a
+    // label on every sample: docs/operators/alerts.md.
+    new Gauge({ name: 'iothub_edge_gateway_info', help: 'Always 1; labels: gateway.id and version', labelNames: ['gateway', 'version'], registers: [this.metrics.registry] }).set(
+      { gateway: cfg.gateway.id, version: VERSION },
+      1,
+    )
   }
 
   async start(): Promise<void> {
     const { cfg, log, metrics } = this
+    this.lockDataDir()
     this.store = await openStore(cfg, log)
     const store = this.store
     const warn = new RateLimitedLog(log)
@@ -93,12 +103,55 @@ export class Gateway {
     this.web = new WebServer(this.webDeps(), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir })
     await this.web.start()
 
-    this.gaugeTimer = setInterval(() => core.updateGauges(), GAUGE_INTERVAL_MS).unref()
+    this.gaugeTimer = setInterval(() => {
+      core.updateGauges()
+      this.watchOutbox()
+    }, GAUGE_INTERVAL_MS).unref()
     core.updateGauges()
     log.info(
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  private outboxNear = false
+
+  /**
+   * The outbox passing 90 % of its quota: eviction of acknowledged telemetry is next. Said once,
+   * until it is below 80 % again. (The backlog drained after an outage is the hub link's line.)
+   */
+  private watchOutbox(): void {
+    const s = this.store.outbox.stats()
+    const share = s.maxBytes ? s.bytes / s.maxBytes : 0
+    if (!this.outboxNear && share >= 0.9) {
+      this.outboxNear = true
+      this.log.warn(
+        { bytes: s.bytes, maxBytes: s.maxBytes, messages: s.messages, oldestAgeMs: s.oldestAgeMs },
+        `outbox at ${Math.round(share * 100)} % of its quota: the oldest telemetry is evicted next; restore the hub link or raise store.outbox.maxBytes`,
+      )
+    } else if (this.outboxNear && share < 0.8) {
+      this.outboxNear = false
+    }
+  }
+
+  /** One gateway per data folder (src/store/data-dir-lock.ts); also proves the folder is writable. */
+  private lockDataDir(): void {
+    const dir = this.cfg.gateway.dataDir
+    const lock = new DataDirLock(dir)
+    try {
+      if (!lock.acquire()) {
+        this.log.warn({ dataDir: dir, code: ErrorCodes.STORE_FULL }, 'the data disk is full: running without the data folder lock (a second gateway on this folder would not be refused)')
+      }
+    } catch (err) {
+      if (err instanceof DataDirBusyError) throw new StartError(ErrorCodes.DATA_DIR_BUSY, 'gateway.dataDir', err.message)
+      const e = err as NodeJS.ErrnoException
+      throw new StartError(
+        ErrorCodes.DATA_DIR_UNWRITABLE,
+        'gateway.dataDir',
+        `cannot create or write ${dir} (${e.code ?? e.message}): make it writable by the user the gateway runs as (uid ${process.getuid?.() ?? '?'}), or set gateway.dataDir to a folder that is`,
+      )
+    }
+    this.lock = lock
   }
 
   /**
@@ -144,11 +197,13 @@ export class Gateway {
       else if (a.health.state === 'running') for (const r of a.instance?.health?.() ?? []) reasons.push(`${a.health.name}:${r}`)
     }
     const nb = this.bridge.status()
+    const after = this.cfg.northbound.degradedAfterSeconds * 1000
+    if (nb.configured && after > 0 && nb.downSince !== null && Date.now() - nb.downSince >= after) reasons.push('northbound_down')
     const s = this.store.outbox.stats()
     return {
       status: reasons.length ? 'degraded' : 'ok',
       reasons,
-      northbound: { configured: nb.configured, connected: nb.connected, since: nb.since, links: nb.links, linksConnected: nb.linksConnected },
+      northbound: { configured: nb.configured, connected: nb.connected, since: nb.since, downSince: nb.downSince, links: nb.links, linksConnected: nb.linksConnected },
       outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes },
       clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
       adapters: this.adapters.map((a) => ({ ...a.health })),
@@ -165,7 +220,10 @@ export class Gateway {
     }
     return {
       log: this.log.child({ component: 'http' }),
-      apiToken: loadOrCreateApiToken(this.cfg.gateway.dataDir, this.cfg.http.apiToken),
+      // Never into the log stream (journals are kept and shipped): the log says where the file is.
+      apiToken: loadOrCreateApiToken(this.cfg.gateway.dataDir, this.cfg.http.apiToken, (file) =>
+        this.log.info({ file }, `API token generated into ${file} (mode 0600): send it as "Authorization: Bearer <token>"; set http.apiToken to choose your own`),
+      ),
       health: () => this.health(),
       metrics: async () => {
         core.updateGauges()
@@ -213,6 +271,7 @@ export class Gateway {
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
     this.store?.close()
+    this.lock?.release()
     this.log.info('gateway stopped')
   }
 }

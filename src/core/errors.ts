@@ -20,6 +20,29 @@ export const ErrorCodes = {
   NORTHBOUND: 'IHE_NORTHBOUND',
   /** A southbound adapter failed to start or stopped working; the rest of the gateway carries on. */
   ADAPTER_FAILED: 'IHE_ADAPTER_FAILED',
+  /** A device spoke a protocol version the broker does not (MQTT 5; only 3.1.1 and 3.1 are served). */
+  UNSUPPORTED_PROTOCOL: 'IHE_UNSUPPORTED_PROTOCOL',
+  /** Another live gateway holds the data folder's lock. */
+  DATA_DIR_BUSY: 'IHE_DATA_DIR_BUSY',
+  /** The data folder cannot be created or written. */
+  DATA_DIR_UNWRITABLE: 'IHE_DATA_DIR_UNWRITABLE',
+  /** The HTTP API could not bind its port. */
+  HTTP_LISTEN_FAILED: 'IHE_HTTP_LISTEN_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]
+
+/**
+ * A failure that stops the start, told the way the config errors are: the key to look at, the path
+ * or address involved, what to do, and a code from this catalogue.
+ */
+export class StartError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    readonly key: string,
+    message: string,
+  ) {
+    super(`${key}: ${message}`)
+    this.name = 'StartError'
+  }
+}

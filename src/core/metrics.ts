@@ -12,7 +12,7 @@ export class Metrics {
   })
   readonly rejected = new Counter({
     name: 'iothub_edge_rejected_total',
-    help: 'Input refused, by reason (bad_topic, acl_denied, auth_failed, malformed_packet, store_full)',
+    help: 'Input refused, by reason (bad_topic, acl_denied, auth_failed, malformed_packet, unsupported_protocol, store_full)',
     labelNames: ['reason'] as const,
     registers: [this.registry],
   })

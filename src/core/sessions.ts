@@ -74,6 +74,7 @@ export class SessionTracker {
     const c = { ...s, ...s.device, connectedAt: s.connectedAt }
     this.record(() => this.d.connections.connected(c))
     this.announce(c, true, null)
+    this.d.log.info({ device: deviceKey(s.device), clientId: s.clientId, transport: s.transport, ip: s.ipaddress, protoVer: s.protoVer, keepalive: s.keepalive }, 'device connected')
     // Commands that waited for this device go now, in order.
     this.d.router.deviceOnline(s.device)
   }
@@ -86,6 +87,10 @@ export class SessionTracker {
     // core queues what arrives for it meanwhile and hands it over when the device is back.
     if (!s.persistent) this.d.tags.clientGone(s.clientId)
     this.announce({ ...s, ...s.device, connectedAt: s.connectedAt ?? null }, false, at)
+    this.d.log.info(
+      { device: deviceKey(s.device), clientId: s.clientId, transport: s.transport, connectedForS: s.connectedAt ? Math.round((at - s.connectedAt) / 1000) : null },
+      'device disconnected',
+    )
   }
 
   /** A mapped device can be reached: delivered what waits, and `$connection` on the change. */
@@ -97,6 +102,7 @@ export class SessionTracker {
       const c = { ...s, ...device, connectedAt: s.connectedAt! }
       this.record(() => this.d.connections.connected(c))
       this.announce(c, true, null)
+      this.d.log.info({ device: key, adapter, transport }, 'device reachable')
       this.d.mappedJoined()
     }
     this.d.router.deviceOnline(device)
@@ -109,6 +115,7 @@ export class SessionTracker {
     const at = Date.now()
     this.record(() => this.d.connections.disconnected(s.clientId, at))
     this.announce({ ...s, ...device, connectedAt: s.connectedAt ?? null }, false, at)
+    this.d.log.info({ device: deviceKey(device), clientId: s.clientId, transport: s.transport }, 'device away')
   }
 
   private announce(c: ConnectionFacts, connected: boolean, disconnectAt: number | null): void {

@@ -27,6 +27,8 @@ export interface BridgeStatus {
   configured: boolean
   connected: boolean
   since: number | null
+  /** Since when the gateway's own link is down (its start, or the loss); null while up or unconfigured. */
+  downSince: number | null
   links: number
   linksConnected: number
 }
@@ -182,6 +184,7 @@ export class Bridge {
       configured: this.configured,
       connected: !!gw?.isConnected,
       since: gw?.since ?? null,
+      downSince: gw?.downSince ?? null,
       links: links.length,
       linksConnected: links.filter((l) => l.isConnected).length,
     }

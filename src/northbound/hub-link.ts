@@ -41,6 +41,10 @@ export class HubLink {
   private generation = 0
   private connected = false
   private connectedSince = 0
+  // Since when the hub is out of reach: the start, or the loss of the last connection; null while up.
+  private downAt: number | null = null
+  // The backlog found at (re)connect, until it has all reached the hub: for the "drained" line.
+  private backlog: { messages: number; since: number } | null = null
   private attempts = 0
   private reconnectTimer?: NodeJS.Timeout
   private rateTimer?: NodeJS.Timeout
@@ -72,8 +76,13 @@ export class HubLink {
     return this.connected ? this.connectedSince : null
   }
 
+  get downSince(): number | null {
+    return this.connected ? null : this.downAt
+  }
+
   start(): void {
     this.stopped = false
+    this.downAt = Date.now()
     this.connect()
   }
 
@@ -100,7 +109,14 @@ export class HubLink {
       this.connected = true
       this.connectedSince = Date.now()
       this.metrics.northboundConnected.set(1)
-      this.log.info({ url: this.opts.url, clientId: this.opts.clientId }, 'connected to hub')
+      const outageS = this.downAt === null ? null : Math.round((this.connectedSince - this.downAt) / 1000)
+      this.downAt = null
+      const waiting = this.waiting()
+      this.backlog = waiting > 0 && this.opts.device === undefined ? { messages: waiting, since: this.connectedSince } : null
+      this.log.info(
+        { url: this.opts.url, clientId: this.opts.clientId, outageS, waiting },
+        `connected to hub${outageS === null ? '' : ` after ${outageS} s without it`}; ${waiting} message(s) waiting in the outbox are sent now`,
+      )
       // The hub may still hold subscriptions of our persistent session from before (an earlier run
       // included): what is no longer wanted is unsubscribed; what is wanted is subscribed again.
       const wanted = new Set(this.opts.subscriptions())
@@ -143,7 +159,7 @@ export class HubLink {
     if (wasUp && Date.now() - this.connectedSince >= STABLE_AFTER_MS) this.attempts = 0
     this.connected = false
     this.metrics.northboundConnected.set(0)
-    if (wasUp) this.log.warn({ url: this.opts.url }, 'hub connection lost; messages wait in the outbox')
+    if (wasUp) this.downAt = Date.now()
     // Forget everything in flight: it is all still in the outbox and is sent again from the start.
     this.generation++
     this.client?.end(true)
@@ -157,8 +173,25 @@ export class HubLink {
     if (this.stopped) return
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempts++)
     const delay = Math.round(base / 2 + (Math.random() * base) / 2)
+    const nextAttemptS = Math.round(delay / 100) / 10
+    const waiting = this.waiting()
+    if (wasUp) {
+      this.log.warn({ url: this.opts.url, waiting, nextAttemptS, code: ErrorCodes.NORTHBOUND }, `hub connection lost; ${waiting} message(s) wait in the outbox; next attempt in ${nextAttemptS} s`)
+    } else {
+      const downForS = this.downAt === null ? null : Math.round((Date.now() - this.downAt) / 1000)
+      this.log.info({ url: this.opts.url, waiting, downForS, nextAttemptS }, `hub still unreachable (${downForS} s); ${waiting} message(s) wait in the outbox; next attempt in ${nextAttemptS} s`)
+    }
     this.metrics.northboundReconnects.inc()
     this.reconnectTimer = setTimeout(() => this.connect(), delay)
+  }
+
+  /** Messages in the outbox this link drains (all of them in gateway mode). */
+  private waiting(): number {
+    try {
+      return this.outbox.stats().messages
+    } catch {
+      return -1 // a count is not worth failing the link over
+    }
   }
 
   /** Subscribe what is wanted and not held; unsubscribe what is held and no longer wanted. */
@@ -253,6 +286,11 @@ export class HubLink {
       })
     }
     if (expired.length) this.outbox.drop(expired, 'rpc_resp_expired')
+    if (this.backlog && this.inflight.size === 0 && !this.maybeMore && this.bufferPos >= this.buffer.length) {
+      const { messages, since } = this.backlog
+      this.backlog = null
+      this.log.info({ messages, tookS: Math.round((Date.now() - since) / 100) / 10 }, `outbox drained: the ${messages} message(s) that waited reached the hub`)
+    }
   }
 
   private next(): OutboxRow | undefined {

@@ -126,9 +126,12 @@ const migrations: string[] = [
   `,
 ]
 
+/** The database file in the data folder. */
+export const DB_FILE = 'gateway.db'
+
 export function openDatabase(dataDir: string): Db {
   mkdirSync(dataDir, { recursive: true })
-  const db = new Database(path.join(dataDir, 'gateway.db'))
+  const db = new Database(path.join(dataDir, DB_FILE))
   db.pragma('journal_mode = WAL')
   // FULL: a commit is on the platter before we acknowledge (power loss, not only kill -9).
   db.pragma('synchronous = FULL')

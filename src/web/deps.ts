@@ -20,9 +20,9 @@ export interface AdapterHealth {
 
 export interface HealthReport {
   status: 'ok' | 'degraded'
-  /** disk_full, outbox_near_quota, adapter_failed:<name>, ... */
+  /** disk_full, outbox_near_quota, northbound_down, adapter_failed:<name>, ... */
   reasons: string[]
-  northbound: { configured: boolean; connected: boolean; since: number | null; links: number; linksConnected: number }
+  northbound: { configured: boolean; connected: boolean; since: number | null; downSince: number | null; links: number; linksConnected: number }
   outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }
   clock: { offsetMs: number; measuredAt: number | null }
   adapters: AdapterHealth[]

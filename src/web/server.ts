@@ -6,6 +6,7 @@ import path from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import type { WebDeps } from './deps.js'
+import { ErrorCodes, StartError } from '../core/errors.js'
 
 export const RUNTIME_FILE = 'runtime.json'
 const TOKEN_FILE = 'api-token'
@@ -39,7 +40,17 @@ export class WebServer {
 
   async start(): Promise<void> {
     this.app = buildApp(this.deps)
-    await this.app.listen({ host: this.opts.host, port: this.opts.port })
+    try {
+      await this.app.listen({ host: this.opts.host, port: this.opts.port })
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException
+      const why = e.code === 'EADDRINUSE' ? 'another process has this port' : e.code === 'EADDRNOTAVAIL' ? 'the address is not one of this machine' : (e.code ?? e.message)
+      throw new StartError(
+        ErrorCodes.HTTP_LISTEN_FAILED,
+        'http.port',
+        `cannot listen on ${this.opts.host}:${this.opts.port} (${why}): stop the other process or change http.port / http.host`,
+      )
+    }
     const addr = this.app.server.address()
     this.boundPort = typeof addr === 'object' && addr ? addr.port : this.opts.port
     const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort }
@@ -65,15 +76,17 @@ export function readApiToken(dataDir: string): string | undefined {
   return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined
 }
 
-/** The configured token, else the one in {dataDir}/api-token, else a new one written there (0600). */
-export function loadOrCreateApiToken(dataDir: string, configured?: string): string {
+/**
+ * The configured token, else the one in {dataDir}/api-token, else a new one written there (0600);
+ * `created` is told the file's path then (the token itself is never printed or logged).
+ */
+export function loadOrCreateApiToken(dataDir: string, configured?: string, created?: (file: string) => void): string {
   if (configured) return configured
   const existing = readApiToken(dataDir)
   if (existing) return existing
   const token = randomBytes(24).toString('base64url')
   const file = path.join(dataDir, TOKEN_FILE)
   writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' })
-  // Printed once, on first start, so the operator can copy it; afterwards it is only in the 0600 file.
-  process.stdout.write(`API token generated (stored in ${file}): ${token}\n`)
+  created?.(file)
   return token
 }

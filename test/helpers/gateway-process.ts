@@ -293,7 +293,7 @@ export class GatewayProcess {
 
     const gateway = asObject(doc.gateway)
     const given = typeof gateway.dataDir === 'string' ? gateway.dataDir : undefined
-    // Relative paths in the config resolve against the working directory, which is tmp.
+    // A relative dataDir resolves against the config file's folder, which is tmp.
     this.resolvedDataDir = path.resolve(tmp, this.opts.dataDir ?? given ?? 'data')
     doc.gateway = { ...gateway, dataDir: this.resolvedDataDir }
 

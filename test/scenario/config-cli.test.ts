@@ -3,7 +3,7 @@
 // runs; API changes to a device survive restarts whatever the config seed says; SIGTERM stops
 // the gateway cleanly without losing what it acknowledged.
 import net from 'node:net'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import YAML from 'yaml'
@@ -153,6 +153,57 @@ describe('invalid configuration', () => {
   })
 })
 
+describe('check-config beyond the schema', () => {
+  it('refuses TLS files that do not exist or cannot be read, naming each key and path (start too, before anything listens)', async () => {
+    const [httpPort, extPort] = [await freePort(), await freePort()]
+    const notAFile = path.join(tmp, 'a-folder.pem')
+    await mkdir(notAFile, { recursive: true })
+    const file = path.join(tmp, 'tls-files.yaml')
+    await writeFile(
+      file,
+      YAML.stringify({
+        gateway: { dataDir: path.join(tmp, 'tls-files-data'), ...gw },
+        http: { host: '127.0.0.1', port: httpPort },
+        broker: { listeners: [{ host: '127.0.0.1', port: extPort, tls: { cert: path.join(tmp, 'missing-cert.pem'), key: notAFile } }] },
+        northbound: { url: 'mqtts://hub.example.com:8883', tls: { ca: path.join(tmp, 'missing-ca.pem') } },
+      }),
+    )
+    for (const args of [['check-config', file], ['start', '-c', file]]) {
+      const r = await runCli(args, { cwd: tmp, timeoutMs: 15_000 })
+      expect(r.code, `${args[0]}: ${r.stderr}`).toBe(EXIT_CONFIG)
+      const lines = problemLines(r.stderr)
+      expect(lines, r.stderr).toEqual(
+        expect.arrayContaining([
+          `broker.listeners[0].tls.cert: ${path.join(tmp, 'missing-cert.pem')} does not exist`,
+          `broker.listeners[0].tls.key: ${notAFile} is not a file`,
+          `northbound.tls.ca: ${path.join(tmp, 'missing-ca.pem')} does not exist`,
+        ]),
+      )
+      expect(lines.filter((l) => !l.startsWith('warning:'))).toHaveLength(3)
+    }
+    for (const port of [httpPort, extPort]) expect(await listening(port), `port ${port}`).toBe(false)
+  })
+
+  it('warns (exit 0) about a hub URL with the default identity and no secret, and about credentials in the URL', async () => {
+    const file = path.join(tmp, 'warnings.yaml')
+    await writeFile(file, YAML.stringify({ gateway: { dataDir: path.join(tmp, 'warn-data') }, northbound: { url: 'mqtts://hub.example.com:8883' } }))
+    const r = await runCli(['check-config', file], { cwd: tmp })
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toContain('ok (2 warning(s))')
+    const warnings = r.stderr.split('\n').filter(Boolean)
+    expect(warnings).toHaveLength(2)
+    expect(warnings.some((w) => /^warning: gateway\.secret: not set .*the hub will refuse the gateway/.test(w)), r.stderr).toBe(true)
+    expect(warnings.some((w) => /^warning: gateway\.deviceId: still the default gateways\/gw-01/.test(w)), r.stderr).toBe(true)
+
+    const creds = path.join(tmp, 'url-creds.yaml')
+    await writeFile(creds, YAML.stringify({ gateway: { dataDir: path.join(tmp, 'warn-data'), productId: 'gateways', deviceId: 'site-7' }, northbound: { url: 'mqtts://site-7:hunter2@hub.example.com:8883' } }))
+    const c = await runCli(['check-config', creds], { cwd: tmp })
+    expect(c.code, c.stderr).toBe(0)
+    expect(c.stderr.split('\n').filter(Boolean)).toEqual([expect.stringMatching(/^warning: northbound\.url: holds credentials .*use northbound\.username and northbound\.password/)])
+    expect(c.stderr).not.toContain('hunter2')
+  })
+})
+
 describe('devices commands without a running gateway', () => {
   it('add, list, disable, enable and remove persist in the data folder, and the gateway honours them', async () => {
     const dataDir = path.join(tmp, 'offline-data')
@@ -165,7 +216,8 @@ describe('devices commands without a running gateway', () => {
       return (JSON.parse(r.stdout) as { devices: { productId: string; deviceId: string; enabled: boolean; tags: string[] }[] }).devices
     }
 
-    const withSecret = await cli('add', 'thermo', 'given', '--secret', 'given-secret', '--tags', 'floor3,north')
+    // The data folder is new: the first add says so explicitly (--create).
+    const withSecret = await cli('add', 'thermo', 'given', '--secret', 'given-secret', '--tags', 'floor3,north', '--create')
     expect(withSecret.code, withSecret.stderr).toBe(0)
     expect(JSON.parse(withSecret.stdout)).toMatchObject({ device: { productId: 'thermo', deviceId: 'given', enabled: true, tags: ['floor3', 'north'] } })
 

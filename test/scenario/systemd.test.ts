@@ -4,7 +4,7 @@
 // the shipped unit file passes systemd-analyze.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
@@ -63,6 +63,15 @@ describe('systemd integration', () => {
     } finally {
       await gw.close()
     }
+  })
+
+  it('ships a unit whose "no retry on a bad config" applies: the check is the start itself, exit 78 is not restarted', () => {
+    const unit = readFileSync(path.join(repoRoot, 'systemd', 'iothub-edge.service'), 'utf8')
+    const directives = unit.split('\n').filter((l) => /^[A-Za-z]+=/.test(l))
+    // RestartPreventExitStatus does not apply to ExecStartPre: a failing check there restarts for ever.
+    expect(directives.filter((l) => l.startsWith('ExecStartPre='))).toEqual([])
+    expect(directives).toContain('RestartPreventExitStatus=78')
+    expect(directives.filter((l) => l.startsWith('ExecStart='))).toEqual([expect.stringMatching(/ start -c \/etc\/iothub-edge\/gateway\.yaml$/)])
   })
 
   it('ships a unit file that systemd-analyze accepts', async () => {

@@ -43,7 +43,7 @@ const stats: OutboxStats = {
 const healthy: HealthReport = {
   status: 'ok',
   reasons: [],
-  northbound: { configured: true, connected: true, since: 1234, links: 1, linksConnected: 1 },
+  northbound: { configured: true, connected: true, since: 1234, downSince: null, links: 1, linksConnected: 1 },
   outbox: { messages: 3, bytes: 300, oldestAgeMs: 1500, maxBytes: 1 << 20 },
   clock: { offsetMs: -12, measuredAt: null },
   adapters: [

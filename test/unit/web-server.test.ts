@@ -21,7 +21,7 @@ function deps(): WebDeps {
     health: () => ({
       status: 'ok',
       reasons: [],
-      northbound: { configured: false, connected: false, since: null, links: 0, linksConnected: 0 },
+      northbound: { configured: false, connected: false, since: null, downSince: null, links: 0, linksConnected: 0 },
       outbox: { messages: 0, bytes: 0, oldestAgeMs: 0, maxBytes: 1 },
       clock: { offsetMs: 0, measuredAt: null },
       adapters: [],
@@ -76,18 +76,20 @@ describe('WebServer', () => {
 })
 
 describe('API token', () => {
-  it('is generated once into {dataDir}/api-token (0600) and printed only then', () => {
+  it('is generated once into {dataDir}/api-token (0600); only the file is told, the token is never printed', () => {
     const printed: string[] = []
     vi.spyOn(process.stdout, 'write').mockImplementation((s) => printed.push(String(s)) > 0)
+    const created: string[] = []
     expect(readApiToken(dir)).toBeUndefined()
-    const token = loadOrCreateApiToken(dir)
+    const token = loadOrCreateApiToken(dir, undefined, (f) => created.push(f))
     expect(token).toMatch(/^[A-Za-z0-9_-]{32}$/)
     const file = path.join(dir, 'api-token')
     expect(statSync(file).mode & 0o777).toBe(0o600)
-    expect(printed).toEqual([`API token generated (stored in ${file}): ${token}\n`])
-    expect(loadOrCreateApiToken(dir)).toBe(token)
+    expect(created).toEqual([file])
+    expect(loadOrCreateApiToken(dir, undefined, (f) => created.push(f))).toBe(token)
     expect(readApiToken(dir)).toBe(token)
-    expect(printed).toHaveLength(1)
+    expect(created).toHaveLength(1)
+    expect(printed.join('')).not.toContain(token)
   })
 
   it('is the configured one when there is one, and then nothing is written', () => {

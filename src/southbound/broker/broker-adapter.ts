@@ -43,6 +43,9 @@ const SERVER_UNAVAILABLE = 3
 const BAD_USERNAME_OR_PASSWORD = 4
 const NOT_AUTHORIZED = 5
 
+// Clients refused in preConnect for speaking MQTT 5: their CONNACK error is not "malformed".
+const unsupportedProtocol = new WeakSet<object>()
+
 function authError(returnCode: number, message: string): Error & { returnCode: number } {
   return Object.assign(new Error(message), { returnCode })
 }
@@ -102,6 +105,14 @@ export class BrokerAdapter implements SouthboundAdapter {
       // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
       maxClientsIdLength: 256,
       preConnect: (client, packet, cb) => {
+        // aedes speaks MQTT 3.1 and 3.1.1 only; a v5 client would otherwise learn nothing but
+        // "unacceptable protocol version" (CONNACK 1), and the log would call it malformed.
+        if (packet.protocolVersion === 5) {
+          this.core.metrics.rejected('unsupported_protocol')
+          this.warn.warn(`mqtt5:${packet.clientId}`, { clientId: packet.clientId, ip: (client.conn as net.Socket).remoteAddress ?? null, code: ErrorCodes.UNSUPPORTED_PROTOCOL },
+            'MQTT 5 client refused: this gateway speaks MQTT 3.1.1 only; configure the device for protocol version 4 (3.1.1)')
+          unsupportedProtocol.add(client)
+        }
         this.state.set(client, {
           zone: this.zoneOf.get(client.conn) ?? 'external',
           keepalive: packet.keepalive ?? null,
@@ -147,10 +158,13 @@ export class BrokerAdapter implements SouthboundAdapter {
       for (const t of topics) if (isTagTopic(t)) this.core.tagUnsubscribed(client.id, t)
     })
     aedes.on('clientError', (client, err) => {
+      // A refusal we made (authentication) is counted and logged once, where it was made.
+      if ('returnCode' in err || unsupportedProtocol.has(client)) return
       this.core.metrics.rejected('malformed_packet')
       this.warn.warn('clientError', { clientId: client?.id, err: err.message }, 'client sent something the broker could not accept; connection closed')
     })
-    aedes.on('connectionError', (_client, err) => {
+    aedes.on('connectionError', (client, err) => {
+      if ('returnCode' in err || unsupportedProtocol.has(client)) return
       this.core.metrics.rejected('malformed_packet')
       this.warn.warn('connectionError', { err: err.message }, 'malformed connection refused')
     })
@@ -197,6 +211,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     const ref = parseUsername(username)
     if (!ref || !password) {
       this.core.metrics.rejected('auth_failed')
+      this.warn.warn(`auth:${username ?? ''}`, { username: username ?? null, clientId: client.id, result: 'bad_username', code: ErrorCodes.AUTH_FAILED }, 'device refused: username must be {ProductId}/{DeviceId} with the Secret as password')
       throw authError(BAD_USERNAME_OR_PASSWORD, 'username must be {ProductId}/{DeviceId} with the Secret as password')
     }
     const result = await this.core.devices.authenticate(ref, password.toString('utf8'))
@@ -238,7 +253,8 @@ export class BrokerAdapter implements SouthboundAdapter {
       this.core.metrics.rejected(reason)
       this.denied.add(packet.payload as Buffer)
       packet.retain = false
-      this.warn.warn(`${reason}:${client.id}`, { clientId: client.id, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
+      const device = st.device ? deviceKey(st.device) : null
+      this.warn.warn(`${reason}:${device ?? client.id}`, { device, clientId: client.id, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
         reason === 'bad_topic' ? 'publish refused: topic is not one of PROTOCOL.md up topics' : 'publish refused by ACL')
       if (this.opts.aclDenyAction === 'disconnect') cb(new Error(reason))
       else cb(null)
@@ -272,7 +288,8 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (serverSideSubscriptions(st.device!.productId, st.device!.deviceId).includes(sub.topic)) return sub
     if (mayDeviceSubscribe(st.device!.productId, sub.topic)) return sub
     this.core.metrics.rejected('acl_denied')
-    this.warn.warn(`sub:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
+    const device = deviceKey(st.device!)
+    this.warn.warn(`sub:${device}`, { device, clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
     return null // SUBACK 0x80
   }
 

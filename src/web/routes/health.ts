@@ -13,6 +13,7 @@ const HealthBody = Type.Object({
     configured: Type.Boolean(),
     connected: Type.Boolean(),
     since: NullableNumber,
+    downSince: NullableNumber,
     links: Type.Integer(),
     linksConnected: Type.Integer(),
   }),

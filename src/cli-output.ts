@@ -1,0 +1,92 @@
+// How the CLI shows results: a table for a person at a terminal, JSON for scripts (whenever stdout
+// is not a terminal, or with --json). Times are ISO 8601 in tables; JSON keeps the API's values.
+import type { Device } from './store/devices.js'
+
+export interface OutputMode {
+  json: boolean
+}
+
+export function outputMode(forceJson: boolean | undefined, stdout: NodeJS.WriteStream = process.stdout): OutputMode {
+  return { json: !!forceJson || !stdout.isTTY }
+}
+
+export function json(o: unknown): string {
+  return JSON.stringify(o, null, 2) + '\n'
+}
+
+function iso(ms: unknown): string {
+  return typeof ms === 'number' ? new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z') : '-'
+}
+
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd()
+  return [line(headers), ...rows.map(line)].join('\n') + '\n'
+}
+
+type DeviceLike = Pick<Device, 'productId' | 'deviceId' | 'enabled' | 'tags'> & { hasSecret?: boolean; updatedAt?: number; createdAt?: number }
+
+export function devicesTable(devices: DeviceLike[]): string {
+  if (devices.length === 0) return 'no devices\n'
+  return table(
+    ['PRODUCT', 'DEVICE', 'ENABLED', 'SECRET', 'TAGS', 'UPDATED'],
+    devices.map((d) => [d.productId, d.deviceId, d.enabled ? 'yes' : 'no', d.hasSecret === false ? 'none' : 'set', d.tags.join(',') || '-', iso(d.updatedAt)]),
+  )
+}
+
+interface ConnectionLike {
+  clientId: string
+  transport: string
+  connected: boolean
+  ipaddress: string | null
+  connectedAt: number | null
+  disconnectAt: number | null
+}
+
+export function deviceDetails(d: DeviceLike, online: boolean | null, connections: ConnectionLike[]): string {
+  const rows: [string, string][] = [
+    ['device', `${d.productId}/${d.deviceId}`],
+    ['enabled', d.enabled ? 'yes' : 'no'],
+    ['secret', d.hasSecret === false ? 'none' : 'set'],
+    ['tags', d.tags.join(', ') || '-'],
+    ['online', online === null ? 'unknown (no gateway running)' : online ? 'yes' : 'no'],
+    ['created', iso(d.createdAt)],
+    ['updated', iso(d.updatedAt)],
+  ]
+  let text = rows.map(([k, v]) => `${k.padEnd(8)} ${v}`).join('\n') + '\n'
+  if (connections.length) {
+    text +=
+      '\n' +
+      table(
+        ['CLIENT', 'TRANSPORT', 'CONNECTED', 'ADDRESS', 'SINCE', 'LEFT'],
+        connections.map((c) => [c.clientId, c.transport, c.connected ? 'yes' : 'no', c.ipaddress ?? '-', iso(c.connectedAt), iso(c.disconnectAt)]),
+      )
+  }
+  return text
+}
+
+interface HealthLike {
+  status: string
+  reasons: string[]
+  northbound: { configured: boolean; connected: boolean; since: number | null; downSince?: number | null; links: number; linksConnected: number }
+  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }
+  adapters: { name: string; state: string; error?: string }[]
+}
+
+export function statusText(pid: number, url: string, h: HealthLike): string {
+  const nb = h.northbound
+  const hub = !nb.configured
+    ? 'not configured (no northbound.url): data waits in the outbox'
+    : nb.connected
+      ? `connected since ${iso(nb.since)}${nb.links > 1 ? ` (${nb.linksConnected}/${nb.links} links)` : ''}`
+      : `DOWN${nb.downSince ? ` since ${iso(nb.downSince)}` : ''}${nb.links > 1 ? ` (${nb.linksConnected}/${nb.links} links up)` : ''}`
+  const pct = h.outbox.maxBytes ? ((100 * h.outbox.bytes) / h.outbox.maxBytes).toFixed(1) : '0'
+  const rows: [string, string][] = [
+    ['status', `${h.status}${h.reasons.length ? ` (${h.reasons.join(', ')})` : ''}`],
+    ['gateway', `pid ${pid}, ${url}`],
+    ['hub', hub],
+    ['outbox', `${h.outbox.messages} message(s), ${h.outbox.bytes} bytes (${pct} % of the quota), oldest ${Math.round(h.outbox.oldestAgeMs / 1000)} s`],
+    ['adapters', h.adapters.map((a) => `${a.name}:${a.state}${a.error ? ` (${a.error})` : ''}`).join(', ') || '-'],
+  ]
+  return rows.map(([k, v]) => `${k.padEnd(8)} ${v}`).join('\n') + '\n'
+}

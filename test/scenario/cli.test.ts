@@ -1,0 +1,128 @@
+// The command line for a technician: --version, `status` of the running gateway, `devices show`,
+// `devices set-secret` with the secret from stdin (never argv; --secret still works but warns),
+// tables on a terminal and JSON for scripts.
+import { execFile } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import YAML from 'yaml'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { connectDevice, refusedWith } from '../helpers/device.js'
+import { GatewayProcess, gatewayBin, repoRoot, runCli } from '../helpers/gateway-process.js'
+import { freePort } from '../helpers/ports.js'
+
+const execFileAsync = promisify(execFile)
+const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
+const dev = { productId: 'thermo', deviceId: 't1', secret: 'first-secret' }
+let tmp: string
+const gateways: GatewayProcess[] = []
+
+beforeAll(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), 'iothub-edge-cli-'))
+})
+
+afterEach(async () => {
+  await Promise.allSettled(gateways.splice(0).map((g) => g.close()))
+})
+
+afterAll(async () => {
+  if (tmp) await rm(tmp, { recursive: true, force: true })
+})
+
+function track(g: GatewayProcess): GatewayProcess {
+  gateways.push(g)
+  return g
+}
+
+/** Run the CLI on a pseudo-terminal (util-linux `script`), as a technician's shell would. */
+async function onTerminal(args: string[]): Promise<string> {
+  const cmd = [process.execPath, gatewayBin, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')
+  // -e: script exits with the command's code, which execFile reports as an error; the output counts.
+  const { stdout } = await execFileAsync('script', ['-qec', cmd, '/dev/null'], { cwd: tmp }).catch((err: { stdout: string }) => err)
+  return stdout.replace(/\r/g, '')
+}
+
+describe('cli', () => {
+  it('--version prints the package version', async () => {
+    const version = (JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version
+    const r = await runCli(['--version'])
+    expect(r.code).toBe(0)
+    expect(r.stdout).toBe(`iothub-edge ${version}\n`)
+  })
+
+  it('status: 3 when no gateway runs, 0 with the health summary when one runs ok, 2 when degraded', async () => {
+    const g = track(new GatewayProcess({ gateway: gw, log: { level: 'warn' } }))
+    await g.start()
+    await g.kill9()
+    const none = await runCli(['status', '-c', g.configFile])
+    expect(none.code).toBe(3)
+    expect(none.stderr).toContain(`no gateway is running on ${g.dataDir}`)
+
+    await g.start()
+    const ok = await runCli(['status', '-c', g.configFile])
+    expect(ok.code, ok.stderr).toBe(0)
+    expect(JSON.parse(ok.stdout)).toMatchObject({ status: 'ok', pid: g.pid, northbound: { configured: false } })
+    const text = await onTerminal(['status', '-c', g.configFile])
+    expect(text).toMatch(/^status\s+ok$/m)
+    expect(text).toMatch(new RegExp(`^gateway\\s+pid ${g.pid}, http://127\\.0\\.0\\.1:${g.httpPort}$`, 'm'))
+    expect(text).toMatch(/^hub\s+not configured/m)
+
+    const down = track(new GatewayProcess({ gateway: gw, log: { level: 'warn' }, northbound: { url: `mqtt://127.0.0.1:${await freePort()}`, degradedAfterSeconds: 1 } }))
+    await down.start()
+    await expect.poll(async () => (await runCli(['status', '-c', down.configFile])).code, { timeout: 15_000 }).toBe(2)
+    const degraded = await onTerminal(['status', '-c', down.configFile])
+    expect(degraded).toMatch(/^status\s+degraded \(.*northbound_down.*\)$/m)
+    expect(degraded).toMatch(/^hub\s+DOWN since \d{4}-\d\d-\d\dT/m)
+  })
+
+  for (const running of [false, true]) {
+    it(`devices show and set-secret (secret on stdin) ${running ? 'through the running gateway' : 'on the database'}`, async () => {
+      const dataDir = path.join(tmp, `secret-${running}`)
+      const file = path.join(tmp, `secret-${running}.yaml`)
+      const g = track(new GatewayProcess({ gateway: gw, devices: [dev], log: { level: 'warn' } }, { dataDir }))
+      await g.start()
+      if (!running) expect(await g.stop()).toBe(0)
+      await writeFile(file, YAML.stringify(YAML.parse(readFileSync(g.configFile, 'utf8'))))
+
+      const set = await runCli(['devices', 'set-secret', 'thermo', 't1', '-c', file], { input: 'second-secret\n' })
+      expect(set.code, set.stderr).toBe(0)
+      expect(set.stderr).not.toContain('warning')
+      expect(set.stdout).not.toContain('second-secret')
+
+      const show = await runCli(['devices', 'show', 'thermo', 't1', '-c', file])
+      expect(show.code, show.stderr).toBe(0)
+      expect(JSON.parse(show.stdout)).toMatchObject({ device: { productId: 'thermo', deviceId: 't1', enabled: true, hasSecret: true }, online: running ? false : null })
+      const table = await onTerminal(['devices', 'show', 'thermo', 't1', '-c', file])
+      expect(table).toMatch(/^device\s+thermo\/t1$/m)
+      expect(table).toMatch(/^online\s+(no|unknown)/m)
+
+      const unknown = await runCli(['devices', 'show', 'thermo', 'nobody', '-c', file])
+      expect(unknown.code).toBe(1)
+
+      if (!running) await g.start()
+      expect(await refusedWith(g.externalUrl, dev)).toBe(4)
+      const client = await connectDevice(g.externalUrl, { ...dev, secret: 'second-secret' })
+      await client.endAsync()
+    })
+  }
+
+  it('--secret on the command line still works, with a warning; tables on a terminal, JSON with --json', async () => {
+    const dataDir = path.join(tmp, 'argv-secret')
+    const file = path.join(tmp, 'argv-secret.yaml')
+    await writeFile(file, YAML.stringify({ gateway: { ...gw, dataDir } }))
+    const add = await runCli(['devices', 'add', 'thermo', 't9', '--secret', 'argv-secret', '--create', '-c', file])
+    expect(add.code, add.stderr).toBe(0)
+    expect(add.stderr).toMatch(/^warning: --secret on the command line is visible in shell history/m)
+    const setArgv = await runCli(['devices', 'set-secret', 'thermo', 't9', '--secret', 'argv-secret-2', '-c', file])
+    expect(setArgv.code, setArgv.stderr).toBe(0)
+    expect(setArgv.stderr).toContain('warning: --secret')
+
+    const table = await onTerminal(['devices', 'list', '-c', file])
+    expect(table.split('\n')[0]).toMatch(/^PRODUCT\s+DEVICE\s+ENABLED\s+SECRET\s+TAGS\s+UPDATED$/)
+    expect(table).toMatch(/^thermo\s+t9\s+yes\s+set\s+-\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/m)
+    const forced = await onTerminal(['devices', 'list', '--json', '-c', file])
+    expect(JSON.parse(forced)).toMatchObject({ devices: [{ deviceId: 't9' }] })
+  })
+})
