@@ -62,7 +62,9 @@ export class PtyPair {
   async stop(): Promise<void> {
     await stopChild(this.proc)
     this.proc = undefined
-    await until(() => !existsSync(this.gateway), 5_000, `${this.gateway} is still there`)
+    // Both links: a new socat started while the old device link is still there fails on it, and
+    // removes the gateway link it had just made when it exits (the port would never come back).
+    await until(() => !existsSync(this.gateway) && !existsSync(this.device), 5_000, `${this.gateway} or ${this.device} is still there`)
   }
 }
 
