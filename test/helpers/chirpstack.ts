@@ -5,6 +5,7 @@
 // classes) and records the downlinks the gateway sends to `command/down`.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -19,7 +20,11 @@ import { freePort, waitForTcp } from './ports.js'
 
 const MOSQUITTO = process.env.MOSQUITTO_BIN ?? '/usr/sbin/mosquitto'
 export const APP_ID = '17c82e96-be03-4f38-aef3-f83d48582d97'
-const EXAMPLES = path.resolve(process.env.CHIRPSTACK_EXAMPLES ?? '/work/shared/chirpstack')
+// shared/ sits beside the checkout (as in CI's clone); the workplace's own copy otherwise.
+const EXAMPLES =
+  process.env.CHIRPSTACK_EXAMPLES ??
+  [path.resolve(fileURLToPath(new URL('../../../shared/chirpstack', import.meta.url))), '/work/shared/chirpstack'].find((d) => existsSync(d)) ??
+  '/work/shared/chirpstack'
 
 /** One of ChirpStack's documented example events (../shared/chirpstack/{name}.json), parsed. */
 export function example(name: 'up' | 'join' | 'ack' | 'txack' | 'status' | 'log'): Record<string, unknown> {
