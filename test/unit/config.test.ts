@@ -27,6 +27,12 @@ describe('config', () => {
     expect(Object.isFrozen(cfg.northbound)).toBe(true)
   })
 
+  it('leaves optional adapters out unless their section is in the file (they and their libraries never load)', () => {
+    const cfg = parseConfig({}) as Record<string, unknown>
+    for (const key of ['serial', 'lorawan', 'coap', 'httpDevices']) expect(cfg[key], key).toBeUndefined()
+    expect((parseConfig({ serial: {} }) as Record<string, unknown>).serial).toEqual({ ports: [] })
+  })
+
   it('names the key path of every problem at once', () => {
     const p = problems({
       northbound: { url: 'http://hub', mode: 'cloud', tls: { rejectUnauthorized: 'yes' } },

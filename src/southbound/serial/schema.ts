@@ -118,7 +118,7 @@ const Port = Type.Object(
 
 export const SerialSchema = Type.Object(
   { ports: Type.Array(Port, { default: [], description: 'serial ports; each is owned by this adapter alone' }) },
-  { additionalProperties: false, default: {}, description: 'serial sensors: Modbus RTU slaves and line-protocol devices (docs/operators/serial.md)' },
+  { additionalProperties: false, description: 'serial sensors: Modbus RTU slaves and line-protocol devices (docs/operators/serial.md)' },
 )
 
 export type SerialConfig = Static<typeof SerialSchema>
