@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import type { Command, DeviceRef, SouthboundAdapter } from './types.js'
-import { deviceKey } from './types.js'
+import { deviceKey, isExpired } from './types.js'
 import type { CommandOrigin, CommandStore, StoredCommand } from '../store/commands.js'
 
 export interface RouterDeps {
@@ -35,7 +35,7 @@ export class CommandRouter extends EventEmitter {
   }
 
   isExpired(cmd: Command, now = Date.now()): boolean {
-    return cmd.expiresAt !== undefined && cmd.expiresAt * 1000 < now
+    return isExpired(cmd, now)
   }
 
   /**

@@ -70,6 +70,11 @@ export interface Command {
   via?: { tag: string }
 }
 
+/** Whether a command's ExpiresAt (seconds since the epoch) has passed: it must not reach the device (PROTOCOL.md). */
+export function isExpired(cmd: Pick<Command, 'expiresAt'>, now = Date.now()): boolean {
+  return cmd.expiresAt !== undefined && cmd.expiresAt * 1000 < now
+}
+
 export type DeliveryResult = 'delivered' | 'offline'
 
 /**

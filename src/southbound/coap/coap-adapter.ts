@@ -9,7 +9,7 @@ import { ErrorCodes } from '../../core/errors.js'
 import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, topicMatches } from '../../core/hub-topics.js'
 import { RateLimitedLog } from '../../core/log.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
-import { deviceKey } from '../../core/types.js'
+import { deviceKey, isExpired } from '../../core/types.js'
 import { CoapWire, uintOption, type CoapRequest, type CoapResponse, type Peer, type ResourceKey } from './coap-wire.js'
 import type { CoapConfig } from './schema.js'
 
@@ -301,4 +301,3 @@ function mayObserve(d: DeviceRef, filter: string): boolean {
   return mayDeviceSubscribe(d.productId, filter)
 }
 
-const isExpired = (cmd: Command): boolean => cmd.expiresAt !== undefined && cmd.expiresAt * 1000 < Date.now()

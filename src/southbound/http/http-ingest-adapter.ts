@@ -14,7 +14,7 @@ import { formatUpTopic, ID_RULE, isId, parseUpTopic, parseUsername, type UpTopic
 import { RateLimitedLog } from '../../core/log.js'
 import { newMessageId } from '../../core/message-id.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
-import { deviceKey } from '../../core/types.js'
+import { deviceKey, isExpired } from '../../core/types.js'
 import type { HttpDevicesConfig } from './schema.js'
 
 /** A command deliver() handed over, waiting for a long-poll to carry it. */
@@ -168,7 +168,7 @@ export class HttpIngestAdapter implements SouthboundAdapter {
     // A command whose ExpiresAt passed while it waited here for a poll is not sent (PROTOCOL.md):
     // 'offline' hands it back to the core, which records it as expired.
     const now = Date.now()
-    for (const h of link.queue.filter((q) => q.cmd.expiresAt !== undefined && q.cmd.expiresAt * 1000 < now)) {
+    for (const h of link.queue.filter((q) => isExpired(q.cmd, now))) {
       link.queue.splice(link.queue.indexOf(h), 1)
       h.settle('offline')
     }
