@@ -2,6 +2,7 @@
 // the store, the core, the hub bridge, the southbound adapters and the web, in that order, starts
 // them sinks first (store, bridge) and sources last (adapters, HTTP), and stops them in reverse
 // within a deadline. Nothing else wires components together.
+import path from 'node:path'
 import type { Config } from './config.js'
 import { createLogger, RateLimitedLog, type Logger } from './core/log.js'
 import { Gauge } from 'prom-client'
@@ -9,6 +10,7 @@ import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
 import type { DeviceRef } from './core/types.js'
+import type { ConnectionInfo } from './store/connections.js'
 import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
@@ -17,7 +19,7 @@ import { Bridge } from './northbound/bridge.js'
 import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import type { AdapterInstance } from './southbound/adapter-module.js'
 import type { AdapterHealth, HealthReport, WebDeps } from './web/deps.js'
-import { WebServer, loadOrCreateApiToken } from './web/server.js'
+import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 
@@ -218,12 +220,15 @@ export class Gateway {
       const owner = core.routes.owner(ref)
       return owner !== undefined && (owner.kind === 'native' || core.sessions.isMappedReachable(ref))
     }
+    const connectionsOf = (ref: DeviceRef): ConnectionInfo[] =>
+      store.connections.list().filter((c) => c.productId === ref.productId && c.deviceId === ref.deviceId)
     return {
       log: this.log.child({ component: 'http' }),
       // Never into the log stream (journals are kept and shipped): the log says where the file is.
       apiToken: loadOrCreateApiToken(this.cfg.gateway.dataDir, this.cfg.http.apiToken, (file) =>
         this.log.info({ file }, `API token generated into ${file} (mode 0600): send it as "Authorization: Bearer <token>"; set http.apiToken to choose your own`),
       ),
+      apiTokenWhere: this.cfg.http.apiToken ? "the gateway's config (http.apiToken)" : path.join(this.cfg.gateway.dataDir, API_TOKEN_FILE),
       health: () => this.health(),
       metrics: async () => {
         core.updateGauges()
@@ -236,9 +241,11 @@ export class Gateway {
         add: (d) => store.registry.add(d),
         setEnabled: (ref, enabled) => void store.registry.setEnabled(ref, enabled),
         setSecret: async (ref, secret) => void (await store.registry.setSecret(ref, secret)),
+        setTags: (ref, tags) => core.tags.editLocally(ref, tags),
         remove: (ref) => store.registry.remove(ref),
-        connections: (ref) => store.connections.list().filter((c) => c.productId === ref.productId && c.deviceId === ref.deviceId),
+        connections: connectionsOf,
         online,
+        lastSeen: (ref) => lastSeen(core.pipeline.lastHeard(ref), connectionsOf(ref)),
         shadow: (ref) => core.shadows.get(ref),
       },
       commands: {
@@ -274,4 +281,14 @@ export class Gateway {
     this.lock?.release()
     this.log.info('gateway stopped')
   }
+}
+
+/**
+ * When the gateway last heard from a device: its latest message since this start, or the latest
+ * connect or disconnect of any of its connections (the table outlives restarts), null if never.
+ */
+function lastSeen(heard: number | undefined, connections: ConnectionInfo[]): number | null {
+  const times = connections.flatMap((c) => [c.connectedAt, c.disconnectAt]).filter((t): t is number => t !== null)
+  if (heard !== undefined) times.push(heard)
+  return times.length ? Math.max(...times) : null
 }

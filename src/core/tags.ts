@@ -7,11 +7,12 @@ import { EventEmitter } from 'node:events'
 import type { Logger } from './log.js'
 import type { Command, DeliveryResult, DeviceRef } from './types.js'
 import { deviceKey, parseDeviceKey } from './types.js'
-import type { DeviceRegistry } from '../store/devices.js'
+import type { Device, DeviceRegistry } from '../store/devices.js'
 import type { CommandStore } from '../store/commands.js'
 import type { CommandRouter } from './command-router.js'
 import { isId, tagFilter, tagScope, topicMatches, type DownTopic } from './hub-topics.js'
 import { parseJsonObject } from './shadow-doc.js'
+import { newMessageId } from './message-id.js'
 
 export interface TagDeps {
   registry: DeviceRegistry
@@ -130,6 +131,20 @@ export class TagService extends EventEmitter {
     this.d.registry.setTags(device, tags.filter((x): x is string => typeof x === 'string'), version)
     if (this.d.isMapped(device)) this.emit('changed')
     return true
+  }
+
+  /**
+   * A technician set the device's tags on the gateway (API, CLI): the registry keeps them with the
+   * next tags_version (mapped devices' hub tag subscriptions follow through 'changed'), and a native
+   * device connected now is told at once with `$set_tags`, as the hub would, so its SDK subscribes
+   * the new tag topics; one that is not connected gets them when it next asks while the hub is away.
+   */
+  async editLocally(device: DeviceRef, tags: string[]): Promise<Device | undefined> {
+    const edited = this.d.registry.editTags(device, tags)
+    if (!edited || this.d.isMapped(device)) return edited
+    const payload = Buffer.from(JSON.stringify({ tags: edited.tags, tags_version: edited.tagsVersion }))
+    await this.d.deliverNow({ type: 'cmd', device, name: '$set_tags', encoding: 'plain', requestId: newMessageId(), payload, qos: 0 })
+    return edited
   }
 
   /** Answer a `$tags` request from the copy (when the hub is unreachable). */

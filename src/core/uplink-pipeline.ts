@@ -6,6 +6,7 @@
 // they see what is really going north, after the gateway answered what it answers locally.
 import type { Metrics } from './metrics.js'
 import type { Command, DeliveryResult, DeviceRef, Uplink } from './types.js'
+import { deviceKey } from './types.js'
 import type { CommandRouter } from './command-router.js'
 import type { TagService } from './tags.js'
 import type { ShadowService } from './shadows.js'
@@ -40,6 +41,8 @@ export interface PipelineDeps {
 export class UplinkPipeline {
   readonly steps: readonly NamedStep[]
   private rules: UplinkStep | undefined
+  // When each device last sent something (ms), since the start: the API's `lastSeen`.
+  private readonly heard = new Map<string, number>()
   // One continuation per step, made once: the hot path allocates no closures.
   private readonly nexts: ((up: Uplink) => Promise<void>)[]
 
@@ -60,6 +63,11 @@ export class UplinkPipeline {
     this.rules = step
   }
 
+  /** When the device last sent a message since the gateway started (ms), if it did. */
+  lastHeard(device: DeviceRef): number | undefined {
+    return this.heard.get(deviceKey(device))
+  }
+
   /** Resolves once the message is durable or handled; rejects when it could not be made durable. */
   uplink(up: Uplink): Promise<void> {
     return this.run(up, 0)
@@ -77,6 +85,8 @@ export class UplinkPipeline {
 
   private count(up: Uplink, next: (up: Uplink) => Promise<void>): Promise<void> {
     this.d.metrics.uplinks.inc({ transport: up.transport, kind: up.topic.kind })
+    // The core's own uploads on a device's behalf ($connection, ...) are not the device speaking.
+    if (up.transport !== 'internal') this.heard.set(deviceKey(up.topic), up.receivedAt)
     return next(up)
   }
 

@@ -82,7 +82,7 @@ export class DeviceRegistry extends EventEmitter {
   private readonly failed = new Map<string, Set<string>>()
   private readonly localKey: Buffer
   private readonly st: Record<
-    'get' | 'all' | 'insert' | 'setEnabled' | 'setSecret' | 'remove' | 'setTags' | 'applySeed' | 'tomb' | 'tombstone' | 'untomb',
+    'get' | 'all' | 'insert' | 'setEnabled' | 'setSecret' | 'remove' | 'setTags' | 'editTags' | 'applySeed' | 'tomb' | 'tombstone' | 'untomb',
     Statement
   >
 
@@ -109,6 +109,9 @@ export class DeviceRegistry extends EventEmitter {
       tombstone: db.prepare('SELECT seed_digest FROM removed_seeds WHERE product_id = ? AND device_id = ?'),
       untomb: db.prepare('DELETE FROM removed_seeds WHERE product_id = ? AND device_id = ?'),
       setTags: db.prepare('UPDATE devices SET tags = ?, tags_version = ?, updated_at = ? WHERE product_id = ? AND device_id = ?'),
+      editTags: db.prepare(
+        'UPDATE devices SET tags = ?, tags_version = tags_version + 1, changed_by_api = 1, updated_at = ? WHERE product_id = ? AND device_id = ?',
+      ),
       applySeed: db.prepare(
         `UPDATE devices SET secret_hash = @hash, secret_enc = @enc, tags = @tags, enabled = @enabled, seed_digest = @seed, updated_at = @now
          WHERE product_id = @p AND device_id = @d`,
@@ -218,6 +221,19 @@ export class DeviceRegistry extends EventEmitter {
 
   setTags(ref: DeviceRef, tags: string[], version: number): void {
     this.st.setTags.run(JSON.stringify(tags), version, Date.now(), ref.productId, ref.deviceId)
+  }
+
+  /**
+   * A technician's tag edit (API, CLI): the new set with the next tags_version, so that a device
+   * asking with its old version gets it; the hub's next `$set_tags` with a greater version still
+   * wins (the hub owns tags). Counts as an API change: a config seed no longer overwrites it.
+   */
+  editTags(ref: DeviceRef, tags: string[]): Device | undefined {
+    const unique = [...new Set(tags)]
+    if (this.st.editTags.run(JSON.stringify(unique), Date.now(), ref.productId, ref.deviceId).changes === 0) return undefined
+    const device = this.get(ref)!
+    this.emit('changed', device)
+    return device
   }
 
   async authenticate(ref: DeviceRef, secret: string): Promise<AuthResult> {

@@ -15,13 +15,14 @@ import { compileValidator, describeValidationError } from './validation.js'
 
 export function buildApp(deps: WebDeps): FastifyInstance {
   const log = deps.log.child({ component: 'web' })
-  const checkToken = requireBearerToken(deps.apiToken)
+  const checkToken = requireBearerToken(deps.apiToken, deps.apiTokenWhere)
   const app = Fastify({ logger: false, bodyLimit: 1 << 20, schemaErrorFormatter: describeValidationError })
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const status = err.statusCode ?? 500
-    // Schema failures and what fastify refuses before a handler runs (bad JSON, too large).
-    if (status < 500) return reply.code(status).send({ error: 'bad_request', message: err.message })
+    // Schema failures and what fastify refuses before a handler runs (bad JSON, too large, not JSON):
+    // the same `{error, message}` body as the routes' own errors.
+    if (status < 500) return reply.code(status).send(clientError(status, err))
     log.error({ err, method: req.method, url: req.url }, 'request failed')
     return reply.code(500).send({ error: 'internal', message: 'the gateway could not answer this request; its log says why' })
   })
@@ -46,6 +47,23 @@ export function buildApp(deps: WebDeps): FastifyInstance {
   // A scope of its own per adapter, under a fixed prefix: a device plugin cannot reach into /api.
   for (const routes of deps.deviceRoutes ?? []) void app.register(adapterScope(routes, log, '/devices/'), { prefix: '/devices' })
   return app
+}
+
+// Fastify's own refusals, in the API's words (its codes: fastify's lib/errors.js).
+const FRAMEWORK_ERRORS: Record<string, { error: string; message: string }> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: { error: 'unsupported_media_type', message: 'send the body as JSON, with content-type: application/json' },
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { error: 'bad_request', message: 'the content-length does not match the body' },
+  FST_ERR_CTP_BODY_TOO_LARGE: { error: 'payload_too_large', message: 'the body is larger than 1 MiB' },
+  FST_ERR_CTP_EMPTY_JSON_BODY: { error: 'bad_request', message: 'body must be a JSON object (it is empty, yet content-type says JSON)' },
+  FST_ERR_CTP_INVALID_JSON_BODY: { error: 'bad_request', message: 'body is not valid JSON' },
+}
+
+function clientError(status: number, err: FastifyError): { error: string; message: string } {
+  const known = FRAMEWORK_ERRORS[err.code]
+  if (known) return known
+  // A body that does not parse (JSON.parse's SyntaxError) carries no fastify code.
+  if (err instanceof SyntaxError) return { error: 'bad_request', message: `body is not valid JSON (${err.message})` }
+  return { error: status === 404 ? 'not_found' : status === 413 ? 'payload_too_large' : status === 415 ? 'unsupported_media_type' : 'bad_request', message: err.message }
 }
 
 function notFound(req: FastifyRequest, reply: FastifyReply): FastifyReply {

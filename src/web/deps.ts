@@ -44,11 +44,15 @@ export interface DeviceAdmin {
   add(d: NewDevice): Promise<{ device: Device; secret?: string }>
   setEnabled(ref: DeviceRef, enabled: boolean): void
   setSecret(ref: DeviceRef, secret: string): Promise<void>
+  /** Replaces the device's tags (the next tags_version); undefined when there is no such device. */
+  setTags(ref: DeviceRef, tags: string[]): Promise<Device | undefined>
   /** False when there was no such device. */
   remove(ref: DeviceRef): boolean
   connections(ref: DeviceRef): ConnectionInfo[]
   /** Whether an adapter is the route to the device right now. */
   online(ref: DeviceRef): boolean
+  /** When the gateway last heard from the device (ms): a message, a connect or a disconnect; null if never. */
+  lastSeen(ref: DeviceRef): number | null
   shadow(ref: DeviceRef): ShadowDoc
 }
 
@@ -75,6 +79,8 @@ export interface WebDeps {
   log: Logger
   /** The bearer token every /api route except /api/health requires. */
   apiToken: string
+  /** Where the token is, for the 401 message: the file's path, or the config key. */
+  apiTokenWhere?: string
   health(): HealthReport
   /** Prometheus exposition of every metric (the core's and the adapters'). */
   metrics(): Promise<{ contentType: string; body: string }>

@@ -9,7 +9,7 @@ import type { WebDeps } from './deps.js'
 import { ErrorCodes, StartError } from '../core/errors.js'
 
 export const RUNTIME_FILE = 'runtime.json'
-const TOKEN_FILE = 'api-token'
+export const API_TOKEN_FILE = 'api-token'
 
 /** Where a running gateway can be reached, for the CLI acting on the same data dir. */
 export interface RuntimeInfo {
@@ -72,7 +72,7 @@ export class WebServer {
 }
 
 export function readApiToken(dataDir: string): string | undefined {
-  const f = path.join(dataDir, TOKEN_FILE)
+  const f = path.join(dataDir, API_TOKEN_FILE)
   return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined
 }
 
@@ -85,7 +85,7 @@ export function loadOrCreateApiToken(dataDir: string, configured?: string, creat
   const existing = readApiToken(dataDir)
   if (existing) return existing
   const token = randomBytes(24).toString('base64url')
-  const file = path.join(dataDir, TOKEN_FILE)
+  const file = path.join(dataDir, API_TOKEN_FILE)
   writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' })
   created?.(file)
   return token

@@ -15,7 +15,8 @@ import type { OutboxStats } from '../../src/store/outbox.js'
 
 const TOKEN = 'tok-0123456789abcdef'
 const auth = { authorization: `Bearer ${TOKEN}` }
-const UNAUTHORIZED = { error: 'unauthorized', message: 'send Authorization: Bearer <token> (see {dataDir}/api-token)' }
+const TOKEN_FILE = '/var/lib/iothub-edge/api-token'
+const UNAUTHORIZED = { error: 'unauthorized', message: `send Authorization: Bearer <token> (the token is in ${TOKEN_FILE})` }
 const key = (r: DeviceRef): string => `${r.productId}/${r.deviceId}`
 
 const thermo: Device = { productId: 'thermo', deviceId: 't1', tags: ['floor2'], tagsVersion: 1, enabled: true, hasSecret: true, createdAt: 1, updatedAt: 2 }
@@ -59,6 +60,7 @@ function fakeGateway() {
   const g = {
     health: healthy,
     online: new Set([key(thermo)]),
+    lastSeen: new Map([[key(thermo), 1500]]),
     sent: [] as Command[],
     waits: [] as number[],
     /** What the device answers an RPC with; undefined: it stays silent. */
@@ -83,6 +85,7 @@ function fakeGateway() {
   const deps = (): WebDeps => ({
     log: pino({ level: 'info' }, { write: (line: string) => void g.logs.push(JSON.parse(line) as Record<string, unknown>) }),
     apiToken: TOKEN,
+    apiTokenWhere: TOKEN_FILE,
     health: () => g.health,
     metrics: async () => ({ contentType: 'text/plain; version=0.0.4; charset=utf-8', body: 'iothub_edge_broker_clients 2\n' }),
     outboxStats: () => stats,
@@ -97,9 +100,14 @@ function fakeGateway() {
       },
       setEnabled: (ref, enabled) => void Object.assign(registry.get(key(ref))!, { enabled }),
       setSecret: async (ref, secret) => void g.secrets.set(key(ref), secret),
+      setTags: async (ref, tags) => {
+        const d = registry.get(key(ref))
+        return d && Object.assign(d, { tags, tagsVersion: d.tagsVersion + 1 })
+      },
       remove: (ref) => registry.delete(key(ref)),
       connections: (ref) => (key(ref) === key(thermo) ? [session] : []),
       online: (ref) => g.online.has(key(ref)),
+      lastSeen: (ref) => g.lastSeen.get(key(ref)) ?? null,
       shadow: () => ({ state: { reported: { temp: 21 } }, metadata: {}, version: 3, timestamp: 99 }),
     },
     commands: {
@@ -220,11 +228,16 @@ describe('GET /metrics and /api/outbox', () => {
 
 describe('devices', () => {
   it('lists and shows devices; an unknown one is 404', async () => {
-    expect((await get('/api/devices')).json()).toEqual({ devices: [thermo, away] })
+    expect((await get('/api/devices')).json()).toEqual({
+      devices: [
+        { ...thermo, online: true, lastSeen: 1500 },
+        { ...away, online: false, lastSeen: null },
+      ],
+    })
     const one = await get('/api/devices/thermo/t1')
     expect(one.statusCode).toBe(200)
-    expect(one.json()).toEqual({ device: thermo, online: true, connections: [session] })
-    expect((await get('/api/devices/thermo/away')).json()).toEqual({ device: away, online: false, connections: [] })
+    expect(one.json()).toEqual({ device: thermo, online: true, lastSeen: 1500, connections: [session] })
+    expect((await get('/api/devices/thermo/away')).json()).toEqual({ device: away, online: false, lastSeen: null, connections: [] })
     for (const url of ['/api/devices/thermo/nope', '/api/devices/thermo/nope/shadow', '/api/devices/thermo/nope/commands']) {
       const missing = await get(url)
       expect(missing.statusCode, url).toBe(404)
@@ -252,8 +265,9 @@ describe('devices', () => {
       [{ productId: 'p', deviceId: 'a/b' }, 'deviceId must be 1-64 of [A-Za-z0-9_-]'],
       [{ productId: 'p', deviceId: 'x'.repeat(65) }, 'deviceId must be 1-64 of [A-Za-z0-9_-]'],
       [{ productId: 'p', deviceId: 'd', secret: '' }, 'secret must be a non-empty string'],
-      [{ productId: 'p', deviceId: 'd', tags: 'roof' }, 'tags must be an array of strings'],
-      [{ productId: 'p', deviceId: 'd', tags: ['roof', 7] }, 'tags[1] must be a string'],
+      [{ productId: 'p', deviceId: 'd', tags: 'roof' }, 'tags must be an array of tags'],
+      [{ productId: 'p', deviceId: 'd', tags: ['roof', 7] }, 'tags[1] must be a tag: 1-64 of [A-Za-z0-9_-]'],
+      [{ productId: 'p', deviceId: 'd', tags: ['floor/2'] }, 'tags[0] must be a tag: 1-64 of [A-Za-z0-9_-]'],
       [{ productId: 'p', deviceId: 'd', enabled: 'false' }, 'enabled must be a boolean'],
       [['p', 'd'], 'body must be a JSON object'],
     ]
@@ -278,10 +292,14 @@ describe('devices', () => {
     expect(gw.secrets.get('thermo/t1')).toBe('n3w')
 
     const cases: [unknown, string][] = [
-      [{}, 'send {"enabled": true|false} and/or {"secret": "..."}'],
+      [{}, 'send at least one of {"enabled": true|false}, {"secret": "..."}, {"tags": [...]}'],
       [{ enabled: 'false' }, 'enabled must be a boolean'],
+      [{ enabled: 'no' }, 'enabled must be a boolean'],
       [{ enabled: 0 }, 'enabled must be a boolean'],
       [{ secret: '' }, 'secret must be a non-empty string'],
+      [{ secret: 123 }, 'secret must be a non-empty string'],
+      [{ tags: 'roof' }, 'tags must be an array of tags'],
+      [{ tags: ['ok', 'not ok'] }, 'tags[1] must be a tag: 1-64 of [A-Za-z0-9_-]'],
     ]
     for (const [body, message] of cases) {
       const res = await patch('/api/devices/thermo/t1', body)
@@ -289,9 +307,19 @@ describe('devices', () => {
       expect(res.json()).toEqual({ error: 'bad_request', message })
     }
     expect(gw.deps().devices.get(thermo)?.enabled).toBe(true)
+    expect(gw.secrets.get('thermo/t1')).toBe('n3w')
+    expect(gw.deps().devices.get(thermo)?.tags).toEqual(['floor2'])
     const missing = await patch('/api/devices/thermo/nope', { enabled: false })
     expect(missing.statusCode).toBe(404)
     expect(missing.json()).toEqual({ error: 'not_found' })
+  })
+
+  it('replaces the tags (the next tags_version)', async () => {
+    const res = await patch('/api/devices/thermo/t1', { tags: ['roof', 'zone-b'] })
+    expect(res.statusCode).toBe(200)
+    expect(res.json()).toEqual({ device: { ...thermo, tags: ['roof', 'zone-b'], tagsVersion: 2 } })
+    expect((await patch('/api/devices/thermo/t1', { tags: [] })).json().device).toMatchObject({ tags: [], tagsVersion: 3 })
+    expect((await patch('/api/devices/thermo/nope', { tags: ['roof'] })).statusCode).toBe(404)
   })
 
   it('removes a device (204, then 404)', async () => {
@@ -441,6 +469,25 @@ describe('adapter routes', () => {
 })
 
 describe('errors', () => {
+  it("answers what fastify itself refuses in the API's {error, message} shape", async () => {
+    const send = (headers: Record<string, string>, payload: string) =>
+      app.inject({ method: 'POST', url: '/api/devices', headers: { ...auth, ...headers }, payload })
+    const cases: [Awaited<ReturnType<typeof send>>, number, object][] = [
+      [await send({ 'content-type': 'application/json' }, '{"productId":'), 400, { error: 'bad_request', message: 'body is not valid JSON' }],
+      [await send({ 'content-type': 'application/json' }, ''), 400, { error: 'bad_request', message: 'body must be a JSON object (it is empty, yet content-type says JSON)' }],
+      [await send({ 'content-type': 'application/xml' }, '<device/>'), 415, { error: 'unsupported_media_type', message: 'send the body as JSON, with content-type: application/json' }],
+      [await send({ 'content-type': 'application/json' }, JSON.stringify({ productId: 'p', deviceId: 'd', secret: 'x'.repeat(1 << 20) })), 413, { error: 'payload_too_large', message: 'the body is larger than 1 MiB' }],
+      [await app.inject({ method: 'PUT', url: '/api/devices', headers: auth }), 404, { error: 'not_found', message: 'no route PUT /api/devices' }],
+      [await get('/no/such/page', {}), 404, { error: 'not_found', message: 'no route GET /no/such/page' }],
+    ]
+    for (const [res, status, body] of cases) {
+      expect(res.statusCode, res.body).toBe(status)
+      expect(res.json()).toEqual(body)
+    }
+    expect(gw.deps().devices.list()).toHaveLength(2)
+  })
+
+
   it('answers 500 with the usual body when the gateway throws, and logs it', async () => {
     await app.close()
     const deps = gw.deps()

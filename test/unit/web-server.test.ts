@@ -28,7 +28,7 @@ function deps(): WebDeps {
     }),
     metrics: unused,
     outboxStats: unused,
-    devices: { list: unused, get: unused, add: unused, setEnabled: unused, setSecret: unused, remove: unused, connections: unused, online: unused, shadow: unused },
+    devices: { list: unused, get: unused, add: unused, setEnabled: unused, setSecret: unused, setTags: unused, remove: unused, connections: unused, online: unused, lastSeen: unused, shadow: unused },
     commands: { history: unused, send: unused, waitForReply: unused },
     adapterRoutes: [],
   }

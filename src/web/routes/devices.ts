@@ -1,13 +1,16 @@
-// The device registry for the technician: list, add, show, enable/disable, new secret, remove, shadow.
+// The device registry for the technician: list, add, show, enable/disable, new secret or tags, remove, shadow.
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyPluginAsync } from 'fastify'
 import type { WebDeps } from '../deps.js'
+import type { DeviceRef } from '../../core/types.js'
 import { DeviceParams, NOT_FOUND, refOf } from './device-params.js'
 
 // ProductId/DeviceId levels (PROTOCOL.md "Identities"; the same rule as core/hub-topics.ts).
 const Id = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: '1-64 of [A-Za-z0-9_-]' })
 const Secret = Type.String({ minLength: 1, description: 'a non-empty string' })
 const Enabled = Type.Boolean({ description: 'a boolean' })
+// A tag is a topic level (`tags/{ProductId}/{Tag}/cmd/...`): the same rule as the ids.
+const Tags = Type.Array(Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'a tag: 1-64 of [A-Za-z0-9_-]' }), { description: 'an array of tags' })
 const NullableString = Type.Union([Type.String(), Type.Null()])
 const NullableNumber = Type.Union([Type.Number(), Type.Null()])
 
@@ -16,13 +19,16 @@ const NewDeviceBody = Type.Object(
     productId: Id,
     deviceId: Id,
     secret: Type.Optional(Secret),
-    tags: Type.Optional(Type.Array(Type.String({ description: 'a string' }), { description: 'an array of strings' })),
+    tags: Type.Optional(Tags),
     enabled: Type.Optional(Enabled),
   },
   { description: 'a JSON object' },
 )
 
-const DeviceChangeBody = Type.Object({ enabled: Type.Optional(Enabled), secret: Type.Optional(Secret) }, { description: 'a JSON object' })
+const DeviceChangeBody = Type.Object(
+  { enabled: Type.Optional(Enabled), secret: Type.Optional(Secret), tags: Type.Optional(Tags) },
+  { description: 'a JSON object' },
+)
 
 // Response schemas list what leaves the gateway: a field added to the registry's rows stays inside
 // until it is added here.
@@ -36,6 +42,12 @@ const DeviceView = Type.Object({
   createdAt: Type.Number(),
   updatedAt: Type.Number(),
 })
+
+const Presence = {
+  online: Type.Boolean(),
+  lastSeen: NullableNumber,
+}
+const ListedDevice = Type.Object({ ...DeviceView.properties, ...Presence })
 
 const ConnectionView = Type.Object({
   clientId: Type.String(),
@@ -51,8 +63,10 @@ const ConnectionView = Type.Object({
 })
 
 export const deviceRoutes: FastifyPluginAsync<Pick<WebDeps, 'devices'>> = async (app, { devices }) => {
-  app.get('/devices', { schema: { response: { 200: Type.Object({ devices: Type.Array(DeviceView) }) } } }, async () => ({
-    devices: devices.list(),
+  const presence = (ref: DeviceRef): { online: boolean; lastSeen: number | null } => ({ online: devices.online(ref), lastSeen: devices.lastSeen(ref) })
+
+  app.get('/devices', { schema: { response: { 200: Type.Object({ devices: Type.Array(ListedDevice) }) } } }, async () => ({
+    devices: devices.list().map((d) => ({ ...d, ...presence(d) })),
   }))
 
   app.post<{ Body: Static<typeof NewDeviceBody> }>(
@@ -73,28 +87,29 @@ export const deviceRoutes: FastifyPluginAsync<Pick<WebDeps, 'devices'>> = async 
 
   app.get<{ Params: DeviceParams }>(
     '/devices/:p/:d',
-    { schema: { params: DeviceParams, response: { 200: Type.Object({ device: DeviceView, online: Type.Boolean(), connections: Type.Array(ConnectionView) }) } } },
+    { schema: { params: DeviceParams, response: { 200: Type.Object({ device: DeviceView, ...Presence, connections: Type.Array(ConnectionView) }) } } },
     async (req, reply) => {
       const ref = refOf(req.params)
       const device = devices.get(ref)
       if (!device) return reply.code(404).send(NOT_FOUND)
-      return { device, online: devices.online(ref), connections: devices.connections(ref) }
+      return { device, ...presence(ref), connections: devices.connections(ref) }
     },
   )
 
   // Disabling disconnects the device at once (the registry's 'disabled' event); a new secret
-  // takes effect at its next connect.
+  // takes effect at its next connect; new tags go to a connected native device at once ($set_tags).
   app.patch<{ Params: DeviceParams; Body: Static<typeof DeviceChangeBody> }>(
     '/devices/:p/:d',
     { schema: { params: DeviceParams, body: DeviceChangeBody, response: { 200: Type.Object({ device: DeviceView }) } } },
     async (req, reply) => {
       const ref = refOf(req.params)
-      const { enabled, secret } = req.body
-      if (enabled === undefined && secret === undefined) {
-        return reply.code(400).send({ error: 'bad_request', message: 'send {"enabled": true|false} and/or {"secret": "..."}' })
+      const { enabled, secret, tags } = req.body
+      if (enabled === undefined && secret === undefined && tags === undefined) {
+        return reply.code(400).send({ error: 'bad_request', message: 'send at least one of {"enabled": true|false}, {"secret": "..."}, {"tags": [...]}' })
       }
       if (!devices.get(ref)) return reply.code(404).send(NOT_FOUND)
       if (secret !== undefined) await devices.setSecret(ref, secret)
+      if (tags !== undefined) await devices.setTags(ref, tags)
       if (enabled !== undefined) devices.setEnabled(ref, enabled)
       return { device: devices.get(ref) }
     },
