@@ -24,13 +24,30 @@ export function table(headers: string[], rows: string[][]): string {
   return [line(headers), ...rows.map(line)].join('\n') + '\n'
 }
 
-type DeviceLike = Pick<Device, 'productId' | 'deviceId' | 'enabled' | 'tags'> & { hasSecret?: boolean; updatedAt?: number; createdAt?: number }
+type DeviceLike = Pick<Device, 'productId' | 'deviceId' | 'enabled' | 'tags'> & {
+  hasSecret?: boolean
+  updatedAt?: number
+  createdAt?: number
+  /** Known only from a running gateway (the API's list). */
+  online?: boolean
+  lastSeen?: number | null
+}
 
 export function devicesTable(devices: DeviceLike[]): string {
   if (devices.length === 0) return 'no devices\n'
+  // Whether a device is online is the running gateway's to say; the database alone does not know.
+  const live = devices.every((d) => d.online !== undefined)
   return table(
-    ['PRODUCT', 'DEVICE', 'ENABLED', 'SECRET', 'TAGS', 'UPDATED'],
-    devices.map((d) => [d.productId, d.deviceId, d.enabled ? 'yes' : 'no', d.hasSecret === false ? 'none' : 'set', d.tags.join(',') || '-', iso(d.updatedAt)]),
+    ['PRODUCT', 'DEVICE', 'ENABLED', 'SECRET', 'TAGS', ...(live ? ['ONLINE', 'LAST SEEN'] : []), 'UPDATED'],
+    devices.map((d) => [
+      d.productId,
+      d.deviceId,
+      d.enabled ? 'yes' : 'no',
+      d.hasSecret === false ? 'none' : 'set',
+      d.tags.join(',') || '-',
+      ...(live ? [d.online ? 'yes' : 'no', iso(d.lastSeen)] : []),
+      iso(d.updatedAt),
+    ]),
   )
 }
 
@@ -43,13 +60,14 @@ interface ConnectionLike {
   disconnectAt: number | null
 }
 
-export function deviceDetails(d: DeviceLike, online: boolean | null, connections: ConnectionLike[]): string {
+export function deviceDetails(d: DeviceLike, online: boolean | null, lastSeen: number | null, connections: ConnectionLike[]): string {
   const rows: [string, string][] = [
     ['device', `${d.productId}/${d.deviceId}`],
     ['enabled', d.enabled ? 'yes' : 'no'],
     ['secret', d.hasSecret === false ? 'none' : 'set'],
     ['tags', d.tags.join(', ') || '-'],
     ['online', online === null ? 'unknown (no gateway running)' : online ? 'yes' : 'no'],
+    ['seen', iso(lastSeen)],
     ['created', iso(d.createdAt)],
     ['updated', iso(d.updatedAt)],
   ]

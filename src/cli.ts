@@ -14,7 +14,7 @@ import { ErrorCodes, StartError } from './core/errors.js'
 import { simulate } from './tools/simulate.js'
 import { VERSION } from './core/version.js'
 import type { DeviceRef } from './core/types.js'
-import { ConnectionStore, type ConnectionInfo } from './store/connections.js'
+import { ConnectionStore, lastSeen as lastSeenOf, type ConnectionInfo } from './store/connections.js'
 import { deviceDetails, devicesTable, json, outputMode, statusText } from './cli-output.js'
 import readline from 'node:readline/promises'
 import { Writable } from 'node:stream'
@@ -38,6 +38,7 @@ const USAGE = `usage:
                               (prints a generated secret once; --create: allow a new database
                               when the data folder has none)
   iothub-edge devices set-secret PRODUCT DEVICE [-c FILE]   the secret from a prompt, or stdin
+  iothub-edge devices set-tags PRODUCT DEVICE --tags a,b [-c FILE]   replace the tags (--tags '' clears them)
   iothub-edge devices disable PRODUCT DEVICE [-c FILE]
   iothub-edge devices enable  PRODUCT DEVICE [-c FILE]
   iothub-edge devices remove  PRODUCT DEVICE [-c FILE]
@@ -211,7 +212,7 @@ function runningGateway(dataDir: string): { pid: number; httpPort?: number } | u
   return { pid: owner.pid }
 }
 
-const DEVICE_COMMANDS = ['list', 'add', 'show', 'set-secret', 'disable', 'enable', 'remove']
+const DEVICE_COMMANDS = ['list', 'add', 'show', 'set-secret', 'set-tags', 'disable', 'enable', 'remove']
 
 interface DeviceValues {
   config?: string
@@ -258,13 +259,23 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
     process.stderr.write('devices set-secret: the secret is empty\n')
     return EXIT_USAGE
   }
-  const tags = values.tags ? values.tags.split(',').map((t) => t.trim()).filter(Boolean) : undefined
+  const tags = values.tags !== undefined ? values.tags.split(',').map((t) => t.trim()).filter(Boolean) : undefined
+  if (sub === 'set-tags' && tags === undefined) {
+    process.stderr.write(`devices set-tags: give the new tags with --tags a,b (--tags '' removes them all)\n`)
+    return EXIT_USAGE
+  }
+  const badTag = tags?.find((t) => !isId(t))
+  if (badTag !== undefined) {
+    process.stderr.write(`devices ${sub}: tag "${badTag}" must be ${ID_RULE} (a tag is a topic level)\n`)
+    return EXIT_USAGE
+  }
   const dataDir = cfg.gateway.dataDir
   const live = runningGateway(dataDir)
   const mode = outputMode(values.json)
 
   let result: Result
   let online: boolean | null = null
+  let lastSeen: number | null = null
   if (live) {
     if (live.httpPort === undefined) {
       process.stderr.write(`devices ${sub}: a gateway (pid ${live.pid}) is using ${dataDir} but has not published its API port (${RUNTIME_FILE}) yet; if it is starting, try again in a moment\n`)
@@ -286,10 +297,15 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
                 ? await api.call('DELETE', dev)
                 : sub === 'set-secret'
                   ? await api.call('PATCH', dev, { secret })
-                  : await api.call('PATCH', dev, { enabled: sub === 'enable' })
+                  : sub === 'set-tags'
+                    ? await api.call('PATCH', dev, { tags })
+                    : await api.call('PATCH', dev, { enabled: sub === 'enable' })
       const body = r.body as Record<string, unknown> | null
       result = r.status >= 400 ? { ok: false, status: r.status, message: `${r.status} ${JSON.stringify(body)}` } : { ok: true, body }
-      if (sub === 'show' && body) online = body.online === true
+      if (sub === 'show' && body) {
+        online = body.online === true
+        lastSeen = typeof body.lastSeen === 'number' ? body.lastSeen : null
+      }
     } catch (err) {
       const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message
       process.stderr.write(`devices ${sub}: the gateway (pid ${live.pid}) using ${dataDir} does not answer on ${api.base} (${cause}); check its log, or try again once it is up\n`)
@@ -331,12 +347,15 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
   } else if (sub === 'list') {
     process.stdout.write(devicesTable(body.devices as Device[]))
   } else if (sub === 'show') {
-    process.stdout.write(deviceDetails(body.device as Device, online, (body.connections as ConnectionInfo[] | undefined) ?? []))
+    process.stdout.write(deviceDetails(body.device as Device, online, lastSeen ?? lastSeenOf((body.connections as ConnectionInfo[] | undefined) ?? []), (body.connections as ConnectionInfo[] | undefined) ?? []))
   } else {
     process.stdout.write(devicesTable([body.device as Device]))
     if (typeof body.secret === 'string') process.stdout.write(`\nsecret: ${body.secret}\n(shown this once; only its hash is kept)\n`)
   }
   if (sub === 'set-secret') process.stderr.write(`the new secret applies from the device's next connect\n`)
+  if (sub === 'set-tags') {
+    process.stderr.write(`the hub owns tags: its next $set_tags with a greater tags_version replaces these (change them at the hub too)\n`)
+  }
   return 0
 }
 
@@ -407,6 +426,10 @@ async function offlineDevices(sub: string, ref: DeviceRef, cfg: Config, secret: 
       case 'set-secret':
         if (!(await registry.setSecret(ref, secret!))) return missing
         return { ok: true, body: { device: registry.get(ref) } }
+      case 'set-tags': {
+        const d = registry.editTags(ref, tags!)
+        return d ? { ok: true, body: { device: d } } : missing
+      }
       case 'disable':
       case 'enable': {
         const d: Device | undefined = registry.setEnabled(ref, sub === 'enable')

@@ -10,7 +10,7 @@ import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
 import type { DeviceRef } from './core/types.js'
-import type { ConnectionInfo } from './store/connections.js'
+import { lastSeen, type ConnectionInfo } from './store/connections.js'
 import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
@@ -245,7 +245,7 @@ export class Gateway {
         remove: (ref) => store.registry.remove(ref),
         connections: connectionsOf,
         online,
-        lastSeen: (ref) => lastSeen(core.pipeline.lastHeard(ref), connectionsOf(ref)),
+        lastSeen: (ref) => lastSeen(connectionsOf(ref), core.pipeline.lastHeard(ref)),
         shadow: (ref) => core.shadows.get(ref),
       },
       commands: {
@@ -281,14 +281,4 @@ export class Gateway {
     this.lock?.release()
     this.log.info('gateway stopped')
   }
-}
-
-/**
- * When the gateway last heard from a device: its latest message since this start, or the latest
- * connect or disconnect of any of its connections (the table outlives restarts), null if never.
- */
-function lastSeen(heard: number | undefined, connections: ConnectionInfo[]): number | null {
-  const times = connections.flatMap((c) => [c.connectedAt, c.disconnectAt]).filter((t): t is number => t !== null)
-  if (heard !== undefined) times.push(heard)
-  return times.length ? Math.max(...times) : null
 }

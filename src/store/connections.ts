@@ -84,3 +84,13 @@ function toInfo(r: Row): ConnectionInfo {
     disconnectAt: r.disconnect_at,
   }
 }
+
+/**
+ * When the gateway last heard from a device: `heard` (its latest message, if known), or the latest
+ * connect or disconnect of any of its connections (the table outlives restarts); null if never.
+ */
+export function lastSeen(connections: readonly ConnectionInfo[], heard?: number): number | null {
+  const times = connections.flatMap((c) => [c.connectedAt, c.disconnectAt]).filter((t): t is number => t !== null)
+  if (heard !== undefined) times.push(heard)
+  return times.length ? Math.max(...times) : null
+}

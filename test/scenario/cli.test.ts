@@ -1,6 +1,6 @@
 // The command line for a technician: --version, `status` of the running gateway, `devices show`,
 // `devices set-secret` with the secret from stdin (never argv; --secret still works but warns),
-// tables on a terminal and JSON for scripts.
+// `devices set-tags`, tables on a terminal and JSON for scripts.
 import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
@@ -12,6 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { connectDevice, refusedWith } from '../helpers/device.js'
 import { GatewayProcess, gatewayBin, repoRoot, runCli } from '../helpers/gateway-process.js'
 import { freePort } from '../helpers/ports.js'
+import { SdkDevice } from '../helpers/sdk-device.js'
 
 const execFileAsync = promisify(execFile)
 const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
@@ -124,5 +125,50 @@ describe('cli', () => {
     expect(table).toMatch(/^thermo\s+t9\s+yes\s+set\s+-\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/m)
     const forced = await onTerminal(['devices', 'list', '--json', '-c', file])
     expect(JSON.parse(forced)).toMatchObject({ devices: [{ deviceId: 't9' }] })
+  })
+
+  it('devices set-tags: a connected device gets the new tags at once; one set on the database gets them when it asks; online and last seen in the list', async () => {
+    const dataDir = path.join(tmp, 'tags')
+    const file = path.join(tmp, 'tags.yaml')
+    const other = { ...dev, deviceId: 't2', secret: 'other-secret' }
+    const g = track(new GatewayProcess({ gateway: { ...gw, dataDir }, devices: [dev, other], log: { level: 'warn' } }, { dataDir }))
+    await g.start()
+    await writeFile(file, YAML.stringify(YAML.parse(readFileSync(g.configFile, 'utf8'))))
+
+    // Through the running gateway: the connected device is sent $set_tags, as the hub would, and subscribes.
+    const device = await SdkDevice.connect(g.externalUrl, dev)
+    const set = await runCli(['devices', 'set-tags', 'thermo', 't1', '--tags', 'roof,zone-b', '-c', file])
+    expect(set.code, set.stderr).toBe(0)
+    expect(JSON.parse(set.stdout)).toMatchObject({ device: { tags: ['roof', 'zone-b'], tagsVersion: 1 } })
+    expect(set.stderr).toContain('the hub owns tags')
+    await device.until(() => device.tagsVersion === 1, 10_000, '$set_tags from the CLI applied')
+    expect(device.tags).toEqual(['roof', 'zone-b'])
+
+    const list = await runCli(['devices', 'list', '-c', file])
+    const rows = (JSON.parse(list.stdout) as { devices: { deviceId: string; online: boolean; lastSeen: number | null }[] }).devices
+    expect(rows.find((d) => d.deviceId === 't1')).toMatchObject({ online: true, lastSeen: expect.any(Number) })
+    expect(rows.find((d) => d.deviceId === 't2')).toMatchObject({ online: false, lastSeen: null })
+    const table = await onTerminal(['devices', 'list', '-c', file])
+    expect(table.split('\n')[0]).toMatch(/^PRODUCT\s+DEVICE\s+ENABLED\s+SECRET\s+TAGS\s+ONLINE\s+LAST SEEN\s+UPDATED$/)
+    expect(table).toMatch(/^thermo\s+t1\s+yes\s+set\s+roof,zone-b\s+yes\s+\d{4}-\d\d-\d\dT\S+\s+\d{4}-/m)
+    expect(table).toMatch(/^thermo\s+t2\s+yes\s+set\s+-\s+no\s+-\s+\d{4}-/m)
+    await device.close()
+
+    // On the database while no gateway runs: the device asks with its old version and gets the new set.
+    expect(await g.stop()).toBe(0)
+    const offline = await runCli(['devices', 'set-tags', 'thermo', 't2', '--tags', 'cellar', '-c', file])
+    expect(offline.code, offline.stderr).toBe(0)
+    const bad = await runCli(['devices', 'set-tags', 'thermo', 't2', '--tags', 'a/b', '-c', file])
+    expect(bad.code).toBe(64)
+    expect(bad.stderr).toContain('tag "a/b" must be')
+    expect((await runCli(['devices', 'set-tags', 'thermo', 't2', '-c', file])).code).toBe(64)
+    await g.start()
+    const second = await SdkDevice.connect(g.externalUrl, other)
+    await second.until(() => second.tagsVersion === 1, 10_000, '$set_tags answered from the copy')
+    expect(second.tags).toEqual(['cellar'])
+    await second.close()
+
+    const cleared = await runCli(['devices', 'set-tags', 'thermo', 't2', '--tags', '', '-c', file])
+    expect(JSON.parse(cleared.stdout)).toMatchObject({ device: { tags: [], tagsVersion: 2 } })
   })
 })
