@@ -4,6 +4,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import { readFileSync } from 'node:fs'
 import { pino } from 'pino'
 import { buildApp } from '../../src/web/app.js'
 import type { HealthReport, WebDeps } from '../../src/web/deps.js'
@@ -520,5 +521,23 @@ describe('adapter device routes', () => {
     expect((await app.inject({ method: 'GET', url: '/devices/api/devices' })).json()).toEqual({ leaked: true })
     expect((await app.inject({ method: 'GET', url: '/api/devices' })).statusCode).toBe(401)
     expect((await app.inject({ method: 'GET', url: '/api/devices', headers: auth })).json()).not.toEqual({ leaked: true })
+  })
+})
+
+describe('docs/integrators/api.md', () => {
+  it('documents every route the API registers, and no route it does not', async () => {
+    await app.close()
+    app = buildApp(gw.deps())
+    const registered = new Set<string>()
+    app.addHook('onRoute', (r) => {
+      // fastify adds HEAD for each GET by itself; {p} is how the page writes :p.
+      for (const method of [r.method].flat()) if (method !== 'HEAD') registered.add(`${method} ${r.url.replace(/:(\w+)/g, '{$1}')}`)
+    })
+    await app.ready()
+    const page = readFileSync(new URL('../../docs/integrators/api.md', import.meta.url), 'utf8')
+    // The routes table: one row per route, its first cell `METHOD /path`.
+    const documented = new Set([...page.matchAll(/^\| `(GET|POST|PUT|PATCH|DELETE) (\/[^`]*)` \|/gm)].map((m) => `${m[1]} ${m[2]}`))
+    expect([...registered].sort()).toEqual([...documented].sort())
+    expect(registered.size).toBeGreaterThan(5)
   })
 })
