@@ -196,7 +196,10 @@ export function parseConfig(doc: unknown, baseDir = process.cwd(), extraAdapters
     if (section !== undefined && e.check) problems.push(...e.check(section as never))
   }
   if (problems.length) throw new ConfigError(problems)
+  // Paths in the file are the file's own: relative to its folder, wherever the command runs from
+  // (the unit's, a technician's shell, a test's working directory).
   cfg.gateway.dataDir = path.resolve(baseDir, cfg.gateway.dataDir)
+  for (const f of namedFiles(cfg)) f.set(path.resolve(baseDir, f.file))
   return deepFreeze(cfg)
 }
 
@@ -221,32 +224,51 @@ export function loadConfig(file?: string, extraAdapters: readonly KeyedAdapterEn
 
 const TLS_FILE_KEYS = new Set(['ca', 'cert', 'key'])
 
+interface NamedFile {
+  key: string
+  file: string
+  /** Replaces the path in the (not yet frozen) config. */
+  set(file: string): void
+}
+
 /**
- * Files the config names that the start will read (TLS CA, certificate and key of the broker's
- * listeners, the hub link and any adapter's `tls` section): one problem per file that is not there or
- * not readable by this user, with its key path. Relative paths are as the process sees them (its
- * working directory).
+ * The files a config names, with their key paths: TLS CA, certificate and key of the broker's
+ * listeners, of the hub link and of any adapter's `tls` section, and LoRaWAN codec files (`codec:
+ * /path`). One rule for every section, so an adapter's `tls` is covered without listing it here.
  */
-export function fileProblems(cfg: Config): string[] {
-  const problems: string[] = []
+function namedFiles(cfg: unknown): NamedFile[] {
+  const found: NamedFile[] = []
   const walk = (node: unknown, key: string): void => {
     if (Array.isArray(node)) return node.forEach((v, i) => walk(v, `${key}[${i}]`))
-    if (node && typeof node === 'object') {
-      for (const [k, v] of Object.entries(node)) walk(v, key ? `${key}.${k}` : k)
-      return
-    }
-    const parts = key.split('.')
-    if (typeof node !== 'string' || parts.at(-2) !== 'tls' || !TLS_FILE_KEYS.has(parts.at(-1) ?? '')) return
-    try {
-      accessSync(node, fsConstants.R_OK)
-      if (!statSync(node).isFile()) problems.push(`${key}: ${node} is not a file`)
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? `is not readable by this user (uid ${process.getuid?.() ?? '?'})` : `cannot be read (${code})`
-      problems.push(`${key}: ${node} ${why}`)
+    if (!node || typeof node !== 'object') return
+    const obj = node as Record<string, unknown>
+    for (const [k, v] of Object.entries(obj)) {
+      const at = key ? `${key}.${k}` : k
+      const isFile = typeof v === 'string' && ((key.endsWith('tls') && TLS_FILE_KEYS.has(k)) || (k === 'codec' && v.startsWith('/')))
+      if (isFile) found.push({ key: at, file: v, set: (f) => (obj[k] = f) })
+      else walk(v, at)
     }
   }
   walk(cfg, '')
+  return found
+}
+
+/**
+ * One problem per file the config names (see namedFiles) that is not there or not readable by this
+ * user, with its key path. Relative paths were resolved against the config file's folder.
+ */
+export function fileProblems(cfg: Config): string[] {
+  const problems: string[] = []
+  for (const { key, file } of namedFiles(cfg)) {
+    try {
+      accessSync(file, fsConstants.R_OK)
+      if (!statSync(file).isFile()) problems.push(`${key}: ${file} is not a file`)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? `is not readable by this user (uid ${process.getuid?.() ?? '?'})` : `cannot be read (${code})`
+      problems.push(`${key}: ${file} ${why}`)
+    }
+  }
   return problems
 }
 

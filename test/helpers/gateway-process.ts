@@ -38,6 +38,8 @@ export interface GatewayProcessOptions {
   env?: NodeJS.ProcessEnv
   /** script to run instead of bin/iothub-edge.js (for testing this helper) */
   bin?: string
+  /** working directory of the process; default the config file's folder */
+  cwd?: string
 }
 
 export interface ApiResponse<T> {
@@ -144,7 +146,7 @@ export class GatewayProcess {
     this.logFile ??= createWriteStream(path.join(tmp, 'gateway.log'), { flags: 'a' })
     this.record(`--- [test] start #${this.starts}: ${bin} start -c ${this.configFile}`)
     const child = spawn(process.execPath, [bin, 'start', '-c', this.configFile], {
-      cwd: tmp,
+      cwd: this.opts.cwd ?? tmp,
       env: { ...process.env, ...this.opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     })

@@ -184,6 +184,30 @@ describe('check-config beyond the schema', () => {
     for (const port of [httpPort, extPort]) expect(await listening(port), `port ${port}`).toBe(false)
   })
 
+  it("resolves relative file paths against the config file's folder, wherever it is run from; a missing codec file is named too", async () => {
+    const site = path.join(tmp, 'site')
+    await mkdir(path.join(site, 'certs'), { recursive: true })
+    await writeFile(path.join(site, 'certs', 'hub-ca.pem'), 'not checked for content here\n')
+    const file = path.join(site, 'gateway.yaml')
+    const doc = {
+      gateway: { dataDir: 'data', productId: 'gateways', deviceId: 'site-7', secret: 's' },
+      northbound: { url: 'mqtts://hub.example.com:8883', tls: { ca: 'certs/hub-ca.pem' } },
+    }
+    await writeFile(file, YAML.stringify(doc))
+    // From the parent folder and from the site folder itself: the same file is found.
+    for (const cwd of [tmp, site]) {
+      const r = await runCli(['check-config', path.relative(cwd, file) || 'gateway.yaml'], { cwd })
+      expect(r.code, `${cwd}: ${r.stderr}`).toBe(0)
+    }
+    await writeFile(file, YAML.stringify({ ...doc, northbound: { ...doc.northbound, tls: { ca: 'certs/missing-ca.pem' } }, lorawan: { devices: [{ devEui: '0011223344556677', productId: 'p', deviceId: 'd', codec: path.join(site, 'no-codec.js') }] } }))
+    const bad = await runCli(['check-config', file], { cwd: os.tmpdir() })
+    expect(bad.code, bad.stderr).toBe(EXIT_CONFIG)
+    expect(problemLines(bad.stderr)).toEqual([
+      `northbound.tls.ca: ${path.join(site, 'certs', 'missing-ca.pem')} does not exist`,
+      `lorawan.devices[0].codec: ${path.join(site, 'no-codec.js')} does not exist`,
+    ])
+  })
+
   it('warns (exit 0) about a hub URL with the default identity and no secret, and about credentials in the URL', async () => {
     const file = path.join(tmp, 'warnings.yaml')
     await writeFile(file, YAML.stringify({ gateway: { dataDir: path.join(tmp, 'warn-data') }, northbound: { url: 'mqtts://hub.example.com:8883' } }))

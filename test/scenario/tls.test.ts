@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import mqtt from 'mqtt'
-import { GatewayProcess } from '../helpers/gateway-process.js'
+import { GatewayProcess, repoRoot } from '../helpers/gateway-process.js'
 import { freePort, waitForTcp } from '../helpers/ports.js'
 import { newMessageId } from '../helpers/device.js'
 
@@ -28,7 +28,7 @@ beforeAll(() => {
 })
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
-describe('TLS listener for devices', () => {
+describe('TLS listener for devices (certificate files relative to the config file)', () => {
   let gateway: GatewayProcess
   let pki: { ca: string; cert: string; key: string }
   let tlsPort: number
@@ -37,16 +37,22 @@ describe('TLS listener for devices', () => {
   beforeAll(async () => {
     pki = makeCa('gateway')
     tlsPort = await freePort()
-    gateway = new GatewayProcess({
-      broker: {
-        listeners: [
-          { host: '127.0.0.1', port: tlsPort, tls: { cert: pki.cert, key: pki.key } },
-          { host: '127.0.0.1', port: 0, zone: 'internal' },
-        ],
+    // Written relative to the config file's folder ({os.tmpdir()}/iothub-edge-gw-*), as an operator
+    // writes `certs/gateway.pem` next to /etc/iothub-edge/gateway.yaml; the process runs elsewhere.
+    const fromConfig = (f: string): string => path.relative(path.join(os.tmpdir(), 'iothub-edge-gw-x'), f)
+    gateway = new GatewayProcess(
+      {
+        broker: {
+          listeners: [
+            { host: '127.0.0.1', port: tlsPort, tls: { cert: fromConfig(pki.cert), key: fromConfig(pki.key) } },
+            { host: '127.0.0.1', port: 0, zone: 'internal' },
+          ],
+        },
+        devices: [dev],
+        log: { level: 'warn' },
       },
-      devices: [dev],
-      log: { level: 'warn' },
-    })
+      { cwd: repoRoot },
+    )
     await gateway.start()
   })
   afterAll(async () => gateway?.close())
