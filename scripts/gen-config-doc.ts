@@ -72,7 +72,7 @@ export function renderConfigDoc(): string {
     '- `devices[]`: a product/device pair appears once; in `northbound.mode: devices` every device needs a `secret`.',
     '- `broker.listeners[].port`: no port twice (0 means "any free port").',
     "- A relative `gateway.dataDir`, and every relative file path (`tls.ca`/`cert`/`key` of any section), is resolved against the config file's folder (against the working directory when started without `-c`).",
-    '- Every file the config names (TLS CA, certificates and keys, LoRaWAN `codec` files) must exist and be readable by the user the gateway runs as: `check-config` and `start` name each one that is not, with its key.',
+    '- Every TLS file the config names (CA, certificate, key) must exist and be readable by the user the gateway runs as: `check-config` and `start` name each one that is not, with its key. A LoRaWAN `codec` file that is not there is a warning (its devices\' payloads go up undecoded).',
     '- `store.outbox.maxBytes` absent: half of what the store can use (the free space of the data folder\'s filesystem plus the database), measured at start and never lower than at an earlier start, so that a restart on a full disk does not shrink it.',
     '',
     'Example:',

@@ -227,6 +227,8 @@ const TLS_FILE_KEYS = new Set(['ca', 'cert', 'key'])
 interface NamedFile {
   key: string
   file: string
+  /** A TLS file stops the start; without a codec file the start goes on (its payloads go up raw). */
+  kind: 'tls' | 'codec'
   /** Replaces the path in the (not yet frozen) config. */
   set(file: string): void
 }
@@ -244,8 +246,8 @@ function namedFiles(cfg: unknown): NamedFile[] {
     const obj = node as Record<string, unknown>
     for (const [k, v] of Object.entries(obj)) {
       const at = key ? `${key}.${k}` : k
-      const isFile = typeof v === 'string' && ((key.endsWith('tls') && TLS_FILE_KEYS.has(k)) || (k === 'codec' && v.startsWith('/')))
-      if (isFile) found.push({ key: at, file: v, set: (f) => (obj[k] = f) })
+      const kind = typeof v !== 'string' ? undefined : key.endsWith('tls') && TLS_FILE_KEYS.has(k) ? 'tls' : k === 'codec' && v.startsWith('/') ? 'codec' : undefined
+      if (kind) found.push({ key: at, file: v as string, kind, set: (f) => (obj[k] = f) })
       else walk(v, at)
     }
   }
@@ -254,12 +256,13 @@ function namedFiles(cfg: unknown): NamedFile[] {
 }
 
 /**
- * One problem per file the config names (see namedFiles) that is not there or not readable by this
- * user, with its key path. Relative paths were resolved against the config file's folder.
+ * One line per file the config names (see namedFiles) that is not there or not readable by this
+ * user, with its key path: TLS files (problems: the start cannot work without them) or codec files
+ * (warnings). Relative paths were resolved against the config file's folder.
  */
-export function fileProblems(cfg: Config): string[] {
+export function fileProblems(cfg: Config, kind: NamedFile['kind'] = 'tls'): string[] {
   const problems: string[] = []
-  for (const { key, file } of namedFiles(cfg)) {
+  for (const { key, file } of namedFiles(cfg).filter((f) => f.kind === kind)) {
     try {
       accessSync(file, fsConstants.R_OK)
       if (!statSync(file).isFile()) problems.push(`${key}: ${file} is not a file`)
@@ -274,7 +277,7 @@ export function fileProblems(cfg: Config): string[] {
 
 /** Settings that start but are most likely not what the operator wants; one line each, key first. */
 export function configWarnings(cfg: Config): string[] {
-  const warnings: string[] = []
+  const warnings = fileProblems(cfg, 'codec').map((p) => `${p}: its devices' payloads go up undecoded until it is fixed and the gateway restarted`)
   const nb = cfg.northbound
   if (!nb.url) return warnings
   let url: URL | undefined
