@@ -16,6 +16,6 @@ export const CoapSchema = Type.Object(
       { additionalProperties: false, default: {}, description: 'per-source flood protection' },
     ),
   },
-  { additionalProperties: false, description: 'CoAP endpoint for constrained devices (PROTOCOL.md "CoAP access": /mqtt/{topic}?c=&u=&p=)' },
+  { additionalProperties: false, description: 'CoAP endpoint for constrained devices (the CoAP convention of the hub, /mqtt/{topic}?c=&u=&p=: docs/integrators/coap-devices.md)' },
 )
 export type CoapConfig = Static<typeof CoapSchema>
