@@ -144,9 +144,13 @@ describe('cli', () => {
     await device.until(() => device.tagsVersion === 1, 10_000, '$set_tags from the CLI applied')
     expect(device.tags).toEqual(['roof', 'zone-b'])
 
+    // Last seen: its latest message (this one), not only its connect.
+    const beforeUpload = Date.now()
+    await device.upload('temperature', { c: 21 })
     const list = await runCli(['devices', 'list', '-c', file])
     const rows = (JSON.parse(list.stdout) as { devices: { deviceId: string; online: boolean; lastSeen: number | null }[] }).devices
     expect(rows.find((d) => d.deviceId === 't1')).toMatchObject({ online: true, lastSeen: expect.any(Number) })
+    expect(rows.find((d) => d.deviceId === 't1')!.lastSeen).toBeGreaterThanOrEqual(beforeUpload)
     expect(rows.find((d) => d.deviceId === 't2')).toMatchObject({ online: false, lastSeen: null })
     const table = await onTerminal(['devices', 'list', '-c', file])
     expect(table.split('\n')[0]).toMatch(/^PRODUCT\s+DEVICE\s+ENABLED\s+SECRET\s+TAGS\s+ONLINE\s+LAST SEEN\s+UPDATED$/)

@@ -6,7 +6,9 @@ import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { readFileSync } from 'node:fs'
 import { pino } from 'pino'
+import { Registry, collectDefaultMetrics } from 'prom-client'
 import { buildApp } from '../../src/web/app.js'
+import { Metrics } from '../../src/core/metrics.js'
 import type { HealthReport, WebDeps } from '../../src/web/deps.js'
 import type { Command, DeviceRef } from '../../src/core/types.js'
 import type { Device } from '../../src/store/devices.js'
@@ -539,5 +541,23 @@ describe('docs/integrators/api.md', () => {
     const documented = new Set([...page.matchAll(/^\| `(GET|POST|PUT|PATCH|DELETE) (\/[^`]*)` \|/gm)].map((m) => `${m[1]} ${m[2]}`))
     expect([...registered].sort()).toEqual([...documented].sort())
     expect(registered.size).toBeGreaterThan(5)
+  })
+
+  it("lists every metric of the core's registry in its metrics table, and only the broker's besides", () => {
+    const nodeDefaults = new Registry()
+    collectDefaultMetrics({ register: nodeDefaults, prefix: 'iothub_edge_' })
+    const process = new Set(nodeDefaults.getMetricsAsArray().map((m) => m.name))
+    const core = new Metrics().registry.getMetricsAsArray().map((m) => m.name).filter((n) => !process.has(n))
+    const page = readFileSync(new URL('../../docs/integrators/api.md', import.meta.url), 'utf8')
+    const table = page.slice(page.indexOf('## Metrics'))
+    // A row's first cell: `iothub_edge_outbox_messages`, `_bytes`, ... (the short forms share the first name's stem).
+    const documented = [...table.matchAll(/^\| (`iothub_edge_[^|]*)\|/gm)].flatMap(([, cell]) => {
+      const names = [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1])
+      const stem = names[0].slice(0, names[0].lastIndexOf('_'))
+      return names.map((n) => (n.startsWith('_') ? stem + n : n))
+    })
+    expect(documented.filter((n) => core.includes(n)).sort()).toEqual(core.sort())
+    // The rest is the always-on broker's own (registered when it starts); other adapters' pages list theirs.
+    expect(documented.filter((n) => !core.includes(n))).toEqual(['iothub_edge_broker_clients'])
   })
 })
