@@ -123,7 +123,8 @@ describe('tags and shadows through the gateway, hub reachable', () => {
   const mStale = mappedDevice('m-stale')
   const mJoin = mappedDevice('m-join', ['amber'])
   const mAway = mappedDevice('m-away')
-  const mappedDevices = [mBlue, mGreen, mLate, mShadow, mStale, mJoin, mAway]
+  const mEdit = mappedDevice('m-edit', ['violet'])
+  const mappedDevices = [mBlue, mGreen, mLate, mShadow, mStale, mJoin, mAway, mEdit]
 
   let hub: HubBroker
   let sim: HubSim
@@ -191,6 +192,24 @@ describe('tags and shadows through the gateway, hub reachable', () => {
     const requestId = await sim.tagCommand(P, 'amber', 'wake', { s: 1 })
     const cmd = await mapped.waitForDelivery((c) => c.requestId === requestId, 10_000, 'the amber tag command to m-join')
     expect(cmd).toMatchObject({ device: { productId: P, deviceId: mJoin.deviceId }, name: 'wake' })
+  })
+
+  it("a technician's tag edit on a mapped device (PATCH /api/devices) moves its tag subscription on the hub at once", async () => {
+    const violet = tagFilterOf(P, 'violet')
+    const indigo = tagFilterOf(P, 'indigo')
+    await waitForHubSubscription(hub, violet, true, 3_000)
+    const res = await fetch(`http://127.0.0.1:${gw.web.port}/api/devices/${P}/${mEdit.deviceId}`, {
+      method: 'PATCH',
+      headers: { authorization: `Bearer ${API_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ tags: ['indigo'] }),
+    })
+    expect(res.status).toBe(200)
+    expect(await res.json()).toMatchObject({ device: { tags: ['indigo'], tagsVersion: 1 } })
+    await waitForHubSubscription(hub, indigo, true)
+    await waitForHubSubscription(hub, violet, false)
+    const requestId = await sim.tagCommand(P, 'indigo', 'glow', {})
+    const cmd = await mapped.waitForDelivery((c) => c.requestId === requestId, 10_000, 'the indigo tag command to m-edit')
+    expect(cmd.device).toEqual({ productId: P, deviceId: mEdit.deviceId })
   })
 
   it("$set_tags from the hub changes a native device's tag subscriptions; the gateway mirrors them on the hub, reference-counted", async () => {
