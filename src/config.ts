@@ -275,9 +275,30 @@ export function fileProblems(cfg: Config, kind: NamedFile['kind'] = 'tls'): stri
   return problems
 }
 
+/** Every `url` key of any section (the hub, ChirpStack's broker, ...) whose URL carries a user or password. */
+function urlsWithCredentials(cfg: unknown): { key: string; section: string }[] {
+  const found: { key: string; section: string }[] = []
+  const walk = (node: unknown, key: string): void => {
+    if (Array.isArray(node)) return node.forEach((v, i) => walk(v, `${key}[${i}]`))
+    if (!node || typeof node !== 'object') return
+    for (const [k, v] of Object.entries(node)) {
+      const at = key ? `${key}.${k}` : k
+      if (k === 'url' && typeof v === 'string' && URL.canParse(v)) {
+        const u = new URL(v)
+        if (u.username || u.password) found.push({ key: at, section: key })
+      } else walk(v, at)
+    }
+  }
+  walk(cfg, '')
+  return found
+}
+
 /** Settings that start but are most likely not what the operator wants; one line each, key first. */
 export function configWarnings(cfg: Config): string[] {
   const warnings = fileProblems(cfg, 'codec').map((p) => `${p}: its devices' payloads go up undecoded until it is fixed and the gateway restarted`)
+  for (const { key, section } of urlsWithCredentials(cfg)) {
+    warnings.push(`${key}: holds credentials (user:password@host): they show in process listings and support bundles; use ${section}.username and ${section}.password instead`)
+  }
   const nb = cfg.northbound
   if (!nb.url) return warnings
   let url: URL | undefined
@@ -285,9 +306,6 @@ export function configWarnings(cfg: Config): string[] {
     url = new URL(nb.url)
   } catch {
     // the schema's pattern let it through; the connection will say what is wrong
-  }
-  if (url && (url.username || url.password)) {
-    warnings.push('northbound.url: holds credentials (user:password@host): they show in process listings and support bundles; use northbound.username and northbound.password instead')
   }
   const defaults = rootProperties.gateway.properties
   const defaultIdentity = cfg.gateway.productId === defaults.productId.default && cfg.gateway.deviceId === defaults.deviceId.default

@@ -210,7 +210,7 @@ describe('check-config beyond the schema', () => {
     expect(codec.stderr).toContain(`warning: lorawan.devices[0].codec: ${path.join(site, 'no-codec.js')} does not exist: its devices' payloads go up undecoded`)
   })
 
-  it('warns (exit 0) about a hub URL with the default identity and no secret, and about credentials in the URL', async () => {
+  it('warns (exit 0) about a hub URL with the default identity and no secret, and about credentials in any URL', async () => {
     const file = path.join(tmp, 'warnings.yaml')
     await writeFile(file, YAML.stringify({ gateway: { dataDir: path.join(tmp, 'warn-data') }, northbound: { url: 'mqtts://hub.example.com:8883' } }))
     const r = await runCli(['check-config', file], { cwd: tmp })
@@ -227,6 +227,15 @@ describe('check-config beyond the schema', () => {
     expect(c.code, c.stderr).toBe(0)
     expect(c.stderr.split('\n').filter(Boolean)).toEqual([expect.stringMatching(/^warning: northbound\.url: holds credentials .*use northbound\.username and northbound\.password/)])
     expect(c.stderr).not.toContain('hunter2')
+
+    // Any section's URL: ChirpStack's broker too.
+    const lora = path.join(tmp, 'lora-creds.yaml')
+    await writeFile(lora, YAML.stringify({ gateway: { dataDir: path.join(tmp, 'warn-data') }, lorawan: { chirpstack: { mqtt: { url: 'mqtt://cs:opensesame@127.0.0.1:1884' } } } }))
+    const l = await runCli(['check-config', lora], { cwd: tmp })
+    expect(l.code, l.stderr).toBe(0)
+    expect(l.stderr.split('\n').filter(Boolean)).toEqual([
+      expect.stringMatching(/^warning: lorawan\.chirpstack\.mqtt\.url: holds credentials .*use lorawan\.chirpstack\.mqtt\.username and lorawan\.chirpstack\.mqtt\.password/),
+    ])
   })
 })
 
