@@ -52,9 +52,10 @@ function localize(text: string): string {
     .replace(/\b8090\b/g, String(ports.http))
 }
 
-// Each block sees the variables the earlier ones set (vars.sh), as in one terminal.
+// Each block sees the variables the earlier ones set (vars.sh), as in one terminal (read-only ones
+// are left out: declaring them again would fail).
 const script = (body: string, save: boolean): string =>
-  `set -euo pipefail\nset -a\n[ -f vars.sh ] && . ./vars.sh\n${localize(body)}\n${save ? 'export -p > vars.sh\n' : ''}`
+  `set -euo pipefail\nset -a\n[ -f vars.sh ] && . ./vars.sh\n${localize(body)}\n${save ? "export -p | grep -Ev '^declare -[a-z]*r' > vars.sh\n" : ''}`
 
 const env = (): NodeJS.ProcessEnv => ({ ...process.env, PATH: `${path.join(dir, 'bin')}:${process.env.PATH ?? ''}` })
 
