@@ -53,6 +53,20 @@ describe('cli', () => {
     expect(r.stdout).toBe(`iothub-edge ${version}\n`)
   })
 
+  it('docs/operators/cli.md documents every command --help lists', async () => {
+    const help = await runCli(['--help'])
+    expect(help.code).toBe(0)
+    const inHelp = [...new Set([...help.stdout.matchAll(/^ {2}iothub-edge ((?:devices )?[a-z][a-z-]*)/gm)].map((m) => m[1]))]
+    const page = readFileSync(path.join(repoRoot, 'docs', 'operators', 'cli.md'), 'utf8')
+    // The table's first cells: `devices show P D ...`; `devices disable P D`, `enable P D`, `remove P D` share a row.
+    const inPage = [...page.matchAll(/^\| ([^|]+)\|/gm)].flatMap(([, cell]) => {
+      const spans = [...cell.matchAll(/`([a-z-]+)(?: ([a-z-]+))?/g)].map((m) => (m[1] === 'devices' ? `devices ${m[2]}` : m[1]))
+      return spans.map((c) => (spans[0].startsWith('devices ') && !c.startsWith('devices ') ? `devices ${c}` : c))
+    })
+    expect(inHelp.length).toBeGreaterThan(8)
+    expect(inPage).toEqual(expect.arrayContaining(inHelp))
+  })
+
   it('status: 3 when no gateway runs, 0 with the health summary when one runs ok, 2 when degraded', async () => {
     const g = track(new GatewayProcess({ gateway: gw, log: { level: 'warn' } }))
     await g.start()
