@@ -59,8 +59,14 @@ const Api = Type.Object(
     url: Type.String({ default: '127.0.0.1:8080', description: 'ChirpStack\'s gRPC API, host:port' }),
     token: Type.String({ minLength: 1, description: 'an API token made in ChirpStack (API keys)' }),
     tls: Type.Boolean({ default: false, description: 'use TLS (the system\'s CAs) towards the API' }),
+    tenantId: Type.Optional(
+      Type.String({
+        pattern: '^[0-9a-fA-F-]{36}$',
+        description: 'the ChirpStack tenant (UUID) whose applications `iothub-edge lorawan import` lists (ApplicationService.List needs it); `--tenant` overrides it',
+      }),
+    ),
   },
-  { additionalProperties: false, description: 'ChirpStack\'s gRPC API: when set, downlinks are queued with DeviceService.Enqueue instead of MQTT' },
+  { additionalProperties: false, description: 'ChirpStack\'s gRPC API: when set, downlinks are queued with DeviceService.Enqueue instead of MQTT, and `iothub-edge lorawan import` can list its devices' },
 )
 
 const Chirpstack = Type.Object(
