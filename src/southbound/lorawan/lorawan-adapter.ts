@@ -720,7 +720,7 @@ export class LorawanAdapter implements SouthboundAdapter {
  * (a crash between the seen-set and the outbox) reaches the hub with one MessageId, which the hub's
  * duplicate filter drops. 24 hex characters in the ObjectId shape (PROTOCOL.md, "Identities").
  */
-function messageIdFor(type: string, deduplicationId: string | undefined, time: string | undefined): string {
+export function messageIdFor(type: string, deduplicationId: string | undefined, time: string | undefined): string {
   if (!deduplicationId) return newMessageId()
   const at = time ? Date.parse(time) : NaN
   const seconds = Math.floor((Number.isFinite(at) ? at : Date.now()) / 1000)
