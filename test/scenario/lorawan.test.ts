@@ -631,6 +631,7 @@ describe('LoRaWAN downlinks followed across a gateway restart, and each child in
       reachable: boolean
       lastUplink?: { at: number; fPort: number; fCnt: number; dataType?: string; payload?: unknown }
       radio?: { rssi: number; snr: number; gateways: number; fCnt: number; dr: number }
+      usualIntervalSeconds?: number
       downlinks: { id: string; command?: string; requestId?: string; fPort: number; confirmed: boolean; state: string }[]
     }
   }
@@ -645,11 +646,14 @@ describe('LoRaWAN downlinks followed across a gateway restart, and each child in
   })
 
   it('shows a child\'s last uplink, radio quality, frame counter and the downlinks ChirpStack holds for it', async () => {
+    // Two uplinks ten minutes apart by ChirpStack's clock: the device's usual interval.
+    const t0 = Date.now() - 20 * 60_000
+    await r.cs.publish('up', { devEui: V.devEui }, { deduplicationId: r.cs.nextId(), time: new Date(t0).toISOString(), fPort: 1, fCnt: 40, data: 'AA==' })
     await r.cs.publish('up', { devEui: V.devEui }, {
-      deduplicationId: r.cs.nextId(), fPort: 1, fCnt: 41, dr: 5, data: 'AQ==', object: { flow: 12.5 },
+      deduplicationId: r.cs.nextId(), time: new Date(t0 + 10 * 60_000).toISOString(), fPort: 1, fCnt: 41, dr: 5, data: 'AQ==', object: { flow: 12.5 },
       rxInfo: [{ gatewayId: 'aa', rssi: -97, snr: 4.5 }, { gatewayId: 'bb', rssi: -88, snr: 1.25 }],
     })
-    await r.sim.waitFor((u) => u.parsed.deviceId === V.deviceId && u.parsed.name === 'telemetry', 10_000, 'the uplink')
+    await r.sim.waitFor((u) => u.parsed.deviceId === V.deviceId && u.parsed.name === 'telemetry' && json(u).flow === 12.5, 10_000, 'the uplink')
     const rid = await r.sim.command(P, V.deviceId, 'open_valve', Buffer.from([1]), { encoding: 'base64' })
     const down = await r.cs.waitForDownlink((d) => d.devEui === V.devEui && d.fPort === 10, 10_000, 'the open_valve downlink')
     const seen = await child()
@@ -658,6 +662,7 @@ describe('LoRaWAN downlinks followed across a gateway restart, and each child in
       reachable: true,
       lastUplink: { fPort: 1, fCnt: 41, dataType: 'telemetry', payload: { flow: 12.5 } },
       radio: { rssi: -88, snr: 4.5, gateways: 2, fCnt: 41, dr: 5 },
+      usualIntervalSeconds: 600,
     })
     expect(seen.downlinks).toEqual([expect.objectContaining({ id: down.id, command: 'open_valve', requestId: rid, fPort: 10, confirmed: true, state: 'queued' })])
 

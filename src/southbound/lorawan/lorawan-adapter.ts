@@ -21,6 +21,7 @@ import { DeviceMap } from './device-map.js'
 import { CodecError, JsCodec } from './js-codec.js'
 import { HttpIntake } from './http-intake.js'
 import { ChirpstackApi, EnqueueError } from './chirpstack-api.js'
+import { silentTooLong, UplinkRhythm } from './uplink-rhythm.js'
 import type { DeviceSettings, LorawanConfig } from './schema.js'
 
 // Housekeeping (downlinks past their life, silent devices) runs this often, or more often for a
@@ -46,6 +47,8 @@ export interface LoraChildState {
   logs: Record<string, number>
   /** The update_status last sent (its JSON), and when. */
   statusSent?: { at: number; battery?: number; externalPower?: boolean }
+  /** How often it usually sends (from ChirpStack's times of its uplinks). */
+  rhythm: UplinkRhythm
 }
 
 type Fate = { kind: 'txack' } | { kind: 'ack'; acknowledged: boolean } | { kind: 'log'; code: string; description: string }
@@ -368,7 +371,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   private child(dev: DeviceRef, devEui: string): LoraChildState {
     const k = deviceKey(dev)
     let c = this.children.get(k)
-    if (!c) this.children.set(k, (c = { device: dev, devEui, reachable: false, logs: {} }))
+    if (!c) this.children.set(k, (c = { device: dev, devEui, reachable: false, logs: {}, rhythm: new UplinkRhythm() }))
     return c
   }
 
@@ -388,6 +391,8 @@ export class LorawanAdapter implements SouthboundAdapter {
     )
     c.radio = { ...best, gateways: ev.rxInfo.length, fCnt: ev.fCnt, dr: ev.dr, frequency: ev.frequency }
     c.lastUplink = { at: Date.now(), fPort: ev.fPort, fCnt: ev.fCnt }
+    const sentAt = ev.time ? Date.parse(ev.time) : NaN
+    c.rhythm.note(Number.isFinite(sentAt) ? sentAt : Date.now())
     // fPort 0 carries MAC commands only: nothing for the hub but the radio facts.
     if (ev.fPort > 0) {
       const settings = this.map.settings(c.device, ev.device.deviceProfileName)
@@ -633,8 +638,11 @@ export class LorawanAdapter implements SouthboundAdapter {
   }
 
   /**
-   * ChirpStack's log events: counted per device and code. Those about a queue item (ChirpStack
-   * puts its id in `context.queue_item_id`, e.g. EXPIRED, DOWNLINK_PAYLOAD_SIZE) end that downlink.
+   * ChirpStack's log events: counted per device and code. Those about a queue item end that downlink:
+   * ChirpStack v4.19 deletes the item and names it in `context.queue_item_id` for EXPIRED,
+   * DOWNLINK_PAYLOAD_SIZE and F_CNT_DOWN (chirpstack/src/downlink/data.rs). DOWNLINK_GATEWAY (a radio
+   * gateway refused the transmission, chirpstack/src/downlink/tx_ack.rs) carries no context and the
+   * item stays queued for the next receive window: counted only.
    */
   private async onLog(c: LoraChildState, ev: Extract<LoraEvent, { type: 'log' }>): Promise<void> {
     c.logs[ev.code] = (c.logs[ev.code] ?? 0) + 1
@@ -706,7 +714,7 @@ export class LorawanAdapter implements SouthboundAdapter {
     const away = this.cfg.awayAfterSeconds * 1000
     if (away > 0) {
       for (const c of this.children.values()) {
-        if (c.reachable && c.lastSeen !== undefined && now - c.lastSeen > away) {
+        if (c.reachable && c.lastSeen !== undefined && silentTooLong(now - c.lastSeen, c.rhythm.usualMs, away)) {
           c.reachable = false
           this.ctx.deviceAway(c.device)
         }
@@ -758,9 +766,10 @@ export interface QueuedDownlinkView {
   followedUntil: number
 }
 
-export type LoraChildView = Omit<LoraChildState, 'statusSent'>
+export type LoraChildView = Omit<LoraChildState, 'statusSent' | 'rhythm'> & { usualIntervalSeconds?: number }
 
 function view(c: LoraChildState): LoraChildView {
-  const { statusSent: _statusSent, ...rest } = c
-  return rest
+  const { statusSent: _statusSent, rhythm, ...rest } = c
+  const usual = rhythm.usualMs
+  return { ...rest, ...(usual !== undefined ? { usualIntervalSeconds: Math.round(usual / 1000) } : {}) }
 }

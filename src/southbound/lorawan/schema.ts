@@ -162,7 +162,8 @@ export const LorawanSchema = Type.Object(
     awayAfterSeconds: Type.Integer({
       minimum: 0,
       default: 0,
-      description: 'a device not heard from for this long is reported disconnected (0: never)',
+      description:
+        'a device silent for its usual uplink interval (the median of its last gaps) plus this long is reported disconnected; until two uplinks give its interval, silent this long (0: never)',
     }),
     dedupTtlSeconds: Type.Integer({ minimum: 60, default: 86400, description: 'how long a ChirpStack deduplicationId is remembered (across restarts)' }),
     downlinkTtlSeconds: Type.Integer({
