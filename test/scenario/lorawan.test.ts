@@ -137,7 +137,7 @@ const deviceConfig = {
       ...A,
       dataTypes: { '1': 'telemetry' },
       commands: { open_valve: { fPort: 10, confirmed: true }, beep: { fPort: 11 } },
-      shadow: { fPort: 20, confirmed: false, reportedKeys: ['mode'] },
+      shadow: { fPort: 20, confirmed: true, reportedKeys: ['mode'] },
       tags: ['floor1'],
     },
     { ...B, codec: 'cayenne', tags: ['floor1'] },
@@ -296,15 +296,25 @@ describe('LoRaWAN via ChirpStack (JSON events)', () => {
     expect(uploads((u) => u.parsed.kind === 'update_status' && u.parsed.deviceId === A.deviceId)).toHaveLength(1)
   })
 
-  it('applies desired shadow state as one downlink and the hub gets $shadow_updated', async () => {
+  it('applies desired shadow state as one confirmed downlink: $shadow_updated once ChirpStack has it, and the device\'s ack ends it', async () => {
     const from = r.cs.downlinks.length
     // The uplink above reported `mode`, which moved the shadow's version on.
     const version = r.sim.shadowOf(P, A.deviceId).version + 1
     expect(await r.sim.setDesired(P, A.deviceId, { mode: 'eco', setpoint: 19 }, version)).toBe(true)
     const down = await r.cs.waitForDownlink((d) => r.cs.downlinks.indexOf(d) >= from && d.fPort === 20, 10_000, 'the shadow downlink')
     expect(JSON.parse(down.data.toString('utf8'))).toEqual({ mode: 'eco', setpoint: 19 })
+    expect(down.confirmed).toBe(true)
     const updated = await r.sim.waitFor(dataOf(A, '$shadow_updated'), 10_000, '$shadow_updated')
     expect(json(updated)).toEqual({ state: { desired: null }, version })
+    // The device acknowledges the confirmed downlink: its story ends there, with no reply of its own
+    // (the core's $update_shadow is never answered as a command).
+    const acked = metricValue(await r.metrics(), 'iothub_edge_lorawan_downlinks_total', { result: 'acknowledged' })
+    await r.cs.publish('txack', { devEui: A.devEui }, { queueItemId: down.id })
+    await r.cs.publish('ack', { devEui: A.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: down.id, acknowledged: true })
+    await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_downlinks_total', { result: 'acknowledged' }) === acked + 1, 10_000, () => 'the shadow downlink\'s ack was not taken')
+    const view = (await r.api<{ device: { downlinks: { id: string }[] } }>(`/api/adapters/lorawan/devices/${P}/${A.deviceId}`)).body.device
+    expect(view.downlinks.map((d) => d.id)).not.toContain(down.id)
+    expect(uploads((u) => u.parsed.kind === 'cmd_resp' && u.parsed.name === '$update_shadow')).toEqual([])
   })
 
   it('sends a tag command to every LoRaWAN child carrying the tag', async () => {
