@@ -89,19 +89,26 @@ export class ChirpstackApi {
     })
   }
 
-  /** Every application of a tenant (ApplicationService.List needs the tenant id). */
-  async listApplications(tenantId: string): Promise<ChirpstackApplication[]> {
-    const out: ChirpstackApplication[] = []
+  /** Every item of a List call, page by page until ChirpStack's total count. */
+  private async all<T>(page: (offset: number) => Promise<{ items: T[]; total: number }>): Promise<T[]> {
+    const out: T[] = []
     for (;;) {
+      const { items, total } = await page(out.length)
+      out.push(...items)
+      if (items.length === 0 || out.length >= total) return out
+    }
+  }
+
+  /** Every application of a tenant (ApplicationService.List needs the tenant id). */
+  listApplications(tenantId: string): Promise<ChirpstackApplication[]> {
+    return this.all(async (offset) => {
       const req = new applicationPb.ListApplicationsRequest()
       req.setTenantId(tenantId)
       req.setLimit(PAGE)
-      req.setOffset(out.length)
+      req.setOffset(offset)
       const res = await this.call<applicationPb.ListApplicationsResponse>('ApplicationService.List', (cb) => this.applications.list(req, this.metadata, this.options, cb))
-      const page = res.getResultList().map((a) => ({ id: a.getId(), name: a.getName() }))
-      out.push(...page)
-      if (page.length === 0 || out.length >= res.getTotalCount()) return out
-    }
+      return { items: res.getResultList().map((a) => ({ id: a.getId(), name: a.getName() })), total: res.getTotalCount() }
+    })
   }
 
   async getApplication(id: string): Promise<ChirpstackApplication> {
@@ -112,22 +119,20 @@ export class ChirpstackApi {
   }
 
   /** Every device of an application (DeviceService.List). */
-  async listDevices(applicationId: string): Promise<ChirpstackDevice[]> {
-    const out: ChirpstackDevice[] = []
-    for (;;) {
+  listDevices(applicationId: string): Promise<ChirpstackDevice[]> {
+    return this.all(async (offset) => {
       const req = new devicePb.ListDevicesRequest()
       req.setApplicationId(applicationId)
       req.setLimit(PAGE)
-      req.setOffset(out.length)
+      req.setOffset(offset)
       const res = await this.call<devicePb.ListDevicesResponse>('DeviceService.List', (cb) => this.devices.list(req, this.metadata, this.options, cb))
-      const page = res.getResultList().map((d) => {
+      const items = res.getResultList().map((d) => {
         const tags: Record<string, string> = {}
         d.getTagsMap().forEach((v, k) => (tags[k] = v))
         return { devEui: d.getDevEui().toLowerCase(), name: d.getName(), deviceProfileName: d.getDeviceProfileName(), tags }
       })
-      out.push(...page)
-      if (page.length === 0 || out.length >= res.getTotalCount()) return out
-    }
+      return { items, total: res.getTotalCount() }
+    })
   }
 
   close(): void {
