@@ -755,10 +755,11 @@ describe('LoRaWAN over MQTT 3.1.1 and TLS to ChirpStack\'s broker', () => {
     const core = new ContractCore()
     const cfg = (parseConfig({ lorawan: { chirpstack: { mqtt: { url: r.broker.tlsUrl, protocolVersion: 4, clientId: 'no-ca' } } } }) as unknown as { lorawan: LorawanConfig }).lorawan
     const adapter = new LorawanAdapter(core, cfg)
+    const from = (await r.broker.log()).length
     await adapter.start()
     try {
       let log = ''
-      await until(async () => /OpenSSL Error|alert unknown ca|certificate unknown/i.test((log = await r.broker.log())), 15_000, () => `no refused TLS handshake in the broker's log:\n${log}`)
+      await until(async () => /OpenSSL Error|alert unknown ca|certificate unknown/i.test((log = (await r.broker.log()).slice(from))), 15_000, () => `no refused TLS handshake in the broker's log:\n${log}`)
       expect(adapter.isConnected).toBe(false)
       expect(await r.broker.log()).not.toMatch(/New client connected .* as no-ca /)
     } finally {
