@@ -22,6 +22,7 @@ import { ApplicationServiceService } from '@chirpstack/chirpstack-api/api/applic
 import devicePb from '@chirpstack/chirpstack-api/api/device_pb.js'
 import applicationPb from '@chirpstack/chirpstack-api/api/application_pb.js'
 import { isRunning, trackChild, waitForExit } from './child-processes.js'
+import { writeMosquittoPasswords } from './hub-broker.js'
 import { freePort, waitForTcp } from './ports.js'
 
 const MOSQUITTO = process.env.MOSQUITTO_BIN ?? '/usr/sbin/mosquitto'
@@ -45,8 +46,11 @@ export class ChirpstackBroker {
 
   private tlsPort?: number
 
-  /** `tls`: also a TLS listener with this certificate (the plain one stays, for ChirpStack's side). */
-  constructor(private readonly opts: { maxQueuedMessages?: number; tls?: { cert: string; key: string } } = {}) {}
+  /**
+   * `tls`: also a TLS listener with this certificate (the plain one stays, for ChirpStack's side).
+   * `users`: only these may connect (no anonymous access), as on a broker shared beyond the box.
+   */
+  constructor(private readonly opts: { maxQueuedMessages?: number; tls?: { cert: string; key: string }; users?: { username: string; password: string }[] } = {}) {}
 
   get url(): string {
     if (this.port === undefined) throw new Error('ChirpstackBroker: start() first')
@@ -75,7 +79,7 @@ export class ChirpstackBroker {
         ...(process.getuid?.() === 0 ? ['user root'] : []),
         `listener ${this.port} 127.0.0.1`,
         ...(tls ? [`listener ${this.tlsPort} 127.0.0.1`, `certfile ${tls.cert}`, `keyfile ${tls.key}`] : []),
-        'allow_anonymous true',
+        ...(this.opts.users ? ['allow_anonymous false', `password_file ${path.join(this.dir, 'passwd')}`] : ['allow_anonymous true']),
         'persistence true',
         `persistence_location ${this.dir}/`,
         `max_queued_messages ${this.opts.maxQueuedMessages ?? 1000}`,
@@ -86,6 +90,7 @@ export class ChirpstackBroker {
         'log_type notice',
         '',
       ]
+      if (this.opts.users) await writeMosquittoPasswords(path.join(this.dir, 'passwd'), this.opts.users)
       await writeFile(path.join(this.dir, 'mosquitto.conf'), conf.join('\n'))
     }
     const child = spawn(MOSQUITTO, ['-c', path.join(this.dir, 'mosquitto.conf')], { cwd: this.dir, stdio: 'ignore' })
@@ -144,10 +149,11 @@ export class ChirpstackSim {
   constructor(
     private readonly url: string,
     readonly encoding: 'json' | 'protobuf' = 'json',
+    private readonly login?: { username: string; password: string },
   ) {}
 
   async start(): Promise<void> {
-    this.client = await mqtt.connectAsync(this.url, { protocolVersion: 5, clientId: `chirpstack-${process.pid}-${Date.now()}`, clean: true, reconnectPeriod: 500 })
+    this.client = await mqtt.connectAsync(this.url, { protocolVersion: 5, clientId: `chirpstack-${process.pid}-${Date.now()}`, clean: true, reconnectPeriod: 500, ...this.login })
     this.client.on('message', (topic, payload) => this.downlinks.push(this.readDownlink(topic, payload)))
     // ChirpStack >= 4.17 subscribes with a shared subscription.
     await this.client.subscribeAsync('$share/chirpstack/application/+/device/+/command/down', { qos: 1 })

@@ -63,6 +63,8 @@ interface Rig {
 
 interface RigOptions {
   broker?: ConstructorParameters<typeof ChirpstackBroker>[0]
+  /** ChirpStack's own login at its broker. */
+  chirpstackLogin?: { username: string; password: string }
   /** lorawan.chirpstack.mqtt beyond the plain listener's url and a client id of the rig's. */
   mqtt?: (broker: ChirpstackBroker) => Record<string, unknown>
   /** Wait for the adapter's connection to ChirpStack's broker before the tests (default true). */
@@ -77,7 +79,7 @@ async function rig(encoding: 'json' | 'protobuf', lorawan: Record<string, unknow
   await sim.start()
   const broker = new ChirpstackBroker(opts.broker)
   await broker.start()
-  const cs = new ChirpstackSim(broker.url, encoding)
+  const cs = new ChirpstackSim(broker.url, encoding, opts.chirpstackLogin)
   await cs.start()
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'lorawan-'))
   const mqttCfg = { url: broker.url, clientId: `gw-lorawan-${encoding}-${path.basename(dataDir)}`, ...opts.mqtt?.(broker) }
@@ -715,7 +717,7 @@ describe('LoRaWAN downlinks followed across a gateway restart, and each child in
   }, 60_000)
 })
 
-describe('LoRaWAN over MQTT 3.1.1 and TLS to ChirpStack\'s broker', () => {
+describe('LoRaWAN over MQTT 3.1.1, TLS and a login at ChirpStack\'s broker', () => {
   let r: Rig
   let dir: string
   let pki: TestPki
@@ -726,9 +728,12 @@ describe('LoRaWAN over MQTT 3.1.1 and TLS to ChirpStack\'s broker', () => {
   beforeAll(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'lorawan-tls-'))
     pki = makeCa(dir, 'chirpstack-broker')
+    // No anonymous access: ChirpStack and the gateway each log in.
+    const users = [{ username: 'chirpstack', password: 'chirpstack-broker-secret' }, { username: 'iothub-edge', password: 'gateway-broker-secret' }]
     r = await rig('json', { devices: [W] }, [ref(W)], {
-      broker: { tls: { cert: pki.cert, key: pki.key } },
-      mqtt: (b) => ({ url: b.tlsUrl, protocolVersion: 4, tls: { ca: pki.ca } }),
+      broker: { tls: { cert: pki.cert, key: pki.key }, users },
+      chirpstackLogin: users[0],
+      mqtt: (b) => ({ url: b.tlsUrl, protocolVersion: 4, tls: { ca: pki.ca }, ...users[1] }),
     })
   }, 60_000)
 
@@ -737,10 +742,10 @@ describe('LoRaWAN over MQTT 3.1.1 and TLS to ChirpStack\'s broker', () => {
     if (dir) await rm(dir, { recursive: true, force: true })
   })
 
-  it('takes events over a verified TLS connection with MQTT 3.1.1 and a persistent session, also those published while it was stopped', async () => {
-    // Mosquitto logs each connection's protocol (p2: MQTT 3.1.1) and clean-session flag (c0: persistent).
+  it('takes events over a verified TLS connection with MQTT 3.1.1, its login and a persistent session, also those published while it was stopped', async () => {
+    // Mosquitto logs each connection's protocol (p2: MQTT 3.1.1), clean-session flag (c0: persistent) and user.
     let log = ''
-    await until(async () => /New client connected from 127\.0\.0\.1:\d+ as gw-lorawan-\S+ \(p2, c0, k30\)/.test((log = await r.broker.log())), 10_000, () => `no MQTT 3.1.1 persistent session in the broker's log:\n${log}`)
+    await until(async () => /New client connected from 127\.0\.0\.1:\d+ as gw-lorawan-\S+ \(p2, c0, k30, u'iothub-edge'\)/.test((log = await r.broker.log())), 10_000, () => `no MQTT 3.1.1 persistent session in the broker's log:\n${log}`)
     await r.cs.publish('up', { devEui: W.devEui }, { deduplicationId: r.cs.nextId(), fPort: 3, data: Buffer.from('before').toString('base64') })
     await until(() => ups().includes('before'), 10_000, () => 'the uplink over TLS did not reach the hub')
 
