@@ -1,4 +1,4 @@
-// iothub-edge command line: start, check-config, devices.
+// iothub-edge command line: start, check-config, devices, status, the adapters' tools (lorawan import).
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
@@ -15,10 +15,12 @@ import { simulate } from './tools/simulate.js'
 import { VERSION } from './core/version.js'
 import type { DeviceRef } from './core/types.js'
 import { ConnectionStore, lastSeen as lastSeenOf, type ConnectionInfo } from './store/connections.js'
-import { deviceDetails, devicesTable, json, outputMode, statusText } from './cli-output.js'
+import { deviceDetails, devicesTable, json, outputMode, statusText, table } from './cli-output.js'
 import readline from 'node:readline/promises'
 import { Writable } from 'node:stream'
 import { HubSimServer } from './tools/hub-sim-server.js'
+import { builtInAdapters } from './southbound/registry.js'
+import type { AdapterModule } from './southbound/adapter-module.js'
 
 // sysexits.h EX_CONFIG: systemd and scripts can tell "fix your config" from a crash.
 export const EXIT_CONFIG = 78
@@ -43,6 +45,9 @@ const USAGE = `usage:
   iothub-edge devices enable  PRODUCT DEVICE [-c FILE]
   iothub-edge devices remove  PRODUCT DEVICE [-c FILE]
   devices and status print tables on a terminal, JSON otherwise or with --json
+  iothub-edge lorawan import [-c FILE] [--tenant UUID] [--application UUID[,UUID]] [--dry-run] [--json] [--create]
+                              register ChirpStack's devices as children by the lorawan mapping
+                              (lists them through lorawan.chirpstack.api)
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -81,6 +86,9 @@ export async function main(argv: string[]): Promise<number | undefined> {
         'http-port': { type: 'string' },
         username: { type: 'string' },
         password: { type: 'string' },
+        tenant: { type: 'string' },
+        application: { type: 'string' },
+        'dry-run': { type: 'boolean' },
       },
     })
   } catch (err) {
@@ -111,6 +119,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
     case 'hub-sim':
       return runHubSim(values)
     default:
+      if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
       return EXIT_USAGE
   }
@@ -442,6 +451,83 @@ async function offlineDevices(sub: string, ref: DeviceRef, cfg: Config, secret: 
     }
   } finally {
     db.close()
+  }
+}
+
+// --- adapter tools (iothub-edge lorawan import) ---------------------------------------------
+
+async function adapterTool(key: keyof typeof builtInAdapters, args: string[], values: Record<string, string | boolean | undefined>): Promise<number> {
+  const [name, ...rest] = args
+  const mod = (await builtInAdapters[key].load()) as { adapterModule: AdapterModule<unknown> }
+  const tools = mod.adapterModule.tools ?? {}
+  const tool = name ? tools[name] : undefined
+  if (!tool) {
+    const list = Object.values(tools).map((t) => `  iothub-edge ${key} ${t.usage}\n`).join('')
+    process.stderr.write(list ? `usage:\n${list}` : `${key} has no command-line tools\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const cfg = readConfig(values.config as string | undefined)
+  if (typeof cfg === 'number') return cfg
+  const section = (cfg as unknown as Record<string, unknown>)[key]
+  if (section === undefined) {
+    process.stderr.write(`${key} ${name}: the config${values.config ? ` ${values.config}` : ''} has no \`${key}:\` section\n`)
+    return EXIT_CONFIG
+  }
+  const mode = outputMode(values.json as boolean | undefined)
+  try {
+    return await tool.run({
+      config: section,
+      args: rest,
+      options: values,
+      registerChildren: (children) => registerChildren(cfg, children, values.create === true),
+      report: (r) => process.stdout.write(mode.json ? json(r.json) : table(r.table.headers, r.table.rows)),
+      err: (text) => process.stderr.write(text),
+    })
+  } catch (err) {
+    process.stderr.write(`${key} ${name}: ${(err as Error).message}\n`)
+    return 1
+  }
+}
+
+/**
+ * Children an adapter's tool found (LoRaWAN devices listed in ChirpStack): created through the running
+ * gateway's API, or in the database when no gateway runs (under the data folder's lock, and never in
+ * a new database without --create, as `devices add`).
+ */
+async function registerChildren(cfg: Config, children: { device: DeviceRef; tags: string[] }[], create: boolean): Promise<('created' | 'exists')[]> {
+  const dataDir = cfg.gateway.dataDir
+  const live = runningGateway(dataDir)
+  const results: ('created' | 'exists')[] = []
+  if (live) {
+    if (live.httpPort === undefined) throw new Error(`a gateway (pid ${live.pid}) is using ${dataDir} and is still starting; try again in a moment`)
+    const api = gatewayApi(cfg, live.httpPort)
+    for (const c of children) {
+      const r = await api.call('POST', '/api/devices', { ...c.device, tags: c.tags })
+      if (r.status === 409) results.push('exists')
+      else if (r.status < 300) results.push('created')
+      else throw new Error(`the gateway refused ${c.device.productId}/${c.device.deviceId}: ${r.status} ${JSON.stringify(r.body)}`)
+    }
+    return results
+  }
+  if (!existsSync(path.join(dataDir, DB_FILE)) && !create) {
+    throw new Error(`no gateway database in ${dataDir} (gateway.dataDir); check -c FILE, or pass --create to start a new one there`)
+  }
+  const lock = new DataDirLock(dataDir)
+  lock.acquire()
+  const db = openDatabase(dataDir)
+  try {
+    const registry = new DeviceRegistry(db, dataDir, cfg.northbound.mode === 'devices')
+    for (const c of children) {
+      if (registry.get(c.device)) results.push('exists')
+      else {
+        await registry.add({ ...c.device, tags: c.tags })
+        results.push('created')
+      }
+    }
+    return results
+  } finally {
+    db.close()
+    lock.release()
   }
 }
 

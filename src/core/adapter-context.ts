@@ -58,6 +58,20 @@ export interface SeenSet {
   forget(id: string): void
 }
 
+/**
+ * Durable records of work this adapter has in flight at its peer, kept across restarts (a LoRaWAN
+ * downlink queued at ChirpStack and the command whose reply its fate becomes). Values are JSON; each
+ * record has its own expiry, after which it is gone.
+ */
+export interface RecordSet<T> {
+  /** Write or replace one record: a synchronous durable write. */
+  put(id: string, value: T, expiresAt: number): void
+  get(id: string): T | undefined
+  delete(id: string): void
+  /** Every record not expired, oldest first. */
+  list(): { id: string; value: T; expiresAt: number }[]
+}
+
 /** The adapter's own metrics, named `iothub_edge_{adapter}_{name}` on /metrics. */
 export interface AdapterMetrics {
   counter<L extends string>(name: string, help: string, labelNames?: readonly L[]): Counter<L>
@@ -74,6 +88,8 @@ export interface AdapterContext {
   readonly devices: DeviceDirectory
   /** A durable seen-set scoped to this adapter; `name` tells sets of one adapter apart. */
   seen(name: string, ttlMs: number): SeenSet
+  /** Durable records scoped to this adapter; `name` tells sets of one adapter apart. */
+  records<T>(name: string): RecordSet<T>
   /** Resolves once the message is durable (the sender may be acknowledged); rejects when it is not. */
   uplink(up: Uplink): Promise<void>
   /** False while the store cannot write (disk full) or the gateway stops: refuse new work instead of acknowledging it. */

@@ -164,6 +164,7 @@ export class Core {
         has: (id) => store.seen.has(`${adapter}/${name}`, id),
         forget: (id) => store.seen.forget(`${adapter}/${name}`, id),
       }),
+      records: (name) => store.records.scoped(`${adapter}/${name}`),
       uplink: (up) => this.pipeline.uplink(up),
       intakeOpen: () => this.intake.isOpen(),
       onIntakeChange: (l) => this.intake.onChange(l),
@@ -248,6 +249,7 @@ export class Core {
     try {
       this.router.sweep(this.d.store.registry.list().map((dev) => deviceKey(dev)))
       this.d.store.seen.sweep()
+      this.d.store.records.sweep()
     } catch (err) {
       this.warn.warn('sweep', { err: (err as Error).message }, 'command housekeeping failed')
     }

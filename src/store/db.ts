@@ -124,6 +124,18 @@ const migrations: string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX adapter_seen_by_expiry ON adapter_seen (expires_at);
   `,
+  // 5: records adapters keep about work in flight at their peer (a LoRaWAN downlink queued at
+  // ChirpStack and the command it carries), each with its own expiry
+  `
+  CREATE TABLE adapter_records (
+    scope      TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, id)
+  );
+  CREATE INDEX adapter_records_by_expiry ON adapter_records (expires_at);
+  `,
 ]
 
 /** The database file in the data folder. */

@@ -1,6 +1,6 @@
 // Opens the gateway's SQLite store and everything kept in it: the outbox, the device registry, the
 // connection table, commands, shadows, the hub subscriptions each link holds, and the adapters'
-// seen-sets. One database file, one connection (better-sqlite3 is synchronous).
+// seen-sets and records. One database file, one connection (better-sqlite3 is synchronous).
 import type { Config } from '../config.js'
 import { outboxQuota } from '../config.js'
 import type { Logger } from '../core/log.js'
@@ -13,6 +13,7 @@ import { CommandStore } from './commands.js'
 import { ShadowStore } from './shadows.js'
 import { HubSubscriptionStore } from './hub-subscriptions.js'
 import { SeenStore } from './seen.js'
+import { AdapterRecordStore } from './adapter-records.js'
 
 export interface Store {
   readonly db: Db
@@ -23,6 +24,7 @@ export interface Store {
   readonly shadows: ShadowStore
   readonly hubSubscriptions: HubSubscriptionStore
   readonly seen: SeenStore
+  readonly records: AdapterRecordStore
   close(): void
 }
 
@@ -58,6 +60,7 @@ export async function openStore(cfg: Config, log: Logger): Promise<Store> {
     shadows: new ShadowStore(db),
     hubSubscriptions: new HubSubscriptionStore(db),
     seen: new SeenStore(db),
+    records: new AdapterRecordStore(db),
     close() {
       outbox.close()
       db.close()

@@ -4,12 +4,13 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { pino } from 'pino'
-import type { AdapterContext, ClientSession, DeviceDirectory, ReplyStatus, SeenSet } from '../../src/core/adapter-context.js'
+import type { AdapterContext, ClientSession, DeviceDirectory, RecordSet, ReplyStatus, SeenSet } from '../../src/core/adapter-context.js'
 import { Metrics } from '../../src/core/metrics.js'
 import type { Command, DeviceRef, Uplink } from '../../src/core/types.js'
 import { openDatabase, type Db } from '../../src/store/db.js'
 import { DeviceRegistry } from '../../src/store/devices.js'
 import { SeenStore } from '../../src/store/seen.js'
+import { AdapterRecordStore } from '../../src/store/adapter-records.js'
 
 export class ContractCore implements AdapterContext {
   readonly log = pino({ level: 'silent' })
@@ -18,6 +19,7 @@ export class ContractCore implements AdapterContext {
   readonly registry: DeviceRegistry
   readonly devices: DeviceDirectory
   private readonly seenStore: SeenStore
+  private readonly recordStore: AdapterRecordStore
   readonly uplinks: Uplink[] = []
   readonly sessions: { opened: ClientSession[]; closed: ClientSession[] } = { opened: [], closed: [] }
   private readonly dir: string
@@ -30,6 +32,7 @@ export class ContractCore implements AdapterContext {
     this.db = openDatabase(this.dir)
     this.registry = new DeviceRegistry(this.db, this.dir, false)
     this.seenStore = new SeenStore(this.db)
+    this.recordStore = new AdapterRecordStore(this.db)
     const registry = this.registry
     this.devices = {
       authenticate: (d, secret) => registry.authenticate(d, secret),
@@ -49,6 +52,10 @@ export class ContractCore implements AdapterContext {
       has: (id) => this.seenStore.has(`contract/${name}`, id),
       forget: (id) => this.seenStore.forget(`contract/${name}`, id),
     }
+  }
+
+  records<T>(name: string): RecordSet<T> {
+    return this.recordStore.scoped<T>(`contract/${name}`)
   }
 
   /** Mapped devices reported reachable (true) or away (false), in order. */

@@ -2,7 +2,8 @@
 // temp dir stands in for the broker ChirpStack's MQTT integration publishes to, and `ChirpstackSim`
 // plays ChirpStack on it: it publishes events as ChirpStack v4 does (QoS 1, MQTT 5, its topic
 // scheme, JSON from ../shared/chirpstack/ or protobuf built with @chirpstack/chirpstack-api's own
-// classes) and records the downlinks the gateway sends to `command/down`.
+// classes) and records the downlinks the gateway sends to `command/down`. `ChirpstackApiServer` is
+// ChirpStack's gRPC API: a grpc-js server built from the package's own service definitions.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
@@ -15,7 +16,13 @@ import gw from '@chirpstack/chirpstack-api/gw/gw_pb.js'
 import common from '@chirpstack/chirpstack-api/common/common_pb.js'
 import structPb from 'google-protobuf/google/protobuf/struct_pb.js'
 import timestampPb from 'google-protobuf/google/protobuf/timestamp_pb.js'
+import { Server as GrpcServer, ServerCredentials, status as GrpcStatus, type sendUnaryData, type ServerUnaryCall, type ServiceError, type UntypedServiceImplementation } from '@grpc/grpc-js'
+import { DeviceServiceService } from '@chirpstack/chirpstack-api/api/device_grpc_pb.js'
+import { ApplicationServiceService } from '@chirpstack/chirpstack-api/api/application_grpc_pb.js'
+import devicePb from '@chirpstack/chirpstack-api/api/device_pb.js'
+import applicationPb from '@chirpstack/chirpstack-api/api/application_pb.js'
 import { isRunning, trackChild, waitForExit } from './child-processes.js'
+import { writeMosquittoPasswords } from './hub-broker.js'
 import { freePort, waitForTcp } from './ports.js'
 
 const MOSQUITTO = process.env.MOSQUITTO_BIN ?? '/usr/sbin/mosquitto'
@@ -37,11 +44,23 @@ export class ChirpstackBroker {
   private port?: number
   private child?: ChildProcess
 
-  constructor(private readonly opts: { maxQueuedMessages?: number } = {}) {}
+  private tlsPort?: number
+
+  /**
+   * `tls`: also a TLS listener with this certificate (the plain one stays, for ChirpStack's side).
+   * `users`: only these may connect (no anonymous access), as on a broker shared beyond the box.
+   */
+  constructor(private readonly opts: { maxQueuedMessages?: number; tls?: { cert: string; key: string }; users?: { username: string; password: string }[] } = {}) {}
 
   get url(): string {
     if (this.port === undefined) throw new Error('ChirpstackBroker: start() first')
     return `mqtt://127.0.0.1:${this.port}`
+  }
+
+  /** The TLS listener (constructed with `tls`). */
+  get tlsUrl(): string {
+    if (this.tlsPort === undefined) throw new Error('ChirpstackBroker: no TLS listener (construct with tls, then start())')
+    return `mqtts://127.0.0.1:${this.tlsPort}`
   }
 
   async log(): Promise<string> {
@@ -54,10 +73,13 @@ export class ChirpstackBroker {
     if (!this.dir) {
       this.dir = await mkdtemp(path.join(os.tmpdir(), 'chirpstack-broker-'))
       this.port = await freePort()
+      const tls = this.opts.tls
+      if (tls) this.tlsPort = await freePort()
       const conf = [
         ...(process.getuid?.() === 0 ? ['user root'] : []),
         `listener ${this.port} 127.0.0.1`,
-        'allow_anonymous true',
+        ...(tls ? [`listener ${this.tlsPort} 127.0.0.1`, `certfile ${tls.cert}`, `keyfile ${tls.key}`] : []),
+        ...(this.opts.users ? ['allow_anonymous false', `password_file ${path.join(this.dir, 'passwd')}`] : ['allow_anonymous true']),
         'persistence true',
         `persistence_location ${this.dir}/`,
         `max_queued_messages ${this.opts.maxQueuedMessages ?? 1000}`,
@@ -68,12 +90,15 @@ export class ChirpstackBroker {
         'log_type notice',
         '',
       ]
+      if (this.opts.users) await writeMosquittoPasswords(path.join(this.dir, 'passwd'), this.opts.users)
       await writeFile(path.join(this.dir, 'mosquitto.conf'), conf.join('\n'))
     }
     const child = spawn(MOSQUITTO, ['-c', path.join(this.dir, 'mosquitto.conf')], { cwd: this.dir, stdio: 'ignore' })
     this.child = child
     trackChild(child)
-    await waitForTcp(this.port!, { timeoutMs: 10_000, abort: () => (isRunning(child) ? undefined : `mosquitto exited (${child.exitCode})`) })
+    const abort = (): string | undefined => (isRunning(child) ? undefined : `mosquitto exited (${child.exitCode})`)
+    await waitForTcp(this.port!, { timeoutMs: 10_000, abort })
+    if (this.tlsPort !== undefined) await waitForTcp(this.tlsPort, { timeoutMs: 10_000, abort })
   }
 
   /** SIGTERM and wait (Mosquitto saves sessions and queued messages); start() brings it back on the same port. */
@@ -124,10 +149,11 @@ export class ChirpstackSim {
   constructor(
     private readonly url: string,
     readonly encoding: 'json' | 'protobuf' = 'json',
+    private readonly login?: { username: string; password: string },
   ) {}
 
   async start(): Promise<void> {
-    this.client = await mqtt.connectAsync(this.url, { protocolVersion: 5, clientId: `chirpstack-${process.pid}-${Date.now()}`, clean: true, reconnectPeriod: 500 })
+    this.client = await mqtt.connectAsync(this.url, { protocolVersion: 5, clientId: `chirpstack-${process.pid}-${Date.now()}`, clean: true, reconnectPeriod: 500, ...this.login })
     this.client.on('message', (topic, payload) => this.downlinks.push(this.readDownlink(topic, payload)))
     // ChirpStack >= 4.17 subscribes with a shared subscription.
     await this.client.subscribeAsync('$share/chirpstack/application/+/device/+/command/down', { qos: 1 })
@@ -307,4 +333,126 @@ function protobufEvent(event: string, dev: DeviceInfoArgs, f: Record<string, unk
     }
   }
   throw new Error(`ChirpstackSim: no protobuf for ${event}`)
+}
+
+/** A downlink the gateway queued through `DeviceService.Enqueue`, as the API received it. */
+export interface EnqueuedItem {
+  id: string
+  devEui: string
+  fPort: number
+  confirmed: boolean
+  data: Buffer
+  expiresAt?: number
+}
+
+/** What the stand-in API lists: applications of a tenant, and each application's devices. */
+export interface ApiContents {
+  tenantId: string
+  applications: { id: string; name: string; devices: { devEui: string; name: string; deviceProfileName: string; tags?: Record<string, string> }[] }[]
+}
+
+/**
+ * ChirpStack's gRPC API: a grpc-js server built from the package's own `DeviceServiceService` and
+ * `ApplicationServiceService`. It refuses calls without `authorization: Bearer {token}`
+ * (UNAUTHENTICATED), as ChirpStack does; Enqueue answers a fresh queue item id and records the
+ * request, List/Get answer from `contents` in pages as ChirpStack does (`limit`, `offset`, `totalCount`).
+ */
+export class ChirpstackApiServer {
+  readonly enqueued: EnqueuedItem[] = []
+  /** Devices Enqueue answers NOT_FOUND for, as ChirpStack does for a devEui it does not know. */
+  readonly unknownDevices = new Set<string>()
+  /** When set, the next Enqueue answer is held back until the test calls `release()`. */
+  hold: { release?: () => void } | undefined
+  /** Calls refused for a wrong or missing token. */
+  unauthenticated = 0
+  private server?: GrpcServer
+  private port?: number
+
+  constructor(
+    readonly token: string,
+    readonly contents: ApiContents = { tenantId: '', applications: [] },
+  ) {}
+
+  /** host:port, as `lorawan.chirpstack.api.url` takes it. */
+  get url(): string {
+    if (this.port === undefined) throw new Error('ChirpstackApiServer: start() first')
+    return `127.0.0.1:${this.port}`
+  }
+
+  async start(): Promise<void> {
+    const server = new GrpcServer()
+    const authorized = (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<never>): boolean => {
+      if (call.metadata.get('authorization')[0] === `Bearer ${this.token}`) return true
+      this.unauthenticated++
+      cb({ code: GrpcStatus.UNAUTHENTICATED, details: 'authorization header missing or invalid' } as ServiceError, null)
+      return false
+    }
+    const page = <T>(all: T[], limit: number, offset: number): T[] => all.slice(offset, offset + limit)
+    server.addService(DeviceServiceService, {
+      enqueue: (call: ServerUnaryCall<devicePb.EnqueueDeviceQueueItemRequest, devicePb.EnqueueDeviceQueueItemResponse>, cb: sendUnaryData<devicePb.EnqueueDeviceQueueItemResponse>) => {
+        if (!authorized(call, cb)) return
+        const item = call.request.getQueueItem()!
+        if (this.unknownDevices.has(item.getDevEui())) return cb({ code: GrpcStatus.NOT_FOUND, details: `Object does not exist (id: ${item.getDevEui()})` } as ServiceError, null)
+        const id = `7e57${String(this.enqueued.length).padStart(4, '0')}-0000-4000-8000-${Date.now().toString(16).padStart(12, '0').slice(-12)}`
+        this.enqueued.push({
+          id, devEui: item.getDevEui(), fPort: item.getFPort(), confirmed: item.getConfirmed(), data: Buffer.from(item.getData_asU8()), expiresAt: item.getExpiresAt()?.toDate().getTime(),
+        })
+        const res = new devicePb.EnqueueDeviceQueueItemResponse()
+        res.setId(id)
+        if (this.hold) this.hold.release = () => cb(null, res)
+        else cb(null, res)
+      },
+      list: (call: ServerUnaryCall<devicePb.ListDevicesRequest, devicePb.ListDevicesResponse>, cb: sendUnaryData<devicePb.ListDevicesResponse>) => {
+        if (!authorized(call, cb)) return
+        const app = this.contents.applications.find((a) => a.id === call.request.getApplicationId())
+        if (!app) return cb({ code: GrpcStatus.NOT_FOUND, details: `Object does not exist (id: ${call.request.getApplicationId()})` } as ServiceError, null)
+        const res = new devicePb.ListDevicesResponse()
+        res.setTotalCount(app.devices.length)
+        for (const d of page(app.devices, call.request.getLimit(), call.request.getOffset())) {
+          const item = new devicePb.DeviceListItem()
+          item.setDevEui(d.devEui)
+          item.setName(d.name)
+          item.setDeviceProfileName(d.deviceProfileName)
+          for (const [k, v] of Object.entries(d.tags ?? {})) item.getTagsMap().set(k, v)
+          res.addResult(item)
+        }
+        cb(null, res)
+      },
+    } as unknown as UntypedServiceImplementation)
+    server.addService(ApplicationServiceService, {
+      list: (call: ServerUnaryCall<applicationPb.ListApplicationsRequest, applicationPb.ListApplicationsResponse>, cb: sendUnaryData<applicationPb.ListApplicationsResponse>) => {
+        if (!authorized(call, cb)) return
+        // ChirpStack lists a tenant's applications; a request without the tenant lists none for a tenant key.
+        const apps = call.request.getTenantId() === this.contents.tenantId ? this.contents.applications : []
+        const res = new applicationPb.ListApplicationsResponse()
+        res.setTotalCount(apps.length)
+        for (const a of page(apps, call.request.getLimit(), call.request.getOffset())) {
+          const item = new applicationPb.ApplicationListItem()
+          item.setId(a.id)
+          item.setName(a.name)
+          res.addResult(item)
+        }
+        cb(null, res)
+      },
+      get: (call: ServerUnaryCall<applicationPb.GetApplicationRequest, applicationPb.GetApplicationResponse>, cb: sendUnaryData<applicationPb.GetApplicationResponse>) => {
+        if (!authorized(call, cb)) return
+        const a = this.contents.applications.find((x) => x.id === call.request.getId())
+        if (!a) return cb({ code: GrpcStatus.NOT_FOUND, details: `Object does not exist (id: ${call.request.getId()})` } as ServiceError, null)
+        const app = new applicationPb.Application()
+        app.setId(a.id)
+        app.setName(a.name)
+        app.setTenantId(this.contents.tenantId)
+        const res = new applicationPb.GetApplicationResponse()
+        res.setApplication(app)
+        cb(null, res)
+      },
+    } as unknown as UntypedServiceImplementation)
+    this.port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))))
+    this.server = server
+  }
+
+  stop(): void {
+    this.server?.forceShutdown()
+    this.server = undefined
+  }
 }

@@ -288,14 +288,8 @@ export class HubBroker {
     const duplicate = names.find((n, i) => names.indexOf(n) !== i)
     if (duplicate) throw new Error(`HubBroker: user ${duplicate} defined twice`)
 
-    // Plain "user:password" lines, then one `mosquitto_passwd -U` hashes them all in place.
     const passwordFile = path.join(dir, 'passwd')
-    await writeFile(passwordFile, users.map((u) => `${u.username}:${u.password}\n`).join(''), { mode: 0o600 })
-    try {
-      await execFileAsync(MOSQUITTO_PASSWD, ['-U', passwordFile])
-    } catch (err) {
-      throw new Error(`HubBroker: ${MOSQUITTO_PASSWD} -U failed (is mosquitto installed?): ${(err as Error).message}`)
-    }
+    await writeMosquittoPasswords(passwordFile, users)
 
     // `topic` lines belong to the `user` line above them; no lines before the first `user`,
     // so an anonymous client (refused anyway) would get nothing.
@@ -443,5 +437,15 @@ export class HubRecorder {
     })
     const skipped = this.messages.length - shown.length
     return `received ${this.messages.length}:${skipped > 0 ? ` (first ${skipped} not shown)` : ''}\n${shown.join('\n')}`
+  }
+}
+
+/** A Mosquitto `password_file`: plain "user:password" lines, then one `mosquitto_passwd -U` hashes them all in place. */
+export async function writeMosquittoPasswords(file: string, users: { username: string; password: string }[]): Promise<void> {
+  await writeFile(file, users.map((u) => `${u.username}:${u.password}\n`).join(''), { mode: 0o600 })
+  try {
+    await execFileAsync(MOSQUITTO_PASSWD, ['-U', file])
+  } catch (err) {
+    throw new Error(`${MOSQUITTO_PASSWD} -U failed (is mosquitto installed?): ${(err as Error).message}`)
   }
 }

@@ -13,12 +13,12 @@ import { Gateway } from '../../src/gateway.js'
 import { tagFilter } from '../../src/core/hub-topics.js'
 import { HubSim, type HubUpload } from '../../src/tools/hub-sim.js'
 import { HUB_PASSWORD, HUB_USERNAME, HubBroker } from '../helpers/hub-broker.js'
-import { APP_ID, ChirpstackBroker, ChirpstackSim, example, type DeviceInfoArgs } from '../helpers/chirpstack.js'
+import { APP_ID, ChirpstackApiServer, ChirpstackBroker, ChirpstackSim, example, type DeviceInfoArgs } from '../helpers/chirpstack.js'
 import { metricValue } from '../helpers/metrics.js'
-import type { LorawanAdapter } from '../../src/southbound/lorawan/lorawan-adapter.js'
-import { Server as GrpcServer, ServerCredentials, status as GrpcStatus, type sendUnaryData, type ServerUnaryCall, type ServiceError, type UntypedServiceImplementation } from '@grpc/grpc-js'
-import { DeviceServiceService } from '@chirpstack/chirpstack-api/api/device_grpc_pb.js'
-import devicePb from '@chirpstack/chirpstack-api/api/device_pb.js'
+import { LorawanAdapter } from '../../src/southbound/lorawan/lorawan-adapter.js'
+import type { LorawanConfig } from '../../src/southbound/lorawan/schema.js'
+import { ContractCore } from '../contract/contract-core.js'
+import { makeCa, type TestPki } from '../helpers/pki.js'
 
 const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const GW_CLIENT_ID = `${gwLogin.productId}/${gwLogin.deviceId}/edge`
@@ -53,44 +53,77 @@ interface Rig {
   gw: Gateway
   dataDir: string
   metrics(): Promise<string>
+  /** GET one of the gateway's API routes with the token; the status and the JSON body. */
+  api<T>(p: string): Promise<{ status: number; body: T }>
+  /** Stop the gateway (its data folder and ChirpStack's session stay); start() brings it back. */
+  stopGateway(): Promise<void>
+  startGateway(): Promise<void>
   close(): Promise<void>
 }
 
+interface RigOptions {
+  broker?: ConstructorParameters<typeof ChirpstackBroker>[0]
+  /** ChirpStack's own login at its broker. */
+  chirpstackLogin?: { username: string; password: string }
+  /** lorawan.chirpstack.mqtt beyond the plain listener's url and a client id of the rig's. */
+  mqtt?: (broker: ChirpstackBroker) => Record<string, unknown>
+  /** Wait for the adapter's connection to ChirpStack's broker before the tests (default true). */
+  connected?: boolean
+}
+
 /** Hub, ChirpStack's broker and a gateway with the LoRaWAN adapter in the given encoding. */
-async function rig(encoding: 'json' | 'protobuf', lorawan: Record<string, unknown>, children: { productId: string; deviceId: string }[]): Promise<Rig> {
+async function rig(encoding: 'json' | 'protobuf', lorawan: Record<string, unknown>, children: { productId: string; deviceId: string }[], opts: RigOptions = {}): Promise<Rig> {
   const hub = new HubBroker({ devices: [], gateway: { ...gwLogin, children } })
   await hub.start()
   const sim = new HubSim({ url: hub.url, username: HUB_USERNAME, password: HUB_PASSWORD })
   await sim.start()
-  const broker = new ChirpstackBroker()
+  const broker = new ChirpstackBroker(opts.broker)
   await broker.start()
-  const cs = new ChirpstackSim(broker.url, encoding)
+  const cs = new ChirpstackSim(broker.url, encoding, opts.chirpstackLogin)
   await cs.start()
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'lorawan-'))
+  const mqttCfg = { url: broker.url, clientId: `gw-lorawan-${encoding}-${path.basename(dataDir)}`, ...opts.mqtt?.(broker) }
   const cfg = parseConfig({
     gateway: { ...gwLogin, dataDir },
     broker: { listeners: [{ host: '127.0.0.1', port: 0, zone: 'external' }] },
     http: { host: '127.0.0.1', port: 0, apiToken: API_TOKEN },
     northbound: { url: hub.url, mode: 'gateway' },
-    lorawan: { ...lorawan, chirpstack: { ...(lorawan.chirpstack as object), mqtt: { url: broker.url, clientId: `gw-lorawan-${encoding}` }, encoding } },
+    lorawan: { ...lorawan, chirpstack: { ...(lorawan.chirpstack as object), mqtt: mqttCfg, encoding } },
     log: { level: process.env.TEST_GATEWAY_LOG ?? 'silent' },
   })
-  const gw = new Gateway(cfg)
-  await gw.start()
-  await until(() => gw.bridge.status().connected, 15_000, () => 'the hub link did not come up')
-  // The adapter is connected and subscribed once its connection gauge says so.
-  const metrics = async (): Promise<string> => (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
-  await until(async () => metricValue(await metrics(), 'iothub_edge_lorawan_broker_connected') === 1, 15_000, () => 'the adapter did not connect to ChirpStack\'s broker')
+  let gw: Gateway | undefined
+  const metrics = async (): Promise<string> => (await fetch(`http://127.0.0.1:${gw!.web.port}/metrics`)).text()
+  const startGateway = async (): Promise<void> => {
+    gw = new Gateway(cfg)
+    await gw.start()
+    await until(() => gw!.bridge.status().connected, 15_000, () => 'the hub link did not come up')
+    // The adapter is connected and subscribed once its connection gauge says so.
+    if (opts.connected !== false) {
+      await until(async () => metricValue(await metrics(), 'iothub_edge_lorawan_broker_connected') === 1, 15_000, () => 'the adapter did not connect to ChirpStack\'s broker')
+    }
+  }
+  await startGateway()
   return {
     hub,
     sim,
     broker,
     cs,
-    gw,
+    get gw() {
+      return gw!
+    },
     dataDir,
     metrics,
+    api: async <T>(p: string) => {
+      const res = await fetch(`http://127.0.0.1:${gw!.web.port}${p}`, { headers: { authorization: `Bearer ${API_TOKEN}` } })
+      return { status: res.status, body: (await res.json()) as T }
+    },
+    stopGateway: async () => {
+      await gw?.stop()
+      gw = undefined
+    },
+    startGateway,
     close: async () => {
-      await gw.stop()
+      await gw?.stop()
       await cs.stop()
       await sim.stop()
       await broker.close()
@@ -106,7 +139,7 @@ const deviceConfig = {
       ...A,
       dataTypes: { '1': 'telemetry' },
       commands: { open_valve: { fPort: 10, confirmed: true }, beep: { fPort: 11 } },
-      shadow: { fPort: 20, confirmed: false, reportedKeys: ['mode'] },
+      shadow: { fPort: 20, confirmed: true, reportedKeys: ['mode'] },
       tags: ['floor1'],
     },
     { ...B, codec: 'cayenne', tags: ['floor1'] },
@@ -265,15 +298,25 @@ describe('LoRaWAN via ChirpStack (JSON events)', () => {
     expect(uploads((u) => u.parsed.kind === 'update_status' && u.parsed.deviceId === A.deviceId)).toHaveLength(1)
   })
 
-  it('applies desired shadow state as one downlink and the hub gets $shadow_updated', async () => {
+  it('applies desired shadow state as one confirmed downlink: $shadow_updated once ChirpStack has it, and the device\'s ack ends it', async () => {
     const from = r.cs.downlinks.length
     // The uplink above reported `mode`, which moved the shadow's version on.
     const version = r.sim.shadowOf(P, A.deviceId).version + 1
     expect(await r.sim.setDesired(P, A.deviceId, { mode: 'eco', setpoint: 19 }, version)).toBe(true)
     const down = await r.cs.waitForDownlink((d) => r.cs.downlinks.indexOf(d) >= from && d.fPort === 20, 10_000, 'the shadow downlink')
     expect(JSON.parse(down.data.toString('utf8'))).toEqual({ mode: 'eco', setpoint: 19 })
+    expect(down.confirmed).toBe(true)
     const updated = await r.sim.waitFor(dataOf(A, '$shadow_updated'), 10_000, '$shadow_updated')
     expect(json(updated)).toEqual({ state: { desired: null }, version })
+    // The device acknowledges the confirmed downlink: its story ends there, with no reply of its own
+    // (the core's $update_shadow is never answered as a command).
+    const acked = metricValue(await r.metrics(), 'iothub_edge_lorawan_downlinks_total', { result: 'acknowledged' })
+    await r.cs.publish('txack', { devEui: A.devEui }, { queueItemId: down.id })
+    await r.cs.publish('ack', { devEui: A.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: down.id, acknowledged: true })
+    await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_downlinks_total', { result: 'acknowledged' }) === acked + 1, 10_000, () => 'the shadow downlink\'s ack was not taken')
+    const view = (await r.api<{ device: { downlinks: { id: string }[] } }>(`/api/adapters/lorawan/devices/${P}/${A.deviceId}`)).body.device
+    expect(view.downlinks.map((d) => d.id)).not.toContain(down.id)
+    expect(uploads((u) => u.parsed.kind === 'cmd_resp' && u.parsed.name === '$update_shadow')).toEqual([])
   })
 
   it('sends a tag command to every LoRaWAN child carrying the tag', async () => {
@@ -526,42 +569,24 @@ describe('LoRaWAN via ChirpStack\'s HTTP integration', () => {
 
 describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
   let r: Rig
-  let api: GrpcServer
+  let api: ChirpstackApiServer
   const G = { devEui: '0c0c0c0c0c0c0c0c', productId: P, deviceId: 'via-api' }
   const REFUSED = { devEui: '0d0d0d0d0d0d0d0d', productId: P, deviceId: 'not-in-chirpstack' }
   const TOKEN = 'chirpstack-api-token'
-  const requests: { devEui: string; fPort: number; confirmed: boolean; data: Buffer; expiresAt?: number; auth?: string; id: string }[] = []
-  // When set, the next Enqueue answer is held back until the test releases it.
-  let hold: { release?: () => void } | undefined
 
   beforeAll(async () => {
-    // A grpc-js server built from the package's own service definition stands in for ChirpStack's API.
-    api = new GrpcServer()
-    api.addService(DeviceServiceService, {
-      enqueue: (call: ServerUnaryCall<devicePb.EnqueueDeviceQueueItemRequest, devicePb.EnqueueDeviceQueueItemResponse>, cb: sendUnaryData<devicePb.EnqueueDeviceQueueItemResponse>) => {
-        const item = call.request.getQueueItem()!
-        if (item.getDevEui() === REFUSED.devEui) return cb({ code: GrpcStatus.NOT_FOUND, details: 'Object does not exist (id: 0d0d0d0d0d0d0d0d)' } as ServiceError, null)
-        const id = `7e57${String(requests.length).padStart(4, '0')}-0000-4000-8000-000000000000`
-        requests.push({
-          devEui: item.getDevEui(), fPort: item.getFPort(), confirmed: item.getConfirmed(), data: Buffer.from(item.getData_asU8()),
-          expiresAt: item.getExpiresAt()?.toDate().getTime(), auth: call.metadata.get('authorization')[0] as string | undefined, id,
-        })
-        const res = new devicePb.EnqueueDeviceQueueItemResponse()
-        res.setId(id)
-        if (hold) hold.release = () => cb(null, res)
-        else cb(null, res)
-      },
-    } as unknown as UntypedServiceImplementation)
-    const port = await new Promise<number>((resolve, reject) => api.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))))
+    api = new ChirpstackApiServer(TOKEN)
+    api.unknownDevices.add(REFUSED.devEui)
+    await api.start()
     r = await rig('json', {
       devices: [{ ...G, commands: { open_valve: { fPort: 10, confirmed: true } } }, { ...REFUSED, commands: { open_valve: { fPort: 10 } } }],
-      chirpstack: { api: { url: `127.0.0.1:${port}`, token: TOKEN } },
+      chirpstack: { api: { url: api.url, token: TOKEN } },
     }, [ref(G), ref(REFUSED)])
   }, 60_000)
 
   afterAll(async () => {
     await r?.close()
-    api?.forceShutdown()
+    api?.stop()
   })
 
   it('queues a command with DeviceService.Enqueue (devEui, fPort, data, confirmed, expiry, token) and follows the returned id', async () => {
@@ -569,8 +594,10 @@ describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
     await r.sim.waitFor((u) => u.parsed.deviceId === REFUSED.deviceId && u.parsed.name === 'fport_1', 10_000, 'the uplinks')
     const expiresAt = Math.floor(Date.now() / 1000) + 300
     const rid = await r.sim.command(P, G.deviceId, 'open_valve', Buffer.from([1, 2, 3]), { encoding: 'base64', expiresAt })
-    const req = await until(() => requests[0], 10_000, () => 'no Enqueue reached the API')
-    expect(req).toMatchObject({ devEui: G.devEui, fPort: 10, confirmed: true, data: Buffer.from([1, 2, 3]), expiresAt: expiresAt * 1000, auth: `Bearer ${TOKEN}` })
+    const req = await until(() => api.enqueued[0], 10_000, () => 'no Enqueue reached the API')
+    // The stand-in refuses calls without the API token, as ChirpStack does.
+    expect(api.unauthenticated).toBe(0)
+    expect(req).toMatchObject({ devEui: G.devEui, fPort: 10, confirmed: true, data: Buffer.from([1, 2, 3]), expiresAt: expiresAt * 1000 })
     expect(r.cs.downlinks).toEqual([]) // nothing over MQTT
     // The gateway follows the id once Enqueue answered (our server records the request before it answers).
     await until(async () => {
@@ -584,16 +611,16 @@ describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
   })
 
   it('keeps a txack that overtakes the Enqueue answer (a Class C device served at once) and applies it then', async () => {
-    hold = {}
-    const before = requests.length
+    api.hold = {}
+    const before = api.enqueued.length
     const rid = await r.sim.command(P, G.deviceId, 'open_valve', 'Ag==', { encoding: 'base64' })
-    const req = await until(() => requests[before], 10_000, () => 'no Enqueue reached the API')
+    const req = await until(() => api.enqueued[before], 10_000, () => 'no Enqueue reached the API')
     const txacks = metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'txack' })
     await r.cs.publish('txack', { devEui: G.devEui }, { queueItemId: req.id })
     await until(async () => metricValue(await r.metrics(), 'iothub_edge_lorawan_events_total', { type: 'txack' }) > txacks, 10_000, () => 'the txack was not taken in')
     expect(r.sim.received((u) => u.parsed.requestId === rid)).toEqual([])
-    const { release } = hold
-    hold = undefined
+    const { release } = api.hold
+    api.hold = undefined
     release!()
     await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'sent', 10_000, 'cmd_resp sent after the Enqueue answer')
   })
@@ -603,5 +630,146 @@ describe('LoRaWAN downlinks through ChirpStack\'s gRPC API', () => {
     const reply = json(await r.sim.waitFor((u) => u.parsed.requestId === rid, 10_000, 'the reply'))
     expect(reply).toMatchObject({ status: 'failed', code: 'enqueue' })
     expect(String(reply.reason)).toContain('does not exist')
+  })
+})
+
+describe('LoRaWAN downlinks followed across a gateway restart, and each child in the API', () => {
+  let r: Rig
+  const V = { devEui: '0e0e0e0e0e0e0e0e', productId: P, deviceId: 'valve-201' }
+  const replies = (rid: string, status: string): HubUpload[] => r.sim.received((u) => u.parsed.kind === 'cmd_resp' && u.parsed.requestId === rid && json(u).status === status)
+  interface ChildView {
+    device: {
+      devEui: string
+      reachable: boolean
+      lastUplink?: { at: number; fPort: number; fCnt: number; dataType?: string; payload?: unknown }
+      radio?: { rssi: number; snr: number; gateways: number; fCnt: number; dr: number }
+      usualIntervalSeconds?: number
+      downlinks: { id: string; command?: string; requestId?: string; fPort: number; confirmed: boolean; state: string }[]
+    }
+  }
+  const child = async (): Promise<ChildView['device']> => (await r.api<ChildView>(`/api/adapters/lorawan/devices/${P}/${V.deviceId}`)).body.device
+
+  beforeAll(async () => {
+    r = await rig('json', { devices: [{ ...V, dataTypes: { '1': 'telemetry' }, commands: { open_valve: { fPort: 10, confirmed: true }, beep: { fPort: 11 } } }] }, [ref(V)])
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+  })
+
+  it('shows a child\'s last uplink, radio quality, frame counter and the downlinks ChirpStack holds for it', async () => {
+    // Two uplinks ten minutes apart by ChirpStack's clock: the device's usual interval.
+    const t0 = Date.now() - 20 * 60_000
+    await r.cs.publish('up', { devEui: V.devEui }, { deduplicationId: r.cs.nextId(), time: new Date(t0).toISOString(), fPort: 1, fCnt: 40, data: 'AA==' })
+    await r.cs.publish('up', { devEui: V.devEui }, {
+      deduplicationId: r.cs.nextId(), time: new Date(t0 + 10 * 60_000).toISOString(), fPort: 1, fCnt: 41, dr: 5, data: 'AQ==', object: { flow: 12.5 },
+      rxInfo: [{ gatewayId: 'aa', rssi: -97, snr: 4.5 }, { gatewayId: 'bb', rssi: -88, snr: 1.25 }],
+    })
+    await r.sim.waitFor((u) => u.parsed.deviceId === V.deviceId && u.parsed.name === 'telemetry' && json(u).flow === 12.5, 10_000, 'the uplink')
+    const rid = await r.sim.command(P, V.deviceId, 'open_valve', Buffer.from([1]), { encoding: 'base64' })
+    const down = await r.cs.waitForDownlink((d) => d.devEui === V.devEui && d.fPort === 10, 10_000, 'the open_valve downlink')
+    const seen = await child()
+    expect(seen).toMatchObject({
+      devEui: V.devEui,
+      reachable: true,
+      lastUplink: { fPort: 1, fCnt: 41, dataType: 'telemetry', payload: { flow: 12.5 } },
+      radio: { rssi: -88, snr: 4.5, gateways: 2, fCnt: 41, dr: 5 },
+      usualIntervalSeconds: 600,
+    })
+    expect(seen.downlinks).toEqual([expect.objectContaining({ id: down.id, command: 'open_valve', requestId: rid, fPort: 10, confirmed: true, state: 'queued' })])
+
+    await r.cs.publish('txack', { devEui: V.devEui }, { queueItemId: down.id })
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'sent', 10_000, 'cmd_resp sent')
+    expect((await child()).downlinks).toEqual([expect.objectContaining({ id: down.id, state: 'sent' })])
+    await r.cs.publish('ack', { devEui: V.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: down.id, acknowledged: true })
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'acknowledged', 10_000, 'cmd_resp acknowledged')
+    expect((await child()).downlinks).toEqual([])
+
+    const unknown = await r.api<{ error: string }>(`/api/adapters/lorawan/devices/${P}/not-a-lorawan-child`)
+    expect(unknown).toMatchObject({ status: 404, body: { error: 'not_found' } })
+  })
+
+  it('replies to commands whose txack, ack and EXPIRED log arrive while the gateway is stopped, once it is back', async () => {
+    const rid = await r.sim.command(P, V.deviceId, 'open_valve', Buffer.from([2]), { encoding: 'base64' })
+    const down = await r.cs.waitForDownlink((d) => d.fPort === 10 && d.data.equals(Buffer.from([2])), 10_000, 'the confirmed downlink')
+    const rid2 = await r.sim.command(P, V.deviceId, 'beep', 'twice')
+    const down2 = await r.cs.waitForDownlink((d) => d.fPort === 11 && d.data.toString() === 'twice', 10_000, 'the unconfirmed downlink')
+    // Both are followed (durably) before the stop.
+    await until(async () => (await child()).downlinks.length === 2, 10_000, () => 'the gateway does not follow both downlinks')
+
+    await r.stopGateway()
+    // ChirpStack goes on meanwhile: its events wait in the gateway's session at the broker. The
+    // EXPIRED log is as ChirpStack writes it (chirpstack/src/downlink/data.rs: level ERROR,
+    // context.queue_item_id).
+    await r.cs.publish('txack', { devEui: V.devEui }, { queueItemId: down.id })
+    await r.cs.publish('ack', { devEui: V.devEui }, { deduplicationId: r.cs.nextId(), queueItemId: down.id, acknowledged: true })
+    await r.cs.publish('log', { devEui: V.devEui }, { level: 'ERROR', code: 'EXPIRED', description: 'Device queue-item discarded because it has expired', context: { queue_item_id: down2.id } })
+    expect(r.sim.received((u) => u.parsed.requestId === rid || u.parsed.requestId === rid2)).toEqual([])
+    await r.startGateway()
+
+    await r.sim.waitFor((u) => u.parsed.requestId === rid && json(u).status === 'acknowledged', 15_000, 'cmd_resp acknowledged after the restart')
+    await r.sim.waitFor((u) => u.parsed.requestId === rid2 && json(u).status === 'expired', 15_000, 'cmd_resp expired after the restart')
+    expect(replies(rid, 'sent')).toHaveLength(1)
+    expect(replies(rid, 'acknowledged')).toHaveLength(1)
+    expect(replies(rid2, 'expired')).toHaveLength(1)
+    expect(r.sim.received((u) => u.parsed.requestId === rid).map((u) => u.parsed.name)).toEqual(['open_valve', 'open_valve'])
+    expect((await child()).downlinks).toEqual([])
+  }, 60_000)
+})
+
+describe('LoRaWAN over MQTT 3.1.1, TLS and a login at ChirpStack\'s broker', () => {
+  let r: Rig
+  let dir: string
+  let pki: TestPki
+  const W = { devEui: '0f0f0f0f0f0f0f0f', productId: P, deviceId: 'tls-meter' }
+  const ups = (): string[] =>
+    r.sim.received((u) => u.parsed.deviceId === W.deviceId && u.parsed.name === 'fport_3').map((u) => Buffer.from(json(u).raw as string, 'base64').toString())
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'lorawan-tls-'))
+    pki = makeCa(dir, 'chirpstack-broker')
+    // No anonymous access: ChirpStack and the gateway each log in.
+    const users = [{ username: 'chirpstack', password: 'chirpstack-broker-secret' }, { username: 'iothub-edge', password: 'gateway-broker-secret' }]
+    r = await rig('json', { devices: [W] }, [ref(W)], {
+      broker: { tls: { cert: pki.cert, key: pki.key }, users },
+      chirpstackLogin: users[0],
+      mqtt: (b) => ({ url: b.tlsUrl, protocolVersion: 4, tls: { ca: pki.ca }, ...users[1] }),
+    })
+  }, 60_000)
+
+  afterAll(async () => {
+    await r?.close()
+    if (dir) await rm(dir, { recursive: true, force: true })
+  })
+
+  it('takes events over a verified TLS connection with MQTT 3.1.1, its login and a persistent session, also those published while it was stopped', async () => {
+    // Mosquitto logs each connection's protocol (p2: MQTT 3.1.1), clean-session flag (c0: persistent) and user.
+    let log = ''
+    await until(async () => /New client connected from 127\.0\.0\.1:\d+ as gw-lorawan-\S+ \(p2, c0, k30, u'iothub-edge'\)/.test((log = await r.broker.log())), 10_000, () => `no MQTT 3.1.1 persistent session in the broker's log:\n${log}`)
+    await r.cs.publish('up', { devEui: W.devEui }, { deduplicationId: r.cs.nextId(), fPort: 3, data: Buffer.from('before').toString('base64') })
+    await until(() => ups().includes('before'), 10_000, () => 'the uplink over TLS did not reach the hub')
+
+    await r.stopGateway()
+    for (let i = 0; i < 5; i++) await r.cs.publish('up', { devEui: W.devEui }, { deduplicationId: r.cs.nextId(), fPort: 3, data: Buffer.from(`while-stopped-${i}`).toString('base64') })
+    await r.startGateway()
+    await until(() => ups().filter((x) => x.startsWith('while-stopped-')).length === 5, 15_000, () => `after the restart the hub has ${JSON.stringify(ups())}`)
+  }, 60_000)
+
+  it('does not connect to a broker whose certificate it cannot verify', async () => {
+    // A second adapter without the CA: the system's CAs do not know the test CA.
+    const core = new ContractCore()
+    const cfg = (parseConfig({ lorawan: { chirpstack: { mqtt: { url: r.broker.tlsUrl, protocolVersion: 4, clientId: 'no-ca' } } } }) as unknown as { lorawan: LorawanConfig }).lorawan
+    const adapter = new LorawanAdapter(core, cfg)
+    const from = (await r.broker.log()).length
+    await adapter.start()
+    try {
+      let log = ''
+      await until(async () => /OpenSSL Error|alert unknown ca|certificate unknown/i.test((log = (await r.broker.log()).slice(from))), 15_000, () => `no refused TLS handshake in the broker's log:\n${log}`)
+      expect(adapter.isConnected).toBe(false)
+      expect(await r.broker.log()).not.toMatch(/New client connected .* as no-ca /)
+    } finally {
+      await adapter.stop()
+      core.dispose()
+    }
   })
 })

@@ -1,7 +1,7 @@
 // TLS on both sides: devices on a TLS listener of the local broker, and the hub link verifying the
 // hub's certificate (on by default: a hub with a certificate we cannot verify is not connected to).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -9,19 +9,11 @@ import mqtt from 'mqtt'
 import { GatewayProcess, repoRoot } from '../helpers/gateway-process.js'
 import { freePort, waitForTcp } from '../helpers/ports.js'
 import { newMessageId } from '../helpers/device.js'
+import { makeCa as makeCaIn, type TestPki } from '../helpers/pki.js'
 
 let dir: string
 
-/** A CA and a certificate for 127.0.0.1 signed by it, made with openssl. */
-function makeCa(name: string): { ca: string; cert: string; key: string } {
-  const f = (x: string): string => path.join(dir, `${name}-${x}`)
-  const ossl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'ignore' })
-  ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${name} test CA`, '-keyout', f('ca.key'), '-out', f('ca.pem'))
-  ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', f('key.pem'), '-out', f('csr.pem'))
-  writeFileSync(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n')
-  ossl('x509', '-req', '-in', f('csr.pem'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f('ext.cnf'), '-out', f('cert.pem'))
-  return { ca: f('ca.pem'), cert: f('cert.pem'), key: f('key.pem') }
-}
+const makeCa = (name: string): TestPki => makeCaIn(dir, name)
 
 beforeAll(() => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'tls-'))

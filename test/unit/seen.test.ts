@@ -1,11 +1,13 @@
-// The adapters' durable seen-sets (ChirpStack deduplicationIds, CoAP Message-IDs) on a real SQLite
-// file: a repeat within the time to live is caught, also after a restart; after it, the id is new.
+// The adapters' durable seen-sets (ChirpStack deduplicationIds, CoAP Message-IDs) and records (LoRaWAN
+// downlinks in flight) on a real SQLite file: a repeat within the time to live is caught, also after
+// a restart; after it, the id is new. Records live until they expire or are deleted.
 import { mkdtempSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { openDatabase, type Db } from '../../src/store/db.js'
 import { SeenStore } from '../../src/store/seen.js'
+import { AdapterRecordStore } from '../../src/store/adapter-records.js'
 
 let dir: string
 let db: Db
@@ -62,5 +64,31 @@ describe('SeenStore', () => {
     s.firstTime('x', 'new', 1_000_000, 0)
     expect(s.sweep(10_000)).toBe(1)
     expect(s.firstTime('x', 'new', 1_000_000, 10_001)).toBe(false)
+  })
+})
+
+describe('AdapterRecordStore', () => {
+  it('keeps JSON records per scope until they expire or are deleted, across a reopen of the database', () => {
+    const now = Date.now()
+    const a = new AdapterRecordStore(db).scoped<{ requestId: string; sent: boolean }>('lorawan/downlinks')
+    const other = new AdapterRecordStore(db).scoped<{ requestId: string }>('coap/x')
+    a.put('q1', { requestId: 'r1', sent: false }, now + 60_000)
+    a.put('q2', { requestId: 'r2', sent: false }, now + 60_000)
+    a.put('old', { requestId: 'r0', sent: false }, now - 1) // already past its expiry
+    a.put('q1', { requestId: 'r1', sent: true }, now + 60_000) // replaced in place
+    expect(other.get('q1')).toBeUndefined()
+    expect(a.get('old')).toBeUndefined()
+    db.close()
+    db = openDatabase(dir)
+    const store = new AdapterRecordStore(db)
+    const again = store.scoped<{ requestId: string; sent: boolean }>('lorawan/downlinks')
+    expect(again.list().map((r) => [r.id, r.value])).toEqual([
+      ['q1', { requestId: 'r1', sent: true }],
+      ['q2', { requestId: 'r2', sent: false }],
+    ])
+    again.delete('q2')
+    expect(again.get('q2')).toBeUndefined()
+    expect(store.sweep()).toBe(1) // `old`
+    expect(again.list().map((r) => r.id)).toEqual(['q1'])
   })
 })

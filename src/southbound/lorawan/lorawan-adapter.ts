@@ -9,7 +9,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import type { Counter, Gauge } from 'prom-client'
-import type { AdapterContext } from '../../core/adapter-context.js'
+import type { AdapterContext, RecordSet } from '../../core/adapter-context.js'
 import { RateLimitedLog } from '../../core/log.js'
 import { ErrorCodes } from '../../core/errors.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
@@ -21,6 +21,7 @@ import { DeviceMap } from './device-map.js'
 import { CodecError, JsCodec } from './js-codec.js'
 import { HttpIntake } from './http-intake.js'
 import { ChirpstackApi, EnqueueError } from './chirpstack-api.js'
+import { silentTooLong, UplinkRhythm } from './uplink-rhythm.js'
 import type { DeviceSettings, LorawanConfig } from './schema.js'
 
 // Housekeeping (downlinks past their life, silent devices) runs this often, or more often for a
@@ -39,12 +40,15 @@ export interface LoraChildState {
   deviceClass?: string
   reachable: boolean
   lastSeen?: number
-  lastUplink?: number
+  /** The last `up`: when, its FPort and frame counter, and (FPort > 0) what the hub got of it. */
+  lastUplink?: { at: number; fPort: number; fCnt: number; dataType?: string; payload?: Record<string, unknown> }
   radio?: { rssi?: number; snr?: number; gateways: number; fCnt: number; dr: number; frequency?: number }
   battery?: { level?: number; margin: number; externalPower: boolean }
   logs: Record<string, number>
   /** The update_status last sent (its JSON), and when. */
   statusSent?: { at: number; battery?: number; externalPower?: boolean }
+  /** How often it usually sends (from ChirpStack's times of its uplinks). */
+  rhythm: UplinkRhythm
 }
 
 type Fate = { kind: 'txack' } | { kind: 'ack'; acknowledged: boolean } | { kind: 'log'; code: string; description: string }
@@ -53,14 +57,19 @@ type Fate = { kind: 'txack' } | { kind: 'ack'; acknowledged: boolean } | { kind:
 const EARLY_TTL_MS = 60_000
 const EARLY_MAX = 1_000
 
-/** A downlink handed to ChirpStack whose fate the gateway still follows. */
-interface PendingDownlink {
-  id: string
+/**
+ * A downlink handed to ChirpStack whose fate the gateway still follows, kept durably under its queue
+ * item id (a restart between the hand-over and the `txack`/`ack` must not lose the reply).
+ */
+export interface PendingDownlink {
   device: DeviceRef
+  fPort: number
   confirmed: boolean
   /** The command it carries (a shadow change has none: its fate is logged, not replied). */
-  cmd?: Command
+  cmd?: Pick<Command, 'type' | 'name' | 'requestId' | 'encoding'>
   what: string
+  queuedAt: number
+  /** Followed until then (the command's ExpiresAt, else downlinkTtlSeconds). */
   until: number
   sent: boolean
 }
@@ -75,7 +84,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   private connected = false
   private readonly map: DeviceMap
   private readonly children = new Map<string, LoraChildState>()
-  private readonly pending = new Map<string, PendingDownlink>()
+  private readonly pending: RecordSet<PendingDownlink>
   private readonly early = new Map<string, { at: number; fates: Fate[] }>()
   // JavaScript codecs by file, each in its own sandbox engine; null: it did not load.
   private readonly codecs = new Map<string, JsCodec | null>()
@@ -101,6 +110,7 @@ export class LorawanAdapter implements SouthboundAdapter {
     this.map = new DeviceMap(cfg)
     this.warn = new RateLimitedLog(ctx.log, 10 * 60_000)
     this.seen = ctx.seen('events', cfg.dedupTtlSeconds * 1000)
+    this.pending = ctx.records<PendingDownlink>('downlinks')
     const mt = ctx.metrics
     this.m = {
       events: mt.counter('events_total', 'ChirpStack events taken in, by type', ['type']),
@@ -176,6 +186,11 @@ export class LorawanAdapter implements SouthboundAdapter {
     return settings.codec?.startsWith('/') ? (this.codecs.get(settings.codec) ?? undefined) : undefined
   }
 
+  /** Connected to ChirpStack's broker. */
+  get isConnected(): boolean {
+    return this.connected
+  }
+
   /** The HTTP integration endpoint's port (when configured). */
   get httpPort(): number | undefined {
     return this.http?.port
@@ -185,14 +200,35 @@ export class LorawanAdapter implements SouthboundAdapter {
     return this.started && (this.children.has(deviceKey(device)) || this.map.isOurs(device))
   }
 
-  /** Per child: last uplink, radio quality, frame counter, battery, log counts, downlinks in flight. */
-  diagnostics(): { connected: boolean; devices: (LoraChildState & { pendingDownlinks: number })[] } {
+  /** Per child: last uplink, radio quality, frame counter, battery, log counts, how many downlinks are in flight. */
+  diagnostics(): { connected: boolean; devices: (LoraChildView & { pendingDownlinks: number })[] } {
     const pendingBy = new Map<string, number>()
-    for (const p of this.pending.values()) pendingBy.set(deviceKey(p.device), (pendingBy.get(deviceKey(p.device)) ?? 0) + 1)
+    for (const { value: p } of this.pending.list()) pendingBy.set(deviceKey(p.device), (pendingBy.get(deviceKey(p.device)) ?? 0) + 1)
     return {
       connected: this.connected,
-      devices: [...this.children.values()].map((c) => ({ ...c, statusSent: undefined, pendingDownlinks: pendingBy.get(deviceKey(c.device)) ?? 0 })),
+      devices: [...this.children.values()].map((c) => ({ ...view(c), pendingDownlinks: pendingBy.get(deviceKey(c.device)) ?? 0 })),
     }
+  }
+
+  /** One child with the downlinks ChirpStack holds for it that the gateway still follows; undefined when not a LoRaWAN child. */
+  diagnosticsOf(device: DeviceRef): (LoraChildView & { downlinks: QueuedDownlinkView[] }) | undefined {
+    const c = this.children.get(deviceKey(device))
+    if (!c) return undefined
+    const downlinks = this.pending
+      .list()
+      .filter(({ value: p }) => deviceKey(p.device) === deviceKey(device))
+      .map(({ id, value: p, expiresAt }) => ({
+        id,
+        what: p.what,
+        command: p.cmd?.name,
+        requestId: p.cmd?.requestId,
+        fPort: p.fPort,
+        confirmed: p.confirmed,
+        state: p.sent ? ('sent' as const) : ('queued' as const),
+        queuedAt: p.queuedAt,
+        followedUntil: expiresAt,
+      }))
+    return { ...view(c), downlinks }
   }
 
   // ---- events in -------------------------------------------------------------------------------
@@ -335,7 +371,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   private child(dev: DeviceRef, devEui: string): LoraChildState {
     const k = deviceKey(dev)
     let c = this.children.get(k)
-    if (!c) this.children.set(k, (c = { device: dev, devEui, reachable: false, logs: {} }))
+    if (!c) this.children.set(k, (c = { device: dev, devEui, reachable: false, logs: {}, rhythm: new UplinkRhythm() }))
     return c
   }
 
@@ -354,18 +390,21 @@ export class LorawanAdapter implements SouthboundAdapter {
       {},
     )
     c.radio = { ...best, gateways: ev.rxInfo.length, fCnt: ev.fCnt, dr: ev.dr, frequency: ev.frequency }
-    c.lastUplink = Date.now()
+    c.lastUplink = { at: Date.now(), fPort: ev.fPort, fCnt: ev.fCnt }
+    const sentAt = ev.time ? Date.parse(ev.time) : NaN
+    c.rhythm.note(Number.isFinite(sentAt) ? sentAt : Date.now())
     // fPort 0 carries MAC commands only: nothing for the hub but the radio facts.
     if (ev.fPort > 0) {
       const settings = this.map.settings(c.device, ev.device.deviceProfileName)
       const decoded = await this.decode(ev, settings)
       const payload: Record<string, unknown> = this.cfg.radioInPayload ? { ...decoded, _radio: { ...c.radio } } : decoded
+      const dataType = settings.dataTypes?.[String(ev.fPort)] ?? `fport_${ev.fPort}`
       await this.ctx.uplink({
         topic: {
           kind: 'upload_data',
           productId: c.device.productId,
           deviceId: c.device.deviceId,
-          name: settings.dataTypes?.[String(ev.fPort)] ?? `fport_${ev.fPort}`,
+          name: dataType,
           messageId: messageIdFor('up', ev.deduplicationId, ev.time),
         },
         payload: Buffer.from(JSON.stringify(payload)),
@@ -373,6 +412,7 @@ export class LorawanAdapter implements SouthboundAdapter {
         receivedAt: Date.now(),
         meta: { rssi: best.rssi, snr: best.snr, frameCounter: ev.fCnt, gatewayCount: ev.rxInfo.length, port: ev.fPort, battery: c.battery?.level },
       })
+      c.lastUplink = { ...c.lastUplink, dataType, payload }
       const keys = settings.shadow?.reportedKeys ?? []
       const reported = Object.fromEntries(keys.filter((k) => k in decoded).map((k) => [k, decoded[k]]))
       if (Object.keys(reported).length) await this.ctx.reportState(c.device, reported)
@@ -561,7 +601,7 @@ export class LorawanAdapter implements SouthboundAdapter {
         await this.ctx.replyFor(cmd, 'failed', { reason: err.message, code: 'enqueue' })
         return true
       }
-      this.pending.set(id, { id, device: c.device, confirmed: d.confirmed, cmd, what, until, sent: false })
+      this.pending.put(id, pendingOf(c.device, d, cmd, what, until), until)
       this.m.downlinks.inc({ result: 'queued' })
       await this.applyEarly(id)
       return true
@@ -572,7 +612,7 @@ export class LorawanAdapter implements SouthboundAdapter {
     const topic = this.cfg.chirpstack.mqtt.commandTopic.replace('{applicationId}', c.applicationId ?? '').replace('{devEui}', devEui)
     const body = encodeDownlink({ id, devEui, ...d }, this.cfg.chirpstack.encoding)
     // Registered before publishing: a txack may come back before our PUBACK callback runs.
-    this.pending.set(id, { id, device: c.device, confirmed: d.confirmed, cmd, what, until, sent: false })
+    this.pending.put(id, pendingOf(c.device, d, cmd, what, until), until)
     try {
       await client.publishAsync(topic, body, { qos: 1 })
     } catch (err) {
@@ -587,52 +627,60 @@ export class LorawanAdapter implements SouthboundAdapter {
 
   private async onTxAck(queueItemId: string): Promise<void> {
     const p = this.pending.get(queueItemId)
-    if (p) await this.applyFate(p, { kind: 'txack' })
+    if (p) await this.applyFate(queueItemId, p, { kind: 'txack' })
     else this.keepEarly(queueItemId, { kind: 'txack' })
   }
 
   private async onAck(queueItemId: string, acknowledged: boolean): Promise<void> {
     const p = this.pending.get(queueItemId)
-    if (p) await this.applyFate(p, { kind: 'ack', acknowledged })
+    if (p) await this.applyFate(queueItemId, p, { kind: 'ack', acknowledged })
     else this.keepEarly(queueItemId, { kind: 'ack', acknowledged })
   }
 
   /**
-   * ChirpStack's log events: counted per device and code. Those about a queue item (ChirpStack
-   * puts its id in `context.queue_item_id`, e.g. EXPIRED, DOWNLINK_PAYLOAD_SIZE) end that downlink.
+   * ChirpStack's log events: counted per device and code. Those about a queue item end that downlink:
+   * ChirpStack v4.19 deletes the item and names it in `context.queue_item_id` for EXPIRED,
+   * DOWNLINK_PAYLOAD_SIZE and F_CNT_DOWN (chirpstack/src/downlink/data.rs). DOWNLINK_GATEWAY (a radio
+   * gateway refused the transmission, chirpstack/src/downlink/tx_ack.rs) carries no context and the
+   * item stays queued for the next receive window: counted only.
    */
   private async onLog(c: LoraChildState, ev: Extract<LoraEvent, { type: 'log' }>): Promise<void> {
     c.logs[ev.code] = (c.logs[ev.code] ?? 0) + 1
     this.m.logs.inc({ code: ev.code, level: ev.level })
     const id = ev.context.queue_item_id
     const p = id ? this.pending.get(id) : undefined
-    if (p) return this.applyFate(p, { kind: 'log', code: ev.code, description: ev.description })
+    if (p) return this.applyFate(id!, p, { kind: 'log', code: ev.code, description: ev.description })
     if (id) this.keepEarly(id, { kind: 'log', code: ev.code, description: ev.description })
     if (ev.level !== 'INFO') this.warn.warn(`log:${ev.code}:${c.devEui}`, { devEui: c.devEui, code: ev.code, level: ev.level, description: ev.description }, 'ChirpStack reported a problem with a device')
   }
 
-  /** What ChirpStack says became of a downlink, as the reply to its command. */
-  private async applyFate(p: PendingDownlink, f: Fate): Promise<void> {
+  /**
+   * What ChirpStack says became of a downlink, as the reply to its command. The reply is made durable
+   * before the record changes: a crash in between repeats a reply (the event comes again, it was not
+   * acknowledged yet) rather than losing it.
+   */
+  private async applyFate(id: string, p: PendingDownlink, f: Fate): Promise<void> {
+    const cmd: Command | undefined = p.cmd && { ...p.cmd, device: p.device, payload: Buffer.alloc(0) }
     switch (f.kind) {
       case 'txack':
         this.m.downlinks.inc({ result: 'sent' })
-        if (!p.sent && p.cmd) await this.ctx.replyFor(p.cmd, 'sent')
-        p.sent = true
+        if (!p.sent && cmd) await this.ctx.replyFor(cmd, 'sent')
         // An unconfirmed downlink's story ends here; a confirmed one waits for its ack.
-        if (!p.confirmed) this.pending.delete(p.id)
+        if (!p.confirmed) this.pending.delete(id)
+        else if (!p.sent) this.pending.put(id, { ...p, sent: true }, p.until)
         return
       case 'ack':
-        this.pending.delete(p.id)
         this.m.downlinks.inc({ result: f.acknowledged ? 'acknowledged' : 'not_acknowledged' })
-        if (p.cmd) await this.ctx.replyFor(p.cmd, f.acknowledged ? 'acknowledged' : 'not_acknowledged')
+        if (cmd) await this.ctx.replyFor(cmd, f.acknowledged ? 'acknowledged' : 'not_acknowledged')
         else if (!f.acknowledged) this.ctx.log.warn({ device: deviceKey(p.device), what: p.what }, 'a confirmed LoRaWAN downlink was not acknowledged by the device')
+        this.pending.delete(id)
         return
       case 'log': {
-        this.pending.delete(p.id)
         const expired = f.code === 'EXPIRED'
         this.m.downlinks.inc({ result: expired ? 'expired' : 'failed' })
-        if (p.cmd) await this.ctx.replyFor(p.cmd, expired ? 'expired' : 'failed', expired ? {} : { reason: `${f.code}: ${f.description}` })
+        if (cmd) await this.ctx.replyFor(cmd, expired ? 'expired' : 'failed', expired ? {} : { reason: `${f.code}: ${f.description}` })
         else this.ctx.log.warn({ device: deviceKey(p.device), what: p.what, code: f.code, description: f.description }, 'a LoRaWAN downlink failed; the device keeps its values until it reports them')
+        this.pending.delete(id)
         return
       }
     }
@@ -655,19 +703,18 @@ export class LorawanAdapter implements SouthboundAdapter {
     this.early.delete(id)
     for (const f of e.fates) {
       const p = this.pending.get(id)
-      if (p) await this.applyFate(p, f)
+      if (p) await this.applyFate(id, p, f)
     }
   }
 
-  /** Forget downlinks past their life; report devices silent for too long as away. */
+  /** Forget early fates nobody claimed; report devices silent for too long as away (downlinks past their life expire in the store). */
   private sweep(): void {
     const now = Date.now()
-    for (const [id, p] of this.pending) if (p.until < now) this.pending.delete(id)
     for (const [id, e] of this.early) if (now - e.at > EARLY_TTL_MS) this.early.delete(id)
     const away = this.cfg.awayAfterSeconds * 1000
     if (away > 0) {
       for (const c of this.children.values()) {
-        if (c.reachable && c.lastSeen !== undefined && now - c.lastSeen > away) {
+        if (c.reachable && c.lastSeen !== undefined && silentTooLong(now - c.lastSeen, c.rhythm.usualMs, away)) {
           c.reachable = false
           this.ctx.deviceAway(c.device)
         }
@@ -681,7 +728,7 @@ export class LorawanAdapter implements SouthboundAdapter {
  * (a crash between the seen-set and the outbox) reaches the hub with one MessageId, which the hub's
  * duplicate filter drops. 24 hex characters in the ObjectId shape (PROTOCOL.md, "Identities").
  */
-function messageIdFor(type: string, deduplicationId: string | undefined, time: string | undefined): string {
+export function messageIdFor(type: string, deduplicationId: string | undefined, time: string | undefined): string {
   if (!deduplicationId) return newMessageId()
   const at = time ? Date.parse(time) : NaN
   const seconds = Math.floor((Number.isFinite(at) ? at : Date.now()) / 1000)
@@ -689,4 +736,40 @@ function messageIdFor(type: string, deduplicationId: string | undefined, time: s
   b.writeUInt32BE(seconds >>> 0, 0)
   createHash('sha256').update(`${type}/${deduplicationId}`).digest().copy(b, 4, 0, 8)
   return b.toString('hex')
+}
+
+/** What is kept of a downlink in flight (the command without its payload: only its reply is still to come). */
+function pendingOf(device: DeviceRef, d: { fPort: number; confirmed: boolean; expiresAt?: number }, cmd: Command | undefined, what: string, until: number): PendingDownlink {
+  return {
+    device,
+    fPort: d.fPort,
+    confirmed: d.confirmed,
+    cmd: cmd && { type: cmd.type, name: cmd.name, requestId: cmd.requestId, encoding: cmd.encoding },
+    what,
+    queuedAt: Date.now(),
+    until,
+    sent: false,
+  }
+}
+
+/** A downlink in flight as the diagnostics route shows it. */
+export interface QueuedDownlinkView {
+  id: string
+  what: string
+  command?: string
+  requestId?: string
+  fPort: number
+  confirmed: boolean
+  /** queued: ChirpStack holds it; sent: a radio gateway took it, a confirmed one awaits the device's ack. */
+  state: 'queued' | 'sent'
+  queuedAt: number
+  followedUntil: number
+}
+
+export type LoraChildView = Omit<LoraChildState, 'statusSent' | 'rhythm'> & { usualIntervalSeconds?: number }
+
+function view(c: LoraChildState): LoraChildView {
+  const { statusSent: _statusSent, rhythm, ...rest } = c
+  const usual = rhythm.usualMs
+  return { ...rest, ...(usual !== undefined ? { usualIntervalSeconds: Math.round(usual / 1000) } : {}) }
 }

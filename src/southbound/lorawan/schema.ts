@@ -59,8 +59,14 @@ const Api = Type.Object(
     url: Type.String({ default: '127.0.0.1:8080', description: 'ChirpStack\'s gRPC API, host:port' }),
     token: Type.String({ minLength: 1, description: 'an API token made in ChirpStack (API keys)' }),
     tls: Type.Boolean({ default: false, description: 'use TLS (the system\'s CAs) towards the API' }),
+    tenantId: Type.Optional(
+      Type.String({
+        pattern: '^[0-9a-fA-F-]{36}$',
+        description: 'the ChirpStack tenant (UUID) whose applications `iothub-edge lorawan import` lists (ApplicationService.List needs it); `--tenant` overrides it',
+      }),
+    ),
   },
-  { additionalProperties: false, description: 'ChirpStack\'s gRPC API: when set, downlinks are queued with DeviceService.Enqueue instead of MQTT' },
+  { additionalProperties: false, description: 'ChirpStack\'s gRPC API: when set, downlinks are queued with DeviceService.Enqueue instead of MQTT, and `iothub-edge lorawan import` can list its devices' },
 )
 
 const Chirpstack = Type.Object(
@@ -156,7 +162,8 @@ export const LorawanSchema = Type.Object(
     awayAfterSeconds: Type.Integer({
       minimum: 0,
       default: 0,
-      description: 'a device not heard from for this long is reported disconnected (0: never)',
+      description:
+        'a device silent for its usual uplink interval (the median of its last gaps) plus this long is reported disconnected; until two uplinks give its interval, silent this long (0: never)',
     }),
     dedupTtlSeconds: Type.Integer({ minimum: 60, default: 86400, description: 'how long a ChirpStack deduplicationId is remembered (across restarts)' }),
     downlinkTtlSeconds: Type.Integer({
