@@ -13,7 +13,8 @@
 #
 # Needs: dpkg-deb, python3, make, g++ (and g++-aarch64-linux-gnu for arm64); scripts/test.sh
 # installs them. Environment: IOTHUB_EDGE_NODE_VERSION (default below), DEB_OUT (output folder),
-# DEB_COMPRESS (dpkg-deb -Z: xz by default; gzip builds faster), DEB_VERSION (default: package.json).
+# DEB_COMPRESS and DEB_LEVEL (dpkg-deb -Z and -z: xz 6 by default; the tests use gzip 1, quicker),
+# DEB_VERSION (default: package.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,6 +23,7 @@ ROOT=$PWD
 NODE_VERSION=${IOTHUB_EDGE_NODE_VERSION:-24.22.3}
 OUT=${DEB_OUT:-$ROOT/dist-deb}
 COMPRESS=${DEB_COMPRESS:-xz}
+LEVEL=${DEB_LEVEL:-6}
 WORK=$ROOT/.tmp/package
 VERSION=${DEB_VERSION:-$(node -p "require('./package.json').version")}
 ARCHS=("$@")
@@ -56,8 +58,11 @@ fetch_node() {
   echo "$dir"
 }
 
-log "build (tsc)"
-npm run --silent build
+# The test helper sets IOTHUB_EDGE_SKIP_BUILD=1: vitest's global setup has just built dist/.
+if [ "${IOTHUB_EDGE_SKIP_BUILD:-}" != 1 ] || [ ! -f dist/cli.js ]; then
+  log "build (tsc)"
+  npm run --silent build
+fi
 
 # Production dependencies, without install scripts (the native ones are built below per arch).
 # Kept while package-lock.json is unchanged.
@@ -145,13 +150,11 @@ Description: IoT edge gateway: local MQTT broker, durable outbox, bridge to a cl
  $NODE_VERSION runtime in /opt/iothub-edge/node.
 EOF
   # Regular permissions whatever the umask of the checkout was.
-  find "$stage" -type d -exec chmod 0755 {} +
-  find "$stage" -type f ! -perm -u+x -exec chmod 0644 {} +
-  find "$stage" -type f -perm -u+x -exec chmod 0755 {} +
+  chmod -R u=rwX,go=rX "$stage"
 
   deb=$OUT/iothub-edge_${VERSION}_$arch.deb
   log "$arch: dpkg-deb -Z$COMPRESS -> $deb"
-  dpkg-deb --root-owner-group -Z"$COMPRESS" --build "$stage" "$deb" >/dev/null
+  dpkg-deb --root-owner-group -Z"$COMPRESS" -z"$LEVEL" --build "$stage" "$deb" >/dev/null
   echo "$deb"
 done
 

@@ -38,6 +38,11 @@ export interface GatewayProcessOptions {
   env?: NodeJS.ProcessEnv
   /** script to run instead of bin/iothub-edge.js (for testing this helper) */
   bin?: string
+  /**
+   * the program and its arguments that stand before `start -c FILE`, instead of this Node.js
+   * running `bin`: e.g. an installed package's Node.js under qemu-user
+   */
+  command?: string[]
 }
 
 export interface ApiResponse<T> {
@@ -136,14 +141,15 @@ export class GatewayProcess {
   async start(timeoutMs = 30_000): Promise<void> {
     if (this.running) throw new Error('GatewayProcess: already running')
     const bin = this.opts.bin ?? gatewayBin
-    requireBuilt(bin)
+    const [program, ...args] = this.opts.command ?? [process.execPath, bin]
+    if (!this.opts.command) requireBuilt(bin)
     if (this.tmp === undefined) await this.prepare()
     const tmp = this.tmp as string
 
     this.starts++
     this.logFile ??= createWriteStream(path.join(tmp, 'gateway.log'), { flags: 'a' })
-    this.record(`--- [test] start #${this.starts}: ${bin} start -c ${this.configFile}`)
-    const child = spawn(process.execPath, [bin, 'start', '-c', this.configFile], {
+    this.record(`--- [test] start #${this.starts}: ${[program, ...args].join(' ')} start -c ${this.configFile}`)
+    const child = spawn(program, [...args, 'start', '-c', this.configFile], {
       cwd: tmp,
       env: { ...process.env, ...this.opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
