@@ -55,7 +55,9 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
   beforeAll(async () => {
     // Never disturb a real installation on the machine running the tests.
     const before = await installedStatus()
-    if (before !== '') throw new Error(`iothub-edge is already known to dpkg here (${before}); this test installs and purges it`)
+    if (before !== '') {
+      throw new Error(`iothub-edge is already known to dpkg here (${before}); this test installs and purges it. A leftover of an interrupted run: dpkg --purge iothub-edge && userdel iothub-edge && rm -rf ${DATA}`)
+    }
     deb = await buildDeb('amd64')
   }, BUILD_TIMEOUT_MS)
 
