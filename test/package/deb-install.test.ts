@@ -53,6 +53,7 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
   let installedHere = false
 
   beforeAll(async () => {
+    if (process.getuid?.() !== 0) throw new Error('this test installs a package with dpkg: run it as root (as CI does)')
     // Never disturb a real installation on the machine running the tests.
     const before = await installedStatus()
     if (before !== '') {
