@@ -4,7 +4,7 @@
 // service is run here as systemd would run it (its user, its ExecStart) and the unit is checked
 // with systemd-analyze; the package is purged and its user and data folder removed afterwards.
 import { execFile, spawn } from 'node:child_process'
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import YAML from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -18,6 +18,7 @@ const CONF = '/etc/iothub-edge/gateway.yaml'
 const DATA = '/var/lib/iothub-edge'
 const APP = '/opt/iothub-edge'
 const UNIT = '/usr/lib/systemd/system/iothub-edge.service'
+const WANTS = '/etc/systemd/system/multi-user.target.wants/iothub-edge.service'
 const AS_SERVICE_USER = ['--reuid=iothub-edge', '--regid=iothub-edge', '--init-groups', '--']
 
 interface Run {
@@ -116,6 +117,8 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     expect(directives).toContain('RestartPreventExitStatus=78')
     expect(directives.filter((l) => l.startsWith('ExecStartPre='))).toEqual([])
     expect(directives).toContain('User=iothub-edge')
+    // Enabled on the first install (systemctl works on the unit files without a running systemd).
+    expect((await run('systemctl', ['is-enabled', 'iothub-edge.service'])).stdout.trim()).toBe('enabled')
   })
 
   it('runs as its service user with the installed config and data folder; a bad config edit is one failure, exit 78, with the problem on stderr', async () => {
@@ -170,11 +173,14 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     expect(existsSync(UNIT)).toBe(false)
     expect(existsSync(CONF)).toBe(true)
     expect(existsSync(`${DATA}/gateway.db`)).toBe(true)
+    expect(lstatSync(WANTS).isSymbolicLink()).toBe(true)
 
     const purge = await run('dpkg', ['--purge', 'iothub-edge'])
     expect(purge.code, purge.stderr).toBe(0)
     expect(await installedStatus()).toBe('')
     expect(existsSync(CONF)).toBe(false)
+    // The enablement link itself (dangling since dpkg -r) is gone.
+    expect(lstatSync(WANTS, { throwIfNoEntry: false })).toBeUndefined()
     expect(existsSync(`${DATA}/gateway.db`)).toBe(true)
     expect(purge.stderr).toContain(`${DATA} (outbox, devices, keys) is kept`)
   })
