@@ -11,7 +11,7 @@
 #   - @serialport/bindings-cpp: the N-API prebuilds its registry package ships (glibc, per arch).
 # Nothing is downloaded but registry packages, so this runs where only npm and apt are reachable.
 #
-# Needs: dpkg-deb, python3, make, g++ (and g++-aarch64-linux-gnu for arm64); scripts/test.sh
+# Needs: dpkg-deb, readelf (binutils), python3, make, g++ (and g++-aarch64-linux-gnu for arm64); scripts/test.sh
 # installs them. Environment: IOTHUB_EDGE_NODE_VERSION (default below), DEB_OUT (output folder),
 # DEB_COMPRESS and DEB_LEVEL (dpkg-deb -Z and -z: xz 6 by default; the tests use gzip 1, quicker),
 # DEB_VERSION (default: package.json).
@@ -129,6 +129,24 @@ for arch in "${ARCHS[@]}"; do
   install -D -m 0755 packaging/iothub-edge.sh "$stage/usr/bin/iothub-edge"
   install -D -m 0644 systemd/iothub-edge.service "$stage/usr/lib/systemd/system/iothub-edge.service"
 
+  # The C and C++ library versions the package's binaries need (what dpkg-shlibdeps would find):
+  # the newest GLIBC_ and GLIBCXX_ symbol versions any of them references.
+  mapfile -t elves < <(find "$app" -type f \( -name '*.node' -o -path '*/node/bin/node' \))
+  syms=$(readelf -V --wide "${elves[@]}" | grep -oE '(GLIBC|GLIBCXX)_[0-9][0-9.]*' | sort -u)
+  glibc=$(grep '^GLIBC_' <<<"$syms" | sed 's/^GLIBC_//' | sort -V | tail -n 1)
+  glibcxx=$(grep '^GLIBCXX_' <<<"$syms" | sed 's/^GLIBCXX_//' | sort -V | tail -n 1)
+  # GLIBCXX_3.4.N came with GCC's libstdc++: 3.4.25 = 8, 26 = 9, 28 = 10, 29 = 11, 30 = 12, 31 = 13, 32 = 14.
+  case "$glibcxx" in
+    3.4.2[0-5] | 3.4.1*) stdcxx=8 ;;
+    3.4.26 | 3.4.27) stdcxx=9 ;;
+    3.4.28) stdcxx=10 ;;
+    3.4.29) stdcxx=11 ;;
+    3.4.30) stdcxx=12 ;;
+    3.4.31) stdcxx=13 ;;
+    3.4.32) stdcxx=14 ;;
+    *) die "$arch: unknown libstdc++ symbol version GLIBCXX_$glibcxx: extend the table above" ;;
+  esac
+
   mkdir -p "$stage/DEBIAN"
   install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$stage/DEBIAN/"
   size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
@@ -138,7 +156,7 @@ Version: $VERSION
 Architecture: $arch
 Maintainer: iothub-edge maintainers <iothub-edge@localhost>
 Installed-Size: $size
-Depends: libc6 (>= 2.28), libstdc++6 (>= 8), passwd
+Depends: libc6 (>= $glibc), libstdc++6 (>= $stdcxx), passwd
 Section: net
 Priority: optional
 Description: IoT edge gateway: local MQTT broker, durable outbox, bridge to a cloud IoTHub

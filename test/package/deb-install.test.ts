@@ -80,6 +80,10 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     expect(await installedStatus()).toBe('install ok installed')
     expect(elfMachine(`${APP}/node/bin/node`)).toBe('x86-64')
     expect(elfMachine(`${APP}/node_modules/better-sqlite3/build/Release/better_sqlite3.node`)).toBe('x86-64')
+    // It declares the C library its binaries really need (SQLite is built on this Debian).
+    const { stdout } = await run('readelf', ['-V', '--wide', `${APP}/node/bin/node`, `${APP}/node_modules/better-sqlite3/build/Release/better_sqlite3.node`])
+    const needed = [...stdout.matchAll(/GLIBC_(\d+)\.(\d+)/g)].map((m) => [Number(m[1]), Number(m[2])]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).pop()
+    expect(await debField(deb, 'Depends')).toContain(`libc6 (>= ${needed?.join('.')})`)
   })
 
   it('puts iothub-edge on the PATH, creates its system user, and installs the example config 0640 root:iothub-edge', async () => {
