@@ -21,6 +21,9 @@ const QEMU = '/usr/bin/qemu-aarch64-static'
 /** Where Debian's cross toolchain puts the arm64 libc, ld.so and libstdc++ (qemu's -L prefix). */
 const ARM64_SYSROOT = '/usr/aarch64-linux-gnu'
 
+/** Emulated arm64 runs several times slower, more so on a busy machine. */
+const EMULATED_TIMEOUT_MS = 300_000
+
 const gw = { productId: 'gateways', deviceId: 'gw-arm', secret: 'gw-arm-secret' }
 const sensor = { productId: 'thermo', deviceId: 'pi-1', secret: 'pi-1-secret' }
 
@@ -73,7 +76,7 @@ describe('the arm64 package under qemu-user', () => {
     const [cmd, ...args] = arm64Node('-e', script)
     const { stdout } = await execFileAsync(cmd, args, { timeout: 120_000 })
     expect(JSON.parse(stdout)).toEqual({ arch: 'arm64', answer: 42, serialOpen: 'function' })
-  })
+  }, EMULATED_TIMEOUT_MS)
 
   it('starts the gateway; a device publishes to it and the hub receives the message', async () => {
     hub = new HubBroker({ devices: [], gateway: { ...gw, children: [sensor] } })
@@ -84,8 +87,8 @@ describe('the arm64 package under qemu-user', () => {
       { command: arm64Node(path.join(app, 'bin', 'iothub-edge.js')) },
     )
     // Everything runs emulated: give the start time.
-    await gateway.start(180_000)
-    await gateway.waitForHealth((h) => h.northbound.connected, 120_000, 'connected to the hub')
+    await gateway.start(150_000)
+    await gateway.waitForHealth((h) => h.northbound.connected, 60_000, 'connected to the hub')
 
     client = await connectDevice(gateway.externalUrl, sensor)
     const topic = `upload_data/${sensor.productId}/${sensor.deviceId}/temperature/${newMessageId()}`
@@ -95,5 +98,5 @@ describe('the arm64 package under qemu-user', () => {
     expect(got.payload.toString()).toBe(payload)
     // The gateway that did it is the emulated arm64 process.
     expect(readlinkSync(`/proc/${gateway.pid}/exe`)).toBe(QEMU)
-  })
+  }, EMULATED_TIMEOUT_MS)
 })
