@@ -71,7 +71,7 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     await run('groupdel', ['iothub-edge'])
   })
 
-  it('is an amd64 package whose Node.js and native modules are x86-64 builds', async () => {
+  it('installs with dpkg -i: an amd64 package whose Node.js and native modules are x86-64 builds, declaring the libc they need', async () => {
     expect(await debField(deb, 'Architecture')).toBe('amd64')
     expect(await debField(deb, 'Package')).toBe('iothub-edge')
     installedHere = true
