@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers the tests start (STYLE.md "Tests"): Debian packages, installed when missing.
-DEB_PACKAGES="mosquitto mosquitto-clients openssl systemd python3 socat python3-pymodbus python3-serial-asyncio curl libcoap3-bin jq"
+DEB_PACKAGES="mosquitto mosquitto-clients openssl systemd python3 socat python3-pymodbus python3-serial-asyncio curl libcoap3-bin jq make g++ g++-aarch64-linux-gnu qemu-user-static"
 
 log() { printf '\n=== %s\n' "$*"; }
 

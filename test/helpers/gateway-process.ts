@@ -40,6 +40,11 @@ export interface GatewayProcessOptions {
   bin?: string
   /** working directory of the process; default the config file's folder */
   cwd?: string
+  /**
+   * the program and its arguments that stand before `start -c FILE`, instead of this Node.js
+   * running `bin`: e.g. an installed package's Node.js under qemu-user
+   */
+  command?: string[]
 }
 
 export interface ApiResponse<T> {
@@ -138,14 +143,15 @@ export class GatewayProcess {
   async start(timeoutMs = 30_000): Promise<void> {
     if (this.running) throw new Error('GatewayProcess: already running')
     const bin = this.opts.bin ?? gatewayBin
-    requireBuilt(bin)
+    const [program, ...args] = this.opts.command ?? [process.execPath, bin]
+    if (!this.opts.command) requireBuilt(bin)
     if (this.tmp === undefined) await this.prepare()
     const tmp = this.tmp as string
 
     this.starts++
     this.logFile ??= createWriteStream(path.join(tmp, 'gateway.log'), { flags: 'a' })
-    this.record(`--- [test] start #${this.starts}: ${bin} start -c ${this.configFile}`)
-    const child = spawn(process.execPath, [bin, 'start', '-c', this.configFile], {
+    this.record(`--- [test] start #${this.starts}: ${[program, ...args].join(' ')} start -c ${this.configFile}`)
+    const child = spawn(program, [...args, 'start', '-c', this.configFile], {
       cwd: this.opts.cwd ?? tmp,
       env: { ...process.env, ...this.opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,0 +1,9 @@
+#!/bin/sh
+# /usr/bin/iothub-edge: runs the gateway's CLI with the Node.js runtime the package ships in
+# /opt/iothub-edge/node (its native modules are built for exactly that Node.js); a checkout
+# installed under /opt/iothub-edge without it uses the node on the PATH.
+app=/opt/iothub-edge
+if [ -x "$app/node/bin/node" ]; then
+  exec "$app/node/bin/node" "$app/bin/iothub-edge.js" "$@"
+fi
+exec node "$app/bin/iothub-edge.js" "$@"

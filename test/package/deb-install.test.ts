@@ -1,0 +1,191 @@
+// The amd64 package installed as an operator installs it: `dpkg -i`, then the command on the PATH,
+// the service's user and files, the installed gateway run as that user, a bad config edit, an
+// upgrade, removal and purge. CI runs as root in a container without systemd as PID 1, so the
+// service is run here as systemd would run it (its user, its ExecStart) and the unit is checked
+// with systemd-analyze; the package is purged and its user and data folder removed afterwards.
+import { execFile, spawn } from 'node:child_process'
+import { existsSync, lstatSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { promisify } from 'node:util'
+import YAML from 'yaml'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BUILD_TIMEOUT_MS, buildDeb, debField, elfMachine } from '../helpers/deb-package.js'
+import { trackChild, waitForExit } from '../helpers/child-processes.js'
+import { freePort } from '../helpers/ports.js'
+
+const execFileAsync = promisify(execFile)
+
+const CONF = '/etc/iothub-edge/gateway.yaml'
+const DATA = '/var/lib/iothub-edge'
+const APP = '/opt/iothub-edge'
+const UNIT = '/usr/lib/systemd/system/iothub-edge.service'
+const WANTS = '/etc/systemd/system/multi-user.target.wants/iothub-edge.service'
+const AS_SERVICE_USER = ['--reuid=iothub-edge', '--regid=iothub-edge', '--init-groups', '--']
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+async function run(cmd: string, args: string[]): Promise<Run> {
+  try {
+    const { stdout, stderr } = await execFileAsync(cmd, args, { timeout: 120_000 })
+    return { code: 0, stdout, stderr }
+  } catch (err) {
+    const e = err as Error & { code?: number | string; stdout?: string; stderr?: string }
+    if (typeof e.code !== 'number') throw err
+    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }
+  }
+}
+
+async function installedStatus(): Promise<string> {
+  return (await run('dpkg-query', ['-W', '-f=${Status}', 'iothub-edge'])).stdout
+}
+
+/** Edit the installed config as an operator would (keeping its owner and mode). */
+function editConfig(edit: (doc: Record<string, any>) => void): void {
+  const doc = YAML.parse(readFileSync(CONF, 'utf8')) as Record<string, any>
+  edit(doc)
+  writeFileSync(CONF, YAML.stringify(doc))
+}
+
+describe('the amd64 Debian package, installed with dpkg -i', () => {
+  let deb: string
+  let installedHere = false
+
+  beforeAll(async () => {
+    if (process.getuid?.() !== 0) throw new Error('this test installs a package with dpkg: run it as root (as CI does)')
+    // Never disturb a real installation on the machine running the tests.
+    const before = await installedStatus()
+    if (before !== '') {
+      throw new Error(`iothub-edge is already known to dpkg here (${before}); this test installs and purges it. A leftover of an interrupted run: dpkg --purge iothub-edge && userdel iothub-edge && rm -rf ${DATA}`)
+    }
+    deb = await buildDeb('amd64')
+  }, BUILD_TIMEOUT_MS)
+
+  afterAll(async () => {
+    if (!installedHere) return
+    await run('dpkg', ['--purge', 'iothub-edge'])
+    await run('rm', ['-rf', DATA, '/etc/iothub-edge'])
+    await run('userdel', ['iothub-edge'])
+    await run('groupdel', ['iothub-edge'])
+  })
+
+  it('installs with dpkg -i: an amd64 package whose Node.js and native modules are x86-64 builds, declaring the libc they need', async () => {
+    expect(await debField(deb, 'Architecture')).toBe('amd64')
+    expect(await debField(deb, 'Package')).toBe('iothub-edge')
+    installedHere = true
+    const res = await run('dpkg', ['-i', deb])
+    expect(res.code, res.stderr).toBe(0)
+    expect(await installedStatus()).toBe('install ok installed')
+    expect(elfMachine(`${APP}/node/bin/node`)).toBe('x86-64')
+    expect(elfMachine(`${APP}/node_modules/better-sqlite3/build/Release/better_sqlite3.node`)).toBe('x86-64')
+    // It declares the C library its binaries really need (SQLite is built on this Debian).
+    const { stdout } = await run('readelf', ['-V', '--wide', `${APP}/node/bin/node`, `${APP}/node_modules/better-sqlite3/build/Release/better_sqlite3.node`])
+    const needed = [...stdout.matchAll(/GLIBC_(\d+)\.(\d+)/g)].map((m) => [Number(m[1]), Number(m[2])]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).pop()
+    expect(await debField(deb, 'Depends')).toContain(`libc6 (>= ${needed?.join('.')})`)
+  })
+
+  it('puts iothub-edge on the PATH, creates its system user, and installs the example config 0640 root:iothub-edge', async () => {
+    const which = await run('sh', ['-c', 'command -v iothub-edge'])
+    expect(which.stdout.trim()).toBe('/usr/bin/iothub-edge')
+    const version = await run('iothub-edge', ['--version'])
+    expect(version.stdout.trim()).toBe(`iothub-edge ${await debField(deb, 'Version')}`)
+
+    const user = (await run('getent', ['passwd', 'iothub-edge'])).stdout.trim().split(':')
+    expect(Number(user[2])).toBeLessThan(1000) // a system user
+    expect(user[5]).toBe(DATA)
+    expect(user[6]).toBe('/usr/sbin/nologin')
+    const gid = Number((await run('getent', ['group', 'iothub-edge'])).stdout.split(':')[2])
+
+    const conf = statSync(CONF)
+    expect(conf.mode & 0o777).toBe(0o640)
+    expect([conf.uid, conf.gid]).toEqual([0, gid])
+    expect(YAML.parse(readFileSync(CONF, 'utf8')).gateway.dataDir).toBe(DATA)
+    const data = statSync(DATA)
+    expect(data.mode & 0o777).toBe(0o700)
+    expect([data.uid, data.gid]).toEqual([Number(user[2]), gid])
+
+    const check = await run('iothub-edge', ['check-config', CONF])
+    expect(check.code, check.stderr).toBe(0)
+    expect(check.stdout).toContain(`${CONF}: ok`)
+  })
+
+  it('ships a unit that systemd-analyze accepts, starting /usr/bin/iothub-edge with no ExecStartPre and no restart on exit 78', async () => {
+    const verify = await run('systemd-analyze', ['verify', UNIT])
+    expect(verify.code, verify.stderr).toBe(0)
+    // Now that the package's files exist, systemd-analyze has nothing to complain about.
+    expect(verify.stderr.split('\n').filter((l) => l.includes('iothub-edge'))).toEqual([])
+    const directives = readFileSync(UNIT, 'utf8').split('\n')
+    expect(directives).toContain(`ExecStart=/usr/bin/iothub-edge start -c ${CONF}`)
+    expect(directives).toContain('RestartPreventExitStatus=78')
+    expect(directives.filter((l) => l.startsWith('ExecStartPre='))).toEqual([])
+    expect(directives).toContain('User=iothub-edge')
+    // Enabled on the first install (systemctl works on the unit files without a running systemd).
+    expect((await run('systemctl', ['is-enabled', 'iothub-edge.service'])).stdout.trim()).toBe('enabled')
+  })
+
+  it('runs as its service user with the installed config and data folder; a bad config edit is one failure, exit 78, with the problem on stderr', async () => {
+    const [mqtt, internal, http] = [await freePort(), await freePort(), await freePort()]
+    editConfig((doc) => {
+      doc.broker.listeners[0].port = mqtt
+      doc.broker.listeners[1].port = internal
+      doc.http = { ...doc.http, host: '127.0.0.1', port: http }
+    })
+    // As systemd runs it: its user, its ExecStart (setpriv execs it: the signal reaches the gateway).
+    const child = spawn('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'start', '-c', CONF], { stdio: ['ignore', 'pipe', 'pipe'] })
+    trackChild(child)
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+    try {
+      await expect
+        .poll(async () => (await fetch(`http://127.0.0.1:${http}/api/health`).then((r) => r.status, () => 0)), { timeout: 60_000, interval: 250 })
+        .toBe(200)
+      const token = statSync(`${DATA}/api-token`)
+      expect(token.mode & 0o777).toBe(0o600)
+      expect(token.uid).toBe(statSync(DATA).uid)
+      expect(existsSync(`${DATA}/gateway.db`)).toBe(true)
+    } finally {
+      child.kill('SIGTERM')
+    }
+    const { code } = await waitForExit(child, 20_000)
+    expect(code, out).toBe(0)
+
+    editConfig((doc) => (doc.http.port = 'eighty'))
+    const bad = await run('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'start', '-c', CONF])
+    expect(bad.code).toBe(78)
+    expect(bad.stderr).toMatch(/http\.port/)
+    expect(bad.stderr).toContain('IHE_CONFIG_INVALID')
+    editConfig((doc) => (doc.http.port = http))
+  })
+
+  it('upgrades in place keeping the edited config and the data; dpkg -r keeps both; dpkg --purge drops the config and keeps the data', async () => {
+    editConfig((doc) => (doc.gateway.id = 'edited-by-operator'))
+    const dbBefore = statSync(`${DATA}/gateway.db`).size
+
+    const upgrade = await run('dpkg', ['-i', deb])
+    expect(upgrade.code, upgrade.stderr).toBe(0)
+    expect(YAML.parse(readFileSync(CONF, 'utf8')).gateway.id).toBe('edited-by-operator')
+    expect(statSync(CONF).mode & 0o777).toBe(0o640)
+    expect(statSync(`${DATA}/gateway.db`).size).toBe(dbBefore)
+
+    const remove = await run('dpkg', ['-r', 'iothub-edge'])
+    expect(remove.code, remove.stderr).toBe(0)
+    expect(existsSync('/usr/bin/iothub-edge')).toBe(false)
+    expect(existsSync(APP)).toBe(false)
+    expect(existsSync(UNIT)).toBe(false)
+    expect(existsSync(CONF)).toBe(true)
+    expect(existsSync(`${DATA}/gateway.db`)).toBe(true)
+    expect(lstatSync(WANTS).isSymbolicLink()).toBe(true)
+
+    const purge = await run('dpkg', ['--purge', 'iothub-edge'])
+    expect(purge.code, purge.stderr).toBe(0)
+    expect(await installedStatus()).toBe('')
+    expect(existsSync(CONF)).toBe(false)
+    // The enablement link itself (dangling since dpkg -r) is gone.
+    expect(lstatSync(WANTS, { throwIfNoEntry: false })).toBeUndefined()
+    expect(existsSync(`${DATA}/gateway.db`)).toBe(true)
+    expect(purge.stderr).toContain(`${DATA} (outbox, devices, keys) is kept`)
+  })
+})
