@@ -124,6 +124,14 @@ const migrations: string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX adapter_seen_by_expiry ON adapter_seen (expires_at);
   `,
+  // 5: the local rules' state (src/rules): window accumulators, last reported values, alarm states;
+  // written in the outbox's group commits (decision 00XX-rules)
+  `
+  CREATE TABLE rule_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ]
 
 /** The database file in the data folder. */

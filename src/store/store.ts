@@ -13,6 +13,7 @@ import { CommandStore } from './commands.js'
 import { ShadowStore } from './shadows.js'
 import { HubSubscriptionStore } from './hub-subscriptions.js'
 import { SeenStore } from './seen.js'
+import { RuleStateTable } from './rule-state.js'
 
 export interface Store {
   readonly db: Db
@@ -23,6 +24,7 @@ export interface Store {
   readonly shadows: ShadowStore
   readonly hubSubscriptions: HubSubscriptionStore
   readonly seen: SeenStore
+  readonly ruleState: RuleStateTable
   close(): void
 }
 
@@ -58,6 +60,7 @@ export async function openStore(cfg: Config, log: Logger): Promise<Store> {
     shadows: new ShadowStore(db),
     hubSubscriptions: new HubSubscriptionStore(db),
     seen: new SeenStore(db),
+    ruleState: new RuleStateTable(db, outbox),
     close() {
       outbox.close()
       db.close()
