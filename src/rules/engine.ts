@@ -423,7 +423,7 @@ export class RulesEngine {
         const cond = (s.state === 'cleared' ? a.set(ctx) : a.clear(ctx)) === true
         const value = toJson(a.value ? a.value(ctx) : w.json())
         if (!cond) {
-          if (s.pendingSince === undefined) return s.state
+          if (s.pendingSince === undefined) return `${s.state} (unchanged)`
           this.put(key, { state: s.state, value: s.value, since: s.since } satisfies AlarmState)
           out.stateChanged = true
           return `${s.state} (debounce reset)`
