@@ -180,11 +180,11 @@ function topicLevels(t: UpTopic): string[] {
   return t.kind === 'upload_data' ? [t.kind, t.productId, t.deviceId, t.name ?? ''] : [t.kind, t.productId, t.deviceId]
 }
 
-/** MQTT filter matching over levels; as in MQTT, a wildcard does not match a level starting with $. */
+/** MQTT filter matching over levels; a wildcard never matches a level starting with $ (internal data types). */
 function matches(filter: string[], levels: string[]): boolean {
   for (let i = 0; i < filter.length; i++) {
     const f = filter[i]
-    if (f === '#') return i < levels.length ? !levels[i].startsWith('$') : true
+    if (f === '#') return !levels.slice(i).some((l) => l.startsWith('$'))
     if (i >= levels.length) return false
     if (f === '+') {
       if (levels[i].startsWith('$')) return false
