@@ -15,6 +15,8 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
 const HEAVY_RUNS = Number(process.env.BENCH_HEAVY_RUNS ?? 3)
 const SCALE = Number(process.env.BENCH_SCALE ?? 1) // < 1 for a quick smoke run
+// BENCH_ONLY=rules: only the cost of the local rules (npm run bench:rules)
+const ONLY = process.env.BENCH_ONLY
 const MOSQUITTO = '/usr/sbin/mosquitto'
 const PRODUCT = 'bench'
 const SECRET = 'bench-secret'
@@ -210,9 +212,29 @@ interface Sut {
   close(): Promise<void>
 }
 
-async function startGateway(cloudUrl: string, devices: number): Promise<Sut> {
+/**
+ * Ten simple rules, every one matching the load's messages and evaluating CEL on each (issue 12,
+ * "cost"): conditions on the data type, size, device, tags, transport and time that do not hold
+ * for the load (so every message still reaches the hub and is counted), an alarm whose `set` is
+ * evaluated each time, and a rate limit that lets everything through.
+ */
+const BENCH_RULES = [
+  { name: 'drop-debug', from: `upload_data/${PRODUCT}/+/+`, where: 'dataType == "debug"', actions: [{ drop: true }] },
+  { name: 'drop-huge', from: `upload_data/${PRODUCT}/+/+`, where: 'size(raw) > 100000', actions: [{ drop: true }] },
+  { name: 'boiler-celsius', from: 'upload_data/+/+/bench', where: 'device.productId == "boiler"', actions: [{ transform: { payload: '{"celsius": payload.f}' } }] },
+  { name: 'quarantine', from: 'upload_data/#', where: '"quarantine" in device.tags', actions: [{ drop: true }] },
+  { name: 'coap-dashboard', from: `upload_data/${PRODUCT}/#`, where: 'meta.transport == "coap"', actions: [{ republish: { topic: 'site/{deviceId}' } }] },
+  { name: 'clock-sanity', from: 'upload_data/+/+/+', where: 'ts < 1000', actions: [{ drop: true }] },
+  { name: 'oversize-alarm', from: `upload_data/${PRODUCT}/+/bench`, actions: [{ alarm: { name: 'oversize', set: 'size(raw) > 100000', clear: 'size(raw) < 10' } }] },
+  { name: 'flood-guard', from: `upload_data/${PRODUCT}/+/+`, actions: [{ rateLimit: { perSeconds: 1, burst: 1000000 } }] },
+  { name: 'drop-experimental', from: 'upload_data/+/+/+', where: 'dataType.startsWith("x_")', actions: [{ drop: true }] },
+  { name: 'status-shape', from: `upload_data/${PRODUCT}/+/+`, where: 'kind == "update_status"', actions: [{ transform: { payload: '{"status": payload}' } }] },
+]
+
+async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = []): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
+    rules,
     northbound: { url: cloudUrl, inflight: 100 },
     store: { outbox: { maxBytes: 4 * 1024 ** 3 } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
@@ -304,6 +326,31 @@ async function main(): Promise<void> {
     gateway: () => startGateway(cloudUrl, 100),
     reference: () => startReference(cloudPort),
   }
+
+  // The local rules' cost: the same gateway, intake throughput with ten rules and without (the
+  // runs alternate, so a load change on the machine hits both).
+  {
+    const withRules: number[] = []
+    const without: number[] = []
+    for (let r = 0; r < RUNS; r++) {
+      for (const [figures, rules] of [[without, []], [withRules, BENCH_RULES]] as const) {
+        const sut = await startGateway(cloudUrl, 100, [...rules])
+        await sleep(1_000)
+        const res = await throughput(sut, hub, 100, 64, Math.round(50_000 * SCALE), `rules${rules.length}r${r}`)
+        figures.push(res.rate)
+        log(`  gateway ${rules.length} rules run ${r + 1}: ${Math.round(res.rate)} msg/s (${res.arrived}/${res.expected})`)
+        await sut.close()
+      }
+    }
+    scenarios.rules_10_intake_64b_100pub = {
+      gateway: figure(withRules, 'msg/s'),
+      reference: figure(without, 'msg/s'),
+      ratio: round(figure(withRules, '').median / figure(without, '').median),
+      note: 'gateway with 10 rules (bench/run.ts BENCH_RULES) vs the same gateway without rules',
+    }
+    log(`rules: ${scenarios.rules_10_intake_64b_100pub.ratio} of the intake without rules`)
+  }
+  if (ONLY === 'rules') return finish(started, machine, hub, cloud)
 
   // Throughput and CPU, latency at a fixed rate: one instance of each system serves all runs.
   const tp: Record<string, Record<System, number[]>> = {}
@@ -457,10 +504,14 @@ async function main(): Promise<void> {
   record('rpc_latency_p99', figure([percentile(sortedGw, 99)], 'ms'), figure([percentile(sortedDirect, 99)], 'ms'))
   scenarios.rpc_latency_p50.note = scenarios.rpc_latency_p99.note = `reference = device connected to the cloud broker directly; ${rpc.gateway.length} RPCs each`
 
+  await finish(started, machine, hub, cloud)
+}
+
+async function finish(started: number, machine: Record<string, unknown>, hub: HubCounter, cloud: Mosquitto): Promise<void> {
   await hub.close()
   await cloud.close()
 
-  const date = new Date().toISOString().slice(0, 10)
+  const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}`
   const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, machine, scenarios }
   mkdirSync(path.join(root, 'bench', 'results'), { recursive: true })
   writeFileSync(path.join(root, 'bench', 'results', `${date}.json`), JSON.stringify(result, null, 2) + '\n')

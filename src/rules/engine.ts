@@ -146,8 +146,12 @@ class Working {
       const t = this.up.topic
       const meta: Record<string, unknown> = { transport: this.up.transport }
       if (this.up.meta) for (const [k, v] of Object.entries(this.up.meta)) if (v !== undefined) meta[k] = v
+      // payload is parsed only when an expression reads it: `from` and a where on device/meta/ts cost no JSON.parse.
+      const json = (): unknown => this.json()
       this.ctx = {
-        payload: this.json(),
+        get payload() {
+          return json()
+        },
         raw: this.up.payload,
         device: { productId: t.productId, deviceId: t.deviceId, tags: [...this.tagsOf(this.device)] },
         dataType: this.dataType,
