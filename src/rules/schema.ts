@@ -18,7 +18,7 @@ const TransformAction = {
       payload: Type.Optional(Cel('the payload that goes up instead (usually a map: `{"celsius": payload.t}`)')),
       dataType: Type.Optional(Type.String({ pattern: ID_PATTERN, description: 'the DataType it goes up with instead' })),
     },
-    { additionalProperties: false, minProperties: 1 },
+    { additionalProperties: false, minProperties: 1, description: 'what goes up instead: a new payload (CEL) and/or DataType' },
   ),
 }
 
@@ -29,7 +29,7 @@ const ReportOnChangeAction = {
       deadband: Type.Number({ default: 0, minimum: 0, description: 'a number must move more than this from the last reported value' }),
       heartbeatSeconds: Type.Integer({ default: 0, minimum: 0, description: 'up anyway once this long passed since the last report; 0 = never' }),
     },
-    { additionalProperties: false },
+    { additionalProperties: false, description: 'up only when a field moved beyond the deadband, or the heartbeat is due' },
   ),
 }
 
@@ -41,7 +41,7 @@ const WindowAction = {
       aggregates: Type.Array(Type.Union(AGGREGATES.map((a) => Type.Literal(a))), { minItems: 1, default: ['min', 'max', 'avg', 'count'] }),
       dataType: Type.Optional(Type.String({ pattern: ID_PATTERN, description: "the aggregate's DataType; default the message's" })),
     },
-    { additionalProperties: false },
+    { additionalProperties: false, description: "one aggregate per tumbling window and device instead of every reading; the rule's last action" },
   ),
 }
 
@@ -54,7 +54,7 @@ const AlarmAction = {
       forSeconds: Type.Number({ default: 0, minimum: 0, description: 'set (or clear) must hold this long before the state changes (debounce)' }),
       value: Type.Optional(Cel('the value reported with a change; default the payload')),
     },
-    { additionalProperties: false },
+    { additionalProperties: false, description: 'raise and clear an alarm with hysteresis and debounce; each change goes up as upload_data/{p}/{d}/alarm' },
   ),
 }
 
@@ -69,7 +69,7 @@ const CommandAction = {
       when: Type.Optional(Cel('send only when true (default: every message the rule acts on)')),
       expiresInSeconds: Type.Optional(Type.Integer({ minimum: 1, description: 'the command expires (is never delivered) after this long' })),
     },
-    { additionalProperties: false },
+    { additionalProperties: false, description: 'a command to a local device (or every device with a tag) through the durable command queue' },
   ),
 }
 
@@ -79,7 +79,7 @@ const RepublishAction = {
       topic: Type.String({ minLength: 1, description: 'topic on the local broker; placeholders {productId}, {deviceId}, {dataType}' }),
       retain: Type.Boolean({ default: false }),
     },
-    { additionalProperties: false },
+    { additionalProperties: false, description: 'the message on the local broker, for trusted local tools on internal listeners' },
   ),
 }
 
@@ -89,7 +89,7 @@ const RateLimitAction = {
       perSeconds: Type.Number({ exclusiveMinimum: 0, description: 'the period' }),
       burst: Type.Integer({ default: 1, minimum: 1, description: 'messages per device let through per period; the rest is dropped' }),
     },
-    { additionalProperties: false },
+    { additionalProperties: false, description: 'at most burst messages per device per period; the rest is dropped' },
   ),
 }
 
