@@ -26,14 +26,35 @@ const env = new Environment({
 })
 for (const [name, v] of Object.entries(CEL_VARIABLES)) env.registerVariable(name, v.type)
 
-export type CompiledExpression = (ctx: CelContext) => unknown
+export type CompiledExpression = ((ctx: CelContext) => unknown) & {
+  /**
+   * It reads only `device`, `dataType` and `kind`: its result is the same for every message of one
+   * device and DataType (with the same tags), so the engine may remember it instead of evaluating it
+   * per message.
+   */
+  topicOnly: boolean
+}
+
+const TOPIC_VARIABLES = new Set(['device', 'dataType', 'kind'])
 
 /** Parse and type-check; throws an Error whose message says what is wrong and where. */
 export function compileCel(source: string): CompiledExpression {
   const checked = env.check(source)
   if (!checked.valid) throw new Error(firstLines(checked.error?.message ?? 'invalid expression'))
   const fn = env.parse(source)
-  return (ctx) => fn(ctx)
+  const vars = new Set<string>()
+  collectIdentifiers(fn.ast, vars)
+  const used = [...vars].filter((v) => v in CEL_VARIABLES)
+  return Object.assign((ctx: CelContext) => fn(ctx), { topicOnly: used.every((v) => TOPIC_VARIABLES.has(v)) })
+}
+
+/** The identifiers an expression's syntax tree names (variables, and macro variables, which are harmless here). */
+function collectIdentifiers(node: unknown, out: Set<string>): void {
+  if (Array.isArray(node)) return node.forEach((n) => collectIdentifiers(n, out))
+  if (!node || typeof node !== 'object') return
+  const n = node as { op?: string; args?: unknown }
+  if (n.op === 'id' && typeof n.args === 'string') out.add(n.args)
+  else collectIdentifiers(n.args, out)
 }
 
 function firstLines(message: string): string {

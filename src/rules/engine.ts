@@ -132,13 +132,20 @@ class Working {
   json(): unknown {
     if (!this.parsed) {
       this.parsed = true
-      try {
-        this.value = JSON.parse(this.up.payload.toString('utf8'))
-      } catch {
-        this.value = null
-      }
+      this.value = looksLikeJson(this.up.payload) ? parseOrNull(this.up.payload) : null
     }
     return this.value
+  }
+
+  private key: string | undefined
+  /** Device, kind, DataType and tags: what a topic-only expression depends on. */
+  topicKey(): string {
+    return (this.key ??= `${this.levels.join('/')}\u0000${this.tags().join('\u0000')}`)
+  }
+
+  private tagList: readonly string[] | undefined
+  tags(): readonly string[] {
+    return (this.tagList ??= this.tagsOf(this.device))
   }
 
   context(): CelContext {
@@ -153,7 +160,7 @@ class Working {
           return json()
         },
         raw: this.up.payload,
-        device: { productId: t.productId, deviceId: t.deviceId, tags: [...this.tagsOf(this.device)] },
+        device: { productId: t.productId, deviceId: t.deviceId, tags: [...this.tags()] },
         dataType: this.dataType,
         kind: t.kind,
         meta,
@@ -167,6 +174,7 @@ class Working {
     this.up = up
     this.parsed = false
     this.ctx = undefined
+    this.key = undefined
     this.levels = topicLevels(up.topic)
   }
 
@@ -176,7 +184,25 @@ class Working {
     this.value = value
     this.parsed = true
     this.ctx = undefined
+    this.key = undefined
     this.levels = topicLevels(topic)
+  }
+}
+
+/** A payload that cannot be JSON is told apart without the cost of a parse error (binary frames, plain text). */
+function looksLikeJson(b: Buffer): boolean {
+  let i = 0
+  while (i < b.length && (b[i] === 0x20 || b[i] === 0x0a || b[i] === 0x0d || b[i] === 0x09)) i++
+  const c = b[i]
+  // { [ " - 0-9 t f n
+  return c === 0x7b || c === 0x5b || c === 0x22 || c === 0x2d || (c >= 0x30 && c <= 0x39) || c === 0x74 || c === 0x66 || c === 0x6e
+}
+
+function parseOrNull(b: Buffer): unknown {
+  try {
+    return JSON.parse(b.toString('utf8'))
+  } catch {
+    return null
   }
 }
 
@@ -218,12 +244,14 @@ function payloadOf(v: unknown): Buffer {
 }
 
 const TICK_MS = 1_000
+const MEMO_MAX = 10_000
 const WARN_EVERY_MS = 60_000
 
 export class RulesEngine {
   private readonly state = new Map<string, unknown>()
   private readonly buckets = new Map<string, { tokens: number; at: number }>()
   private readonly stats: Map<string, RuleStats>
+  private readonly statList: RuleStats[]
   private readonly warnedAt = new Map<string, number>()
   private timer?: NodeJS.Timeout
   private nextDue = 0
@@ -238,6 +266,7 @@ export class RulesEngine {
         { name: r.name, from: r.from, actions: r.actions.map((a) => a.kind), matched: 0, dropped: 0, emitted: 0, commands: 0, republished: 0, errors: 0, evalSeconds: 0, lastError: null },
       ]),
     )
+    this.statList = rules.map((r) => this.stats.get(r.name)!)
     d.state.onFailed(() => this.reload())
   }
 
@@ -295,19 +324,24 @@ export class RulesEngine {
     const w = new Working(up, this.d.tagsOf)
     const out: Outcome = { uplinks: [], republish: [], commands: [], stateChanged: false }
     let alive = true
-    for (const rule of this.rules) {
+    // One clock reading per matching rule: each rule's time runs from the end of the one before.
+    let t0 = 0
+    for (let i = 0; i < this.rules.length; i++) {
+      const rule = this.rules[i]
       if (!matches(rule.filter, w.levels)) {
         trace?.push({ rule: rule.name, matched: false, actions: [] })
         continue
       }
-      const st = this.stats.get(rule.name)!
-      const t0 = performance.now()
+      const st = this.statList[i]
+      if (t0 === 0) t0 = performance.now()
       const tr: RuleTrace | undefined = trace ? { rule: rule.name, matched: true, actions: [] } : undefined
       if (tr) trace!.push(tr)
       const before = w.up
-      const marks = { uplinks: out.uplinks.length, republish: out.republish.length, commands: out.commands.length }
+      const marks = out.uplinks.length
+      const marksRepublish = out.republish.length
+      const marksCommands = out.commands.length
       try {
-        if (rule.where && rule.where(w.context()) !== true) {
+        if (rule.where && this.where(rule, w) !== true) {
           if (tr) tr.where = false
           continue
         }
@@ -325,19 +359,45 @@ export class RulesEngine {
       } catch (err) {
         // The message goes on as it was before this rule; what the rule had emitted for it is undone.
         w.restore(before)
-        out.uplinks.length = marks.uplinks
-        out.republish.length = marks.republish
-        out.commands.length = marks.commands
+        out.uplinks.length = marks
+        out.republish.length = marksRepublish
+        out.commands.length = marksCommands
         alive = true
         this.failed(st, w, err)
         if (tr) tr.error = errorLine(err)
       } finally {
-        st.evalSeconds += (performance.now() - t0) / 1000
+        const t1 = performance.now()
+        st.evalSeconds += (t1 - t0) / 1000
+        t0 = t1
       }
       if (!alive) break
     }
     if (alive) out.uplinks.unshift(w.up)
     return out
+  }
+
+  // A where that reads only device, dataType and kind is the same for every message of a device and
+  // DataType: remembered (errors too) rather than evaluated per message.
+  private readonly whereMemo = new Map<string, Map<string, unknown>>()
+
+  private where(rule: CompiledRule, w: Working): unknown {
+    const where = rule.where!
+    if (!where.topicOnly) return where(w.context())
+    let memo = this.whereMemo.get(rule.name)
+    if (!memo) this.whereMemo.set(rule.name, (memo = new Map()))
+    const key = w.topicKey()
+    let r = memo.get(key)
+    if (r === undefined) {
+      try {
+        r = where(w.context())
+      } catch (err) {
+        r = err instanceof Error ? err : new Error(String(err))
+      }
+      if (memo.size >= MEMO_MAX) memo.clear()
+      memo.set(key, r)
+    }
+    if (r instanceof Error) throw r
+    return r
   }
 
   private failed(st: RuleStats, w: Working, err: unknown): void {
@@ -425,13 +485,13 @@ export class RulesEngine {
         const s = (this.state.get(key) as AlarmState | undefined) ?? { state: 'cleared', value: null, since: 0 }
         const ctx = w.context()
         const cond = (s.state === 'cleared' ? a.set(ctx) : a.clear(ctx)) === true
-        const value = toJson(a.value ? a.value(ctx) : w.json())
         if (!cond) {
           if (s.pendingSince === undefined) return `${s.state} (unchanged)`
           this.put(key, { state: s.state, value: s.value, since: s.since } satisfies AlarmState)
           out.stateChanged = true
           return `${s.state} (debounce reset)`
         }
+        const value = toJson(a.value ? a.value(ctx) : w.json())
         if (a.forMs > 0 && (s.pendingSince === undefined || now - s.pendingSince < a.forMs)) {
           const pendingSince = s.pendingSince ?? now
           this.put(key, { ...s, pendingSince, pendingValue: value } satisfies AlarmState)
