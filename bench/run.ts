@@ -15,6 +15,8 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
 const HEAVY_RUNS = Number(process.env.BENCH_HEAVY_RUNS ?? 3)
 const SCALE = Number(process.env.BENCH_SCALE ?? 1) // < 1 for a quick smoke run
+// BENCH_ONLY=rules: only the cost of the local rules (npm run bench:rules)
+const ONLY = process.env.BENCH_ONLY
 const MOSQUITTO = '/usr/sbin/mosquitto'
 const PRODUCT = 'bench'
 const SECRET = 'bench-secret'
@@ -208,11 +210,49 @@ interface Sut {
   kill9(): Promise<void>
   restart(): Promise<void>
   close(): Promise<void>
+  /** Gateway: seconds its rules spent evaluating since the start (GET /api/rules). */
+  rulesEvalSeconds?: () => Promise<number>
 }
 
-async function startGateway(cloudUrl: string, devices: number): Promise<Sut> {
+/**
+ * Ten rules as a site would have them (issue 12, "cost"): each selects its own products or data
+ * types by `from`; two of them match the load's messages (an alarm whose `set` is evaluated on every
+ * message, and a rate limit that lets everything through), so every message still reaches the hub.
+ */
+const SITE_RULES = [
+  { name: 'no-debug', from: 'upload_data/+/+/debug', actions: [{ drop: true }] },
+  { name: 'boiler-celsius', from: 'upload_data/boiler/+/temp_f', where: 'has(payload.f)', actions: [{ transform: { payload: '{"celsius": (payload.f - 32.0) * 5.0 / 9.0}', dataType: 'temperature' } }] },
+  { name: 'boiler-overheat', from: 'upload_data/boiler/+/temperature', actions: [{ alarm: { name: 'overheat', set: 'payload.celsius > 90.0', clear: 'payload.celsius < 85.0' } }] },
+  { name: 'tank-level', from: 'upload_data/tank/+/level', actions: [{ reportOnChange: { fields: ['level'], deadband: 2, heartbeatSeconds: 300 } }] },
+  { name: 'power-1m', from: 'upload_data/meter/+/power', actions: [{ window: { seconds: 60, fields: ['watts'] } }] },
+  { name: 'valve', from: 'upload_data/boiler/+/temperature', where: 'payload.celsius > 95.0', actions: [{ command: { productId: 'valves', deviceId: 'v1', name: 'close' } }] },
+  { name: 'dashboard', from: 'upload_data/+/+/temperature', actions: [{ republish: { topic: 'site/{productId}/{deviceId}/{dataType}' } }] },
+  { name: 'vibration', from: 'upload_data/+/+/vibration', actions: [{ rateLimit: { perSeconds: 60, burst: 1 } }] },
+  { name: 'oversize-alarm', from: `upload_data/${PRODUCT}/+/+`, actions: [{ alarm: { name: 'oversize', set: 'size(raw) > 100000', clear: 'size(raw) < 10' } }] },
+  { name: 'flood-guard', from: `upload_data/${PRODUCT}/+/+`, actions: [{ rateLimit: { perSeconds: 1, burst: 1000000 } }] },
+]
+
+/**
+ * The worst case: ten rules that all match the load's messages and evaluate CEL on each, on data
+ * type, size, device, tags, transport and time, none of which holds for the load.
+ */
+const ALL_MATCH_RULES = [
+  { name: 'drop-debug', from: `upload_data/${PRODUCT}/+/+`, where: 'dataType == "debug"', actions: [{ drop: true }] },
+  { name: 'drop-huge', from: `upload_data/${PRODUCT}/+/+`, where: 'size(raw) > 100000', actions: [{ drop: true }] },
+  { name: 'boiler-celsius', from: 'upload_data/+/+/bench', where: 'device.productId == "boiler"', actions: [{ transform: { payload: '{"celsius": payload.f}' } }] },
+  { name: 'quarantine', from: 'upload_data/#', where: '"quarantine" in device.tags', actions: [{ drop: true }] },
+  { name: 'coap-dashboard', from: `upload_data/${PRODUCT}/#`, where: 'meta.transport == "coap"', actions: [{ republish: { topic: 'site/{deviceId}' } }] },
+  { name: 'clock-sanity', from: 'upload_data/+/+/+', where: 'ts < 1000', actions: [{ drop: true }] },
+  { name: 'oversize-alarm', from: `upload_data/${PRODUCT}/+/bench`, actions: [{ alarm: { name: 'oversize', set: 'size(raw) > 100000', clear: 'size(raw) < 10' } }] },
+  { name: 'flood-guard', from: `upload_data/${PRODUCT}/+/+`, actions: [{ rateLimit: { perSeconds: 1, burst: 1000000 } }] },
+  { name: 'drop-experimental', from: 'upload_data/+/+/+', where: 'dataType.startsWith("x_")', actions: [{ drop: true }] },
+  { name: 'status-shape', from: `upload_data/${PRODUCT}/+/+`, where: 'kind == "update_status"', actions: [{ transform: { payload: '{"status": payload}' } }] },
+]
+
+async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = []): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
+    rules,
     northbound: { url: cloudUrl, inflight: 100 },
     store: { outbox: { maxBytes: 4 * 1024 ** 3 } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
@@ -228,6 +268,7 @@ async function startGateway(cloudUrl: string, devices: number): Promise<Sut> {
     kill9: () => gw.kill9(),
     restart: () => gw.restart(120_000),
     close: () => gw.close(),
+    rulesEvalSeconds: async () => ((await gw.api<{ rules: { evalSeconds: number }[] }>('GET', '/api/rules')).body.rules ?? []).reduce((t, r) => t + r.evalSeconds, 0),
   }
 }
 
@@ -304,6 +345,38 @@ async function main(): Promise<void> {
     gateway: () => startGateway(cloudUrl, 100),
     reference: () => startReference(cloudPort),
   }
+
+  // The local rules' cost: the same gateway, intake without rules, with ten site rules, and with ten
+  // rules that all match (the runs alternate, so a change of load on the machine hits all three).
+  // Throughput on a shared machine is noisy; the CPU the gateway process used per message, and the
+  // time the rules themselves took (their own evalSeconds), are steadier.
+  {
+    const variants = { none: [], site: SITE_RULES, allMatch: ALL_MATCH_RULES } as const
+    type Variant = keyof typeof variants
+    const rate: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
+    const cpuPer10k: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
+    const evalUs: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
+    for (let r = 0; r < RUNS; r++) {
+      for (const v of Object.keys(variants) as Variant[]) {
+        const sut = await startGateway(cloudUrl, 100, [...variants[v]])
+        await sleep(1_000)
+        const res = await throughput(sut, hub, 100, 64, Math.round(50_000 * SCALE), `rules-${v}-r${r}`)
+        rate[v].push(res.rate)
+        cpuPer10k[v].push(res.cpuPer10k)
+        evalUs[v].push(((await sut.rulesEvalSeconds!()) / res.expected) * 1e6)
+        log(`  gateway rules ${v} run ${r + 1}: ${Math.round(res.rate)} msg/s, ${res.cpuPer10k.toFixed(2)} CPU s per 10k, ${evalUs[v].at(-1)!.toFixed(1)} µs/msg in rules (${res.arrived}/${res.expected})`)
+        await sut.close()
+      }
+    }
+    const ratio = (a: number[], b: number[]): number => round(figure(a, '').median / figure(b, '').median)
+    for (const v of ['site', 'allMatch'] as const) {
+      const note = `gateway with ${v === 'site' ? 'the 10 site rules (SITE_RULES, 2 match the load)' : '10 rules that all match the load (ALL_MATCH_RULES)'} vs the same gateway without rules; 100 publishers, QoS 1, 64 B`
+      scenarios[`rules_${v}_intake`] = { gateway: figure(rate[v], 'msg/s'), reference: figure(rate.none, 'msg/s'), ratio: ratio(rate[v], rate.none), note }
+      scenarios[`rules_${v}_cpu_s_per_10k`] = { gateway: figure(cpuPer10k[v], 's'), reference: figure(cpuPer10k.none, 's'), ratio: ratio(cpuPer10k[v], cpuPer10k.none), note }
+      scenarios[`rules_${v}_eval_us_per_msg`] = { gateway: figure(evalUs[v], 'µs'), note: 'time in the rules step per message (the rules\' evalSeconds)' }
+    }
+  }
+  if (ONLY === 'rules') return finish(started, machine, hub, cloud)
 
   // Throughput and CPU, latency at a fixed rate: one instance of each system serves all runs.
   const tp: Record<string, Record<System, number[]>> = {}
@@ -457,10 +530,14 @@ async function main(): Promise<void> {
   record('rpc_latency_p99', figure([percentile(sortedGw, 99)], 'ms'), figure([percentile(sortedDirect, 99)], 'ms'))
   scenarios.rpc_latency_p50.note = scenarios.rpc_latency_p99.note = `reference = device connected to the cloud broker directly; ${rpc.gateway.length} RPCs each`
 
+  await finish(started, machine, hub, cloud)
+}
+
+async function finish(started: number, machine: Record<string, unknown>, hub: HubCounter, cloud: Mosquitto): Promise<void> {
   await hub.close()
   await cloud.close()
 
-  const date = new Date().toISOString().slice(0, 10)
+  const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}`
   const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, machine, scenarios }
   mkdirSync(path.join(root, 'bench', 'results'), { recursive: true })
   writeFileSync(path.join(root, 'bench', 'results', `${date}.json`), JSON.stringify(result, null, 2) + '\n')

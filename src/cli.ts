@@ -21,6 +21,7 @@ import { Writable } from 'node:stream'
 import { HubSimServer } from './tools/hub-sim-server.js'
 import { builtInAdapters } from './southbound/registry.js'
 import type { AdapterModule } from './southbound/adapter-module.js'
+import { dryRun, type DryRunResult, type SampleMessage } from './rules/dry-run.js'
 
 // sysexits.h EX_CONFIG: systemd and scripts can tell "fix your config" from a crash.
 export const EXIT_CONFIG = 78
@@ -48,6 +49,9 @@ const USAGE = `usage:
   iothub-edge lorawan import [-c FILE] [--tenant UUID] [--application UUID[,UUID]] [--dry-run] [--json] [--create]
                               register ChirpStack's devices as children by the lorawan mapping
                               (lists them through lorawan.chirpstack.api)
+  iothub-edge rules test -c FILE --message MSG [--json]
+                              what each rule does to the sample message(s) in MSG (JSON: one
+                              {topic, payload, meta?, tags?, ts?} or a list of them), without a gateway
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -89,6 +93,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
         tenant: { type: 'string' },
         application: { type: 'string' },
         'dry-run': { type: 'boolean' },
+        message: { type: 'string' },
       },
     })
   } catch (err) {
@@ -118,11 +123,62 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return runSimulate(values)
     case 'hub-sim':
       return runHubSim(values)
+    case 'rules':
+      return rulesCommand(rest, values)
     default:
       if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
       return EXIT_USAGE
   }
+}
+
+/** `rules test`: the configured rules run on sample messages, nothing sent, nothing stored. */
+function rulesCommand(rest: string[], values: { config?: string; message?: string; json?: boolean }): number {
+  if (rest[0] !== 'test' || !values.message) {
+    process.stderr.write(`rules needs: test -c FILE --message MSG\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const cfg = readConfig(values.config)
+  if (typeof cfg === 'number') return cfg
+  let samples: SampleMessage[]
+  try {
+    const doc = JSON.parse(readFileSync(values.message, 'utf8')) as SampleMessage | SampleMessage[]
+    samples = Array.isArray(doc) ? doc : [doc]
+  } catch (err) {
+    process.stderr.write(`${values.message}: cannot read a JSON message (${(err as Error).message})\n`)
+    return EXIT_USAGE
+  }
+  let results: DryRunResult[]
+  try {
+    results = dryRun(cfg.rules, samples)
+  } catch (err) {
+    process.stderr.write(`${values.message}: ${(err as Error).message}\n`)
+    return EXIT_USAGE
+  }
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(results, null, 2)}\n`)
+    return 0
+  }
+  const lines: string[] = []
+  for (const r of results) {
+    lines.push(`message ${r.message}`)
+    if (cfg.rules.length === 0) lines.push('  (no rules configured)')
+    for (const t of r.rules) {
+      if (!t.matched) {
+        lines.push(`  rule ${t.rule}: from does not match`)
+        continue
+      }
+      const where = t.where === undefined ? '' : t.where ? ', where true' : ', where false: not applied'
+      lines.push(`  rule ${t.rule}: matched${where}${t.error ? `, ERROR ${t.error} (the message goes on as before this rule)` : ''}`)
+      for (const a of t.actions) lines.push(`    ${a.action}: ${a.result}`)
+    }
+    if (r.up.length === 0) lines.push('  nothing goes up')
+    for (const u of r.up) lines.push(`  up: ${u.topic} ${u.payload}`)
+    for (const c of r.commands) lines.push(`  command: ${c.device} ${c.name} ${c.payload}`)
+    for (const p of r.republish) lines.push(`  republish: ${p.topic} ${p.payload}`)
+  }
+  process.stdout.write(`${lines.join('\n')}\n`)
+  return 0
 }
 
 /** The config, or the exit code after its problems went to stderr; `files`: also check named files. */

@@ -8,6 +8,8 @@ import { Ajv, type ErrorObject } from 'ajv'
 import YAML from 'yaml'
 import { ID_PATTERN, ID_RULE } from './core/hub-topics.js'
 import { adapterConfigProperties, adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
+import { RuleActionSchema, RulesSchema } from './rules/schema.js'
+import { compileRules } from './rules/compile.js'
 
 const Id = Type.String({ pattern: ID_PATTERN, description: ID_RULE })
 
@@ -102,6 +104,7 @@ const rootProperties = {
       { additionalProperties: false, default: {}, description: 'the SQLite store in gateway.dataDir' },
     ),
     devices: Type.Array(DeviceSeed, { default: [], description: 'seeds the device registry; the API and CLI own a device after it exists' }),
+    rules: RulesSchema,
     log: Type.Object(
       {
         level: Type.Union(
@@ -156,6 +159,9 @@ function describe(err: ErrorObject): string {
   const key = keyPath(err)
   if (err.keyword === 'additionalProperties') return `${key}: unknown key (check the spelling against docs/configuration.md)`
   if (err.keyword === 'pattern' && friendly[key]) return `${key}: ${friendly[key]}`
+  if (/^rules\[\d+\]\.actions\[\d+\]$/.test(key) && ['minProperties', 'maxProperties', 'type'].includes(err.keyword)) {
+    return `${key}: one action per list item, an object with exactly one key: ${Object.keys(RuleActionSchema.properties).join(', ')}`
+  }
   if (err.keyword === 'anyOf' || err.keyword === 'enum') {
     return `${key}: must be one of ${JSON.stringify(allowed(err.parentSchema as TSchema))}`
   }
@@ -195,6 +201,8 @@ export function parseConfig(doc: unknown, baseDir = process.cwd(), extraAdapters
     const section = (cfg as Record<string, unknown>)[e.key]
     if (section !== undefined && e.check) problems.push(...e.check(section as never))
   }
+  // Every CEL expression compiled now: a wrong one stops the start with its key path (exit 78).
+  problems.push(...compileRules(cfg.rules).problems)
   if (problems.length) throw new ConfigError(problems)
   // Paths in the file are the file's own: relative to its folder, wherever the command runs from
   // (the unit's, a technician's shell, a test's working directory).

@@ -5,7 +5,7 @@
 import path from 'node:path'
 import type { Config } from './config.js'
 import { createLogger, RateLimitedLog, type Logger } from './core/log.js'
-import { Gauge } from 'prom-client'
+import { Counter, Gauge } from 'prom-client'
 import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
@@ -20,6 +20,8 @@ import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js
 import type { AdapterInstance } from './southbound/adapter-module.js'
 import type { AdapterHealth, HealthReport, WebDeps } from './web/deps.js'
 import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
+import { compileRules } from './rules/compile.js'
+import { RulesEngine } from './rules/engine.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 
@@ -42,6 +44,8 @@ export class Gateway {
   core!: Core
   bridge!: Bridge
   web!: WebServer
+  /** The local rules (src/rules), when the config has any. */
+  rules?: RulesEngine
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
@@ -89,6 +93,7 @@ export class Gateway {
       },
     })
     await this.core.start()
+    this.startRules()
 
     const core = this.core
     this.bridge = new Bridge(cfg, store.outbox, store.registry, metrics, log, {
@@ -114,6 +119,59 @@ export class Gateway {
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  /**
+   * The rules slot of the uplink pipeline. Started with the sinks, before any adapter takes input:
+   * windows that ended while the gateway was down are closed first. The rules reach the rest of the
+   * gateway only through RulesDeps.
+   */
+  private startRules(): void {
+    const { cfg, store, core, log } = this
+    if (cfg.rules.length === 0) return
+    const rulesLog = log.child({ component: 'rules' })
+    this.rules = new RulesEngine(compileRules(cfg.rules).rules, {
+      state: store.ruleState,
+      emit: (up) => store.outbox.enqueue(up),
+      sendCommand: (cmd) => void core.router.accept(cmd, 'rule'),
+      devicesWithTag: (productId, tag) => store.registry.list().filter((d) => d.productId === productId && d.enabled && d.tags.includes(tag)),
+      republish: (topic, payload, retain) => {
+        const broker = this.adapters.find((a) => a.health.state === 'running' && a.instance?.localPublish)
+        return broker?.instance?.localPublish ? broker.instance.localPublish(topic, payload, retain) : Promise.reject(new Error('no local broker is running'))
+      },
+      tagsOf: (dev) => store.registry.get(dev)?.tags ?? [],
+      now: Date.now,
+      log: { warn: (obj, msg) => rulesLog.warn({ ...obj, code: ErrorCodes.RULE_FAILED }, msg) },
+    })
+    this.rules.start()
+    core.pipeline.setRules(this.rules.step)
+    this.ruleMetrics(this.rules)
+    log.info({ rules: cfg.rules.map((r) => r.name) }, `${cfg.rules.length} local rule(s) loaded`)
+  }
+
+  /** Per-rule counters, read from the engine at each scrape. */
+  private ruleMetrics(engine: RulesEngine): void {
+    const registers = [this.metrics.registry]
+    for (const field of ['matched', 'dropped', 'emitted', 'errors', 'evalSeconds'] as const) {
+      const name = field === 'evalSeconds' ? 'iothub_edge_rule_eval_seconds_total' : `iothub_edge_rule_${field}_total`
+      const help = {
+        matched: 'Messages a rule acted on (from matched and where held)',
+        dropped: 'Messages a rule kept from going up (drop, rateLimit, reportOnChange)',
+        emitted: 'Messages a rule made (window aggregates, alarm changes)',
+        errors: 'Messages on which an expression of the rule failed (they went on unchanged)',
+        evalSeconds: 'Time spent evaluating the rule',
+      }[field]
+      new Counter({
+        name,
+        help,
+        labelNames: ['rule'] as const,
+        registers,
+        collect() {
+          this.reset()
+          for (const s of engine.ruleStats()) this.inc({ rule: s.name }, s[field])
+        },
+      })
+    }
   }
 
   private outboxNear = false
@@ -255,6 +313,7 @@ export class Gateway {
       },
       adapterRoutes: this.adapters.flatMap((a) => (a.instance?.routes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.routes }] : [])),
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
+      rules: this.rules && { list: () => this.rules!.ruleStats(), alarms: () => this.rules!.alarms() },
     }
   }
 
@@ -273,6 +332,7 @@ export class Gateway {
           a.health.state = 'stopped'
         }
       }
+      this.rules?.stop()
       await this.core?.stop()
       await this.bridge?.stop()
     }

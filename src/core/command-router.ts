@@ -151,7 +151,7 @@ export class CommandRouter extends EventEmitter {
 
   /**
    * A device replied (cmd_resp/rpc_resp). Returns true when the command was the gateway's own
-   * (from the local API): such replies stay local and do not go to the hub.
+   * (from the local API or a local rule): such replies stay local and do not go to the hub.
    */
   reply(device: DeviceRef, requestId: string, payload: Buffer): boolean {
     const sc = this.d.store.byRequest(deviceKey(device), requestId)
@@ -160,7 +160,7 @@ export class CommandRouter extends EventEmitter {
     this.emit('reply', { command: sc, payload })
     const waiter = this.replyWaiters.get(`${deviceKey(device)} ${requestId}`)
     waiter?.(payload)
-    return sc.origin === 'local'
+    return sc.origin === 'local' || sc.origin === 'rule'
   }
 
   /** Wait for the reply to a locally issued command. */

@@ -26,6 +26,8 @@ export const ErrorCodes = {
   DATA_DIR_BUSY: 'IHE_DATA_DIR_BUSY',
   /** The data folder cannot be created or written. */
   DATA_DIR_UNWRITABLE: 'IHE_DATA_DIR_UNWRITABLE',
+  /** A local rule failed on a message (the message went on unchanged), or its output could not be stored or republished. */
+  RULE_FAILED: 'IHE_RULE_FAILED',
   /** The HTTP API could not bind its port. */
   HTTP_LISTEN_FAILED: 'IHE_HTTP_LISTEN_FAILED',
 } as const

@@ -101,3 +101,20 @@ export interface SouthboundAdapter {
   /** Hand a command to the device. 'offline' means nothing was sent and the core keeps it. */
   deliver(command: Command): Promise<DeliveryResult>
 }
+
+/**
+ * Durable state of the local rules (src/rules): window accumulators, last reported values, alarm
+ * states, one JSON value per key. Changes are staged and written inside the outbox's next group
+ * commit, in the same transaction as the messages the rules let through or made (decision
+ * 00XX-rules), so a message and what it did to the rules are durable together or not at all.
+ */
+export interface RuleStateStore {
+  /** Everything kept, at start. */
+  load(): Map<string, string>
+  /** Stage a change (undefined deletes the key); it is written with the next group commit. */
+  stage(key: string, value: string | undefined): void
+  /** Resolves once everything staged so far is committed; rejects if that commit failed. */
+  committed(): Promise<void>
+  /** Called after a failed commit: the staged changes are gone, memory must go back to `load()`. */
+  onFailed(listener: () => void): void
+}

@@ -21,6 +21,11 @@ export interface AdapterInstance {
    * credentials (secure by default: nothing in it may answer an anonymous caller).
    */
   deviceRoutes?: FastifyPluginAsync
+  /**
+   * Publish on the adapter's local broker for trusted on-site consumers (the rules' `republish`);
+   * only an adapter that runs a broker offers it.
+   */
+  localPublish?: (topic: string, payload: Buffer, retain: boolean) => Promise<void>
 }
 
 /** What the command line hands an adapter's tool (`iothub-edge {key} {tool} ...`). */

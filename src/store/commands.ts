@@ -7,7 +7,7 @@ import type { Command } from '../core/types.js'
 import { deviceKey, parseDeviceKey } from '../core/types.js'
 
 export type CommandState = 'queued' | 'delivered' | 'expired' | 'replied' | 'dropped' | 'failed'
-export type CommandOrigin = 'hub' | 'local' | 'm2m' | 'tag'
+export type CommandOrigin = 'hub' | 'local' | 'm2m' | 'tag' | 'rule'
 
 export interface StoredCommand {
   id: number

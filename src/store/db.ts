@@ -136,6 +136,14 @@ const migrations: string[] = [
   );
   CREATE INDEX adapter_records_by_expiry ON adapter_records (expires_at);
   `,
+  // 6: the local rules' state (src/rules): window accumulators, last reported values, alarm states;
+  // written in the outbox's group commits (decision 00XX-rules)
+  `
+  CREATE TABLE rule_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+  `,
 ]
 
 /** The database file in the data folder. */

@@ -62,9 +62,22 @@ const ACK_BATCH_MAX = 5_000
 export const RESUME_FREE_BYTES = 1 << 20
 
 interface Pending {
-  up: Uplink
+  /** Absent for a barrier: a caller that only needs its participants' writes committed. */
+  up?: Uplink
   resolve: () => void
   reject: (err: Error) => void
+}
+
+/**
+ * Writes that must commit atomically with the outbox rows of the same batch (the rules' state: a
+ * window accumulator and the message that fed it are durable together, or neither is). `write`
+ * runs inside the group-commit transaction; then `committed` or, if the transaction failed,
+ * `failed` (the staged writes are gone: the participant puts its memory back to what is on disk).
+ */
+export interface CommitParticipant {
+  write(): void
+  committed(): void
+  failed(): void
 }
 
 export interface OutboxOptions {
@@ -95,6 +108,7 @@ export class Outbox extends EventEmitter {
   private drops: Record<DropReason, number> = { quota: 0, rpc_resp_expired: 0 }
   private diskFull = false
   private closed = false
+  private readonly participants: CommitParticipant[] = []
   private readonly st: {
     insert: Statement
     del: Statement
@@ -157,6 +171,23 @@ export class Outbox extends EventEmitter {
     })
   }
 
+  /** Joins every group commit from now on (see CommitParticipant). */
+  addParticipant(p: CommitParticipant): void {
+    this.participants.push(p)
+  }
+
+  /**
+   * Resolves with the next group commit, without a row of its own: for a caller whose work is only a
+   * participant's writes (a message the rules absorbed into a window). Rejects if that commit fails.
+   */
+  barrier(): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('outbox closed'))
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve, reject })
+      this.schedule()
+    })
+  }
+
   /** The hub acknowledged this row; its deletion joins the next group commit. */
   ack(id: number): void {
     this.sending.delete(id)
@@ -201,7 +232,8 @@ export class Outbox extends EventEmitter {
     try {
       this.db.transaction(() => {
         this.deleteRows(acked)
-        for (const p of batch) rows.push(this.insert(p.up))
+        for (const p of batch) if (p.up) rows.push(this.insert(p.up))
+        for (const part of this.participants) part.write()
         this.enforceQuota()
         if (this.pendingEvicted.length) evicted = new Set(this.pendingEvicted)
       })()
@@ -210,6 +242,7 @@ export class Outbox extends EventEmitter {
       // The acknowledged deletions are kept for the next commit (worst case a duplicate later).
       this.acked = acked.concat(this.acked)
       this.rollbackTotals()
+      for (const part of this.participants) part.failed()
       for (const p of batch) p.reject(err as Error)
       if (isDiskFull(err)) {
         if (!this.diskFull) {
@@ -222,12 +255,13 @@ export class Outbox extends EventEmitter {
       return
     }
     this.commitTotals()
+    for (const part of this.participants) part.committed()
     // A commit can succeed with the disk still full (it fits into WAL space a failed one left
     // allocated): it is durable, but only probe() (which asks for headroom) reopens intake.
     for (const p of batch) p.resolve()
     // The new rows go with the event: a reader that is caught up takes them from here instead of
     // reading them back from the database.
-    if (batch.length) this.emit('committed', evicted.size ? rows.filter((r) => !evicted.has(r.id)) : rows)
+    if (rows.length) this.emit('committed', evicted.size ? rows.filter((r) => !evicted.has(r.id)) : rows)
   }
 
   // Totals change inside the transaction; keep a journal so a failed commit can undo them.

@@ -14,6 +14,7 @@ import { ShadowStore } from './shadows.js'
 import { HubSubscriptionStore } from './hub-subscriptions.js'
 import { SeenStore } from './seen.js'
 import { AdapterRecordStore } from './adapter-records.js'
+import { RuleStateTable } from './rule-state.js'
 
 export interface Store {
   readonly db: Db
@@ -25,6 +26,7 @@ export interface Store {
   readonly hubSubscriptions: HubSubscriptionStore
   readonly seen: SeenStore
   readonly records: AdapterRecordStore
+  readonly ruleState: RuleStateTable
   close(): void
 }
 
@@ -61,6 +63,7 @@ export async function openStore(cfg: Config, log: Logger): Promise<Store> {
     hubSubscriptions: new HubSubscriptionStore(db),
     seen: new SeenStore(db),
     records: new AdapterRecordStore(db),
+    ruleState: new RuleStateTable(db, outbox),
     close() {
       outbox.close()
       db.close()

@@ -11,6 +11,7 @@ import { deviceRoutes } from './routes/devices.js'
 import { healthRoutes } from './routes/health.js'
 import { metricsRoutes } from './routes/metrics.js'
 import { outboxRoutes } from './routes/outbox.js'
+import { rulesRoutes } from './routes/rules.js'
 import { compileValidator, describeValidationError } from './validation.js'
 
 export function buildApp(deps: WebDeps): FastifyInstance {
@@ -40,6 +41,7 @@ export function buildApp(deps: WebDeps): FastifyInstance {
       void api.register(outboxRoutes, deps)
       void api.register(deviceRoutes, deps)
       void api.register(commandRoutes, deps)
+      void api.register(rulesRoutes, deps)
       for (const routes of deps.adapterRoutes) void api.register(adapterScope(routes, log), { prefix: `/adapters/${routes.adapter}` })
     },
     { prefix: '/api' },

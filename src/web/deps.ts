@@ -9,6 +9,7 @@ import type { ConnectionInfo } from '../store/connections.js'
 import type { Device } from '../store/devices.js'
 import type { OutboxStats } from '../store/outbox.js'
 import type { StoredCommand } from '../store/commands.js'
+import type { AlarmView, RuleStats } from '../rules/engine.js'
 
 export interface AdapterHealth {
   name: string
@@ -92,4 +93,11 @@ export interface WebDeps {
   deviceRoutes?: readonly AdapterRoutes[]
   /** How long `POST .../commands` with `rpc: true` waits for the reply; 5 s when not given. */
   rpcWaitMs?: number
+  /** The local rules: their counters and last errors, and the alarms they keep (none when no rules are configured). */
+  rules?: RulesView
+}
+
+export interface RulesView {
+  list(): RuleStats[]
+  alarms(): AlarmView[]
 }

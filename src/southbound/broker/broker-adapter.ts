@@ -69,6 +69,9 @@ export class BrokerAdapter implements SouthboundAdapter {
   // path); only trusted local tools on internal listeners see them on the local broker, so a
   // device never gets one twice.
   private readonly fromDevice = new WeakSet<Buffer>()
+  // What the rules republish for on-site consumers (`republish`): for trusted local tools on the
+  // internal listeners only; a device on an external listener never receives it.
+  private readonly localOnly = new WeakSet<Buffer>()
   // What the core hands down to one device: forwarded to that device's clients only (and to trusted
   // local tools), never to another device holding the same topic (a tag both carry). Keyed by the
   // payload Buffer, as `denied` is.
@@ -359,6 +362,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     const payload = packet.payload as Buffer
     if (this.denied.has(payload)) return null
     const st = this.state.get(client)
+    if (this.localOnly.has(payload)) return st?.zone === 'internal' ? packet : null
     if (this.fromDevice.has(payload) && st?.zone !== 'internal') return null
     const target = this.targetOf.get(payload)
     if (target === undefined || st?.zone === 'internal') return packet
@@ -420,8 +424,16 @@ export class BrokerAdapter implements SouthboundAdapter {
     return (await acked) ? 'delivered' : 'offline'
   }
 
-  private publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void> {
-    const packet = { cmd: 'publish', topic, payload, qos, retain: false, dup: false } as AedesPublishPacket
+  /** A rule's `republish`: QoS 0 to the trusted local tools subscribed on internal listeners. */
+  publishLocal(topic: string, payload: Buffer, retain: boolean): Promise<void> {
+    if (!this.aedes || this.stopping) return Promise.reject(new Error('the local broker is not running'))
+    const copy = Buffer.from(payload)
+    this.localOnly.add(copy)
+    return this.publish(topic, copy, 0, retain)
+  }
+
+  private publish(topic: string, payload: Buffer, qos: 0 | 1, retain = false): Promise<void> {
+    const packet = { cmd: 'publish', topic, payload, qos, retain, dup: false } as AedesPublishPacket
     return new Promise((resolve, reject) => this.aedes?.publish(packet, (err) => (err ? reject(err) : resolve())))
   }
 

@@ -4,5 +4,8 @@ import { BrokerAdapter } from './broker-adapter.js'
 import type { BrokerConfig } from './schema.js'
 
 export const adapterModule: AdapterModule<BrokerConfig> = {
-  create: (ctx, config) => ({ adapter: new BrokerAdapter(ctx, config) }),
+  create: (ctx, config) => {
+    const adapter = new BrokerAdapter(ctx, config)
+    return { adapter, localPublish: (topic, payload, retain) => adapter.publishLocal(topic, payload, retain) }
+  },
 }
