@@ -19,6 +19,9 @@ import { deviceDetails, devicesTable, json, outputMode, statusText } from './cli
 import readline from 'node:readline/promises'
 import { Writable } from 'node:stream'
 import { HubSimServer } from './tools/hub-sim-server.js'
+import { HISTORY_FILE, openHistoryReadOnly } from './history/history-db.js'
+import { HistoryStore } from './history/history-store.js'
+import { csvLines } from './history/history-csv.js'
 
 // sysexits.h EX_CONFIG: systemd and scripts can tell "fix your config" from a crash.
 export const EXIT_CONFIG = 78
@@ -42,6 +45,9 @@ const USAGE = `usage:
   iothub-edge devices enable  PRODUCT DEVICE [-c FILE]
   iothub-edge devices remove  PRODUCT DEVICE [-c FILE]
   devices and status print tables on a terminal, JSON otherwise or with --json
+  iothub-edge history export --device PRODUCT/DEVICE [--series NAME] [--from T] [--to T] [-c FILE]
+                              CSV of the local history on stdout (T: ISO date or epoch ms; default
+                              the last 24 h); raw samples within store.history.retentionDays, rollups before
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -80,6 +86,10 @@ export async function main(argv: string[]): Promise<number | undefined> {
         'http-port': { type: 'string' },
         username: { type: 'string' },
         password: { type: 'string' },
+        device: { type: 'string' },
+        series: { type: 'string' },
+        from: { type: 'string' },
+        to: { type: 'string' },
       },
     })
   } catch (err) {
@@ -109,6 +119,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return runSimulate(values)
     case 'hub-sim':
       return runHubSim(values)
+    case 'history':
+      return historyCommand(rest, values)
     default:
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
       return EXIT_USAGE
@@ -448,6 +460,49 @@ async function status(values: { config?: string; json?: boolean }): Promise<numb
   const health = r.body as Parameters<typeof statusText>[2]
   process.stdout.write(outputMode(values.json).json ? json({ pid: live.pid, url: api.base, ...health }) : statusText(live.pid, api.base, health))
   return health.status === 'ok' ? 0 : EXIT_DEGRADED
+}
+
+// --- history ---------------------------------------------------------------------------------
+
+/**
+ * `history export`: reads history.db directly (read-only; WAL lets it while the gateway writes), so
+ * it works with the gateway stopped too.
+ */
+function historyCommand(args: string[], v: { config?: string; device?: string; series?: string; from?: string; to?: string }): number {
+  if (args[0] !== 'export' || !v.device || !v.device.includes('/')) {
+    process.stderr.write(`history export needs --device PRODUCT/DEVICE\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const cfg = readConfig(v.config)
+  if (typeof cfg === 'number') return cfg
+  const time = (s: string | undefined): number | undefined => (s === undefined ? undefined : /^\d+$/.test(s) ? Number(s) : Date.parse(s))
+  const to = time(v.to) ?? Date.now()
+  const from = time(v.from) ?? to - 86_400_000
+  if (!Number.isFinite(from) || !Number.isFinite(to) || to <= from) {
+    process.stderr.write('history export: --from and --to must be ISO dates or epoch milliseconds, --to after --from\n')
+    return EXIT_USAGE
+  }
+  const file = path.join(cfg.gateway.dataDir, HISTORY_FILE)
+  if (!existsSync(file)) {
+    process.stderr.write(`history export: no ${file} (gateway.dataDir${v.config ? ` of ${v.config}` : ', built-in default ./data'}); is store.history.enabled on, and -c right?\n`)
+    return 1
+  }
+  const db = openHistoryReadOnly(file)
+  try {
+    const store = new HistoryStore(db, cfg.store.history)
+    let out = ''
+    for (const line of csvLines(store, { device: v.device, name: v.series, from, to })) {
+      out += line + '\n'
+      if (out.length > 1 << 16) {
+        process.stdout.write(out)
+        out = ''
+      }
+    }
+    process.stdout.write(out)
+  } finally {
+    db.close()
+  }
+  return 0
 }
 
 // --- tools -----------------------------------------------------------------------------------

@@ -9,14 +9,17 @@ import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
 import type { DeviceRef } from './core/types.js'
+import { deviceKey } from './core/types.js'
 import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
 import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
 import { Bridge } from './northbound/bridge.js'
+import { HistoryRecorder } from './history/history-recorder.js'
+import { csvLines } from './history/history-csv.js'
 import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import type { AdapterInstance } from './southbound/adapter-module.js'
-import type { AdapterHealth, HealthReport, WebDeps } from './web/deps.js'
+import type { AdapterHealth, HealthReport, HistoryReader, WebDeps } from './web/deps.js'
 import { WebServer, loadOrCreateApiToken } from './web/server.js'
 
 const GAUGE_INTERVAL_MS = 5_000
@@ -40,6 +43,8 @@ export class Gateway {
   core!: Core
   bridge!: Bridge
   web!: WebServer
+  /** The local history: an observer of the pipeline (absent when store.history.enabled is false, or when it could not start). */
+  history?: HistoryRecorder
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
@@ -86,6 +91,7 @@ export class Gateway {
         seenTtlMs: cfg.store.commands.seenTtlSeconds * 1000,
       },
     })
+    this.startHistory()
     await this.core.start()
 
     const core = this.core
@@ -112,6 +118,59 @@ export class Gateway {
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  /**
+   * The local history watches the committed flow through the core's observer seam; it never drives
+   * it. One that cannot start is logged and left out: the gateway runs on without it.
+   */
+  private startHistory(): void {
+    const { cfg, core, store } = this
+    if (!cfg.store.history.enabled) return
+    const history = new HistoryRecorder({
+      dataDir: cfg.gateway.dataDir,
+      config: cfg.store.history,
+      log: this.log.child({ component: 'history' }),
+      registry: this.metrics.registry,
+      gateway: deviceKey({ productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId }),
+      vitals: () => {
+        const s = store.outbox.stats()
+        return {
+          outbox_messages: s.messages,
+          outbox_bytes: s.bytes,
+          outbox_oldest_s: s.oldestAgeMs / 1000,
+          hub_connected: this.bridge?.status().connected ? 1 : 0,
+          devices_online: core.sessions.onlineCount,
+        }
+      },
+    })
+    try {
+      history.start()
+    } catch (err) {
+      this.log.error({ err, code: ErrorCodes.HISTORY_FAILED }, 'the local history could not start and is off until restart; everything else runs: check gateway.dataDir')
+      return
+    }
+    core.observe(history)
+    this.history = history
+  }
+
+  /** The history's queries for the web; each call reaches the current tables (they are new after a quarantine). */
+  private historyReader(): HistoryReader | undefined {
+    const history = this.history
+    if (!history) return undefined
+    const tables = (): NonNullable<HistoryRecorder['tables']> => {
+      const t = history.tables
+      if (!t) throw new Error('the local history is off after a failure; its log says why')
+      return t
+    }
+    return {
+      series: (device) => ({ series: tables().listSeries(device), rejected: tables().rejected(device) }),
+      find: (id) => tables().series(id),
+      findByName: (device, name) => tables().seriesByName(device, name),
+      query: (series, from, to, points) => tables().query(series, from, to, points),
+      events: (device, from, to, limit) => tables().events(deviceKey(device), from, to, limit),
+      csv: (range) => csvLines(tables(), range),
+    }
   }
 
   private outboxNear = false
@@ -207,6 +266,7 @@ export class Gateway {
       outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes },
       clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
       adapters: this.adapters.map((a) => ({ ...a.health })),
+      ...(this.history ? { history: this.history.health() } : {}),
     }
   }
 
@@ -247,6 +307,7 @@ export class Gateway {
         waitForReply: (ref, requestId, timeoutMs) => core.router.waitForReply(ref, requestId, timeoutMs),
       },
       adapterRoutes: this.adapters.flatMap((a) => (a.instance?.routes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.routes }] : [])),
+      history: this.historyReader(),
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
     }
   }
@@ -270,6 +331,8 @@ export class Gateway {
       await this.bridge?.stop()
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
+    // After the bridge: what the last commits brought is written before history.db closes.
+    this.history?.stop()
     this.store?.close()
     this.lock?.release()
     this.log.info('gateway stopped')
