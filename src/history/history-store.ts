@@ -116,6 +116,8 @@ export class HistoryStore {
   // device -> name -> series id
   private readonly catalogue = new Map<string, Map<string, number>>()
   private readonly tables = new Set<string>()
+  // The newest raw time written per series (this run): bursts in one millisecond are spread out.
+  private readonly lastTs = new Map<number, number>()
   private readonly statements = new Map<string, Statement>()
   private readonly st: {
     addSeries: Statement
@@ -173,15 +175,20 @@ export class HistoryStore {
           lastRejected.set(s.device, s.name)
           continue
         }
+        // Samples of one series in the same millisecond (a device sending in bursts) each get their
+        // own: moved on by a millisecond from the one before. Only within a second: an older sample
+        // keeps its time, and if that slot is taken it is one seen before, counted once.
+        let ts = s.ts
+        const last = this.lastTs.get(id)
+        if (last !== undefined && ts <= last && last - ts < 1000) ts = last + 1
         // A sample already expired in the raw tier still counts in the rollups that keep its time.
-        if (s.ts >= rawFrom) {
-          const table = rawTable(s.ts)
-          // The key (series, ts) makes a sample seen twice count once, here and in the rollups.
-          if (this.insertRaw(table).run(id, s.ts, s.value).changes === 0) continue
+        if (ts >= rawFrom) {
+          if (this.insertRaw(rawTable(ts)).run(id, ts, s.value).changes === 0) continue
           written++
         }
-        if (s.ts >= r5mFrom) fold(r5m, id, s.ts - (s.ts % FIVE_MIN), s)
-        fold(r1h, id, s.ts - (s.ts % HOUR), s)
+        if (last === undefined || ts > last) this.lastTs.set(id, ts)
+        if (ts >= r5mFrom) fold(r5m, id, ts - (ts % FIVE_MIN), ts, s.value)
+        fold(r1h, id, ts - (ts % HOUR), ts, s.value)
       }
       for (const a of r5m.values()) this.upsertRollup(r5mTable(a.bucket)).run(a.series, a.bucket, a.n, a.sum, a.min, a.max, a.last, a.lastTs)
       for (const a of r1h.values()) this.upsertRollup(r1hTable(a.bucket)).run(a.series, a.bucket, a.n, a.sum, a.min, a.max, a.last, a.lastTs)
@@ -378,19 +385,19 @@ export class HistoryStore {
   }
 }
 
-function fold(into: Map<string, Agg>, series: number, bucket: number, s: Sample): void {
+function fold(into: Map<string, Agg>, series: number, bucket: number, ts: number, value: number): void {
   const key = `${series}:${bucket}`
   const a = into.get(key)
   if (!a) {
-    into.set(key, { series, bucket, n: 1, sum: s.value, min: s.value, max: s.value, last: s.value, lastTs: s.ts })
+    into.set(key, { series, bucket, n: 1, sum: value, min: value, max: value, last: value, lastTs: ts })
     return
   }
   a.n++
-  a.sum += s.value
-  if (s.value < a.min) a.min = s.value
-  if (s.value > a.max) a.max = s.value
-  if (s.ts >= a.lastTs) {
-    a.last = s.value
-    a.lastTs = s.ts
+  a.sum += value
+  if (value < a.min) a.min = value
+  if (value > a.max) a.max = value
+  if (ts >= a.lastTs) {
+    a.last = value
+    a.lastTs = ts
   }
 }
