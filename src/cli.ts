@@ -489,7 +489,7 @@ function historyCommand(args: string[], v: { config?: string; device?: string; s
   }
   const db = openHistoryReadOnly(file)
   try {
-    const store = new HistoryStore(db, cfg.store.history)
+    const store = new HistoryStore(db, cfg.store.history, Date.now, { reader: true })
     let out = ''
     for (const line of csvLines(store, { device: v.device, name: v.series, from, to })) {
       out += line + '\n'

@@ -91,7 +91,7 @@ export class Gateway {
         seenTtlMs: cfg.store.commands.seenTtlSeconds * 1000,
       },
     })
-    this.startHistory()
+    await this.startHistory()
     await this.core.start()
 
     const core = this.core
@@ -124,7 +124,7 @@ export class Gateway {
    * The local history watches the committed flow through the core's observer seam; it never drives
    * it. One that cannot start is logged and left out: the gateway runs on without it.
    */
-  private startHistory(): void {
+  private async startHistory(): Promise<void> {
     const { cfg, core, store } = this
     if (!cfg.store.history.enabled) return
     const history = new HistoryRecorder({
@@ -145,7 +145,7 @@ export class Gateway {
       },
     })
     try {
-      history.start()
+      await history.start()
     } catch (err) {
       this.log.error({ err, code: ErrorCodes.HISTORY_FAILED }, 'the local history could not start and is off until restart; everything else runs: check gateway.dataDir')
       return
@@ -332,7 +332,7 @@ export class Gateway {
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
     // After the bridge: what the last commits brought is written before history.db closes.
-    this.history?.stop()
+    await this.history?.stop()
     this.store?.close()
     this.lock?.release()
     this.log.info('gateway stopped')

@@ -1,9 +1,13 @@
 // The local history as an observer of the pipeline: it is handed each group commit of the outbox
-// (after it is durable, never inside its transaction), keeps a reference and returns; a timer
-// writes what gathered, in batches, to history.db. When it falls behind it sheds whole batches and
-// counts them: devices are never held up for the history. It also records device events (sessions
-// from `$connection`, commands and replies), transport metadata and the gateway's own vitals.
+// (after it is durable, never inside its transaction), keeps a reference and returns. A timer hands
+// what gathered, in batches, to the history's worker thread (history-worker.ts), which parses and
+// writes history.db, so the gateway's event loop does almost nothing for it. When the history falls
+// behind it sheds whole batches and counts them: devices are never held up for it. It also records
+// device events (sessions, commands, replies) and the gateway's own vitals, and reads history.db for
+// the API through a connection of its own.
 import { statfsSync } from 'node:fs'
+import path from 'node:path'
+import { Worker } from 'node:worker_threads'
 import { Counter, Gauge, type Registry } from 'prom-client'
 import type { Logger } from '../core/log.js'
 import { RateLimitedLog } from '../core/log.js'
@@ -11,15 +15,18 @@ import { ErrorCodes } from '../core/errors.js'
 import type { DeviceEvent, PipelineObserver } from '../core/observers.js'
 import type { Uplink } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
-import { isCorrupt, openHistoryDb, quarantine, type HistoryDb } from './history-db.js'
+import { HISTORY_FILE, openHistoryReadOnly, type HistoryDb } from './history-db.js'
 import { HistoryStore, MINUTE, type HistoryEvent, type Sample } from './history-store.js'
-import { payloadLeaves } from './payload-leaves.js'
+import type { WorkerReply, WorkerRequest, WorkerSetup } from './history-worker.js'
+import { compact } from './uplink-samples.js'
 import type { HistoryConfig } from './schema.js'
 
-// Batches are written this often; at most this many uplinks per turn of the event loop.
+// Batches are handed over this often, at most this many uplinks at a time.
 const FLUSH_MS = 1_000
 const CHUNK = 5_000
 const MAINTAIN_MS = 10 * MINUTE
+const START_TIMEOUT_MS = 15_000
+const STOP_TIMEOUT_MS = 5_000
 
 export interface HistoryDeps {
   dataDir: string
@@ -30,7 +37,6 @@ export interface HistoryDeps {
   gateway: string
   /** Vitals the composition root knows (outbox depth and age, hub link); the recorder adds CPU, memory, disk. */
   vitals: () => Record<string, number>
-  now?: () => number
 }
 
 export interface HistoryHealth {
@@ -45,9 +51,10 @@ export interface HistoryHealth {
 }
 
 export class HistoryRecorder implements PipelineObserver {
-  private db?: HistoryDb
-  private store?: HistoryStore
-  private pending: (readonly Uplink[])[] = []
+  private worker?: Worker
+  private reader?: { db: HistoryDb; store: HistoryStore }
+  private buffered: (readonly Uplink[])[] = []
+  // Uplinks buffered here or handed to the worker and not yet written: what "behind" is measured in.
   private pendingCount = 0
   private events: HistoryEvent[] = []
   private extra: Sample[] = []
@@ -57,12 +64,11 @@ export class HistoryRecorder implements PipelineObserver {
   private state: HistoryHealth['state'] = 'ok'
   private quarantined?: HistoryHealth['quarantined']
   private readonly warn: RateLimitedLog
-  private readonly lastFcnt = new Map<string, number>()
   private committedSinceVitals = 0
   private lastVitals?: { at: number; cpu: NodeJS.CpuUsage; depth: number }
   private shedTotal = 0
   private rejectedTotal = 0
-  private readonly now: () => number
+  private stopped?: () => void
   private readonly m: {
     samples: Counter
     shed: Counter
@@ -74,7 +80,6 @@ export class HistoryRecorder implements PipelineObserver {
   }
 
   constructor(private readonly d: HistoryDeps) {
-    this.now = d.now ?? Date.now
     this.warn = new RateLimitedLog(d.log)
     const registers = [d.registry]
     this.m = {
@@ -93,19 +98,97 @@ export class HistoryRecorder implements PipelineObserver {
     }
   }
 
-  /** Open history.db (an unusable one is quarantined and made anew), expire what is due, start the timers. */
-  start(): void {
-    this.open()
-    this.maintain()
+  /** Start the writer thread (it opens history.db, quarantining an unusable one), then the reader and the timers. */
+  async start(): Promise<void> {
+    const here = import.meta.url
+    // Built (dist/): the .js beside this file. From the sources (tests, tsx): the .ts through tsx.
+    const ts = here.endsWith('.ts')
+    const setup: WorkerSetup = { dataDir: this.d.dataDir, limits: this.d.config }
+    const worker = new Worker(new URL(ts ? './history-worker.ts' : './history-worker.js', here), {
+      workerData: { history: setup },
+      ...(ts ? { execArgv: ['--import', 'tsx'] } : {}),
+    })
+    this.worker = worker
+    const opened = await new Promise<WorkerReply>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the history writer did not open ${HISTORY_FILE} within ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS)
+      worker.once('message', (r: WorkerReply) => {
+        clearTimeout(timer)
+        resolve(r)
+      })
+      worker.once('error', (err) => {
+        clearTimeout(timer)
+        reject(err)
+      })
+    }).catch(async (err: Error) => {
+      await worker.terminate()
+      throw err
+    })
+    if (opened.type === 'failed') {
+      await worker.terminate()
+      throw new Error(opened.error)
+    }
+    worker.on('message', (r: WorkerReply) => this.fromWorker(r))
+    worker.on('error', (err) => this.workerDied(err))
+    worker.unref()
+    this.openReader()
+    if (opened.type === 'opened' && opened.quarantined) this.recreated(opened.quarantined)
+    this.post({ type: 'maintain' })
     this.vitalsTimer = setInterval(() => this.recordVitals(), this.d.config.vitalsIntervalSeconds * 1000).unref()
-    this.maintainTimer = setInterval(() => this.maintain(), MAINTAIN_MS).unref()
+    this.maintainTimer = setInterval(() => this.post({ type: 'maintain' }), MAINTAIN_MS).unref()
   }
 
-  private open(): void {
-    const opened = openHistoryDb(this.d.dataDir, this.now())
-    this.db = opened.db
-    this.store = new HistoryStore(opened.db, this.d.config, this.now)
-    if (opened.quarantined) this.recreated(opened.quarantined)
+  private openReader(): void {
+    this.reader?.db.close()
+    const db = openHistoryReadOnly(path.join(this.d.dataDir, HISTORY_FILE))
+    this.reader = { db, store: new HistoryStore(db, this.d.config, Date.now, { reader: true }) }
+  }
+
+  /** The history's tables, read-only, for the query API (undefined when it is off after a failure). */
+  get tables(): HistoryStore | undefined {
+    return this.reader?.store
+  }
+
+  private fromWorker(r: WorkerReply): void {
+    switch (r.type) {
+      case 'written':
+        this.pendingCount = Math.max(0, this.pendingCount - r.uplinks)
+        this.m.samples.inc(r.written)
+        for (const [device, n] of r.rejected) this.capped(device, n)
+        if (r.error) {
+          this.m.failures.inc()
+          this.warn.warn(
+            'write',
+            { err: r.error, code: ErrorCodes.HISTORY_FAILED },
+            `could not write to the local history (this batch is not recorded; the outbox is not affected): ${r.full ? 'the disk of gateway.dataDir is full' : 'check the disk of gateway.dataDir'}`,
+          )
+        }
+        return
+      case 'maintained':
+        this.m.bytes.set(r.bytes)
+        this.m.series.set(r.series)
+        if (r.dropped.expiry.length) this.m.dropped.inc({ reason: 'expiry' }, r.dropped.expiry.length)
+        if (r.dropped.quota.length) {
+          this.m.dropped.inc({ reason: 'quota' }, r.dropped.quota.length)
+          this.d.log.warn(
+            { tables: r.dropped.quota, maxBytes: this.d.config.maxBytes, bytes: r.bytes },
+            'history.db reached store.history.maxBytes: dropped the oldest raw days before their retention (the rollups keep them summarised); raise the quota or lower retentionDays',
+          )
+        }
+        if (r.error) this.warn.warn('maintain', { err: r.error, code: ErrorCodes.HISTORY_FAILED }, 'history expiry failed; it is tried again in 10 minutes')
+        return
+      case 'recreated':
+        this.recreated(r.quarantined)
+        this.openReader()
+        return
+      case 'failed':
+        this.off(r.error)
+        return
+      case 'stopped':
+        this.stopped?.()
+        return
+      case 'opened':
+        return
+    }
   }
 
   private recreated(q: { file: string; error: string }): void {
@@ -117,15 +200,32 @@ export class HistoryRecorder implements PipelineObserver {
     )
   }
 
-  /** The history's tables, for the query API (undefined until started). */
-  get tables(): HistoryStore | undefined {
-    return this.store
+  private workerDied(err: Error): void {
+    this.off(err.message)
+  }
+
+  private off(error: string): void {
+    this.state = 'failed'
+    this.worker = undefined
+    this.reader?.db.close()
+    this.reader = undefined
+    this.d.log.error({ err: error, code: ErrorCodes.HISTORY_FAILED }, 'the local history stopped and is off until restart; the outbox and the devices are not affected')
+  }
+
+  private capped(device: string, n: number): void {
+    this.m.rejected.inc(n)
+    this.rejectedTotal += n
+    this.warn.warn(
+      `cap:${device}`,
+      { code: ErrorCodes.HISTORY_SERIES_CAP, device, refused: n, maxSeriesPerDevice: this.d.config.maxSeriesPerDevice },
+      `device ${device} sends more distinct keys than store.history.maxSeriesPerDevice: samples of new keys are not recorded (the messages still go to the hub); fix the device's payload or raise the cap`,
+    )
   }
 
   // --- PipelineObserver: called in the outbox's commit turn, so only a reference is kept -----------
 
   committed(batch: readonly Uplink[]): void {
-    if (!this.store) return
+    if (!this.worker) return
     if (this.pendingCount + batch.length > this.d.config.maxPending) {
       this.m.shed.inc(batch.length)
       this.shedTotal += batch.length
@@ -136,14 +236,14 @@ export class HistoryRecorder implements PipelineObserver {
       )
       return
     }
-    this.pending.push(batch)
+    this.buffered.push(batch)
     this.pendingCount += batch.length
     this.committedSinceVitals += batch.length
     this.schedule()
   }
 
   deviceEvent(e: DeviceEvent): void {
-    if (!this.store) return
+    if (!this.worker) return
     this.events.push({ device: deviceKey(e.device), ts: e.at, type: e.type, detail: e.detail })
     this.schedule()
   }
@@ -156,102 +256,32 @@ export class HistoryRecorder implements PipelineObserver {
     }, delay).unref()
   }
 
-  /** Write what gathered, at most CHUNK uplinks now; the rest in the next turn. */
-  flush(all = false): void {
+  /** Hand what gathered to the writer, at most CHUNK uplinks per message (all of it when `all`). */
+  private flush(all = false): void {
     do {
-      const samples = this.extra
+      const uplinks = []
+      while (this.buffered.length && uplinks.length < CHUNK) for (const up of this.buffered.shift()!) uplinks.push(compact(up))
       const events = this.events
-      this.extra = []
+      const samples = this.extra
       this.events = []
-      let taken = 0
-      while (this.pending.length && taken < CHUNK) {
-        const batch = this.pending.shift()!
-        taken += batch.length
-        for (const up of batch) this.translate(up, samples, events)
-      }
-      this.pendingCount -= taken
-      if (samples.length || events.length) this.write(samples, events)
-    } while (all && this.pending.length)
-    if (this.pending.length) this.schedule(0)
+      this.extra = []
+      if (uplinks.length || events.length || samples.length) this.post({ type: 'batch', uplinks, events, samples })
+    } while (all && this.buffered.length)
+    if (this.buffered.length) this.schedule(0)
   }
 
-  private write(samples: Sample[], events: HistoryEvent[]): void {
-    const store = this.store
-    if (!store) return
-    try {
-      const r = store.write(samples, events)
-      this.m.samples.inc(r.written)
-      for (const [device, n] of r.rejected) {
-        this.m.rejected.inc(n)
-        this.rejectedTotal += n
-        this.warn.warn(
-          `cap:${device}`,
-          { code: ErrorCodes.HISTORY_SERIES_CAP, device, refused: n, maxSeriesPerDevice: this.d.config.maxSeriesPerDevice },
-          `device ${device} sends more distinct keys than store.history.maxSeriesPerDevice: samples of new keys are not recorded (the messages still go to the hub); fix the device's payload or raise the cap`,
-        )
-      }
-    } catch (err) {
-      this.m.failures.inc()
-      if (isCorrupt(err)) {
-        this.reopenDamaged(err as Error)
-        return
-      }
-      this.warn.warn('write', { err, code: ErrorCodes.HISTORY_FAILED }, 'could not write to the local history (this batch is not recorded; the outbox is not affected): check the disk of gateway.dataDir')
-    }
-  }
-
-  private reopenDamaged(err: Error): void {
-    try {
-      const file = this.db!.name
-      this.db?.close()
-      const moved = quarantine(file, this.now())
-      this.open()
-      this.recreated({ file: moved, error: err.message })
-    } catch (e) {
-      this.state = 'failed'
-      this.store = undefined
-      this.d.log.error({ err: e, code: ErrorCodes.HISTORY_FAILED }, 'the local history could not be recreated and is off until restart; the outbox is not affected')
-    }
-  }
-
-  /** One committed uplink as samples (payload leaves, transport metadata) and events. */
-  private translate(up: Uplink, samples: Sample[], events: HistoryEvent[]): void {
-    const t = up.topic
-    const device = deviceKey(t)
-    const ts = up.receivedAt
-    if (t.kind === 'upload_data' && t.name === '$connection') {
-      const c = payloadObject(up.payload)
-      events.push({ device, ts, type: c?.connected === true ? 'connected' : 'disconnected', detail: c ? pick(c, ['client_id', 'transport', 'ipaddress']) : undefined })
-      return
-    }
-    if (t.kind === 'update_ota_status') {
-      events.push({ device, ts, type: 'ota_status', detail: payloadObject(up.payload) ?? undefined })
-      return
-    }
-    const prefix = t.kind === 'upload_data' && t.name && !t.name.startsWith('$') ? t.name : t.kind === 'update_status' ? 'status' : undefined
-    if (prefix) for (const l of payloadLeaves(up.payload)) samples.push({ device, name: l.path ? `${prefix}.${l.path}` : prefix, ts, value: l.value })
-    const meta = up.meta
-    if (!meta) return
-    if (meta.rssi !== undefined) samples.push({ device, name: '$meta.rssi', ts, value: meta.rssi })
-    if (meta.snr !== undefined) samples.push({ device, name: '$meta.snr', ts, value: meta.snr })
-    if (meta.battery !== undefined) samples.push({ device, name: '$meta.battery', ts, value: meta.battery })
-    if (meta.gatewayCount !== undefined) samples.push({ device, name: '$meta.gateways', ts, value: meta.gatewayCount })
-    if (meta.frameCounter !== undefined) {
-      samples.push({ device, name: '$meta.fcnt', ts, value: meta.frameCounter })
-      // Frames lost on the radio between two that arrived (a counter reset after a rejoin is not a gap).
-      const last = this.lastFcnt.get(device)
-      if (last !== undefined && meta.frameCounter > last) samples.push({ device, name: '$meta.fcnt_gap', ts, value: meta.frameCounter - last - 1 })
-      this.lastFcnt.set(device, meta.frameCounter)
-    }
+  private post(m: WorkerRequest): void {
+    this.worker?.postMessage(m)
   }
 
   /** The gateway's own vitals, as samples of its own device. */
   private recordVitals(): void {
-    if (!this.store) return
-    const at = this.now()
+    if (!this.worker) return
+    const at = Date.now()
     const cpu = process.cpuUsage()
     const mem = process.memoryUsage()
-    const v: Record<string, number> = { ...this.d.vitals(), rss_bytes: mem.rss, heap_bytes: mem.heapUsed, history_bytes: this.store.bytes() }
+    const v: Record<string, number> = { ...this.d.vitals(), rss_bytes: mem.rss, heap_bytes: mem.heapUsed }
+    if (this.reader) v.history_bytes = this.reader.store.bytes()
     try {
       const fs = statfsSync(this.d.dataDir)
       v.disk_free_bytes = fs.bavail * fs.bsize
@@ -274,66 +304,47 @@ export class HistoryRecorder implements PipelineObserver {
     this.schedule()
   }
 
-  /** Retention and the byte quota; dropped tables counted and logged. */
-  maintain(): void {
-    const store = this.store
-    if (!store) return
-    try {
-      const dropped = store.maintain()
-      if (dropped.expiry.length) this.m.dropped.inc({ reason: 'expiry' }, dropped.expiry.length)
-      if (dropped.quota.length) {
-        this.m.dropped.inc({ reason: 'quota' }, dropped.quota.length)
-        this.d.log.warn(
-          { tables: dropped.quota, maxBytes: this.d.config.maxBytes, bytes: store.bytes() },
-          'history.db reached store.history.maxBytes: dropped the oldest raw days before their retention (the rollups keep them summarised); raise the quota or lower retentionDays',
-        )
-      }
-    } catch (err) {
-      if (isCorrupt(err)) this.reopenDamaged(err as Error)
-      else this.warn.warn('maintain', { err, code: ErrorCodes.HISTORY_FAILED }, 'history expiry failed; it is tried again in 10 minutes')
-    }
-  }
-
   private refreshGauges(): void {
-    if (!this.store) return
-    this.m.bytes.set(this.store.bytes())
-    this.m.series.set(this.store.seriesCount)
+    const store = this.reader?.store
+    if (!store) return
+    this.m.bytes.set(store.bytes())
+    this.m.series.set(store.seriesCount)
   }
 
   health(): HistoryHealth {
+    const store = this.reader?.store
     return {
       enabled: true,
       state: this.state,
       ...(this.quarantined ? { quarantined: this.quarantined } : {}),
-      bytes: this.store?.bytes() ?? 0,
-      series: this.store?.seriesCount ?? 0,
+      bytes: store?.bytes() ?? 0,
+      series: store?.seriesCount ?? 0,
       shed: this.shedTotal,
       seriesRejected: this.rejectedTotal,
     }
   }
 
-  /** Write what waits, stop the timers, close history.db. */
-  stop(): void {
+  /** Hand over what waits, let the writer finish and close history.db (bounded), stop the timers. */
+  async stop(): Promise<void> {
     clearTimeout(this.flushTimer)
     clearInterval(this.vitalsTimer)
     clearInterval(this.maintainTimer)
     this.flushTimer = undefined
-    this.flush(true)
-    this.store = undefined
-    this.db?.close()
-    this.db = undefined
+    const worker = this.worker
+    if (worker) {
+      this.flush(true)
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, STOP_TIMEOUT_MS)
+        this.stopped = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+        this.post({ type: 'stop' })
+      })
+      this.worker = undefined
+      await worker.terminate()
+    }
+    this.reader?.db.close()
+    this.reader = undefined
   }
-}
-
-function payloadObject(payload: Buffer): Record<string, unknown> | undefined {
-  try {
-    const v: unknown = JSON.parse(payload.toString('utf8'))
-    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined
-  } catch {
-    return undefined
-  }
-}
-
-function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknown> {
-  return Object.fromEntries(keys.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]))
 }

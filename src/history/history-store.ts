@@ -119,18 +119,22 @@ export class HistoryStore {
   // The newest raw time written per series (this run): bursts in one millisecond are spread out.
   private readonly lastTs = new Map<number, number>()
   private readonly statements = new Map<string, Statement>()
-  private readonly st: {
+  private readonly st?: {
     addSeries: Statement
     addEvent: Statement
     reject: Statement
   }
+  private readonly reader: boolean
 
+  /** `reader`: a read-only connection beside the writer: what it lists is read fresh each time. */
   constructor(
     private readonly db: HistoryDb,
     private readonly limits: HistoryLimits,
     private readonly now: () => number = Date.now,
+    opts: { reader?: boolean } = {},
   ) {
-    this.st = {
+    this.reader = opts.reader ?? false
+    if (!this.reader) this.st = {
       addSeries: db.prepare('INSERT INTO series (device, name, created_at) VALUES (?, ?, ?)'),
       addEvent: db.prepare('INSERT INTO events (device, ts, type, detail) VALUES (?, ?, ?, ?)'),
       reject: db.prepare(
@@ -144,6 +148,7 @@ export class HistoryStore {
   }
 
   get seriesCount(): number {
+    if (this.reader) return (this.db.prepare('SELECT COUNT(*) AS n FROM series').get() as { n: number }).n
     let n = 0
     for (const m of this.catalogue.values()) n += m.size
     return n
@@ -192,8 +197,8 @@ export class HistoryStore {
       }
       for (const a of r5m.values()) this.upsertRollup(r5mTable(a.bucket)).run(a.series, a.bucket, a.n, a.sum, a.min, a.max, a.last, a.lastTs)
       for (const a of r1h.values()) this.upsertRollup(r1hTable(a.bucket)).run(a.series, a.bucket, a.n, a.sum, a.min, a.max, a.last, a.lastTs)
-      for (const e of events) this.st.addEvent.run(e.device, e.ts, e.type, e.detail ? JSON.stringify(e.detail) : null)
-      for (const [device, n] of rejected) this.st.reject.run(device, n, lastRejected.get(device)!, now)
+      for (const e of events) this.st!.addEvent.run(e.device, e.ts, e.type, e.detail ? JSON.stringify(e.detail) : null)
+      for (const [device, n] of rejected) this.st!.reject.run(device, n, lastRejected.get(device)!, now)
     })()
     return { written, rejected }
   }
@@ -203,7 +208,7 @@ export class HistoryStore {
     const id = m.get(name)
     if (id !== undefined) return id
     if (m.size >= this.limits.maxSeriesPerDevice) return undefined
-    const created = Number(this.st.addSeries.run(device, name, now).lastInsertRowid)
+    const created = Number(this.st!.addSeries.run(device, name, now).lastInsertRowid)
     m.set(name, created)
     return created
   }
@@ -276,6 +281,10 @@ export class HistoryStore {
   }
 
   private tablesOf(tier: Tier): string[] {
+    if (this.reader) {
+      this.tables.clear()
+      for (const r of this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]) this.tables.add(r.name)
+    }
     return [...this.tables].filter((t) => t.startsWith(TIER_PREFIX[tier]) && tableSpan(t)).sort()
   }
 
@@ -303,7 +312,9 @@ export class HistoryStore {
   }
 
   seriesByName(device: string, name: string): SeriesInfo | undefined {
-    const id = this.catalogue.get(device)?.get(name)
+    const id = this.reader
+      ? (this.db.prepare('SELECT id FROM series WHERE device = ? AND name = ?').get(device, name) as { id: number } | undefined)?.id
+      : this.catalogue.get(device)?.get(name)
     return id === undefined ? undefined : this.series(id)
   }
 

@@ -3,7 +3,6 @@
 // is a bare number is one leaf with an empty path. Anything else (text, binary) has no leaves.
 
 // Bounds per message: a history is for values over time, not for documents.
-const MAX_BYTES = 64 * 1024
 const MAX_LEAVES = 256
 const MAX_DEPTH = 8
 
@@ -12,11 +11,11 @@ export interface Leaf {
   value: number
 }
 
-export function payloadLeaves(payload: Buffer): Leaf[] {
-  if (payload.length === 0 || payload.length > MAX_BYTES) return []
+export function payloadLeaves(text: string): Leaf[] {
+  if (text.length === 0) return []
   let doc: unknown
   try {
-    doc = JSON.parse(payload.toString('utf8'))
+    doc = JSON.parse(text)
   } catch {
     return []
   }
