@@ -104,10 +104,11 @@ export class HistoryRecorder implements PipelineObserver {
     // Built (dist/): the .js beside this file. From the sources (tests, tsx): the .ts through tsx.
     const ts = here.endsWith('.ts')
     const setup: WorkerSetup = { dataDir: this.d.dataDir, limits: this.d.config }
-    const worker = new Worker(new URL(ts ? './history-worker.ts' : './history-worker.js', here), {
-      workerData: { history: setup },
-      ...(ts ? { execArgv: ['--import', 'tsx'] } : {}),
-    })
+    const file = new URL(ts ? './history-worker.ts' : './history-worker.js', here)
+    const workerData = { history: setup }
+    const worker = ts
+      ? new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(file.href)}) })`, { eval: true, workerData })
+      : new Worker(file, { workerData })
     this.worker = worker
     const opened = await new Promise<WorkerReply>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`the history writer did not open ${HISTORY_FILE} within ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS)
