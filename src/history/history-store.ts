@@ -276,8 +276,28 @@ export class HistoryStore {
       const tables = this.tablesOf(tier)
       while (tables.length > 1 && this.bytes() > this.limits.maxBytes) this.drop(tables.shift()!, dropped.quota)
     }
+    if (dropped.expiry.length) this.forgetEmptySeries(now)
     if (dropped.expiry.length || dropped.quota.length) this.db.pragma('incremental_vacuum')
     return dropped
+  }
+
+  /**
+   * Series none of whose data is left (every tier expired) leave the catalogue, so that keys a
+   * device stopped sending stop counting against its cap. One primary-key lookup per series and table.
+   */
+  private forgetEmptySeries(now: number): void {
+    const tables = (['raw', '5m', '1h'] as const).flatMap((t) => this.tablesOf(t))
+    const exists = tables.map((t) => `EXISTS (SELECT 1 FROM ${t} WHERE series = s.id)`).join(' OR ') || '0'
+    const gone = this.db.prepare(`SELECT id, device, name FROM series s WHERE created_at < ? AND NOT (${exists})`).all(now - DAY) as { id: number; device: string; name: string }[]
+    if (gone.length === 0) return
+    const del = this.db.prepare('DELETE FROM series WHERE id = ?')
+    this.db.transaction(() => {
+      for (const g of gone) {
+        del.run(g.id)
+        this.catalogue.get(g.device)?.delete(g.name)
+        this.lastTs.delete(g.id)
+      }
+    })()
   }
 
   private tablesOf(tier: Tier): string[] {

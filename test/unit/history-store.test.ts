@@ -57,6 +57,19 @@ describe('history store', () => {
     expect(store.maintain().expiry).toEqual([])
   })
 
+  it('a series whose data has all expired leaves the catalogue and stops counting against the cap', () => {
+    let now = T0
+    const store = open(() => now, { maxSeriesPerDevice: 1 })
+    store.write([{ device: 'p/d', name: 'old.key', ts: now, value: 1 }])
+    expect(store.write([{ device: 'p/d', name: 'new.key', ts: now, value: 1 }]).rejected.get('p/d')).toBe(1)
+    // Past every tier's retention, and past the end of the hourly tier's year table (2026) by 730 days.
+    now = Date.UTC(2029, 0, 2)
+    store.maintain()
+    expect(store.listSeries('p/d')).toEqual([])
+    expect(store.write([{ device: 'p/d', name: 'new.key', ts: now, value: 2 }]).rejected.size).toBe(0)
+    expect(store.listSeries('p/d').map((s) => s.name)).toEqual(['new.key'])
+  })
+
   it('rollups match the raw samples, across batches and a reopen, and a sample seen twice counts once', () => {
     const now = T0 + 2 * DAY
     let store = open(() => now)
