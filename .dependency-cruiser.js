@@ -59,7 +59,7 @@ export default {
       comment: 'The store keeps data and knows nothing of who reads or writes it: not the adapters, the cloud link, the rules, the web UI or the composition root.',
       severity: 'error',
       from: { path: '^src/store/' },
-      to: { path: ['^src/(northbound|southbound|web|rules)/', '^src/gateway\\.ts$'] },
+      to: { path: ['^src/(northbound|southbound|web|rules|history)/', '^src/gateway\\.ts$'] },
     },
     {
       name: 'store-no-network',
@@ -75,7 +75,7 @@ export default {
       comment: 'The core is the hub of the pipeline: adapters, the cloud link, the rules and the web UI plug into it, never the reverse. Wiring them together is the job of the composition root (src/gateway.ts).',
       severity: 'error',
       from: { path: '^src/core/' },
-      to: { path: ['^src/(southbound|northbound|web|rules)/', '^src/gateway\\.ts$', '^src/cli\\.ts$'] },
+      to: { path: ['^src/(southbound|northbound|web|rules|history)/', '^src/gateway\\.ts$', '^src/cli\\.ts$'] },
     },
     {
       name: 'core-no-transport-packages',
@@ -101,6 +101,22 @@ export default {
       severity: 'error',
       from: { path: '^src/rules/' },
       to: { path: '^src/', pathNot: ['^src/rules/', '^src/core/types\\.ts$', '^src/core/hub-topics\\.ts$'] },
+    },
+
+    // --- history: an observer of the pipeline, in its own file
+    {
+      name: 'history-observer-only',
+      comment: 'The local history only watches: it gets committed uplinks and events through the core\'s observer seam (src/core/observers.ts) from the composition root, and keeps its own history.db. It never reaches the outbox\'s store, the adapters, the cloud link or the web, so it cannot drive or slow the pipeline.',
+      severity: 'error',
+      from: { path: '^src/history/' },
+      to: { path: ['^src/(store|southbound|northbound|web|rules)/', '^src/gateway\\.ts$', '^src/cli\\.ts$', '^src/core/(?!types|log|errors|observers)[^/]+\\.ts$'] },
+    },
+    {
+      name: 'web-history-types-only',
+      comment: 'The web names the history\'s types; its queries reach it through WebDeps.history, built by the composition root.',
+      severity: 'error',
+      from: { path: '^src/web/' },
+      to: { path: '^src/history/', dependencyTypesNot: ['type-only'] },
     },
 
     // --- web: reads and steers the core through the interface the composition root hands it

@@ -15,6 +15,8 @@ interface PublishJob {
   /** total messages per second over all publishers; 0 = as fast as acknowledgements allow */
   rate: number
   run: string
+  /** 'telemetry': a small JSON reading (five numeric/boolean leaves) instead of `payloadBytes` of filler. */
+  body?: 'fill' | 'telemetry'
   auth?: { productId: string; secret: string; deviceIdPrefix: string }
   productId: string
 }
@@ -73,7 +75,12 @@ async function publish(j: PublishJob): Promise<void> {
               const seq = sent++
               const mid = `${j.run}${String(pi).padStart(4, '0')}x${String(seq).padStart(9, '0')}`
               // At a fixed rate the payload carries the send time (ms since the epoch, sub-ms) for latency.
-              const body = perMsgInterval > 0 ? Buffer.from(JSON.stringify({ hr: performance.timeOrigin + performance.now() })) : payload
+              const body =
+                perMsgInterval > 0
+                  ? Buffer.from(JSON.stringify({ hr: performance.timeOrigin + performance.now() }))
+                  : j.body === 'telemetry'
+                    ? Buffer.from(JSON.stringify({ temp: 20 + (seq % 50) / 10, hum: 40 + (seq % 7), door: seq % 2 === 0, seq, env: { co2: 400 + (seq % 100) } }))
+                    : payload
               c.publish(`upload_data/${j.productId}/${deviceId}/bench/${mid}`, body, { qos: 1 }, () => {
                 done++
                 acked++

@@ -3,13 +3,14 @@
 // A benchmark, not a test: it asserts nothing about speed. It writes bench/results/<date>.json and
 // a markdown table (medians of several runs, gateway/reference ratios).
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import mqtt, { type MqttClient } from 'mqtt'
 import { GatewayProcess } from '../test/helpers/gateway-process.js'
 import { freePort, waitForTcp } from '../test/helpers/ports.js'
+import { metricValue } from '../test/helpers/metrics.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
@@ -207,6 +208,9 @@ interface Sut {
   idleUrl: string
   pid(): number | undefined
   auth?: { productId: string; secret: string; deviceIdPrefix: string }
+  /** The gateway's /metrics text (the reference has none). */
+  metrics?: () => Promise<string>
+  dataDir?: string
   kill9(): Promise<void>
   restart(): Promise<void>
   close(): Promise<void>
@@ -249,12 +253,12 @@ const ALL_MATCH_RULES = [
   { name: 'status-shape', from: `upload_data/${PRODUCT}/+/+`, where: 'kind == "update_status"', actions: [{ transform: { payload: '{"status": payload}' } }] },
 ]
 
-async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = []): Promise<Sut> {
+async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     rules,
     northbound: { url: cloudUrl, inflight: 100 },
-    store: { outbox: { maxBytes: 4 * 1024 ** 3 } },
+    store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
   }, { env: GATEWAY_ENV })
@@ -265,6 +269,8 @@ async function startGateway(cloudUrl: string, devices: number, rules: unknown[] 
     idleUrl: gw.internalUrl,
     pid: () => gw.pid,
     auth: { productId: PRODUCT, secret: SECRET, deviceIdPrefix: 'd' },
+    metrics: async () => (await gw.api<string>('GET', '/metrics')).body,
+    dataDir: gw.dataDir,
     kill9: () => gw.kill9(),
     restart: () => gw.restart(120_000),
     close: () => gw.close(),
@@ -299,7 +305,7 @@ async function startReference(cloudPort: number): Promise<Sut> {
 
 // --- scenarios ---------------------------------------------------------------------------------
 
-async function throughput(sut: Sut, hub: HubCounter, publishers: number, payloadBytes: number, total: number, run: string) {
+async function throughput(sut: Sut, hub: HubCounter, publishers: number, payloadBytes: number, total: number, run: string, body: 'fill' | 'telemetry' = 'fill') {
   hub.reset()
   const cpu0 = cpuSeconds(sut.pid())
   const load = await runLoad({
@@ -311,6 +317,7 @@ async function throughput(sut: Sut, hub: HubCounter, publishers: number, payload
     payloadBytes,
     rate: 0,
     run,
+    body,
     productId: PRODUCT,
     auth: sut.auth,
   })
@@ -322,6 +329,48 @@ async function throughput(sut: Sut, hub: HubCounter, publishers: number, payload
   const rate = expected / Math.max(load.seconds, (hub.lastAt - hub.firstAt) / 1000)
   if (!all) log(`  ${sut.system}: only ${hub.ids.size}/${expected} arrived (undelivered, reported as such)`)
   return { rate: all ? rate : NaN, cpuPer10k: (cpu / expected) * 10_000, arrived: hub.ids.size, expected }
+}
+
+/**
+ * What the local history costs the durable path: the same telemetry load (JSON with five leaves
+ * per message) through the gateway with store.history.enabled off and on, alternating, in one run;
+ * and what a sample costs on disk (history.db's pages in use, and the file, per raw sample).
+ */
+async function historyCost(cloudUrl: string, hub: HubCounter): Promise<void> {
+  const rate: Record<'off' | 'on', number[]> = { off: [], on: [] }
+  const cpu: Record<'off' | 'on', number[]> = { off: [], on: [] }
+  const perSample: number[] = []
+  const filePerSample: number[] = []
+  for (let r = 0; r < RUNS; r++) {
+    for (const mode of (r % 2 ? ['on', 'off'] : ['off', 'on']) as ('on' | 'off')[]) {
+      const sut = await startGateway(cloudUrl, 10, [], mode === 'on')
+      await sleep(1_000)
+      const res = await throughput(sut, hub, 10, 0, Math.round(50_000 * SCALE), `h${mode}${r}`, 'telemetry')
+      rate[mode].push(res.rate)
+      cpu[mode].push(res.cpuPer10k)
+      if (mode === 'on') {
+        // The history writes a second after the commits it is told of.
+        await sleep(2_500)
+        const text = await sut.metrics!()
+        const samples = metricValue(text, 'iothub_edge_history_samples_total')
+        const used = metricValue(text, 'iothub_edge_history_bytes')
+        const file = ['history.db', 'history.db-wal'].reduce((a, f) => a + (existsSync(path.join(sut.dataDir!, f)) ? statSync(path.join(sut.dataDir!, f)).size : 0), 0)
+        if (samples > 0) {
+          perSample.push(used / samples)
+          filePerSample.push(file / samples)
+        }
+        log(`  history on: ${samples} samples, ${used} bytes in use, ${file} bytes of files`)
+      }
+      log(`  history ${mode}: ${Math.round(res.rate)} msg/s durable, ${res.cpuPer10k.toFixed(2)} CPU s per 10k`)
+      await sut.close()
+    }
+  }
+  const on = figure(rate.on, 'msg/s')
+  const off = figure(rate.off, 'msg/s')
+  scenarios.history_on_vs_off = { gateway: on, reference: off, ratio: round(on.median / off.median), note: 'gateway = history on, reference = history off (same gateway, same run); 10 publishers, 5-leaf JSON telemetry' }
+  scenarios.history_cpu_per_10k = { gateway: figure(cpu.on, 's'), reference: figure(cpu.off, 's'), ratio: round(figure(cpu.on, '').median / figure(cpu.off, '').median) }
+  scenarios.history_bytes_per_sample = { gateway: { ...figure(perSample, 'B'), file: figure(filePerSample, 'B').median }, note: 'pages in use per raw sample (rollups and series catalogue included); file: history.db + WAL per sample' }
+  log(`history: on ${on.median} msg/s vs off ${off.median} msg/s (${round((1 - on.median / off.median) * 100)} % cost), ${figure(perSample, 'B').median} B per sample`)
 }
 
 async function main(): Promise<void> {
@@ -350,7 +399,7 @@ async function main(): Promise<void> {
   // rules that all match (the runs alternate, so a change of load on the machine hits all three).
   // Throughput on a shared machine is noisy; the CPU the gateway process used per message, and the
   // time the rules themselves took (their own evalSeconds), are steadier.
-  {
+  if (ONLY !== 'history') {
     const variants = { none: [], site: SITE_RULES, allMatch: ALL_MATCH_RULES } as const
     type Variant = keyof typeof variants
     const rate: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
@@ -377,6 +426,9 @@ async function main(): Promise<void> {
     }
   }
   if (ONLY === 'rules') return finish(started, machine, hub, cloud)
+  if (!ONLY || ONLY === 'history') await historyCost(cloudUrl, hub)
+  // BENCH_ONLY=history: this scenario alone (it compares the gateway with itself).
+  if (ONLY === 'history') return finish(started, machine, hub, cloud)
 
   // Throughput and CPU, latency at a fixed rate: one instance of each system serves all runs.
   const tp: Record<string, Record<System, number[]>> = {}
@@ -536,7 +588,10 @@ async function main(): Promise<void> {
 async function finish(started: number, machine: Record<string, unknown>, hub: HubCounter, cloud: Mosquitto): Promise<void> {
   await hub.close()
   await cloud.close()
+  writeResults(started, machine)
+}
 
+function writeResults(started: number, machine: Record<string, unknown>): void {
   const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}`
   const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, machine, scenarios }
   mkdirSync(path.join(root, 'bench', 'results'), { recursive: true })

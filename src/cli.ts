@@ -22,6 +22,9 @@ import { HubSimServer } from './tools/hub-sim-server.js'
 import { builtInAdapters } from './southbound/registry.js'
 import type { AdapterModule } from './southbound/adapter-module.js'
 import { dryRun, type DryRunResult, type SampleMessage } from './rules/dry-run.js'
+import { HISTORY_FILE, openHistoryReadOnly } from './history/history-db.js'
+import { HistoryStore } from './history/history-store.js'
+import { csvLines } from './history/history-csv.js'
 
 // sysexits.h EX_CONFIG: systemd and scripts can tell "fix your config" from a crash.
 export const EXIT_CONFIG = 78
@@ -52,6 +55,9 @@ const USAGE = `usage:
   iothub-edge rules test -c FILE --message MSG [--json]
                               what each rule does to the sample message(s) in MSG (JSON: one
                               {topic, payload, meta?, tags?, ts?} or a list of them), without a gateway
+  iothub-edge history export --device PRODUCT/DEVICE [--series NAME] [--from T] [--to T] [-c FILE]
+                              CSV of the local history on stdout (T: ISO date or epoch ms; default
+                              the last 24 h); raw samples within store.history.retentionDays, rollups before
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -94,6 +100,10 @@ export async function main(argv: string[]): Promise<number | undefined> {
         application: { type: 'string' },
         'dry-run': { type: 'boolean' },
         message: { type: 'string' },
+        device: { type: 'string' },
+        series: { type: 'string' },
+        from: { type: 'string' },
+        to: { type: 'string' },
       },
     })
   } catch (err) {
@@ -125,6 +135,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return runHubSim(values)
     case 'rules':
       return rulesCommand(rest, values)
+    case 'history':
+      return historyCommand(rest, values)
     default:
       if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
@@ -613,6 +625,49 @@ async function status(values: { config?: string; json?: boolean }): Promise<numb
   const health = r.body as Parameters<typeof statusText>[2]
   process.stdout.write(outputMode(values.json).json ? json({ pid: live.pid, url: api.base, ...health }) : statusText(live.pid, api.base, health))
   return health.status === 'ok' ? 0 : EXIT_DEGRADED
+}
+
+// --- history ---------------------------------------------------------------------------------
+
+/**
+ * `history export`: reads history.db directly (read-only; WAL lets it while the gateway writes), so
+ * it works with the gateway stopped too.
+ */
+function historyCommand(args: string[], v: { config?: string; device?: string; series?: string; from?: string; to?: string }): number {
+  if (args[0] !== 'export' || !v.device || !v.device.includes('/')) {
+    process.stderr.write(`history export needs --device PRODUCT/DEVICE\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const cfg = readConfig(v.config)
+  if (typeof cfg === 'number') return cfg
+  const time = (s: string | undefined): number | undefined => (s === undefined ? undefined : /^\d+$/.test(s) ? Number(s) : Date.parse(s))
+  const to = time(v.to) ?? Date.now()
+  const from = time(v.from) ?? to - 86_400_000
+  if (!Number.isFinite(from) || !Number.isFinite(to) || to <= from) {
+    process.stderr.write('history export: --from and --to must be ISO dates or epoch milliseconds, --to after --from\n')
+    return EXIT_USAGE
+  }
+  const file = path.join(cfg.gateway.dataDir, HISTORY_FILE)
+  if (!existsSync(file)) {
+    process.stderr.write(`history export: no ${file} (gateway.dataDir${v.config ? ` of ${v.config}` : ', built-in default ./data'}); is store.history.enabled on, and -c right?\n`)
+    return 1
+  }
+  const db = openHistoryReadOnly(file)
+  try {
+    const store = new HistoryStore(db, cfg.store.history, Date.now, { reader: true })
+    let out = ''
+    for (const line of csvLines(store, { device: v.device, name: v.series, from, to })) {
+      out += line + '\n'
+      if (out.length > 1 << 16) {
+        process.stdout.write(out)
+        out = ''
+      }
+    }
+    process.stdout.write(out)
+  } finally {
+    db.close()
+  }
+  return 0
 }
 
 // --- tools -----------------------------------------------------------------------------------

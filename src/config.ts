@@ -7,6 +7,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
 import YAML from 'yaml'
 import { ID_PATTERN, ID_RULE } from './core/hub-topics.js'
+import { HistorySchema } from './history/schema.js'
 import { adapterConfigProperties, adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import { RuleActionSchema, RulesSchema } from './rules/schema.js'
 import { compileRules } from './rules/compile.js'
@@ -100,6 +101,7 @@ const rootProperties = {
           },
           { additionalProperties: false, default: {}, description: 'commands from the hub' },
         ),
+        history: HistorySchema,
       },
       { additionalProperties: false, default: {}, description: 'the SQLite store in gateway.dataDir' },
     ),

@@ -11,14 +11,17 @@ import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
 import type { DeviceRef } from './core/types.js'
 import { lastSeen, type ConnectionInfo } from './store/connections.js'
+import { deviceKey } from './core/types.js'
 import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
 import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
 import { Bridge } from './northbound/bridge.js'
+import { HistoryRecorder } from './history/history-recorder.js'
+import { csvLines } from './history/history-csv.js'
 import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import type { AdapterInstance } from './southbound/adapter-module.js'
-import type { AdapterHealth, HealthReport, WebDeps } from './web/deps.js'
+import type { AdapterHealth, HealthReport, HistoryReader, WebDeps } from './web/deps.js'
 import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
 import { compileRules } from './rules/compile.js'
 import { RulesEngine } from './rules/engine.js'
@@ -46,6 +49,8 @@ export class Gateway {
   web!: WebServer
   /** The local rules (src/rules), when the config has any. */
   rules?: RulesEngine
+  /** The local history: an observer of the pipeline (absent when store.history.enabled is false, or when it could not start). */
+  history?: HistoryRecorder
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
@@ -92,6 +97,7 @@ export class Gateway {
         seenTtlMs: cfg.store.commands.seenTtlSeconds * 1000,
       },
     })
+    await this.startHistory()
     await this.core.start()
     this.startRules()
 
@@ -171,6 +177,59 @@ export class Gateway {
           for (const s of engine.ruleStats()) this.inc({ rule: s.name }, s[field])
         },
       })
+    }
+  }
+
+  /**
+   * The local history watches the committed flow through the core's observer seam; it never drives
+   * it. One that cannot start is logged and left out: the gateway runs on without it.
+   */
+  private async startHistory(): Promise<void> {
+    const { cfg, core, store } = this
+    if (!cfg.store.history.enabled) return
+    const history = new HistoryRecorder({
+      dataDir: cfg.gateway.dataDir,
+      config: cfg.store.history,
+      log: this.log.child({ component: 'history' }),
+      registry: this.metrics.registry,
+      gateway: deviceKey({ productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId }),
+      vitals: () => {
+        const s = store.outbox.stats()
+        return {
+          outbox_messages: s.messages,
+          outbox_bytes: s.bytes,
+          outbox_oldest_s: s.oldestAgeMs / 1000,
+          hub_connected: this.bridge?.status().connected ? 1 : 0,
+          devices_online: core.sessions.onlineCount,
+        }
+      },
+    })
+    try {
+      await history.start()
+    } catch (err) {
+      this.log.error({ err, code: ErrorCodes.HISTORY_FAILED }, 'the local history could not start and is off until restart; everything else runs: check gateway.dataDir')
+      return
+    }
+    core.observe(history)
+    this.history = history
+  }
+
+  /** The history's queries for the web; each call reaches the current tables (they are new after a quarantine). */
+  private historyReader(): HistoryReader | undefined {
+    const history = this.history
+    if (!history) return undefined
+    const tables = (): NonNullable<HistoryRecorder['tables']> => {
+      const t = history.tables
+      if (!t) throw new Error('the local history is off after a failure; its log says why')
+      return t
+    }
+    return {
+      series: (device) => ({ series: tables().listSeries(device), rejected: tables().rejected(device) }),
+      find: (id) => tables().series(id),
+      findByName: (device, name) => tables().seriesByName(device, name),
+      query: (series, from, to, points) => tables().query(series, from, to, points),
+      events: (device, from, to, limit) => tables().events(deviceKey(device), from, to, limit),
+      csv: (range) => csvLines(tables(), range),
     }
   }
 
@@ -267,6 +326,7 @@ export class Gateway {
       outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes },
       clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
       adapters: this.adapters.map((a) => ({ ...a.health })),
+      ...(this.history ? { history: this.history.health() } : {}),
     }
   }
 
@@ -312,6 +372,7 @@ export class Gateway {
         waitForReply: (ref, requestId, timeoutMs) => core.router.waitForReply(ref, requestId, timeoutMs),
       },
       adapterRoutes: this.adapters.flatMap((a) => (a.instance?.routes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.routes }] : [])),
+      history: this.historyReader(),
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
       rules: this.rules && { list: () => this.rules!.ruleStats(), alarms: () => this.rules!.alarms() },
     }
@@ -337,6 +398,8 @@ export class Gateway {
       await this.bridge?.stop()
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
+    // After the bridge: what the last commits brought is written before history.db closes.
+    await this.history?.stop()
     this.store?.close()
     this.lock?.release()
     this.log.info('gateway stopped')

@@ -20,6 +20,8 @@ import { UplinkPipeline } from './uplink-pipeline.js'
 import { HubInbox } from './hub-inbox.js'
 import { GatewayDevice, type HubPort } from './gateway-device.js'
 import { newMessageId } from './message-id.js'
+import { Observers, type PipelineObserver } from './observers.js'
+import type { StoredCommand } from '../store/commands.js'
 import type { Store } from '../store/store.js'
 import type { Device } from '../store/devices.js'
 
@@ -52,12 +54,14 @@ export class Core {
   readonly pipeline: UplinkPipeline
   readonly gatewayDevice: GatewayDevice
   private readonly inbox: HubInbox
+  private readonly observers: Observers
   private readonly warn: RateLimitedLog
   private sweepTimer?: NodeJS.Timeout
 
   constructor(private readonly d: CoreDeps) {
     const { store, metrics, log, hub } = d
     this.warn = new RateLimitedLog(log)
+    this.observers = new Observers(log.child({ component: 'observers' }))
     this.routes = new DeviceRoutes(log.child({ component: 'routes' }))
     const deliverNow = (cmd: Command): Promise<'delivered' | 'offline'> => this.routes.deliverNow(cmd)
     const isMapped = (dev: DeviceRef): boolean => this.routes.isMapped(dev)
@@ -128,6 +132,25 @@ export class Core {
     await this.sessions.reportStale()
     this.gatewayDevice.start()
     this.sweepTimer = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
+  }
+
+  /**
+   * Watch the flow without driving it (the local history): committed uplinks after each group
+   * commit, command deliveries and replies. Returns the function that stops it.
+   */
+  observe(o: PipelineObserver): () => void {
+    if (!this.observers.any) this.tellObservers()
+    return this.observers.observe(o)
+  }
+
+  private tellObservers(): void {
+    const { store } = this.d
+    store.outbox.on('uplinks', (batch: Uplink[]) => this.observers.committed(batch))
+    const detail = (sc: StoredCommand): Record<string, string> => ({ type: sc.command.type, name: sc.command.name, requestId: sc.command.requestId, origin: sc.origin })
+    this.router.on('delivered', (sc: StoredCommand) => this.observers.deviceEvent({ device: sc.command.device, at: Date.now(), type: 'command_delivered', detail: detail(sc) }))
+    this.router.on('reply', ({ command, payload }: { command: StoredCommand; payload: Buffer }) =>
+      this.observers.deviceEvent({ device: command.command.device, at: Date.now(), type: 'command_replied', detail: { ...detail(command), reply: payload.subarray(0, 256).toString('utf8') } }),
+    )
   }
 
   /** Hooks for the hub link. */

@@ -30,6 +30,14 @@ export const ErrorCodes = {
   RULE_FAILED: 'IHE_RULE_FAILED',
   /** The HTTP API could not bind its port. */
   HTTP_LISTEN_FAILED: 'IHE_HTTP_LISTEN_FAILED',
+  /** history.db was unusable (damaged, not a database): moved aside and made anew; the outbox is untouched. */
+  HISTORY_QUARANTINED: 'IHE_HISTORY_QUARANTINED',
+  /** The local history could not write a batch (disk full, I/O error); that batch is not recorded. */
+  HISTORY_FAILED: 'IHE_HISTORY_FAILED',
+  /** The local history fell behind and skipped uplinks (they still went to the hub). */
+  HISTORY_BEHIND: 'IHE_HISTORY_BEHIND',
+  /** A device reached store.history.maxSeriesPerDevice: samples of further keys are not recorded. */
+  HISTORY_SERIES_CAP: 'IHE_HISTORY_SERIES_CAP',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

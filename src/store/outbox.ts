@@ -86,7 +86,7 @@ export interface OutboxOptions {
 }
 
 /**
- * Events: 'committed' (new rows are readable), 'dropped' ({reason, count}), 'evicted' (ids removed by
+ * Events: 'committed' (new rows are readable), 'uplinks' (the Uplinks of that commit, for observers), 'dropped' ({reason, count}), 'evicted' (ids removed by
  * the quota: readers holding them must forget them), 'full' (disk full, intake must stop),
  * 'writable' (probe() found room again after 'full').
  */
@@ -262,6 +262,11 @@ export class Outbox extends EventEmitter {
     // The new rows go with the event: a reader that is caught up takes them from here instead of
     // reading them back from the database.
     if (rows.length) this.emit('committed', evicted.size ? rows.filter((r) => !evicted.has(r.id)) : rows)
+    // Observers (local history) get the uplinks themselves, transport metadata included, once they
+    // are durable; only when someone listens, so the hot path pays nothing otherwise.
+    if (rows.length && this.listenerCount('uplinks')) {
+      this.emit('uplinks', batch.flatMap((p) => (p.up ? [p.up] : [])))
+    }
   }
 
   // Totals change inside the transaction; keep a journal so a failed commit can undo them.

@@ -9,6 +9,7 @@ import type { AdapterRoutes, WebDeps } from './deps.js'
 import { commandRoutes } from './routes/commands.js'
 import { deviceRoutes } from './routes/devices.js'
 import { healthRoutes } from './routes/health.js'
+import { historyRoutes } from './routes/history.js'
 import { metricsRoutes } from './routes/metrics.js'
 import { outboxRoutes } from './routes/outbox.js'
 import { rulesRoutes } from './routes/rules.js'
@@ -42,6 +43,7 @@ export function buildApp(deps: WebDeps): FastifyInstance {
       void api.register(deviceRoutes, deps)
       void api.register(commandRoutes, deps)
       void api.register(rulesRoutes, deps)
+      void api.register(historyRoutes, deps)
       for (const routes of deps.adapterRoutes) void api.register(adapterScope(routes, log), { prefix: `/adapters/${routes.adapter}` })
     },
     { prefix: '/api' },

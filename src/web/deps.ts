@@ -10,6 +10,9 @@ import type { Device } from '../store/devices.js'
 import type { OutboxStats } from '../store/outbox.js'
 import type { StoredCommand } from '../store/commands.js'
 import type { AlarmView, RuleStats } from '../rules/engine.js'
+import type { HistoryEvent, SeriesInfo, SeriesQuery } from '../history/history-store.js'
+import type { ExportRange } from '../history/history-csv.js'
+import type { HistoryHealth } from '../history/history-recorder.js'
 
 export interface AdapterHealth {
   name: string
@@ -27,6 +30,8 @@ export interface HealthReport {
   outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }
   clock: { offsetMs: number; measuredAt: number | null }
   adapters: AdapterHealth[]
+  /** The local history (absent when store.history.enabled is false). */
+  history?: HistoryHealth
 }
 
 export interface NewDevice {
@@ -76,6 +81,16 @@ export interface AdapterRoutes {
   plugin: FastifyPluginAsync
 }
 
+/** The local history's queries (src/history): what exists, ranges downsampled, events, CSV. */
+export interface HistoryReader {
+  series(device?: string): { series: SeriesInfo[]; rejected: { device: string; count: number; lastName: string; lastAt: number }[] }
+  find(id: number): SeriesInfo | undefined
+  findByName(device: string, name: string): SeriesInfo | undefined
+  query(series: SeriesInfo, from: number, to: number, points: number): SeriesQuery
+  events(device: DeviceRef, from: number, to: number, limit: number): HistoryEvent[]
+  csv(range: ExportRange): Iterable<string>
+}
+
 export interface WebDeps {
   log: Logger
   /** The bearer token every /api route except /api/health requires. */
@@ -91,6 +106,8 @@ export interface WebDeps {
   adapterRoutes: readonly AdapterRoutes[]
   /** Device-facing routes (HTTP ingest), under /devices/, outside /api and not behind the token. */
   deviceRoutes?: readonly AdapterRoutes[]
+  /** Absent when the history is off (store.history.enabled: false). */
+  history?: HistoryReader
   /** How long `POST .../commands` with `rpc: true` waits for the reply; 5 s when not given. */
   rpcWaitMs?: number
   /** The local rules: their counters and last errors, and the alarms they keep (none when no rules are configured). */

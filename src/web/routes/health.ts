@@ -27,6 +27,17 @@ const HealthBody = Type.Object({
       error: Type.Optional(Type.String()),
     }),
   ),
+  history: Type.Optional(
+    Type.Object({
+      enabled: Type.Boolean(),
+      state: Type.String(),
+      quarantined: Type.Optional(Type.Object({ file: Type.String(), error: Type.String() })),
+      bytes: Type.Integer(),
+      series: Type.Integer(),
+      shed: Type.Integer(),
+      seriesRejected: Type.Integer(),
+    }),
+  ),
 })
 
 export const healthRoutes: FastifyPluginAsync<Pick<WebDeps, 'health'>> = async (app, deps) => {

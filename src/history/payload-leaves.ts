@@ -1,0 +1,37 @@
+// What of a payload becomes a series: the numeric and boolean leaves of its JSON, each named by its
+// path (`{"env": {"temp": 21.5}}` -> `env.temp`; array items by index, `cells.0`). A payload that
+// is a bare number is one leaf with an empty path. Anything else (text, binary) has no leaves.
+
+// Bounds per message: a history is for values over time, not for documents.
+const MAX_LEAVES = 256
+const MAX_DEPTH = 8
+
+export interface Leaf {
+  path: string
+  value: number
+}
+
+export function payloadLeaves(text: string): Leaf[] {
+  if (text.length === 0) return []
+  let doc: unknown
+  try {
+    doc = JSON.parse(text)
+  } catch {
+    return []
+  }
+  const out: Leaf[] = []
+  walk(doc, '', 0, out)
+  return out
+}
+
+function walk(v: unknown, path: string, depth: number, out: Leaf[]): void {
+  if (out.length >= MAX_LEAVES) return
+  if (typeof v === 'number') {
+    if (Number.isFinite(v)) out.push({ path, value: v })
+  } else if (typeof v === 'boolean') {
+    out.push({ path, value: v ? 1 : 0 })
+  } else if (v !== null && typeof v === 'object' && depth < MAX_DEPTH) {
+    const entries = Array.isArray(v) ? v.map((x, i) => [String(i), x] as const) : Object.entries(v)
+    for (const [k, x] of entries) walk(x, path ? `${path}.${k}` : k, depth + 1, out)
+  }
+}

@@ -1,0 +1,89 @@
+// The history's observer side with its real worker thread and a real history.db: committed uplinks
+// become series (JSON leaves, transport metadata and frame-counter gaps), `$connection` uploads and
+// command events become device events, and when the history is behind it sheds and counts instead
+// of holding anything up.
+import { mkdtempSync, rmSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Value } from '@sinclair/typebox/value'
+import { Registry } from 'prom-client'
+import { afterEach, describe, expect, it } from 'vitest'
+import { createLogger } from '../../src/core/log.js'
+import type { Uplink, UplinkMeta } from '../../src/core/types.js'
+import { HISTORY_FILE, openHistoryReadOnly } from '../../src/history/history-db.js'
+import { HistoryRecorder } from '../../src/history/history-recorder.js'
+import { HistoryStore } from '../../src/history/history-store.js'
+import { HistorySchema, type HistoryConfig } from '../../src/history/schema.js'
+
+const config = (over: Partial<HistoryConfig> = {}): HistoryConfig => ({ ...(Value.Default(HistorySchema, {}) as HistoryConfig), ...over })
+let n = 0
+const up = (device: string, name: string, payload: unknown, meta?: UplinkMeta, at = Date.now()): Uplink => ({
+  topic: { kind: 'upload_data', productId: 'lora', deviceId: device, name, messageId: `m${n++}` },
+  payload: Buffer.from(typeof payload === 'string' ? payload : JSON.stringify(payload)),
+  transport: 'lorawan',
+  receivedAt: at,
+  ...(meta ? { meta } : {}),
+})
+
+describe('history recorder', () => {
+  let dir: string | undefined
+  let recorder: HistoryRecorder | undefined
+
+  afterEach(async () => {
+    await recorder?.stop()
+    recorder = undefined
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  function make(over: Partial<HistoryConfig> = {}): HistoryRecorder {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'history-rec-'))
+    recorder = new HistoryRecorder({ dataDir: dir, config: config(over), log: createLogger({ level: 'silent' }), registry: new Registry(), gateway: 'gateways/gw-01', vitals: () => ({}) })
+    return recorder
+  }
+
+  function readBack(): HistoryStore {
+    const db = openHistoryReadOnly(path.join(dir!, HISTORY_FILE))
+    return new HistoryStore(db, config(), Date.now, { reader: true })
+  }
+
+  it('records JSON leaves, transport metadata, frame-counter gaps and device events from committed batches', async () => {
+    const r = make()
+    await r.start()
+    const t = Date.now() - 60_000
+    r.committed([
+      up('m1', '$connection', { connected: true, client_id: 'lorawan:lora/m1', transport: 'lorawan' }, undefined, t),
+      up('m1', 'meter', { kwh: 12.5, relay: true, phases: [230, 231] }, { rssi: -97, snr: 7.5, frameCounter: 10, battery: 81 }, t + 1000),
+      up('m1', 'meter', { kwh: 12.75 }, { rssi: -99, frameCounter: 14 }, t + 2000),
+      up('m1', 'raw', 'not json at all', undefined, t + 3000),
+    ])
+    r.deviceEvent({ device: { productId: 'lora', deviceId: 'm1' }, at: t + 4000, type: 'command_delivered', detail: { name: 'open', requestId: 'r1' } })
+    await r.stop()
+    recorder = undefined
+
+    const store = readBack()
+    expect(store.listSeries('lora/m1').map((s) => s.name)).toEqual(
+      ['$meta.battery', '$meta.fcnt', '$meta.fcnt_gap', '$meta.rssi', '$meta.snr', 'meter.kwh', 'meter.phases.0', 'meter.phases.1', 'meter.relay'].sort(),
+    )
+    const values = (name: string): number[] => [...store.rows(store.seriesByName('lora/m1', name)!.id, 'raw', t, t + 10_000)].map((x) => x.last)
+    expect(values('meter.kwh')).toEqual([12.5, 12.75])
+    expect(values('meter.relay')).toEqual([1])
+    expect(values('$meta.rssi')).toEqual([-97, -99])
+    // Frames 11, 12 and 13 never arrived.
+    expect(values('$meta.fcnt_gap')).toEqual([3])
+    expect(store.events('lora/m1', t, t + 10_000).map((e) => e.type)).toEqual(['connected', 'command_delivered'])
+  })
+
+  it('sheds and counts what it cannot keep up with, and still records what it took', async () => {
+    const r = make({ maxPending: 100 })
+    await r.start()
+    const t = Date.now()
+    r.committed(Array.from({ length: 80 }, (_, i) => up('m2', 'v', { x: i }, undefined, t + i)))
+    // Nothing was written yet (the writer is handed batches once a second): these do not fit.
+    r.committed(Array.from({ length: 50 }, (_, i) => up('m2', 'v', { x: 100 + i }, undefined, t + 100 + i)))
+    expect(r.health().shed).toBe(50)
+    await r.stop()
+    recorder = undefined
+    const store = readBack()
+    expect([...store.rows(store.seriesByName('lora/m2', 'v.x')!.id, 'raw', t, t + 1000)]).toHaveLength(80)
+  })
+})
