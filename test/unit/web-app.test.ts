@@ -538,12 +538,12 @@ describe('docs/integrators/api.md', () => {
     await app.ready()
     const page = readFileSync(new URL('../../docs/integrators/api.md', import.meta.url), 'utf8')
     // The routes table: one row per route, its first cell `METHOD /path`.
-    const documented = new Set([...page.matchAll(/^\| `(GET|POST|PUT|PATCH|DELETE) (\/[^`]*)` \|/gm)].map((m) => `${m[1]} ${m[2]}`))
+    const documented = new Set([...page.matchAll(/^\| `(GET|POST|PUT|PATCH|DELETE) (\/[^`?]*)(?:\?[^`]*)?` \|/gm)].map((m) => `${m[1]} ${m[2]}`))
     expect([...registered].sort()).toEqual([...documented].sort())
     expect(registered.size).toBeGreaterThan(5)
   })
 
-  it("lists every metric of the core's registry in its metrics table, and only the broker's besides", () => {
+  it("lists every metric of the core's registry in its metrics table, and only the broker's and the rules' besides", () => {
     const nodeDefaults = new Registry()
     collectDefaultMetrics({ register: nodeDefaults, prefix: 'iothub_edge_' })
     const process = new Set(nodeDefaults.getMetricsAsArray().map((m) => m.name))
@@ -557,7 +557,9 @@ describe('docs/integrators/api.md', () => {
       return names.map((n) => (n.startsWith('_') ? stem + n : n))
     })
     expect(documented.filter((n) => core.includes(n)).sort()).toEqual(core.sort())
-    // The rest is the always-on broker's own (registered when it starts); other adapters' pages list theirs.
-    expect(documented.filter((n) => !core.includes(n))).toEqual(['iothub_edge_broker_clients'])
+    // The rest is the always-on broker's own (registered when it starts) and the local rules' (registered
+    // when rules are configured); other adapters' and the history's pages list theirs.
+    const rules = ['matched', 'dropped', 'emitted', 'errors'].map((c) => `iothub_edge_rule_${c}_total`).concat('iothub_edge_rule_eval_seconds_total')
+    expect(documented.filter((n) => !core.includes(n)).sort()).toEqual(['iothub_edge_broker_clients', ...rules].sort())
   })
 })
