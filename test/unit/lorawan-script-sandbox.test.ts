@@ -5,7 +5,9 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { ScriptSandbox, SandboxError } from '../../src/sandbox/script-sandbox.js'
 
 const opened: ScriptSandbox[] = []
-async function load(source: string, timeoutMs = 200): Promise<ScriptSandbox> {
+// A deadline far from what these calls need: on a loaded machine a 200 ms wall-clock deadline
+// stopped a three-byte sum (the deadline tests set their own).
+async function load(source: string, timeoutMs = 5_000): Promise<ScriptSandbox> {
   const s = await ScriptSandbox.load(source, { timeoutMs, name: 'test.js' })
   opened.push(s)
   return s
