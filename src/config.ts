@@ -7,6 +7,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
 import YAML from 'yaml'
 import { ID_PATTERN, ID_RULE } from './core/hub-topics.js'
+import { OtaSchema } from './ota/schema.js'
 import { adapterConfigProperties, adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 
 const Id = Type.String({ pattern: ID_PATTERN, description: ID_RULE })
@@ -101,6 +102,7 @@ const rootProperties = {
       },
       { additionalProperties: false, default: {}, description: 'the SQLite store in gateway.dataDir' },
     ),
+    ota: OtaSchema,
     devices: Type.Array(DeviceSeed, { default: [], description: 'seeds the device registry; the API and CLI own a device after it exists' }),
     log: Type.Object(
       {

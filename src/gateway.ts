@@ -16,6 +16,10 @@ import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
 import { Bridge } from './northbound/bridge.js'
 import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import type { AdapterInstance } from './southbound/adapter-module.js'
+import { OtaRelay } from './ota/ota-relay.js'
+import { apiRoutes as otaApiRoutes, fileRoutes as otaFileRoutes } from './ota/http-routes.js'
+import type { OutboxRow } from './store/outbox.js'
+import type { StoredCommand } from './store/commands.js'
 import type { AdapterHealth, HealthReport, WebDeps } from './web/deps.js'
 import { WebServer, loadOrCreateApiToken } from './web/server.js'
 
@@ -40,6 +44,7 @@ export class Gateway {
   core!: Core
   bridge!: Bridge
   web!: WebServer
+  ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
@@ -89,6 +94,8 @@ export class Gateway {
     await this.core.start()
 
     const core = this.core
+    // Before the hub link: an `$ota_upgrade` arriving at its first connect is held, not relayed.
+    await this.startOta()
     this.bridge = new Bridge(cfg, store.outbox, store.registry, metrics, log, {
       onMessage: core.fromHub,
       onConnected: core.hubConnected,
@@ -112,6 +119,39 @@ export class Gateway {
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  /** The OTA relay (src/ota): the command hold for `$ota_upgrade`, the files devices fetch, the observer of their status. */
+  private async startOta(): Promise<void> {
+    const { cfg, core, store } = this
+    this.ota = new OtaRelay({
+      cfg: cfg.ota,
+      dataDir: cfg.gateway.dataDir,
+      held: core.router,
+      uplink: (up) => core.pipeline.uplink(up),
+      isMapped: (dev) => core.routes.isMapped(dev),
+      transportOf: (dev) =>
+        store.connections
+          .list()
+          .filter((c) => c.productId === dev.productId && c.deviceId === dev.deviceId)
+          .sort((a, b) => (b.connectedAt ?? 0) - (a.connectedAt ?? 0))[0]?.transport,
+      httpPort: () => this.web?.port ?? cfg.http.port,
+      coapPort: () => this.adapter<{ port: number }>('coap')?.port,
+      tls: { ca: cfg.northbound.tls?.ca, rejectUnauthorized: cfg.northbound.tls?.rejectUnauthorized ?? true },
+      sendLocal: (cmd) => core.router.accept(cmd, 'local'),
+      devicesWithTag: (productId, tag) =>
+        store.registry
+          .list()
+          .filter((d) => d.enabled && d.productId === productId && d.tags.includes(tag))
+          .map((d) => ({ productId: d.productId, deviceId: d.deviceId })),
+      metrics: this.metrics.forAdapter('ota'),
+      log: this.log.child({ component: 'ota' }),
+    })
+    await this.ota.start()
+    core.setLocalFiles(this.ota)
+    core.router.on('delivered', (sc: StoredCommand) => this.ota.delivered(sc))
+    store.outbox.on('committed', (rows: OutboxRow[]) => this.ota.observe(rows))
+    core.router.setHold(this.ota)
   }
 
   private outboxNear = false
@@ -248,6 +288,7 @@ export class Gateway {
       },
       adapterRoutes: this.adapters.flatMap((a) => (a.instance?.routes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.routes }] : [])),
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
+      serviceRoutes: [{ prefix: 'ota', api: otaApiRoutes(this.ota), files: otaFileRoutes(this.ota) }],
     }
   }
 
@@ -267,6 +308,7 @@ export class Gateway {
         }
       }
       await this.core?.stop()
+      await this.ota?.stop()
       await this.bridge?.stop()
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])

@@ -20,6 +20,7 @@ import { UplinkPipeline } from './uplink-pipeline.js'
 import { HubInbox } from './hub-inbox.js'
 import { GatewayDevice, type HubPort } from './gateway-device.js'
 import { newMessageId } from './message-id.js'
+import type { LocalFiles } from './local-files.js'
 import type { Store } from '../store/store.js'
 import type { Device } from '../store/devices.js'
 
@@ -54,6 +55,7 @@ export class Core {
   private readonly inbox: HubInbox
   private readonly warn: RateLimitedLog
   private sweepTimer?: NodeJS.Timeout
+  private localFiles?: LocalFiles
 
   constructor(private readonly d: CoreDeps) {
     const { store, metrics, log, hub } = d
@@ -136,6 +138,11 @@ export class Core {
   /** Tag filters to hold on the hub: all of them, or one child's (devices mode). */
   readonly hubFilters = (device?: DeviceRef): string[] => this.tags.hubFilters(device)
 
+  /** Where the transports find the files they serve devices (the OTA relay's images). */
+  setLocalFiles(files: LocalFiles | undefined): void {
+    this.localFiles = files
+  }
+
   /** An adapter started: it may own devices from now on. */
   attach(adapter: SouthboundAdapter): void {
     this.routes.add(adapter)
@@ -175,6 +182,7 @@ export class Core {
       deviceAway: (dev) => this.sessions.mappedAway(dev),
       reportState: (dev, reported) => this.shadows.reportState(dev, reported),
       replyFor: (cmd, status, extra) => this.replyFor(cmd, status, extra),
+      localFile: (token) => this.localFiles?.open(token),
     }
   }
 

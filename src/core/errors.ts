@@ -28,6 +28,8 @@ export const ErrorCodes = {
   DATA_DIR_UNWRITABLE: 'IHE_DATA_DIR_UNWRITABLE',
   /** The HTTP API could not bind its port. */
   HTTP_LISTEN_FAILED: 'IHE_HTTP_LISTEN_FAILED',
+  /** The OTA relay could not fetch, verify or keep an image (the jobs waiting for it were answered upstream). */
+  OTA_FAILED: 'IHE_OTA_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -66,6 +66,12 @@ export interface CommandDesk {
  * behind the token; in `deviceRoutes` mounted under /devices/ without it (the plugin authenticates
  * devices with their own credentials).
  */
+export interface ServiceRoutes {
+  prefix: string
+  api?: FastifyPluginAsync
+  files?: FastifyPluginAsync
+}
+
 export interface AdapterRoutes {
   adapter: string
   plugin: FastifyPluginAsync
@@ -84,6 +90,11 @@ export interface WebDeps {
   adapterRoutes: readonly AdapterRoutes[]
   /** Device-facing routes (HTTP ingest), under /devices/, outside /api and not behind the token. */
   deviceRoutes?: readonly AdapterRoutes[]
+  /**
+   * Routes of a gateway service (the OTA relay): `api` under /api/{prefix}/ behind the token;
+   * `files` under /{prefix}/ without it (devices fetch with an unguessable URL of their own).
+   */
+  serviceRoutes?: readonly ServiceRoutes[]
   /** How long `POST .../commands` with `rpc: true` waits for the reply; 5 s when not given. */
   rpcWaitMs?: number
 }
