@@ -37,7 +37,14 @@ export function fileRoutes(files: LocalFiles): FastifyPluginAsync {
       }
       const length = Math.max(0, end - start + 1)
       void reply.code(status).header('content-length', String(length))
-      if (req.method === 'HEAD' || length === 0) return reply.send()
+      if (req.method === 'HEAD') {
+        // Written by hand: fastify would set Content-Length to the empty body's 0 (RFC 9110 9.3.2: the GET's length).
+        reply.hijack()
+        reply.raw.writeHead(status, reply.getHeaders() as Record<string, string>)
+        reply.raw.end()
+        return reply
+      }
+      if (length === 0) return reply.send()
       const stream = createReadStream(file.path, { start, end })
       let sent = 0
       stream.on('data', (c) => (sent += c.length))
@@ -45,7 +52,6 @@ export function fileRoutes(files: LocalFiles): FastifyPluginAsync {
       return reply.send(stream)
     }
     app.get('/:token', serve)
-    app.head('/:token', serve)
   }
 }
 
