@@ -4,6 +4,7 @@
 // hub's TLS settings, bounded by the declared size and paced by the shared bandwidth limit.
 import { createWriteStream } from 'node:fs'
 import { readFile, stat, truncate, writeFile, open } from 'node:fs/promises'
+import { once } from 'node:events'
 import http from 'node:http'
 import https from 'node:https'
 import { Transform, type TransformCallback } from 'node:stream'
@@ -148,6 +149,8 @@ export async function fetchOnce(t: FetchTarget, s: FetchSettings, signal: AbortS
   try {
     await pipeline(res, limit, s.pace.stream(signal), out, { signal })
   } catch (err) {
+    // The next attempt resumes at the file's size: it must be final (the stream closed) before then.
+    if (!out.closed) await once(out, 'close')
     if (err instanceof FetchError) throw err
     throw new FetchError(`download cut after ${written} of ${t.expectedSize} bytes (${(err as Error).message})`, 'download', false)
   }
