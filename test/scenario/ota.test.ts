@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { CommandDevice, type ReceivedMessage } from '../helpers/command-device.js'
 import { newMessageId } from '../helpers/device.js'
-import { GatewayProcess } from '../helpers/gateway-process.js'
+import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
 import { HUB_PASSWORD, HUB_USERNAME, HubBroker } from '../helpers/hub-broker.js'
 import { freePort } from '../helpers/ports.js'
 import { HubSim } from '../../src/tools/hub-sim.js'
@@ -406,5 +406,20 @@ describe('OTA relay through the gateway process', () => {
     expect((await curl(['-f', String(cmd.url)])).stdout.equals(body)).toBe(true)
     await waitForState(res.body.job, `${P}/${tech.deviceId}`, 'downloading')
     expect(existsSync(path.join(gateway.dataDir, 'ota', 'images', `${md5}-${body.length}.bin`))).toBe(true)
+
+    // The same from the CLI, as a technician on site would.
+    const next = randomBytes(10_000)
+    await writeFile(file, next)
+    const nextMd5 = createHash('md5').update(next).digest('hex')
+    const up = await runCli(['ota', 'upload', file, '--image-version', '10.0.1', '--type', 'firmware', '-c', gateway.configFile])
+    expect(up.code, up.stderr).toBe(0)
+    expect(JSON.parse(up.stdout).image).toMatchObject({ md5: nextMd5, version: '10.0.1' })
+    const push = await runCli(['ota', 'push', nextMd5, '--devices', `${P}/${tech.deviceId}`, '-c', gateway.configFile])
+    expect(push.code, push.stderr).toBe(0)
+    const job = (JSON.parse(push.stdout) as { job: string }).job
+    const second = await dev.waitFor((m) => otaCommands(m) && m.topic.endsWith(job), 10_000, 'the CLI $ota_upgrade')
+    expect((await curl(['-f', String(payloadOf(second).url)])).stdout.equals(next)).toBe(true)
+    const jobs = await runCli(['ota', 'jobs', '-c', gateway.configFile])
+    expect((JSON.parse(jobs.stdout) as { jobs: { job: string }[] }).jobs.map((j) => j.job)).toContain(job)
   })
 })
