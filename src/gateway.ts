@@ -149,6 +149,7 @@ export class Gateway {
     })
     await this.ota.start()
     core.setLocalFiles(this.ota)
+    core.addStatusPart('ota', () => this.ota.statusPart())
     core.router.on('delivered', (sc: StoredCommand) => this.ota.delivered(sc))
     store.outbox.on('committed', (rows: OutboxRow[]) => this.ota.observe(rows))
     core.router.setHold(this.ota)

@@ -56,6 +56,7 @@ export class Core {
   private readonly warn: RateLimitedLog
   private sweepTimer?: NodeJS.Timeout
   private localFiles?: LocalFiles
+  private readonly statusParts = new Map<string, () => unknown>()
 
   constructor(private readonly d: CoreDeps) {
     const { store, metrics, log, hub } = d
@@ -107,6 +108,14 @@ export class Core {
       // Native devices ask themselves when they connect; one that stayed connected while the hub
       // link was down would miss what the hub pushed meanwhile (QoS 0), so the gateway asks for it.
       asksFor: (dev) => this.routes.owner(dev) !== undefined,
+      statusParts: () => {
+        const out: Record<string, unknown> = {}
+        for (const [key, part] of this.statusParts) {
+          const v = part()
+          if (v !== undefined) out[key] = v
+        }
+        return out
+      },
     })
     this.inbox = new HubInbox({
       router: this.router,
@@ -141,6 +150,11 @@ export class Core {
   /** Where the transports find the files they serve devices (the OTA relay's images). */
   setLocalFiles(files: LocalFiles | undefined): void {
     this.localFiles = files
+  }
+
+  /** A part of the gateway's own update_status a service reports (undefined: left out this time). */
+  addStatusPart(key: string, part: () => unknown): void {
+    this.statusParts.set(key, part)
   }
 
   /** An adapter started: it may own devices from now on. */

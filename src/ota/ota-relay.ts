@@ -34,6 +34,10 @@ const DOWNLOAD_FAILED = -1
 const CHECKSUM_FAILED = -2
 const OTHER_ERROR = -4
 const SWEEP_MS = 1_000
+// Gauges and history trimming every this many sweeps.
+const SLOW_SWEEPS = 15
+// How long finished targets stay in the job view.
+const FINISHED_KEPT_MS = 30 * 86_400_000
 const MAX_RETRY_DELAY_MS = 300_000
 
 export interface OtaRelayDeps {
@@ -103,6 +107,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
   private readonly warn: RateLimitedLog
   private readonly ca?: Buffer
   private sweepTimer?: NodeJS.Timeout
+  private sweeps = 0
   private stopped = false
   private readonly m: {
     downloads: ReturnType<AdapterMetrics['counter']>
@@ -457,7 +462,10 @@ export class OtaRelay implements CommandHold, LocalFiles {
       this.flushServed()
       const now = Date.now()
       for (const t of this.store.activeTargets('expires_at * 1000 < ?', now)) this.expire(t)
-      this.updateGauges()
+      if (this.sweeps++ % SLOW_SWEEPS === 0) {
+        this.store.trim(now - FINISHED_KEPT_MS)
+        this.updateGauges()
+      }
     } catch (err) {
       this.warn.warn('sweep', { err: (err as Error).message, code: ErrorCodes.OTA_FAILED }, 'OTA housekeeping failed')
     }
@@ -478,6 +486,19 @@ export class OtaRelay implements CommandHold, LocalFiles {
     } catch {
       return 0
     }
+  }
+
+  /**
+   * The gateway's own downloads for its update_status (PROTOCOL.md keeps device progress for the
+   * devices; the gateway's fetch shows as the gateway's state): undefined when none runs.
+   */
+  statusPart(): { downloads: { image: string; version: string; bytes: number; size: number }[] } | undefined {
+    if (this.stopped || this.fetching.size === 0) return undefined
+    const downloads = [...this.fetching.keys()].flatMap((key) => {
+      const img = this.store.image(key)
+      return img ? [{ image: key, version: img.version, bytes: this.fetchedSync(key), size: img.size }] : []
+    })
+    return { downloads }
   }
 
   // ---- the API: images, jobs ---------------------------------------------------------------------

@@ -148,6 +148,11 @@ export class OtaStore {
     this.db.prepare('UPDATE targets SET progress = ?, updated_at = ? WHERE command_id = ?').run(progress, Date.now(), commandId)
   }
 
+  /** Finished targets older than `before` (ms) go: the job view keeps recent history only. */
+  trim(before: number): void {
+    this.db.prepare("DELETE FROM targets WHERE state IN ('done', 'failed', 'expired') AND updated_at < ?").run(before)
+  }
+
   setServed(commandId: number, bytes: number): void {
     this.db.prepare('UPDATE targets SET bytes_served = ? WHERE command_id = ?').run(bytes, commandId)
   }
