@@ -34,7 +34,8 @@ const away = child('away')
 const coapDev = child('coap')
 const brief = child('brief')
 const tech = child('tech')
-const children = [a, b, crash, bad, big, beta1, stable1, away, coapDev, brief, tech]
+const roomy = child('roomy')
+const children = [a, b, crash, bad, big, beta1, stable1, away, coapDev, brief, tech, roomy]
 const CACHE_QUOTA = 3 * 1024 * 1024
 
 type Mode = 'whole' | 'cut' | 'trickle'
@@ -421,5 +422,25 @@ describe('OTA relay through the gateway process', () => {
     expect((await curl(['-f', String(payloadOf(second).url)])).stdout.equals(next)).toBe(true)
     const jobs = await runCli(['ota', 'jobs', '-c', gateway.configFile])
     expect((JSON.parse(jobs.stdout) as { jobs: { job: string }[] }).jobs.map((j) => j.job)).toContain(job)
+  })
+
+  it('evicts the oldest image no job needs to make room under the quota, and counts it', async () => {
+    const spare = randomBytes(1_600_000)
+    const file = path.join(gateway.tmpDir, 'spare.bin')
+    await writeFile(file, spare)
+    const up = await runCli(['ota', 'upload', file, '--image-version', '0.9.0', '--type', 'firmware', '-c', gateway.configFile])
+    expect(up.code, up.stderr).toBe(0)
+    const spareKey = `${createHash('md5').update(spare).digest('hex')}-${spare.length}`
+    const body = randomBytes(1_600_000)
+    const img = images.add('fw-roomy.bin', body)
+    const dev = await connect(roomy)
+    await sim.command(P, roomy.deviceId, '$ota_upgrade', { url: img.url, version: '12.0.0', size: img.size, md5: img.md5, type: 'firmware' })
+    const cmd = payloadOf(await dev.waitFor(otaCommands, 20_000, 'the $ota_upgrade'))
+    expect((await curl(['-f', String(cmd.url)])).stdout.equals(body)).toBe(true)
+    const cached = await gateway.api<{ images: { key: string }[] }>('GET', '/api/ota/images')
+    expect(cached.body.images.map((i) => i.key)).not.toContain(spareKey)
+    expect(await cachedFiles()).not.toContain(`${spareKey}.bin`)
+    const metrics = (await gateway.api<string>('GET', '/metrics')).body
+    expect(Number(/^iothub_edge_ota_evictions_total (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(1)
   })
 })
