@@ -196,7 +196,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
     if (!image && !/^https?:\/\//i.test(req.url)) return this.refuse(sc, req, OTHER_ERROR, `gateway: no image ${key} in the cache and ${JSON.stringify(req.url)} is not an http(s) URL`)
     this.store.addTarget(target)
     this.d.log.info({ job: target.job, device: target.device, image: key, version: req.version }, image?.state === 'ready' ? 'OTA job: image in the cache' : 'OTA job: waiting for the image')
-    if (image?.state === 'ready') return this.release(target)
+    if (image?.state === 'ready') return this.releaseWaiting()
     if (!image) {
       const row: ImageRow = { key, md5: req.md5, size: req.size, sha256: null, url: req.url, version: req.version, type: req.type, source: 'hub', state: 'fetching', createdAt: now, lastUsed: now }
       this.store.putImage(row)
@@ -210,9 +210,24 @@ export class OtaRelay implements CommandHold, LocalFiles {
   private resume(t: TargetRow): void {
     if (t.state !== 'waiting') return
     const image = this.store.image(t.imageKey)
-    if (image?.state === 'ready') this.release(t)
+    if (image?.state === 'ready') this.releaseWaiting()
     else if (!image) this.fail(t, DOWNLOAD_FAILED, 'gateway: image lost from the cache')
     else if (!this.fetching.has(image.key)) this.fetch(image)
+  }
+
+  /**
+   * Targets whose image is ready go to their devices, oldest first, as long as fewer than
+   * `maxConcurrentDevices` have an image on the way (a staged rollout; 0 = all at once).
+   */
+  private releaseWaiting(): void {
+    const limit = this.d.cfg.maxConcurrentDevices
+    let busy = limit > 0 ? this.store.busyCount() : 0
+    for (const t of this.store.targets("state = 'waiting'")) {
+      if (limit > 0 && busy >= limit) return
+      if (this.store.image(t.imageKey)?.state !== 'ready') continue
+      this.release(t)
+      busy++
+    }
   }
 
   /** The device's command into its queue, `url` now the device's own local URL. */
@@ -286,7 +301,10 @@ export class OtaRelay implements CommandHold, LocalFiles {
   private fetch(img: ImageRow): void {
     if (this.fetching.has(img.key)) return
     const work = this.download(img)
-      .then(() => this.imageReady(img.key))
+      .then(() => {
+        this.m.downloads.inc({ result: 'ok' })
+        this.releaseWaiting()
+      })
       .catch((err: Error) => this.imageFailed(img, err))
       .finally(() => this.fetching.delete(img.key))
     this.fetching.set(img.key, work)
@@ -331,11 +349,6 @@ export class OtaRelay implements CommandHold, LocalFiles {
     await rm(p.meta, { force: true })
     this.store.putImage({ ...img, sha256: sums.sha256, state: 'ready', lastUsed: Date.now() })
     this.d.log.info({ image: img.key, sha256: sums.sha256, bytes: img.size }, 'OTA image verified and cached')
-  }
-
-  private imageReady(key: string): void {
-    this.m.downloads.inc({ result: 'ok' })
-    for (const t of this.store.targets("image_key = ? AND state = 'waiting'", key)) this.release(t)
   }
 
   private async imageFailed(img: ImageRow, err: Error): Promise<void> {
@@ -462,6 +475,8 @@ export class OtaRelay implements CommandHold, LocalFiles {
       this.flushServed()
       const now = Date.now()
       for (const t of this.store.activeTargets('expires_at * 1000 < ?', now)) this.expire(t)
+      // Slots freed by devices that finished, failed or expired go to the next ones waiting.
+      if (this.d.cfg.maxConcurrentDevices > 0) this.releaseWaiting()
       if (this.sweeps++ % SLOW_SWEEPS === 0) {
         this.store.trim(now - FINISHED_KEPT_MS)
         this.updateGauges()
@@ -543,7 +558,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
       this.store.putImage(row)
       this.d.log.info({ image: row.key, sha256: row.sha256, version: row.version }, 'OTA image uploaded')
       // Jobs that waited for this very content (a download of it under way or failed) can go now.
-      this.imageReady(row.key)
+      this.releaseWaiting()
       return this.store.image(row.key)!
     } finally {
       await rm(tmp, { force: true })

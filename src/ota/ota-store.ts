@@ -148,6 +148,14 @@ export class OtaStore {
     this.db.prepare('UPDATE targets SET progress = ?, updated_at = ? WHERE command_id = ?').run(progress, Date.now(), commandId)
   }
 
+  /** Targets whose device has its image on the way: released, and not yet reported 100 %, done or failed. */
+  busyCount(): number {
+    const r = this.db
+      .prepare("SELECT COUNT(*) AS n FROM targets WHERE state IN ('queued', 'delivered', 'downloading') OR (state = 'reported' AND (progress IS NULL OR progress BETWEEN 0 AND 99))")
+      .get() as { n: number }
+    return r.n
+  }
+
   /** Finished targets older than `before` (ms) go: the job view keeps recent history only. */
   trim(before: number): void {
     this.db.prepare("DELETE FROM targets WHERE state IN ('done', 'failed', 'expired') AND updated_at < ?").run(before)

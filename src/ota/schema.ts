@@ -19,6 +19,11 @@ export const OtaSchema = Type.Object(
       description: 'quota of the image cache ({dataDir}/ota/); the oldest image no pending job uses is evicted to make room; a download that still does not fit is refused (-4)',
     }),
     bandwidthBytesPerSecond: Type.Integer({ default: 0, minimum: 0, description: "the gateway's own image downloads share at most this many bytes per second (so the outbox drain keeps its share of a slow uplink); 0 = unlimited" }),
+    maxConcurrentDevices: Type.Integer({
+      default: 0,
+      minimum: 0,
+      description: 'how many devices may have an image on its way at once (command released, not yet reported 100 %, done or failed); the rest wait in order: a staged rollout; 0 = no limit',
+    }),
     download: Type.Object(
       {
         idleTimeoutSeconds: Type.Integer({ default: 30, minimum: 1, description: 'a download that receives nothing this long is cut and resumed' }),
