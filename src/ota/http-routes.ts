@@ -2,6 +2,7 @@
 // RFC 9110 section 14, mounted outside /api: the unguessable token in the URL is the device's
 // credential, as the hub's own image URLs are), and the technician's API under /api/ota/.
 import { createReadStream } from 'node:fs'
+import type { Readable } from 'node:stream'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import rangeParser from 'range-parser'
 import type { LocalFiles } from '../core/local-files.js'
@@ -69,7 +70,7 @@ export function apiRoutes(ota: OtaRelay): FastifyPluginAsync {
       }
       const length = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length'])
       try {
-        const img = await ota.upload(req.body as NodeJS.ReadableStream as never, { version, type, length })
+        const img = await ota.upload(req.body as Readable, { version, type, length })
         return reply.code(201).send({ image: img })
       } catch (err) {
         if (err instanceof ImageRefused) return reply.code(413).send({ error: 'refused', message: err.message })

@@ -235,9 +235,11 @@ export class OtaRelay implements CommandHold, LocalFiles {
     if (t.expiresAt * 1000 < Date.now()) return this.expire(t)
     const body = parseJsonObject(Buffer.from(t.payload)) ?? {}
     const payload = Buffer.from(JSON.stringify({ ...body, url: this.localUrl(t) }))
+    // The command first: a crash in between leaves a released command and a waiting target, which
+    // the next start releases again (a no-op), never a held command nobody releases.
+    if (!this.d.held.release(t.commandId, payload)) this.d.log.debug({ job: t.job, device: t.device }, 'OTA command was no longer held')
     this.store.setTarget(t.commandId, 'queued')
     this.store.touchImage(t.imageKey)
-    if (!this.d.held.release(t.commandId, payload)) this.d.log.debug({ job: t.job, device: t.device }, 'OTA command was no longer held')
   }
 
   private localUrl(t: TargetRow): string {
@@ -306,6 +308,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
         this.releaseWaiting()
       })
       .catch((err: Error) => this.imageFailed(img, err))
+      .catch((err: Error) => this.d.log.error({ err, image: img.key, code: ErrorCodes.OTA_FAILED }, 'OTA image bookkeeping failed'))
       .finally(() => this.fetching.delete(img.key))
     this.fetching.set(img.key, work)
   }
