@@ -233,6 +233,8 @@ export class OtaRelay implements CommandHold, LocalFiles {
   /** The device's command into its queue, `url` now the device's own local URL. */
   private release(t: TargetRow): void {
     if (t.expiresAt * 1000 < Date.now()) return this.expire(t)
+    // Checked again here: at the hub's first connect (and at a restart) mapped adapters may not have started yet.
+    if (this.d.isMapped(parseDeviceKey(t.device))) return this.fail(t, OTHER_ERROR, 'gateway: transport cannot carry an image')
     const body = parseJsonObject(Buffer.from(t.payload)) ?? {}
     const payload = Buffer.from(JSON.stringify({ ...body, url: this.localUrl(t) }))
     // The command first: a crash in between leaves a released command and a waiting target, which
