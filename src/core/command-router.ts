@@ -103,7 +103,7 @@ export class CommandRouter extends EventEmitter implements HeldCommands {
 
   finish(id: number, state: 'failed' | 'expired' | 'dropped', reason: string): void {
     this.d.store.setState(id, state, reason)
-    this.d.metrics.downlinks.inc({ outcome: state === 'expired' ? 'expired' : 'dropped' })
+    this.d.metrics.downlinks.inc({ outcome: state })
   }
 
   heldCommands(): StoredCommand[] {
