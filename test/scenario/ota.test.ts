@@ -314,8 +314,11 @@ describe('OTA relay through the gateway process', () => {
     const other = await connect(stable1)
     await inTag.client.subscribeAsync(`tags/${P}/beta/cmd/+/+/+/#`, { qos: 1 })
     await other.client.subscribeAsync(`tags/${P}/stable/cmd/+/+/+/#`, { qos: 1 })
-    // The gateway holds the tag filters on the hub once its children subscribed.
-    await sleep(500)
+    // The gateway holds the tag filter on the hub once its child subscribed (seen from Mosquitto's side).
+    for (let i = 0; !(await hub.subscriptionsOf(`${gw.productId}/${gw.deviceId}/edge`)).has(`tags/${P}/beta/cmd/+/+/+/#`); i++) {
+      if (i > 100) throw gateway.failure('the gateway did not subscribe the tag filter on the hub')
+      await sleep(100)
+    }
     const job = await sim.tagCommand(P, 'beta', '$ota_upgrade', { url: img.url, version: '5.0.0-beta', size: img.size, md5: img.md5, type: 'app' })
     const got = await inTag.waitFor(otaCommands, 20_000, 'the tag $ota_upgrade')
     expect(got.topic).toBe(`tags/${P}/beta/cmd/$ota_upgrade/plain/${job}`)
