@@ -2,13 +2,9 @@
 // folder, resumed where an earlier attempt (or an earlier process, kill -9 included) stopped with
 // `Range` and `If-Range` (RFC 9110 sections 14.2 and 13.1.5), over node's http/https with the
 // hub's TLS settings, bounded by the declared size and paced by the shared bandwidth limit.
-import { createWriteStream } from 'node:fs'
-import { readFile, stat, truncate, writeFile, open } from 'node:fs/promises'
-import { once } from 'node:events'
+import { open, readFile, stat, truncate, writeFile } from 'node:fs/promises'
 import http from 'node:http'
 import https from 'node:https'
-import { Transform, type TransformCallback } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
 
 /** Why an attempt failed; `permanent` ones are not retried (the image or its server is wrong). */
 export class FetchError extends Error {
@@ -62,14 +58,6 @@ export class BandwidthLimit {
       if (signal?.aborted) throw new FetchError('aborted', 'download', false)
       await new Promise((r) => setTimeout(r, Math.max(10, ((n - this.tokens) / this.bytesPerSecond) * 1000)))
     }
-  }
-
-  stream(signal?: AbortSignal): Transform {
-    return new Transform({
-      transform: (chunk: Buffer, _enc, done: TransformCallback) => {
-        this.take(chunk.length, signal).then(() => done(null, chunk), done)
-      },
-    })
   }
 }
 
@@ -136,28 +124,24 @@ export async function fetchOnce(t: FetchTarget, s: FetchSettings, signal: AbortS
     const permanent = status >= 400 && status < 500 && status !== 408 && status !== 429
     throw new FetchError(`server answered HTTP ${status}`, 'download', permanent)
   }
-  let written = from
-  const limit = new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      written += chunk.length
-      if (written > t.expectedSize) return done(new FetchError(`the server sent more than the ${t.expectedSize} bytes the command says`, 'size', true))
-      done(null, chunk)
-    },
-  })
-  const out = createWriteStream(t.partPath, { flags: from === 0 ? 'w' : 'a' })
+  // Written chunk by chunk as it arrives: when the connection is cut, everything received is in the
+  // file (nothing buffered in a stream is thrown away), so the next attempt resumes from there.
   res.setTimeout(s.idleTimeoutMs, () => res.destroy(new FetchError(`nothing received for ${s.idleTimeoutMs / 1000} s`, 'download', false)))
+  const fh = await open(t.partPath, from === 0 ? 'w' : 'a')
+  let written = from
   try {
-    await pipeline(res, limit, s.pace.stream(signal), out, { signal })
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      if (written + chunk.length > t.expectedSize) throw new FetchError(`the server sent more than the ${t.expectedSize} bytes the command says`, 'size', true)
+      await s.pace.take(chunk.length, signal)
+      await fh.write(chunk)
+      written += chunk.length
+    }
+    if (written !== t.expectedSize) throw new FetchError(`download ended after ${written} of ${t.expectedSize} bytes`, 'download', false)
+    await fh.sync()
   } catch (err) {
-    // The next attempt resumes at the file's size: it must be final (the stream closed) before then.
-    if (!out.closed) await once(out, 'close')
+    res.destroy()
     if (err instanceof FetchError) throw err
     throw new FetchError(`download cut after ${written} of ${t.expectedSize} bytes (${(err as Error).message})`, 'download', false)
-  }
-  if (written !== t.expectedSize) throw new FetchError(`download ended after ${written} of ${t.expectedSize} bytes`, 'download', false)
-  const fh = await open(t.partPath, 'r+')
-  try {
-    await fh.sync()
   } finally {
     await fh.close()
   }

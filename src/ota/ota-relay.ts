@@ -411,7 +411,8 @@ export class OtaRelay implements CommandHold, LocalFiles {
       etag: img.sha256.slice(0, 16),
       served: (bytes, transport) => {
         this.m.servedBytes.inc({ transport }, bytes)
-        this.served.set(t.commandId, (this.served.get(t.commandId) ?? t.bytesServed) + bytes)
+        // Counted in memory, written by the sweep: the stored count is the base once the last sweep took it.
+        this.served.set(t.commandId, (this.served.get(t.commandId) ?? this.store.target(t.commandId)?.bytesServed ?? 0) + bytes)
         if (t.state === 'queued' || t.state === 'delivered') {
           t.state = 'downloading'
           this.store.setTarget(t.commandId, 'downloading')
