@@ -7,7 +7,7 @@
 // gateway speaks upstream for a device only when the device never got the chance: -1 its own
 // download failed, -2 the image did not match, -4 quota, expiry before delivery, a mapped device.
 import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream, createWriteStream, mkdirSync, readFileSync, statfsSync, statSync } from 'node:fs'
+import { createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, statfsSync, statSync } from 'node:fs'
 import { open, rename, rm } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -377,7 +377,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
     if (used + img.size <= quota) return
     for (const victim of this.store.unreferenced()) {
       if (victim.key === img.key) continue
-      void rm(this.paths(victim.key).file, { force: true })
+      rmSync(this.paths(victim.key).file, { force: true })
       this.store.removeImage(victim.key)
       this.m.evictions.inc()
       this.d.log.info({ image: victim.key, bytes: victim.size, for: img.key }, 'OTA image evicted from the cache to make room')
@@ -392,7 +392,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
     const img = this.store.image(key)
     if (!img || img.state !== 'ready' || img.source !== 'hub') return
     if (this.store.activeTargets('image_key = ?', key).length > 0) return
-    void rm(this.paths(key).file, { force: true })
+    rmSync(this.paths(key).file, { force: true })
     this.store.removeImage(key)
     this.d.log.info({ image: key }, 'OTA image released: no job needs it any more')
   }
