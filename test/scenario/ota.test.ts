@@ -295,6 +295,17 @@ describe('OTA relay through the gateway process', () => {
     expect((await cachedFiles()).some((f) => f.startsWith('ffffffff'))).toBe(false)
   })
 
+  it('answers -1 upstream when its own download fails, and the device never sees the command', async () => {
+    const dev = await connect(bad)
+    const url = `http://127.0.0.1:${images.port}/no-such-image.bin`
+    await sim.command(P, bad.deviceId, '$ota_upgrade', { url, version: '9.9.8', size: 1000, md5: '0123456789abcdef0123456789abcdef', type: 'firmware' })
+    const status = await otaStatus(bad.deviceId, -1)
+    expect(status).toMatchObject({ type: 'firmware', version: '9.9.8' })
+    expect(String(status.desc)).toMatch(/^gateway: download of .* failed after 1 attempt\(s\): server answered HTTP 404$/)
+    await marker(dev)
+    expect(dev.messages.filter(otaCommands)).toEqual([])
+  })
+
   it('answers -4 when the image cache quota cannot hold the image', async () => {
     const body = randomBytes(CACHE_QUOTA + 1024)
     const img = images.add('fw-big.bin', body)
