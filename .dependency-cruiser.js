@@ -59,7 +59,7 @@ export default {
       comment: 'The store keeps data and knows nothing of who reads or writes it: not the adapters, the cloud link, the rules, the web UI or the composition root.',
       severity: 'error',
       from: { path: '^src/store/' },
-      to: { path: ['^src/(northbound|southbound|web|rules|history)/', '^src/gateway\\.ts$'] },
+      to: { path: ['^src/(northbound|southbound|web|rules|history|ota)/', '^src/gateway\\.ts$'] },
     },
     {
       name: 'store-no-network',
@@ -75,7 +75,7 @@ export default {
       comment: 'The core is the hub of the pipeline: adapters, the cloud link, the rules and the web UI plug into it, never the reverse. Wiring them together is the job of the composition root (src/gateway.ts).',
       severity: 'error',
       from: { path: '^src/core/' },
-      to: { path: ['^src/(southbound|northbound|web|rules|history)/', '^src/gateway\\.ts$', '^src/cli\\.ts$'] },
+      to: { path: ['^src/(southbound|northbound|web|rules|history|ota)/', '^src/gateway\\.ts$', '^src/cli\\.ts$'] },
     },
     {
       name: 'core-no-transport-packages',
@@ -92,6 +92,22 @@ export default {
       severity: 'error',
       from: { path: '^src/northbound/' },
       to: { path: ['^src/(southbound|web|rules)/', '^src/gateway\\.ts$'] },
+    },
+
+    // --- ota: a service the composition root plugs into the core's seams
+    {
+      name: 'ota-through-core-seams',
+      comment: 'The OTA relay plugs into the core through its seams (CommandHold, LocalFiles) and is wired by the composition root: it never reaches adapters, the cloud link, the web UI or the gateway\'s store; the transports serve its files through AdapterContext.localFile.',
+      severity: 'error',
+      from: { path: '^src/ota/' },
+      to: { path: ['^src/(southbound|northbound|web|rules)/', '^src/store/(?!commands\\.ts$)', '^src/gateway\\.ts$', '^src/cli\\.ts$'] },
+    },
+    {
+      name: 'nothing-reaches-into-ota',
+      comment: 'Only the composition root (and the config schema) know the OTA relay: adapters serve its files through AdapterContext.localFile, the core holds its commands through CommandHold.',
+      severity: 'error',
+      from: { path: '^src/', pathNot: ['^src/ota/', '^src/gateway\\.ts$', '^src/config\\.ts$'] },
+      to: { path: '^src/ota/' },
     },
 
     // --- rules: pure logic on the core's vocabulary

@@ -1,5 +1,5 @@
-// iothub-edge command line: start, check-config, devices, status, the adapters' tools (lorawan import).
-import { existsSync, readFileSync } from 'node:fs'
+// iothub-edge command line: start, check-config, devices, status, rules, history, ota, the adapters' tools (lorawan import).
+import { createReadStream, existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } from './config.js'
@@ -17,7 +17,7 @@ import type { DeviceRef } from './core/types.js'
 import { ConnectionStore, lastSeen as lastSeenOf, type ConnectionInfo } from './store/connections.js'
 import { deviceDetails, devicesTable, json, outputMode, statusText, table } from './cli-output.js'
 import readline from 'node:readline/promises'
-import { Writable } from 'node:stream'
+import { Readable, Writable } from 'node:stream'
 import { HubSimServer } from './tools/hub-sim-server.js'
 import { builtInAdapters } from './southbound/registry.js'
 import type { AdapterModule } from './southbound/adapter-module.js'
@@ -58,6 +58,10 @@ const USAGE = `usage:
   iothub-edge history export --device PRODUCT/DEVICE [--series NAME] [--from T] [--to T] [-c FILE]
                               CSV of the local history on stdout (T: ISO date or epoch ms; default
                               the last 24 h); raw samples within store.history.retentionDays, rollups before
+  iothub-edge ota images|jobs [-c FILE]        the OTA relay's cache and jobs (JSON)
+  iothub-edge ota upload FILE --image-version V --type T [-c FILE]   an image for offline campaigns
+  iothub-edge ota push IMAGE (--devices p/d,p/d | --product P --tags TAG) [--expires SECONDS] [-c FILE]
+                              push a cached image (its md5) to devices, or to the children carrying a tag
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -104,6 +108,9 @@ export async function main(argv: string[]): Promise<number | undefined> {
         series: { type: 'string' },
         from: { type: 'string' },
         to: { type: 'string' },
+        'image-version': { type: 'string' },
+        type: { type: 'string' },
+        expires: { type: 'string' },
       },
     })
   } catch (err) {
@@ -129,6 +136,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return devices(rest, values)
     case 'status':
       return status(values)
+    case 'ota':
+      return ota(rest, values)
     case 'simulate':
       return runSimulate(values)
     case 'hub-sim':
@@ -668,6 +677,50 @@ function historyCommand(args: string[], v: { config?: string; device?: string; s
     db.close()
   }
   return 0
+}
+
+// --- OTA: offline campaigns through the running gateway's API (docs/operators/ota.md) ---------
+
+async function ota(args: string[], v: { config?: string; 'image-version'?: string; type?: string; devices?: string; product?: string; tags?: string; expires?: string }): Promise<number> {
+  const [sub, arg] = args
+  if (!['images', 'jobs', 'upload', 'push'].includes(sub ?? '') || ((sub === 'upload' || sub === 'push') && !arg)) {
+    process.stderr.write(USAGE)
+    return EXIT_USAGE
+  }
+  const cfg = readConfig(v.config)
+  if (typeof cfg === 'number') return cfg
+  const live = runningGateway(cfg.gateway.dataDir)
+  if (live?.httpPort === undefined) {
+    process.stderr.write(`ota ${sub}: no gateway is running (and answering) on ${cfg.gateway.dataDir}; start it first\n`)
+    return EXIT_NOT_RUNNING
+  }
+  const api = gatewayApi(cfg, live.httpPort)
+  let r: { status: number; body: unknown }
+  if (sub === 'images' || sub === 'jobs') {
+    r = await api.call('GET', `/api/ota/${sub}`)
+  } else if (sub === 'upload') {
+    if (!v['image-version'] || !v.type) {
+      process.stderr.write('ota upload: --image-version and --type are required\n')
+      return EXIT_USAGE
+    }
+    const res = await fetch(`${api.base}/api/ota/images?version=${encodeURIComponent(v['image-version'])}&type=${encodeURIComponent(v.type)}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${cfg.http.apiToken ?? readApiToken(cfg.gateway.dataDir)}`, 'content-type': 'application/octet-stream' },
+      body: Readable.toWeb(createReadStream(arg)) as ReadableStream,
+      duplex: 'half',
+    } as RequestInit)
+    r = { status: res.status, body: (await res.json()) as unknown }
+  } else {
+    const devices = (v.devices ?? '').split(',').filter(Boolean)
+    if (devices.length === 0 && !(v.product && v.tags)) {
+      process.stderr.write('ota push: --devices p/d,... or --product P --tags TAG\n')
+      return EXIT_USAGE
+    }
+    const expiresAt = v.expires ? Math.floor(Date.now() / 1000) + Number(v.expires) : undefined
+    r = await api.call('POST', '/api/ota/jobs', { image: arg, devices, ...(v.product && v.tags ? { productId: v.product, tag: v.tags } : {}), expiresAt })
+  }
+  process.stdout.write(json(r.body))
+  return r.status < 400 ? 0 : 1
 }
 
 // --- tools -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import { Ajv, type ErrorObject } from 'ajv'
 import YAML from 'yaml'
 import { ID_PATTERN, ID_RULE } from './core/hub-topics.js'
 import { HistorySchema } from './history/schema.js'
+import { OtaSchema } from './ota/schema.js'
 import { adapterConfigProperties, adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js'
 import { RuleActionSchema, RulesSchema } from './rules/schema.js'
 import { compileRules } from './rules/compile.js'
@@ -105,6 +106,7 @@ const rootProperties = {
       },
       { additionalProperties: false, default: {}, description: 'the SQLite store in gateway.dataDir' },
     ),
+    ota: OtaSchema,
     devices: Type.Array(DeviceSeed, { default: [], description: 'seeds the device registry; the API and CLI own a device after it exists' }),
     rules: RulesSchema,
     log: Type.Object(

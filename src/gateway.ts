@@ -25,6 +25,10 @@ import type { AdapterHealth, HealthReport, HistoryReader, WebDeps } from './web/
 import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
 import { compileRules } from './rules/compile.js'
 import { RulesEngine } from './rules/engine.js'
+import { OtaRelay } from './ota/ota-relay.js'
+import { apiRoutes as otaApiRoutes, fileRoutes as otaFileRoutes } from './ota/http-routes.js'
+import type { OutboxRow } from './store/outbox.js'
+import type { StoredCommand } from './store/commands.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 
@@ -51,6 +55,7 @@ export class Gateway {
   rules?: RulesEngine
   /** The local history: an observer of the pipeline (absent when store.history.enabled is false, or when it could not start). */
   history?: HistoryRecorder
+  ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
@@ -102,6 +107,8 @@ export class Gateway {
     this.startRules()
 
     const core = this.core
+    // Before the hub link: an `$ota_upgrade` arriving at its first connect is held, not relayed.
+    await this.startOta()
     this.bridge = new Bridge(cfg, store.outbox, store.registry, metrics, log, {
       onMessage: core.fromHub,
       onConnected: core.hubConnected,
@@ -231,6 +238,40 @@ export class Gateway {
       events: (device, from, to, limit) => tables().events(deviceKey(device), from, to, limit),
       csv: (range) => csvLines(tables(), range),
     }
+  }
+
+  /** The OTA relay (src/ota): the command hold for `$ota_upgrade`, the files devices fetch, the observer of their status. */
+  private async startOta(): Promise<void> {
+    const { cfg, core, store } = this
+    this.ota = new OtaRelay({
+      cfg: cfg.ota,
+      dataDir: cfg.gateway.dataDir,
+      held: core.router,
+      uplink: (up) => core.pipeline.uplink(up),
+      isMapped: (dev) => core.routes.isMapped(dev),
+      transportOf: (dev) =>
+        store.connections
+          .list()
+          .filter((c) => c.productId === dev.productId && c.deviceId === dev.deviceId)
+          .sort((a, b) => (b.connectedAt ?? 0) - (a.connectedAt ?? 0))[0]?.transport,
+      httpPort: () => this.web?.port ?? cfg.http.port,
+      coapPort: () => this.adapter<{ port: number }>('coap')?.port,
+      tls: { ca: cfg.northbound.tls?.ca, rejectUnauthorized: cfg.northbound.tls?.rejectUnauthorized ?? true },
+      sendLocal: (cmd) => core.router.accept(cmd, 'local'),
+      devicesWithTag: (productId, tag) =>
+        store.registry
+          .list()
+          .filter((d) => d.enabled && d.productId === productId && d.tags.includes(tag))
+          .map((d) => ({ productId: d.productId, deviceId: d.deviceId })),
+      metrics: this.metrics.forAdapter('ota'),
+      log: this.log.child({ component: 'ota' }),
+    })
+    await this.ota.start()
+    core.setLocalFiles(this.ota)
+    core.addStatusPart('ota', () => this.ota.statusPart())
+    core.router.on('delivered', (sc: StoredCommand) => this.ota.delivered(sc))
+    store.outbox.on('committed', (rows: OutboxRow[]) => this.ota.observe(rows))
+    core.router.setHold(this.ota)
   }
 
   private outboxNear = false
@@ -375,6 +416,7 @@ export class Gateway {
       history: this.historyReader(),
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
       rules: this.rules && { list: () => this.rules!.ruleStats(), alarms: () => this.rules!.alarms() },
+      serviceRoutes: [{ prefix: 'ota', api: otaApiRoutes(this.ota), files: otaFileRoutes(this.ota) }],
     }
   }
 
@@ -395,6 +437,7 @@ export class Gateway {
       }
       this.rules?.stop()
       await this.core?.stop()
+      await this.ota?.stop()
       await this.bridge?.stop()
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])

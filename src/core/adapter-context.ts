@@ -4,6 +4,7 @@
 import type { Counter, Gauge } from 'prom-client'
 import type { Logger } from './log.js'
 import type { Command, DeviceRef, Transport, Uplink } from './types.js'
+import type { LocalFile } from './local-files.js'
 
 /** A native device's connection (an MQTT session, a CoAP client that registered). */
 export interface ClientSession {
@@ -117,4 +118,7 @@ export interface AdapterContext {
    * shape every gateway-written reply has.
    */
   replyFor(cmd: Command, status: ReplyStatus, extra?: { reason?: string; code?: number | string }): Promise<void>
+
+  /** A file the gateway serves its devices (an OTA image) by the token in its URL; undefined if none or no longer. */
+  localFile(token: string): LocalFile | undefined
 }

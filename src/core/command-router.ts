@@ -9,6 +9,7 @@ import type { Metrics } from './metrics.js'
 import type { Command, DeviceRef, SouthboundAdapter } from './types.js'
 import { deviceKey, isExpired } from './types.js'
 import type { CommandOrigin, CommandStore, StoredCommand } from '../store/commands.js'
+import type { CommandHold, HeldCommands } from './command-hold.js'
 
 export interface RouterDeps {
   store: CommandStore
@@ -21,8 +22,9 @@ export interface RouterDeps {
 }
 
 /** Events: 'delivered' (StoredCommand), 'reply' ({command: StoredCommand, payload}). */
-export class CommandRouter extends EventEmitter {
+export class CommandRouter extends EventEmitter implements HeldCommands {
   private readonly chains = new Map<string, Promise<void>>()
+  private hold?: CommandHold
   private readonly replyWaiters = new Map<string, (payload: Buffer) => void>()
   private stopped = false
 
@@ -61,16 +63,51 @@ export class CommandRouter extends EventEmitter {
       this.schedule(cmd.device)
       return 'rpc_sent'
     }
-    const r = this.d.store.accept(scope, cmd, origin, 'queued')
+    const held = this.hold?.takes(cmd, origin) === true
+    const r = this.d.store.accept(scope, cmd, origin, held ? 'held' : 'queued')
     if (!r.fresh) return this.duplicate(cmd)
-    this.schedule(cmd.device)
+    if (held) this.handToHold(r.id!)
+    else this.schedule(cmd.device)
     return 'queued'
   }
 
   /** Record a fan-out copy (its scope, e.g. the tag topic, was deduplicated already) and deliver it. */
   enqueueCopy(cmd: Command, origin: CommandOrigin): void {
-    this.d.store.record(cmd, origin, 'queued')
-    this.schedule(cmd.device)
+    const held = this.hold?.takes(cmd, origin) === true
+    const id = this.d.store.record(cmd, origin, held ? 'held' : 'queued')
+    if (held) this.handToHold(id)
+    else this.schedule(cmd.device)
+  }
+
+  /** Plug in the one command hold (src/core/command-hold.ts); it gets what is still held from before. */
+  setHold(hold: CommandHold | undefined): void {
+    this.hold = hold
+    if (hold) for (const sc of this.d.store.held()) hold.held(sc)
+  }
+
+  // After the current turn: a fan-out writes its copies in one transaction, which must be
+  // committed before the hold acts on one of them.
+  private handToHold(id: number): void {
+    setImmediate(() => {
+      const sc = this.d.store.byId(id)
+      if (sc?.state === 'held') this.hold?.held(sc)
+    })
+  }
+
+  release(id: number, payload: Buffer): boolean {
+    if (!this.d.store.release(id, payload)) return false
+    const sc = this.d.store.byId(id)
+    if (sc) this.schedule(sc.command.device)
+    return true
+  }
+
+  finish(id: number, state: 'failed' | 'expired' | 'dropped', reason: string): void {
+    this.d.store.setState(id, state, reason)
+    this.d.metrics.downlinks.inc({ outcome: state })
+  }
+
+  heldCommands(): StoredCommand[] {
+    return this.d.store.held()
   }
 
   private duplicate(cmd: Command): 'duplicate' {

@@ -22,6 +22,7 @@ import { GatewayDevice, type HubPort } from './gateway-device.js'
 import { newMessageId } from './message-id.js'
 import { Observers, type PipelineObserver } from './observers.js'
 import type { StoredCommand } from '../store/commands.js'
+import type { LocalFiles } from './local-files.js'
 import type { Store } from '../store/store.js'
 import type { Device } from '../store/devices.js'
 
@@ -57,6 +58,8 @@ export class Core {
   private readonly observers: Observers
   private readonly warn: RateLimitedLog
   private sweepTimer?: NodeJS.Timeout
+  private localFiles?: LocalFiles
+  private readonly statusParts = new Map<string, () => unknown>()
 
   constructor(private readonly d: CoreDeps) {
     const { store, metrics, log, hub } = d
@@ -109,6 +112,14 @@ export class Core {
       // Native devices ask themselves when they connect; one that stayed connected while the hub
       // link was down would miss what the hub pushed meanwhile (QoS 0), so the gateway asks for it.
       asksFor: (dev) => this.routes.owner(dev) !== undefined,
+      statusParts: () => {
+        const out: Record<string, unknown> = {}
+        for (const [key, part] of this.statusParts) {
+          const v = part()
+          if (v !== undefined) out[key] = v
+        }
+        return out
+      },
     })
     this.inbox = new HubInbox({
       router: this.router,
@@ -159,6 +170,16 @@ export class Core {
   /** Tag filters to hold on the hub: all of them, or one child's (devices mode). */
   readonly hubFilters = (device?: DeviceRef): string[] => this.tags.hubFilters(device)
 
+  /** Where the transports find the files they serve devices (the OTA relay's images). */
+  setLocalFiles(files: LocalFiles | undefined): void {
+    this.localFiles = files
+  }
+
+  /** A part of the gateway's own update_status a service reports (undefined: left out this time). */
+  addStatusPart(key: string, part: () => unknown): void {
+    this.statusParts.set(key, part)
+  }
+
   /** An adapter started: it may own devices from now on. */
   attach(adapter: SouthboundAdapter): void {
     this.routes.add(adapter)
@@ -199,6 +220,7 @@ export class Core {
       deviceAway: (dev) => this.sessions.mappedAway(dev),
       reportState: (dev, reported) => this.shadows.reportState(dev, reported),
       replyFor: (cmd, status, extra) => this.replyFor(cmd, status, extra),
+      localFile: (token) => this.localFiles?.open(token),
     }
   }
 

@@ -38,6 +38,8 @@ export const ErrorCodes = {
   HISTORY_BEHIND: 'IHE_HISTORY_BEHIND',
   /** A device reached store.history.maxSeriesPerDevice: samples of further keys are not recorded. */
   HISTORY_SERIES_CAP: 'IHE_HISTORY_SERIES_CAP',
+  /** The OTA relay could not fetch, verify or keep an image (the jobs waiting for it were answered upstream). */
+  OTA_FAILED: 'IHE_OTA_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

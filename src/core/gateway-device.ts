@@ -39,6 +39,8 @@ export interface GatewayDeviceDeps {
   onlineCount: () => number
   /** Children whose `$tags`/`$shadow` the gateway asks for on a hub connection. */
   asksFor: (device: Device) => boolean
+  /** Further parts of the status a service adds (the OTA relay's own downloads), by key. */
+  statusParts?: () => Record<string, unknown>
 }
 
 export class GatewayDevice {
@@ -112,6 +114,7 @@ export class GatewayDevice {
       outbox_oldest_age_ms: s.oldestAgeMs,
       outbox_dropped: s.dropped,
       children_online: this.d.onlineCount(),
+      ...this.d.statusParts?.(),
     }
     try {
       await this.d.uplink({

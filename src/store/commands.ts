@@ -6,7 +6,9 @@ import type { Db } from './db.js'
 import type { Command } from '../core/types.js'
 import { deviceKey, parseDeviceKey } from '../core/types.js'
 
-export type CommandState = 'queued' | 'delivered' | 'expired' | 'replied' | 'dropped' | 'failed'
+// held: stored and deduplicated, but kept back from delivery by a command hold (the OTA relay
+// until the image is verified); released into 'queued' or finished by the hold.
+export type CommandState = 'held' | 'queued' | 'delivered' | 'expired' | 'replied' | 'dropped' | 'failed'
 export type CommandOrigin = 'hub' | 'local' | 'm2m' | 'tag' | 'rule'
 
 export interface StoredCommand {
@@ -44,7 +46,7 @@ const HISTORY_PER_DEVICE = 100
 
 export class CommandStore {
   private readonly st: Record<
-    'seen' | 'markSeen' | 'insert' | 'setState' | 'setReply' | 'pending' | 'recent' | 'byRequest' | 'expireSeen' | 'expireQueued' | 'trim',
+    'seen' | 'markSeen' | 'insert' | 'setState' | 'setReply' | 'pending' | 'recent' | 'byRequest' | 'expireSeen' | 'expireQueued' | 'trim' | 'release' | 'held' | 'byId',
     Statement
   >
 
@@ -68,9 +70,12 @@ export class CommandStore {
         "UPDATE commands SET state = 'expired', updated_at = @now WHERE state = 'queued' AND expires_at IS NOT NULL AND expires_at * 1000 < @now RETURNING id",
       ),
       trim: db.prepare(
-        `DELETE FROM commands WHERE device = ? AND state != 'queued' AND id NOT IN
+        `DELETE FROM commands WHERE device = ? AND state NOT IN ('queued', 'held') AND id NOT IN
            (SELECT id FROM commands WHERE device = ? ORDER BY id DESC LIMIT ${HISTORY_PER_DEVICE})`,
       ),
+      release: db.prepare("UPDATE commands SET state = 'queued', payload = ?, updated_at = ? WHERE id = ? AND state = 'held'"),
+      held: db.prepare("SELECT * FROM commands WHERE state = 'held' ORDER BY id"),
+      byId: db.prepare('SELECT * FROM commands WHERE id = ?'),
     }
   }
 
@@ -124,6 +129,21 @@ export class CommandStore {
 
   setReply(id: number, reply: Buffer): void {
     this.st.setReply.run(reply, Date.now(), id)
+  }
+
+  /** A held command goes into the queue with this payload; false if it was not held (any more). */
+  release(id: number, payload: Buffer): boolean {
+    return this.st.release.run(payload, Date.now(), id).changes === 1
+  }
+
+  /** Every held command, oldest first (a hold picks them up again after a restart). */
+  held(): StoredCommand[] {
+    return (this.st.held.all() as Row[]).map(toStored)
+  }
+
+  byId(id: number): StoredCommand | undefined {
+    const r = this.st.byId.get(id) as Row | undefined
+    return r && toStored(r)
   }
 
   /** Queued commands for a device, oldest first. */

@@ -45,11 +45,13 @@ export function buildApp(deps: WebDeps): FastifyInstance {
       void api.register(rulesRoutes, deps)
       void api.register(historyRoutes, deps)
       for (const routes of deps.adapterRoutes) void api.register(adapterScope(routes, log), { prefix: `/adapters/${routes.adapter}` })
+      for (const s of deps.serviceRoutes ?? []) if (s.api) void api.register(s.api, { prefix: `/${s.prefix}` })
     },
     { prefix: '/api' },
   )
   // A scope of its own per adapter, under a fixed prefix: a device plugin cannot reach into /api.
   for (const routes of deps.deviceRoutes ?? []) void app.register(adapterScope(routes, log, '/devices/'), { prefix: '/devices' })
+  for (const s of deps.serviceRoutes ?? []) if (s.files) void app.register(s.files, { prefix: `/${s.prefix}` })
   return app
 }
 

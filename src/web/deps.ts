@@ -76,6 +76,12 @@ export interface CommandDesk {
  * behind the token; in `deviceRoutes` mounted under /devices/ without it (the plugin authenticates
  * devices with their own credentials).
  */
+export interface ServiceRoutes {
+  prefix: string
+  api?: FastifyPluginAsync
+  files?: FastifyPluginAsync
+}
+
 export interface AdapterRoutes {
   adapter: string
   plugin: FastifyPluginAsync
@@ -108,6 +114,11 @@ export interface WebDeps {
   deviceRoutes?: readonly AdapterRoutes[]
   /** Absent when the history is off (store.history.enabled: false). */
   history?: HistoryReader
+  /**
+   * Routes of a gateway service (the OTA relay): `api` under /api/{prefix}/ behind the token;
+   * `files` under /{prefix}/ without it (devices fetch with an unguessable URL of their own).
+   */
+  serviceRoutes?: readonly ServiceRoutes[]
   /** How long `POST .../commands` with `rpc: true` waits for the reply; 5 s when not given. */
   rpcWaitMs?: number
   /** The local rules: their counters and last errors, and the alarms they keep (none when no rules are configured). */

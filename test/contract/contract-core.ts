@@ -134,6 +134,11 @@ export class ContractCore implements AdapterContext {
     this.replies.push({ cmd, status })
   }
 
+  /** No files served in the contract suites (the OTA tests serve real ones through the gateway). */
+  localFile(): undefined {
+    return undefined
+  }
+
   dispose(): void {
     this.db.close()
     rmSync(this.dir, { recursive: true, force: true })

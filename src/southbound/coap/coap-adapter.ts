@@ -10,7 +10,9 @@ import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername,
 import { RateLimitedLog } from '../../core/log.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
 import { deviceKey, isExpired } from '../../core/types.js'
-import { CoapWire, uintOption, type CoapRequest, type CoapResponse, type Peer, type ResourceKey } from './coap-wire.js'
+import { open } from 'node:fs/promises'
+import { isFileToken } from '../../core/local-files.js'
+import { blockOption, CoapWire, uintOption, type CoapRequest, type CoapResponse, type Peer, type ResourceKey } from './coap-wire.js'
 import type { CoapConfig } from './schema.js'
 
 interface Observation {
@@ -206,7 +208,9 @@ export class CoapAdapter implements SouthboundAdapter {
 
   private async onRequest(req: CoapRequest): Promise<CoapResponse> {
     if (this.stopped) return { code: '5.03' }
-    if (req.path[0] !== 'mqtt') return { code: '4.04', payload: text('only /mqtt/{topic} is served') }
+    if (req.path[0] === 'ota' && req.path.length === 2) return this.serveFile(req)
+    if (req.path[0] !== 'mqtt') return { code: '4.04', payload: text('only /mqtt/{topic} and /ota/{token} are served') }
+    if (req.block2 && req.block2.num > 0) return { code: '4.08', payload: text('no block-wise notification in progress for this resource') }
     const q = parseQuery(req.query)
     const ref = parseUsername(q.get('u'))
     const secret = q.get('p')
@@ -272,6 +276,43 @@ export class CoapAdapter implements SouthboundAdapter {
     // The registration's answer first, then what waited for it.
     setImmediate(() => this.pump(c))
     return { code: '2.05', options: [{ name: 'Observe', value: uintOption(obs.seq) }] }
+  }
+
+  /**
+   * An OTA image by the token of its local URL (src/core/local-files.ts), block-wise (RFC 7959
+   * section 2.4): each block read from the file at its offset, in the size the client asks for (at
+   * most 1024 bytes), with Size2 and the image's ETag (RFC 7252 section 5.10.6) so the client knows
+   * the blocks belong together. The token is the credential, as for the HTTP URL.
+   */
+  private async serveFile(req: CoapRequest): Promise<CoapResponse> {
+    if (req.method !== 'GET') return { code: '4.05', payload: text('GET only') }
+    const file = isFileToken(req.path[1]) ? this.ctx.localFile(req.path[1]) : undefined
+    if (!file) return { code: '4.04', payload: text('no such image, or its job ended or expired') }
+    const szx = Math.min(req.block2?.szx ?? 6, 6)
+    const size = 1 << (szx + 4)
+    const num = req.block2?.num ?? 0
+    const start = num * size
+    if (start >= file.size && !(num === 0 && file.size === 0)) return { code: '4.02', payload: text('block beyond the end of the image') }
+    const length = Math.min(size, file.size - start)
+    const buf = Buffer.alloc(length)
+    const fh = await open(file.path, 'r')
+    try {
+      await fh.read(buf, 0, length, start)
+    } finally {
+      await fh.close()
+    }
+    file.served(length, 'coap')
+    const more = start + length < file.size
+    return {
+      code: '2.05',
+      options: [
+        { name: 'ETag', value: Buffer.from(file.etag, 'hex') },
+        { name: 'Content-Format', value: uintOption(42) },
+        blockOption('Block2', { num, more, szx }),
+        { name: 'Size2', value: uintOption(file.size) },
+      ],
+      payload: buf,
+    }
   }
 
   private refuse(code: string, reason: 'bad_topic' | 'acl_denied' | 'malformed_packet', device: DeviceRef, topic: string, why: string): CoapResponse {

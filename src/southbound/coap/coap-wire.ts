@@ -23,6 +23,8 @@ export interface CoapRequest {
   query: string[]
   /** Observe option value, when present (0 register, 1 deregister, RFC 7641 section 2). */
   observe?: number
+  /** Block2 option of a GET (RFC 7959 section 2.4) that is not for a notification's further blocks. */
+  block2?: BlockValue
   payload: Buffer
 }
 
@@ -86,7 +88,7 @@ const SUPPORTED_CRITICAL = new Set([3, 7, 11, 15, 17, 23, 27])
 const BLOCK_SZX = 6
 const BLOCK_LIFETIME_MS = EXCHANGE_LIFETIME_MS
 
-interface BlockValue {
+export interface BlockValue {
   num: number
   more: boolean
   szx: number
@@ -310,7 +312,8 @@ export class CoapWire {
     if (!method) return answer({ code: '4.05', payload: Buffer.from(`method ${packet.code} not allowed`) })
     if ((block1 && block1.szx === 7) || (block2 && block2.szx === 7)) return answer({ code: '4.00', payload: Buffer.from('block size exponent 7 (BERT) is not supported') })
     const resource = `${peerKey(peer)}|${resourceKeyString({ path, query })}`
-    if (method === 'GET' && block2 && block2.num > 0) return answer(this.nextBlock(resource, block2))
+    // Further blocks of a notification come from here; other block-wise GETs are the resource's own.
+    if (method === 'GET' && block2 && block2.num > 0 && this.representations.has(resource)) return answer(this.nextBlock(resource, block2))
     let payload = packet.payload
     let echo: CoapOption | undefined
     if (block1 && (method === 'PUT' || method === 'POST')) {
@@ -320,7 +323,7 @@ export class CoapWire {
       echo = blockOption('Block1', block1)
     }
     this.events
-      .request({ peer, method, confirmable: packet.confirmable, token: packet.token, path, query, observe, payload })
+      .request({ peer, method, confirmable: packet.confirmable, token: packet.token, path, query, observe, block2, payload })
       .then(
         (res) => answer(echo ? { ...res, options: [...(res.options ?? []), echo] } : res),
         () => answer({ code: '5.00' }),
@@ -414,14 +417,14 @@ function decodeBlock(v: Buffer): BlockValue {
   return { num: n >> 4, more: (n & 0x8) !== 0, szx: n & 0x7 }
 }
 
-function blockOption(name: 'Block1' | 'Block2', b: BlockValue): CoapOption {
+export function blockOption(name: 'Block1' | 'Block2', b: BlockValue): CoapOption {
   return { name, value: uintOption((b.num << 4) | (b.more ? 0x8 : 0) | b.szx) }
 }
 
 /** A CoAP uint option value (section 3.2): big-endian, no leading zero bytes. */
 export function uintOption(n: number): Buffer {
   if (n === 0) return Buffer.alloc(0)
-  const bytes = n < 0x100 ? 1 : n < 0x10000 ? 2 : 3
+  const bytes = n < 0x100 ? 1 : n < 0x10000 ? 2 : n < 0x1000000 ? 3 : 4
   const b = Buffer.alloc(bytes)
   b.writeUIntBE(n, 0, bytes)
   return b
