@@ -138,9 +138,10 @@ class Working {
   }
 
   private key: string | undefined
-  /** Device, kind, DataType and tags: what a topic-only expression depends on. */
-  topicKey(): string {
-    return (this.key ??= `${this.levels.join('/')}\u0000${this.tags().join('\u0000')}`)
+  /** Kind, device, DataType (and the tags, for an expression that reads them): what a topic-only expression depends on. */
+  topicKey(withTags: boolean): string {
+    this.key ??= this.levels.join('/')
+    return withTags ? `${this.key}\u0000${this.tags().join('\u0000')}` : this.key
   }
 
   private tagList: readonly string[] | undefined
@@ -155,12 +156,17 @@ class Working {
       if (this.up.meta) for (const [k, v] of Object.entries(this.up.meta)) if (v !== undefined) meta[k] = v
       // payload is parsed only when an expression reads it: `from` and a where on device/meta/ts cost no JSON.parse.
       const json = (): unknown => this.json()
+      let dev: unknown
+      const device = (): unknown => (dev ??= { productId: t.productId, deviceId: t.deviceId, tags: [...this.tags()] })
       this.ctx = {
         get payload() {
           return json()
         },
         raw: this.up.payload,
-        device: { productId: t.productId, deviceId: t.deviceId, tags: [...this.tags()] },
+        // The tags cost a registry lookup: made only when an expression reads device.
+        get device() {
+          return device()
+        },
         dataType: this.dataType,
         kind: t.kind,
         meta,
@@ -385,7 +391,7 @@ export class RulesEngine {
     if (!where.topicOnly) return where(w.context())
     let memo = this.whereMemo.get(rule.name)
     if (!memo) this.whereMemo.set(rule.name, (memo = new Map()))
-    const key = w.topicKey()
+    const key = w.topicKey(where.readsDevice)
     let r = memo.get(key)
     if (r === undefined) {
       try {
