@@ -107,6 +107,39 @@ interface AlarmState {
   pendingValue?: unknown
 }
 
+/**
+ * The CEL variables of one message. A class, its lazy parts (payload: a JSON parse; device: a tags
+ * lookup) getters on the prototype: every context has the same shape, which keeps evaluation fast.
+ */
+class MessageContext implements CelContext {
+  readonly raw: Buffer
+  readonly dataType: string
+  readonly kind: string
+  readonly meta: Record<string, unknown>
+  readonly ts: bigint
+  private dev: unknown
+
+  constructor(private readonly w: Working) {
+    const up = w.up
+    this.raw = up.payload
+    this.dataType = w.dataType
+    this.kind = up.topic.kind
+    const meta: Record<string, unknown> = { transport: up.transport }
+    if (up.meta) for (const [k, v] of Object.entries(up.meta)) if (v !== undefined) meta[k] = v
+    this.meta = meta
+    this.ts = BigInt(up.receivedAt)
+  }
+
+  get payload(): unknown {
+    return this.w.json()
+  }
+
+  get device(): unknown {
+    const t = this.w.up.topic
+    return (this.dev ??= { productId: t.productId, deviceId: t.deviceId, tags: [...this.w.tags()] })
+  }
+}
+
 /** One message on its way through the rules. */
 class Working {
   value: unknown
@@ -150,30 +183,7 @@ class Working {
   }
 
   context(): CelContext {
-    if (!this.ctx) {
-      const t = this.up.topic
-      const meta: Record<string, unknown> = { transport: this.up.transport }
-      if (this.up.meta) for (const [k, v] of Object.entries(this.up.meta)) if (v !== undefined) meta[k] = v
-      // payload is parsed only when an expression reads it: `from` and a where on device/meta/ts cost no JSON.parse.
-      const json = (): unknown => this.json()
-      let dev: unknown
-      const device = (): unknown => (dev ??= { productId: t.productId, deviceId: t.deviceId, tags: [...this.tags()] })
-      this.ctx = {
-        get payload() {
-          return json()
-        },
-        raw: this.up.payload,
-        // The tags cost a registry lookup: made only when an expression reads device.
-        get device() {
-          return device()
-        },
-        dataType: this.dataType,
-        kind: t.kind,
-        meta,
-        ts: BigInt(this.up.receivedAt),
-      }
-    }
-    return this.ctx
+    return (this.ctx ??= new MessageContext(this))
   }
 
   restore(up: Uplink): void {
