@@ -533,7 +533,9 @@ function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<st
       .join(', ')
   }
   for (const [name, s] of Object.entries(r.scenarios)) lines.push(`| ${name} | ${cell(s.gateway)} | ${cell(s.reference)} | ${s.ratio ?? ''} |`)
-  lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.', '')
+  lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.')
+  if (Object.keys(r.scenarios).some((k) => k.startsWith('rules_'))) lines.push('For rules_*: gateway = the gateway with the rules of bench/rule-sets.ts, reference = the same gateway without rules.')
+  lines.push('')
   return lines.join('\n')
 }
 
