@@ -158,6 +158,11 @@ class Working {
     return { productId: this.up.topic.productId, deviceId: this.up.topic.deviceId }
   }
 
+  /** `{p}/{d}`: the device part of the rules' state keys (the device never changes along the way). */
+  deviceKey(): string {
+    return `${this.up.topic.productId}/${this.up.topic.deviceId}`
+  }
+
   get dataType(): string {
     return this.up.topic.name ?? ''
   }
@@ -435,7 +440,7 @@ export class RulesEngine {
   private apply(rule: CompiledRule, a: CompiledAction, w: Working, out: Outcome): string {
     const st = this.stats.get(rule.name)!
     const now = this.d.now()
-    const dev = deviceKey(w.device)
+    const dev = w.deviceKey()
     switch (a.kind) {
       case 'drop':
         return 'dropped'
