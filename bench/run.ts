@@ -11,6 +11,7 @@ import mqtt, { type MqttClient } from 'mqtt'
 import { GatewayProcess } from '../test/helpers/gateway-process.js'
 import { freePort, waitForTcp } from '../test/helpers/ports.js'
 import { metricValue } from '../test/helpers/metrics.js'
+import { ALL_MATCH_RULES, SITE_RULES } from './rule-sets.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
@@ -217,41 +218,6 @@ interface Sut {
   /** Gateway: seconds its rules spent evaluating since the start (GET /api/rules). */
   rulesEvalSeconds?: () => Promise<number>
 }
-
-/**
- * Ten rules as a site would have them (issue 12, "cost"): each selects its own products or data
- * types by `from`; two of them match the load's messages (an alarm whose `set` is evaluated on every
- * message, and a rate limit that lets everything through), so every message still reaches the hub.
- */
-const SITE_RULES = [
-  { name: 'no-debug', from: 'upload_data/+/+/debug', actions: [{ drop: true }] },
-  { name: 'boiler-celsius', from: 'upload_data/boiler/+/temp_f', where: 'has(payload.f)', actions: [{ transform: { payload: '{"celsius": (payload.f - 32.0) * 5.0 / 9.0}', dataType: 'temperature' } }] },
-  { name: 'boiler-overheat', from: 'upload_data/boiler/+/temperature', actions: [{ alarm: { name: 'overheat', set: 'payload.celsius > 90.0', clear: 'payload.celsius < 85.0' } }] },
-  { name: 'tank-level', from: 'upload_data/tank/+/level', actions: [{ reportOnChange: { fields: ['level'], deadband: 2, heartbeatSeconds: 300 } }] },
-  { name: 'power-1m', from: 'upload_data/meter/+/power', actions: [{ window: { seconds: 60, fields: ['watts'] } }] },
-  { name: 'valve', from: 'upload_data/boiler/+/temperature', where: 'payload.celsius > 95.0', actions: [{ command: { productId: 'valves', deviceId: 'v1', name: 'close' } }] },
-  { name: 'dashboard', from: 'upload_data/+/+/temperature', actions: [{ republish: { topic: 'site/{productId}/{deviceId}/{dataType}' } }] },
-  { name: 'vibration', from: 'upload_data/+/+/vibration', actions: [{ rateLimit: { perSeconds: 60, burst: 1 } }] },
-  { name: 'oversize-alarm', from: `upload_data/${PRODUCT}/+/+`, actions: [{ alarm: { name: 'oversize', set: 'size(raw) > 100000', clear: 'size(raw) < 10' } }] },
-  { name: 'flood-guard', from: `upload_data/${PRODUCT}/+/+`, actions: [{ rateLimit: { perSeconds: 1, burst: 1000000 } }] },
-]
-
-/**
- * The worst case: ten rules that all match the load's messages and evaluate CEL on each, on data
- * type, size, device, tags, transport and time, none of which holds for the load.
- */
-const ALL_MATCH_RULES = [
-  { name: 'drop-debug', from: `upload_data/${PRODUCT}/+/+`, where: 'dataType == "debug"', actions: [{ drop: true }] },
-  { name: 'drop-huge', from: `upload_data/${PRODUCT}/+/+`, where: 'size(raw) > 100000', actions: [{ drop: true }] },
-  { name: 'boiler-celsius', from: 'upload_data/+/+/bench', where: 'device.productId == "boiler"', actions: [{ transform: { payload: '{"celsius": payload.f}' } }] },
-  { name: 'quarantine', from: 'upload_data/#', where: '"quarantine" in device.tags', actions: [{ drop: true }] },
-  { name: 'coap-dashboard', from: `upload_data/${PRODUCT}/#`, where: 'meta.transport == "coap"', actions: [{ republish: { topic: 'site/{deviceId}' } }] },
-  { name: 'clock-sanity', from: 'upload_data/+/+/+', where: 'ts < 1000', actions: [{ drop: true }] },
-  { name: 'oversize-alarm', from: `upload_data/${PRODUCT}/+/bench`, actions: [{ alarm: { name: 'oversize', set: 'size(raw) > 100000', clear: 'size(raw) < 10' } }] },
-  { name: 'flood-guard', from: `upload_data/${PRODUCT}/+/+`, actions: [{ rateLimit: { perSeconds: 1, burst: 1000000 } }] },
-  { name: 'drop-experimental', from: 'upload_data/+/+/+', where: 'dataType.startsWith("x_")', actions: [{ drop: true }] },
-  { name: 'status-shape', from: `upload_data/${PRODUCT}/+/+`, where: 'kind == "update_status"', actions: [{ transform: { payload: '{"status": payload}' } }] },
-]
 
 async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true): Promise<Sut> {
   const gw = new GatewayProcess({
@@ -622,7 +588,9 @@ function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<st
       .join(', ')
   }
   for (const [name, s] of Object.entries(r.scenarios)) lines.push(`| ${name} | ${cell(s.gateway)} | ${cell(s.reference)} | ${s.ratio ?? ''} |`)
-  lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.', '')
+  lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.')
+  if (Object.keys(r.scenarios).some((k) => k.startsWith('rules_'))) lines.push('For rules_*: gateway = the gateway with the rules of bench/rule-sets.ts, reference = the same gateway without rules.')
+  lines.push('')
   return lines.join('\n')
 }
 

@@ -9,9 +9,8 @@ import { Counter, Gauge } from 'prom-client'
 import { Metrics } from './core/metrics.js'
 import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
-import type { DeviceRef } from './core/types.js'
+import { deviceKey, type DeviceRef } from './core/types.js'
 import { lastSeen, type ConnectionInfo } from './store/connections.js'
-import { deviceKey } from './core/types.js'
 import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
@@ -143,6 +142,9 @@ export class Gateway {
     const { cfg, store, core, log } = this
     if (cfg.rules.length === 0) return
     const rulesLog = log.child({ component: 'rules' })
+    // The registry is SQLite: tags are read once per device until the registry changes.
+    const tagCache = new Map<string, readonly string[]>()
+    for (const e of ['changed', 'removed']) store.registry.on(e, () => tagCache.clear())
     this.rules = new RulesEngine(compileRules(cfg.rules).rules, {
       state: store.ruleState,
       emit: (up) => store.outbox.enqueue(up),
@@ -152,7 +154,12 @@ export class Gateway {
         const broker = this.adapters.find((a) => a.health.state === 'running' && a.instance?.localPublish)
         return broker?.instance?.localPublish ? broker.instance.localPublish(topic, payload, retain) : Promise.reject(new Error('no local broker is running'))
       },
-      tagsOf: (dev) => store.registry.get(dev)?.tags ?? [],
+      tagsOf: (dev) => {
+        const key = deviceKey(dev)
+        let tags = tagCache.get(key)
+        if (!tags) tagCache.set(key, (tags = store.registry.get(dev)?.tags ?? []))
+        return tags
+      },
       now: Date.now,
       log: { warn: (obj, msg) => rulesLog.warn({ ...obj, code: ErrorCodes.RULE_FAILED }, msg) },
     })

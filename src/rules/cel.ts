@@ -33,6 +33,8 @@ export type CompiledExpression = ((ctx: CelContext) => unknown) & {
    * per message.
    */
   topicOnly: boolean
+  /** It reads `device` (whose tags cost a registry lookup). */
+  readsDevice: boolean
 }
 
 const TOPIC_VARIABLES = new Set(['device', 'dataType', 'kind'])
@@ -45,7 +47,7 @@ export function compileCel(source: string): CompiledExpression {
   const vars = new Set<string>()
   collectIdentifiers(fn.ast, vars)
   const used = [...vars].filter((v) => v in CEL_VARIABLES)
-  return Object.assign((ctx: CelContext) => fn(ctx), { topicOnly: used.every((v) => TOPIC_VARIABLES.has(v)) })
+  return Object.assign((ctx: CelContext) => fn(ctx), { topicOnly: used.every((v) => TOPIC_VARIABLES.has(v)), readsDevice: used.includes('device') })
 }
 
 /** The identifiers an expression's syntax tree names (variables, and macro variables, which are harmless here). */

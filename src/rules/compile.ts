@@ -51,7 +51,7 @@ export function compileRules(rules: readonly RuleConfig[]): { rules: CompiledRul
         return compileCel(source)
       } catch (err) {
         problems.push(`${at}.${key}: ${(err as Error).message}`)
-        return Object.assign(() => undefined, { topicOnly: false })
+        return Object.assign(() => undefined, { topicOnly: false, readsDevice: false })
       }
     }
     const filterProblem = checkFilter(r.from)

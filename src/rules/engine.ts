@@ -107,6 +107,39 @@ interface AlarmState {
   pendingValue?: unknown
 }
 
+/**
+ * The CEL variables of one message. A class, its lazy parts (payload: a JSON parse; device: a tags
+ * lookup) getters on the prototype: every context has the same shape, which keeps evaluation fast.
+ */
+class MessageContext implements CelContext {
+  readonly raw: Buffer
+  readonly dataType: string
+  readonly kind: string
+  readonly meta: Record<string, unknown>
+  readonly ts: bigint
+  private dev: unknown
+
+  constructor(private readonly w: Working) {
+    const up = w.up
+    this.raw = up.payload
+    this.dataType = w.dataType
+    this.kind = up.topic.kind
+    const meta: Record<string, unknown> = { transport: up.transport }
+    if (up.meta) for (const [k, v] of Object.entries(up.meta)) if (v !== undefined) meta[k] = v
+    this.meta = meta
+    this.ts = BigInt(up.receivedAt)
+  }
+
+  get payload(): unknown {
+    return this.w.json()
+  }
+
+  get device(): unknown {
+    const t = this.w.up.topic
+    return (this.dev ??= { productId: t.productId, deviceId: t.deviceId, tags: [...this.w.tags()] })
+  }
+}
+
 /** One message on its way through the rules. */
 class Working {
   value: unknown
@@ -125,6 +158,11 @@ class Working {
     return { productId: this.up.topic.productId, deviceId: this.up.topic.deviceId }
   }
 
+  /** `{p}/{d}`: the device part of the rules' state keys (the device never changes along the way). */
+  deviceKey(): string {
+    return `${this.up.topic.productId}/${this.up.topic.deviceId}`
+  }
+
   get dataType(): string {
     return this.up.topic.name ?? ''
   }
@@ -138,9 +176,10 @@ class Working {
   }
 
   private key: string | undefined
-  /** Device, kind, DataType and tags: what a topic-only expression depends on. */
-  topicKey(): string {
-    return (this.key ??= `${this.levels.join('/')}\u0000${this.tags().join('\u0000')}`)
+  /** Kind, device, DataType (and the tags, for an expression that reads them): what a topic-only expression depends on. */
+  topicKey(withTags: boolean): string {
+    this.key ??= this.levels.join('/')
+    return withTags ? `${this.key}\u0000${this.tags().join('\u0000')}` : this.key
   }
 
   private tagList: readonly string[] | undefined
@@ -149,25 +188,7 @@ class Working {
   }
 
   context(): CelContext {
-    if (!this.ctx) {
-      const t = this.up.topic
-      const meta: Record<string, unknown> = { transport: this.up.transport }
-      if (this.up.meta) for (const [k, v] of Object.entries(this.up.meta)) if (v !== undefined) meta[k] = v
-      // payload is parsed only when an expression reads it: `from` and a where on device/meta/ts cost no JSON.parse.
-      const json = (): unknown => this.json()
-      this.ctx = {
-        get payload() {
-          return json()
-        },
-        raw: this.up.payload,
-        device: { productId: t.productId, deviceId: t.deviceId, tags: [...this.tags()] },
-        dataType: this.dataType,
-        kind: t.kind,
-        meta,
-        ts: BigInt(this.up.receivedAt),
-      }
-    }
-    return this.ctx
+    return (this.ctx ??= new MessageContext(this))
   }
 
   restore(up: Uplink): void {
@@ -385,7 +406,7 @@ export class RulesEngine {
     if (!where.topicOnly) return where(w.context())
     let memo = this.whereMemo.get(rule.name)
     if (!memo) this.whereMemo.set(rule.name, (memo = new Map()))
-    const key = w.topicKey()
+    const key = w.topicKey(where.readsDevice)
     let r = memo.get(key)
     if (r === undefined) {
       try {
@@ -419,7 +440,7 @@ export class RulesEngine {
   private apply(rule: CompiledRule, a: CompiledAction, w: Working, out: Outcome): string {
     const st = this.stats.get(rule.name)!
     const now = this.d.now()
-    const dev = deviceKey(w.device)
+    const dev = w.deviceKey()
     switch (a.kind) {
       case 'drop':
         return 'dropped'

@@ -14,6 +14,9 @@ import { connectDevice, newMessageId, publishQos1 } from '../helpers/device.js'
 import { CommandDevice, type ReceivedMessage } from '../helpers/command-device.js'
 import { GatewayProcess, repoRoot, runCli } from '../helpers/gateway-process.js'
 import { HubBroker, type HubRecorder, type RecordedMessage } from '../helpers/hub-broker.js'
+import { freePort } from '../helpers/ports.js'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { CEL_VARIABLES } from '../../src/rules/cel.js'
 
 const DOC = path.join(repoRoot, 'docs', 'operators', 'rules.md')
@@ -58,6 +61,7 @@ describe('local rules on real traffic (the examples of docs/operators/rules.md)'
   let gateway: GatewayProcess
   const clients: MqttClient[] = []
   let valveDevice: CommandDevice
+  let coapPort: number
 
   async function device(login: typeof boiler): Promise<MqttClient> {
     const c = await connectDevice(gateway.externalUrl, login)
@@ -81,7 +85,8 @@ describe('local rules on real traffic (the examples of docs/operators/rules.md)'
     hub = new HubBroker({ devices: [], gateway: { ...gw, children } })
     await hub.start()
     recorder = await hub.subscribeAll('upload_data/#')
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices: children, rules, log: { level: 'info' } })
+    coapPort = await freePort()
+    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices: children, rules, coap: { host: '127.0.0.1', port: coapPort }, log: { level: 'info' } })
     await gateway.start()
     valveDevice = await CommandDevice.connect(gateway.externalUrl, valve)
     clients.push(valveDevice.client)
@@ -108,6 +113,15 @@ describe('local rules on real traffic (the examples of docs/operators/rules.md)'
     const m = await recorder.waitFor((x) => x.topic === `upload_data/boiler/b1/temperature/${id}`, 10_000, 'the transformed reading')
     expect(json(m)).toEqual({ celsius: 50 })
     expect(at(boiler, 'temp_f')).toEqual([])
+  })
+
+  it('transform over CoAP too (libcoap coap-client): every transport passes the same rules', async () => {
+    const id = newMessageId()
+    const { productId: p, deviceId: d, secret } = boiler
+    const uri = `coap://127.0.0.1:${coapPort}/mqtt/upload_data/${p}/${d}/temp_f/${id}?c=${d}-coap&u=${p}/${d}&p=${secret}`
+    await promisify(execFile)(process.env.COAP_CLIENT_BIN ?? 'coap-client-notls', ['-B', '5', '-m', 'put', '-e', JSON.stringify({ f: 59 }), uri], { timeout: 20_000 })
+    const m = await recorder.waitFor((x) => x.topic === `upload_data/boiler/b1/temperature/${id}`, 10_000, 'the transformed CoAP reading')
+    expect(json(m)).toEqual({ celsius: 15 })
   })
 
   it('where on a missing field: the rule does not apply, the message goes up as it came', async () => {

@@ -24,7 +24,7 @@ function msg(topic: string, payload: unknown, receivedAt: number, meta?: Uplink[
 }
 
 /** An engine over the rules of a YAML-shaped config, its clock in the test's hands. */
-function rig(rules: unknown[], state: RuleStateStore = new MemoryRuleState()) {
+function rig(rules: unknown[], state: RuleStateStore = new MemoryRuleState(), tags: { now: string[] } = { now: ['floor2'] }) {
   const cfg = parseConfig({ rules })
   const clock = { now: T0 }
   const emitted: Uplink[] = []
@@ -43,7 +43,7 @@ function rig(rules: unknown[], state: RuleStateStore = new MemoryRuleState()) {
       republished.push({ topic, payload: payload.toString(), retain })
       return Promise.resolve()
     },
-    tagsOf: () => ['floor2'],
+    tagsOf: () => tags.now,
     now: () => clock.now,
     log: { warn: (_o, m) => warnings.push(m) },
   }
@@ -106,6 +106,19 @@ describe('rules: drop and transform', () => {
     const g = rig([{ name: 'guarded', from: 'upload_data/+/+/+', where: 'has(payload.t) && payload.t > 30.0', actions: [{ drop: true }] }])
     expect(await g.send(m)).toEqual([m])
     expect(g.stats('guarded')).toMatchObject({ errors: 0, matched: 0 })
+  })
+
+  it('a where on device, dataType and kind only is remembered per device and DataType, and follows tag changes', async () => {
+    const tags = { now: ['floor2'] }
+    const r = rig([{ name: 'quiet-floor', from: 'upload_data/+/+/+', where: '"floor2" in device.tags && dataType == "noise"', actions: [{ drop: true }] }], new MemoryRuleState(), tags)
+    expect(await r.send(msg('upload_data/p/d/noise', {}, T0))).toEqual([])
+    expect(await r.send(msg('upload_data/p/d/noise', {}, T0))).toEqual([])
+    const other = msg('upload_data/p/d/temperature', {}, T0)
+    expect(await r.send(other)).toEqual([other])
+    tags.now = ['floor3']
+    const moved = msg('upload_data/p/d/noise', {}, T0)
+    expect(await r.send(moved)).toEqual([moved])
+    expect(r.stats('quiet-floor')).toMatchObject({ matched: 2, dropped: 2 })
   })
 
   it('wildcards do not match internal ($) data types', async () => {
