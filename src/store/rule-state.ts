@@ -1,6 +1,6 @@
 // The rules' durable state (window accumulators, last reported values, alarm states), one JSON value
 // per key in the gateway's database. Changes are staged in memory and written by the outbox's group
-// commit, in the same transaction as the batch's messages (decision 00XX-rules): a message that fed a
+// commit, in the same transaction as the batch's messages (decision 0013-rules): a message that fed a
 // window and the window's new sum are on disk together or not at all, for the price of one upsert per
 // changed key per batch (several messages of one device in a batch collapse into one write).
 import type { Statement } from 'better-sqlite3'

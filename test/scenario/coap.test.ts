@@ -311,21 +311,27 @@ describe('CoAP endpoint with libcoap as the device', () => {
     await flood.bind('127.0.0.2')
     try {
       const ping = generate({ code: '0.00', confirmable: true, messageId: 1, token: Buffer.alloc(0), options: [], payload: Buffer.alloc(0) })
-      const sending = (async () => {
+      const burst = async (): Promise<void> => {
         for (let i = 0; i < 10_000; i++) {
           flood.send(i % 2 ? ping : Buffer.from([0x50 + (i % 7), i & 0xff, 0xde, 0xad]))
           if (i % 500 === 0) await sleep(1)
         }
-      })()
+      }
+      const dropped = async (reason: string): Promise<number> => {
+        const metrics = await (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
+        return Number(new RegExp(`iothub_edge_coap_dropped_total\\{reason="${reason}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0)
+      }
+      const sending = burst()
       const served = await coapClient(['-m', 'put', '-e', '1', uri(`upload_data/${dev.productId}/${dev.deviceId}/t/${MID(10)}`)])
       await sending
       expect(served.code).toBe('2.04')
       await recorder.waitFor((x) => x.topic.endsWith(MID(10)), 10_000)
-      const metrics = await (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
-      const dropped = (reason: string): number => Number(new RegExp(`iothub_edge_coap_dropped_total\\{reason="${reason}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0)
-      // Garbage is counted as such; beyond coap.rateLimit.perSourcePerSecond (500 here) nothing is even parsed.
-      expect(dropped('malformed')).toBeGreaterThan(0)
-      expect(dropped('rate_limited')).toBeGreaterThan(0)
+      // Garbage is counted as such; beyond coap.rateLimit.perSourcePerSecond (500 here) nothing is even
+      // parsed. On a loaded machine the kernel drops much of a burst before the gateway reads it, so
+      // fewer than 500 may reach it in one second: a few more bursts until the limit has engaged.
+      expect(await dropped('malformed')).toBeGreaterThan(0)
+      for (let round = 0; round < 5 && (await dropped('rate_limited')) === 0; round++) await burst()
+      expect(await dropped('rate_limited')).toBeGreaterThan(0)
     } finally {
       flood.close()
     }
