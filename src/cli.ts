@@ -202,6 +202,13 @@ function rulesCommand(rest: string[], values: { config?: string; message?: strin
   return 0
 }
 
+/**
+ * Under systemd (JOURNAL_STREAM set) stderr goes to the journal as priority "info" unless a line
+ * starts with its syslog priority (sd-daemon(3)): errors a refused start writes there get `<3>`,
+ * so `journalctl -p err` shows why the unit failed. At a terminal the lines stay plain.
+ */
+const ERR = process.env.JOURNAL_STREAM ? '<3>' : ''
+
 /** The config, or the exit code after its problems went to stderr; `files`: also check named files. */
 function readConfig(file: string | undefined, files = false): Config | number {
   try {
@@ -211,8 +218,8 @@ function readConfig(file: string | undefined, files = false): Config | number {
     return cfg
   } catch (err) {
     if (err instanceof ConfigError) {
-      for (const p of err.problems) process.stderr.write(`${p}\n`)
-      process.stderr.write(`${err.problems.length} problem(s) in ${file ?? 'the built-in defaults'} (${ErrorCodes.CONFIG_INVALID})\n`)
+      for (const p of err.problems) process.stderr.write(`${ERR}${p}\n`)
+      process.stderr.write(`${ERR}${err.problems.length} problem(s) in ${file ?? 'the built-in defaults'} (${ErrorCodes.CONFIG_INVALID})\n`)
       return EXIT_CONFIG
     }
     throw err
@@ -243,7 +250,7 @@ async function start(file: string | undefined): Promise<number | undefined> {
     const code = err instanceof StartError ? err.code : undefined
     gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
     // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
-    process.stderr.write(`iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
+    process.stderr.write(`${ERR}iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
     await gw.stop(2_000)
     return 1
   }

@@ -104,6 +104,20 @@ describe('invalid configuration', () => {
     for (const port of [httpPort, extPort, intPort]) expect(await listening(port), `port ${port}`).toBe(false)
   })
 
+  it('under systemd, starts every line of a refused start with priority <3>, so journalctl -p err shows it', async () => {
+    const file = path.join(tmp, 'bad-journal.yaml')
+    await writeFile(file, YAML.stringify({ gateway: { dataDir: path.join(tmp, 'bad-journal-data') }, log: { level: 'loud' } }))
+    const r = await runCli(['start', '-c', file], { cwd: tmp, env: { JOURNAL_STREAM: '8:12345' }, timeoutMs: 15_000 })
+    expect(r.code).toBe(EXIT_CONFIG)
+    const lines = r.stderr.split('\n').filter((l) => l !== '')
+    expect(lines.length).toBeGreaterThanOrEqual(2)
+    for (const l of lines) expect(l).toMatch(/^<3>/)
+    expect(lines.join('\n')).toMatch(/^<3>log\.level: must be one of /m)
+    // At a terminal or in a script the same lines are plain.
+    const plain = await runCli(['start', '-c', file], { cwd: tmp, env: { JOURNAL_STREAM: '' }, timeoutMs: 15_000 })
+    expect(plain.stderr).not.toContain('<3>')
+  })
+
   it('reports cross-key problems and unreadable files the same way', async () => {
     const crossKey = path.join(tmp, 'cross-key.yaml')
     await writeFile(
