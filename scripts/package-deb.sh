@@ -110,10 +110,17 @@ for arch in "${ARCHS[@]}"; do
       cross=(CC=aarch64-linux-gnu-gcc CXX=aarch64-linux-gnu-g++ LINK=aarch64-linux-gnu-g++ AR=aarch64-linux-gnu-ar
         CC_host=gcc CXX_host=g++ LINK_host=g++ AR_host=ar)
     fi
-    (cd "$bs" && env "${cross[@]}" JOBS="$(nproc)" "$HOST_NODE" "$NODE_GYP" rebuild --release \
+    # npm passes its own config to scripts as npm_config_* (e.g. nodedir=/usr from a global npmrc,
+    # which is this machine's Node.js 20): node-gyp would take those over the options below and
+    # build for the wrong ABI. The build sees none of them.
+    mapfile -t npm_env < <(env | grep -io '^npm_config_[a-z0-9_]*' | sort -u)
+    (cd "$bs" && env "${npm_env[@]/#/-u}" "${cross[@]}" JOBS="$(nproc)" "$HOST_NODE" "$NODE_GYP" rebuild --release \
       --nodedir="$nodedir" --arch="$na" --devdir="$WORK/gyp" --loglevel=warn >"$WORK/gyp-$arch.log" 2>&1) \
       || { tail -n 40 "$WORK/gyp-$arch.log" >&2; die "$arch: better-sqlite3 did not build (log: $WORK/gyp-$arch.log)"; }
     [ -f "$addon" ] || die "$arch: $addon was not built"
+    abi=$("$HOST_NODE" -p process.versions.modules)
+    grep -aq "node_register_module_v$abi" "$addon" \
+      || die "$arch: $addon was not built for Node.js $NODE_VERSION (ABI $abi); see $WORK/gyp-$arch.log"
     mkdir -p "$WORK/addons" && cp "$addon" "$cached.tmp" && mv "$cached.tmp" "$cached"
   fi
   # Only the addon is needed at run time: drop the SQLite sources and the object files.

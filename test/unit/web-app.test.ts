@@ -543,7 +543,7 @@ describe('docs/integrators/api.md', () => {
     expect(registered.size).toBeGreaterThan(5)
   })
 
-  it("lists every metric of the core's registry in its metrics table, and only the broker's and the rules' besides", () => {
+  it("lists every metric of the core's registry in its metrics table, and only the broker's, the rules' and the OTA relay's besides", () => {
     const nodeDefaults = new Registry()
     collectDefaultMetrics({ register: nodeDefaults, prefix: 'iothub_edge_' })
     const process = new Set(nodeDefaults.getMetricsAsArray().map((m) => m.name))
@@ -560,6 +560,8 @@ describe('docs/integrators/api.md', () => {
     // The rest is the always-on broker's own (registered when it starts) and the local rules' (registered
     // when rules are configured); other adapters' and the history's pages list theirs.
     const rules = ['matched', 'dropped', 'emitted', 'errors'].map((c) => `iothub_edge_rule_${c}_total`).concat('iothub_edge_rule_eval_seconds_total')
-    expect(documented.filter((n) => !core.includes(n)).sort()).toEqual(['iothub_edge_broker_clients', ...rules].sort())
+    // The OTA relay's, always on (ota.relay), registered when it starts.
+    const ota = ['cache_bytes', 'fetch_bytes', 'downloads_total', 'served_bytes_total', 'evictions_total', 'targets', 'gateway_status_total'].map((n) => `iothub_edge_ota_${n}`)
+    expect(documented.filter((n) => !core.includes(n)).sort()).toEqual(['iothub_edge_broker_clients', ...rules, ...ota].sort())
   })
 })
