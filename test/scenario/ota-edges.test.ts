@@ -1,7 +1,8 @@
 // The OTA relay's edges (issue 11): a mapped device (here the test mapped adapter, standing for
 // serial and LoRaWAN) cannot carry an image, so the gateway answers -4 for it; with `ota.relay: false`
 // the hub's `$ota_upgrade` reaches a native device untouched, as before the relay existed; with
-// `ota.maxConcurrentDevices` a campaign goes out a few devices at a time; an https image server with a
+// `ota.maxConcurrentDevices` a campaign goes out a few devices at a time, with a job's `maxConcurrent`
+// (POST /api/ota/jobs) or `ota.maxConcurrentPerJob` (a hub tag campaign) a few devices of that job; an https image server with a
 // certificate from a test CA is trusted through northbound.tls.ca (the hub's CA settings) and refused
 // without it; the gateway's own download in progress shows in its update_status, never as a device's.
 // Mosquitto with the hub's ACL plays the hub; node's http/https servers serve the images; the gateway
@@ -26,8 +27,9 @@ import { makeCa, type TestPki } from '../helpers/pki.js'
 const gwLogin = { productId: 'gateways', deviceId: 'gw-ota', secret: 'gw-secret' }
 const P = 'sensor'
 const meter = { productId: P, deviceId: 'modbus-1', secret: 'unused-1' }
-const native = { productId: P, deviceId: 'native-1', secret: 'secret-native-1' }
-const native2 = { productId: P, deviceId: 'native-2', secret: 'secret-native-2' }
+const native = { productId: P, deviceId: 'native-1', secret: 'secret-native-1', tags: ['beta'] }
+const native2 = { productId: P, deviceId: 'native-2', secret: 'secret-native-2', tags: ['beta'] }
+const native3 = { productId: P, deviceId: 'native-3', secret: 'secret-native-3' }
 const API_TOKEN = 'ota-test-token-0123456789'
 const request = { url: 'http://images.example.com/fw.bin', version: '1.1.0', size: 1234, md5: '0123456789abcdef0123456789abcdef', type: 'firmware' }
 
@@ -47,7 +49,7 @@ describe('OTA relay: mapped devices and relay off', () => {
       broker: { listeners: [{ host: '127.0.0.1', port: 0, zone: 'external' }] },
       http: { host: '127.0.0.1', port: 0, apiToken: API_TOKEN },
       northbound: { url: hub.url, ...northbound },
-      devices: [meter, native, native2],
+      devices: [meter, native, native2, native3],
       ota,
       log: { level: process.env.TEST_GATEWAY_LOG ?? 'silent' },
     })
@@ -68,7 +70,7 @@ describe('OTA relay: mapped devices and relay off', () => {
     await images.start()
     tlsImages = new ImageServer({ cert: await readFile(pki.cert), key: await readFile(pki.key) })
     await tlsImages.start()
-    hub = new HubBroker({ devices: [], gateway: { ...gwLogin, children: [meter, native, native2] } })
+    hub = new HubBroker({ devices: [], gateway: { ...gwLogin, children: [meter, native, native2, native3] } })
     await hub.start()
     sim = new HubSim({ url: hub.url, username: HUB_USERNAME, password: HUB_PASSWORD })
     await sim.start()
@@ -189,5 +191,74 @@ describe('OTA relay: mapped devices and relay off', () => {
     const u = await sim.waitFor((x) => sim.uploads.indexOf(x) >= since && x.parsed.kind === 'update_status' && x.parsed.deviceId === gwLogin.deviceId, 20_000, 'the gateway status after the reconnect')
     expect((JSON.parse(u.payload.toString()) as { ota?: unknown }).ota).toEqual({ downloads: [{ image: `${img.md5}-${img.size}`, version: '4.0.0', bytes: served.trickled, size: body.length }] })
     expect(sim.uploads.filter((x) => x.parsed.kind === 'update_ota_status' && x.parsed.deviceId === native.deviceId && x.payload.includes('"4.0.0"'))).toEqual([])
+  })
+  async function api(gw: Gateway, method: string, route: string, body?: unknown): Promise<{ status: number; body: any }> {
+    const res = await fetch(`http://127.0.0.1:${gw.web.port}${route}`, {
+      method,
+      headers: { authorization: `Bearer ${API_TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    })
+    return { status: res.status, body: await res.json() }
+  }
+
+  async function marker(dev: CommandDevice): Promise<void> {
+    const requestId = await sim.command(P, dev.deviceId, 'marker', '')
+    await dev.waitFor((m) => m.topic.endsWith(requestId), 10_000, `the marker to ${dev.deviceId}`)
+  }
+
+  it('releases an offline job to at most its own maxConcurrent devices at a time; other jobs go on', async () => {
+    const { gw } = await start({ advertiseHost: '127.0.0.1' })
+    const body = randomBytes(8_000)
+    const up = await fetch(`http://127.0.0.1:${gw.web.port}/api/ota/images?version=2.5.0&type=firmware`, { method: 'POST', headers: { authorization: `Bearer ${API_TOKEN}`, 'content-type': 'application/octet-stream' }, body })
+    expect(up.status).toBe(201)
+    const md5 = createHash('md5').update(body).digest('hex')
+    const [d1, d2, d3] = await Promise.all([native, native2, native3].map((l) => CommandDevice.connect(mqttUrl(gw), l)))
+    devices.push(d1, d2, d3)
+    expect((await api(gw, 'POST', '/api/ota/jobs', { image: md5, devices: [`${P}/${native.deviceId}`], maxConcurrent: -1 })).status).toBe(400)
+    const wave = await api(gw, 'POST', '/api/ota/jobs', { image: md5, devices: [`${P}/${native.deviceId}`, `${P}/${native2.deviceId}`], maxConcurrent: 1 })
+    expect(wave.status).toBe(201)
+    const other = await api(gw, 'POST', '/api/ota/jobs', { image: md5, devices: [`${P}/${native3.deviceId}`] })
+    expect(other.status).toBe(201)
+    // The other job is not held back by this one's limit (no global limit is set).
+    await d3.waitFor(isOta, 10_000, "the other job's $ota_upgrade")
+    await d1.waitFor(isOta, 10_000, "the first device's $ota_upgrade")
+    await marker(d2)
+    expect(d2.messages.filter(isOta)).toEqual([])
+    const job = ((await api(gw, 'GET', '/api/ota/jobs')).body as { jobs: { job: string; maxConcurrent: number; devices: { device: string; state: string }[] }[] }).jobs.find((j) => j.job === wave.body.job)!
+    expect(job.maxConcurrent).toBe(1)
+    expect(job.devices.find((d) => d.device === `${P}/${native2.deviceId}`)?.state).toBe('waiting')
+    // The first device has the whole image: the next one's turn.
+    await d1.publish(`update_ota_status/${P}/${native.deviceId}/${newMessageId()}`, JSON.stringify({ type: 'firmware', version: '2.5.0', progress: 100, desc: '' }))
+    const got = await d2.waitFor(isOta, 10_000, "the second device's $ota_upgrade")
+    const res = await fetch(String((JSON.parse(got.payload.toString()) as { url: string }).url))
+    expect(Buffer.from(await res.arrayBuffer()).equals(body)).toBe(true)
+  })
+
+  it('sends a hub tag campaign to at most ota.maxConcurrentPerJob of its devices at a time', async () => {
+    const { gw } = await start({ advertiseHost: '127.0.0.1', maxConcurrentPerJob: 1 })
+    const img = images.add('fw-wave.bin', randomBytes(20_000))
+    const tagged = await Promise.all([native, native2].map((l) => CommandDevice.connect(mqttUrl(gw), l)))
+    devices.push(...tagged)
+    const filter = `tags/${P}/beta/cmd/+/+/+/#`
+    for (const d of tagged) await d.client.subscribeAsync(filter, { qos: 1 })
+    for (let i = 0; !(await hub.subscriptionsOf(`${gwLogin.productId}/${gwLogin.deviceId}/edge`)).has(filter); i++) {
+      if (i > 100) throw new Error('the gateway did not subscribe the tag filter on the hub')
+      await sleep(100)
+    }
+    const job = await sim.tagCommand(P, 'beta', '$ota_upgrade', { url: img.url, version: '7.0.0', size: img.size, md5: img.md5, type: 'firmware' })
+    let first: CommandDevice | undefined
+    for (let until = Date.now() + 15_000; !(first = tagged.find((d) => d.messages.some(isOta))); await sleep(100)) {
+      if (Date.now() > until) throw new Error('no device got the tag $ota_upgrade')
+    }
+    const second = tagged.find((d) => d !== first)!
+    await marker(second)
+    expect(second.messages.filter(isOta)).toEqual([])
+    const view = ((await api(gw, 'GET', '/api/ota/jobs')).body as { jobs: { job: string; maxConcurrent: number; devices: { device: string; state: string }[] }[] }).jobs.find((j) => j.job === job)!
+    expect(view.maxConcurrent).toBe(1)
+    expect(view.devices.map((d) => d.state).sort()).toEqual(['delivered', 'waiting'])
+    // The first device reports the new version: the second one's turn.
+    await first.publish(`update_status/${P}/${first.deviceId}/${newMessageId()}`, JSON.stringify({ version: '7.0.0' }))
+    const got = await second.waitFor(isOta, 10_000, "the second device's tag $ota_upgrade")
+    expect(got.topic).toBe(`tags/${P}/beta/cmd/$ota_upgrade/plain/${job}`)
   })
 })
