@@ -356,13 +356,13 @@ describe('OTA relay through the gateway process', () => {
     const up = await runCli(['ota', 'upload', file, '--image-version', '10.0.1', '--type', 'firmware', '-c', gateway.configFile])
     expect(up.code, up.stderr).toBe(0)
     expect(JSON.parse(up.stdout).image).toMatchObject({ md5: nextMd5, version: '10.0.1' })
-    const push = await runCli(['ota', 'push', nextMd5, '--devices', `${P}/${tech.deviceId}`, '-c', gateway.configFile])
+    const push = await runCli(['ota', 'push', nextMd5, '--devices', `${P}/${tech.deviceId}`, '--max-concurrent', '3', '-c', gateway.configFile])
     expect(push.code, push.stderr).toBe(0)
     const job = (JSON.parse(push.stdout) as { job: string }).job
     const second = await dev.waitFor((m) => otaCommands(m) && m.topic.endsWith(job), 10_000, 'the CLI $ota_upgrade')
     expect((await curl(['-f', String(payloadOf(second).url)])).stdout.equals(next)).toBe(true)
     const jobs = await runCli(['ota', 'jobs', '-c', gateway.configFile])
-    expect((JSON.parse(jobs.stdout) as { jobs: { job: string }[] }).jobs.map((j) => j.job)).toContain(job)
+    expect((JSON.parse(jobs.stdout) as { jobs: { job: string; maxConcurrent: number }[] }).jobs.find((j) => j.job === job)?.maxConcurrent).toBe(3)
   })
 
   it('evicts the oldest image no job needs to make room under the quota, and counts it', async () => {
