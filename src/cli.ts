@@ -60,7 +60,7 @@ const USAGE = `usage:
                               the last 24 h); raw samples within store.history.retentionDays, rollups before
   iothub-edge ota images|jobs [-c FILE]        the OTA relay's cache and jobs (JSON)
   iothub-edge ota upload FILE --image-version V --type T [-c FILE]   an image for offline campaigns
-  iothub-edge ota push IMAGE (--devices p/d,p/d | --product P --tags TAG) [--expires SECONDS] [-c FILE]
+  iothub-edge ota push IMAGE (--devices p/d,p/d | --product P --tags TAG) [--expires SECONDS] [--max-concurrent N] [-c FILE]
                               push a cached image (its md5) to devices, or to the children carrying a tag
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
@@ -111,6 +111,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
         'image-version': { type: 'string' },
         type: { type: 'string' },
         expires: { type: 'string' },
+        'max-concurrent': { type: 'string' },
       },
     })
   } catch (err) {
@@ -688,7 +689,7 @@ function historyCommand(args: string[], v: { config?: string; device?: string; s
 
 // --- OTA: offline campaigns through the running gateway's API (docs/operators/ota.md) ---------
 
-async function ota(args: string[], v: { config?: string; 'image-version'?: string; type?: string; devices?: string; product?: string; tags?: string; expires?: string }): Promise<number> {
+async function ota(args: string[], v: { config?: string; 'image-version'?: string; type?: string; devices?: string; product?: string; tags?: string; expires?: string; 'max-concurrent'?: string }): Promise<number> {
   const [sub, arg] = args
   if (!['images', 'jobs', 'upload', 'push'].includes(sub ?? '') || ((sub === 'upload' || sub === 'push') && !arg)) {
     process.stderr.write(USAGE)
@@ -724,7 +725,8 @@ async function ota(args: string[], v: { config?: string; 'image-version'?: strin
       return EXIT_USAGE
     }
     const expiresAt = v.expires ? Math.floor(Date.now() / 1000) + Number(v.expires) : undefined
-    r = await api.call('POST', '/api/ota/jobs', { image: arg, devices, ...(v.product && v.tags ? { productId: v.product, tag: v.tags } : {}), expiresAt })
+    const maxConcurrent = v['max-concurrent'] === undefined ? undefined : Number(v['max-concurrent'])
+    r = await api.call('POST', '/api/ota/jobs', { image: arg, devices, ...(v.product && v.tags ? { productId: v.product, tag: v.tags } : {}), expiresAt, maxConcurrent })
   }
   process.stdout.write(json(r.body))
   return r.status < 400 ? 0 : 1

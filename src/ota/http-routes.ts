@@ -78,15 +78,20 @@ export function apiRoutes(ota: OtaRelay): FastifyPluginAsync {
       }
     })
     app.get('/jobs', async () => ({ jobs: ota.jobs() }))
-    app.post('/jobs', async (req: FastifyRequest<{ Body: { image?: unknown; devices?: unknown; tag?: unknown; productId?: unknown; expiresAt?: unknown } }>, reply) => {
+    app.post('/jobs', async (req: FastifyRequest<{ Body: { image?: unknown; devices?: unknown; tag?: unknown; productId?: unknown; expiresAt?: unknown; maxConcurrent?: unknown } }>, reply) => {
       const b = req.body ?? {}
       const devices = Array.isArray(b.devices) ? b.devices.filter((d): d is string => typeof d === 'string' && d.includes('/')).map(parseDeviceKey) : []
       const tag = typeof b.tag === 'string' && typeof b.productId === 'string' ? { productId: b.productId, tag: b.tag } : undefined
-      if (typeof b.image !== 'string' || (devices.length === 0 && !tag)) {
-        return reply.code(400).send({ error: 'bad_request', message: 'body: {"image": md5 or key, "devices": ["p/d", ...]} or {"image", "productId", "tag"}; optional "expiresAt" (UNIX seconds)' })
+      const maxConcurrent = b.maxConcurrent
+      const badLimit = maxConcurrent !== undefined && !(typeof maxConcurrent === 'number' && Number.isSafeInteger(maxConcurrent) && maxConcurrent >= 0)
+      if (typeof b.image !== 'string' || (devices.length === 0 && !tag) || badLimit) {
+        return reply.code(400).send({
+          error: 'bad_request',
+          message: 'body: {"image": md5 or key, "devices": ["p/d", ...]} or {"image", "productId", "tag"}; optional "expiresAt" (UNIX seconds), "maxConcurrent" (devices at once, a whole number, 0 = no limit)',
+        })
       }
       try {
-        const job = ota.createJob({ image: b.image, devices: devices as DeviceRef[], tag, expiresAt: typeof b.expiresAt === 'number' ? b.expiresAt : undefined })
+        const job = ota.createJob({ image: b.image, devices: devices as DeviceRef[], tag, expiresAt: typeof b.expiresAt === 'number' ? b.expiresAt : undefined, maxConcurrent: maxConcurrent as number | undefined })
         return reply.code(201).send(job)
       } catch (err) {
         if (err instanceof ImageRefused) return reply.code(404).send({ error: 'not_found', message: err.message })

@@ -35,28 +35,45 @@ export interface FetchSettings {
 
 const MAX_REDIRECTS = 5
 
-/** A token bucket shared by every download: at most `bytesPerSecond` in total (0 = unlimited). */
+/** What the bandwidth limit reads the time from and waits with (a test's own clock in unit tests). */
+export interface PaceClock {
+  now(): number
+  sleep(ms: number): Promise<void>
+}
+
+const realClock: PaceClock = { now: () => Date.now(), sleep: (ms) => new Promise((r) => setTimeout(r, ms)) }
+
+/**
+ * A token bucket shared by every download: at most `bytesPerSecond` in total (0 = unlimited), with
+ * at most one second of burst. A chunk larger than one second's worth goes once the bucket is full
+ * and leaves it in debt, so that large socket reads average out to the rate too.
+ */
 export class BandwidthLimit {
   private tokens: number
-  private last = Date.now()
+  private last: number
 
-  constructor(private readonly bytesPerSecond: number) {
+  constructor(
+    private readonly bytesPerSecond: number,
+    private readonly clock: PaceClock = realClock,
+  ) {
     this.tokens = bytesPerSecond
+    this.last = clock.now()
   }
 
   async take(n: number, signal?: AbortSignal): Promise<void> {
     if (this.bytesPerSecond <= 0) return
+    const needed = Math.min(n, this.bytesPerSecond)
     for (;;) {
-      const now = Date.now()
-      // At most one second of burst.
+      const now = this.clock.now()
       this.tokens = Math.min(this.bytesPerSecond, this.tokens + ((now - this.last) / 1000) * this.bytesPerSecond)
       this.last = now
-      if (this.tokens >= Math.min(n, this.bytesPerSecond)) {
+      if (this.tokens >= needed) {
         this.tokens -= n
         return
       }
       if (signal?.aborted) throw new FetchError('aborted', 'download', false)
-      await new Promise((r) => setTimeout(r, Math.max(10, ((n - this.tokens) / this.bytesPerSecond) * 1000)))
+      // Until the bucket holds what this chunk needs (not the whole chunk: the rest is debt).
+      await this.clock.sleep(Math.max(10, ((needed - this.tokens) / this.bytesPerSecond) * 1000))
     }
   }
 }

@@ -87,6 +87,8 @@ export interface OtaJobView {
   type: string
   image: string
   expiresAt: number
+  /** Devices of this job with an image on the way at once (0 = no limit of its own). */
+  maxConcurrent: number
   devices: { device: string; state: TargetState; bytesServed: number; progress: number | null; reason: string | null }[]
 }
 
@@ -217,14 +219,22 @@ export class OtaRelay implements CommandHold, LocalFiles {
 
   /**
    * Targets whose image is ready go to their devices, oldest first, as long as fewer than
-   * `maxConcurrentDevices` have an image on the way (a staged rollout; 0 = all at once).
+   * `maxConcurrentDevices` have an image on the way (0 = all at once), and fewer than the job's own
+   * limit (its `maxConcurrent`, or `maxConcurrentPerJob`) of the same job: a staged rollout.
    */
   private releaseWaiting(): void {
     const limit = this.d.cfg.maxConcurrentDevices
     let busy = limit > 0 ? this.store.busyCount() : 0
+    const jobBusy = new Map<string, number>()
     for (const t of this.store.targets("state = 'waiting'")) {
       if (limit > 0 && busy >= limit) return
       if (this.store.image(t.imageKey)?.state !== 'ready') continue
+      const jobLimit = this.store.jobLimit(t.job) ?? this.d.cfg.maxConcurrentPerJob
+      if (jobLimit > 0) {
+        const n = jobBusy.get(t.job) ?? this.store.busyCount(t.job)
+        if (n >= jobLimit) continue
+        jobBusy.set(t.job, n + 1)
+      }
       this.release(t)
       busy++
     }
@@ -482,7 +492,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
       const now = Date.now()
       for (const t of this.store.activeTargets('expires_at * 1000 < ?', now)) this.expire(t)
       // Slots freed by devices that finished, failed or expired go to the next ones waiting.
-      if (this.d.cfg.maxConcurrentDevices > 0) this.releaseWaiting()
+      this.releaseWaiting()
       if (this.sweeps++ % SLOW_SWEEPS === 0) {
         this.store.trim(now - FINISHED_KEPT_MS)
         this.updateGauges()
@@ -575,11 +585,13 @@ export class OtaRelay implements CommandHold, LocalFiles {
    * An offline campaign: `$ota_upgrade` for each device (or each child carrying the tag) as the
    * hub would send it, issued by the gateway (origin 'local'), then the same flow as a hub job.
    */
-  createJob(spec: { image: string; devices?: DeviceRef[]; tag?: { productId: string; tag: string }; expiresAt?: number }): { job: string; devices: string[] } {
+  createJob(spec: { image: string; devices?: DeviceRef[]; tag?: { productId: string; tag: string }; expiresAt?: number; maxConcurrent?: number }): { job: string; devices: string[] } {
     const img = this.store.images().find((i) => i.state === 'ready' && (i.key === spec.image || i.md5 === spec.image.toLowerCase()))
     if (!img) throw new ImageRefused(OTHER_ERROR, `no cached image ${spec.image}: upload it first (POST /api/ota/images)`)
     const devices = [...(spec.devices ?? []), ...(spec.tag ? this.d.devicesWithTag(spec.tag.productId, spec.tag.tag) : [])]
     const job = newMessageId()
+    // Before the commands: each is held (and may be released) as it is sent.
+    if (spec.maxConcurrent !== undefined) this.store.setJobLimit(job, spec.maxConcurrent)
     const payload = Buffer.from(JSON.stringify({ url: `local:${img.key}`, version: img.version, size: img.size, md5: img.md5, type: img.type }))
     const sent: string[] = []
     for (const device of devices) {
@@ -593,7 +605,10 @@ export class OtaRelay implements CommandHold, LocalFiles {
     const byJob = new Map<string, OtaJobView>()
     for (const t of this.store.targets()) {
       let j = byJob.get(t.job)
-      if (!j) byJob.set(t.job, (j = { job: t.job, origin: t.origin, version: t.version, type: t.type, image: t.imageKey, expiresAt: t.expiresAt, devices: [] }))
+      if (!j) {
+        const maxConcurrent = this.store.jobLimit(t.job) ?? this.d.cfg.maxConcurrentPerJob
+        byJob.set(t.job, (j = { job: t.job, origin: t.origin, version: t.version, type: t.type, image: t.imageKey, expiresAt: t.expiresAt, maxConcurrent, devices: [] }))
+      }
       j.devices.push({ device: t.device, state: t.state, bytesServed: this.served.get(t.commandId) ?? t.bytesServed, progress: t.progress, reason: t.reason })
     }
     return [...byJob.values()]

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS targets (
 );
 CREATE INDEX IF NOT EXISTS targets_by_image ON targets (image_key, state);
 CREATE INDEX IF NOT EXISTS targets_by_device ON targets (device, state);
+CREATE TABLE IF NOT EXISTS job_limits (job TEXT PRIMARY KEY, max_concurrent INTEGER NOT NULL);
 `
 
 const camel = (r: Record<string, unknown>): Record<string, unknown> => Object.fromEntries(Object.entries(r).map(([k, v]) => [k.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase()), v]))
@@ -148,17 +149,27 @@ export class OtaStore {
     this.db.prepare('UPDATE targets SET progress = ?, updated_at = ? WHERE command_id = ?').run(progress, Date.now(), commandId)
   }
 
-  /** Targets whose device has its image on the way: released, and not yet reported 100 %, done or failed. */
-  busyCount(): number {
-    const r = this.db
-      .prepare("SELECT COUNT(*) AS n FROM targets WHERE state IN ('queued', 'delivered', 'downloading') OR (state = 'reported' AND (progress IS NULL OR progress BETWEEN 0 AND 99))")
-      .get() as { n: number }
+  /** Targets (of one job, or all) whose device has its image on the way: released, and not yet reported 100 %, done or failed. */
+  busyCount(job?: string): number {
+    const busy = "(state IN ('queued', 'delivered', 'downloading') OR (state = 'reported' AND (progress IS NULL OR progress BETWEEN 0 AND 99)))"
+    const r = (job === undefined ? this.db.prepare(`SELECT COUNT(*) AS n FROM targets WHERE ${busy}`).get() : this.db.prepare(`SELECT COUNT(*) AS n FROM targets WHERE job = ? AND ${busy}`).get(job)) as { n: number }
     return r.n
+  }
+
+  /** A job's own staged-rollout limit (POST /api/ota/jobs `maxConcurrent`), if it has one. */
+  jobLimit(job: string): number | undefined {
+    const r = this.db.prepare('SELECT max_concurrent AS n FROM job_limits WHERE job = ?').get(job) as { n: number } | undefined
+    return r?.n
+  }
+
+  setJobLimit(job: string, maxConcurrent: number): void {
+    this.db.prepare('INSERT OR REPLACE INTO job_limits (job, max_concurrent) VALUES (?, ?)').run(job, maxConcurrent)
   }
 
   /** Finished targets older than `before` (ms) go: the job view keeps recent history only. */
   trim(before: number): void {
     this.db.prepare("DELETE FROM targets WHERE state IN ('done', 'failed', 'expired') AND updated_at < ?").run(before)
+    this.db.prepare('DELETE FROM job_limits WHERE job NOT IN (SELECT job FROM targets)').run()
   }
 
   setServed(commandId: number, bytes: number): void {

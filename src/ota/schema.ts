@@ -24,6 +24,12 @@ export const OtaSchema = Type.Object(
       minimum: 0,
       description: 'how many devices may have an image on its way at once (command released, not yet reported 100 %, done or failed); the rest wait in order: a staged rollout; 0 = no limit',
     }),
+    maxConcurrentPerJob: Type.Integer({
+      default: 0,
+      minimum: 0,
+      description:
+        'how many devices of one job (one $ota_upgrade RequestId: a hub tag campaign, or an offline campaign) may have an image on its way at once; the rest of the job waits in order; POST /api/ota/jobs `maxConcurrent` sets it per offline job; 0 = no limit',
+    }),
     download: Type.Object(
       {
         idleTimeoutSeconds: Type.Integer({ default: 30, minimum: 1, description: 'a download that receives nothing this long is cut and resumed' }),

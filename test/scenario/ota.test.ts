@@ -7,8 +7,6 @@ import { execFile } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
-import http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -16,6 +14,7 @@ import { CommandDevice, type ReceivedMessage } from '../helpers/command-device.j
 import { newMessageId } from '../helpers/device.js'
 import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
 import { HUB_PASSWORD, HUB_USERNAME, HubBroker } from '../helpers/hub-broker.js'
+import { ImageServer } from '../helpers/image-server.js'
 import { freePort } from '../helpers/ports.js'
 import { HubSim } from '../../src/tools/hub-sim.js'
 
@@ -37,78 +36,6 @@ const tech = child('tech')
 const roomy = child('roomy')
 const children = [a, b, crash, bad, big, beta1, stable1, away, coapDev, brief, tech, roomy]
 const CACHE_QUOTA = 3 * 1024 * 1024
-
-type Mode = 'whole' | 'cut' | 'trickle'
-
-interface Served {
-  body: Buffer
-  mode: Mode
-  /** trickle: bytes written so far by the first response. */
-  trickled: number
-}
-
-/** The image server: GET /{name}, with ETag and single byte ranges, in the mode each image is set to. */
-class ImageServer {
-  readonly images = new Map<string, Served>()
-  readonly requests: { name: string; range?: string; ifRange?: string }[] = []
-  private server = http.createServer((req, res) => this.serve(req, res))
-  port = 0
-
-  async start(): Promise<void> {
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()))
-    this.port = (this.server.address() as AddressInfo).port
-  }
-
-  async close(): Promise<void> {
-    this.server.closeAllConnections()
-    await new Promise((r) => this.server.close(r))
-  }
-
-  add(name: string, body: Buffer, mode: Mode = 'whole'): { url: string; md5: string; size: number } {
-    this.images.set(name, { body, mode, trickled: 0 })
-    return { url: `http://127.0.0.1:${this.port}/${name}`, md5: createHash('md5').update(body).digest('hex'), size: body.length }
-  }
-
-  fullRequests(name: string): number {
-    return this.requests.filter((r) => r.name === name && !r.range).length
-  }
-
-  private serve(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const name = (req.url ?? '/').split('?')[0].slice(1)
-    this.requests.push({ name, range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined })
-    const img = this.images.get(name)
-    if (!img) return void res.writeHead(404).end()
-    const etag = `"${createHash('sha1').update(img.body).digest('hex')}"`
-    const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '')
-    const from = m && (!req.headers['if-range'] || req.headers['if-range'] === etag) ? Number(m[1]) : 0
-    if (from >= img.body.length && m) return void res.writeHead(416, { 'content-range': `bytes */${img.body.length}` }).end()
-    const part = img.body.subarray(from)
-    res.writeHead(from ? 206 : 200, {
-      etag,
-      'content-length': part.length,
-      ...(from ? { 'content-range': `bytes ${from}-${img.body.length - 1}/${img.body.length}` } : {}),
-    })
-    if (img.mode === 'cut' && from === 0) {
-      // Half of it, then the connection drops.
-      res.write(part.subarray(0, part.length >> 1), () => res.destroy())
-      return
-    }
-    if (img.mode === 'trickle') {
-      const timer = setInterval(() => {
-        if (img.mode !== 'trickle' || img.trickled >= part.length >> 1) {
-          clearInterval(timer)
-          return
-        }
-        const chunk = part.subarray(img.trickled, img.trickled + 8192)
-        img.trickled += chunk.length
-        res.write(chunk)
-      }, 50)
-      res.on('close', () => clearInterval(timer))
-      return
-    }
-    res.end(part)
-  }
-}
 
 function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<{ code: number; stdout: Buffer; stderr: string }> {
   return new Promise((resolve) => {
@@ -429,13 +356,13 @@ describe('OTA relay through the gateway process', () => {
     const up = await runCli(['ota', 'upload', file, '--image-version', '10.0.1', '--type', 'firmware', '-c', gateway.configFile])
     expect(up.code, up.stderr).toBe(0)
     expect(JSON.parse(up.stdout).image).toMatchObject({ md5: nextMd5, version: '10.0.1' })
-    const push = await runCli(['ota', 'push', nextMd5, '--devices', `${P}/${tech.deviceId}`, '-c', gateway.configFile])
+    const push = await runCli(['ota', 'push', nextMd5, '--devices', `${P}/${tech.deviceId}`, '--max-concurrent', '3', '-c', gateway.configFile])
     expect(push.code, push.stderr).toBe(0)
     const job = (JSON.parse(push.stdout) as { job: string }).job
     const second = await dev.waitFor((m) => otaCommands(m) && m.topic.endsWith(job), 10_000, 'the CLI $ota_upgrade')
     expect((await curl(['-f', String(payloadOf(second).url)])).stdout.equals(next)).toBe(true)
     const jobs = await runCli(['ota', 'jobs', '-c', gateway.configFile])
-    expect((JSON.parse(jobs.stdout) as { jobs: { job: string }[] }).jobs.map((j) => j.job)).toContain(job)
+    expect((JSON.parse(jobs.stdout) as { jobs: { job: string; maxConcurrent: number }[] }).jobs.find((j) => j.job === job)?.maxConcurrent).toBe(3)
   })
 
   it('evicts the oldest image no job needs to make room under the quota, and counts it', async () => {
