@@ -149,7 +149,7 @@ export class Gateway {
       state: store.ruleState,
       emit: (up) => store.outbox.enqueue(up),
       sendCommand: (cmd) => void core.router.accept(cmd, 'rule'),
-      devicesWithTag: (productId, tag) => store.registry.list().filter((d) => d.productId === productId && d.enabled && d.tags.includes(tag)),
+      devicesWithTag: (productId, tag) => this.enabledWithTag(productId, tag),
       republish: (topic, payload, retain) => {
         const broker = this.adapters.find((a) => a.health.state === 'running' && a.instance?.localPublish)
         return broker?.instance?.localPublish ? broker.instance.localPublish(topic, payload, retain) : Promise.reject(new Error('no local broker is running'))
@@ -167,6 +167,11 @@ export class Gateway {
     core.pipeline.setRules(this.rules.step)
     this.ruleMetrics(this.rules)
     log.info({ rules: cfg.rules.map((r) => r.name) }, `${cfg.rules.length} local rule(s) loaded`)
+  }
+
+  /** The enabled devices of a product carrying a tag (a rule's or an OTA campaign's tag target). */
+  private enabledWithTag(productId: string, tag: string) {
+    return this.store.registry.list().filter((d) => d.enabled && d.productId === productId && d.tags.includes(tag))
   }
 
   /** Per-rule counters, read from the engine at each scrape. */
@@ -265,11 +270,7 @@ export class Gateway {
       coapPort: () => this.adapter<{ port: number }>('coap')?.port,
       tls: { ca: cfg.northbound.tls?.ca, rejectUnauthorized: cfg.northbound.tls?.rejectUnauthorized ?? true },
       sendLocal: (cmd) => core.router.accept(cmd, 'local'),
-      devicesWithTag: (productId, tag) =>
-        store.registry
-          .list()
-          .filter((d) => d.enabled && d.productId === productId && d.tags.includes(tag))
-          .map((d) => ({ productId: d.productId, deviceId: d.deviceId })),
+      devicesWithTag: (productId, tag) => this.enabledWithTag(productId, tag).map((d) => ({ productId: d.productId, deviceId: d.deviceId })),
       metrics: this.metrics.forAdapter('ota'),
       log: this.log.child({ component: 'ota' }),
     })
