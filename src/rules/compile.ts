@@ -8,9 +8,9 @@ import { compileCel, type CompiledExpression } from './cel.js'
 export type CompiledAction =
   | { kind: 'drop' }
   | { kind: 'transform'; payload?: CompiledExpression; dataType?: string }
-  | { kind: 'reportOnChange'; fields: string[][]; fieldNames: string[]; deadband: number; heartbeatMs: number }
-  | { kind: 'window'; ms: number; fields: string[][]; fieldNames: string[]; aggregates: Aggregate[]; dataType?: string }
-  | { kind: 'alarm'; name: string; set: CompiledExpression; clear: CompiledExpression; forMs: number; value?: CompiledExpression }
+  | { kind: 'reportOnChange'; fields: string[][]; fieldNames: string[]; deadband: number; heartbeatMs: number; key: string }
+  | { kind: 'window'; ms: number; fields: string[][]; fieldNames: string[]; aggregates: Aggregate[]; dataType?: string; key: string }
+  | { kind: 'alarm'; name: string; set: CompiledExpression; clear: CompiledExpression; forMs: number; value?: CompiledExpression; key: string }
   | {
       kind: 'command'
       productId?: string
@@ -22,7 +22,7 @@ export type CompiledAction =
       expiresInSeconds?: number
     }
   | { kind: 'republish'; topic: string; retain: boolean }
-  | { kind: 'rateLimit'; periodMs: number; burst: number }
+  | { kind: 'rateLimit'; periodMs: number; burst: number; key: string }
 
 export interface CompiledRule {
   name: string
@@ -56,7 +56,7 @@ export function compileRules(rules: readonly RuleConfig[]): { rules: CompiledRul
     }
     const filterProblem = checkFilter(r.from)
     if (filterProblem) problems.push(`${at}.from: ${filterProblem}`)
-    const actions = r.actions.map((a, j) => compileAction(a, `actions[${j}]`, cel, (p) => problems.push(`${at}.actions[${j}]${p}`)))
+    const actions = r.actions.map((a, j) => compileAction(a, `actions[${j}]`, cel, (p) => problems.push(`${at}.actions[${j}]${p}`), stateKey(r.name, j, a)))
     const last = r.actions.length - 1
     r.actions.forEach((a, j) => {
       if (a.window && j !== last) problems.push(`${at}.actions[${j}].window: must be the rule's last action (the message ends in the window; what comes up is the aggregate)`)
@@ -77,6 +77,7 @@ function compileAction(
   key: string,
   cel: (source: string, key: string) => CompiledExpression,
   problem: (p: string) => void,
+  state: string,
 ): CompiledAction {
   if (a.drop) return { kind: 'drop' }
   if (a.transform) {
@@ -85,11 +86,11 @@ function compileAction(
   }
   if (a.reportOnChange) {
     const r = a.reportOnChange
-    return { kind: 'reportOnChange', fields: r.fields.map((f) => f.split('.')), fieldNames: r.fields, deadband: r.deadband, heartbeatMs: r.heartbeatSeconds * 1000 }
+    return { kind: 'reportOnChange', fields: r.fields.map((f) => f.split('.')), fieldNames: r.fields, deadband: r.deadband, heartbeatMs: r.heartbeatSeconds * 1000, key: state }
   }
   if (a.window) {
     const w = a.window
-    return { kind: 'window', ms: w.seconds * 1000, fields: w.fields.map((f) => f.split('.')), fieldNames: w.fields, aggregates: w.aggregates, dataType: w.dataType }
+    return { kind: 'window', ms: w.seconds * 1000, fields: w.fields.map((f) => f.split('.')), fieldNames: w.fields, aggregates: w.aggregates, dataType: w.dataType, key: state }
   }
   if (a.alarm) {
     const al = a.alarm
@@ -100,6 +101,7 @@ function compileAction(
       clear: cel(al.clear, `${key}.alarm.clear`),
       forMs: al.forSeconds * 1000,
       value: al.value === undefined ? undefined : cel(al.value, `${key}.alarm.value`),
+      key: state,
     }
   }
   if (a.command) {
@@ -123,10 +125,22 @@ function compileAction(
     if (unknown.length) problem(`.republish.topic: unknown placeholder {${unknown[0]}} (use {productId}, {deviceId}, {dataType})`)
     return { kind: 'republish', topic, retain: a.republish.retain }
   }
-  if (a.rateLimit) return { kind: 'rateLimit', periodMs: a.rateLimit.perSeconds * 1000, burst: a.rateLimit.burst }
+  if (a.rateLimit) return { kind: 'rateLimit', periodMs: a.rateLimit.perSeconds * 1000, burst: a.rateLimit.burst, key: state }
   // The schema lets exactly one known key through; this is for a schema and a compiler out of step.
   problem(': unknown action')
   return { kind: 'drop' }
+}
+
+/**
+ * The prefix of the keys an action keeps its state under, one per device after it: `r/{rule}/{action
+ * index}/`, `w/{rule}/{action index}/`, `a/{rule}/{alarm}/` (stored in rule_state, so these shapes
+ * must not change) and `{rule}/` for the rate limiter's in-memory buckets. Built once, at start.
+ */
+function stateKey(rule: string, index: number, a: RuleAction): string {
+  if (a.reportOnChange) return `r/${rule}/${index}/`
+  if (a.window) return `w/${rule}/${index}/`
+  if (a.alarm) return `a/${rule}/${a.alarm.name}/`
+  return `${rule}/`
 }
 
 function checkFilter(from: string): string | undefined {
