@@ -130,7 +130,7 @@ export class CommandRouter extends EventEmitter implements HeldCommands {
     // gets its queue before what the hub sends on its arrival), and only that: what the hub sends
     // after it comes after it.
     const key = deviceKey(cmd.device)
-    const upTo = this.d.store.pending(key).at(-1)?.id
+    const upTo = this.d.store.lastPendingId(key)
     if (upTo !== undefined) this.chain(cmd.device, () => this.flush(key, upTo))
     this.chain(cmd.device, async () => {
       const adapter = this.owner(cmd.device)

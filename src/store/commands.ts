@@ -46,7 +46,7 @@ const HISTORY_PER_DEVICE = 100
 
 export class CommandStore {
   private readonly st: Record<
-    'seen' | 'markSeen' | 'insert' | 'setState' | 'setReply' | 'pending' | 'recent' | 'byRequest' | 'expireSeen' | 'expireQueued' | 'trim' | 'release' | 'held' | 'byId',
+    'seen' | 'markSeen' | 'insert' | 'setState' | 'setReply' | 'pending' | 'recent' | 'byRequest' | 'expireSeen' | 'expireQueued' | 'trim' | 'release' | 'held' | 'byId' | 'lastPending',
     Statement
   >
 
@@ -63,6 +63,7 @@ export class CommandStore {
       setState: db.prepare("UPDATE commands SET state = ?, reason = ?, updated_at = ? WHERE id = ? AND state != 'replied'"),
       setReply: db.prepare("UPDATE commands SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?"),
       pending: db.prepare("SELECT * FROM commands WHERE device = ? AND state = 'queued' ORDER BY id"),
+      lastPending: db.prepare("SELECT MAX(id) FROM commands WHERE device = ? AND state = 'queued'").pluck(),
       recent: db.prepare('SELECT * FROM commands WHERE device = ? ORDER BY id DESC LIMIT ?'),
       byRequest: db.prepare('SELECT * FROM commands WHERE device = ? AND request_id = ? ORDER BY id DESC LIMIT 1'),
       expireSeen: db.prepare('DELETE FROM seen_requests WHERE seen_at < ?'),
@@ -149,6 +150,11 @@ export class CommandStore {
   /** Queued commands for a device, oldest first. */
   pending(deviceKeyStr: string): StoredCommand[] {
     return (this.st.pending.all(deviceKeyStr) as Row[]).map(toStored)
+  }
+
+  /** The id of the newest queued command for a device (undefined when none waits), without reading them all. */
+  lastPendingId(deviceKeyStr: string): number | undefined {
+    return (this.st.lastPending.get(deviceKeyStr) as number | null) ?? undefined
   }
 
   recent(deviceKeyStr: string, limit = 50): StoredCommand[] {
