@@ -1,7 +1,9 @@
 // Line-protocol sensors on serial ports become hub devices (issue 9, "Line protocols"). Each port
 // is a socat pty pair; the test plays the sensor on the far end (writing lines, reading what the
 // gateway writes back); the gateway runs in this process against Mosquitto as the hub.
+import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
+import http, { type IncomingMessage } from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -166,6 +168,32 @@ describe('line-protocol sensors through the gateway to the hub', () => {
     await hub.publishAsHub(`cmd/${P}/c1/set_interval/plain/req-int-2`, '{"minutes": 1}')
     const bad = await rec.waitFor((m) => m.topic.startsWith(`cmd_resp/${P}/c1/set_interval/req-int-2/`), 10_000, 'cmd_resp')
     expect(json(bad)).toEqual({ status: 'failed', reason: 'the payload lacks seconds', code: 'bad_payload' })
+  })
+
+  it('never lets a browser that does not keep up hold the port up: its monitor frames are dropped and counted', async () => {
+    type Port = { name: string; counters: { monitorDropped: number }; lines: { rejected: { garbage: number } } }
+    const rx1 = async (): Promise<Port> => (await api<{ ports: Port[] }>('/api/adapters/serial/ports')).ports.find((p) => p.name === 'rx1')!
+    const garbageBefore = (await rx1()).lines.rejected.garbage
+    // A watcher that stops reading (a phone gone to sleep): nothing is read from its socket.
+    const req = http.get({ host: '127.0.0.1', port: gw.web.port, path: '/api/adapters/serial/ports/rx1/monitor', headers: { authorization: `Bearer ${API_TOKEN}`, accept: 'text/event-stream' } })
+    const [res] = (await once(req, 'response')) as [IncomingMessage]
+    expect(res.statusCode).toBe(200)
+    res.pause()
+    // 20000 lines of 200 bytes (the pattern does not match: each one is garbage, counted and skipped).
+    const LINES = 20_000
+    const line = `${'x'.repeat(199)}\n`
+    for (let i = 0; i < LINES / 1000; i++) await sensors.rx1!.send(line.repeat(1000))
+    // The port read every line, however slow the watcher.
+    await until(async () => (await rx1()).lines.rejected.garbage >= garbageBefore + LINES, 30_000, 'the port did not read every line')
+    const dropped = (await rx1()).counters.monitorDropped
+    expect(dropped).toBeGreaterThan(0)
+    // Once it reads again, the stream says how many frames it missed.
+    let text = ''
+    res.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')))
+    res.resume()
+    const told = await until(() => /^event: dropped\ndata: (.*)$/m.exec(text)?.[1], 10_000, 'no dropped event')
+    expect((JSON.parse(told) as { count: number }).count).toBeGreaterThan(0)
+    req.destroy()
   })
 
   it('refuses a Modbus read on a line-protocol port, saying why', async () => {
