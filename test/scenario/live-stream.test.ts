@@ -118,13 +118,16 @@ describe('live stream and device activity', () => {
     expect((await listed(dev)).battery).toBe(87)
   })
 
-  it('shows a device leaving, and the hub going down in health', async () => {
+  it('shows a device leaving, and the hub going down and the outbox growing in health', async () => {
     await clients[0].endAsync()
     await stream.waitFor('device', (d) => d.deviceId === 't1' && d.online === false)
     const from = stream.events.length
     await hub.stop()
     await stream.waitFor('health', (h) => h.northbound.connected === false && typeof h.northbound.downSince === 'number', 20_000, from)
     await stream.waitFor('log', (l) => l.level >= 40, 20_000, from)
+    // What the valve sends meanwhile waits in the outbox: health says how much.
+    for (let i = 0; i < 3; i++) await publishQos1(clients[1], `upload_data/valves/v1/position/${newMessageId()}`, String(i))
+    await stream.waitFor('health', (h) => h.northbound.connected === false && h.outbox.messages >= 3, 20_000, from)
   })
 
   it('serves the recent logs, filtered by level, and as a download', async () => {
