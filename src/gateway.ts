@@ -2,6 +2,7 @@
 // the store, the core, the hub bridge, the southbound adapters and the web, in that order, starts
 // them sinks first (store, bridge) and sources last (adapters, HTTP), and stops them in reverse
 // within a deadline. Nothing else wires components together.
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import type { Config } from './config.js'
 import { createLogger, RateLimitedLog, type Logger } from './core/log.js'
@@ -28,11 +29,21 @@ import { OtaRelay } from './ota/ota-relay.js'
 import { apiRoutes as otaApiRoutes, fileRoutes as otaFileRoutes } from './ota/http-routes.js'
 import type { OutboxRow } from './store/outbox.js'
 import type { StoredCommand } from './store/commands.js'
+import { LogRing } from './core/log-ring.js'
+import { DeviceActivity } from './live/device-activity.js'
+import { LiveEvents } from './live/live-events.js'
+import { LiveHub } from './web/live-hub.js'
+import { redactConfig } from './config-redact.js'
 
 const GAUGE_INTERVAL_MS = 5_000
+/** The devices' last reported facts (src/live/device-activity.ts), kept across restarts. */
+const ACTIVITY_FILE = 'device-facts.json'
+const ACTIVITY_SAVE_MS = 30_000
 
 export interface GatewayOptions {
+  /** A logger of the caller's; the recent-logs ring (GET /api/logs) then stays empty unless `logRing` is its tap. */
   logger?: Logger
+  logRing?: LogRing
   /** Adapters besides the built-in ones (tests register their own through the same seam). */
   adapters?: readonly KeyedAdapterEntry[]
 }
@@ -46,6 +57,12 @@ interface RunningAdapter {
 export class Gateway {
   readonly log: Logger
   readonly metrics = new Metrics()
+  /** The recent log lines (GET /api/logs), tapped from the logger. */
+  readonly logRing: LogRing
+  /** The live stream's fan-out (GET /api/events). */
+  readonly live: LiveHub
+  /** Per device: last messages, radio, battery, firmware, errors (GET /api/devices). */
+  readonly activity = new DeviceActivity()
   store!: Store
   core!: Core
   bridge!: Bridge
@@ -57,6 +74,8 @@ export class Gateway {
   ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
+  private activityTimer?: NodeJS.Timeout
+  private readonly activityWarn: RateLimitedLog
   private stopping = false
   private lock?: DataDirLock
 
@@ -64,7 +83,11 @@ export class Gateway {
     readonly cfg: Config,
     private readonly opts: GatewayOptions = {},
   ) {
-    this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id })
+    this.logRing = opts.logRing ?? new LogRing()
+    this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id, tap: this.logRing.push })
+    this.live = new LiveHub({ health: () => this.health() })
+    this.activityWarn = new RateLimitedLog(this.log)
+    this.liveMetrics()
     // Which gateway a scrape came from, the Prometheus way (an info metric to join on), rather than a
     // label on every sample: docs/operators/alerts.md.
     new Gauge({ name: 'iothub_edge_gateway_info', help: 'Always 1; labels: gateway.id and version', labelNames: ['gateway', 'version'], registers: [this.metrics.registry] }).set(
@@ -102,6 +125,7 @@ export class Gateway {
       },
     })
     await this.startHistory()
+    this.startLive()
     await this.core.start()
     this.startRules()
 
@@ -197,6 +221,83 @@ export class Gateway {
         },
       })
     }
+  }
+
+  /**
+   * The technician's live view watches like the history does: the committed flow (device activity,
+   * stream events), command changes and the log lines. The stream's sources do nothing while no
+   * client listens.
+   */
+  private startLive(): void {
+    const { core, store, activity } = this
+    this.loadActivity()
+    this.activityTimer = setInterval(() => {
+      if (activity.changed) this.saveActivity()
+    }, ACTIVITY_SAVE_MS).unref()
+    core.observe(activity)
+    this.logRing.onLine(activity.logLine)
+    store.registry.on('removed', (ref: DeviceRef) => activity.forget(deviceKey(ref)))
+    const events = new LiveEvents({
+      sink: this.live,
+      alarm: (rule, alarm, productId, deviceId) => this.rules?.alarms().find((a) => a.rule === rule && a.alarm === alarm && a.productId === productId && a.deviceId === deviceId),
+      command: (id) => {
+        const sc = store.commands.byId(id)
+        if (!sc) return undefined
+        const c = sc.command
+        return { ...c.device, requestId: c.requestId, name: c.name, type: c.type, origin: sc.origin, state: sc.state, reason: sc.reason ?? null, updatedAt: sc.updatedAt }
+      },
+    })
+    core.observe(events)
+    store.commands.watch(events.commandChanged)
+    this.logRing.onLine(events.logLine)
+  }
+
+  private activityFile(): string {
+    return path.join(this.cfg.gateway.dataDir, ACTIVITY_FILE)
+  }
+
+  /** What devices reported before the restart (firmware, battery, radio): shown until they report again. */
+  private loadActivity(): void {
+    try {
+      if (existsSync(this.activityFile())) this.activity.restore(JSON.parse(readFileSync(this.activityFile(), 'utf8')))
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, file: this.activityFile() }, 'the devices\' last reported facts could not be read; the device table fills again as devices report')
+    }
+  }
+
+  // A file beside the databases, replaced whole (written aside, then renamed): it is a cache of what
+  // devices said, not data the gateway must keep; a write that fails (full disk) is tried again later.
+  private saveActivity(): void {
+    const file = this.activityFile()
+    try {
+      writeFileSync(`${file}.tmp`, JSON.stringify(this.activity.facts()), { mode: 0o600 })
+      renameSync(`${file}.tmp`, file)
+    } catch (err) {
+      this.activityWarn.warn('save', { err: (err as Error).message, file }, 'could not save the devices\' last reported facts')
+    }
+  }
+
+  /** The live stream's clients and what it dropped, read at each scrape. */
+  private liveMetrics(): void {
+    const live = this.live
+    const registers = [this.metrics.registry]
+    new Gauge({
+      name: 'iothub_edge_live_stream_clients',
+      help: 'Clients of the live stream (GET /api/events)',
+      registers,
+      collect() {
+        this.set(live.stats().clients)
+      },
+    })
+    new Counter({
+      name: 'iothub_edge_live_stream_dropped_total',
+      help: 'Live stream events not sent to a client that read too slowly',
+      registers,
+      collect() {
+        this.reset()
+        this.inc(live.stats().dropped)
+      },
+    })
   }
 
   /**
@@ -414,6 +515,13 @@ export class Gateway {
         online,
         lastSeen: (ref) => lastSeen(connectionsOf(ref), core.pipeline.lastHeard(ref)),
         shadow: (ref) => core.shadows.get(ref),
+        activity: (ref) => {
+          const a = this.activity.view(deviceKey(ref))
+          // No message since the start: the transport of its latest session (kept across restarts).
+          return a.protocol ? a : { ...a, protocol: connectionsOf(ref).sort((x, y) => (y.connectedAt ?? 0) - (x.connectedAt ?? 0))[0]?.transport ?? null }
+        },
+        messages: (ref, limit) => this.activity.messages(deviceKey(ref), limit),
+        waitingCommands: () => store.commands.waitingCounts(),
       },
       commands: {
         history: (ref, limit) => core.router.history(ref, limit),
@@ -425,6 +533,9 @@ export class Gateway {
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
       rules: this.rules && { list: () => this.rules!.ruleStats(), alarms: () => this.rules!.alarms() },
       serviceRoutes: [{ prefix: 'ota', api: otaApiRoutes(this.ota), files: otaFileRoutes(this.ota) }],
+      live: this.live,
+      logs: { lines: (minLevel, limit) => this.logRing.lines(minLevel, limit) },
+      support: { version: VERSION, dataDir: this.cfg.gateway.dataDir, redactedConfig: () => redactConfig(this.cfg) },
     }
   }
 
@@ -449,6 +560,11 @@ export class Gateway {
       await this.bridge?.stop()
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
+    // Only a gateway that loaded the file writes it (one that failed to start must not empty it).
+    if (this.activityTimer) {
+      clearInterval(this.activityTimer)
+      this.saveActivity()
+    }
     // After the bridge: what the last commits brought is written before history.db closes.
     await this.history?.stop()
     this.store?.close()
