@@ -27,7 +27,8 @@ interface Packet {
   protocolVersion?: number
   clientId?: string
   clean?: boolean
-  will?: { topic?: string } | null
+  will?: { topic?: string; qos?: number } | null
+  length?: number
   topic?: string
   qos?: number
   dup?: boolean
@@ -40,16 +41,25 @@ interface Packet {
 // conformance tests fail if an upgrade moves it.
 interface Parser {
   packet: Packet
+  error: Error | null
   _pos: number
+  _parsePayload(): boolean
   _list: { slice(start: number, end: number): Buffer }
   _parseString(maybeBuffer?: boolean): string | null
-  listeners(event: 'packet'): ((packet: Packet) => void)[]
-  removeAllListeners(event: 'packet'): void
+  listeners(event: 'packet' | 'error'): ((arg: never) => void)[]
+  removeAllListeners(event: 'packet' | 'error'): void
   on(event: 'packet', fn: (packet: Packet) => void): void
+  on(event: 'error', fn: (err: Error) => void): void
 }
 
+const UNACCEPTABLE_PROTOCOL_VERSION = 1
 const IDENTIFIER_REJECTED = 2
-const CONNACK_IDENTIFIER_REJECTED = Buffer.from([0x20, 0x02, 0x00, IDENTIFIER_REJECTED])
+const connack = (returnCode: number): Buffer => Buffer.from([0x20, 0x02, 0x00, returnCode])
+// Packets whose variable header and payload mqtt-packet reads to the end: anything left over is
+// malformed (a field its flag does not announce [MQTT-3.1.2-18/20/22], a too long PUBACK, ...).
+// A PUBLISH's payload is simply the rest, so it cannot have a remainder.
+const READ_TO_THE_END = new Set(['connect', 'puback', 'pubrec', 'pubrel', 'pubcomp', 'subscribe', 'unsubscribe', 'pingreq', 'disconnect'])
+const validId = (id: number | undefined): boolean => id !== undefined && id >= 1 && id <= 0xffff
 
 /**
  * Why the bytes of one MQTT string may not stand, or null: ill-formed UTF-8 (including encoded
@@ -77,6 +87,7 @@ export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
         return { rule: 'MQTT-3.1.3-8', what: 'an empty client id needs CleanSession=1', connack: IDENTIFIER_REJECTED }
       }
       if (p.will) {
+        if ((p.will.qos ?? 0) > 2) return { rule: 'MQTT-3.1.2-14', what: 'will QoS 3' }
         if (!p.will.topic) return { rule: 'MQTT-4.7.3-1', what: 'an empty will topic' }
         if (hasWildcard(p.will.topic)) return { rule: 'MQTT-3.3.2-2', what: 'a wildcard in the will topic' }
       }
@@ -85,12 +96,13 @@ export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
       if (!p.topic) return { rule: 'MQTT-4.7.3-1', what: 'an empty topic name' }
       if (hasWildcard(p.topic)) return { rule: 'MQTT-3.3.2-2', what: 'a wildcard in a topic name' }
       if (p.qos === 0 && p.dup) return { rule: 'MQTT-3.3.1-2', what: 'DUP set on a QoS 0 message' }
-      if ((p.qos ?? 0) > 0 && !p.messageId) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
+      if ((p.qos ?? 0) > 0 && !validId(p.messageId)) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
       return null
     case 'subscribe':
     case 'unsubscribe': {
-      if (!p.messageId) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
+      if (!validId(p.messageId)) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
       const filters = p.cmd === 'subscribe' ? (p.subscriptions ?? []).map((s) => s.topic) : (p.unsubscriptions ?? [])
+      if (filters.length === 0) return { rule: p.cmd === 'subscribe' ? 'MQTT-3.8.3-3' : 'MQTT-3.10.3-2', what: 'no topic filter' }
       if (filters.some((f) => !f)) return { rule: 'MQTT-4.7.3-1', what: 'an empty topic filter' }
       return null
     }
@@ -98,7 +110,7 @@ export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
     case 'pubrec':
     case 'pubrel':
     case 'pubcomp':
-      if (!p.messageId) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
+      if (!validId(p.messageId)) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
       return null
     default:
       return null
@@ -112,30 +124,55 @@ export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
 export function guardClient(client: Client, refused: (v: Violation) => void): void {
   const parser = (client as unknown as { _parser: Parser })._parser
   const socket = client.conn as unknown as { write(data: Buffer, done: () => void): void; destroy(): void }
-  const badStrings = new WeakMap<Packet, { rule: string; what: string }>()
+  const refusedAtParse = new WeakMap<Packet, { rule: string; what: string }>()
+  const readPayload = parser._parsePayload
+  parser._parsePayload = function guardedParsePayload(this: Parser): boolean {
+    const done = readPayload.call(this)
+    const p = this.packet
+    if (done && !this.error && READ_TO_THE_END.has(p.cmd) && this._pos !== p.length && !refusedAtParse.has(p)) {
+      refusedAtParse.set(p, { rule: 'MQTT-4.8.0-1', what: `${(p.length ?? 0) - this._pos} byte(s) more than its fields hold` })
+    }
+    return done
+  }
   const readString = parser._parseString
   parser._parseString = function guardedParseString(this: Parser, maybeBuffer?: boolean): string | null {
     const start = this._pos + 2
     const result = readString.call(this, maybeBuffer)
-    if (result !== null && !badStrings.has(this.packet)) {
+    if (result !== null && !refusedAtParse.has(this.packet)) {
       const reason = badStringReason(this._list.slice(start, this._pos))
-      if (reason) badStrings.set(this.packet, { rule: reason.rule, what: `${reason.what} in a string` })
+      if (reason) refusedAtParse.set(this.packet, { rule: reason.rule, what: `${reason.what} in a string` })
     }
     return result
   }
-  const onward = parser.listeners('packet')
+  const onward = parser.listeners('packet') as ((packet: Packet) => void)[]
   parser.removeAllListeners('packet')
   let closed = false
+  let first = true
+  // A CONNECT of a protocol level aedes does not speak is a parse error in mqtt-packet; the spec
+  // wants CONNACK 0x01 before the close [MQTT-3.1.2-2].
+  const failed = parser.listeners('error') as ((err: Error) => void)[]
+  parser.removeAllListeners('error')
+  parser.on('error', (err) => {
+    const forward = (): void => {
+      for (const fn of failed) fn.call(parser, err)
+    }
+    if (first && !closed && err.message === 'Invalid protocol version') {
+      closed = true
+      socket.write(connack(UNACCEPTABLE_PROTOCOL_VERSION), forward)
+      refused({ rule: 'MQTT-3.1.2-2', what: 'a protocol level other than 3 (3.1) or 4 (3.1.1)', cmd: 'connect', connack: UNACCEPTABLE_PROTOCOL_VERSION })
+    } else forward()
+  })
   parser.on('packet', (packet) => {
     if (closed) return
-    const v = badStrings.get(packet) ?? packetViolation(packet)
+    first = false
+    const v: Omit<Violation, 'cmd'> | null = refusedAtParse.get(packet) ?? packetViolation(packet)
     if (!v) {
       for (const fn of onward) fn.call(parser, packet)
       return
     }
     closed = true
     // The CONNACK goes out before the close [MQTT-3.2.2-5].
-    if ('connack' in v && v.connack !== undefined) socket.write(CONNACK_IDENTIFIER_REJECTED, () => socket.destroy())
+    if (v.connack !== undefined) socket.write(connack(v.connack), () => socket.destroy())
     else socket.destroy()
     refused({ ...v, cmd: packet.cmd })
   })
