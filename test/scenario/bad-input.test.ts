@@ -9,34 +9,13 @@ import { connectDevice, newMessageId, publishQos1 } from '../helpers/device.js'
 import { GatewayProcess } from '../helpers/gateway-process.js'
 import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
 import { metricValue } from '../helpers/metrics.js'
+import { mqttString, packet } from '../helpers/raw-mqtt.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const bad = { productId: 'thermo', deviceId: 'a', secret: 'secret-a' }
 const good = { productId: 'thermo', deviceId: 'b', secret: 'secret-b' }
 
 // --- raw MQTT 3.1.1 bytes, for what MQTT.js refuses to send ------------------------------------
-
-function mqttString(s: string | Buffer): Buffer {
-  const b = Buffer.isBuffer(s) ? s : Buffer.from(s)
-  const len = Buffer.alloc(2)
-  len.writeUInt16BE(b.length)
-  return Buffer.concat([len, b])
-}
-
-function remainingLength(n: number): Buffer {
-  const out: number[] = []
-  do {
-    let digit = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) digit |= 0x80
-    out.push(digit)
-  } while (n > 0)
-  return Buffer.from(out)
-}
-
-function packet(header: number, body: Buffer): Buffer {
-  return Buffer.concat([Buffer.from([header]), remainingLength(body.length), body])
-}
 
 function connectPacket(login: { productId: string; deviceId: string; secret: string }, protocolName = 'MQTT'): Buffer {
   // protocol level 4, flags: username + password + clean session, keepalive 60

@@ -27,6 +27,8 @@ interface Packet {
   protocolVersion?: number
   clientId?: string
   clean?: boolean
+  username?: string
+  password?: Buffer
   will?: { topic?: string; qos?: number } | null
   length?: number
   topic?: string
@@ -86,6 +88,7 @@ export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
       if (p.clientId === '' && (p.clean === false || p.protocolVersion === 3)) {
         return { rule: 'MQTT-3.1.3-8', what: 'an empty client id needs CleanSession=1', connack: IDENTIFIER_REJECTED }
       }
+      if (p.password !== undefined && p.username === undefined) return { rule: 'MQTT-3.1.2-22', what: 'a password without a user name' }
       if (p.will) {
         if ((p.will.qos ?? 0) > 2) return { rule: 'MQTT-3.1.2-14', what: 'will QoS 3' }
         if (!p.will.topic) return { rule: 'MQTT-4.7.3-1', what: 'an empty will topic' }
