@@ -236,6 +236,21 @@ describe('MQTT 3.1.1 delivery on the internal listener', () => {
     expect(live).toMatchObject({ topic: `${base}/live`, qos: 1, payload: 'live-qos2' })
   })
 
+  it('[MQTT-3.1.4-2] a persistent session taken over by a new persistent connection goes on without publishing the will', async () => {
+    const topic = `conformance/will${++seq}`
+    const watcher = await connected(z)
+    watcher.client.send(subscribePacket(5, [[topic, 0]]))
+    expect((await watcher.client.next('SUBACK')).type).toBe(SUBACK)
+    const id = clientId('takeover')
+    const old = await connected(z, { clientId: id, clean: false, will: { topic, payload: 'gone' } })
+    const taker = await connected(z, { clientId: id, clean: false })
+    expect(taker.sessionPresent).toBe(true)
+    await old.client.closedBy('the taken-over connection')
+    taker.client.send(publishPacket({ topic, payload: 'still here' }))
+    // The first thing the watcher sees is the new connection's message, not the will.
+    expect(readPublish(await watcher.client.next('message from the new connection')).payload).toBe('still here')
+  })
+
   it('[MQTT-3.3.1-9] a SUBSCRIBE right behind a retained PUBLISH on the same connection gets that message, retained, once', async () => {
     const topic = `conformance/pipelined${++seq}`
     const { client } = await connected(z)
