@@ -179,6 +179,28 @@ describe.each(zones)('MQTT 3.1.1 on the $zone listener', (z) => {
   })
 })
 
+describe('MQTT 3.1.1 delivery of commands on the external listener', () => {
+  const z = zones[1]
+
+  it('[MQTT-3.3.1-1] a command re-sent to a persistent-session device after a reconnect carries DUP=1 and the same packet id', async () => {
+    const id = clientId('cmd-dup')
+    const first = await connected(z, { clientId: id, clean: false })
+    const sent = await gateway.api('POST', `/api/devices/${dev.productId}/${dev.deviceId}/commands`, { name: 'reboot', payload: 'now' })
+    expect(sent.status).toBe(202)
+    const delivered = readPublish(await first.client.nextOf(PUBLISH, 'the command'))
+    expect(delivered).toMatchObject({ qos: 1, dup: false, payload: 'now' })
+    expect(delivered.topic).toContain(sent.body.requestId)
+    // No PUBACK: the device loses its connection with the command unacknowledged.
+    first.client.end()
+    await first.client.closedBy('own close')
+    const back = await connected(z, { clientId: id, clean: false })
+    expect(back.sessionPresent).toBe(true)
+    const again = readPublish(await back.client.nextOf(PUBLISH, 'the command after reconnect'))
+    expect(again).toMatchObject({ topic: delivered.topic, qos: 1, dup: true, id: delivered.id, payload: 'now' })
+    back.client.send(pubackPacket(again.id!))
+  })
+})
+
 // What aedes did wrong and the patch in patches/ fixes (docs/decisions/00XX-aedes-patches.md).
 // Pub/sub between two clients on any topic: the internal listener (the device ACL keeps devices
 // on the external one from receiving each other's messages at all).
