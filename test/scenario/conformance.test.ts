@@ -227,6 +227,24 @@ describe('MQTT 3.1.1 delivery on the internal listener', () => {
     back.client.send(pubackPacket(again.id!))
   })
 
+  it('[MQTT-4.3.2-1] [MQTT-4.3.3-1] acknowledging with the wrong packet type closes the connection', async () => {
+    const wrongAck = async (qos: 1 | 2, ack: number, name: string): Promise<void> => {
+      const topic = `conformance/ack${++seq}`
+      const sub = await connected(z)
+      sub.client.send(subscribePacket(1, [[topic, qos]]))
+      await sub.client.nextOf(SUBACK, 'SUBACK')
+      const pub = await connected(z)
+      pub.client.send(publishPacket({ topic, payload: name, qos, id: 1 }))
+      const got = readPublish(await sub.client.nextOf(PUBLISH, name))
+      expect(got.qos).toBe(qos)
+      sub.client.send(Buffer.from([ack, 0x02, got.id! >> 8, got.id! & 0xff]))
+      expect(await sub.client.closedBy(name)).toEqual([])
+    }
+    await wrongAck(1, 0x50, 'PUBREC for a QoS 1 message')
+    await wrongAck(1, 0x70, 'PUBCOMP for a QoS 1 message')
+    await wrongAck(2, 0x40, 'PUBACK for a QoS 2 message')
+  })
+
   it('[MQTT-4.7.1-3] `+` matches an empty level, for live and retained messages', async () => {
     const base = `conformance/empty${++seq}`
     const pub = await connected(z)
