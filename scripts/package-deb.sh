@@ -64,14 +64,18 @@ if [ "${IOTHUB_EDGE_SKIP_BUILD:-}" != 1 ] || [ ! -f dist/cli.js ]; then
   npm run --silent build
 fi
 
-# Production dependencies, without install scripts (the native ones are built below per arch).
-# Kept while package-lock.json is unchanged.
+# Production dependencies, without install scripts (the native ones are built below per arch),
+# then the project's patches to them (patches/, docs/decisions/00XX-aedes-patches.md): what the
+# postinstall script does for `npm ci`. Kept while package-lock.json and patches/ are unchanged.
 PROD=$WORK/prod
-if ! cmp -s package-lock.json "$PROD/package-lock.json" || [ ! -d "$PROD/node_modules" ]; then
+if ! cmp -s package-lock.json "$PROD/package-lock.json" || ! diff -r patches "$PROD/patches" >/dev/null 2>&1 || [ ! -d "$PROD/node_modules" ]; then
   rm -rf "$PROD" && mkdir -p "$PROD"
   log "npm ci --omit=dev"
   cp package.json package-lock.json "$PROD/"
+  cp -r patches "$PROD/"
   (cd "$PROD" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+  log "patch-package"
+  (cd "$PROD" && "$ROOT/node_modules/.bin/patch-package" --error-on-fail >/dev/null)
 fi
 BS_VERSION=$(node -p "require('$PROD/node_modules/better-sqlite3/package.json').version")
 

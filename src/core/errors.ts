@@ -40,6 +40,10 @@ export const ErrorCodes = {
   HISTORY_SERIES_CAP: 'IHE_HISTORY_SERIES_CAP',
   /** The OTA relay could not fetch, verify or keep an image (the jobs waiting for it were answered upstream). */
   OTA_FAILED: 'IHE_OTA_FAILED',
+  /** A client broke an MQTT 3.1.1 rule the broker enforces (ill-formed UTF-8, packet id 0, ...): connection closed. */
+  MQTT_PROTOCOL_VIOLATION: 'IHE_MQTT_PROTOCOL_VIOLATION',
+  /** A client subscribed with `$share/` or `$queue/`: shared subscriptions do not exist here, SUBACK 0x80. */
+  SHARED_SUBSCRIPTION: 'IHE_SHARED_SUBSCRIPTION',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

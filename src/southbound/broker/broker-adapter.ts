@@ -15,6 +15,7 @@ import type { Gauge } from 'prom-client'
 import type { BrokerConfig, ListenerConfig } from './schema.js'
 import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions } from '../../core/hub-topics.js'
 import { commandTopic, mayPublish } from '../../core/device-acl.js'
+import { guardClient, type Violation } from './packet-guard.js'
 
 type Zone = 'external' | 'internal'
 
@@ -45,6 +46,8 @@ const NOT_AUTHORIZED = 5
 
 // Clients refused in preConnect for speaking MQTT 5: their CONNACK error is not "malformed".
 const unsupportedProtocol = new WeakSet<object>()
+
+const isSharedFilter = (filter: string): boolean => filter.startsWith('$share/') || filter.startsWith('$queue/')
 
 function authError(returnCode: number, message: string): Error & { returnCode: number } {
   return Object.assign(new Error(message), { returnCode })
@@ -186,7 +189,7 @@ export class BrokerAdapter implements SouthboundAdapter {
       const onConn = (socket: net.Socket): void => {
         this.zoneOf.set(socket, l.zone)
         socket.setNoDelay(true)
-        aedes.handle(socket)
+        guardClient(aedes.handle(socket), (v) => this.onViolation(socket, v))
       }
       server.on(l.tls ? 'secureConnection' : 'connection', onConn)
       server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
@@ -283,8 +286,24 @@ export class BrokerAdapter implements SouthboundAdapter {
       )
   }
 
+  /** A packet the guard refused (the connection is closed already): counted and logged once. */
+  private onViolation(socket: net.Socket, v: Violation): void {
+    this.core.metrics.rejected('malformed_packet')
+    const ip = socket.remoteAddress ?? null
+    this.warn.warn(`violation:${ip}:${v.rule}`, { ip, rule: `[${v.rule}]`, packet: v.cmd, connack: v.connack ?? null, code: ErrorCodes.MQTT_PROTOCOL_VIOLATION },
+      `MQTT ${v.cmd} refused (${v.what}) and the connection closed: fix the client; docs/integrators/mqtt-conformance.md lists what the broker refuses`)
+  }
+
   private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
     const st = this.state.get(client)!
+    // Shared subscriptions do not exist here: refused explicitly rather than granted as a literal
+    // topic nobody ever publishes on (MQTT 5 section 4.8.2; `$queue/` is the older spelling).
+    if (isSharedFilter(sub.topic)) {
+      this.core.metrics.rejected('unsupported_protocol')
+      this.warn.warn(`share:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.SHARED_SUBSCRIPTION },
+        'subscription refused (SUBACK 0x80): shared subscriptions ($share/, $queue/) are not supported; subscribe to the topic itself')
+      return null
+    }
     if (st.zone === 'internal' || this.serverSubscriptions.has(sub)) return sub
     // A persistent session's restored subscriptions come back through this hook: the device's own
     // server-side topics are the broker's, not the device's, to grant.

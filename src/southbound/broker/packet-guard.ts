@@ -1,0 +1,182 @@
+// The MQTT 3.1.1 checks aedes 1.x leaves out, applied to every decoded packet of every connection
+// (both zones) before aedes sees it. A packet that breaks one of them closes the connection, as the
+// spec asks ("MUST close the Network Connection"), and nothing of it reaches aedes: no session, no
+// will, no publish. The one refusal that answers first is an empty client id with CleanSession=0,
+// which gets CONNACK 0x02 [MQTT-3.1.3-8]. docs/integrators/mqtt-conformance.md lists them all.
+//
+// Strings are checked on their bytes: mqtt-packet decodes them lossily (ill-formed UTF-8 becomes
+// U+FFFD), so the guard wraps the connection's parser's string reader and remembers, per packet,
+// the first string that is not well-formed UTF-8 or holds a character the spec forbids.
+import { isUtf8 } from 'node:buffer'
+import type { Client } from 'aedes'
+
+export interface Violation {
+  /** the spec statement broken, e.g. `MQTT-3.1.3-8` */
+  rule: string
+  /** what was wrong, for the log (never the offending bytes themselves) */
+  what: string
+  /** the packet type it was found in */
+  cmd: string
+  /** the CONNACK return code sent before closing, if any */
+  connack?: number
+}
+
+// The decoded packet as mqtt-packet hands it over (only what the checks read).
+interface Packet {
+  cmd: string
+  protocolVersion?: number
+  clientId?: string
+  clean?: boolean
+  username?: string
+  password?: Buffer
+  will?: { topic?: string; qos?: number } | null
+  length?: number
+  topic?: string
+  qos?: number
+  dup?: boolean
+  messageId?: number
+  subscriptions?: { topic: string }[]
+  unsubscriptions?: string[]
+}
+
+// The parts of mqtt-packet's Parser (9.x) the guard hooks. Private API of a pinned version: the
+// conformance tests fail if an upgrade moves it.
+interface Parser {
+  packet: Packet
+  error: Error | null
+  _pos: number
+  _parsePayload(): boolean
+  _list: { slice(start: number, end: number): Buffer }
+  _parseString(maybeBuffer?: boolean): string | null
+  listeners(event: 'packet' | 'error'): ((arg: never) => void)[]
+  removeAllListeners(event: 'packet' | 'error'): void
+  on(event: 'packet', fn: (packet: Packet) => void): void
+  on(event: 'error', fn: (err: Error) => void): void
+}
+
+const UNACCEPTABLE_PROTOCOL_VERSION = 1
+const IDENTIFIER_REJECTED = 2
+const connack = (returnCode: number): Buffer => Buffer.from([0x20, 0x02, 0x00, returnCode])
+// Packets whose variable header and payload mqtt-packet reads to the end: anything left over is
+// malformed (a field its flag does not announce [MQTT-3.1.2-18/20/22], a too long PUBACK, ...).
+// A PUBLISH's payload is simply the rest, so it cannot have a remainder.
+const READ_TO_THE_END = new Set(['connect', 'puback', 'pubrec', 'pubrel', 'pubcomp', 'subscribe', 'unsubscribe', 'pingreq', 'disconnect'])
+const validId = (id: number | undefined): boolean => id !== undefined && id >= 1 && id <= 0xffff
+
+/**
+ * Why the bytes of one MQTT string may not stand, or null: ill-formed UTF-8 (including encoded
+ * surrogates) [MQTT-1.5.3-1], U+0000 [MQTT-1.5.3-2], or a control character U+0001-U+001F /
+ * U+007F-U+009F, which section 1.5.3 lets a receiver close the connection for (Mosquitto does).
+ */
+export function badStringReason(bytes: Buffer): { rule: string; what: string } | null {
+  if (!isUtf8(bytes)) return { rule: 'MQTT-1.5.3-1', what: 'ill-formed UTF-8' }
+  const s = bytes.toString('utf8')
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i)
+    if (c === 0) return { rule: 'MQTT-1.5.3-2', what: 'the null character U+0000' }
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f)) return { rule: 'MQTT-1.5.3', what: 'a control character' }
+  }
+  return null
+}
+
+const hasWildcard = (topic: string): boolean => topic.includes('+') || topic.includes('#')
+
+/** The first rule a decoded packet breaks (strings aside), or null. */
+export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
+  switch (p.cmd) {
+    case 'connect':
+      if (p.clientId === '' && (p.clean === false || p.protocolVersion === 3)) {
+        return { rule: 'MQTT-3.1.3-8', what: 'an empty client id needs CleanSession=1', connack: IDENTIFIER_REJECTED }
+      }
+      if (p.password !== undefined && p.username === undefined) return { rule: 'MQTT-3.1.2-22', what: 'a password without a user name' }
+      if (p.will) {
+        if ((p.will.qos ?? 0) > 2) return { rule: 'MQTT-3.1.2-14', what: 'will QoS 3' }
+        if (!p.will.topic) return { rule: 'MQTT-4.7.3-1', what: 'an empty will topic' }
+        if (hasWildcard(p.will.topic)) return { rule: 'MQTT-3.3.2-2', what: 'a wildcard in the will topic' }
+      }
+      return null
+    case 'publish':
+      if (!p.topic) return { rule: 'MQTT-4.7.3-1', what: 'an empty topic name' }
+      if (hasWildcard(p.topic)) return { rule: 'MQTT-3.3.2-2', what: 'a wildcard in a topic name' }
+      if (p.qos === 0 && p.dup) return { rule: 'MQTT-3.3.1-2', what: 'DUP set on a QoS 0 message' }
+      if ((p.qos ?? 0) > 0 && !validId(p.messageId)) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
+      return null
+    case 'subscribe':
+    case 'unsubscribe': {
+      if (!validId(p.messageId)) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
+      const filters = p.cmd === 'subscribe' ? (p.subscriptions ?? []).map((s) => s.topic) : (p.unsubscriptions ?? [])
+      if (filters.length === 0) return { rule: p.cmd === 'subscribe' ? 'MQTT-3.8.3-3' : 'MQTT-3.10.3-2', what: 'no topic filter' }
+      if (filters.some((f) => !f)) return { rule: 'MQTT-4.7.3-1', what: 'an empty topic filter' }
+      return null
+    }
+    case 'puback':
+    case 'pubrec':
+    case 'pubrel':
+    case 'pubcomp':
+      if (!validId(p.messageId)) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
+      return null
+    default:
+      return null
+  }
+}
+
+/**
+ * Put the checks in front of one aedes client (right after `aedes.handle(socket)`). `refused`
+ * hears each violation once, after the connection is closed.
+ */
+export function guardClient(client: Client, refused: (v: Violation) => void): void {
+  const parser = (client as unknown as { _parser: Parser })._parser
+  const socket = client.conn as unknown as { write(data: Buffer, done: () => void): void; destroy(): void }
+  const refusedAtParse = new WeakMap<Packet, { rule: string; what: string }>()
+  const readPayload = parser._parsePayload
+  parser._parsePayload = function guardedParsePayload(this: Parser): boolean {
+    const done = readPayload.call(this)
+    const p = this.packet
+    if (done && !this.error && READ_TO_THE_END.has(p.cmd) && this._pos !== p.length && !refusedAtParse.has(p)) {
+      refusedAtParse.set(p, { rule: 'MQTT-4.8.0-1', what: `${(p.length ?? 0) - this._pos} byte(s) more than its fields hold` })
+    }
+    return done
+  }
+  const readString = parser._parseString
+  parser._parseString = function guardedParseString(this: Parser, maybeBuffer?: boolean): string | null {
+    const start = this._pos + 2
+    const result = readString.call(this, maybeBuffer)
+    if (result !== null && !refusedAtParse.has(this.packet)) {
+      const reason = badStringReason(this._list.slice(start, this._pos))
+      if (reason) refusedAtParse.set(this.packet, { rule: reason.rule, what: `${reason.what} in a string` })
+    }
+    return result
+  }
+  const onward = parser.listeners('packet') as ((packet: Packet) => void)[]
+  parser.removeAllListeners('packet')
+  let closed = false
+  let first = true
+  // A CONNECT of a protocol level aedes does not speak is a parse error in mqtt-packet; the spec
+  // wants CONNACK 0x01 before the close [MQTT-3.1.2-2].
+  const failed = parser.listeners('error') as ((err: Error) => void)[]
+  parser.removeAllListeners('error')
+  parser.on('error', (err) => {
+    const forward = (): void => {
+      for (const fn of failed) fn.call(parser, err)
+    }
+    if (first && !closed && err.message === 'Invalid protocol version') {
+      closed = true
+      socket.write(connack(UNACCEPTABLE_PROTOCOL_VERSION), forward)
+      refused({ rule: 'MQTT-3.1.2-2', what: 'a protocol level other than 3 (3.1) or 4 (3.1.1)', cmd: 'connect', connack: UNACCEPTABLE_PROTOCOL_VERSION })
+    } else forward()
+  })
+  parser.on('packet', (packet) => {
+    if (closed) return
+    first = false
+    const v: Omit<Violation, 'cmd'> | null = refusedAtParse.get(packet) ?? packetViolation(packet)
+    if (!v) {
+      for (const fn of onward) fn.call(parser, packet)
+      return
+    }
+    closed = true
+    // The CONNACK goes out before the close [MQTT-3.2.2-5].
+    if (v.connack !== undefined) socket.write(connack(v.connack), () => socket.destroy())
+    else socket.destroy()
+    refused({ ...v, cmd: packet.cmd })
+  })
+}
