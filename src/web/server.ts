@@ -24,6 +24,8 @@ export interface RuntimeInfo {
   scheme?: 'http' | 'https'
   /** The served certificate's SHA-256 fingerprint (`AB:CD:...`): the CLI pins it. */
   certSha256?: string
+  /** The served certificate's file (PEM): the CLI trusts it, pinned to certSha256. */
+  certFile?: string
 }
 
 export interface WebServerOptions {
@@ -65,7 +67,7 @@ export class WebServer {
     }
     const addr = this.app.server.address()
     this.boundPort = typeof addr === 'object' && addr ? addr.port : this.opts.port
-    const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort, scheme: tls ? 'https' : 'http', ...(tls ? { certSha256: tls.fingerprint256 } : {}) }
+    const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort, scheme: tls ? 'https' : 'http', ...(tls ? { certSha256: tls.fingerprint256, certFile: tls.certFile } : {}) }
     try {
       writeFileSync(path.join(this.opts.dataDir, RUNTIME_FILE), JSON.stringify(runtime), { mode: 0o600 })
       this.wroteRuntime = true
