@@ -83,6 +83,9 @@ export class WebServer {
           : `web UI over https with ${tls.certFile}, SHA-256 fingerprint ${tls.fingerprint256}`,
       )
     }
+    else if (this.deps.ui && !isLoopback(this.opts.host)) {
+      this.deps.log.info(`web UI and API over plain http on ${this.opts.host}:${this.boundPort}: logins and cookies cross the network unencrypted; set http.tls.selfSigned: true (or cert and key) for https`)
+    }
     this.tellSetupCode()
   }
 
@@ -121,6 +124,8 @@ export class WebServer {
     await this.app?.close()
   }
 }
+
+const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || host.startsWith('127.')
 
 export function readApiToken(dataDir: string): string | undefined {
   const f = path.join(dataDir, API_TOKEN_FILE)
