@@ -6,12 +6,14 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createHash, X509Certificate } from 'node:crypto'
 import https from 'node:https'
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Database from 'better-sqlite3'
 import YAML from 'yaml'
 import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
+import { makeCa, type TestPki } from '../helpers/pki.js'
 import { request, type Answer, type Endpoint } from '../../src/cli-http.js'
 
 const PASSWORD = 'site-technician-7'
@@ -258,10 +260,61 @@ describe('web UI over https with a self-signed certificate (http.tls.selfSigned)
     expect(String(res.headers['set-cookie'])).toMatch(/; Secure/)
   })
 
+  it('the CLI refuses a server whose certificate is not the pinned one', async () => {
+    const cert = readFileSync(path.join(gw.dataDir, 'ui-tls-cert.pem'), 'utf8')
+    const other = '00:' + new X509Certificate(cert).fingerprint256.slice(3)
+    await expect(request({ base: `https://127.0.0.1:${gw.httpPort}`, pin: { ca: cert, sha256: other } }, 'GET', '/api/health', {})).rejects.toThrow(/is not the one in runtime\.json/)
+  })
+
   it('keeps its certificate across restarts', async () => {
     const before = readFileSync(path.join(gw.dataDir, 'ui-tls-cert.pem'), 'utf8')
     await gw.restart()
     expect(readFileSync(path.join(gw.dataDir, 'ui-tls-cert.pem'), 'utf8')).toBe(before)
     expect((await httpsGet('/api/health', before)).status).toBe(200)
+  })
+})
+
+describe("web UI over https with the operator's certificate (http.tls.cert/key, issued by a CA)", () => {
+  let dir: string
+  let pki: TestPki
+  let gw: GatewayProcess
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'ui-tls-'))
+    pki = makeCa(dir, 'site')
+    gw = new GatewayProcess({ http: { tls: { cert: pki.cert, key: pki.key } } })
+    await gw.start()
+  })
+  afterAll(async () => {
+    await gw.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('browsers that trust the CA connect; the CLI, trusting that leaf by its fingerprint, too', async () => {
+    // As a browser that trusts the site's CA.
+    const ok = await new Promise<number>((resolve, reject) => {
+      https
+        .get({ host: '127.0.0.1', port: gw.httpPort, path: '/api/health', ca: readFileSync(pki.ca), agent: false }, (r) => {
+          r.resume()
+          resolve(r.statusCode ?? 0)
+        })
+        .on('error', reject)
+    })
+    expect(ok).toBe(200)
+    const status = await runCli(['status', '-c', gw.configFile, '--json'])
+    expect(status.code, status.stderr).toBe(0)
+    expect(JSON.parse(status.stdout).url).toBe(`https://127.0.0.1:${gw.httpPort}`)
+  })
+
+  it('a key that is not the certificate\'s stops the start with IHE_HTTP_TLS_FAILED', async () => {
+    const wrong = new GatewayProcess({ http: { tls: { cert: pki.cert, key: path.join(dir, 'site-ca.key') } } })
+    try {
+      await expect(wrong.start()).rejects.toThrow(/exited during start/)
+      expect(wrong.exitCode).toBe(1)
+      expect(wrong.logs()).toContain('IHE_HTTP_TLS_FAILED')
+      expect(wrong.logs()).toMatch(/http\.tls: .* are not a usable PEM certificate and its private key/)
+    } finally {
+      await wrong.close()
+    }
   })
 })
