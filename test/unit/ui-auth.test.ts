@@ -14,6 +14,7 @@ import { openDatabase, type Db } from '../../src/store/db.js'
 import { UiAuthStore } from '../../src/store/ui-auth.js'
 import { SETUP_CODE_FILE, createSetupCode } from '../../src/web/auth-setup.js'
 import { SESSION_COOKIE } from '../../src/web/auth-service.js'
+import type { Credential } from '../../src/web/auth.js'
 
 const TOKEN = 'tok-0123456789abcdef'
 const PASSWORD = 'correct horse battery'
@@ -26,6 +27,8 @@ let app: FastifyInstance
 let clock: number
 let logs: string[]
 let failures: string[]
+/** The credential the last request to /api/adapters/probe/whoami was let in with (what an event stream holds on to). */
+let held: Credential | null
 
 function deps(): WebDeps {
   const unused = (): never => {
@@ -39,7 +42,17 @@ function deps(): WebDeps {
     outboxStats: () => ({ messages: 0, bytes: 0, oldestAgeMs: 0, byPriority: {}, dropped: {}, maxBytes: 1 }) as never,
     devices: {} as WebDeps['devices'],
     commands: {} as WebDeps['commands'],
-    adapterRoutes: [],
+    adapterRoutes: [
+      {
+        adapter: 'probe',
+        plugin: async (scope) => {
+          scope.get('/whoami', async (req) => {
+            held = req.credential
+            return { kind: req.credential?.kind }
+          })
+        },
+      },
+    ],
     ui: {
       store: new UiAuthStore(db),
       dataDir: dir,
@@ -293,6 +306,44 @@ describe('bearer tokens', () => {
     expect((await get('/api/outbox', { authorization: `Bearer ${token}` })).statusCode).toBe(401)
     expect((await get('/api/tokens', { cookie })).json()).toEqual({ tokens: [] })
     expect((await app.inject({ method: 'DELETE', url: `/api/tokens/${id}`, headers: { authorization: `Bearer ${TOKEN}` } })).statusCode).toBe(404)
+  })
+})
+
+describe('a long-lived answer (an event stream)', () => {
+  it('can tell when its credential ends: logout, idle timeout, a revoked API token; the file token holds', async () => {
+    const { cookie } = await setUp()
+    expect((await get('/api/adapters/probe/whoami', { cookie })).json()).toEqual({ kind: 'session' })
+    const session = held!
+    expect(session.stillValid()).toBe(true)
+    clock += (IDLE_S - 1) * 1000
+    expect(session.stillValid(), 'asking is not a use').toBe(true)
+    clock += 2000
+    expect(session.stillValid()).toBe(false)
+
+    const again = cookieOf(await login())
+    await get('/api/adapters/probe/whoami', { cookie: again })
+    const second = held!
+    expect(second.stillValid()).toBe(true)
+    await post('/api/auth/logout', {}, { cookie: again, 'x-csrf-token': (await get('/api/auth/state', { cookie: again })).json().csrfToken })
+    expect(second.stillValid()).toBe(false)
+
+    const made = (await app.inject({ method: 'POST', url: '/api/tokens', payload: { name: 't' }, headers: { authorization: `Bearer ${TOKEN}` } })).json()
+    await get('/api/adapters/probe/whoami', { authorization: `Bearer ${made.token}` })
+    const byToken = held!
+    expect(byToken).toMatchObject({ kind: 'api-token', apiTokenId: made.id })
+    expect(byToken.stillValid()).toBe(true)
+    await app.inject({ method: 'DELETE', url: `/api/tokens/${made.id}`, headers: { authorization: `Bearer ${TOKEN}` } })
+    expect(byToken.stillValid()).toBe(false)
+
+    await get('/api/adapters/probe/whoami', { authorization: `Bearer ${TOKEN}` })
+    expect(held).toMatchObject({ kind: 'api-token-file' })
+    expect(held!.stillValid()).toBe(true)
+  })
+
+  it('GET /api/auth/state tells another site nothing of the session', async () => {
+    const { cookie } = await setUp()
+    expect((await get('/api/auth/state', { cookie, 'sec-fetch-site': 'same-site' })).json()).toEqual({ setupRequired: false, user: null, csrfToken: null })
+    expect((await get('/api/auth/state', { cookie, 'sec-fetch-site': 'same-origin' })).json().user).toEqual({ username: 'admin' })
   })
 })
 
