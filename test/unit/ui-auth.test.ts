@@ -13,6 +13,7 @@ import type { WebDeps } from '../../src/web/deps.js'
 import { openDatabase, type Db } from '../../src/store/db.js'
 import { UiAuthStore } from '../../src/store/ui-auth.js'
 import { SETUP_CODE_FILE, createSetupCode } from '../../src/web/auth-setup.js'
+import { WebServer } from '../../src/web/server.js'
 import { SESSION_COOKIE } from '../../src/web/auth-service.js'
 import type { Credential } from '../../src/web/auth.js'
 
@@ -141,6 +142,27 @@ describe('first-run setup', () => {
     const row = db.prepare('SELECT password_hash FROM ui_users').get() as { password_hash: string }
     expect(row.password_hash).toMatch(/^scrypt\$32768\$8\$1\$[\w-]+\$[\w-]+$/)
     expect(row.password_hash).not.toContain(PASSWORD)
+  })
+})
+
+describe('the setup code at start (WebServer, listening)', () => {
+  it('is made and told once with the URL; a restart before the setup says only where the file is; none once set up', async () => {
+    const start = async (): Promise<string> => {
+      const before = logs.length
+      const server = new WebServer(deps(), { host: '127.0.0.1', port: 0, dataDir: dir })
+      await server.start()
+      await server.stop()
+      return logs.slice(before).join('\n')
+    }
+    const first = await start()
+    const code = readFileSync(path.join(dir, SETUP_CODE_FILE), 'utf8').trim()
+    expect(first).toMatch(new RegExp(`open http://127\\.0\\.0\\.1:\\d+/ and enter the setup code ${code} \\(also in ${path.join(dir, SETUP_CODE_FILE)}`))
+    const second = await start()
+    expect(readFileSync(path.join(dir, SETUP_CODE_FILE), 'utf8').trim(), 'the same code').toBe(code)
+    expect(second).toContain(`enter the setup code from ${path.join(dir, SETUP_CODE_FILE)}`)
+    expect(second).not.toContain(code)
+    expect((await post('/api/auth/setup', { setupCode: code, username: 'admin', password: PASSWORD })).statusCode).toBe(200)
+    expect(await start()).not.toMatch(/setup code/)
   })
 })
 
