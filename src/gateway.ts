@@ -23,6 +23,7 @@ import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js
 import type { AdapterInstance } from './southbound/adapter-module.js'
 import type { AdapterHealth, HealthReport, HistoryReader, WebDeps } from './web/deps.js'
 import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
+import { loadServerTls, type ServerTls } from './web/tls.js'
 import { compileRules } from './rules/compile.js'
 import { RulesEngine } from './rules/engine.js'
 import { OtaRelay } from './ota/ota-relay.js'
@@ -99,6 +100,8 @@ export class Gateway {
   async start(): Promise<void> {
     const { cfg, log, metrics } = this
     this.lockDataDir()
+    // Before anything listens: a TLS pair that cannot be used stops the start at once.
+    const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)
     this.store = await openStore(cfg, log)
     const store = this.store
     const warn = new RateLimitedLog(log)
@@ -143,7 +146,7 @@ export class Gateway {
     await this.startAdapters()
     core.adaptersStarted()
 
-    this.web = new WebServer(this.webDeps(), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir })
+    this.web = new WebServer(this.webDeps(tls), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir, tls })
     await this.web.start()
 
     this.gaugeTimer = setInterval(() => {
@@ -481,7 +484,7 @@ export class Gateway {
   }
 
   /** The narrow interface the web is built on (src/web/deps.ts). */
-  private webDeps(): WebDeps {
+  private webDeps(tls: ServerTls | undefined): WebDeps {
     const { store, core, metrics } = this
     // A native device is online while its adapter owns it; a mapped one is owned while away too.
     const online = (ref: DeviceRef): boolean => {
@@ -536,6 +539,14 @@ export class Gateway {
       live: this.live,
       logs: { lines: (minLevel, limit) => this.logRing.lines(minLevel, limit) },
       support: { version: VERSION, dataDir: this.cfg.gateway.dataDir, redactedConfig: () => redactConfig(this.cfg) },
+      ui: {
+        store: store.uiAuth,
+        dataDir: this.cfg.gateway.dataDir,
+        idleTimeoutSeconds: this.cfg.http.session.idleTimeoutSeconds,
+        maxLifetimeSeconds: this.cfg.http.session.maxLifetimeSeconds,
+        secureCookie: tls !== undefined,
+        countFailure: (reason) => metrics.uiLoginFailures.inc({ reason }),
+      },
     }
   }
 

@@ -44,6 +44,10 @@ export const ErrorCodes = {
   MQTT_PROTOCOL_VIOLATION: 'IHE_MQTT_PROTOCOL_VIOLATION',
   /** A client subscribed with `$share/` or `$queue/`: shared subscriptions do not exist here, SUBACK 0x80. */
   SHARED_SUBSCRIPTION: 'IHE_SHARED_SUBSCRIPTION',
+  /** Five failed web UI logins (or setup codes) within a minute from one address or for one username: further attempts get 429 for a minute. */
+  UI_LOGIN_RATE_LIMITED: 'IHE_UI_LOGIN_RATE_LIMITED',
+  /** The web server's TLS certificate or key (http.tls) cannot be read, made or used. */
+  HTTP_TLS_FAILED: 'IHE_HTTP_TLS_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -15,6 +15,7 @@ import type { ExportRange } from '../history/history-csv.js'
 import type { HistoryHealth } from '../history/history-recorder.js'
 import type { DeviceActivityView, RecentMessage } from '../live/device-activity.js'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { UiAuthStore } from '../store/ui-auth.js'
 
 export interface AdapterHealth {
   name: string
@@ -137,6 +138,8 @@ export interface WebDeps {
   logs?: LogReader
   /** What the system page and the diagnostics bundle tell besides health and metrics. */
   support?: SupportInfo
+  /** The web UI's login: users, sessions, API tokens (src/web/auth-service.ts). Absent: bearer token only. */
+  ui?: UiAuthDeps
 }
 
 /** The live stream's fan-out (src/web/live-hub.ts is the one there is). */
@@ -160,6 +163,21 @@ export interface SupportInfo {
   dataDir: string
   /** The config as running, every secret replaced; `secrets` are the values replaced (scrubbed from the whole bundle too). */
   redactedConfig(): { config: unknown; secrets: string[] }
+}
+
+/** What the UI's login needs: its tables, where the setup code file is, the session policy. */
+export interface UiAuthDeps {
+  store: Pick<UiAuthStore, keyof UiAuthStore>
+  /** Where the setup code file (ui-setup-code) is. */
+  dataDir: string
+  idleTimeoutSeconds: number
+  maxLifetimeSeconds: number
+  /** The cookie's Secure attribute: on when the server speaks TLS. */
+  secureCookie: boolean
+  /** A refused login or setup, by reason (bad_credentials, bad_setup_code, rate_limited): a metric. */
+  countFailure?(reason: 'bad_credentials' | 'bad_setup_code' | 'rate_limited'): void
+  /** The clock (tests). */
+  now?: () => number
 }
 
 export interface RulesView {
