@@ -40,6 +40,12 @@ export const ErrorCodes = {
   HISTORY_SERIES_CAP: 'IHE_HISTORY_SERIES_CAP',
   /** The OTA relay could not fetch, verify or keep an image (the jobs waiting for it were answered upstream). */
   OTA_FAILED: 'IHE_OTA_FAILED',
+  /** gateway.db was damaged: moved aside, its readable rows salvaged into a fresh one; degraded until acknowledged. */
+  STORE_SALVAGED: 'IHE_STORE_SALVAGED',
+  /** SQLite found the store damaged while running: the gateway exits so that the next start checks and salvages it. */
+  STORE_CORRUPT: 'IHE_STORE_CORRUPT',
+  /** ota.db was unusable (damaged, not a database): moved aside and made anew; its jobs and cached images are forgotten. */
+  OTA_QUARANTINED: 'IHE_OTA_QUARANTINED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

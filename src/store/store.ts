@@ -5,7 +5,8 @@ import type { Config } from '../config.js'
 import { outboxQuota } from '../config.js'
 import type { Logger } from '../core/log.js'
 import { ErrorCodes } from '../core/errors.js'
-import { freeBytes, isDiskFull, openDatabase, type Db } from './db.js'
+import { freeBytes, isDiskFull, type Db } from './db.js'
+import { openCheckedDatabase, type CheckedDatabase, type CheckKind } from './salvage.js'
 import { Outbox } from './outbox.js'
 import { DeviceRegistry } from './devices.js'
 import { ConnectionStore } from './connections.js'
@@ -27,12 +28,15 @@ export interface Store {
   readonly seen: SeenStore
   readonly records: AdapterRecordStore
   readonly ruleState: RuleStateTable
+  /** How the database was checked at this start, and what was salvaged if it was damaged. */
+  readonly opened: Omit<CheckedDatabase, 'db'>
   close(): void
 }
 
-export async function openStore(cfg: Config, log: Logger): Promise<Store> {
+/** `check`: quick_check after an unclean stop, the cheap check otherwise (docs/decisions/00XX-damaged-store.md). */
+export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'cheap'): Promise<Store> {
   const dataDir = cfg.gateway.dataDir
-  const db = openDatabase(dataDir)
+  const { db, ...opened } = openCheckedDatabase(dataDir, check)
   const maxBytes = resolveQuota(db, cfg, log)
   const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000 })
   // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
@@ -64,6 +68,7 @@ export async function openStore(cfg: Config, log: Logger): Promise<Store> {
     seen: new SeenStore(db),
     records: new AdapterRecordStore(db),
     ruleState: new RuleStateTable(db, outbox),
+    opened,
     close() {
       outbox.close()
       db.close()
