@@ -209,31 +209,26 @@ export class Gateway {
     if (this.salvage && !salvage) {
       log.warn({ code: ErrorCodes.STORE_SALVAGED, at: this.salvage.at, movedTo: this.salvage.movedTo }, `gateway.db was salvaged at ${this.salvage.at} and nobody has acknowledged it yet: iothub-edge store ack`)
     }
-    const salvaged = new Gauge({
-      name: 'iothub_edge_store_salvaged_rows',
-      help: 'Rows salvaged from a damaged gateway.db, by table (until the salvage is acknowledged)',
-      labelNames: ['table'],
-      registers: [this.metrics.registry],
-    })
-    const lost = new Gauge({
-      name: 'iothub_edge_store_salvage_read_errors',
-      help: 'Reads that failed on damaged pages during the salvage, by table: rows there may be lost (until acknowledged)',
-      labelNames: ['table'],
-      registers: [this.metrics.registry],
-    })
     const gateway = this
+    const perTable = (name: string, help: string, field: 'rows' | 'readErrors'): void =>
+      void new Gauge({
+        name,
+        help,
+        labelNames: ['table'],
+        registers: [this.metrics.registry],
+        collect() {
+          this.reset()
+          for (const t of gateway.salvage?.tables ?? []) this.set({ table: t.table }, t[field])
+        },
+      })
+    perTable('iothub_edge_store_salvaged_rows', 'Rows salvaged from a damaged gateway.db, by table (until the salvage is acknowledged)', 'rows')
+    perTable('iothub_edge_store_salvage_read_errors', 'Reads that failed on damaged pages during the salvage, by table: rows there may be lost (until acknowledged)', 'readErrors')
     new Gauge({
       name: 'iothub_edge_store_salvage_pending',
       help: '1 while a salvage of a damaged gateway.db waits for an operator to acknowledge it',
       registers: [this.metrics.registry],
       collect() {
         this.set(gateway.salvage ? 1 : 0)
-        salvaged.reset()
-        lost.reset()
-        for (const t of gateway.salvage?.tables ?? []) {
-          salvaged.set({ table: t.table }, t.rows)
-          lost.set({ table: t.table }, t.readErrors)
-        }
       },
     })
   }
