@@ -7,7 +7,8 @@ import type { Logger } from '../core/log.js'
 import { ErrorCodes } from '../core/errors.js'
 import { freeBytes, isDiskFull, type Db } from './db.js'
 import { openCheckedDatabase, type CheckedDatabase, type CheckKind } from './salvage.js'
-import { Outbox } from './outbox.js'
+import { Outbox, RESUME_FREE_BYTES } from './outbox.js'
+import { Ballast } from './ballast.js'
 import { DeviceRegistry } from './devices.js'
 import { ConnectionStore } from './connections.js'
 import { CommandStore } from './commands.js'
@@ -38,7 +39,12 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
   const dataDir = cfg.gateway.dataDir
   const { db, ...opened } = openCheckedDatabase(dataDir, check)
   const maxBytes = resolveQuota(db, cfg, log)
-  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000 })
+  const ballast = new Ballast(dataDir)
+  ballast.ensure(2 * RESUME_FREE_BYTES)
+  const walPages = ballast.walPages(db.pragma('page_size', { simple: true }) as number)
+  db.pragma(`wal_autocheckpoint = ${walPages}`)
+  db.pragma(`journal_size_limit = ${walPages * (db.pragma('page_size', { simple: true }) as number)}`)
+  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast })
   // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
   // A quota near the free space means the disk fills before the quota ever evicts anything.
   const free = freeBytes(dataDir)
