@@ -196,7 +196,8 @@ describe('a damaged gateway.db', () => {
     // Every acknowledged message, plus the children's connection states the gateway sent itself.
     const waiting = Number(/(\d+) message\(s\) waiting in the outbox/.exec(lines[0])?.[1])
     expect(waiting).toBeGreaterThanOrEqual(backlog)
-    expect(waiting).toBe((await gateway.health()).outbox.messages)
+    // The hub is down: the outbox only grows after the line (the gateway's own status reports).
+    expect(waiting).toBeLessThanOrEqual((await gateway.health()).outbox.messages)
     expect(lines[0]).toContain('quick_check')
     // The check found nothing wrong: not degraded for that, and nothing lost.
     expect((await gateway.api<SalvageHealth>('GET', '/api/health')).body.reasons).not.toContain('store_salvaged')
