@@ -7,6 +7,7 @@ import { Gateway } from './gateway.js'
 import { SystemdNotifier } from './core/systemd.js'
 import { DB_FILE, openDatabase } from './store/db.js'
 import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
+import { acknowledgeSalvage } from './store/salvage.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/server.js'
 import { endpoint, request, type Answer, type Endpoint } from './cli-http.js'
@@ -35,6 +36,8 @@ const EXIT_USAGE = 64
 // `status`: as `systemctl status` does, 3 for "not running"; 2 for running but degraded.
 const EXIT_DEGRADED = 2
 const EXIT_NOT_RUNNING = 3
+/** EX_SOFTWARE: a bug, or a store found damaged while running; systemd restarts the gateway. */
+const EXIT_SOFTWARE = 70
 
 const USAGE = `usage:
   iothub-edge start [-c FILE]                 run the gateway (built-in defaults without -c)
@@ -71,6 +74,8 @@ const USAGE = `usage:
                               remove the web UI's users and their sessions and print a new setup
                               code: the next visit sets the admin password (API tokens stay valid);
                               works with the gateway running
+  iothub-edge store ack [-c FILE]              acknowledge the salvage of a damaged gateway.db (the health
+                              stops saying store_salvaged; the damaged file stays where it was moved)
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -161,6 +166,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return diagnostics(values)
     case 'ui':
       return uiCommand(rest, values)
+    case 'store':
+      return storeCommand(rest, values)
     default:
       if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
@@ -289,26 +296,21 @@ function checkConfig(file: string | undefined): number {
 async function start(file: string | undefined): Promise<number | undefined> {
   const cfg = readConfig(file, true)
   if (typeof cfg === 'number') return cfg
-  const gw = new Gateway(cfg)
+  // The store found damaged while running: out without a clean stop (the lock file stays), so the
+  // next start (systemd's Restart=always) runs quick_check and salvages.
+  const gw = new Gateway(cfg, { onFatal: () => process.exit(EXIT_SOFTWARE) })
   for (const w of configWarnings(cfg)) gw.log.warn({ code: ErrorCodes.CONFIG_INVALID }, w)
-  try {
-    await gw.start()
-  } catch (err) {
-    const code = err instanceof StartError ? err.code : undefined
-    gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
-    // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
-    process.stderr.write(`${ERR}iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
-    await gw.stop(2_000)
-    return 1
-  }
   const systemd = new SystemdNotifier(gw.log)
-  systemd.ready()
-  let stopping = false
+  let started = false
+  let stopping: string | undefined
   const shutdown = (signal: string): void => {
     if (stopping) return
-    stopping = true
+    stopping = signal
+    gw.log.info({ signal }, started ? 'stopping' : 'stopping once the start in progress is done')
+    // A signal during the start (a salvage can take a while) is served when the start is done:
+    // stopping halfway through opening the store would leave it to the next start to check.
+    if (!started) return
     systemd.stopping()
-    gw.log.info({ signal }, 'stopping')
     // Hard deadline: whatever happens, the process is gone within 10 s of the signal.
     setTimeout(() => process.exit(1), 10_000).unref()
     gw.stop(8_000).then(
@@ -319,16 +321,35 @@ async function start(file: string | undefined): Promise<number | undefined> {
       },
     )
   }
+  // Before the start, so that no signal finds Node's default (exit 128+N without a clean stop).
   process.on('SIGTERM', () => shutdown('SIGTERM'))
   process.on('SIGINT', () => shutdown('SIGINT'))
   // SIGHUP (a closed terminal, or `kill -HUP` to re-read the config): a clean stop, exit 0. Under
   // systemd (Restart=always) the service starts again at once with the config as it is now.
   process.on('SIGHUP', () => shutdown('SIGHUP'))
+  try {
+    await gw.start()
+  } catch (err) {
+    const code = err instanceof StartError ? err.code : undefined
+    gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
+    // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
+    process.stderr.write(`${ERR}iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
+    await gw.stop(2_000)
+    return 1
+  }
+  started = true
+  if (stopping) {
+    const signal = stopping
+    stopping = undefined
+    shutdown(signal)
+    return undefined
+  }
+  systemd.ready()
   // A bug in one component is logged with its stack; durability does not depend on the process
   // surviving it (everything acknowledged is already committed), so exit and let systemd restart.
   process.on('uncaughtException', (err) => {
     gw.log.fatal({ err }, 'uncaught exception; exiting')
-    process.exit(70)
+    process.exit(EXIT_SOFTWARE)
   })
   return undefined
 }
@@ -717,6 +738,37 @@ async function diagnostics(values: { config?: string; output?: string }): Promis
   const out = values.output ?? named
   writeFileSync(out, body, { mode: 0o600 })
   process.stdout.write(`${out}\n`)
+  return 0
+}
+
+// --- store -----------------------------------------------------------------------------------
+
+/** `store ack`: through the running gateway's API, or on the data folder when none runs. */
+async function storeCommand(args: string[], v: { config?: string }): Promise<number> {
+  if (args[0] !== 'ack') {
+    process.stderr.write(`store needs: ack [-c FILE]\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const cfg = readConfig(v.config)
+  if (typeof cfg === 'number') return cfg
+  const dataDir = cfg.gateway.dataDir
+  const live = runningGateway(dataDir)
+  let acknowledged: boolean
+  if (live) {
+    if (live.httpPort === undefined) {
+      process.stderr.write(`a gateway (pid ${live.pid}) is using ${dataDir} and is still starting; try again in a moment\n`)
+      return EXIT_NOT_RUNNING
+    }
+    const r = await gatewayApi(cfg, { ...live, httpPort: live.httpPort }).call('POST', '/api/store/salvage/ack')
+    if (r.status !== 200) {
+      process.stderr.write(`the gateway answered ${r.status}: ${JSON.stringify(r.body)}\n`)
+      return 1
+    }
+    acknowledged = (r.body as { acknowledged: boolean }).acknowledged
+  } else {
+    acknowledged = acknowledgeSalvage(dataDir)
+  }
+  process.stdout.write(acknowledged ? 'salvage acknowledged\n' : `nothing to acknowledge: no salvage of ${path.join(dataDir, 'gateway.db')} is pending\n`)
   return 0
 }
 

@@ -16,6 +16,9 @@ import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
 import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
+import { acknowledgeSalvage, pendingSalvage, type SalvageReport } from './store/salvage.js'
+import { isDamagedDatabase } from './core/damaged-file.js'
+import { storeRoutes } from './web/routes/store.js'
 import { Bridge } from './northbound/bridge.js'
 import { HistoryRecorder } from './history/history-recorder.js'
 import { csvLines } from './history/history-csv.js'
@@ -47,6 +50,11 @@ export interface GatewayOptions {
   logRing?: LogRing
   /** Adapters besides the built-in ones (tests register their own through the same seam). */
   adapters?: readonly KeyedAdapterEntry[]
+  /**
+   * The store was found damaged while running: the process must end without a clean stop (the
+   * lock stays, so the next start runs quick_check and salvages). Default: nothing (tests).
+   */
+  onFatal?: (code: string) => void
 }
 
 interface RunningAdapter {
@@ -79,6 +87,8 @@ export class Gateway {
   private readonly activityWarn: RateLimitedLog
   private stopping = false
   private lock?: DataDirLock
+  /** A salvage of gateway.db no operator has acknowledged yet (store-salvage.json). */
+  private salvage?: SalvageReport
 
   constructor(
     readonly cfg: Config,
@@ -102,13 +112,21 @@ export class Gateway {
     this.lockDataDir()
     // Before anything listens: a TLS pair that cannot be used stops the start at once.
     const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)
-    this.store = await openStore(cfg, log)
+    // After an unclean stop the whole database is checked (quick_check); else the cheap check
+    // (decision 00XX-damaged-store): either way a damaged one is moved aside and salvaged.
+    const unclean = this.lock?.previous
+    this.store = await openStore(cfg, log, unclean ? 'quick_check' : 'cheap')
     const store = this.store
+    this.storeOpened(unclean?.pid)
     const warn = new RateLimitedLog(log)
     store.outbox.on('dropped', ({ reason, count }: { reason: string; count: number }) =>
       warn.warn(`drop:${reason}`, { reason, count, total: store.outbox.stats().dropped }, 'outbox dropped acknowledged messages'),
     )
-    store.outbox.on('error', (err: Error) => log.error({ err, code: ErrorCodes.STORE_FAILED }, 'outbox write failed'))
+    store.outbox.on('error', (err: Error) => {
+      if (!isDamagedDatabase(err)) return log.error({ err, code: ErrorCodes.STORE_FAILED }, 'outbox write failed')
+      log.fatal({ err, code: ErrorCodes.STORE_CORRUPT }, 'gateway.db is damaged: exiting without a clean stop, so that the next start checks it and salvages what can be read')
+      this.opts.onFatal?.(ErrorCodes.STORE_CORRUPT)
+    })
 
     // The core reaches the hub link only through this port; the link exists from the next step on.
     const hub: HubPort = {
@@ -194,6 +212,60 @@ export class Gateway {
     core.pipeline.setRules(this.rules.step)
     this.ruleMetrics(this.rules)
     log.info({ rules: cfg.rules.map((r) => r.name) }, `${cfg.rules.length} local rule(s) loaded`)
+  }
+
+  /** The start lines about the store: an unclean stop before this start, a salvage (now or not yet acknowledged). */
+  private storeOpened(previousPid: number | undefined): void {
+    const { log, store, cfg } = this
+    const { check, checkMs, salvage } = store.opened
+    const s = store.outbox.stats()
+    if (previousPid !== undefined) {
+      log.warn(
+        { previousPid, check, checkMs, outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs } },
+        `the previous run (pid ${previousPid}) ended without a clean stop (killed, crashed or power lost); database checked (${check}, ${checkMs} ms); ${s.messages} message(s) waiting in the outbox`,
+      )
+    }
+    if (salvage) {
+      const counts = salvage.tables.filter((t) => t.rows || t.readErrors).map((t) => `${t.table} ${t.rows}${t.readErrors ? ` (${t.readErrors} unreadable read(s))` : ''}`)
+      log.error(
+        { code: ErrorCodes.STORE_SALVAGED, reason: salvage.reason, movedTo: salvage.movedTo, headerRebuilt: salvage.headerRebuilt, tables: salvage.tables },
+        `gateway.db was damaged (${salvage.reason}): moved aside to ${salvage.movedTo} and salvaged into a new one: ${counts.join(', ') || 'no rows'}. Rows on damaged pages may be lost. Check the disk, then acknowledge: iothub-edge store ack`,
+      )
+    }
+    this.salvage = pendingSalvage(cfg.gateway.dataDir)
+    if (this.salvage && !salvage) {
+      log.warn({ code: ErrorCodes.STORE_SALVAGED, at: this.salvage.at, movedTo: this.salvage.movedTo }, `gateway.db was salvaged at ${this.salvage.at} and nobody has acknowledged it yet: iothub-edge store ack`)
+    }
+    const gateway = this
+    const perTable = (name: string, help: string, field: 'rows' | 'readErrors'): void =>
+      void new Gauge({
+        name,
+        help,
+        labelNames: ['table'],
+        registers: [this.metrics.registry],
+        collect() {
+          this.reset()
+          for (const t of gateway.salvage?.tables ?? []) this.set({ table: t.table }, t[field])
+        },
+      })
+    perTable('iothub_edge_store_salvaged_rows', 'Rows salvaged from a damaged gateway.db, by table (until the salvage is acknowledged)', 'rows')
+    perTable('iothub_edge_store_salvage_read_errors', 'Reads that failed on damaged pages during the salvage, by table: rows there may be lost (until acknowledged)', 'readErrors')
+    new Gauge({
+      name: 'iothub_edge_store_salvage_pending',
+      help: '1 while a salvage of a damaged gateway.db waits for an operator to acknowledge it',
+      registers: [this.metrics.registry],
+      collect() {
+        this.set(gateway.salvage ? 1 : 0)
+      },
+    })
+  }
+
+  /** The operator has seen the salvage report: health goes back to what the rest says. */
+  acknowledgeSalvage(): boolean {
+    const had = acknowledgeSalvage(this.cfg.gateway.dataDir)
+    if (had) this.log.info({ code: ErrorCodes.STORE_SALVAGED }, 'the salvage of gateway.db was acknowledged')
+    this.salvage = undefined
+    return had
   }
 
   /** The enabled devices of a product carrying a tag (a rule's or an OTA campaign's tag target). */
@@ -464,6 +536,7 @@ export class Gateway {
 
   health(): HealthReport {
     const reasons = this.core.healthReasons()
+    if (this.salvage) reasons.push('store_salvaged')
     for (const a of this.adapters) {
       if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
       else if (a.health.state === 'running') for (const r of a.instance?.health?.() ?? []) reasons.push(`${a.health.name}:${r}`)
@@ -480,6 +553,7 @@ export class Gateway {
       clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
       adapters: this.adapters.map((a) => ({ ...a.health })),
       ...(this.history ? { history: this.history.health() } : {}),
+      ...(this.salvage ? { store: { salvage: this.salvage } } : {}),
     }
   }
 
@@ -535,7 +609,10 @@ export class Gateway {
       history: this.historyReader(),
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
       rules: this.rules && { list: () => this.rules!.ruleStats(), alarms: () => this.rules!.alarms() },
-      serviceRoutes: [{ prefix: 'ota', api: otaApiRoutes(this.ota), files: otaFileRoutes(this.ota) }],
+      serviceRoutes: [
+        { prefix: 'ota', api: otaApiRoutes(this.ota), files: otaFileRoutes(this.ota) },
+        { prefix: 'store', api: storeRoutes({ salvage: () => this.salvage, acknowledge: () => this.acknowledgeSalvage() }) },
+      ],
       live: this.live,
       logs: { lines: (minLevel, limit) => this.logRing.lines(minLevel, limit) },
       support: { version: VERSION, dataDir: this.cfg.gateway.dataDir, redactedConfig: () => redactConfig(this.cfg) },

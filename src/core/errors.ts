@@ -48,6 +48,12 @@ export const ErrorCodes = {
   UI_LOGIN_RATE_LIMITED: 'IHE_UI_LOGIN_RATE_LIMITED',
   /** The web server's TLS certificate or key (http.tls) cannot be read, made or used. */
   HTTP_TLS_FAILED: 'IHE_HTTP_TLS_FAILED',
+  /** gateway.db was damaged: moved aside, its readable rows salvaged into a fresh one; degraded until acknowledged. */
+  STORE_SALVAGED: 'IHE_STORE_SALVAGED',
+  /** SQLite found the store damaged while running: the gateway exits so that the next start checks and salvages it. */
+  STORE_CORRUPT: 'IHE_STORE_CORRUPT',
+  /** ota.db was unusable (damaged, not a database): moved aside and made anew; its jobs and cached images are forgotten. */
+  OTA_QUARANTINED: 'IHE_OTA_QUARANTINED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

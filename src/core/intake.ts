@@ -20,6 +20,12 @@ export class IntakeGate {
   start(): void {
     this.d.outbox.on('full', (err: Error) => this.onDiskFull(err))
     this.d.outbox.on('writable', () => this.onDiskWritable())
+    this.d.outbox.on('relieved', ({ ballastBytes, walBytes }: { ballastBytes: number; walBytes: number }) =>
+      this.d.log.warn(
+        { code: ErrorCodes.STORE_FULL, ballastBytes, walBytes },
+        `data disk full: gave ${ballastBytes} reserved byte(s) (the ballast) and ${walBytes} WAL byte(s) back to the outbox, so that what the hub acknowledges can be deleted`,
+      ),
+    )
     // A gateway started on a full disk comes up degraded, refusing work, and probes for room.
     this.d.outbox.checkHeadroom()
   }

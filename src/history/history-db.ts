@@ -4,8 +4,9 @@
 // layout it cannot read) is dealt with here alone: the file is moved aside and a new one is made.
 // The outbox never notices.
 import Database from 'better-sqlite3'
-import { existsSync, mkdirSync, renameSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import path from 'node:path'
+import { isDamagedDatabase, moveAside } from '../core/damaged-file.js'
 
 export type HistoryDb = Database.Database
 
@@ -59,11 +60,7 @@ export function openHistoryDb(dataDir: string, now = Date.now()): OpenedHistory 
 }
 
 /** Move history.db (and its WAL and shared-memory files) aside; returns the new name. */
-export function quarantine(file: string, now = Date.now()): string {
-  const moved = `${file}.corrupt-${new Date(now).toISOString().replace(/[:.]/g, '-')}`
-  for (const suffix of ['', '-wal', '-shm']) if (existsSync(file + suffix)) renameSync(file + suffix, moved + suffix)
-  return moved
-}
+export const quarantine = moveAside
 
 function open(file: string): HistoryDb {
   const db = new Database(file)
@@ -95,7 +92,4 @@ export function openHistoryReadOnly(file: string): HistoryDb {
 }
 
 /** SQLite's answer for a damaged or foreign file: the cue to quarantine it. */
-export function isCorrupt(err: unknown): boolean {
-  const code = (err as { code?: string } | null)?.code ?? ''
-  return code === 'SQLITE_CORRUPT' || code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_CORRUPT')
-}
+export const isCorrupt = isDamagedDatabase

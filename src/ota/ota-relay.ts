@@ -16,6 +16,7 @@ import { pipeline } from 'node:stream/promises'
 import type { AdapterMetrics } from '../core/adapter-context.js'
 import type { CommandHold, HeldCommands } from '../core/command-hold.js'
 import { ErrorCodes } from '../core/errors.js'
+import { isDamagedDatabase, moveAside } from '../core/damaged-file.js'
 import { parseJsonObject } from '../core/shadow-doc.js'
 import { parseUpTopic } from '../core/hub-topics.js'
 import type { LocalFile, LocalFiles } from '../core/local-files.js'
@@ -140,10 +141,25 @@ export class OtaRelay implements CommandHold, LocalFiles {
   async start(): Promise<void> {
     mkdirSync(path.join(this.dir, 'images'), { recursive: true })
     mkdirSync(path.join(this.dir, 'partial'), { recursive: true })
-    this.store = new OtaStore(path.join(this.dir, 'ota.db'))
+    this.store = this.openStore(path.join(this.dir, 'ota.db'))
     // Downloads that were under way when the gateway stopped (or was killed) resume.
     for (const img of this.store.images()) if (img.state === 'fetching') this.fetch(img)
     this.sweepTimer = setInterval(() => this.sweep(), SWEEP_MS).unref()
+  }
+
+  /** ota.db, or a new one if it is damaged (the old one moved aside): the gateway runs on either way. */
+  private openStore(file: string): OtaStore {
+    try {
+      return new OtaStore(file)
+    } catch (err) {
+      if (!isDamagedDatabase(err)) throw err
+      const movedTo = moveAside(file)
+      this.d.log.error(
+        { err, code: ErrorCodes.OTA_QUARANTINED, movedTo },
+        `ota.db was damaged: moved aside to ${movedTo} and made anew; its jobs and cached images are forgotten (the hub sends campaigns again, offline ones must be pushed again)`,
+      )
+      return new OtaStore(file)
+    }
   }
 
   async stop(): Promise<void> {

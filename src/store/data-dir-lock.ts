@@ -62,8 +62,19 @@ export function lockOwner(dataDir: string): LockOwner | undefined {
   return owner
 }
 
+function staleOwner(file: string): LockOwner {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as LockOwner
+  } catch {
+    // empty or torn: the power went while it was written
+    return { pid: -1, startTime: null }
+  }
+}
+
 export class DataDirLock {
   private held = false
+  /** The owner of a stale lock this start took over: the previous run ended without a clean stop. */
+  previous?: LockOwner
 
   constructor(readonly dataDir: string) {}
 
@@ -93,7 +104,8 @@ export class DataDirLock {
       }
       const owner = lockOwner(this.dataDir)
       if (owner) throw new DataDirBusyError(this.dataDir, owner)
-      // Stale (the owner died): remove it and try again.
+      // Stale (the owner died: kill -9, a crash, a power loss): remove it and try again.
+      this.previous ??= staleOwner(file)
       rmSync(file, { force: true })
     }
     const owner = lockOwner(this.dataDir)

@@ -186,6 +186,10 @@ export function openDatabase(dataDir: string): Db {
   db.pragma('synchronous = FULL')
   db.pragma('foreign_keys = ON')
   db.pragma('busy_timeout = 5000')
+  // After a checkpoint resets the WAL, a WAL that grew past this is cut back to it: a burst does
+  // not keep its disk space for good (decision 00XX-wal-full-disk; openStore sets it lower on a
+  // small disk, with the checkpoint threshold).
+  db.pragma('journal_size_limit = 4194304')
   migrate(db)
   return db
 }

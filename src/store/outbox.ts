@@ -3,10 +3,12 @@
 // turn of the event loop (a whole socket read of publishes, many devices at once) becomes one
 // transaction, so synchronous=FULL costs one fsync per batch, not per message.
 import { EventEmitter } from 'node:events'
+import { statSync } from 'node:fs'
 import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
 import { freeBytes, isDiskFull } from './db.js'
+import type { Ballast } from './ballast.js'
 import type { Uplink } from '../core/types.js'
 import type { UpTopic } from '../core/hub-topics.js'
 import { deviceKey } from '../core/types.js'
@@ -83,12 +85,15 @@ export interface CommitParticipant {
 export interface OutboxOptions {
   maxBytes: number
   rpcRespTtlMs: number
+  /** Space reserved on the data disk, released when the disk is full (decision 00XX-wal-full-disk). */
+  ballast?: Ballast
 }
 
 /**
  * Events: 'committed' (new rows are readable), 'uplinks' (the Uplinks of that commit, for observers), 'dropped' ({reason, count}), 'evicted' (ids removed by
  * the quota: readers holding them must forget them), 'full' (disk full, intake must stop),
- * 'writable' (probe() found room again after 'full').
+ * 'writable' (probe() found room again after 'full'), 'relieved' ({ballastBytes, walBytes}: space the
+ * gateway gave back to itself on a full disk).
  */
 export class Outbox extends EventEmitter {
   private pending: Pending[] = []
@@ -248,6 +253,7 @@ export class Outbox extends EventEmitter {
         if (!this.diskFull) {
           this.diskFull = true
           this.emit('full', err)
+          this.relieve()
         }
       } else {
         this.emit('error', err)
@@ -419,12 +425,45 @@ export class Outbox extends EventEmitter {
     this.emit('full', Object.assign(new Error('less than 1 MiB free on the data disk'), { code: 'ENOSPC' }))
   }
 
+  /**
+   * A full disk filled by the gateway's own database: give space back to it. The ballast goes
+   * first (room for the checkpoint to write the WAL's pages into the database file), then the WAL
+   * is checkpointed and truncated to nothing; the deletions the hub's PUBACKs brought can then
+   * commit, and the rows they free are reused by new ones. Again at every probe while full.
+   */
+  private relieve(): void {
+    const ballastBytes = this.opts.ballast?.release() ?? 0
+    const wal = `${this.db.name}-wal`
+    let walBytes = 0
+    try {
+      const before = statSync(wal).size
+      this.db.pragma('wal_checkpoint(TRUNCATE)')
+      walBytes = before - statSync(wal).size
+    } catch {
+      // no WAL file, or the checkpoint could not finish: the next probe tries again
+    }
+    if (ballastBytes || walBytes > 0) this.emit('relieved', { ballastBytes, walBytes })
+    if (this.acked.length) this.flush()
+  }
+
+  /** Room for new rows: free space on the disk plus the database's own free pages (reused first). */
+  private room(): number {
+    const free = freeBytes(path.dirname(this.db.name))
+    try {
+      const pages = this.db.pragma('freelist_count', { simple: true }) as number
+      return free + pages * (this.db.pragma('page_size', { simple: true }) as number)
+    } catch {
+      return free
+    }
+  }
+
   probe(): boolean {
     if (!this.diskFull) return true
+    this.relieve()
     // A tiny write alone proves nothing: it fits into the WAL space the failed commit had already
     // allocated, with the disk still full, and intake would flap open and shut. Ask for headroom.
     try {
-      if (freeBytes(path.dirname(this.db.name)) < RESUME_FREE_BYTES) return false
+      if (this.room() < RESUME_FREE_BYTES) return false
     } catch {
       // No statfs for this path: the write below decides.
     }
@@ -434,6 +473,8 @@ export class Outbox extends EventEmitter {
       return false
     }
     this.diskFull = false
+    // The ballast again, when the disk has room for it and the headroom besides.
+    this.opts.ballast?.ensure(2 * RESUME_FREE_BYTES)
     this.emit('writable')
     this.schedule()
     return true

@@ -5,8 +5,10 @@ import type { Config } from '../config.js'
 import { outboxQuota } from '../config.js'
 import type { Logger } from '../core/log.js'
 import { ErrorCodes } from '../core/errors.js'
-import { freeBytes, isDiskFull, openDatabase, type Db } from './db.js'
-import { Outbox } from './outbox.js'
+import { freeBytes, isDiskFull, type Db } from './db.js'
+import { openCheckedDatabase, type CheckedDatabase, type CheckKind } from './salvage.js'
+import { Outbox, RESUME_FREE_BYTES } from './outbox.js'
+import { Ballast } from './ballast.js'
 import { DeviceRegistry } from './devices.js'
 import { ConnectionStore } from './connections.js'
 import { CommandStore } from './commands.js'
@@ -30,14 +32,22 @@ export interface Store {
   readonly ruleState: RuleStateTable
   /** The web UI's users, sessions and API tokens. */
   readonly uiAuth: UiAuthStore
+  /** How the database was checked at this start, and what was salvaged if it was damaged. */
+  readonly opened: Omit<CheckedDatabase, 'db'>
   close(): void
 }
 
-export async function openStore(cfg: Config, log: Logger): Promise<Store> {
+/** `check`: quick_check after an unclean stop, the cheap check otherwise (docs/decisions/00XX-damaged-store.md). */
+export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'cheap'): Promise<Store> {
   const dataDir = cfg.gateway.dataDir
-  const db = openDatabase(dataDir)
+  const { db, ...opened } = openCheckedDatabase(dataDir, check)
   const maxBytes = resolveQuota(db, cfg, log)
-  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000 })
+  const ballast = new Ballast(dataDir)
+  ballast.ensure(2 * RESUME_FREE_BYTES)
+  const walPages = ballast.walPages(db.pragma('page_size', { simple: true }) as number)
+  db.pragma(`wal_autocheckpoint = ${walPages}`)
+  db.pragma(`journal_size_limit = ${walPages * (db.pragma('page_size', { simple: true }) as number)}`)
+  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast })
   // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
   // A quota near the free space means the disk fills before the quota ever evicts anything.
   const free = freeBytes(dataDir)
@@ -68,6 +78,7 @@ export async function openStore(cfg: Config, log: Logger): Promise<Store> {
     records: new AdapterRecordStore(db),
     ruleState: new RuleStateTable(db, outbox),
     uiAuth: new UiAuthStore(db),
+    opened,
     close() {
       outbox.close()
       db.close()

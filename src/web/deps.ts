@@ -8,6 +8,7 @@ import type { ShadowDoc } from '../core/shadow-doc.js'
 import type { ConnectionInfo } from '../store/connections.js'
 import type { Device } from '../store/devices.js'
 import type { OutboxStats } from '../store/outbox.js'
+import type { SalvageReport } from '../store/salvage.js'
 import type { StoredCommand } from '../store/commands.js'
 import type { AlarmView, RuleStats } from '../rules/engine.js'
 import type { HistoryEvent, SeriesInfo, SeriesQuery } from '../history/history-store.js'
@@ -35,6 +36,8 @@ export interface HealthReport {
   adapters: AdapterHealth[]
   /** The local history (absent when store.history.enabled is false). */
   history?: HistoryHealth
+  /** A salvage of a damaged gateway.db that no operator has acknowledged yet. */
+  store?: { salvage: SalvageReport }
 }
 
 export interface NewDevice {

@@ -5,6 +5,15 @@ import type { WebDeps } from '../deps.js'
 
 const NullableNumber = Type.Union([Type.Number(), Type.Null()])
 
+/** A salvage of a damaged gateway.db (src/store/salvage.ts), as /api/health and /api/store/salvage show it. */
+export const SalvageBody = Type.Object({
+  at: Type.String(),
+  reason: Type.String(),
+  movedTo: Type.String(),
+  headerRebuilt: Type.Boolean(),
+  tables: Type.Array(Type.Object({ table: Type.String(), rows: Type.Integer(), readErrors: Type.Integer() })),
+})
+
 // The response schema is the published shape: whatever else a report carries stays inside.
 const HealthBody = Type.Object({
   status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]),
@@ -38,6 +47,7 @@ const HealthBody = Type.Object({
       seriesRejected: Type.Integer(),
     }),
   ),
+  store: Type.Optional(Type.Object({ salvage: SalvageBody })),
 })
 
 export const healthRoutes: FastifyPluginAsync<Pick<WebDeps, 'health'>> = async (app, deps) => {

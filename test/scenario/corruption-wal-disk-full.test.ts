@@ -1,0 +1,95 @@
+// A small data disk filled by the gateway's own database and WAL (issue 17, item 5; decision
+// 00XX-wal-full-disk): the outbox quota is larger than the disk, the hub is down, devices publish
+// until the disk is full and the gateway stops acknowledging. Once the hub is back the gateway must
+// recover by itself: drain, give the WAL's space back, take in again, and lose nothing it
+// acknowledged. Before the fix it stayed degraded for good: the deletions the hub's PUBACKs
+// trigger, and the checkpoint, need room on the disk the WAL had taken. A 12 MiB tmpfs, so this
+// needs root (CI runs as root); unmounted even on failure.
+import type { MqttClient } from 'mqtt'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { connectDevice } from '../helpers/device.js'
+import { GatewayProcess } from '../helpers/gateway-process.js'
+import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import { awaitDelivery, deliveryProblems, explainMissing, Ledger, publishSequence, testDevices } from '../helpers/ledger.js'
+
+const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
+const devices = testDevices('meter', 'w', 4)
+const TMPFS_SIZE = '12m'
+const RECORDER_ID = 'hub-recorder-wal-full'
+
+const isRoot = process.getuid?.() === 0
+
+describe.skipIf(!isRoot)('data disk filled by the gateway’s own WAL', () => {
+  let mountPoint: string | undefined
+  let mounted = false
+  let hub: HubBroker
+  let recorder: HubRecorder
+  let gateway: GatewayProcess
+  let clients: MqttClient[] = []
+
+  beforeAll(async () => {
+    mountPoint = mkdtempSync(path.join(os.tmpdir(), 'iothub-edge-walfull-'))
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${TMPFS_SIZE}`, 'tmpfs', mountPoint])
+    mounted = true
+    hub = new HubBroker({ devices: [], gateway: { ...gw, children: devices } })
+    await hub.start()
+    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
+    await hub.stop()
+    gateway = new GatewayProcess(
+      {
+        gateway: gw,
+        northbound: { url: hub.url },
+        devices,
+        // Larger than the disk: the disk fills long before the quota evicts anything.
+        store: { outbox: { maxBytes: 256 * 1024 * 1024 }, history: { enabled: false } },
+        log: { level: 'info' },
+      },
+      { dataDir: path.join(mountPoint, 'data') },
+    )
+    await gateway.start()
+  })
+
+  afterAll(async () => {
+    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
+    await gateway?.close()
+    await hub?.close()
+    if (mountPoint) {
+      if (mounted) execFileSync('umount', ['-l', mountPoint])
+      rmSync(mountPoint, { recursive: true, force: true })
+    }
+  })
+
+  it('recovers by itself once the hub drains the outbox: intake again, nothing acknowledged lost', async ({ onTestFailed }) => {
+    onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
+    const ledger = new Ledger()
+    clients = await Promise.all(devices.map((d) => connectDevice(gateway.externalUrl, d)))
+    // Until the disk is full: the gateway closes the connection of a device whose message it
+    // could not store, and says disk_full; the publishes still waiting then are not acknowledged.
+    const closed = new Promise<void>((resolve) => clients.forEach((c) => c.once('close', () => resolve())))
+    const streams = Promise.all(devices.map((d, i) => publishSequence(clients[i], d, ledger, { count: 1_000_000, window: 50, padBytes: 300 })))
+    await Promise.race([closed, streams])
+    await gateway.waitForHealth((h) => ((h as unknown as { reasons: string[] }).reasons ?? []).includes('disk_full'), 30_000, 'disk_full')
+    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
+    clients = []
+    const total = (await streams).reduce((a, b) => a + b, 0)
+    console.log(`WAL full disk: ${total} PUBACKed before the disk was full`)
+    expect(total).toBeGreaterThan(1_000)
+
+    // The hub comes back: the gateway drains, and comes back to health on its own.
+    await hub.start()
+    await gateway.waitForHealth((h) => h.status === 'ok', 60_000, 'health ok after the hub drained the outbox')
+    const report = await awaitDelivery(ledger, recorder.messages, gateway, { timeoutMs: 60_000 })
+    if (report.missing.length) expect.fail(await explainMissing(report, { gateway, hub, recorded: recorder.messages, recorderClientId: RECORDER_ID, oneGatewayRun: true }))
+    expect(deliveryProblems(report)).toEqual([])
+
+    // It takes in again, and more than a token amount: the space the WAL held is usable.
+    const again = await connectDevice(gateway.externalUrl, devices[0])
+    clients.push(again)
+    expect(await publishSequence(again, devices[0], ledger, { count: 2_000, window: 20, padBytes: 300 })).toBe(2_000)
+    expect(gateway.running).toBe(true)
+  }, 180_000)
+})
