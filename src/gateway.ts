@@ -28,6 +28,7 @@ import { OtaRelay } from './ota/ota-relay.js'
 import { apiRoutes as otaApiRoutes, fileRoutes as otaFileRoutes } from './ota/http-routes.js'
 import type { OutboxRow } from './store/outbox.js'
 import type { StoredCommand } from './store/commands.js'
+import { openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 
@@ -56,6 +57,9 @@ export class Gateway {
   history?: HistoryRecorder
   ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
+  /** The local broker's persistent sessions, retained messages and wills (broker.db), unless `broker.persistence` is memory. */
+  brokerSessions?: BrokerSessionStore
+  private brokerSessionsLost = false
   private gaugeTimer?: NodeJS.Timeout
   private stopping = false
   private lock?: DataDirLock
@@ -90,11 +94,13 @@ export class Gateway {
       publishDirect: (topic, payload) => this.bridge?.publishDirect(topic, payload) ?? false,
       resubscribe: () => this.bridge?.resubscribe(),
     }
+    this.openBrokerSessions()
     this.core = new Core({
       store,
       hub,
       metrics,
       log,
+      brokerSessions: this.brokerSessions,
       options: {
         identity: { productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId },
         dataDir: cfg.gateway.dataDir,
@@ -167,6 +173,30 @@ export class Gateway {
     core.pipeline.setRules(this.rules.step)
     this.ruleMetrics(this.rules)
     log.info({ rules: cfg.rules.map((r) => r.name) }, `${cfg.rules.length} local rule(s) loaded`)
+  }
+
+  /**
+   * broker.db beside the store (decision 00XX-broker-persistence). One that cannot be opened is left
+   * where it is for the operator, and the broker runs on with its sessions in memory (health says
+   * so): devices are served either way.
+   */
+  private openBrokerSessions(): void {
+    const { cfg, log } = this
+    if (cfg.broker.persistence !== 'sqlite') return
+    const warn = new RateLimitedLog(log)
+    try {
+      const sessions = openBrokerSessions(cfg.gateway.dataDir)
+      sessions.on('error', (err: Error) =>
+        warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk"),
+      )
+      this.brokerSessions = sessions
+    } catch (err) {
+      this.brokerSessionsLost = true
+      log.error(
+        { err, code: ErrorCodes.BROKER_SESSIONS_FAILED, dataDir: cfg.gateway.dataDir },
+        "broker.db could not be opened: the local broker keeps persistent sessions, retained messages and wills in memory until restart (lost then); move the file aside to start a new one",
+      )
+    }
   }
 
   /** The enabled devices of a product carrying a tag (a rule's or an OTA campaign's tag target). */
@@ -360,6 +390,7 @@ export class Gateway {
 
   health(): HealthReport {
     const reasons = this.core.healthReasons()
+    if (this.brokerSessionsLost) reasons.push('broker_sessions_in_memory')
     for (const a of this.adapters) {
       if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
       else if (a.health.state === 'running') for (const r of a.instance?.health?.() ?? []) reasons.push(`${a.health.name}:${r}`)
@@ -452,6 +483,7 @@ export class Gateway {
     // After the bridge: what the last commits brought is written before history.db closes.
     await this.history?.stop()
     this.store?.close()
+    this.brokerSessions?.close()
     this.lock?.release()
     this.log.info('gateway stopped')
   }

@@ -40,6 +40,8 @@ export const ErrorCodes = {
   HISTORY_SERIES_CAP: 'IHE_HISTORY_SERIES_CAP',
   /** The OTA relay could not fetch, verify or keep an image (the jobs waiting for it were answered upstream). */
   OTA_FAILED: 'IHE_OTA_FAILED',
+  /** broker.db (the local broker's persistent sessions, retained messages, wills) could not be opened or written. */
+  BROKER_SESSIONS_FAILED: 'IHE_BROKER_SESSIONS_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -56,7 +56,7 @@ interface SubRecord {
   subscriptionIdentifier?: number
 }
 
-interface ClientLike {
+export interface ClientLike {
   id: string
   /** aedes' Client: true for a clean session (its incoming QoS 2 packets are kept in memory only). */
   clean?: boolean
@@ -75,6 +75,8 @@ interface BrokerLike {
  */
 export interface PacketMarks {
   of(packet: BrokerPacket): string | undefined
+  /** A will's label: who the client was (its will may be published by a later run). */
+  ofClient(client: ClientLike): string | undefined
   restore(packet: BrokerPacket, mark: string): void
 }
 
@@ -151,7 +153,8 @@ const migrations: string[] = [
     client_id    TEXT PRIMARY KEY,
     packet       TEXT NOT NULL,
     payload      BLOB,
-    payload_text INTEGER NOT NULL DEFAULT 0
+    payload_text INTEGER NOT NULL DEFAULT 0,
+    mark         TEXT
   ) WITHOUT ROWID;
   `,
 ]
@@ -254,7 +257,7 @@ export class BrokerSessionStore extends EventEmitter {
       delIns: p('DELETE FROM incoming WHERE client_id = ?'),
       putRetained: p('INSERT OR REPLACE INTO retained (topic, packet, payload, payload_text, mark) VALUES (?, ?, ?, ?, ?)'),
       delRetained: p('DELETE FROM retained WHERE topic = ?'),
-      putWill: p('INSERT OR REPLACE INTO wills (client_id, packet, payload, payload_text) VALUES (?, ?, ?, ?)'),
+      putWill: p('INSERT OR REPLACE INTO wills (client_id, packet, payload, payload_text, mark) VALUES (?, ?, ?, ?, ?)'),
       delWill: p('DELETE FROM wills WHERE client_id = ?'),
     }
   }
@@ -290,8 +293,10 @@ export class BrokerSessionStore extends EventEmitter {
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
       this.retained.set(r.topic, packet)
     }
-    for (const r of this.db.prepare('SELECT * FROM wills').iterate() as Iterable<Row & { client_id: string }>) {
-      this.wills.set(r.client_id, fromRow(r))
+    for (const r of this.db.prepare('SELECT * FROM wills').iterate() as Iterable<Row & { client_id: string; mark: string | null }>) {
+      const packet = fromRow(r)
+      if (r.mark !== null) this.marks?.restore(packet, r.mark)
+      this.wills.set(r.client_id, packet)
     }
   }
 
@@ -498,16 +503,19 @@ export class BrokerSessionStore extends EventEmitter {
     return q
   }
 
-  async outgoingEnqueue(sub: { clientId: string }, packet: BrokerPacket): Promise<void> {
+  async outgoingEnqueue(sub: { clientId: string; qos?: number }, packet: BrokerPacket): Promise<void> {
     return this.outgoingEnqueueCombi([sub], packet)
   }
 
-  async outgoingEnqueueCombi(subs: { clientId: string }[], packet: BrokerPacket): Promise<void> {
+  async outgoingEnqueueCombi(subs: { clientId: string; qos?: number }[], packet: BrokerPacket): Promise<void> {
     if (subs.length === 0) return
     const mark = this.marks?.of(packet) ?? null
     const rows: [number, string, Stored][] = []
     for (const sub of subs) {
       const copy = normalized(packet)
+      // Queued at the QoS the subscription was granted, not above it [MQTT-3.8.4-6]: aedes hands a
+      // queue to a returning client as it is.
+      if (sub.qos !== undefined && sub.qos < (copy.qos ?? 0)) copy.qos = sub.qos
       const seq = ++this.seq
       this.queueOf(sub.clientId).push({ seq, packet: copy })
       rows.push([seq, sub.clientId, toRow(copy)])
@@ -608,7 +616,8 @@ export class BrokerSessionStore extends EventEmitter {
     packet.clientId = client.id
     this.wills.set(client.id, packet)
     const r = toRow(packet)
-    return this.durable(() => this.st.putWill.run(client.id, r.packet, r.payload, r.payloadText))
+    const mark = this.marks?.ofClient(client) ?? null
+    return this.durable(() => this.st.putWill.run(client.id, r.packet, r.payload, r.payloadText, mark))
   }
 
   async getWill(client: ClientLike): Promise<BrokerPacket | undefined> {
