@@ -1,5 +1,5 @@
 // The local broker's sessions, retained messages and wills across a kill -9 of the gateway
-// (issue 17 item 2; broker.persistence: sqlite, the default; docs/operators/restarts.md). Before,
+// (issue 17 item 2; broker.persistence: sqlite, the default; docs/operators/broker-sessions.md). Before,
 // aedes kept them in memory: a persistent-session device that was away when the gateway restarted
 // lost what was queued for it and its own subscriptions, retained messages were gone, and a device
 // connected at the crash never had its will published.
@@ -7,7 +7,7 @@
 // Real peers: the gateway process killed with SIGKILL, Mosquitto as the hub (a command from the hub,
 // a will going north), MQTT.js clients as devices on the external listener and as a local tool on
 // the internal one. The local tool publishes with QoS 2: its PUBCOMP comes once the broker has queued
-// the message (for QoS 1, aedes 1.2.0 sends the PUBACK before it queues: docs/operators/restarts.md).
+// the message (for QoS 1, aedes 1.2.0 sends the PUBACK before it queues: docs/operators/broker-sessions.md).
 import { randomBytes } from 'node:crypto'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { setTimeout as sleep } from 'node:timers/promises'
