@@ -9,9 +9,10 @@
 // committed like the outbox (src/store/outbox.ts): all changes of one event-loop turn become one
 // transaction, synchronous=FULL, and a method whose result a device is promised something on (a
 // SUBACK, a PUBREC, a CONNACK after a will, a queued message) resolves only once its change is
-// committed. What need not be durable at once (a queued message's packet id, its removal after the
-// device's PUBACK: lost, the message is only sent again, which QoS 1 allows) rides along with the
-// next commit, or gets one of its own after LAZY_DELAY_MS. Clean-session clients cost nothing: they
+// committed. What need not be durable at once (a queued QoS 2 message's packet id, a message's
+// removal after the device's PUBACK: lost, the message is only sent again, which QoS 1 allows)
+// rides along with the next commit, or gets one of its own after LAZY_DELAY_MS; a QoS 1 message's
+// packet id is not written at all. Clean-session clients cost nothing: they
 // have no stored subscriptions or queue, and their incoming QoS 2 packets stay in memory (the
 // session ends with the connection anyway).
 import Database from 'better-sqlite3'
@@ -77,6 +78,11 @@ export interface PacketMarks {
   of(packet: BrokerPacket): string | undefined
   /** A will's label: who the client was (its will may be published by a later run). */
   ofClient(client: ClientLike): string | undefined
+  /**
+   * True for a packet something else keeps durably until the device acknowledges it (a command in
+   * the gateway's command queue): queued without waiting for a commit of its own.
+   */
+  heldElsewhere(packet: BrokerPacket): boolean
   restore(packet: BrokerPacket, mark: string): void
 }
 
@@ -520,9 +526,13 @@ export class BrokerSessionStore extends EventEmitter {
       this.queueOf(sub.clientId).push({ seq, packet: copy })
       rows.push([seq, sub.clientId, toRow(copy)])
     }
-    return this.durable(() => {
+    const write = (): void => {
       for (const [seq, clientId, r] of rows) this.st.putOut.run(seq, clientId, r.packet, r.payload, r.payloadText, mark)
-    })
+    }
+    // A command the core delivers waits for its device's PUBACK in the command queue anyway: its
+    // delivery does not wait for an fsync here (lost in a crash, the command queue sends it again).
+    if (this.marks?.heldElsewhere(packet)) return this.lazy(write)
+    return this.durable(write)
   }
 
   async outgoingUpdate(client: ClientLike, packet: BrokerPacket): Promise<void> {
@@ -531,8 +541,11 @@ export class BrokerSessionStore extends EventEmitter {
       const e = queue[i]
       if (e.packet.brokerId === packet.brokerId) {
         if (e.packet.brokerCounter === packet.brokerCounter) {
-          // The packet id it goes out with: lost in a crash, it goes out again with another one.
           e.packet.messageId = packet.messageId
+          // QoS 1: after a restart it goes out with a new packet id, which is as good (not written).
+          // QoS 2: the same id again, or the device would take a resent PUBLISH for a new message;
+          // lost in a crash, it goes out with another one (as QoS 1 would).
+          if ((e.packet.qos ?? 0) < 2) return
           const json = toRow(e.packet).packet
           return this.lazy(() => this.st.setOutMeta.run(json, e.seq))
         }

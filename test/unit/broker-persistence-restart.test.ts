@@ -27,6 +27,7 @@ function marks(seen: Map<string, string> = new Map()): PacketMarks & { seen: Map
     seen,
     of: (p) => (String(p.payload).startsWith('secret') ? 'local' : undefined),
     ofClient: (c) => `device:${c.id}`,
+    heldElsewhere: () => false,
     restore: (p, mark) => void seen.set(String(p.topic), mark),
   }
 }

@@ -323,6 +323,8 @@ export class BrokerAdapter implements SouthboundAdapter {
         const target = this.targetOf.get(payload)
         return target === undefined ? undefined : `target:${target}`
       },
+      // The core's command queue keeps a command until its device PUBACKs it (deliver()).
+      heldElsewhere: (packet) => Buffer.isBuffer(packet.payload) && this.targetOf.has(packet.payload),
       ofClient: (client) => {
         const st = this.state.get(client as Client)
         if (!st) return undefined
