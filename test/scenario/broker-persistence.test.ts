@@ -160,4 +160,12 @@ describe("the local broker's sessions, retained messages and wills across a kill
     expect(byTopic.has('site/lamp/gone')).toBe(false)
     await reader.end()
   })
+
+  it('a graceful stop leaves no will for the next start to publish again', async () => {
+    track(await Peer.connect(gateway.internalUrl, { clientId: 'stopping-tool', will: { topic: 'site/stopping/status', payload: Buffer.from('offline'), qos: 1, retain: false } }))
+    expect(await gateway.stop()).toBe(0)
+    await gateway.start()
+    const restored = gateway.logs().split('\n').filter((l) => l.includes('local broker sessions restored from broker.db'))
+    expect(restored.at(-1)).toMatch(/, 0 will\(s\) of clients connected when the gateway last stopped published/)
+  })
 })
