@@ -25,6 +25,10 @@ interface IdleJob {
   kind: 'idle'
   url: string
   connections: number
+  /** Subscribe each connection to this filter (QoS 1) and keep (PUBACK) what it receives. */
+  subscribe?: string
+  /** clean: false for persistent sessions (default true). */
+  clean?: boolean
 }
 
 const job = JSON.parse(process.argv[2]) as PublishJob | IdleJob
@@ -105,10 +109,11 @@ async function idle(j: IdleJob): Promise<void> {
   // Open in batches: a listen backlog of 511 would refuse a burst of thousands.
   for (let i = 0; i < j.connections; i += 200) {
     const batch = await Promise.all(
-      Array.from({ length: Math.min(200, j.connections - i) }, (_, k) => connect(j.url, { clientId: `idle-${i + k}`, keepalive: 600 })),
+      Array.from({ length: Math.min(200, j.connections - i) }, (_, k) => connect(j.url, { clientId: `idle-${i + k}`, keepalive: 600, clean: j.clean ?? true })),
     )
     clients.push(...batch)
   }
+  if (j.subscribe) await Promise.all(clients.map((c) => c.subscribeAsync(j.subscribe!, { qos: 1 })))
   process.stdout.write(JSON.stringify({ connected: clients.length }) + '\n')
   process.stdin.resume()
   await new Promise((r) => process.stdin.once('end', r))

@@ -191,8 +191,8 @@ function runLoad(job: object, connected?: () => void): Promise<LoadResult> {
 }
 
 /** Idle connections held by a worker until we close its stdin. */
-async function holdIdle(url: string, connections: number): Promise<() => Promise<void>> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify({ kind: 'idle', url, connections })], {
+async function holdIdle(url: string, connections: number, opts: { subscribe?: string; clean?: boolean } = {}): Promise<() => Promise<void>> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify({ kind: 'idle', url, connections, ...opts })], {
     cwd: root,
     stdio: ['pipe', 'pipe', 'inherit'],
   })
@@ -226,9 +226,10 @@ interface Sut {
   rulesEvalSeconds?: () => Promise<number>
 }
 
-async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true): Promise<Sut> {
+async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory'): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
+    ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
     rules,
     northbound: { url: cloudUrl, inflight: 100 },
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
@@ -347,6 +348,47 @@ async function historyCost(cloudUrl: string, hub: HubCounter): Promise<void> {
   log(`history: on ${on.median} msg/s vs off ${off.median} msg/s (${round((1 - on.median / off.median) * 100)} % cost), ${figure(perSample, 'B').median} B per sample`)
 }
 
+/**
+ * What durable broker sessions (broker.persistence: sqlite, broker.db) cost, against the same gateway
+ * with them in memory, in one run, alternating: devices with clean sessions publishing QoS 1 (the
+ * usual load: nothing for broker.db to write), and the same with 10 persistent-session local tools
+ * subscribed to everything the devices send (each message queued for each of them in broker.db,
+ * then cleared on their PUBACK).
+ */
+async function brokerSessionsCost(cloudUrl: string, hub: HubCounter): Promise<void> {
+  type Mode = 'memory' | 'sqlite'
+  type Load = 'clean' | 'persistentSubs'
+  const rate: Record<string, number[]> = {}
+  const cpu: Record<string, number[]> = {}
+  for (let r = 0; r < RUNS; r++) {
+    for (const load of ['clean', 'persistentSubs'] as Load[]) {
+      for (const mode of (r % 2 ? ['sqlite', 'memory'] : ['memory', 'sqlite']) as Mode[]) {
+        const sut = await startGateway(cloudUrl, 10, [], false, mode)
+        const release = load === 'persistentSubs' ? await holdIdle(sut.idleUrl, 10, { subscribe: 'upload_data/#', clean: false }) : undefined
+        await sleep(1_000)
+        const res = await throughput(sut, hub, 10, 64, Math.round(30_000 * SCALE), `bs${load[0]}${mode[0]}${r}`)
+        const key = `${load}_${mode}`
+        ;(rate[key] ??= []).push(res.rate)
+        ;(cpu[key] ??= []).push(res.cpuPer10k)
+        const db = ['broker.db', 'broker.db-wal'].reduce((a, f) => a + (existsSync(path.join(sut.dataDir!, f)) ? statSync(path.join(sut.dataDir!, f)).size : 0), 0)
+        log(`  broker sessions ${mode}, ${load}: ${Math.round(res.rate)} msg/s durable, ${res.cpuPer10k.toFixed(2)} CPU s per 10k, broker.db+WAL ${db} B`)
+        await release?.()
+        await sut.close()
+      }
+    }
+  }
+  for (const load of ['clean', 'persistentSubs'] as Load[]) {
+    const on = figure(rate[`${load}_sqlite`], 'msg/s')
+    const off = figure(rate[`${load}_memory`], 'msg/s')
+    const what = load === 'clean' ? '10 clean-session devices publishing QoS 1, 64 B, no local subscribers' : 'the same, with 10 persistent-session local tools subscribed to upload_data/# (QoS 1)'
+    scenarios[`broker_sessions_${load}_intake`] = { gateway: on, reference: off, ratio: round(on.median / off.median), note: `gateway = broker.persistence sqlite, reference = memory (same gateway, same run); ${what}` }
+    const cpuOn = figure(cpu[`${load}_sqlite`], 's')
+    const cpuOff = figure(cpu[`${load}_memory`], 's')
+    scenarios[`broker_sessions_${load}_cpu_s_per_10k`] = { gateway: cpuOn, reference: cpuOff, ratio: round(cpuOn.median / cpuOff.median) }
+    log(`broker sessions, ${load}: sqlite ${on.median} msg/s vs memory ${off.median} msg/s; CPU per 10k ${cpuOn.median} vs ${cpuOff.median} s`)
+  }
+}
+
 async function main(): Promise<void> {
   const started = Date.now()
   const machine = {
@@ -373,6 +415,11 @@ async function main(): Promise<void> {
   // rules that all match (the runs alternate, so a change of load on the machine hits all three).
   // Throughput on a shared machine is noisy; the CPU the gateway process used per message, and the
   // time the rules themselves took (their own evalSeconds), are steadier.
+  // BENCH_ONLY=broker-sessions: the cost of durable broker sessions alone (npm run bench:broker-sessions).
+  if (ONLY === 'broker-sessions') {
+    await brokerSessionsCost(cloudUrl, hub)
+    return finish(started, machine, hub, cloud)
+  }
   if (ONLY !== 'history') {
     const variants = { none: [], site: SITE_RULES, allMatch: ALL_MATCH_RULES } as const
     type Variant = keyof typeof variants
@@ -401,6 +448,7 @@ async function main(): Promise<void> {
   }
   if (ONLY === 'rules') return finish(started, machine, hub, cloud)
   if (!ONLY || ONLY === 'history') await historyCost(cloudUrl, hub)
+  if (!ONLY) await brokerSessionsCost(cloudUrl, hub)
   // BENCH_ONLY=history: this scenario alone (it compares the gateway with itself).
   if (ONLY === 'history') return finish(started, machine, hub, cloud)
 
@@ -598,6 +646,7 @@ function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<st
   for (const [name, s] of Object.entries(r.scenarios)) lines.push(`| ${name} | ${cell(s.gateway)} | ${cell(s.reference)} | ${s.ratio ?? ''} |`)
   lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.')
   if (Object.keys(r.scenarios).some((k) => k.startsWith('rules_'))) lines.push('For rules_*: gateway = the gateway with the rules of bench/rule-sets.ts, reference = the same gateway without rules.')
+  if (Object.keys(r.scenarios).some((k) => k.startsWith('broker_sessions_'))) lines.push('For broker_sessions_*: gateway = broker.persistence sqlite (broker.db), reference = the same gateway with broker.persistence memory.')
   lines.push('')
   return lines.join('\n')
 }

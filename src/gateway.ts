@@ -38,6 +38,7 @@ import { DeviceActivity } from './live/device-activity.js'
 import { LiveEvents } from './live/live-events.js'
 import { LiveHub } from './web/live-hub.js'
 import { redactConfig } from './config-redact.js'
+import { openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 /** The devices' last reported facts (src/live/device-activity.ts), kept across restarts. */
@@ -82,6 +83,9 @@ export class Gateway {
   history?: HistoryRecorder
   ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
+  /** The local broker's persistent sessions, retained messages and wills (broker.db), unless `broker.persistence` is memory. */
+  brokerSessions?: BrokerSessionStore
+  private brokerSessionsLost = false
   private gaugeTimer?: NodeJS.Timeout
   private activityTimer?: NodeJS.Timeout
   private readonly activityWarn: RateLimitedLog
@@ -134,11 +138,13 @@ export class Gateway {
       publishDirect: (topic, payload) => this.bridge?.publishDirect(topic, payload) ?? false,
       resubscribe: () => this.bridge?.resubscribe(),
     }
+    this.openBrokerSessions()
     this.core = new Core({
       store,
       hub,
       metrics,
       log,
+      brokerSessions: this.brokerSessions,
       options: {
         identity: { productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId },
         dataDir: cfg.gateway.dataDir,
@@ -266,6 +272,30 @@ export class Gateway {
     if (had) this.log.info({ code: ErrorCodes.STORE_SALVAGED }, 'the salvage of gateway.db was acknowledged')
     this.salvage = undefined
     return had
+  }
+
+  /**
+   * broker.db beside the store (decision 00XX-broker-persistence). One that cannot be opened is left
+   * where it is for the operator, and the broker runs on with its sessions in memory (health says
+   * so): devices are served either way.
+   */
+  private openBrokerSessions(): void {
+    const { cfg, log } = this
+    if (cfg.broker.persistence !== 'sqlite') return
+    const warn = new RateLimitedLog(log)
+    try {
+      const sessions = openBrokerSessions(cfg.gateway.dataDir)
+      sessions.on('error', (err: Error) =>
+        warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk"),
+      )
+      this.brokerSessions = sessions
+    } catch (err) {
+      this.brokerSessionsLost = true
+      log.error(
+        { err, code: ErrorCodes.BROKER_SESSIONS_FAILED, dataDir: cfg.gateway.dataDir },
+        "broker.db could not be opened: the local broker keeps persistent sessions, retained messages and wills in memory until restart (lost then); move the file aside to start a new one",
+      )
+    }
   }
 
   /** The enabled devices of a product carrying a tag (a rule's or an OTA campaign's tag target). */
@@ -537,6 +567,7 @@ export class Gateway {
   health(): HealthReport {
     const reasons = this.core.healthReasons()
     if (this.salvage) reasons.push('store_salvaged')
+    if (this.brokerSessionsLost) reasons.push('broker_sessions_in_memory')
     for (const a of this.adapters) {
       if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
       else if (a.health.state === 'running') for (const r of a.instance?.health?.() ?? []) reasons.push(`${a.health.name}:${r}`)
@@ -656,6 +687,7 @@ export class Gateway {
     // After the bridge: what the last commits brought is written before history.db closes.
     await this.history?.stop()
     this.store?.close()
+    this.brokerSessions?.close()
     this.lock?.release()
     this.log.info('gateway stopped')
   }

@@ -5,6 +5,9 @@ import type { Counter, Gauge } from 'prom-client'
 import type { Logger } from './log.js'
 import type { Command, DeviceRef, Transport, Uplink } from './types.js'
 import type { LocalFile } from './local-files.js'
+import type { BrokerSessionStore, PacketMarks } from '../store/broker-sessions.js'
+
+export type { BrokerSessionStore, PacketMarks }
 
 /** A native device's connection (an MQTT session, a CoAP client that registered). */
 export interface ClientSession {
@@ -121,4 +124,11 @@ export interface AdapterContext {
 
   /** A file the gateway serves its devices (an OTA image) by the token in its URL; undefined if none or no longer. */
   localFile(token: string): LocalFile | undefined
+
+  /**
+   * The durable state of an MQTT broker's sessions, retained messages and wills ({dataDir}/broker.db,
+   * aedes' persistence interface); undefined when `broker.persistence` is memory (or broker.db could
+   * not be opened): the broker then keeps them in memory.
+   */
+  brokerSessions(): BrokerSessionStore | undefined
 }

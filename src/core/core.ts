@@ -25,6 +25,7 @@ import type { StoredCommand } from '../store/commands.js'
 import type { LocalFiles } from './local-files.js'
 import type { Store } from '../store/store.js'
 import type { Device } from '../store/devices.js'
+import type { BrokerSessionStore } from '../store/broker-sessions.js'
 
 const SWEEP_INTERVAL_MS = 60_000
 
@@ -42,6 +43,8 @@ export interface CoreDeps {
   metrics: Metrics
   log: Logger
   options: CoreOptions
+  /** The local broker's durable sessions (broker.db), when `broker.persistence` is sqlite. */
+  brokerSessions?: BrokerSessionStore
 }
 
 export class Core {
@@ -221,6 +224,7 @@ export class Core {
       reportState: (dev, reported) => this.shadows.reportState(dev, reported),
       replyFor: (cmd, status, extra) => this.replyFor(cmd, status, extra),
       localFile: (token) => this.localFiles?.open(token),
+      brokerSessions: () => this.d.brokerSessions,
     }
   }
 

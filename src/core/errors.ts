@@ -54,6 +54,8 @@ export const ErrorCodes = {
   STORE_CORRUPT: 'IHE_STORE_CORRUPT',
   /** ota.db was unusable (damaged, not a database): moved aside and made anew; its jobs and cached images are forgotten. */
   OTA_QUARANTINED: 'IHE_OTA_QUARANTINED',
+  /** broker.db (the local broker's persistent sessions, retained messages, wills) could not be opened or written. */
+  BROKER_SESSIONS_FAILED: 'IHE_BROKER_SESSIONS_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -28,7 +28,7 @@ export interface AdapterHealth {
 
 export interface HealthReport {
   status: 'ok' | 'degraded'
-  /** disk_full, outbox_near_quota, northbound_down, adapter_failed:<name>, ... */
+  /** disk_full, outbox_near_quota, northbound_down, adapter_failed:<name>, broker_sessions_in_memory, ... */
   reasons: string[]
   northbound: { configured: boolean; connected: boolean; since: number | null; downSince: number | null; links: number; linksConnected: number }
   outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }

@@ -139,6 +139,11 @@ export class ContractCore implements AdapterContext {
     return undefined
   }
 
+  /** Broker sessions in memory in the contract suites (broker-persistence*.test.ts test broker.db through the gateway). */
+  brokerSessions(): undefined {
+    return undefined
+  }
+
   dispose(): void {
     this.db.close()
     rmSync(this.dir, { recursive: true, force: true })

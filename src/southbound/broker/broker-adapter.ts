@@ -6,7 +6,7 @@ import { Aedes, type Client, type AedesPublishPacket, type PublishPacket, type S
 import net from 'node:net'
 import tls from 'node:tls'
 import { readFileSync } from 'node:fs'
-import type { AdapterContext, ClientSession } from '../../core/adapter-context.js'
+import type { AdapterContext, BrokerSessionStore, ClientSession, PacketMarks } from '../../core/adapter-context.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
 import { deviceKey } from '../../core/types.js'
 import { ErrorCodes } from '../../core/errors.js'
@@ -83,6 +83,8 @@ export class BrokerAdapter implements SouthboundAdapter {
   private readonly ackWaiters = new Map<string, { done: (ok: boolean) => void }>()
   // `${clientId}\0${packet id}` -> ack waiter key, for the PUBACKs above.
   private readonly pubackWaiters = new Map<string, string>()
+  // A will restored from broker.db (a previous run's client): who the client was.
+  private readonly willOrigin = new WeakMap<object, string>()
   private readonly clientsGauge: Gauge
   private readonly warn: RateLimitedLog
   private stopping = false
@@ -107,7 +109,11 @@ export class BrokerAdapter implements SouthboundAdapter {
 
   async start(): Promise<void> {
     const log = this.core.log
+    // Persistent sessions, retained messages and wills in broker.db (undefined: aedes' memory).
+    const sessions = this.core.brokerSessions()
+    sessions?.setMarks(this.marks())
     this.aedes = new Aedes({
+      persistence: sessions,
       // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
       maxClientsIdLength: 256,
       preConnect: (client, packet, cb) => {
@@ -139,6 +145,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     const aedes = this.aedes
     // aedes 1.x: the broker does nothing until listen() has set up its persistence and mq.
     await aedes.listen()
+    if (sessions) await this.restored(aedes, sessions)
     // Every command awaiting a PUBACK listens for its device's disconnect.
     aedes.setMaxListeners(0)
     aedes.on('clientReady', (client) => this.onReady(client))
@@ -252,7 +259,11 @@ export class BrokerAdapter implements SouthboundAdapter {
 
   private authorizePublish(client: Client | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
     if (!client) return cb(null) // the broker's own publishes (command delivery)
-    const st = this.state.get(client)!
+    this.checkPublish(this.state.get(client)!, client.id, packet, cb)
+  }
+
+  /** The ACL and the way north for what a client publishes (its will too, also one a later run publishes). */
+  private checkPublish(st: Pick<ClientState, 'zone' | 'device'>, clientId: string, packet: PublishPacket, cb: (err?: Error | null) => void): void {
     const topic = packet.topic
     const up = parseUpTopic(topic)
     const deny = (reason: 'acl_denied' | 'bad_topic'): void => {
@@ -260,7 +271,7 @@ export class BrokerAdapter implements SouthboundAdapter {
       this.denied.add(packet.payload as Buffer)
       packet.retain = false
       const device = st.device ? deviceKey(st.device) : null
-      this.warn.warn(`${reason}:${device ?? client.id}`, { device, clientId: client.id, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
+      this.warn.warn(`${reason}:${device ?? clientId}`, { device, clientId: clientId, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
         reason === 'bad_topic' ? 'publish refused: topic is not one of PROTOCOL.md up topics' : 'publish refused by ACL')
       if (this.opts.aclDenyAction === 'disconnect') cb(new Error(reason))
       else cb(null)
@@ -313,6 +324,73 @@ export class BrokerAdapter implements SouthboundAdapter {
     const device = deviceKey(st.device!)
     this.warn.warn(`sub:${device}`, { device, clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
     return null // SUBACK 0x80
+  }
+
+  /**
+   * What the broker keeps about a packet beyond a restart, for its forwarding decisions
+   * (authorizeForward): they are made by the payload's identity, which a copy read back from
+   * broker.db does not have. And who a will's client was, for the run that publishes it.
+   */
+  private marks(): PacketMarks {
+    return {
+      of: (packet) => {
+        const payload = packet.payload
+        if (!Buffer.isBuffer(payload)) return undefined
+        if (this.denied.has(payload)) return 'denied'
+        if (this.localOnly.has(payload)) return 'local'
+        if (this.fromDevice.has(payload)) return 'device'
+        const target = this.targetOf.get(payload)
+        return target === undefined ? undefined : `target:${target}`
+      },
+      // The core's command queue keeps a command until its device PUBACKs it (deliver()).
+      heldElsewhere: (packet) => Buffer.isBuffer(packet.payload) && this.targetOf.has(packet.payload),
+      ofClient: (client) => {
+        const st = this.state.get(client as Client)
+        if (!st) return undefined
+        return st.zone === 'internal' ? 'internal' : st.device ? `device:${deviceKey(st.device)}` : undefined
+      },
+      restore: (packet, mark) => {
+        const payload = packet.payload
+        if (mark === 'internal' || mark.startsWith('device:')) return void this.willOrigin.set(packet, mark)
+        if (!Buffer.isBuffer(payload)) return
+        if (mark === 'denied') this.denied.add(payload)
+        else if (mark === 'local') this.localOnly.add(payload)
+        else if (mark === 'device') this.fromDevice.add(payload)
+        else if (mark.startsWith('target:')) this.targetOf.set(payload, mark.slice('target:'.length))
+      },
+    }
+  }
+
+  /**
+   * At start, before the listeners open: say what broker.db kept, and publish the wills of clients
+   * that were connected when the previous run ended (kill -9, power cut): their connections ended
+   * without a DISCONNECT. Each goes through the ACL and north as it would have then.
+   */
+  private async restored(aedes: Aedes, sessions: BrokerSessionStore): Promise<void> {
+    const counts = sessions.counts()
+    const orphans: AedesPublishPacket[] = []
+    for await (const will of sessions.streamWill({ [aedes.id]: true })) orphans.push(will as AedesPublishPacket)
+    let published = 0
+    for (const will of orphans) {
+      const origin = this.willOrigin.get(will)
+      const clientId = String((will as { clientId?: string }).clientId ?? '')
+      const [kind, key] = origin?.split(/:(.*)/s) ?? []
+      const ref = (kind === 'device' && parseUsername(key)) || undefined
+      const ok =
+        (kind === 'internal' || ref !== undefined) &&
+        (await new Promise<boolean>((resolve) =>
+          this.checkPublish({ zone: kind === 'internal' ? 'internal' : 'external', device: ref }, clientId, will, (err) => resolve(!err && !this.denied.has(will.payload as Buffer))),
+        ))
+      if (ok) {
+        await new Promise<void>((resolve) => aedes.publish(will, () => resolve()))
+        published++
+      }
+      await sessions.delWill({ id: clientId })
+    }
+    this.core.log.info(
+      { ...counts, willsPublished: published, file: sessions.file },
+      `local broker sessions restored from broker.db: ${counts.clients} persistent session(s), ${counts.queued} queued message(s), ${counts.retained} retained, ${published} will(s) of clients connected when the gateway last stopped published`,
+    )
   }
 
   private onReady(client: Client): void {
@@ -464,5 +542,13 @@ export class BrokerAdapter implements SouthboundAdapter {
     await new Promise<void>((r) => this.aedes!.close(() => r()))
     await Promise.all(closing)
     this.servers = []
+    // aedes published the wills of the clients it closed: none of this run is left for the next
+    // run to publish again (only a run that ends without stopping leaves its clients' wills).
+    const sessions = this.core.brokerSessions()
+    if (sessions) {
+      const mine: string[] = []
+      for await (const will of sessions.streamWill()) if ((will as { brokerId?: string }).brokerId === this.aedes.id) mine.push(String((will as { clientId?: string }).clientId))
+      await Promise.all(mine.map((id) => sessions.delWill({ id }).catch(() => undefined)))
+    }
   }
 }

@@ -38,6 +38,11 @@ export const BrokerSchema = Type.Object(
       default: 'ignore',
       description: 'what happens to a client that publishes where the ACL denies: drop the message, or also disconnect the client',
     }),
+    persistence: Type.Union([Type.Literal('sqlite'), Type.Literal('memory')], {
+      default: 'sqlite',
+      description:
+        "where the broker keeps persistent sessions (subscriptions, QoS 1/2 messages queued for a device), retained messages and wills: sqlite ({dataDir}/broker.db, they survive a restart and a kill -9) or memory (lost at every restart)",
+    }),
   },
   { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
 )
