@@ -22,6 +22,7 @@ import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js
 import type { AdapterInstance } from './southbound/adapter-module.js'
 import type { AdapterHealth, HealthReport, HistoryReader, WebDeps } from './web/deps.js'
 import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
+import { DEFAULT_UI_DIR } from './web/routes/ui.js'
 import { compileRules } from './rules/compile.js'
 import { RulesEngine } from './rules/engine.js'
 import { OtaRelay } from './ota/ota-relay.js'
@@ -425,6 +426,7 @@ export class Gateway {
       deviceRoutes: this.adapters.flatMap((a) => (a.instance?.deviceRoutes && a.health.state === 'running' ? [{ adapter: a.health.name, plugin: a.instance.deviceRoutes }] : [])),
       rules: this.rules && { list: () => this.rules!.ruleStats(), alarms: () => this.rules!.alarms() },
       serviceRoutes: [{ prefix: 'ota', api: otaApiRoutes(this.ota), files: otaFileRoutes(this.ota) }],
+      uiDir: DEFAULT_UI_DIR,
     }
   }
 

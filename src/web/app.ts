@@ -13,6 +13,7 @@ import { historyRoutes } from './routes/history.js'
 import { metricsRoutes } from './routes/metrics.js'
 import { outboxRoutes } from './routes/outbox.js'
 import { rulesRoutes } from './routes/rules.js'
+import { uiRoutes } from './routes/ui.js'
 import { compileValidator, describeValidationError } from './validation.js'
 
 export function buildApp(deps: WebDeps): FastifyInstance {
@@ -52,6 +53,7 @@ export function buildApp(deps: WebDeps): FastifyInstance {
   // A scope of its own per adapter, under a fixed prefix: a device plugin cannot reach into /api.
   for (const routes of deps.deviceRoutes ?? []) void app.register(adapterScope(routes, log, '/devices/'), { prefix: '/devices' })
   for (const s of deps.serviceRoutes ?? []) if (s.files) void app.register(s.files, { prefix: `/${s.prefix}` })
+  if (deps.uiDir) void app.register(uiRoutes, { dir: deps.uiDir })
   return app
 }
 

@@ -123,6 +123,8 @@ export interface WebDeps {
   rpcWaitMs?: number
   /** The local rules: their counters and last errors, and the alarms they keep (none when no rules are configured). */
   rules?: RulesView
+  /** The technician web app's build folder (index.html, assets/); absent: no app is served. */
+  uiDir?: string
 }
 
 export interface RulesView {

@@ -1,0 +1,74 @@
+// The local rules' counters and last error, and the alarms they keep (raised and recent).
+import { useEffect } from 'preact/hooks'
+import { Empty, ErrorLine, Section, TableWrap, useApi } from '../components.js'
+import { dateTime } from '../format.js'
+import { t } from '../i18n.js'
+import { onLive } from '../live.js'
+import type { AlarmView } from '../types.js'
+import { AlarmList } from './overview.js'
+
+interface Rule {
+  name: string
+  from: string
+  actions: string[]
+  matched: number
+  dropped: number
+  emitted: number
+  commands: number
+  republished: number
+  errors: number
+  lastError: { message: string; at: number; device: string } | null
+}
+
+export function Rules() {
+  const rules = useApi<{ rules: Rule[] }>('/api/rules', 5_000)
+  const alarms = useApi<{ alarms: AlarmView[] }>('/api/alarms')
+  useEffect(() => onLive('alarm', alarms.reload), [alarms.reload])
+  const list = rules.data?.rules ?? []
+  return (
+    <>
+      <h1>{t('nav.rules')}</h1>
+      <Section title={t('ru.rules')} id="rules">
+        <ErrorLine error={rules.error} />
+        {rules.data && list.length === 0 ? (
+          <Empty>{t('ru.none')}</Empty>
+        ) : (
+          <TableWrap label={t('ru.rules')}>
+            <thead>
+              <tr>
+                <th scope="col">{t('col.name')}</th>
+                <th scope="col">{t('ru.from')}</th>
+                <th scope="col">{t('ru.actions')}</th>
+                <th scope="col">{t('ru.matched')}</th>
+                <th scope="col">{t('ru.emitted')}</th>
+                <th scope="col">{t('ru.dropped')}</th>
+                <th scope="col">{t('col.errors')}</th>
+                <th scope="col">{t('ov.lastError')}</th>
+              </tr>
+            </thead>
+            <tbody>
+              {list.map((r) => (
+                <tr key={r.name}>
+                  <td>{r.name}</td>
+                  <td>
+                    <code>{r.from}</code>
+                  </td>
+                  <td>{r.actions.join(', ')}</td>
+                  <td>{r.matched}</td>
+                  <td>{r.emitted}</td>
+                  <td>{r.dropped}</td>
+                  <td>{r.errors}</td>
+                  <td>{r.lastError ? `${dateTime(r.lastError.at)} ${r.lastError.device}: ${r.lastError.message}` : '—'}</td>
+                </tr>
+              ))}
+            </tbody>
+          </TableWrap>
+        )}
+      </Section>
+      <Section title={t('ov.alarms')} id="alarms">
+        <ErrorLine error={alarms.error} />
+        <AlarmList alarms={alarms.data?.alarms} />
+      </Section>
+    </>
+  )
+}

@@ -1,0 +1,190 @@
+// RS-485/RS-232 lines: each port's state and counters, a live monitor of the bytes on the line
+// (hex or text), and a one-off Modbus read to find a new meter's registers.
+import { useEffect, useState } from 'preact/hooks'
+import { ApiError, api } from '../api.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi } from '../components.js'
+import { dateTime } from '../format.js'
+import { t } from '../i18n.js'
+
+interface Port {
+  name: string
+  path: string
+  protocol: string
+  baudRate: number
+  state: string
+  open: boolean
+  lastError: string | null
+  counters: Record<string, number>
+}
+
+interface Frame {
+  ts?: number
+  at?: number
+  dir: string
+  hex: string
+  text: string
+}
+
+const BASE = '/api/adapters/serial'
+
+export function Serial() {
+  const ports = useApi<{ ports: Port[] }>(`${BASE}/ports`, 5_000)
+  const [monitor, setMonitor] = useState<string>()
+  const notConfigured = ports.error instanceof ApiError && ports.error.status === 404
+  const list = ports.data?.ports ?? []
+  return (
+    <>
+      <h1>{t('nav.serial')}</h1>
+      {notConfigured ? <Empty>{t('adapterOff', { name: 'serial' })}</Empty> : <ErrorLine error={ports.error} />}
+      {ports.data && (
+        <Section title={t('se.ports')} id="ports">
+          {list.length === 0 ? (
+            <Empty />
+          ) : (
+            <TableWrap label={t('se.ports')}>
+              <thead>
+                <tr>
+                  <th scope="col">{t('col.name')}</th>
+                  <th scope="col">{t('se.path')}</th>
+                  <th scope="col">{t('col.protocol')}</th>
+                  <th scope="col">{t('col.state')}</th>
+                  <th scope="col">{t('se.counters')}</th>
+                  <th scope="col">{t('col.error')}</th>
+                  <th scope="col">
+                    <span class="visually-hidden">{t('se.monitor')}</span>
+                  </th>
+                </tr>
+              </thead>
+              <tbody>
+                {list.map((p) => (
+                  <tr key={p.name}>
+                    <td>{p.name}</td>
+                    <td>{p.path}</td>
+                    <td>
+                      {p.protocol} · {p.baudRate}
+                    </td>
+                    <td>
+                      <Badge tone={p.open ? 'ok' : 'bad'}>{p.state}</Badge>
+                    </td>
+                    <td>
+                      {Object.entries(p.counters)
+                        .map(([k, v]) => `${k} ${v}`)
+                        .join(' · ')}
+                    </td>
+                    <td>{p.lastError ?? ''}</td>
+                    <td>
+                      <button type="button" onClick={() => setMonitor(p.name)}>
+                        {t('se.watch')}
+                      </button>
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </TableWrap>
+          )}
+        </Section>
+      )}
+      {monitor && <Monitor port={monitor} />}
+      {list.some((p) => p.protocol === 'modbus-rtu') && <ModbusRead ports={list.filter((p) => p.protocol === 'modbus-rtu').map((p) => p.name)} />}
+    </>
+  )
+}
+
+function Monitor({ port }: { port: string }) {
+  const [frames, setFrames] = useState<Frame[]>([])
+  const [hex, setHex] = useState(true)
+  const [connected, setConnected] = useState(false)
+  useEffect(() => {
+    setFrames([])
+    const es = new EventSource(`${BASE}/ports/${encodeURIComponent(port)}/monitor`)
+    es.onopen = () => setConnected(true)
+    es.onerror = () => setConnected(false)
+    const add = (e: MessageEvent<string>): void => {
+      const f = JSON.parse(e.data) as Frame
+      setFrames((fs) => [f, ...fs].slice(0, 200))
+    }
+    es.onmessage = add
+    es.addEventListener('line', add)
+    return () => es.close()
+  }, [port])
+  return (
+    <Section
+      title={t('se.monitorOf', { port })}
+      id="monitor"
+      actions={
+        <label class="check">
+          <input type="checkbox" checked={hex} onChange={(e) => setHex(e.currentTarget.checked)} />
+          {t('se.hex')}
+        </label>
+      }
+    >
+      <p>{connected ? <Badge tone="ok">{t('live.on')}</Badge> : <Badge tone="muted">{t('live.off')}</Badge>}</p>
+      {frames.length === 0 ? (
+        <Empty>{t('se.quiet')}</Empty>
+      ) : (
+        <ol class="monitor" aria-live="off">
+          {frames.map((f, i) => (
+            <li key={i}>
+              <span class="muted">{dateTime(f.ts ?? f.at)}</span> <strong>{f.dir}</strong> <code>{hex ? f.hex.replace(/(..)/g, '$1 ').trim() : f.text}</code>
+            </li>
+          ))}
+        </ol>
+      )}
+    </Section>
+  )
+}
+
+function ModbusRead({ ports }: { ports: string[] }) {
+  const [result, setResult] = useState<unknown>()
+  const [error, setError] = useState<unknown>()
+  const submit = async (e: Event): Promise<void> => {
+    e.preventDefault()
+    const f = new FormData(e.currentTarget as HTMLFormElement)
+    setError(undefined)
+    setResult(undefined)
+    try {
+      const body = { port: String(f.get('port')), unitId: Number(f.get('unit')), table: String(f.get('table')), address: Number(f.get('address')), count: Number(f.get('count')) }
+      setResult(await api(`${BASE}/modbus/read`, { method: 'POST', body }))
+    } catch (err) {
+      setError(err)
+    }
+  }
+  return (
+    <Section title={t('se.modbus')} id="modbus">
+      <form class="inline" onSubmit={(e) => void submit(e)}>
+        <label>
+          {t('se.port')}
+          <select name="port">
+            {ports.map((p) => (
+              <option key={p}>{p}</option>
+            ))}
+          </select>
+        </label>
+        <label>
+          {t('se.unit')}
+          <input name="unit" type="number" min={1} max={247} value={1} required />
+        </label>
+        <label>
+          {t('se.table')}
+          <select name="table">
+            <option value="holding">holding</option>
+            <option value="input">input</option>
+            <option value="coil">coil</option>
+            <option value="discrete">discrete</option>
+          </select>
+        </label>
+        <label>
+          {t('se.address')}
+          <input name="address" type="number" min={0} max={65535} value={0} required />
+        </label>
+        <label>
+          {t('se.count')}
+          <input name="count" type="number" min={1} max={125} value={1} required />
+        </label>
+        <button type="submit">{t('se.read')}</button>
+      </form>
+      <ErrorLine error={error} />
+      {result !== undefined && <pre class="json" role="status">{JSON.stringify(result, null, 2)}</pre>}
+    </Section>
+  )
+}
