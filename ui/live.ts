@@ -45,3 +45,20 @@ export function onLive<T>(type: LiveEvent, fn: (data: T) => void): () => void {
   set.add(l)
   return () => set.delete(l)
 }
+
+/** Loads the health report once when the stream has not sent one yet (/api/health answers 503 with the same body while degraded). */
+export function ensureHealth(): void {
+  if (health.value) return
+  fetch('/api/health', { credentials: 'same-origin' })
+    .then((r) => r.json() as Promise<HealthReport>)
+    .then(
+      (h) => (health.value ??= h),
+      () => undefined,
+    )
+}
+
+/** Whether the gateway runs an adapter of that name; undefined until the health report is in. */
+export function hasAdapter(name: string): boolean | undefined {
+  const h = health.value
+  return h ? h.adapters.some((a) => a.name === name) : undefined
+}

@@ -1,6 +1,7 @@
 // LoRaWAN children as ChirpStack reports them: radio quality, frame counter, battery, the
 // downlinks still followed, and the ChirpStack log events that went wrong.
-import { ApiError } from '../api.js'
+import { useEffect } from 'preact/hooks'
+import { ensureHealth, hasAdapter } from '../live.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useNow } from '../components.js'
 import { ago, num } from '../format.js'
 import { t } from '../i18n.js'
@@ -22,8 +23,10 @@ interface Child {
 
 export function Lorawan() {
   const now = useNow()
-  const diag = useApi<{ connected: boolean; devices: Child[] }>('/api/adapters/lorawan/devices', 10_000)
-  const off = diag.error instanceof ApiError && diag.error.status === 404
+  useEffect(ensureHealth, [])
+  const configured = hasAdapter('lorawan')
+  const diag = useApi<{ connected: boolean; devices: Child[] }>(configured ? '/api/adapters/lorawan/devices' : null, 10_000)
+  const off = configured === false
   const list = diag.data?.devices ?? []
   return (
     <>

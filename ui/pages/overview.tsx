@@ -1,25 +1,16 @@
 // Is the cloud link up (since when, why not), how much waits and how old, the clock, each adapter,
 // active alarms, and the box's CPU, memory and disk: live from the stream, the rest polled.
-import { useEffect, useState } from 'preact/hooks'
+import { useEffect } from 'preact/hooks'
 import { Badge, ErrorLine, Section, TableWrap, useApi, useNow } from '../components.js'
 import { ago, bytes, dateTime, duration, num } from '../format.js'
 import { t } from '../i18n.js'
-import { health, onLive } from '../live.js'
+import { ensureHealth, health, onLive } from '../live.js'
 import { Link } from '../router.js'
-import type { AlarmView, HealthReport, OutboxStats, SystemInfo } from '../types.js'
-
-/** /api/health answers 503 with the same body while degraded: both are a report. */
-async function fetchHealth(): Promise<HealthReport> {
-  const res = await fetch('/api/health', { credentials: 'same-origin' })
-  return (await res.json()) as HealthReport
-}
+import type { AlarmView, OutboxStats, SystemInfo } from '../types.js'
 
 export function Overview() {
   const now = useNow(2_000)
-  const [error, setError] = useState<unknown>()
-  useEffect(() => {
-    if (!health.value) fetchHealth().then((h) => (health.value ??= h), setError)
-  }, [])
+  useEffect(ensureHealth, [])
   const h = health.value
   const outbox = useApi<OutboxStats>('/api/outbox', 5_000)
   const system = useApi<SystemInfo>('/api/system', 10_000)
@@ -33,7 +24,6 @@ export function Overview() {
   return (
     <>
       <h1>{t('nav.overview')}</h1>
-      <ErrorLine error={error} />
       {h && (
         <div class="grid">
           <Section title={t('ov.hub')} id="hub">

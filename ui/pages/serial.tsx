@@ -1,7 +1,8 @@
 // RS-485/RS-232 lines: each port's state and counters, a live monitor of the bytes on the line
 // (hex or text), and a one-off Modbus read to find a new meter's registers.
 import { useEffect, useState } from 'preact/hooks'
-import { ApiError, api } from '../api.js'
+import { api } from '../api.js'
+import { ensureHealth, hasAdapter } from '../live.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi } from '../components.js'
 import { dateTime } from '../format.js'
 import { t } from '../i18n.js'
@@ -28,9 +29,11 @@ interface Frame {
 const BASE = '/api/adapters/serial'
 
 export function Serial() {
-  const ports = useApi<{ ports: Port[] }>(`${BASE}/ports`, 5_000)
+  useEffect(ensureHealth, [])
+  const configured = hasAdapter('serial')
+  const ports = useApi<{ ports: Port[] }>(configured ? `${BASE}/ports` : null, 5_000)
   const [monitor, setMonitor] = useState<string>()
-  const notConfigured = ports.error instanceof ApiError && ports.error.status === 404
+  const notConfigured = configured === false
   const list = ports.data?.ports ?? []
   return (
     <>
