@@ -44,8 +44,28 @@ const rootProperties = {
         host: Type.String({ default: '0.0.0.0', description: 'address to bind the HTTP API' }),
         port: Type.Integer({ default: 8090, minimum: 0, maximum: 65535, description: 'REST API and metrics (ChirpStack uses 8080)' }),
         apiToken: Type.Optional(Type.String({ minLength: 16, description: 'bearer token for /api; generated into {dataDir}/api-token when absent' })),
+        session: Type.Object(
+          {
+            idleTimeoutSeconds: Type.Integer({ default: 1800, minimum: 1, description: 'a web UI session ends after this long without a request' }),
+            maxLifetimeSeconds: Type.Integer({ default: 43_200, minimum: 1, description: 'a web UI session ends this long after its login, used or not' }),
+          },
+          { additionalProperties: false, default: {}, description: 'web UI login sessions (cookie iothub_session); docs/operators/ui-login.md' },
+        ),
+        tls: Type.Optional(
+          Type.Object(
+            {
+              cert: Type.Optional(Type.String({ description: 'PEM certificate (chain) file; with key' })),
+              key: Type.Optional(Type.String({ description: 'PEM private key file; with cert' })),
+              selfSigned: Type.Boolean({
+                default: false,
+                description: 'without cert/key: make a self-signed certificate into {dataDir}/ui-tls-cert.pem (key ui-tls-key.pem, 0600) at the first start and reuse it; its SHA-256 fingerprint is logged at each start',
+              }),
+            },
+            { additionalProperties: false, description: 'serve the web UI and API over https (default: plain http); docs/decisions/00XX-ui-login.md' },
+          ),
+        ),
       },
-      { additionalProperties: false, default: {}, description: 'REST API, health and Prometheus metrics' },
+      { additionalProperties: false, default: {}, description: 'REST API, web UI, health and Prometheus metrics' },
     ),
     northbound: Type.Object(
       {
@@ -201,6 +221,9 @@ export function parseConfig(doc: unknown, baseDir = process.cwd(), extraAdapters
       problems.push(`devices[${i}].secret: required when northbound.mode is "devices" (each child connects with its own secret)`)
     }
   })
+  const httpTls = cfg.http.tls
+  if (httpTls && !httpTls.selfSigned && !(httpTls.cert && httpTls.key)) problems.push('http.tls: set both cert and key (PEM files), or selfSigned: true')
+  if (httpTls?.selfSigned && (httpTls.cert || httpTls.key)) problems.push('http.tls: either cert and key, or selfSigned: true, not both')
   for (const e of adapterEntries(extraAdapters)) {
     const section = (cfg as Record<string, unknown>)[e.key]
     if (section !== undefined && e.check) problems.push(...e.check(section as never))

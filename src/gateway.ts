@@ -23,6 +23,7 @@ import type { AdapterInstance } from './southbound/adapter-module.js'
 import type { AdapterHealth, HealthReport, HistoryReader, WebDeps } from './web/deps.js'
 import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
 import { DEFAULT_UI_DIR } from './web/routes/ui.js'
+import { loadServerTls, type ServerTls } from './web/tls.js'
 import { compileRules } from './rules/compile.js'
 import { RulesEngine } from './rules/engine.js'
 import { OtaRelay } from './ota/ota-relay.js'
@@ -120,7 +121,8 @@ export class Gateway {
     await this.startAdapters()
     core.adaptersStarted()
 
-    this.web = new WebServer(this.webDeps(), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir })
+    const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)
+    this.web = new WebServer(this.webDeps(tls), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir, tls })
     await this.web.start()
 
     this.gaugeTimer = setInterval(() => {
@@ -381,7 +383,7 @@ export class Gateway {
   }
 
   /** The narrow interface the web is built on (src/web/deps.ts). */
-  private webDeps(): WebDeps {
+  private webDeps(tls: ServerTls | undefined): WebDeps {
     const { store, core, metrics } = this
     // A native device is online while its adapter owns it; a mapped one is owned while away too.
     const online = (ref: DeviceRef): boolean => {
@@ -427,6 +429,14 @@ export class Gateway {
       rules: this.rules && { list: () => this.rules!.ruleStats(), alarms: () => this.rules!.alarms() },
       serviceRoutes: [{ prefix: 'ota', api: otaApiRoutes(this.ota), files: otaFileRoutes(this.ota) }],
       uiDir: DEFAULT_UI_DIR,
+      ui: {
+        store: store.uiAuth,
+        dataDir: this.cfg.gateway.dataDir,
+        idleTimeoutSeconds: this.cfg.http.session.idleTimeoutSeconds,
+        maxLifetimeSeconds: this.cfg.http.session.maxLifetimeSeconds,
+        secureCookie: tls !== undefined,
+        countFailure: (reason) => metrics.uiLoginFailures.inc({ reason }),
+      },
     }
   }
 

@@ -40,6 +40,10 @@ export const ErrorCodes = {
   HISTORY_SERIES_CAP: 'IHE_HISTORY_SERIES_CAP',
   /** The OTA relay could not fetch, verify or keep an image (the jobs waiting for it were answered upstream). */
   OTA_FAILED: 'IHE_OTA_FAILED',
+  /** Five failed web UI logins (or setup codes) within a minute from one address or for one username: further attempts get 429 for a minute. */
+  UI_LOGIN_RATE_LIMITED: 'IHE_UI_LOGIN_RATE_LIMITED',
+  /** The web server's TLS certificate or key (http.tls) cannot be read, made or used. */
+  HTTP_TLS_FAILED: 'IHE_HTTP_TLS_FAILED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

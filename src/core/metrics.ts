@@ -53,6 +53,12 @@ export class Metrics {
     registers: [this.registry],
   })
   readonly storeFull = new Gauge({ name: 'iothub_edge_store_disk_full', help: '1 while the data disk is full and intake is stopped', registers: [this.registry] })
+  readonly uiLoginFailures = new Counter({
+    name: 'iothub_edge_ui_login_failures_total',
+    help: 'Web UI logins and setup attempts refused, by reason (bad_credentials, bad_setup_code, rate_limited)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  })
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'iothub_edge_' })

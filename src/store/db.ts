@@ -144,6 +144,35 @@ const migrations: string[] = [
     value TEXT NOT NULL
   ) WITHOUT ROWID;
   `,
+  // 7: the web UI's users (scrypt hashes with their parameters), server-side sessions and API
+  // tokens (src/store/ui-auth.ts). Session ids and tokens are kept as SHA-256 digests only: what
+  // the database holds cannot be replayed (decision 00XX-ui-login).
+  `
+  CREATE TABLE ui_users (
+    username      TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+  ) WITHOUT ROWID;
+
+  CREATE TABLE ui_sessions (
+    id_hash      TEXT PRIMARY KEY,
+    username     TEXT NOT NULL REFERENCES ui_users (username) ON DELETE CASCADE,
+    csrf         TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX ui_sessions_by_user ON ui_sessions (username);
+
+  CREATE TABLE api_tokens (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    token_hash   TEXT NOT NULL UNIQUE,
+    created_by   TEXT,
+    created_at   INTEGER NOT NULL,
+    last_used_at INTEGER
+  ) WITHOUT ROWID;
+  `,
 ]
 
 /** The database file in the data folder. */

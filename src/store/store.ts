@@ -15,6 +15,7 @@ import { HubSubscriptionStore } from './hub-subscriptions.js'
 import { SeenStore } from './seen.js'
 import { AdapterRecordStore } from './adapter-records.js'
 import { RuleStateTable } from './rule-state.js'
+import { UiAuthStore } from './ui-auth.js'
 
 export interface Store {
   readonly db: Db
@@ -27,6 +28,8 @@ export interface Store {
   readonly seen: SeenStore
   readonly records: AdapterRecordStore
   readonly ruleState: RuleStateTable
+  /** The web UI's users, sessions and API tokens. */
+  readonly uiAuth: UiAuthStore
   close(): void
 }
 
@@ -64,6 +67,7 @@ export async function openStore(cfg: Config, log: Logger): Promise<Store> {
     seen: new SeenStore(db),
     records: new AdapterRecordStore(db),
     ruleState: new RuleStateTable(db, outbox),
+    uiAuth: new UiAuthStore(db),
     close() {
       outbox.close()
       db.close()

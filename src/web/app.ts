@@ -1,10 +1,15 @@
 // The web app, built and not listening (fastify's app.js; server.ts listens): tests drive it
-// with inject(). Everything under /api/ except /api/health needs the bearer token. Adapters' device
+// with inject(). Everything under /api/ except /api/health and /api/auth/* needs a credential: the
+// bearer token, an API token, or the web UI's session cookie (src/web/auth.ts). Adapters' device
 // routes live under /devices/, outside that scope: devices authenticate there with their own
 // credentials, checked by the adapter (they never hold the technician's token).
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest } from 'fastify'
+import fastifyCookie from '@fastify/cookie'
 import type { Logger } from '../core/log.js'
-import { requireBearerToken } from './auth.js'
+import { requireCredentials } from './auth.js'
+import { UiAuth } from './auth-service.js'
+import { authRoutes } from './routes/auth.js'
+import { tokenRoutes } from './routes/tokens.js'
 import type { AdapterRoutes, WebDeps } from './deps.js'
 import { commandRoutes } from './routes/commands.js'
 import { deviceRoutes } from './routes/devices.js'
@@ -16,10 +21,23 @@ import { rulesRoutes } from './routes/rules.js'
 import { uiRoutes } from './routes/ui.js'
 import { compileValidator, describeValidationError } from './validation.js'
 
-export function buildApp(deps: WebDeps): FastifyInstance {
+/** The server's TLS key and certificate (PEM), when it speaks https (src/web/tls.ts). */
+export interface HttpsOptions {
+  key: string
+  cert: string
+}
+
+export function buildApp(deps: WebDeps, https?: HttpsOptions): FastifyInstance {
   const log = deps.log.child({ component: 'web' })
-  const checkToken = requireBearerToken(deps.apiToken, deps.apiTokenWhere)
-  const app = Fastify({ logger: false, bodyLimit: 1 << 20, schemaErrorFormatter: describeValidationError })
+  const ui = deps.ui && new UiAuth(deps.ui, log)
+  const checkToken = requireCredentials(deps.apiToken, deps.apiTokenWhere, ui)
+  const app = (https ? Fastify({ https, logger: false, bodyLimit: 1 << 20, schemaErrorFormatter: describeValidationError }) : Fastify({ logger: false, bodyLimit: 1 << 20, schemaErrorFormatter: describeValidationError })) as unknown as FastifyInstance
+  app.decorateRequest('credential', null)
+  void app.register(fastifyCookie)
+  // On every answer, pages, API and errors alike; the pages' Content-Security-Policy is set where they are served.
+  app.addHook('onRequest', async (_req, reply) => {
+    reply.header('x-content-type-options', 'nosniff').header('referrer-policy', 'no-referrer').header('x-frame-options', 'DENY')
+  })
   app.setValidatorCompiler(compileValidator)
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const status = err.statusCode ?? 500
@@ -33,6 +51,7 @@ export function buildApp(deps: WebDeps): FastifyInstance {
 
   void app.register(healthRoutes, deps)
   void app.register(metricsRoutes, deps)
+  if (ui) void app.register(authRoutes, { prefix: '/api/auth', ui })
   // The token guards a scope rather than URLs that start with "/api/": the router decodes the path
   // (/%61pi/devices is /api/devices), so a string test on the raw URL can be walked around.
   void app.register(
@@ -45,6 +64,7 @@ export function buildApp(deps: WebDeps): FastifyInstance {
       void api.register(commandRoutes, deps)
       void api.register(rulesRoutes, deps)
       void api.register(historyRoutes, deps)
+      if (ui) void api.register(tokenRoutes, { ui })
       for (const routes of deps.adapterRoutes) void api.register(adapterScope(routes, log), { prefix: `/adapters/${routes.adapter}` })
       for (const s of deps.serviceRoutes ?? []) if (s.api) void api.register(s.api, { prefix: `/${s.prefix}` })
     },

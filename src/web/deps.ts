@@ -13,6 +13,7 @@ import type { AlarmView, RuleStats } from '../rules/engine.js'
 import type { HistoryEvent, SeriesInfo, SeriesQuery } from '../history/history-store.js'
 import type { ExportRange } from '../history/history-csv.js'
 import type { HistoryHealth } from '../history/history-recorder.js'
+import type { UiAuthStore } from '../store/ui-auth.js'
 
 export interface AdapterHealth {
   name: string
@@ -125,6 +126,23 @@ export interface WebDeps {
   rules?: RulesView
   /** The technician web app's build folder (index.html, assets/); absent: no app is served. */
   uiDir?: string
+  /** The web UI's login: users, sessions, API tokens (src/web/auth-service.ts). Absent: bearer token only. */
+  ui?: UiAuthDeps
+}
+
+/** What the UI's login needs: its tables, where the setup code file is, the session policy. */
+export interface UiAuthDeps {
+  store: Pick<UiAuthStore, keyof UiAuthStore>
+  /** Where the setup code file (ui-setup-code) is. */
+  dataDir: string
+  idleTimeoutSeconds: number
+  maxLifetimeSeconds: number
+  /** The cookie's Secure attribute: on when the server speaks TLS. */
+  secureCookie: boolean
+  /** A refused login or setup, by reason (bad_credentials, bad_setup_code, rate_limited): a metric. */
+  countFailure?(reason: 'bad_credentials' | 'bad_setup_code' | 'rate_limited'): void
+  /** The clock (tests). */
+  now?: () => number
 }
 
 export interface RulesView {

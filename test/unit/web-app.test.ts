@@ -529,7 +529,8 @@ describe('adapter device routes', () => {
 describe('docs/integrators/api.md', () => {
   it('documents every route the API registers, and no route it does not', async () => {
     await app.close()
-    app = buildApp(gw.deps())
+    // With the web UI's login (its routes are registered only then; no route is called here).
+    app = buildApp({ ...gw.deps(), ui: { store: {} as never, dataDir: '/nonexistent', idleTimeoutSeconds: 60, maxLifetimeSeconds: 60, secureCookie: false } })
     const registered = new Set<string>()
     app.addHook('onRoute', (r) => {
       // fastify adds HEAD for each GET by itself; {p} is how the page writes :p.

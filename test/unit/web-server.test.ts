@@ -50,7 +50,7 @@ describe('WebServer', () => {
     try {
       expect(server.port).toBeGreaterThan(0)
       const file = path.join(dir, RUNTIME_FILE)
-      expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual({ pid: process.pid, httpPort: server.port })
+      expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual({ pid: process.pid, httpPort: server.port, scheme: 'http' })
       expect(statSync(file).mode & 0o777).toBe(0o600)
       const res = await fetch(`http://127.0.0.1:${server.port}/api/health`)
       expect(res.status).toBe(200)

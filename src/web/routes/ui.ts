@@ -31,13 +31,11 @@ export interface UiRoutesOptions {
   dir: string
 }
 
+// nosniff, no-referrer and DENY framing are set on every answer by the app (app.ts).
 function setPageHeaders(reply: FastifyReply): FastifyReply {
   return reply
     .header('content-security-policy', UI_CONTENT_SECURITY_POLICY)
     .header('cache-control', 'no-cache')
-    .header('x-content-type-options', 'nosniff')
-    .header('referrer-policy', 'no-referrer')
-    .header('x-frame-options', 'DENY')
     .type('text/html; charset=utf-8')
 }
 
@@ -67,6 +65,5 @@ export const uiRoutes: FastifyPluginAsync<UiRoutesOptions> = async (app, { dir }
     // The hashed names are the versions; no revalidation needed.
     etag: false,
     lastModified: false,
-    setHeaders: (reply) => void reply.header('x-content-type-options', 'nosniff'),
   })
 }
