@@ -30,11 +30,18 @@ import { OtaRelay } from './ota/ota-relay.js'
 import { apiRoutes as otaApiRoutes, fileRoutes as otaFileRoutes } from './ota/http-routes.js'
 import type { OutboxRow } from './store/outbox.js'
 import type { StoredCommand } from './store/commands.js'
+import { LogRing } from './core/log-ring.js'
+import { DeviceActivity } from './live/device-activity.js'
+import { LiveEvents } from './live/live-events.js'
+import { LiveHub } from './web/live-hub.js'
+import { redactConfig } from './config-redact.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 
 export interface GatewayOptions {
+  /** A logger of the caller's; the recent-logs ring (GET /api/logs) then stays empty unless `logRing` is its tap. */
   logger?: Logger
+  logRing?: LogRing
   /** Adapters besides the built-in ones (tests register their own through the same seam). */
   adapters?: readonly KeyedAdapterEntry[]
 }
@@ -48,6 +55,12 @@ interface RunningAdapter {
 export class Gateway {
   readonly log: Logger
   readonly metrics = new Metrics()
+  /** The recent log lines (GET /api/logs), tapped from the logger. */
+  readonly logRing: LogRing
+  /** The live stream's fan-out (GET /api/events). */
+  readonly live: LiveHub
+  /** Per device: last messages, radio, battery, firmware, errors (GET /api/devices). */
+  readonly activity = new DeviceActivity()
   store!: Store
   core!: Core
   bridge!: Bridge
@@ -66,7 +79,10 @@ export class Gateway {
     readonly cfg: Config,
     private readonly opts: GatewayOptions = {},
   ) {
-    this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id })
+    this.logRing = opts.logRing ?? new LogRing()
+    this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id, tap: this.logRing.push })
+    this.live = new LiveHub({ health: () => this.health() })
+    this.liveMetrics()
     // Which gateway a scrape came from, the Prometheus way (an info metric to join on), rather than a
     // label on every sample: docs/operators/alerts.md.
     new Gauge({ name: 'iothub_edge_gateway_info', help: 'Always 1; labels: gateway.id and version', labelNames: ['gateway', 'version'], registers: [this.metrics.registry] }).set(
@@ -104,6 +120,7 @@ export class Gateway {
       },
     })
     await this.startHistory()
+    this.startLive()
     await this.core.start()
     this.startRules()
 
@@ -200,6 +217,54 @@ export class Gateway {
         },
       })
     }
+  }
+
+  /**
+   * The technician's live view watches like the history does: the committed flow (device activity,
+   * stream events), command changes and the log lines. The stream's sources do nothing while no
+   * client listens.
+   */
+  private startLive(): void {
+    const { core, store, activity } = this
+    core.observe(activity)
+    this.logRing.onLine(activity.logLine)
+    store.registry.on('removed', (ref: DeviceRef) => activity.forget(deviceKey(ref)))
+    const events = new LiveEvents({
+      sink: this.live,
+      alarm: (rule, alarm, productId, deviceId) => this.rules?.alarms().find((a) => a.rule === rule && a.alarm === alarm && a.productId === productId && a.deviceId === deviceId),
+      command: (id) => {
+        const sc = store.commands.byId(id)
+        if (!sc) return undefined
+        const c = sc.command
+        return { ...c.device, requestId: c.requestId, name: c.name, type: c.type, origin: sc.origin, state: sc.state, reason: sc.reason ?? null, updatedAt: sc.updatedAt }
+      },
+    })
+    core.observe(events)
+    store.commands.watch(events.commandChanged)
+    this.logRing.onLine(events.logLine)
+  }
+
+  /** The live stream's clients and what it dropped, read at each scrape. */
+  private liveMetrics(): void {
+    const live = this.live
+    const registers = [this.metrics.registry]
+    new Gauge({
+      name: 'iothub_edge_live_stream_clients',
+      help: 'Clients of the live stream (GET /api/events)',
+      registers,
+      collect() {
+        this.set(live.stats().clients)
+      },
+    })
+    new Counter({
+      name: 'iothub_edge_live_stream_dropped_total',
+      help: 'Live stream events not sent to a client that read too slowly',
+      registers,
+      collect() {
+        this.reset()
+        this.inc(live.stats().dropped)
+      },
+    })
   }
 
   /**
@@ -417,6 +482,13 @@ export class Gateway {
         online,
         lastSeen: (ref) => lastSeen(connectionsOf(ref), core.pipeline.lastHeard(ref)),
         shadow: (ref) => core.shadows.get(ref),
+        activity: (ref) => {
+          const a = this.activity.view(deviceKey(ref))
+          // No message since the start: the transport of its latest session (kept across restarts).
+          return a.protocol ? a : { ...a, protocol: connectionsOf(ref).sort((x, y) => (y.connectedAt ?? 0) - (x.connectedAt ?? 0))[0]?.transport ?? null }
+        },
+        messages: (ref, limit) => this.activity.messages(deviceKey(ref), limit),
+        waitingCommands: () => store.commands.waitingCounts(),
       },
       commands: {
         history: (ref, limit) => core.router.history(ref, limit),
@@ -437,6 +509,9 @@ export class Gateway {
         secureCookie: tls !== undefined,
         countFailure: (reason) => metrics.uiLoginFailures.inc({ reason }),
       },
+      live: this.live,
+      logs: { lines: (minLevel, limit) => this.logRing.lines(minLevel, limit) },
+      support: { version: VERSION, dataDir: this.cfg.gateway.dataDir, redactedConfig: () => redactConfig(this.cfg) },
     }
   }
 

@@ -18,10 +18,15 @@ export interface LoggerOptions {
   env?: NodeJS.ProcessEnv
   /** Where lines go (default stdout); tests pass their own. */
   out?: (line: string) => void
+  /**
+   * Told every line as JSON (after redaction, before formatting), besides `out`: the recent-logs
+   * ring the web reads. Called in the logging call's turn: keep it cheap and never log from it.
+   */
+  tap?: (jsonLine: string, level: number) => void
 }
 
 // pino's numeric levels, their names and their syslog priorities (sd-daemon(3)).
-const LEVELS: Record<number, { name: string; priority: number }> = {
+export const LEVELS: Record<number, { name: string; priority: number }> = {
   10: { name: 'TRACE', priority: 7 },
   20: { name: 'DEBUG', priority: 7 },
   30: { name: 'INFO', priority: 6 },
@@ -49,6 +54,7 @@ export function createLogger(options: LoggerOptions | string): Logger {
       const level = Number(/"level":(\d+)/.exec(safe)?.[1] ?? 30)
       const text = format === 'pretty' ? prettyLine(safe) : safe
       out(journal ? `<${LEVELS[level]?.priority ?? 6}>${text}` : text)
+      o.tap?.(safe, level)
     },
   }
   return pino(

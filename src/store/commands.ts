@@ -46,9 +46,10 @@ const HISTORY_PER_DEVICE = 100
 
 export class CommandStore {
   private readonly st: Record<
-    'seen' | 'markSeen' | 'insert' | 'setState' | 'setReply' | 'pending' | 'recent' | 'byRequest' | 'expireSeen' | 'expireQueued' | 'trim' | 'release' | 'held' | 'byId',
+    'seen' | 'markSeen' | 'insert' | 'setState' | 'setReply' | 'pending' | 'recent' | 'byRequest' | 'expireSeen' | 'expireQueued' | 'trim' | 'release' | 'held' | 'byId' | 'waiting',
     Statement
   >
+  private watcher?: (id: number) => void
 
   constructor(private readonly db: Db) {
     this.st = {
@@ -76,7 +77,30 @@ export class CommandStore {
       release: db.prepare("UPDATE commands SET state = 'queued', payload = ?, updated_at = ? WHERE id = ? AND state = 'held'"),
       held: db.prepare("SELECT * FROM commands WHERE state = 'held' ORDER BY id"),
       byId: db.prepare('SELECT * FROM commands WHERE id = ?'),
+      waiting: db.prepare("SELECT device, COUNT(*) AS n FROM commands WHERE state IN ('queued', 'held') GROUP BY device"),
     }
+  }
+
+  /**
+   * Told the id of each command stored or changed (the live stream): after the write, in its turn.
+   * Bulk expiry (expireDue, sweep) tells each id it expired too. One watcher; keep it cheap.
+   */
+  watch(watcher: ((id: number) => void) | undefined): void {
+    this.watcher = watcher
+  }
+
+  // Some writes run inside a transaction: a watcher's throw must not roll the command back.
+  private tell(id: number): void {
+    try {
+      this.watcher?.(id)
+    } catch {
+      // the watcher is an observer: what it missed is its own loss
+    }
+  }
+
+  /** Commands waiting for their device (queued or held), by device key. */
+  waitingCounts(): Map<string, number> {
+    return new Map((this.st.waiting.all() as { device: string; n: number }[]).map((r) => [r.device, r.n]))
   }
 
   /** Run several writes as one transaction (one fsync: a tag command fanned out to hundreds of children). */
@@ -105,7 +129,7 @@ export class CommandStore {
   /** Store a command without a seen-set entry (e.g. a fan-out copy whose scope was checked already). */
   record(cmd: Command, origin: CommandOrigin, state: CommandState): number {
     const now = Date.now()
-    return Number(
+    const id = Number(
       this.st.insert.run({
         device: deviceKey(cmd.device),
         type: cmd.type,
@@ -121,19 +145,23 @@ export class CommandStore {
         viaTag: cmd.via?.tag ?? null,
       }).lastInsertRowid,
     )
+    this.tell(id)
+    return id
   }
 
   setState(id: number, state: CommandState, reason?: string): void {
-    this.st.setState.run(state, reason ?? null, Date.now(), id)
+    if (this.st.setState.run(state, reason ?? null, Date.now(), id).changes) this.tell(id)
   }
 
   setReply(id: number, reply: Buffer): void {
-    this.st.setReply.run(reply, Date.now(), id)
+    if (this.st.setReply.run(reply, Date.now(), id).changes) this.tell(id)
   }
 
   /** A held command goes into the queue with this payload; false if it was not held (any more). */
   release(id: number, payload: Buffer): boolean {
-    return this.st.release.run(payload, Date.now(), id).changes === 1
+    const released = this.st.release.run(payload, Date.now(), id).changes === 1
+    if (released) this.tell(id)
+    return released
   }
 
   /** Every held command, oldest first (a hold picks them up again after a restart). */
@@ -162,7 +190,9 @@ export class CommandStore {
 
   /** Mark queued commands whose ExpiresAt has passed as expired; returns how many. */
   expireDue(now = Date.now()): number {
-    return this.st.expireQueued.all({ now }).length
+    const ids = this.st.expireQueued.all({ now }) as { id: number }[]
+    if (this.watcher) for (const { id } of ids) this.tell(id)
+    return ids.length
   }
 
   /** Housekeeping: forget seen ids past their time to live, expire queued commands, trim history. */

@@ -15,6 +15,7 @@ import { commandRoutes } from './routes/commands.js'
 import { deviceRoutes } from './routes/devices.js'
 import { healthRoutes } from './routes/health.js'
 import { historyRoutes } from './routes/history.js'
+import { liveRoutes } from './routes/live.js'
 import { metricsRoutes } from './routes/metrics.js'
 import { outboxRoutes } from './routes/outbox.js'
 import { rulesRoutes } from './routes/rules.js'
@@ -65,6 +66,7 @@ export function buildApp(deps: WebDeps, https?: HttpsOptions): FastifyInstance {
       void api.register(rulesRoutes, deps)
       void api.register(historyRoutes, deps)
       if (ui) void api.register(tokenRoutes, { ui })
+      void api.register(liveRoutes, deps)
       for (const routes of deps.adapterRoutes) void api.register(adapterScope(routes, log), { prefix: `/adapters/${routes.adapter}` })
       for (const s of deps.serviceRoutes ?? []) if (s.api) void api.register(s.api, { prefix: `/${s.prefix}` })
     },

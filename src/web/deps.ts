@@ -14,6 +14,8 @@ import type { HistoryEvent, SeriesInfo, SeriesQuery } from '../history/history-s
 import type { ExportRange } from '../history/history-csv.js'
 import type { HistoryHealth } from '../history/history-recorder.js'
 import type { UiAuthStore } from '../store/ui-auth.js'
+import type { DeviceActivityView, RecentMessage } from '../live/device-activity.js'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 
 export interface AdapterHealth {
   name: string
@@ -61,6 +63,12 @@ export interface DeviceAdmin {
   /** When the gateway last heard from the device (ms): a message, a connect or a disconnect; null if never. */
   lastSeen(ref: DeviceRef): number | null
   shadow(ref: DeviceRef): ShadowDoc
+  /** Radio, battery, firmware, error counts and protocol from what the device sent since the start (src/live). */
+  activity?(ref: DeviceRef): DeviceActivityView
+  /** Its last uplinks, newest first. */
+  messages?(ref: DeviceRef, limit?: number): RecentMessage[]
+  /** Commands waiting for their device (queued or held), by `p/d`. */
+  waitingCommands?(): Map<string, number>
 }
 
 export type SendOutcome = 'queued' | 'duplicate' | 'expired' | 'rpc_sent' | 'rpc_offline'
@@ -128,6 +136,12 @@ export interface WebDeps {
   uiDir?: string
   /** The web UI's login: users, sessions, API tokens (src/web/auth-service.ts). Absent: bearer token only. */
   ui?: UiAuthDeps
+  /** The live stream's fan-out (GET /api/events). */
+  live?: LiveStream
+  /** The recent log lines (GET /api/logs, the diagnostics bundle). */
+  logs?: LogReader
+  /** What the system page and the diagnostics bundle tell besides health and metrics. */
+  support?: SupportInfo
 }
 
 /** What the UI's login needs: its tables, where the setup code file is, the session policy. */
@@ -143,6 +157,29 @@ export interface UiAuthDeps {
   countFailure?(reason: 'bad_credentials' | 'bad_setup_code' | 'rate_limited'): void
   /** The clock (tests). */
   now?: () => number
+}
+
+/** The live stream's fan-out (src/web/live-hub.ts is the one there is). */
+export interface LiveStream {
+  /** Whether another client may connect. */
+  readonly full: boolean
+  /** Take over a response as a stream client. */
+  attach(req: IncomingMessage, res: ServerResponse): void
+  /** End every stream (the server closes). */
+  close(): void
+}
+
+export interface LogReader {
+  /** The newest `limit` lines at `minLevel` (pino's number) or above, oldest first, as logged (JSON text). */
+  lines(minLevel: number, limit: number): string[]
+}
+
+export interface SupportInfo {
+  version: string
+  /** The data folder: its disk's size and free space. */
+  dataDir: string
+  /** The config as running, every secret replaced; `secrets` are the values replaced (scrubbed from the whole bundle too). */
+  redactedConfig(): { config: unknown; secrets: string[] }
 }
 
 export interface RulesView {

@@ -230,11 +230,14 @@ describe('GET /metrics and /api/outbox', () => {
 })
 
 describe('devices', () => {
+  // This fake gateway reports no activity (src/live): the fields are there, empty.
+  const noActivity = { protocol: null, rssi: null, snr: null, battery: null, firmwareVersion: null, errors: 0, lastError: null, queuedCommands: 0 }
+
   it('lists and shows devices; an unknown one is 404', async () => {
     expect((await get('/api/devices')).json()).toEqual({
       devices: [
-        { ...thermo, online: true, lastSeen: 1500 },
-        { ...away, online: false, lastSeen: null },
+        { ...thermo, online: true, lastSeen: 1500, ...noActivity },
+        { ...away, online: false, lastSeen: null, ...noActivity },
       ],
     })
     const one = await get('/api/devices/thermo/t1')
@@ -563,6 +566,8 @@ describe('docs/integrators/api.md', () => {
     const rules = ['matched', 'dropped', 'emitted', 'errors'].map((c) => `iothub_edge_rule_${c}_total`).concat('iothub_edge_rule_eval_seconds_total')
     // The OTA relay's, always on (ota.relay), registered when it starts.
     const ota = ['cache_bytes', 'fetch_bytes', 'downloads_total', 'served_bytes_total', 'evictions_total', 'targets', 'gateway_status_total'].map((n) => `iothub_edge_ota_${n}`)
-    expect(documented.filter((n) => !core.includes(n)).sort()).toEqual(['iothub_edge_broker_clients', ...rules, ...ota].sort())
+    // The live stream's (src/gateway.ts), always on.
+    const live = ['iothub_edge_live_stream_clients', 'iothub_edge_live_stream_dropped_total']
+    expect(documented.filter((n) => !core.includes(n)).sort()).toEqual(['iothub_edge_broker_clients', ...rules, ...ota, ...live].sort())
   })
 })

@@ -47,7 +47,27 @@ const Presence = {
   online: Type.Boolean(),
   lastSeen: NullableNumber,
 }
-const ListedDevice = Type.Object({ ...DeviceView.properties, ...Presence })
+// What the device table shows besides the registry (src/live/device-activity.ts says where each comes from).
+const Activity = {
+  protocol: NullableString,
+  rssi: NullableNumber,
+  snr: NullableNumber,
+  battery: NullableNumber,
+  firmwareVersion: NullableString,
+  errors: Type.Integer(),
+  lastError: Type.Union([Type.Object({ time: Type.Number(), msg: Type.String(), code: NullableString }), Type.Null()]),
+  queuedCommands: Type.Integer(),
+}
+const ListedDevice = Type.Object({ ...DeviceView.properties, ...Presence, ...Activity })
+
+const MessagesQuery = Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 20, description: 'an integer 1-20' })) })
+const MessageView = Type.Object({
+  messageId: Type.String(),
+  kind: Type.String(),
+  dataType: NullableString,
+  ts: Type.Number(),
+  payload: Type.Unknown(),
+})
 
 const ConnectionView = Type.Object({
   clientId: Type.String(),
@@ -65,9 +85,29 @@ const ConnectionView = Type.Object({
 export const deviceRoutes: FastifyPluginAsync<Pick<WebDeps, 'devices'>> = async (app, { devices }) => {
   const presence = (ref: DeviceRef): { online: boolean; lastSeen: number | null } => ({ online: devices.online(ref), lastSeen: devices.lastSeen(ref) })
 
-  app.get('/devices', { schema: { response: { 200: Type.Object({ devices: Type.Array(ListedDevice) }) } } }, async () => ({
-    devices: devices.list().map((d) => ({ ...d, ...presence(d) })),
-  }))
+  const NO_ACTIVITY = { protocol: null, rssi: null, snr: null, battery: null, firmwareVersion: null, errors: 0, lastError: null }
+
+  app.get('/devices', { schema: { response: { 200: Type.Object({ devices: Type.Array(ListedDevice) }) } } }, async () => {
+    const waiting = devices.waitingCommands?.() ?? new Map<string, number>()
+    return {
+      devices: devices.list().map((d) => ({
+        ...d,
+        ...presence(d),
+        ...(devices.activity?.(d) ?? NO_ACTIVITY),
+        queuedCommands: waiting.get(`${d.productId}/${d.deviceId}`) ?? 0,
+      })),
+    }
+  })
+
+  app.get<{ Params: DeviceParams; Querystring: Static<typeof MessagesQuery> }>(
+    '/devices/:p/:d/messages',
+    { schema: { params: DeviceParams, querystring: MessagesQuery, response: { 200: Type.Object({ messages: Type.Array(MessageView) }) } } },
+    async (req, reply) => {
+      const ref = refOf(req.params)
+      if (!devices.get(ref)) return reply.code(404).send(NOT_FOUND)
+      return { messages: devices.messages?.(ref, req.query.limit) ?? [] }
+    },
+  )
 
   app.post<{ Body: Static<typeof NewDeviceBody> }>(
     '/devices',

@@ -1,0 +1,78 @@
+// The machine the gateway runs on, for the overview page and the diagnostics bundle: CPU, memory,
+// the data folder's disk, uptime and versions. CPU use is measured between two reads (the
+// previous request, or the app's start), from the kernel's counters (os.cpus, process.cpuUsage).
+import { statfs } from 'node:fs/promises'
+import os from 'node:os'
+
+export interface SystemInfo {
+  version: string
+  node: string
+  /** Seconds since the gateway process started. */
+  uptimeSeconds: number
+  hostUptimeSeconds: number
+  cpu: {
+    cores: number
+    load1: number
+    /** The whole machine's CPU busy share since the previous read, 0-100. */
+    usagePercent: number
+    /** This process's CPU time since the previous read, as a share of one core, 0-100 per core. */
+    processPercent: number
+  }
+  memory: { rss: number; heapUsed: number; systemTotal: number; systemFree: number }
+  /** The data folder's file system; null fields when it cannot be read. */
+  disk: { path: string; totalBytes: number | null; freeBytes: number | null }
+  platform: string
+  arch: string
+}
+
+interface CpuSample {
+  busy: number
+  total: number
+  proc: number
+  at: bigint
+}
+
+function sample(): CpuSample {
+  let busy = 0
+  let total = 0
+  for (const c of os.cpus()) {
+    const t = c.times.user + c.times.nice + c.times.sys + c.times.irq + c.times.idle
+    total += t
+    busy += t - c.times.idle
+  }
+  const u = process.cpuUsage()
+  return { busy, total, proc: u.user + u.system, at: process.hrtime.bigint() }
+}
+
+const percent = (part: number, whole: number): number => (whole > 0 ? Math.round((1000 * part) / whole) / 10 : 0)
+
+/** Reads the system; each call measures CPU use since the one before. */
+export function systemReader(version: string, dataDir: string): () => Promise<SystemInfo> {
+  let last = sample()
+  return async () => {
+    const now = sample()
+    const wallUs = Number(now.at - last.at) / 1000
+    const cpu = { busy: now.busy - last.busy, total: now.total - last.total, proc: now.proc - last.proc }
+    last = now
+    let disk: SystemInfo['disk'] = { path: dataDir, totalBytes: null, freeBytes: null }
+    try {
+      const s = await statfs(dataDir)
+      // bavail: what the gateway's user may still write (root's reserve left out).
+      disk = { path: dataDir, totalBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize }
+    } catch {
+      // a data folder that is gone shows as unknown; health says why
+    }
+    const m = process.memoryUsage()
+    return {
+      version,
+      node: process.version,
+      uptimeSeconds: Math.round(process.uptime()),
+      hostUptimeSeconds: Math.round(os.uptime()),
+      cpu: { cores: os.availableParallelism(), load1: os.loadavg()[0], usagePercent: percent(cpu.busy, cpu.total), processPercent: percent(cpu.proc, wallUs) },
+      memory: { rss: m.rss, heapUsed: m.heapUsed, systemTotal: os.totalmem(), systemFree: os.freemem() },
+      disk,
+      platform: process.platform,
+      arch: process.arch,
+    }
+  }
+}
