@@ -65,9 +65,8 @@ export async function loadAuthState(): Promise<void> {
     const s = await api<AuthStateBody>('/api/auth/state')
     csrfToken = s.csrfToken
     auth.value = s.setupRequired ? { kind: 'setup' } : s.user ? { kind: 'in', username: s.user.username } : { kind: 'login' }
-  } catch (err) {
-    // TEMPORARY until the sign-in routes land: a gateway without them is reached with the bearer token.
-    auth.value = err instanceof ApiError && err.status === 404 ? { kind: 'in', username: null } : { kind: 'login' }
+  } catch {
+    auth.value = { kind: 'login' }
   }
 }
 

@@ -101,3 +101,12 @@ export function Download(props: { href: string; children: ComponentChildren }) {
     </a>
   )
 }
+
+/**
+ * A form field's value kept in state, spread onto an input: `<input {...field} />`. An input given
+ * a plain `value` is reset to it on every render (and pages re-render every few seconds).
+ */
+export function useField(initial: string): { value: string; onInput: (e: Event) => void } {
+  const [value, setValue] = useState(initial)
+  return { value, onInput: (e) => setValue((e.currentTarget as HTMLInputElement).value) }
+}

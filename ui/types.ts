@@ -64,7 +64,9 @@ export interface Uplink {
   productId?: string
   deviceId?: string
   messageId: string
-  dataType: string
+  kind?: string
+  /** upload_data's DataType; null for update_status and update_ota_status. */
+  dataType: string | null
   ts: number
   payload: unknown
 }

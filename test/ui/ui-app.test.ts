@@ -21,6 +21,7 @@ const meter = { productId: 'meter', deviceId: 'm1', secret: 'meter-secret-1' }
 const devices = [valve, meter]
 const uiDir = path.join(repoRoot, 'dist', 'ui')
 const FIRST_PAGE_BUDGET = 60 * 1024
+const PASSWORD = 'correct horse battery'
 // Every page of the app, with its heading (English).
 const PAGES = [
   { path: '/ui/', name: 'overview', heading: 'Overview' },
@@ -131,13 +132,68 @@ describe('web app', () => {
   })
 
   describe('in Chromium', () => {
+    // Signed in by the first test, through the real first-run setup; the later tests share it.
     let context: BrowserContext
 
-    beforeAll(async () => {
-      context = await browser.newContext({ baseURL: base, extraHTTPHeaders: { authorization: `Bearer ${gateway.apiToken}` } })
-    })
     afterAll(async () => {
       await context?.close()
+    })
+
+    it('first start: the setup code sets the password; a wrong code, a wrong password and an ended session are refused', async () => {
+      context = await browser.newContext({ baseURL: base })
+      const { page, problems } = await openPage(context)
+      // Nothing but the sign-in works without a session: the API refuses the browser.
+      expect((await page.request.get('/api/devices')).status()).toBe(401)
+
+      await page.goto('/')
+      await page.getByRole('heading', { level: 1, name: 'First start: set the administrator password' }).waitFor()
+      await screenshot(page, 'setup')
+      const code = readFileSync(path.join(gateway.dataDir, 'ui-setup-code'), 'utf8').trim()
+      await page.getByLabel('Setup code').fill('not-the-code')
+      await page.getByLabel('User name').fill('tech')
+      await page.getByLabel('Password', { exact: true }).fill(PASSWORD)
+      await page.getByLabel('Password again').fill(PASSWORD)
+      await page.getByRole('button', { name: 'Set password and sign in' }).click()
+      await page.getByRole('alert').filter({ hasText: 'That setup code is not the one the gateway printed.' }).waitFor()
+
+      await page.getByLabel('Setup code').fill(code)
+      await page.getByRole('button', { name: 'Set password and sign in' }).click()
+      await page.getByRole('heading', { level: 1, name: 'Overview' }).waitFor()
+      expect(await page.locator('header .user').textContent()).toBe('tech')
+
+      // Sign out; a wrong password is refused with a message; the right one lets in.
+      await page.getByRole('button', { name: 'Sign out' }).click()
+      await page.getByRole('heading', { level: 1, name: 'Sign in' }).waitFor()
+      await page.getByLabel('User name').fill('tech')
+      await page.getByLabel('Password').fill('wrong-password-123')
+      await page.getByRole('button', { name: 'Sign in' }).click()
+      await page.getByRole('alert').filter({ hasText: 'Wrong user name or password.' }).waitFor()
+      await screenshot(page, 'login-wrong-password')
+      await page.getByLabel('Password').fill(PASSWORD)
+      await page.getByRole('button', { name: 'Sign in' }).click()
+      await page.getByRole('heading', { level: 1, name: 'Overview' }).waitFor()
+
+      // The same session in a second browser context: once it is signed out there, this page's
+      // next API call is refused and it shows the sign-in page again.
+      const other = await browser.newContext({ baseURL: base, storageState: await context.storageState() })
+      try {
+        const second = await openPage(other)
+        await second.page.goto('/ui/devices')
+        await second.page.getByRole('heading', { level: 1, name: 'Devices' }).waitFor()
+        await second.page.getByRole('button', { name: 'Sign out' }).click()
+        await second.page.getByRole('heading', { level: 1, name: 'Sign in' }).waitFor()
+        expect(second.problems.errors).toEqual([])
+      } finally {
+        await other.close()
+      }
+      await page.getByRole('navigation').getByRole('link', { name: 'Devices' }).click()
+      await page.getByText('Your session ended: sign in again.').waitFor()
+      await page.getByLabel('User name').fill('tech')
+      await page.getByLabel('Password').fill(PASSWORD)
+      await page.getByRole('button', { name: 'Sign in' }).click()
+      await page.getByRole('heading', { level: 1, name: 'Devices' }).waitFor()
+      expect(problems.errors).toEqual([])
+      await page.close()
     })
 
     it('the overview shows the hub down within seconds of it stopping, and the outbox growing', async ({ onTestFailed }) => {
@@ -219,7 +275,7 @@ describe('web app', () => {
         deviceScaleFactor: 1,
         isMobile: true,
         hasTouch: true,
-        extraHTTPHeaders: { authorization: `Bearer ${gateway.apiToken}` },
+        storageState: await context.storageState(),
       })
       try {
         const desktop = await openPage(context)

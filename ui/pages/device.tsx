@@ -4,7 +4,7 @@
 import { useEffect, useState } from 'preact/hooks'
 import { api, devicePath } from '../api.js'
 import { Chart, type HistoryPoint } from '../chart.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useNow } from '../components.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow } from '../components.js'
 import { ago, dateTime, payloadText } from '../format.js'
 import { t } from '../i18n.js'
 import { onLive } from '../live.js'
@@ -67,6 +67,7 @@ function Admin({ base, detail, onChange }: { base: string; detail: DeviceDetail;
   const [error, setError] = useState<unknown>()
   const [secret, setSecret] = useState<string>()
   const ref = `${detail.device.productId}/${detail.device.deviceId}`
+  const tagsField = useField(detail.device.tags.join(' '))
   const run = async (f: () => Promise<void>): Promise<void> => {
     setError(undefined)
     try {
@@ -120,7 +121,7 @@ function Admin({ base, detail, onChange }: { base: string; detail: DeviceDetail;
       <form class="inline" onSubmit={(e) => void tags(e)}>
         <label>
           {t('col.tags')}
-          <input name="tags" value={detail.device.tags.join(' ')} />
+          <input name="tags" {...tagsField} />
         </label>
         <button type="submit">{t('dv.saveTags')}</button>
       </form>
@@ -153,7 +154,7 @@ function Payloads({ base, productId, deviceId }: { base: string; productId: stri
           {all.map((m) => (
             <li key={m.messageId}>
               <span class="muted">
-                {dateTime(m.ts)} · {m.dataType}
+                {dateTime(m.ts)} · {m.dataType ?? m.kind}
               </span>
               <code>{payloadText(m.payload)}</code>
             </li>

@@ -2,11 +2,13 @@
 // gateway printed in its log (there is no default password).
 import { useState } from 'preact/hooks'
 import { ApiError, login, setup } from '../api.js'
+import { useField } from '../components.js'
 import { t } from '../i18n.js'
 
 export function Login(props: { setup: boolean; expired: boolean }) {
   const [error, setError] = useState<string>()
   const [busy, setBusy] = useState(false)
+  const username = useField(props.setup ? 'admin' : '')
   const submit = async (e: Event): Promise<void> => {
     e.preventDefault()
     const f = new FormData(e.currentTarget as HTMLFormElement)
@@ -47,7 +49,7 @@ export function Login(props: { setup: boolean; expired: boolean }) {
         )}
         <label>
           {t('login.username')}
-          <input name="username" required autocomplete="username" value={props.setup ? 'admin' : undefined} />
+          <input name="username" required autocomplete="username" {...username} />
         </label>
         <label>
           {t('login.password')}

@@ -2,7 +2,7 @@
 // is pushed to devices or a tag with no hub in reach.
 import { useState } from 'preact/hooks'
 import { api } from '../api.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi } from '../components.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField } from '../components.js'
 import { bytes, dateTime } from '../format.js'
 import { t } from '../i18n.js'
 
@@ -109,6 +109,7 @@ function Upload({ onDone }: { onDone: () => void }) {
   const [error, setError] = useState<unknown>()
   const [done, setDone] = useState<string>()
   const [busy, setBusy] = useState(false)
+  const type = useField('firmware')
   const submit = async (e: Event): Promise<void> => {
     e.preventDefault()
     const form = e.currentTarget as HTMLFormElement
@@ -142,7 +143,7 @@ function Upload({ onDone }: { onDone: () => void }) {
         </label>
         <label>
           {t('ota.type')}
-          <input name="type" required value="firmware" />
+          <input name="type" required {...type} />
         </label>
         <button type="submit" disabled={busy}>
           {t('ota.uploadSubmit')}

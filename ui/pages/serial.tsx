@@ -3,7 +3,7 @@
 import { useEffect, useState } from 'preact/hooks'
 import { api } from '../api.js'
 import { ensureHealth, hasAdapter } from '../live.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi } from '../components.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField } from '../components.js'
 import { dateTime } from '../format.js'
 import { t } from '../i18n.js'
 
@@ -140,6 +140,9 @@ function Monitor({ port }: { port: string }) {
 function ModbusRead({ ports }: { ports: string[] }) {
   const [result, setResult] = useState<unknown>()
   const [error, setError] = useState<unknown>()
+  const unit = useField('1')
+  const address = useField('0')
+  const count = useField('1')
   const submit = async (e: Event): Promise<void> => {
     e.preventDefault()
     const f = new FormData(e.currentTarget as HTMLFormElement)
@@ -165,7 +168,7 @@ function ModbusRead({ ports }: { ports: string[] }) {
         </label>
         <label>
           {t('se.unit')}
-          <input name="unit" type="number" min={1} max={247} value={1} required />
+          <input name="unit" type="number" min={1} max={247} required {...unit} />
         </label>
         <label>
           {t('se.table')}
@@ -178,11 +181,11 @@ function ModbusRead({ ports }: { ports: string[] }) {
         </label>
         <label>
           {t('se.address')}
-          <input name="address" type="number" min={0} max={65535} value={0} required />
+          <input name="address" type="number" min={0} max={65535} required {...address} />
         </label>
         <label>
           {t('se.count')}
-          <input name="count" type="number" min={1} max={125} value={1} required />
+          <input name="count" type="number" min={1} max={125} required {...count} />
         </label>
         <button type="submit">{t('se.read')}</button>
       </form>
