@@ -12,7 +12,7 @@ export interface HistoryPoint {
   last: number
 }
 
-export function Chart(props: { title: string; points: HistoryPoint[] }) {
+export function Chart(props: { title: string; points: HistoryPoint[]; from: number; to: number }) {
   const box = useRef<HTMLDivElement>(null)
   const [error, setError] = useState<string>()
   useEffect(() => {
@@ -30,6 +30,8 @@ export function Chart(props: { title: string; points: HistoryPoint[] }) {
           {
             width: width(),
             height: 220,
+            // The chosen range, not just the span of the data: a quiet day shows as quiet.
+            scales: { x: { time: true, range: [props.from / 1000, props.to / 1000] } },
             series: [
               {},
               { label: t('chart.min'), stroke: '#5b7fa8', width: 1 },
@@ -51,7 +53,7 @@ export function Chart(props: { title: string; points: HistoryPoint[] }) {
       window.removeEventListener('resize', onResize)
       plot?.destroy()
     }
-  }, [props.points])
+  }, [props.points, props.from, props.to])
   return (
     <figure class="chart">
       <figcaption>{props.title}</figcaption>

@@ -239,9 +239,19 @@ describe('web app', () => {
         cmdReply: () => 'closed',
       })
       clients.push(device)
+      // What it said before the page opened: in the history (a chart of `bar`) and the last payloads.
+      for (const bar of [2.5, 2.7, 2.6]) await device.upload('pressure', { bar })
+      await expect
+        .poll(async () => (await gateway.api<{ series: { name: string }[] }>('GET', '/api/history/series?device=valve/v1')).body.series.map((x) => x.name), { timeout: 20_000 })
+        .toContain('pressure.bar')
       const { page, problems } = await openPage(context)
       await page.goto('/ui/devices/valve/v1')
       await expect.poll(() => page.locator('.facts .badge').first().textContent(), { timeout: 20_000 }).toBe('online')
+      await page.locator('figure.chart', { hasText: 'bar' }).locator('canvas').waitFor({ timeout: 20_000 })
+      await page.locator('ol.payloads li', { hasText: '{"bar":2.6}' }).waitFor()
+      // And what it says while the page is open, live.
+      await device.upload('pressure', { bar: 3.1 })
+      await page.locator('ol.payloads li').first().filter({ hasText: '{"bar":3.1}' }).waitFor({ timeout: 20_000 })
 
       // An RPC: the reply comes back in the answer to the form.
       await page.getByLabel('Command name').fill('open')
@@ -264,6 +274,30 @@ describe('web app', () => {
       const row = page.locator(`tr[data-request="${requestId}"]`)
       await expect.poll(async () => (await row.count()) > 0 ? row.textContent() : '', { timeout: 20_000 }).toContain('closed')
       await screenshot(page, 'device')
+      expect(problems.errors).toEqual([])
+      await page.close()
+    })
+
+    it('the logs page tails the log with a level filter, and the diagnostics bundle downloads without a secret', async () => {
+      const { page, problems } = await openPage(context)
+      await page.goto('/ui/logs')
+      const setUp = page.locator('ol.logs li', { hasText: 'web UI set up: user tech created' })
+      await setUp.waitFor()
+      await page.getByLabel('Level').selectOption('error')
+      await setUp.waitFor({ state: 'detached' })
+      await page.getByLabel('Level').selectOption('info')
+      // Live: a line the gateway logs while the page is open (a device refused for a bad secret).
+      const before = await page.locator('ol.logs li').count()
+      await expect(CommandDevice.connect(gateway.externalUrl, { ...meter, secret: 'not-the-secret' })).rejects.toThrow()
+      await expect.poll(() => page.locator('ol.logs li').count(), { timeout: 20_000 }).toBeGreaterThan(before)
+
+      await page.goto('/ui/system')
+      const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download diagnostics (tar.gz)' }).click()])
+      const file = await download.path()
+      const tar = gunzipSync(readFileSync(file))
+      const text = tar.toString('latin1')
+      for (const name of ['config.redacted.yaml', 'health.json', 'metrics.txt', 'logs.ndjson', 'outbox.json', 'system.json', 'versions.json']) expect(text).toContain(name)
+      for (const secret of [gw.secret, valve.secret, meter.secret, PASSWORD, gateway.apiToken!]) expect(text).not.toContain(secret)
       expect(problems.errors).toEqual([])
       await page.close()
     })

@@ -331,7 +331,7 @@ function SeriesChart({ series, rangeMs }: { series: SeriesInfo; rangeMs: number 
   return (
     <>
       <ErrorLine error={data.error} />
-      {data.data && <Chart title={series.name} points={data.data.points} />}
+      {data.data && <Chart title={series.name} points={data.data.points} from={to - rangeMs} to={to} />}
     </>
   )
 }
