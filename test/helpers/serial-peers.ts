@@ -9,16 +9,20 @@ import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import { SerialPort } from 'serialport'
 import { isRunning, trackChild, waitForExit } from './child-processes.js'
 
 // Debian's interpreter: the python3 first on PATH is a separate one without Debian's pymodbus.
 const DEBIAN_PYTHON = process.env.DEBIAN_PYTHON ?? '/usr/bin/python3'
 const SLAVE_SCRIPT = fileURLToPath(new URL('./modbus_slave.py', import.meta.url))
 
-async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+/** Wait until `check` gives a value (not undefined or false); fails naming `what` (told when it fails) after `timeoutMs`. */
+export async function until<T>(check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, what: string | (() => string)): Promise<T> {
   const deadline = Date.now() + timeoutMs
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`${what} (waited ${timeoutMs} ms)`)
+  for (;;) {
+    const v = await check()
+    if (v !== undefined && v !== false) return v
+    if (Date.now() > deadline) throw new Error(`${typeof what === 'string' ? what : what()} (waited ${timeoutMs} ms)`)
     await sleep(20)
   }
 }
@@ -131,4 +135,55 @@ export async function sensorWrite(devicePath: string, bytes: Buffer | string): P
   } finally {
     await fh.close()
   }
+}
+
+/** The sensor's end of the cable, held open like a device that stays powered. */
+export class Sensor {
+  received = ''
+  private constructor(private readonly port: SerialPort) {
+    port.on('data', (chunk: Buffer) => (this.received += chunk.toString('utf8')))
+  }
+
+  static async open(devicePath: string): Promise<Sensor> {
+    const port = new SerialPort({ path: devicePath, baudRate: 115200, autoOpen: false })
+    await new Promise<void>((resolve, reject) => port.open((err) => (err ? reject(err) : resolve())))
+    return new Sensor(port)
+  }
+
+  async send(bytes: string | Buffer): Promise<void> {
+    await new Promise<void>((resolve, reject) => this.port.write(bytes, (err) => (err ? reject(err) : resolve())))
+    await new Promise<void>((resolve, reject) => this.port.drain((err) => (err ? reject(err) : resolve())))
+  }
+
+  async close(): Promise<void> {
+    if (this.port.isOpen) await new Promise<void>((resolve) => this.port.close(() => resolve()))
+  }
+}
+
+export interface MonitorEvent {
+  event: string
+  data: { ts: number; dir: 'rx' | 'tx'; hex: string; text: string; count?: number }
+}
+
+/** The events of a port's live monitor (a fetch response with text/event-stream), as they come. */
+export function watchMonitor(res: Response): { events: MonitorEvent[]; done: Promise<void> } {
+  const events: MonitorEvent[] = []
+  const reader = res.body!.getReader()
+  const done = (async () => {
+    let buf = ''
+    for (;;) {
+      const { value, done: end } = await reader.read()
+      if (end) return
+      buf += Buffer.from(value).toString('utf8')
+      let at: number
+      while ((at = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, at)
+        buf = buf.slice(at + 2)
+        const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message'
+        const data = /^data: (.*)$/m.exec(block)?.[1]
+        if (data !== undefined) events.push({ event, data: JSON.parse(data) as MonitorEvent['data'] })
+      }
+    }
+  })().catch(() => undefined)
+  return { events, done }
 }

@@ -1,55 +1,23 @@
 // Line-protocol sensors on serial ports become hub devices (issue 9, "Line protocols"). Each port
 // is a socat pty pair; the test plays the sensor on the far end (writing lines, reading what the
 // gateway writes back); the gateway runs in this process against Mosquitto as the hub.
+import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
+import http, { type IncomingMessage } from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { SerialPort } from 'serialport'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ConfigError, parseConfig } from '../../src/config.js'
 import { Gateway } from '../../src/gateway.js'
 import { HubBroker, type HubRecorder, type RecordedMessage } from '../helpers/hub-broker.js'
-import { PtyPair, serialTempDir } from '../helpers/serial-peers.js'
+import { PtyPair, Sensor, serialTempDir, until, watchMonitor } from '../helpers/serial-peers.js'
 
 const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const API_TOKEN = 'serial-lines-test-token'
 const P = 'bench'
 const ids = ['s1', 's2', 'k1', 'c1', 'r1']
 const children = ids.map((deviceId) => ({ productId: P, deviceId }))
-
-/** The sensor's end of the cable, held open like a device that stays powered. */
-class Sensor {
-  received = ''
-  private constructor(private readonly port: SerialPort) {
-    port.on('data', (chunk: Buffer) => (this.received += chunk.toString('utf8')))
-  }
-
-  static async open(devicePath: string): Promise<Sensor> {
-    const port = new SerialPort({ path: devicePath, baudRate: 115200, autoOpen: false })
-    await new Promise<void>((resolve, reject) => port.open((err) => (err ? reject(err) : resolve())))
-    return new Sensor(port)
-  }
-
-  async send(bytes: string | Buffer): Promise<void> {
-    await new Promise<void>((resolve, reject) => this.port.write(bytes, (err) => (err ? reject(err) : resolve())))
-    await new Promise<void>((resolve, reject) => this.port.drain((err) => (err ? reject(err) : resolve())))
-  }
-
-  async close(): Promise<void> {
-    if (this.port.isOpen) await new Promise<void>((resolve) => this.port.close(() => resolve()))
-  }
-}
-
-async function until<T>(check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await check()
-    if (v !== undefined && v !== false) return v
-    if (Date.now() > deadline) throw new Error(`${what} (waited ${timeoutMs} ms)`)
-    await sleep(25)
-  }
-}
 
 const json = (m: RecordedMessage): Record<string, unknown> => JSON.parse(m.payload.toString('utf8')) as Record<string, unknown>
 
@@ -163,8 +131,12 @@ describe('line-protocol sensors through the gateway to the hub', () => {
     await sensors.json1!.send('{"id":"zz","t":1}\n{"id":"s1"}\n')
     await sensors.json1!.send('{"id":"s1","t":30.25}\n')
     expect(json(await reading('s1', (b) => b.t === 30.25))).toEqual({ t: 30.25 })
-    const ports = await api<{ ports: { name: string; lines: { rejected: Record<string, number> } }[] }>('/api/adapters/serial/ports')
-    expect(ports.ports.find((p) => p.name === 'json1')!.lines.rejected).toEqual({ garbage: 2, too_long: 2, not_utf8: 1, unknown_device: 1, no_values: 1, partial: 0 })
+    type Port = { name: string; lines: { rejected: Record<string, number> }; counters: Record<string, number>; problem: { message: string; hint: string } }
+    const ports = await api<{ ports: Port[] }>('/api/adapters/serial/ports')
+    const json1 = ports.ports.find((p) => p.name === 'json1')!
+    expect(json1.lines.rejected).toEqual({ garbage: 2, too_long: 2, not_utf8: 1, unknown_device: 1, no_values: 1, partial: 0 })
+    expect(json1.counters).toMatchObject({ garbageLines: 7, framesIn: 10, timeouts: 0, crcErrors: 0 })
+    expect(json1.problem).toMatchObject({ message: 'line skipped (no_values): {"id":"s1"}', hint: expect.stringMatching(/baudRate/) })
     const metrics = await (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
     expect(metrics).toContain('iothub_edge_serial_lines_rejected_total{port="json1",reason="too_long"} 2')
     // Nothing of the bad lines reached the hub.
@@ -179,35 +151,59 @@ describe('line-protocol sensors through the gateway to the hub', () => {
       signal: abort.signal,
     })
     expect(res.headers.get('content-type')).toBe('text/event-stream')
-    const reader = res.body!.getReader()
-    const seen: { dir: string; text: string }[] = []
-    const watching = (async () => {
-      let buf = ''
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) return
-        buf += Buffer.from(value).toString('utf8')
-        let at: number
-        while ((at = buf.indexOf('\n\n')) >= 0) {
-          seen.push(JSON.parse(buf.slice(0, at).replace(/^data: /, '')) as { dir: string; text: string })
-          buf = buf.slice(at + 2)
-        }
-      }
-    })().catch(() => undefined)
+    const seen = watchMonitor(res)
     await hub.publishAsHub(`cmd/${P}/c1/set_interval/plain/req-int-1`, '{"seconds": 30}')
     await until(() => sensors.csv1!.received.includes('INTERVAL 30 c1\r\n'), 10_000, `the sensor got ${JSON.stringify(sensors.csv1!.received)}`)
     const resp = await rec.waitFor((m) => m.topic.startsWith(`cmd_resp/${P}/c1/set_interval/req-int-1/`), 10_000, 'cmd_resp')
     expect(json(resp)).toEqual({ status: 'sent' })
-    await until(() => seen.some((f) => f.dir === 'out' && f.text === 'INTERVAL 30 c1..'), 10_000, `the monitor showed ${JSON.stringify(seen)}`)
-    // Earlier traffic is in the snapshot too, the sensor's reading among it.
-    expect(seen.some((f) => f.dir === 'in' && f.text.includes('22.5,41'))).toBe(true)
+    await until(() => seen.events.some((e) => e.event === 'line' && e.data.dir === 'tx' && e.data.text === 'INTERVAL 30 c1..'), 10_000, () => `the monitor showed ${JSON.stringify(seen.events)}`)
+    // Earlier traffic is in the stream too: the sensor's reading as one line, in hex and as text.
+    const reading = seen.events.find((e) => e.event === 'line' && e.data.dir === 'rx' && e.data.text.startsWith('22.5'))
+    expect(reading?.data).toMatchObject({ text: '22.5,41..', hex: Buffer.from('22.5,41\r\n').toString('hex') })
+    expect(typeof reading?.data.ts).toBe('number')
     abort.abort()
-    await watching
-    const snapshot = await api<{ frames: { dir: string; hex: string }[] }>('/api/adapters/serial/ports/csv1/monitor')
-    expect(snapshot.frames.some((f) => f.dir === 'out' && Buffer.from(f.hex, 'hex').toString() === 'INTERVAL 30 c1\r\n')).toBe(true)
+    await seen.done
+    const snapshot = await api<{ lines: { dir: string; hex: string }[] }>('/api/adapters/serial/ports/csv1/monitor')
+    expect(snapshot.lines.some((f) => f.dir === 'tx' && Buffer.from(f.hex, 'hex').toString() === 'INTERVAL 30 c1\r\n')).toBe(true)
     await hub.publishAsHub(`cmd/${P}/c1/set_interval/plain/req-int-2`, '{"minutes": 1}')
     const bad = await rec.waitFor((m) => m.topic.startsWith(`cmd_resp/${P}/c1/set_interval/req-int-2/`), 10_000, 'cmd_resp')
     expect(json(bad)).toEqual({ status: 'failed', reason: 'the payload lacks seconds', code: 'bad_payload' })
+  })
+
+  it('never lets a browser that does not keep up hold the port up: its monitor frames are dropped and counted', async () => {
+    type Port = { name: string; counters: { monitorDropped: number }; lines: { rejected: { garbage: number } } }
+    const rx1 = async (): Promise<Port> => (await api<{ ports: Port[] }>('/api/adapters/serial/ports')).ports.find((p) => p.name === 'rx1')!
+    const garbageBefore = (await rx1()).lines.rejected.garbage
+    // A watcher that stops reading (a phone gone to sleep): nothing is read from its socket.
+    const req = http.get({ host: '127.0.0.1', port: gw.web.port, path: '/api/adapters/serial/ports/rx1/monitor', headers: { authorization: `Bearer ${API_TOKEN}`, accept: 'text/event-stream' } })
+    const [res] = (await once(req, 'response')) as [IncomingMessage]
+    expect(res.statusCode).toBe(200)
+    res.pause()
+    // 20000 lines of 200 bytes (the pattern does not match: each one is garbage, counted and skipped).
+    const LINES = 20_000
+    const line = `${'x'.repeat(199)}\n`
+    for (let i = 0; i < LINES / 1000; i++) await sensors.rx1!.send(line.repeat(1000))
+    // The port read every line, however slow the watcher.
+    await until(async () => (await rx1()).lines.rejected.garbage >= garbageBefore + LINES, 30_000, 'the port did not read every line')
+    const dropped = (await rx1()).counters.monitorDropped
+    expect(dropped).toBeGreaterThan(0)
+    // Once it reads again, the stream says how many frames it missed.
+    let text = ''
+    res.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')))
+    res.resume()
+    const told = await until(() => /^event: dropped\ndata: (.*)$/m.exec(text)?.[1], 10_000, 'no dropped event')
+    expect((JSON.parse(told) as { count: number }).count).toBeGreaterThan(0)
+    req.destroy()
+  })
+
+  it('refuses a Modbus read on a line-protocol port, saying why', async () => {
+    const res = await fetch(`http://127.0.0.1:${gw.web.port}/api/adapters/serial/ports/csv1/modbus/read`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${API_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ unit: 1, table: 'holding', address: 0, count: 1 }),
+    })
+    expect(res.status).toBe(409)
+    expect(await res.json()).toEqual({ error: 'not_modbus', message: 'port csv1 is a line-protocol port (format csv); Modbus reads need a port with protocol: modbus-rtu' })
   })
 
   it('reports the devices disconnected when the cable is pulled, counts the cut line, and picks up again on replug', async () => {

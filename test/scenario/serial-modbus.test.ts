@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ConfigError, parseConfig } from '../../src/config.js'
 import { Gateway } from '../../src/gateway.js'
 import { HubBroker, type HubRecorder, type RecordedMessage } from '../helpers/hub-broker.js'
-import { ModbusSlave, PtyPair, serialTempDir, type SlaveSpec } from '../helpers/serial-peers.js'
+import { ModbusSlave, PtyPair, serialTempDir, type SlaveSpec, until, watchMonitor } from '../helpers/serial-peers.js'
 
 const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const API_TOKEN = 'serial-modbus-test-token'
@@ -61,16 +61,6 @@ const REGISTERS = [
 ]
 
 const EXPECTED = { voltage: 230.5, current: 1.25, energy: -1234.56, runtime: 70000, temp: 0.5, setpoint: 20, relay: false, door: true }
-
-async function until<T>(check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await check()
-    if (v !== undefined && v !== false) return v
-    if (Date.now() > deadline) throw new Error(`${what} (waited ${timeoutMs} ms)`)
-    await sleep(25)
-  }
-}
 
 const json = (m: RecordedMessage): Record<string, unknown> => JSON.parse(m.payload.toString('utf8')) as Record<string, unknown>
 const levels = (m: RecordedMessage): string[] => m.topic.split('/')
@@ -285,23 +275,98 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     await nextUpload(pump, 'pump', from, 'the next heartbeat', (b) => b.speed === 90 && b.mode === 0)
   })
 
-  it('shows the bus in the diagnostics routes and reads registers on demand for commissioning', async () => {
-    const ports = (await (await api('/api/adapters/serial/ports')).json()) as { ports: { name: string; open: boolean; devices: { deviceId: string; reachable: boolean; counters: Record<string, number> }[] }[] }
-    expect(ports.ports[0]).toMatchObject({ name: 'line1', open: true })
-    const m = ports.ports[0]!.devices.find((d) => d.deviceId === meter.deviceId)!
+  it('shows the bus in the ports route: state, counters, and the last problem with what to do', async () => {
+    type Port = { name: string; open: boolean; state: string; framing: string; lastActivityAt: number; problem: { message: string; hint: string }; counters: Record<string, number>; devices: { deviceId: string; reachable: boolean; counters: Record<string, number> }[] }
+    const port = ((await (await api('/api/adapters/serial/ports')).json()) as { ports: Port[] }).ports[0]!
+    expect(port).toMatchObject({ name: 'line1', open: true, state: 'open', framing: '8N1' })
+    expect(port.counters.bytesIn).toBeGreaterThan(0)
+    expect(port.counters.bytesOut).toBeGreaterThan(0)
+    expect(port.counters.framesOut).toBeGreaterThan(0)
+    expect(port.counters.framesIn).toBeGreaterThan(0)
+    expect(port.counters.exceptions).toBeGreaterThan(0)
+    expect(Date.now() - port.lastActivityAt).toBeLessThan(60_000)
+    // The `far` register, refused on every poll, is the port's latest problem.
+    expect(port.problem.message).toBe('unit 1 answered exception 2 (illegal data address)')
+    expect(port.problem.hint).toMatch(/register map/)
+    const m = port.devices.find((d) => d.deviceId === meter.deviceId)!
     expect(m.reachable).toBe(true)
     expect(m.counters.polls).toBeGreaterThan(0)
-    expect(m.counters.exceptions).toBeGreaterThan(0) // the `far` register, refused on every poll
-    const read = await api('/api/adapters/serial/modbus/read', { method: 'POST', body: JSON.stringify({ port: 'line1', unitId: 1, table: 'input', address: 0, count: 2 }) })
-    expect(read.status).toBe(200)
-    expect(await read.json()).toMatchObject({ ok: true, values: [vHi, vLo] })
-    const refused = await api('/api/adapters/serial/modbus/read', { method: 'POST', body: JSON.stringify({ port: 'line1', unitId: 1, table: 'holding', address: 120, count: 5 }) })
-    expect(await refused.json()).toEqual({ ok: false, exception: { code: 2, message: 'illegal data address' } })
-    const bad = await api('/api/adapters/serial/modbus/read', { method: 'POST', body: JSON.stringify({ port: 'line1', unitId: 0, table: 'holding', address: 0 }) })
-    expect(bad.status).toBe(400)
+    expect(m.counters.exceptions).toBeGreaterThan(0)
     const metrics = await (await fetch(`http://127.0.0.1:${gw.web.port}/metrics`)).text()
     expect(metrics).toMatch(/iothub_edge_serial_modbus_polls_total\{port="line1",device="meters\/m-001"\} [1-9]/)
     expect(metrics).toMatch(/iothub_edge_serial_port_open\{port="line1"\} 1/)
+  })
+
+  it('shows the requests and answers crossing the line in the live monitor, as hex', async () => {
+    const abort = new AbortController()
+    const res = await api('/api/adapters/serial/ports/line1/monitor', { headers: { accept: 'text/event-stream' }, signal: abort.signal })
+    expect(res.headers.get('content-type')).toBe('text/event-stream')
+    const seen = watchMonitor(res)
+    // The meter's poll reads input registers 0-3 (voltage, current): unit 1, function 4, 8 bytes back.
+    const answer = `010408${[vHi, vLo, cLo, cHi].map((w) => w.toString(16).padStart(4, '0')).join('')}`
+    await until(() => seen.events.some((e) => e.event === 'line' && e.data.dir === 'rx' && e.data.hex.startsWith(answer)), 10_000, () => `the monitor showed ${JSON.stringify(seen.events.slice(-6))}`)
+    const rx = seen.events.find((e) => e.data.dir === 'rx' && e.data.hex.startsWith(answer))!.data
+    expect(rx.hex).toHaveLength(answer.length + 4) // the answer and its CRC, one frame
+    expect(rx.text).toHaveLength(answer.length / 2 + 2)
+    expect(seen.events.some((e) => e.data.dir === 'tx' && /^010400000004[0-9a-f]{4}$/.test(e.data.hex))).toBe(true)
+    abort.abort()
+    await seen.done
+  })
+
+  it('reads registers once for commissioning, through the bus queue, and says what went wrong', async () => {
+    const read = (body: unknown, port = 'line1'): Promise<Response> => api(`/api/adapters/serial/ports/${port}/modbus/read`, { method: 'POST', body: JSON.stringify(body) })
+    const ok = await read({ unit: 1, table: 'input', address: 0, count: 2 })
+    expect(ok.status).toBe(200)
+    expect(await ok.json()).toMatchObject({ values: [vHi, vLo], unit: 1, table: 'input', functionCode: 4 })
+    expect(await (await read({ unit: 1, table: 'discrete', address: 0, count: 2 })).json()).toMatchObject({ values: [true, false] })
+    expect(await (await read({ unit: 2, table: 'holding', address: 0 })).json()).toMatchObject({ values: [expect.any(Number)] })
+    // Beyond the slave's 100 registers: the exception, by name.
+    const refused = await read({ unit: 1, table: 'holding', address: 120, count: 5 })
+    expect(refused.status).toBe(502)
+    expect(await refused.json()).toMatchObject({ error: 'modbus_exception', exception: { code: 2, name: 'illegal data address' }, message: expect.stringMatching(/^unit 1 answered exception 2 \(illegal data address\)/) })
+    // No unit 9 on the bus.
+    const silent = await read({ unit: 9, table: 'holding', address: 0 })
+    expect(silent.status).toBe(504)
+    expect(await silent.json()).toMatchObject({ error: 'timeout', message: expect.stringMatching(/^unit 9 did not answer within 1000 ms \(2 tries\)/) })
+    // Bad input: refused before anything goes on the bus, naming the key.
+    const bad = async (body: unknown, key: RegExp): Promise<void> => {
+      const r = await read(body)
+      expect(r.status).toBe(400)
+      const b = (await r.json()) as { error: string; message: string }
+      expect(b.error).toBe('bad_request')
+      expect(b.message).toMatch(key)
+    }
+    await bad({ unit: 0, table: 'holding', address: 0 }, /^unit must be/)
+    await bad({ unit: 1, table: 'eeprom', address: 0 }, /^table must be one of holding, input, coil, discrete/)
+    await bad({ unit: 1, table: 'holding', address: -1 }, /^address must be/)
+    await bad({ unit: 1, table: 'holding', address: 0, count: 126 }, /^count must be at most 125 for table holding/)
+    await bad({ unit: 1, table: 'coil', address: 0, count: 2001 }, /^count must be/)
+    await bad({ unit: 1, table: 'holding', address: 65535, count: 2 }, /^address \+ count must be at most 65536/)
+    await bad({ unit: 1, table: 'holding' }, /^address is required/)
+    await bad({ unitId: 1, table: 'holding', address: 0 }, /^unit is required/)
+    await bad({ unit: 1, table: 'holding', address: 0, port: 'line1' }, /^body must be an object with only unit, table, address and count/)
+    const unknown = await read({ unit: 1, table: 'holding', address: 0 }, 'nope')
+    expect(unknown.status).toBe(404)
+  })
+
+  it('keeps the poll schedule while a technician reads: one read waits its turn, the polls go on', async () => {
+    type View = { ports: { devices: { deviceId: string; counters: { polls: number; failedPolls: number } }[] }[] }
+    const polls = async (): Promise<number> => ((await (await api('/api/adapters/serial/ports')).json()) as View).ports[0]!.devices.find((x) => x.deviceId === meter.deviceId)!.counters.polls
+    const from = rec.messages.length
+    const before = await polls()
+    // A page that sends three reads at once: one is queued on the bus, the others are told to wait.
+    const answers = await Promise.all([0, 1, 2].map(() => api('/api/adapters/serial/ports/line1/modbus/read', { method: 'POST', body: JSON.stringify({ unit: 1, table: 'input', address: 0, count: 4 }) })))
+    const statuses = answers.map((r) => r.status).sort()
+    expect(statuses[0]).toBe(200)
+    expect(statuses.filter((s) => s === 429)).toHaveLength(2)
+    for (let i = 0; i < 5; i++) {
+      const r = await api('/api/adapters/serial/ports/line1/modbus/read', { method: 'POST', body: JSON.stringify({ unit: 1, table: 'holding', address: 0, count: 2 }) })
+      expect(await r.json()).toMatchObject({ values: [eHi, eLo] })
+    }
+    // The meter is still polled and its readings still reach the hub.
+    await until(async () => (await polls()) >= before + 2, 10_000, 'the meter was not polled while reads ran')
+    const up = await nextUpload(meter, 'energy', from, 'a poll after the reads')
+    expect(json(up)).toMatchObject({ voltage: 230.5, energy: -1234.56 })
   })
 
   it('keeps polling while the hub is down, and every reading reaches the hub once it is back', async () => {
@@ -367,10 +432,9 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
     expect(slave.writes).toContainEqual({ write: 'co', unit: 1, address: 0, values: [1] })
   })
 
-  // Failed once in three fresh-clone CI runs on 2026-12-01 (no reconnect within 30 s after the
-  // replug; cause not found yet: the gateway's reopen, socat's relink or the slave's start). Retried
-  // while that is investigated; each attempt unplugs and replugs again from the start.
-  it('reopens the port by itself when the adapter is unplugged and plugged back in', { retry: 2 }, async () => {
+  // Failed once in four fresh-clone CI runs: a write issued while serialport was closing the
+  // unplugged port never settled, and the bus waited on it forever (serial-replug.test.ts).
+  it('reopens the port by itself when the adapter is unplugged and plugged back in', async () => {
     let from = rec.messages.length
     await slave.stop()
     await pair.stop()
@@ -384,6 +448,16 @@ describe('Modbus RTU slaves on a serial bus, through the gateway to the hub', ()
       'the port was not reported lost',
     )
     expect(gone.state).toMatch(/waiting|opening/)
+    // A read while the port is gone says so, and what to do.
+    const read = await api('/api/adapters/serial/ports/line1/modbus/read', { method: 'POST', body: JSON.stringify({ unit: 1, table: 'holding', address: 0 }) })
+    expect(read.status).toBe(503)
+    expect(await read.json()).toMatchObject({ error: 'port_not_open', message: expect.stringContaining(`port line1 (${pair.gateway}) is not open`) })
+    // The port's problem is the missing device node (a request in flight may time out just before).
+    await until(
+      async () => /USB/.test(((await (await api('/api/adapters/serial/ports')).json()) as { ports: { problem: { hint: string } }[] }).ports[0]!.problem.hint),
+      5_000,
+      'the ports route does not say the adapter is gone',
+    )
     from = rec.messages.length
     await pair.start()
     slave = new ModbusSlave(pair.device, path.join(tmp.dir, 'slave.json'), SLAVE)

@@ -17,12 +17,39 @@ export type Outcome =
 /** What happened on one try, for the per-device counters. */
 export type AttemptEvent = 'timeout' | 'crc' | 'mismatch' | 'exception' | 'answer'
 
+/** The bus's own counters, every request counted (polls, writes and commissioning reads). */
+export interface BusCounters {
+  /** Requests written (each try). */
+  requests: number
+  /** Complete answer frames read back (valid, exceptions and corrupt ones). */
+  answers: number
+  timeouts: number
+  /** Answers dropped as corrupt: bad CRC, or not fitting the request. */
+  crcErrors: number
+  exceptions: number
+}
+
+/** The last try that got no good answer. */
+export interface BusFailure {
+  kind: 'timeout' | 'crc' | 'mismatch' | 'exception'
+  unitId: number
+  message: string
+  at: number
+}
+
+export interface TransactOptions {
+  /** Not one of a configured device's requests (a technician's read): kept out of the devices' counters. */
+  commissioning?: boolean
+}
+
 export class ModbusMaster {
   private chain: Promise<unknown> = Promise.resolve()
   private rx: Buffer = Buffer.alloc(0)
   private lastActivity = 0
   private onByte?: () => void
   private closed = false
+  readonly counters: BusCounters = { requests: 0, answers: 0, timeouts: 0, crcErrors: 0, exceptions: 0 }
+  lastFailure: BusFailure | null = null
 
   constructor(
     private readonly link: PortLink,
@@ -43,13 +70,21 @@ export class ModbusMaster {
   }
 
   /** Run one transaction after those already queued on this bus. */
-  transact(req: Request): Promise<Outcome> {
-    const run = this.chain.then(() => this.run(req))
+  transact(req: Request, opts: TransactOptions = {}): Promise<Outcome> {
+    const run = this.chain.then(() => this.run(req, opts))
     this.chain = run.catch(() => undefined)
     return run
   }
 
-  private async run(req: Request): Promise<Outcome> {
+  private async run(req: Request, opts: TransactOptions): Promise<Outcome> {
+    const note = (e: AttemptEvent, detail?: string): void => {
+      if (e === 'timeout') this.counters.timeouts++
+      else this.counters.answers++
+      if (e === 'crc' || e === 'mismatch') this.counters.crcErrors++
+      if (e === 'exception') this.counters.exceptions++
+      if (e !== 'answer') this.lastFailure = { kind: e, unitId: req.unitId, message: detail ?? e, at: Date.now() }
+      if (!opts.commissioning) this.opts.onAttempt?.(req.unitId, e)
+    }
     let last: 'timeout' | 'crc' | 'mismatch' = 'timeout'
     for (let attempt = 0; attempt <= this.opts.retries; attempt++) {
       if (this.closed || !this.link.isOpen) return { kind: 'port_closed' }
@@ -60,24 +95,25 @@ export class ModbusMaster {
       } catch {
         return { kind: 'port_closed' }
       }
+      this.counters.requests++
       this.lastActivity = performance.now()
       const frame = await this.awaitAnswer(req)
       if (!frame) {
         last = 'timeout'
-        this.opts.onAttempt?.(req.unitId, 'timeout')
+        note('timeout', `unit ${req.unitId} did not answer within ${this.opts.timeoutMs} ms`)
         continue
       }
       const a = checkAnswer(req, frame)
       if (a.kind === 'ok') {
-        this.opts.onAttempt?.(req.unitId, 'answer')
+        note('answer')
         return a
       }
       if (a.kind === 'exception') {
-        this.opts.onAttempt?.(req.unitId, 'exception')
+        note('exception', `unit ${req.unitId} answered exception ${a.code} (${a.message})`)
         return a
       }
       last = a.kind
-      this.opts.onAttempt?.(req.unitId, a.kind)
+      note(a.kind, a.kind === 'crc' ? `a corrupt answer (bad CRC) from unit ${req.unitId}` : `an answer that did not fit the request to unit ${req.unitId}: ${a.detail}`)
     }
     return { kind: 'no_answer', reason: last }
   }
