@@ -14,11 +14,14 @@ import { CommandDevice } from '../helpers/command-device.js'
 import { launchBrowser, horizontalOverflow, openPage, screenshot, seriousA11yViolations } from '../helpers/browser.js'
 import { GatewayProcess, repoRoot } from '../helpers/gateway-process.js'
 import { HubBroker } from '../helpers/hub-broker.js'
+import { ModbusSlave, PtyPair, serialTempDir } from '../helpers/serial-peers.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-ui', secret: 'gw-ui-secret' }
 const valve = { productId: 'valve', deviceId: 'v1', secret: 'valve-secret-1' }
 const meter = { productId: 'meter', deviceId: 'm1', secret: 'meter-secret-1' }
-const devices = [valve, meter]
+// A power meter on an RS-485 line (a pty pair, pymodbus as the slave), for the serial page.
+const powerMeter = { productId: 'meter', deviceId: 'pm1', secret: 'power-meter-secret' }
+const devices = [valve, meter, powerMeter]
 const uiDir = path.join(repoRoot, 'dist', 'ui')
 const FIRST_PAGE_BUDGET = 60 * 1024
 const PASSWORD = 'correct horse battery'
@@ -47,12 +50,30 @@ describe('web app', () => {
   let gateway: GatewayProcess
   let browser: Browser
   let base: string
+  let serialDir: { dir: string; dispose: () => Promise<void> }
+  let pair: PtyPair
+  let slave: ModbusSlave
   const clients: CommandDevice[] = []
 
   beforeAll(async () => {
     hub = new HubBroker({ devices: [], gateway: { ...gw, children: devices } })
     await hub.start()
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices, log: { level: 'info' } })
+    serialDir = await serialTempDir('ui-serial-')
+    pair = new PtyPair(path.join(serialDir.dir, 'gw'), path.join(serialDir.dir, 'dev'))
+    await pair.start()
+    slave = new ModbusSlave(pair.device, path.join(serialDir.dir, 'slave.json'), { units: { 1: { hr: { 10: 230, 11: 50 } } } })
+    await slave.start()
+    const serial = {
+      ports: [
+        {
+          name: 'rs485',
+          path: pair.gateway,
+          protocol: 'modbus-rtu',
+          devices: [{ unitId: 1, productId: powerMeter.productId, deviceId: powerMeter.deviceId, pollIntervalMs: 2_000, dataType: 'power', registers: [{ name: 'volts', table: 'holding', address: 10, type: 'uint16' }] }],
+        },
+      ],
+    }
+    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices, serial, log: { level: 'info' } })
     await gateway.start()
     await gateway.waitForHealth((h) => h.northbound.connected, 20_000, 'northbound connected')
     base = `http://127.0.0.1:${gateway.httpPort}`
@@ -63,6 +84,9 @@ describe('web app', () => {
     await Promise.allSettled(clients.splice(0).map((c) => c.close()))
     await browser?.close()
     await gateway?.close()
+    await slave?.stop()
+    await pair?.stop()
+    await serialDir?.dispose()
     await hub?.close()
   })
 
@@ -298,6 +322,26 @@ describe('web app', () => {
       const text = tar.toString('latin1')
       for (const name of ['config.redacted.yaml', 'health.json', 'metrics.txt', 'logs.ndjson', 'outbox.json', 'system.json', 'versions.json']) expect(text).toContain(name)
       for (const secret of [gw.secret, valve.secret, meter.secret, PASSWORD, gateway.apiToken!]) expect(text).not.toContain(secret)
+      expect(problems.errors).toEqual([])
+      await page.close()
+    })
+
+    it('the serial page shows the port open, its bytes live, and reads a Modbus register once', async () => {
+      const { page, problems } = await openPage(context)
+      await page.goto('/ui/serial')
+      const row = page.locator('tr', { hasText: 'rs485' })
+      await expect.poll(() => row.locator('.badge').first().textContent(), { timeout: 20_000 }).toBe('open')
+      await row.getByRole('button', { name: 'Watch the line' }).click()
+      // The gateway polls the meter every 2 s: its requests (tx) and the answers (rx), as they pass.
+      await page.locator('ol.monitor li', { hasText: 'tx' }).first().waitFor({ timeout: 20_000 })
+      await page.locator('ol.monitor li', { hasText: 'rx' }).first().waitFor({ timeout: 20_000 })
+      await page.getByLabel('Table').selectOption('holding')
+      await page.getByLabel('Address').fill('10')
+      await page.getByLabel('Count').fill('2')
+      await page.getByRole('button', { name: 'Read once' }).click()
+      await page.getByTestId('modbus-values').waitFor()
+      expect(await page.getByTestId('modbus-values').textContent()).toBe('[230,50]')
+      await screenshot(page, 'serial-monitor')
       expect(problems.errors).toEqual([])
       await page.close()
     })

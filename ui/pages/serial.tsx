@@ -3,8 +3,8 @@
 import { useEffect, useState } from 'preact/hooks'
 import { api } from '../api.js'
 import { ensureHealth, hasAdapter } from '../live.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField } from '../components.js'
-import { dateTime } from '../format.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow } from '../components.js'
+import { ago, dateTime } from '../format.js'
 import { t } from '../i18n.js'
 
 interface Port {
@@ -12,16 +12,18 @@ interface Port {
   path: string
   protocol: string
   baudRate: number
+  framing: string
   state: string
+  stateSince: number | null
   open: boolean
-  lastError: string | null
+  lastActivityAt: number | null
+  problem: { message: string; at: number; hint: string } | null
   counters: Record<string, number>
 }
 
 interface Frame {
-  ts?: number
-  at?: number
-  dir: string
+  ts: number
+  dir: 'rx' | 'tx'
   hex: string
   text: string
 }
@@ -35,6 +37,7 @@ export function Serial() {
   const [monitor, setMonitor] = useState<string>()
   const notConfigured = configured === false
   const list = ports.data?.ports ?? []
+  const now = useNow()
   return (
     <>
       <h1>{t('nav.serial')}</h1>
@@ -52,7 +55,7 @@ export function Serial() {
                   <th scope="col">{t('col.protocol')}</th>
                   <th scope="col">{t('col.state')}</th>
                   <th scope="col">{t('se.counters')}</th>
-                  <th scope="col">{t('col.error')}</th>
+                  <th scope="col">{t('se.problem')}</th>
                   <th scope="col">
                     <span class="visually-hidden">{t('se.monitor')}</span>
                   </th>
@@ -64,17 +67,25 @@ export function Serial() {
                     <td>{p.name}</td>
                     <td>{p.path}</td>
                     <td>
-                      {p.protocol} · {p.baudRate}
+                      {p.protocol} · {p.baudRate} {p.framing}
                     </td>
                     <td>
-                      <Badge tone={p.open ? 'ok' : 'bad'}>{p.state}</Badge>
+                      <Badge tone={p.open ? 'ok' : 'bad'}>{p.state}</Badge> <span class="muted">{ago(p.stateSince, now)}</span>
                     </td>
                     <td>
                       {Object.entries(p.counters)
                         .map(([k, v]) => `${k} ${v}`)
                         .join(' · ')}
                     </td>
-                    <td>{p.lastError ?? ''}</td>
+                    <td>
+                      {p.problem && (
+                        <>
+                          <span class="muted">{dateTime(p.problem.at)}</span> {p.problem.message}
+                          <br />
+                          <em>{p.problem.hint}</em>
+                        </>
+                      )}
+                    </td>
                     <td>
                       <button type="button" onClick={() => setMonitor(p.name)}>
                         {t('se.watch')}
@@ -102,12 +113,10 @@ function Monitor({ port }: { port: string }) {
     const es = new EventSource(`${BASE}/ports/${encodeURIComponent(port)}/monitor`)
     es.onopen = () => setConnected(true)
     es.onerror = () => setConnected(false)
-    const add = (e: MessageEvent<string>): void => {
+    es.addEventListener('line', (e: MessageEvent<string>) => {
       const f = JSON.parse(e.data) as Frame
       setFrames((fs) => [f, ...fs].slice(0, 200))
-    }
-    es.onmessage = add
-    es.addEventListener('line', add)
+    })
     return () => es.close()
   }, [port])
   return (
@@ -128,7 +137,7 @@ function Monitor({ port }: { port: string }) {
         <ol class="monitor" aria-live="off">
           {frames.map((f, i) => (
             <li key={i}>
-              <span class="muted">{dateTime(f.ts ?? f.at)}</span> <strong>{f.dir}</strong> <code>{hex ? f.hex.replace(/(..)/g, '$1 ').trim() : f.text}</code>
+              <span class="muted">{dateTime(f.ts)}</span> <strong>{f.dir}</strong> <code>{hex ? f.hex.replace(/(..)/g, '$1 ').trim() : f.text}</code>
             </li>
           ))}
         </ol>
@@ -138,7 +147,7 @@ function Monitor({ port }: { port: string }) {
 }
 
 function ModbusRead({ ports }: { ports: string[] }) {
-  const [result, setResult] = useState<unknown>()
+  const [result, setResult] = useState<{ values: unknown[] }>()
   const [error, setError] = useState<unknown>()
   const unit = useField('1')
   const address = useField('0')
@@ -149,8 +158,8 @@ function ModbusRead({ ports }: { ports: string[] }) {
     setError(undefined)
     setResult(undefined)
     try {
-      const body = { port: String(f.get('port')), unitId: Number(f.get('unit')), table: String(f.get('table')), address: Number(f.get('address')), count: Number(f.get('count')) }
-      setResult(await api(`${BASE}/modbus/read`, { method: 'POST', body }))
+      const body = { unit: Number(f.get('unit')), table: String(f.get('table')), address: Number(f.get('address')), count: Number(f.get('count')) }
+      setResult(await api<{ values: unknown[] }>(`${BASE}/ports/${encodeURIComponent(String(f.get('port')))}/modbus/read`, { method: 'POST', body }))
     } catch (err) {
       setError(err)
     }
@@ -190,7 +199,14 @@ function ModbusRead({ ports }: { ports: string[] }) {
         <button type="submit">{t('se.read')}</button>
       </form>
       <ErrorLine error={error} />
-      {result !== undefined && <pre class="json" role="status">{JSON.stringify(result, null, 2)}</pre>}
+      {result && (
+        <div role="status">
+          <p>
+            {t('se.values')}: <code data-testid="modbus-values">{JSON.stringify(result.values)}</code>
+          </p>
+          <pre class="json">{JSON.stringify(result, null, 2)}</pre>
+        </div>
+      )}
     </Section>
   )
 }
