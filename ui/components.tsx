@@ -33,6 +33,27 @@ export function TableWrap(props: { label: string; children: ComponentChildren })
   )
 }
 
+/** A table's header row; a `{ hidden }` column has a heading only screen readers get (a buttons column). */
+export function THead(props: { cols: (string | { hidden: string })[] }) {
+  return (
+    <thead>
+      <tr>
+        {props.cols.map((c) =>
+          typeof c === 'string' ? (
+            <th key={c} scope="col">
+              {c}
+            </th>
+          ) : (
+            <th key={c.hidden} scope="col">
+              <span class="visually-hidden">{c.hidden}</span>
+            </th>
+          ),
+        )}
+      </tr>
+    </thead>
+  )
+}
+
 export function ErrorLine(props: { error: unknown }) {
   if (!props.error) return null
   const e = props.error

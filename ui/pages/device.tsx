@@ -4,7 +4,7 @@
 import { useEffect, useState } from 'preact/hooks'
 import { api, devicePath } from '../api.js'
 import { Chart, type HistoryPoint } from '../chart.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow } from '../components.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow, THead } from '../components.js'
 import { ago, dateTime, payloadText } from '../format.js'
 import { t } from '../i18n.js'
 import { onLive } from '../live.js'
@@ -245,17 +245,7 @@ function Commands({ base, productId, deviceId }: { base: string; productId: stri
         <Empty />
       ) : (
         <TableWrap label={t('dv.commands')}>
-          <thead>
-            <tr>
-              <th scope="col">{t('col.time')}</th>
-              <th scope="col">{t('col.name')}</th>
-              <th scope="col">{t('col.kind')}</th>
-              <th scope="col">{t('col.origin')}</th>
-              <th scope="col">{t('col.state')}</th>
-              <th scope="col">{t('dv.payload')}</th>
-              <th scope="col">{t('dv.reply')}</th>
-            </tr>
-          </thead>
+          <THead cols={[t('col.time'), t('col.name'), t('col.kind'), t('col.origin'), t('col.state'), t('dv.payload'), t('dv.reply')]} />
           <tbody>
             {cmds.map((c) => (
               <tr key={c.id} data-request={c.requestId}>

@@ -2,7 +2,7 @@
 // downlinks still followed, and the ChirpStack log events that went wrong.
 import { useEffect } from 'preact/hooks'
 import { ensureHealth, hasAdapter } from '../live.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useNow } from '../components.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useNow, THead } from '../components.js'
 import { ago, num } from '../format.js'
 import { t } from '../i18n.js'
 import { Link } from '../router.js'
@@ -41,21 +41,7 @@ export function Lorawan() {
             <Empty />
           ) : (
             <TableWrap label={t('lo.children')}>
-              <thead>
-                <tr>
-                  <th scope="col">{t('col.device')}</th>
-                  <th scope="col">DevEUI</th>
-                  <th scope="col">{t('col.lastSeen')}</th>
-                  <th scope="col">{t('col.rssi')}</th>
-                  <th scope="col">{t('col.snr')}</th>
-                  <th scope="col">{t('lo.gateways')}</th>
-                  <th scope="col">fCnt</th>
-                  <th scope="col">DR</th>
-                  <th scope="col">{t('col.battery')}</th>
-                  <th scope="col">{t('lo.downlinks')}</th>
-                  <th scope="col">{t('lo.failed')}</th>
-                </tr>
-              </thead>
+              <THead cols={[t('col.device'), 'DevEUI', t('col.lastSeen'), t('col.rssi'), t('col.snr'), t('lo.gateways'), 'fCnt', 'DR', t('col.battery'), t('lo.downlinks'), t('lo.failed')]} />
               <tbody>
                 {list.map((c) => (
                   <tr key={c.devEui}>

@@ -2,7 +2,7 @@
 // is pushed to devices or a tag with no hub in reach.
 import { useState } from 'preact/hooks'
 import { api } from '../api.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField } from '../components.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, THead } from '../components.js'
 import { bytes, dateTime } from '../format.js'
 import { t } from '../i18n.js'
 
@@ -42,18 +42,7 @@ export function Ota() {
           <Empty />
         ) : (
           <TableWrap label={t('ota.images')}>
-            <thead>
-              <tr>
-                <th scope="col">{t('ota.version')}</th>
-                <th scope="col">{t('ota.type')}</th>
-                <th scope="col">{t('ota.size')}</th>
-                <th scope="col">MD5</th>
-                <th scope="col">{t('ota.source')}</th>
-                <th scope="col">{t('col.state')}</th>
-                <th scope="col">{t('ota.refs')}</th>
-                <th scope="col">{t('col.time')}</th>
-              </tr>
-            </thead>
+            <THead cols={[t('ota.version'), t('ota.type'), t('ota.size'), 'MD5', t('ota.source'), t('col.state'), t('ota.refs'), t('col.time')]} />
             <tbody>
               {imgs.map((i) => (
                 <tr key={i.key}>

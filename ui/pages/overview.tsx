@@ -1,7 +1,7 @@
 // Is the cloud link up (since when, why not), how much waits and how old, the clock, each adapter,
 // active alarms, and the box's CPU, memory and disk: live from the stream, the rest polled.
 import { useEffect } from 'preact/hooks'
-import { Badge, ErrorLine, Section, TableWrap, useApi, useNow } from '../components.js'
+import { Badge, ErrorLine, Section, TableWrap, useApi, useNow, THead } from '../components.js'
 import { ago, bytes, dateTime, duration, num } from '../format.js'
 import { t } from '../i18n.js'
 import { ensureHealth, health, onLive } from '../live.js'
@@ -118,14 +118,7 @@ export function Overview() {
       {h && (
         <Section title={t('ov.adapters')} id="adapters">
           <TableWrap label={t('ov.adapters')}>
-            <thead>
-              <tr>
-                <th scope="col">{t('col.name')}</th>
-                <th scope="col">{t('col.kind')}</th>
-                <th scope="col">{t('col.state')}</th>
-                <th scope="col">{t('col.error')}</th>
-              </tr>
-            </thead>
+            <THead cols={[t('col.name'), t('col.kind'), t('col.state'), t('col.error')]} />
             <tbody>
               {h.adapters.map((a) => (
                 <tr key={a.name}>
@@ -179,15 +172,7 @@ export function AlarmList({ alarms }: { alarms: AlarmView[] | undefined }) {
   if (alarms.length === 0) return <p class="muted">{t('ov.noAlarms')}</p>
   return (
     <TableWrap label={t('ov.alarms')}>
-      <thead>
-        <tr>
-          <th scope="col">{t('col.alarm')}</th>
-          <th scope="col">{t('col.device')}</th>
-          <th scope="col">{t('col.state')}</th>
-          <th scope="col">{t('col.value')}</th>
-          <th scope="col">{t('col.since')}</th>
-        </tr>
-      </thead>
+      <THead cols={[t('col.alarm'), t('col.device'), t('col.state'), t('col.value'), t('col.since')]} />
       <tbody>
         {alarms.map((a) => (
           <tr key={`${a.rule}/${a.alarm}/${a.productId}/${a.deviceId}`}>

@@ -1,6 +1,6 @@
 // The local rules' counters and last error, and the alarms they keep (raised and recent).
 import { useEffect } from 'preact/hooks'
-import { Empty, ErrorLine, Section, TableWrap, useApi } from '../components.js'
+import { Empty, ErrorLine, Section, TableWrap, useApi, THead } from '../components.js'
 import { dateTime } from '../format.js'
 import { t } from '../i18n.js'
 import { onLive } from '../live.js'
@@ -34,18 +34,7 @@ export function Rules() {
           <Empty>{t('ru.none')}</Empty>
         ) : (
           <TableWrap label={t('ru.rules')}>
-            <thead>
-              <tr>
-                <th scope="col">{t('col.name')}</th>
-                <th scope="col">{t('ru.from')}</th>
-                <th scope="col">{t('ru.actions')}</th>
-                <th scope="col">{t('ru.matched')}</th>
-                <th scope="col">{t('ru.emitted')}</th>
-                <th scope="col">{t('ru.dropped')}</th>
-                <th scope="col">{t('col.errors')}</th>
-                <th scope="col">{t('ov.lastError')}</th>
-              </tr>
-            </thead>
+            <THead cols={[t('col.name'), t('ru.from'), t('ru.actions'), t('ru.matched'), t('ru.emitted'), t('ru.dropped'), t('col.errors'), t('ov.lastError')]} />
             <tbody>
               {list.map((r) => (
                 <tr key={r.name}>

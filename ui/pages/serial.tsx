@@ -3,7 +3,7 @@
 import { useEffect, useState } from 'preact/hooks'
 import { api } from '../api.js'
 import { ensureHealth, hasAdapter } from '../live.js'
-import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow } from '../components.js'
+import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow, THead } from '../components.js'
 import { ago, dateTime } from '../format.js'
 import { t } from '../i18n.js'
 
@@ -48,19 +48,7 @@ export function Serial() {
             <Empty />
           ) : (
             <TableWrap label={t('se.ports')}>
-              <thead>
-                <tr>
-                  <th scope="col">{t('col.name')}</th>
-                  <th scope="col">{t('se.path')}</th>
-                  <th scope="col">{t('col.protocol')}</th>
-                  <th scope="col">{t('col.state')}</th>
-                  <th scope="col">{t('se.counters')}</th>
-                  <th scope="col">{t('se.problem')}</th>
-                  <th scope="col">
-                    <span class="visually-hidden">{t('se.monitor')}</span>
-                  </th>
-                </tr>
-              </thead>
+              <THead cols={[t('col.name'), t('se.path'), t('col.protocol'), t('col.state'), t('se.counters'), t('se.problem'), { hidden: t('se.monitor') }]} />
               <tbody>
                 {list.map((p) => (
                   <tr key={p.name}>

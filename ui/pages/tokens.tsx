@@ -2,7 +2,7 @@
 // when each was last used, revoke.
 import { useState } from 'preact/hooks'
 import { api } from '../api.js'
-import { Empty, ErrorLine, Section, TableWrap, useApi } from '../components.js'
+import { Empty, ErrorLine, Section, TableWrap, useApi, THead } from '../components.js'
 import { dateTime } from '../format.js'
 import { t } from '../i18n.js'
 
@@ -67,16 +67,7 @@ export function Tokens() {
           <Empty />
         ) : (
           <TableWrap label={t('tk.list')}>
-            <thead>
-              <tr>
-                <th scope="col">{t('col.name')}</th>
-                <th scope="col">{t('tk.created')}</th>
-                <th scope="col">{t('tk.lastUsed')}</th>
-                <th scope="col">
-                  <span class="visually-hidden">{t('tk.revoke')}</span>
-                </th>
-              </tr>
-            </thead>
+            <THead cols={[t('col.name'), t('tk.created'), t('tk.lastUsed'), { hidden: t('tk.revoke') }]} />
             <tbody>
               {tokens.map((tok) => (
                 <tr key={tok.id}>
