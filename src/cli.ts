@@ -9,6 +9,9 @@ import { DB_FILE, openDatabase } from './store/db.js'
 import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/server.js'
+import { endpoint, request } from './cli-http.js'
+import { UiAuthStore } from './store/ui-auth.js'
+import { createSetupCode } from './web/auth-setup.js'
 import { ID_RULE, isId } from './core/hub-topics.js'
 import { ErrorCodes, StartError } from './core/errors.js'
 import { simulate } from './tools/simulate.js'
@@ -62,6 +65,10 @@ const USAGE = `usage:
   iothub-edge ota upload FILE --image-version V --type T [-c FILE]   an image for offline campaigns
   iothub-edge ota push IMAGE (--devices p/d,p/d | --product P --tags TAG) [--expires SECONDS] [--max-concurrent N] [-c FILE]
                               push a cached image (its md5) to devices, or to the children carrying a tag
+  iothub-edge ui reset-password [-c FILE]
+                              remove the web UI's users and their sessions and print a new setup
+                              code: the next visit sets the admin password (API tokens stay valid);
+                              works with the gateway running
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -147,11 +154,45 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return rulesCommand(rest, values)
     case 'history':
       return historyCommand(rest, values)
+    case 'ui':
+      return uiCommand(rest, values)
     default:
       if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
       return EXIT_USAGE
   }
+}
+
+/**
+ * `ui reset-password`: the way back for an operator locked out of the web UI, for whoever can run
+ * commands on the gateway as its user: the users go, a new setup code is written (and printed
+ * here, on the terminal, not in the gateway's log). A running gateway sees both at once: it reads
+ * the users and the code's file at each request.
+ */
+function uiCommand(rest: string[], values: { config?: string }): number {
+  if (rest[0] !== 'reset-password') {
+    process.stderr.write(`ui needs: reset-password [-c FILE]\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const cfg = readConfig(values.config)
+  if (typeof cfg === 'number') return cfg
+  const dataDir = cfg.gateway.dataDir
+  if (!existsSync(path.join(dataDir, DB_FILE))) {
+    process.stderr.write(`ui reset-password: there is no gateway database in ${dataDir}: check -c FILE (the gateway's config), or start the gateway once\n`)
+    return 1
+  }
+  const db = openDatabase(dataDir)
+  let removed: number
+  try {
+    removed = new UiAuthStore(db).removeUsers()
+  } finally {
+    db.close()
+  }
+  const { code, file } = createSetupCode(dataDir)
+  process.stdout.write(
+    `web UI: ${removed} user(s) and their sessions removed; API tokens stay valid\nsetup code: ${code}\n(also in ${file}): open the web UI and set the admin's password with it\n`,
+  )
+  return 0
 }
 
 /** `rules test`: the configured rules run on sample messages, nothing sent, nothing stored. */
@@ -294,7 +335,7 @@ async function start(file: string | undefined): Promise<number | undefined> {
  * left by a gateway killed with -9, or one whose pid now belongs to another process, is stale and
  * ignored); runtime.json tells its HTTP port.
  */
-function runningGateway(dataDir: string): { pid: number; httpPort?: number } | undefined {
+function runningGateway(dataDir: string): (Omit<RuntimeInfo, 'httpPort'> & { httpPort?: number }) | undefined {
   const owner = lockOwner(dataDir)
   if (!owner) return undefined
   try {
@@ -377,7 +418,7 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
     }
     // The gateway owns the database while it runs; act through its API so that e.g. a disable
     // disconnects the device at once.
-    const api = gatewayApi(cfg, live.httpPort)
+    const api = gatewayApi(cfg, { ...live, httpPort: live.httpPort })
     const dev = `/api/devices/${productId}/${deviceId}`
     try {
       const r =
@@ -453,21 +494,17 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
   return 0
 }
 
-function gatewayApi(cfg: Config, port: number): { base: string; call: (method: string, p: string, body?: unknown) => Promise<{ status: number; body: unknown }> } {
+function gatewayApi(cfg: Config, live: RuntimeInfo): { base: string; call: (method: string, p: string, body?: unknown, raw?: { type: string; stream: Readable }) => Promise<{ status: number; body: unknown }> } {
   const token = cfg.http.apiToken ?? readApiToken(cfg.gateway.dataDir)
-  const host = cfg.http.host === '0.0.0.0' || cfg.http.host === '::' ? '127.0.0.1' : cfg.http.host
-  const base = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+  const ep = endpoint(cfg.http.host, live)
   return {
-    base,
-    call: async (method, p, body) => {
-      const res = await fetch(`${base}${p}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-        signal: AbortSignal.timeout(15_000),
-      })
-      const text = await res.text()
-      return { status: res.status, body: text ? JSON.parse(text) : null }
+    base: ep.base,
+    call: async (method, p, body, raw) => {
+      const headers: Record<string, string> = { authorization: `Bearer ${token}` }
+      if (raw) headers['content-type'] = raw.type
+      else if (body) headers['content-type'] = 'application/json'
+      const res = await request(ep, method, p, headers, raw ? raw.stream : body ? JSON.stringify(body) : undefined)
+      return { status: res.status, body: res.text ? JSON.parse(res.text) : null }
     },
   }
 }
@@ -585,7 +622,7 @@ async function registerChildren(cfg: Config, children: { device: DeviceRef; tags
   const results: ('created' | 'exists')[] = []
   if (live) {
     if (live.httpPort === undefined) throw new Error(`a gateway (pid ${live.pid}) is using ${dataDir} and is still starting; try again in a moment`)
-    const api = gatewayApi(cfg, live.httpPort)
+    const api = gatewayApi(cfg, { ...live, httpPort: live.httpPort })
     for (const c of children) {
       const r = await api.call('POST', '/api/devices', { ...c.device, tags: c.tags })
       if (r.status === 409) results.push('exists')
@@ -630,7 +667,7 @@ async function status(values: { config?: string; json?: boolean }): Promise<numb
     process.stderr.write(`a gateway (pid ${live.pid}) is using ${cfg.gateway.dataDir} and is still starting\n`)
     return EXIT_NOT_RUNNING
   }
-  const api = gatewayApi(cfg, live.httpPort)
+  const api = gatewayApi(cfg, { ...live, httpPort: live.httpPort })
   let r: { status: number; body: unknown }
   try {
     r = await api.call('GET', '/api/health')
@@ -702,7 +739,7 @@ async function ota(args: string[], v: { config?: string; 'image-version'?: strin
     process.stderr.write(`ota ${sub}: no gateway is running (and answering) on ${cfg.gateway.dataDir}; start it first\n`)
     return EXIT_NOT_RUNNING
   }
-  const api = gatewayApi(cfg, live.httpPort)
+  const api = gatewayApi(cfg, { ...live, httpPort: live.httpPort })
   let r: { status: number; body: unknown }
   if (sub === 'images' || sub === 'jobs') {
     r = await api.call('GET', `/api/ota/${sub}`)
@@ -711,13 +748,10 @@ async function ota(args: string[], v: { config?: string; 'image-version'?: strin
       process.stderr.write('ota upload: --image-version and --type are required\n')
       return EXIT_USAGE
     }
-    const res = await fetch(`${api.base}/api/ota/images?version=${encodeURIComponent(v['image-version'])}&type=${encodeURIComponent(v.type)}`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${cfg.http.apiToken ?? readApiToken(cfg.gateway.dataDir)}`, 'content-type': 'application/octet-stream' },
-      body: Readable.toWeb(createReadStream(arg)) as ReadableStream,
-      duplex: 'half',
-    } as RequestInit)
-    r = { status: res.status, body: (await res.json()) as unknown }
+    r = await api.call('POST', `/api/ota/images?version=${encodeURIComponent(v['image-version'])}&type=${encodeURIComponent(v.type)}`, undefined, {
+      type: 'application/octet-stream',
+      stream: createReadStream(arg),
+    })
   } else {
     const devices = (v.devices ?? '').split(',').filter(Boolean)
     if (devices.length === 0 && !(v.product && v.tags)) {

@@ -94,6 +94,8 @@ export class Gateway {
   async start(): Promise<void> {
     const { cfg, log, metrics } = this
     this.lockDataDir()
+    // Before anything listens: a TLS pair that cannot be used stops the start at once.
+    const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)
     this.store = await openStore(cfg, log)
     const store = this.store
     const warn = new RateLimitedLog(log)
@@ -138,7 +140,6 @@ export class Gateway {
     await this.startAdapters()
     core.adaptersStarted()
 
-    const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)
     this.web = new WebServer(this.webDeps(tls), { host: cfg.http.host, port: cfg.http.port, dataDir: cfg.gateway.dataDir, tls })
     await this.web.start()
 

@@ -86,7 +86,7 @@ export class UiAuth {
     const hash = await hashPassword(password)
     if (!this.deps.store.createFirstUser(username, hash, this.now())) throw new AuthRefusal(409, 'already_set_up', 'the web UI has a user already: log in')
     removeSetupCode(this.deps.dataDir)
-    this.limiter.clear(`ip:${ip}`)
+    for (const k of [`ip:${ip}`, `user:${username.toLowerCase()}`]) this.limiter.clear(k)
     this.log.info({ username, ip }, `web UI set up: user ${username} created; the setup code is used up and its file deleted`)
     return this.newSession(username)
   }

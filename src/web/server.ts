@@ -24,6 +24,8 @@ export interface RuntimeInfo {
   scheme?: 'http' | 'https'
   /** The served certificate's SHA-256 fingerprint (`AB:CD:...`): the CLI pins it. */
   certSha256?: string
+  /** The served certificate's file (PEM): the CLI trusts it, pinned to certSha256. */
+  certFile?: string
 }
 
 export interface WebServerOptions {
@@ -65,7 +67,7 @@ export class WebServer {
     }
     const addr = this.app.server.address()
     this.boundPort = typeof addr === 'object' && addr ? addr.port : this.opts.port
-    const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort, scheme: tls ? 'https' : 'http', ...(tls ? { certSha256: tls.fingerprint256 } : {}) }
+    const runtime: RuntimeInfo = { pid: process.pid, httpPort: this.boundPort, scheme: tls ? 'https' : 'http', ...(tls ? { certSha256: tls.fingerprint256, certFile: tls.certFile } : {}) }
     try {
       writeFileSync(path.join(this.opts.dataDir, RUNTIME_FILE), JSON.stringify(runtime), { mode: 0o600 })
       this.wroteRuntime = true
@@ -80,6 +82,9 @@ export class WebServer {
           ? `web UI over https with the gateway's own self-signed certificate${tls.created ? ' (made now)' : ''}, SHA-256 fingerprint ${tls.fingerprint256}: the browser warns once; compare this fingerprint with the one it shows before accepting`
           : `web UI over https with ${tls.certFile}, SHA-256 fingerprint ${tls.fingerprint256}`,
       )
+    }
+    else if (this.deps.ui && !isLoopback(this.opts.host)) {
+      this.deps.log.info(`web UI and API over plain http on ${this.opts.host}:${this.boundPort}: logins and cookies cross the network unencrypted; set http.tls.selfSigned: true (or cert and key) for https`)
     }
     this.tellSetupCode()
   }
@@ -119,6 +124,8 @@ export class WebServer {
     await this.app?.close()
   }
 }
+
+const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || host.startsWith('127.')
 
 export function readApiToken(dataDir: string): string | undefined {
   const f = path.join(dataDir, API_TOKEN_FILE)

@@ -11,6 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import YAML from 'yaml'
 import { isRunning, trackChild, waitForExit } from './child-processes.js'
 import { freePort } from './ports.js'
+import { endpoint, request } from '../../src/cli-http.js'
+import type { RuntimeInfo } from '../../src/web/server.js'
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url))
 export const gatewayBin = path.join(repoRoot, 'bin', 'iothub-edge.js')
@@ -185,16 +187,29 @@ export class GatewayProcess {
       }
       if (Date.now() > deadline) throw this.failure(`gateway did not answer /api/health within ${timeoutMs} ms (${last})`)
       try {
-        const res = await fetch(this.httpUrl('/api/health'), { signal: AbortSignal.timeout(2_000) })
-        await res.arrayBuffer()
-        if (res.status === 200 || res.status === 503) break
-        last = `last status ${res.status}`
+        const status = await this.probeHealth()
+        if (status === 200 || status === 503) break
+        last = `last status ${status}`
       } catch (err) {
         last = `last error ${(err as Error).message}`
       }
       await sleep(100)
     }
     await this.readToken()
+  }
+
+  /**
+   * GET /api/health's status. Over https (http.tls) as the CLI does it: once runtime.json is
+   * written, trusting only the certificate it names (pinned by its fingerprint).
+   */
+  private async probeHealth(): Promise<number> {
+    if (!asObject(asObject(this.config).http).tls) {
+      const res = await fetch(this.httpUrl('/api/health'), { signal: AbortSignal.timeout(2_000) })
+      await res.arrayBuffer()
+      return res.status
+    }
+    const runtime = JSON.parse(await readFile(path.join(this.dataDir, 'runtime.json'), 'utf8')) as RuntimeInfo
+    return (await request(endpoint('127.0.0.1', runtime), 'GET', '/api/health', {}, undefined, 2_000)).status
   }
 
   async health(): Promise<GatewayHealth> {

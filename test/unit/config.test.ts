@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { readFileSync } from 'node:fs'
-import { ConfigError, parseConfig } from '../../src/config.js'
+import { ConfigError, fileProblems, parseConfig } from '../../src/config.js'
 import { renderConfigDoc } from '../../scripts/gen-config-doc.js'
 
 function problems(doc: unknown): string[] {
@@ -45,6 +45,17 @@ describe('config', () => {
     expect(p).toContain('broker.listeners[0].port: must be <= 65535')
     expect(p).toContain('broker.aclDenyAction: must be one of ["ignore","disconnect"]')
     expect(p.some((l) => l.startsWith('gatway: unknown key'))).toBe(true)
+  })
+
+  it('http.tls: cert and key together, or selfSigned, not both; paths relative to the config file; sessions default to 30 min idle, 12 h', () => {
+    expect(problems({ http: { tls: {} } })).toContain('http.tls: set both cert and key (PEM files), or selfSigned: true')
+    expect(problems({ http: { tls: { cert: 'a.pem' } } })).toContain('http.tls: set both cert and key (PEM files), or selfSigned: true')
+    expect(problems({ http: { tls: { cert: 'a.pem', key: 'a.key', selfSigned: true } } })).toContain('http.tls: either cert and key, or selfSigned: true, not both')
+    const cfg = parseConfig({ http: { tls: { cert: 'certs/ui.pem', key: 'certs/ui.key' } } }, '/etc/iothub-edge')
+    expect(cfg.http.tls).toEqual({ cert: '/etc/iothub-edge/certs/ui.pem', key: '/etc/iothub-edge/certs/ui.key', selfSigned: false })
+    expect(fileProblems(cfg)).toEqual(['http.tls.cert: /etc/iothub-edge/certs/ui.pem does not exist', 'http.tls.key: /etc/iothub-edge/certs/ui.key does not exist'])
+    expect(parseConfig({}).http.tls).toBeUndefined()
+    expect(parseConfig({}).http.session).toEqual({ idleTimeoutSeconds: 1800, maxLifetimeSeconds: 43_200 })
   })
 
   it('requires a secret per device in devices mode, and refuses duplicates', () => {

@@ -15,8 +15,11 @@ const SetupBody = Type.Object(
   },
   { additionalProperties: false },
 )
-const LoginBody = Type.Object({ username: Str('a string', 64), password: Str('a string') }, { additionalProperties: false })
-const PasswordBody = Type.Object({ currentPassword: Str('a string'), newPassword: Str('a password of 10 to 256 characters') }, { additionalProperties: false })
+const LoginBody = Type.Object({ username: Str('a string of at most 64 characters', 64), password: Str('a string of at most 256 characters') }, { additionalProperties: false })
+const PasswordBody = Type.Object(
+  { currentPassword: Str('a string of at most 256 characters'), newPassword: Str('a password of 10 to 256 characters') },
+  { additionalProperties: false },
+)
 
 export const authRoutes: FastifyPluginAsync<{ ui: UiAuth }> = async (app, { ui }) => {
   app.addHook('onRequest', async (_req, reply) => {
