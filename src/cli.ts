@@ -1,5 +1,5 @@
 // iothub-edge command line: start, check-config, devices, status, rules, history, ota, the adapters' tools (lorawan import).
-import { createReadStream, existsSync, readFileSync } from 'node:fs'
+import { createReadStream, existsSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } from './config.js'
@@ -69,6 +69,8 @@ const USAGE = `usage:
                               remove the web UI's users and their sessions and print a new setup
                               code: the next visit sets the admin password (API tokens stay valid);
                               works with the gateway running
+  iothub-edge diagnostics [-c FILE] [-o OUT]  the running gateway's diagnostics bundle (tar.gz, secrets
+                              replaced) into OUT (default: its own name in this folder)
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -119,6 +121,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
         type: { type: 'string' },
         expires: { type: 'string' },
         'max-concurrent': { type: 'string' },
+        output: { type: 'string', short: 'o' },
       },
     })
   } catch (err) {
@@ -156,6 +159,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return historyCommand(rest, values)
     case 'ui':
       return uiCommand(rest, values)
+    case 'diagnostics':
+      return diagnostics(values)
     default:
       if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
       process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
@@ -679,6 +684,38 @@ async function status(values: { config?: string; json?: boolean }): Promise<numb
   const health = r.body as Parameters<typeof statusText>[2]
   process.stdout.write(outputMode(values.json).json ? json({ pid: live.pid, url: api.base, ...health }) : statusText(live.pid, api.base, health))
   return health.status === 'ok' ? 0 : EXIT_DEGRADED
+}
+
+// --- diagnostics -----------------------------------------------------------------------------
+
+/** The running gateway's bundle (GET /api/diagnostics), written to a file: what support asks for first. */
+async function diagnostics(values: { config?: string; output?: string }): Promise<number> {
+  const cfg = readConfig(values.config)
+  if (typeof cfg === 'number') return cfg
+  const live = runningGateway(cfg.gateway.dataDir)
+  if (live?.httpPort === undefined) {
+    process.stderr.write(`diagnostics: no gateway is running (and answering) on ${cfg.gateway.dataDir}; start it, or send its log and config by hand\n`)
+    return EXIT_NOT_RUNNING
+  }
+  const api = gatewayApi(cfg, { ...live, httpPort: live.httpPort })
+  let res: Response
+  try {
+    res = await fetch(`${api.base}/api/diagnostics`, { headers: { authorization: `Bearer ${cfg.http.apiToken ?? readApiToken(cfg.gateway.dataDir)}` }, signal: AbortSignal.timeout(30_000) })
+  } catch (err) {
+    const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message
+    process.stderr.write(`diagnostics: the gateway (pid ${live.pid}) does not answer on ${api.base} (${cause}); check its log\n`)
+    return EXIT_NOT_RUNNING
+  }
+  const body = Buffer.from(await res.arrayBuffer())
+  if (res.status !== 200) {
+    process.stderr.write(`diagnostics: the gateway answered ${res.status}: ${body.toString('utf8')}\n`)
+    return 1
+  }
+  const named = /filename="([^"/\\]+)"/.exec(res.headers.get('content-disposition') ?? '')?.[1] ?? 'iothub-edge-diagnostics.tar.gz'
+  const out = values.output ?? named
+  writeFileSync(out, body, { mode: 0o600 })
+  process.stdout.write(`${out}\n`)
+  return 0
 }
 
 // --- history ---------------------------------------------------------------------------------

@@ -53,11 +53,16 @@ interface Kept {
   kind: RecentMessage['kind']
   dataType: string | null
   ts: number
-  /** A copy (never a pooled socket buffer), or the size of one too large to keep. */
-  payload: Buffer | number
+  /**
+   * Its bytes as a latin1 string (one byte a character: a compact copy, never a view of a pooled
+   * socket buffer), or the size of one too large to keep.
+   */
+  payload: string | number
 }
 
 interface Entry {
+  /** When it was last active, in this tracker's ticks (the least recently active go first). */
+  active: number
   protocol: string | null
   rssi: number | null
   snr: number | null
@@ -68,11 +73,11 @@ interface Entry {
   messages: Kept[]
 }
 
-const newEntry = (): Entry => ({ protocol: null, rssi: null, snr: null, battery: null, firmwareVersion: null, errors: 0, lastError: null, messages: [] })
+const newEntry = (): Entry => ({ active: 0, protocol: null, rssi: null, snr: null, battery: null, firmwareVersion: null, errors: 0, lastError: null, messages: [] })
 
 export class DeviceActivity implements PipelineObserver {
-  // Insertion order is activity order: an entry touched is moved to the end.
   private readonly devices = new Map<string, Entry>()
+  private tick = 0
   private pending: (readonly Uplink[])[] = []
   private scheduled = false
   private payloadBytes = 0
@@ -127,7 +132,7 @@ export class DeviceActivity implements PipelineObserver {
     return kept
       .slice(-limit)
       .reverse()
-      .map((m) => ({ messageId: m.messageId, kind: m.kind, dataType: m.dataType, ts: m.ts, payload: payloadView(m.payload) }))
+      .map((m) => ({ messageId: m.messageId, kind: m.kind, dataType: m.dataType, ts: m.ts, payload: payloadView(typeof m.payload === 'number' ? m.payload : Buffer.from(m.payload, 'latin1')) }))
   }
 
   /** Forget a device that was removed from the registry. */
@@ -161,11 +166,11 @@ export class DeviceActivity implements PipelineObserver {
     // The newest report wins: the transport's (LoRaWAN device status), else the payload's own field
     // (parsed only when the text is there at all: most payloads are never parsed here).
     if (meta?.battery !== undefined && isPercent(meta.battery)) e.battery = meta.battery
-    else if (!big && up.payload.includes('"battery"')) {
+    else if (!big && hasBatteryKey(up.payload)) {
       const b = jsonObject(up.payload)?.battery
       if (isPercent(b)) e.battery = b
     }
-    const kept: Kept = { messageId: t.messageId, kind: t.kind, dataType: t.kind === 'upload_data' ? (t.name ?? null) : null, ts: up.receivedAt, payload: big ? up.payload.length : Buffer.from(up.payload) }
+    const kept: Kept = { messageId: t.messageId, kind: t.kind, dataType: t.kind === 'upload_data' ? (t.name ?? null) : null, ts: up.receivedAt, payload: big ? up.payload.length : up.payload.toString('latin1') }
     if (t.kind === 'update_status' && !big) {
       const fw = firmwareOf(up.payload)
       if (fw !== undefined) e.firmwareVersion = fw
@@ -177,25 +182,46 @@ export class DeviceActivity implements PipelineObserver {
 
   private touch(device: string): Entry {
     let e = this.devices.get(device)
-    if (e) this.devices.delete(device)
-    else e = newEntry()
-    this.devices.set(device, e)
-    if (this.devices.size > this.limits.maxDevices) this.forget(this.devices.keys().next().value!)
+    if (!e) {
+      if (this.devices.size >= this.limits.maxDevices) this.forget(this.leastActive(1)[0])
+      this.devices.set(device, (e = newEntry()))
+    }
+    e.active = ++this.tick
     return e
   }
 
+  /** The keys of the `n` least recently active devices (a scan: only past the caps). */
+  private leastActive(n: number): string[] {
+    return [...this.devices].sort(([, a], [, b]) => a.active - b.active).slice(0, n).map(([k]) => k)
+  }
+
   // Over the budget: the least recently active devices lose their oldest messages first (their
-  // radio, battery, firmware and error facts stay).
+  // radio, battery, firmware and error facts stay), down to 90 % of it so this runs seldom.
   private trim(): void {
     if (this.payloadBytes <= this.limits.budgetBytes) return
-    for (const e of this.devices.values()) {
-      while (e.messages.length && this.payloadBytes > this.limits.budgetBytes) this.payloadBytes -= keptBytes(e.messages.shift()!)
-      if (this.payloadBytes <= this.limits.budgetBytes) return
+    const target = this.limits.budgetBytes * 0.9
+    for (const key of this.leastActive(this.devices.size)) {
+      const e = this.devices.get(key)!
+      while (e.messages.length && this.payloadBytes > target) this.payloadBytes -= keptBytes(e.messages.shift()!)
+      if (this.payloadBytes <= target) return
     }
   }
 }
 
 const keptBytes = (m: Kept): number => (typeof m.payload === 'number' ? 0 : m.payload.length)
+
+// `"battery"` in the payload's bytes: a plain loop, cheaper than Buffer#includes's native call for
+// the short payloads devices send; only then is the payload parsed.
+const BATTERY = Buffer.from('"battery"')
+function hasBatteryKey(p: Buffer): boolean {
+  const last = p.length - BATTERY.length
+  outer: for (let i = 0; i <= last; i++) {
+    if (p[i] !== 0x22 || p[i + 1] !== 0x62) continue
+    for (let j = 2; j < BATTERY.length; j++) if (p[i + j] !== BATTERY[j]) continue outer
+    return true
+  }
+  return false
+}
 
 const isPercent = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 100
 

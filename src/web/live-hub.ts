@@ -37,7 +37,8 @@ interface Client {
   lost: number
 }
 
-const DEFAULTS = { maxQueuedBytes: 256 * 1024, maxClients: 32, pingMs: 15_000, healthPollMs: 1_000, healthEveryMs: 5_000 }
+// At most 16 clients x 512 KiB queued: 8 MiB however slow the readers are.
+const DEFAULTS = { maxQueuedBytes: 512 * 1024, maxClients: 16, pingMs: 15_000, healthPollMs: 1_000, healthEveryMs: 5_000 }
 
 export class LiveHub implements LiveStream {
   private readonly clients = new Set<Client>()

@@ -1,7 +1,7 @@
 // The technician's live view of a gateway process, with Mosquitto as the hub and a real MQTT
 // device: the SSE stream (GET /api/events, read over HTTP as a browser would) shows the hub link in
-// health, a device connecting and leaving, its uplinks, a command going through its states and
-// the log; the device table shows what the device reported (firmware from its update_status,
+// health, a device connecting and leaving, its uplinks, an alarm a rule raised, a command going
+// through its states and the log; the device table shows what the device reported (firmware from its update_status,
 // battery from its payload, protocol, failed logins, queued commands) and its last messages.
 import type { MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -29,7 +29,13 @@ describe('live stream and device activity', () => {
   beforeAll(async () => {
     hub = new HubBroker({ devices: [], gateway: { ...gw, children: [dev, valve] } })
     await hub.start()
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices: [dev, valve], log: { level: 'info', format: 'json' } })
+    gateway = new GatewayProcess({
+      gateway: gw,
+      northbound: { url: hub.url },
+      devices: [dev, valve],
+      rules: [{ name: 'too-hot', from: 'upload_data/thermo/+/telemetry', actions: [{ alarm: { name: 'hot', set: 'payload.temperature > 30.0', clear: 'payload.temperature < 25.0', value: 'payload.temperature' } }] }],
+      log: { level: 'info', format: 'json' },
+    })
     await gateway.start()
     await gateway.waitForHealth((h) => h.northbound.connected, 20_000, 'hub connected')
   })
@@ -64,6 +70,11 @@ describe('live stream and device activity', () => {
     await publishQos1(client, `upload_data/thermo/t1/telemetry/${id}`, JSON.stringify({ temperature: 21.5, battery: 87 }))
     const up = await stream.waitFor('uplink', (u) => u.messageId === id)
     expect(up.data).toMatchObject({ productId: 'thermo', deviceId: 't1', kind: 'upload_data', dataType: 'telemetry', transport: 'mqtt', payload: { temperature: 21.5, battery: 87 } })
+    // A rule raises an alarm on it: the stream says so, as GET /api/alarms lists it.
+    await publishQos1(client, `upload_data/thermo/t1/telemetry/${newMessageId()}`, JSON.stringify({ temperature: 35.5 }))
+    const alarm = await stream.waitFor('alarm', (a) => a.alarm === 'hot')
+    expect(alarm.data).toMatchObject({ rule: 'too-hot', alarm: 'hot', productId: 'thermo', deviceId: 't1', state: 'raised', value: 35.5, since: expect.any(Number) })
+    expect((await gateway.api('GET', '/api/alarms')).body.alarms).toEqual([alarm.data])
     const raw = newMessageId()
     await publishQos1(client, `upload_data/thermo/t1/raw/${raw}`, Buffer.from([0xff, 0x00, 0x10]))
     expect((await stream.waitFor('uplink', (u) => u.messageId === raw)).data.payload).toEqual({ base64: Buffer.from([0xff, 0x00, 0x10]).toString('base64') })
@@ -107,13 +118,16 @@ describe('live stream and device activity', () => {
     expect((await listed(dev)).battery).toBe(87)
   })
 
-  it('shows a device leaving, and the hub going down in health', async () => {
+  it('shows a device leaving, and the hub going down and the outbox growing in health', async () => {
     await clients[0].endAsync()
     await stream.waitFor('device', (d) => d.deviceId === 't1' && d.online === false)
     const from = stream.events.length
     await hub.stop()
     await stream.waitFor('health', (h) => h.northbound.connected === false && typeof h.northbound.downSince === 'number', 20_000, from)
     await stream.waitFor('log', (l) => l.level >= 40, 20_000, from)
+    // What the valve sends meanwhile waits in the outbox: health says how much.
+    for (let i = 0; i < 3; i++) await publishQos1(clients[1], `upload_data/valves/v1/position/${newMessageId()}`, String(i))
+    await stream.waitFor('health', (h) => h.northbound.connected === false && h.outbox.messages >= 3, 20_000, from)
   })
 
   it('serves the recent logs, filtered by level, and as a download', async () => {

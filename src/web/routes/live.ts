@@ -24,7 +24,8 @@ export const liveRoutes: FastifyPluginAsync<WebDeps> = async (app, deps) => {
   // The stream outlives requests: it is ended before the server waits for its connections.
   app.addHook('preClose', async () => deps.live?.close())
 
-  app.get('/events', async (req, reply) => {
+  // No HEAD: a stream has no end for a HEAD to wait for.
+  app.get('/events', { exposeHeadRoute: false }, async (req, reply) => {
     const live = deps.live
     if (!live) return reply.code(404).send(OFF('the live stream'))
     if (live.full) return reply.code(503).send({ error: 'too_many_streams', message: 'too many live streams are open; close a browser tab and retry' })
