@@ -44,6 +44,8 @@ export class PortLink extends EventEmitter<PortLinkEvents> {
   readonly monitor: PortMonitor
   private port?: SerialPort
   private timer?: NodeJS.Timeout
+  // The writes in flight on the open port, failed at once when it closes.
+  private readonly writing = new Set<(err: Error) => void>()
   private backoffMs: number
   private stopping = false
 
@@ -71,6 +73,7 @@ export class PortLink extends EventEmitter<PortLinkEvents> {
     this.stopping = true
     this.setState('stopped')
     clearTimeout(this.timer)
+    this.failWrites('stopped')
     const port = this.port
     this.port = undefined
     if (port?.isOpen) await new Promise<void>((resolve) => port.close(() => resolve()))
@@ -96,17 +99,16 @@ export class PortLink extends EventEmitter<PortLinkEvents> {
           if (settled) return
           settled = true
           clearTimeout(timer)
-          port.off('close', onClose)
+          this.writing.delete(finish)
           if (err) reject(err)
           else resolve()
         }
-        const onClose = (): void => finish(new Error(`port ${this.cfg.name} closed during the write`))
         const timer = setTimeout(() => {
           const err = new Error(`a write to port ${this.cfg.name} did not finish within ${deadlineMs} ms`)
           finish(err)
           this.lose(port, err)
         }, deadlineMs)
-        port.once('close', onClose)
+        this.writing.add(finish)
         port.write(bytes, (err) => {
           if (err) finish(err)
           else port.drain((e) => finish(e))
@@ -168,6 +170,10 @@ export class PortLink extends EventEmitter<PortLinkEvents> {
     this.retryLater()
   }
 
+  private failWrites(why: string): void {
+    for (const fail of [...this.writing]) fail(new Error(`port ${this.cfg.name} ${why}`))
+  }
+
   private noteError(message: string): void {
     this.lastError = message
     this.lastErrorAt = Date.now()
@@ -181,6 +187,7 @@ export class PortLink extends EventEmitter<PortLinkEvents> {
   private retryLater(): void {
     if (this.stopping) return
     this.setState('waiting')
+    this.failWrites('closed during the write')
     const port = this.port
     this.port = undefined
     if (port?.isOpen) port.close()

@@ -29,11 +29,13 @@ function openHint(message: string): string {
   return OPEN_HINTS.find(([re]) => re.test(message))?.[1] ?? LOST_HINT
 }
 
-/** The most recent problem of the port, its bus or its lines; null while there was none. */
+/** The most recent problem of the port, its bus or its lines; null while there was none (or only port errors a reopen ended). */
 export function lastProblem(rt: PortRuntime): PortProblem | null {
   const found: PortProblem[] = []
   const { link } = rt
-  if (link.lastError !== null && link.lastErrorAt !== null) found.push({ message: link.lastError, at: link.lastErrorAt, hint: openHint(link.lastError) })
+  // The port's own error is over once it opened again after it.
+  const over = link.isOpen && link.lastErrorAt !== null && link.stateSince >= link.lastErrorAt
+  if (link.lastError !== null && link.lastErrorAt !== null && !over) found.push({ message: link.lastError, at: link.lastErrorAt, hint: openHint(link.lastError) })
   const f = rt.master?.lastFailure
   if (f) found.push({ message: f.message, at: f.at, hint: BUS_HINTS[f.kind] })
   const r = rt.lines?.lastRejected
