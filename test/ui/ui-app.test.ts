@@ -14,6 +14,7 @@ import { CommandDevice } from '../helpers/command-device.js'
 import { launchBrowser, horizontalOverflow, openPage, screenshot, seriousA11yViolations } from '../helpers/browser.js'
 import { GatewayProcess, repoRoot } from '../helpers/gateway-process.js'
 import { HubBroker } from '../helpers/hub-broker.js'
+import { ChirpstackBroker, ChirpstackSim, example } from '../helpers/chirpstack.js'
 import { ModbusSlave, PtyPair, serialTempDir } from '../helpers/serial-peers.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-ui', secret: 'gw-ui-secret' }
@@ -22,6 +23,8 @@ const meter = { productId: 'meter', deviceId: 'm1', secret: 'meter-secret-1' }
 // A power meter on an RS-485 line (a pty pair, pymodbus as the slave), for the serial page.
 const powerMeter = { productId: 'meter', deviceId: 'pm1', secret: 'power-meter-secret' }
 const devices = [valve, meter, powerMeter]
+// A LoRaWAN room sensor behind ChirpStack (its documented `up` example is from this DevEUI).
+const roomSensor = { devEui: '0101010101010101', productId: 'room', deviceId: 'r101' }
 const uiDir = path.join(repoRoot, 'dist', 'ui')
 const FIRST_PAGE_BUDGET = 60 * 1024
 const PASSWORD = 'correct horse battery'
@@ -53,11 +56,17 @@ describe('web app', () => {
   let serialDir: { dir: string; dispose: () => Promise<void> }
   let pair: PtyPair
   let slave: ModbusSlave
+  let csBroker: ChirpstackBroker
+  let chirpstack: ChirpstackSim
   const clients: CommandDevice[] = []
 
   beforeAll(async () => {
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: devices } })
+    hub = new HubBroker({ devices: [], gateway: { ...gw, children: [...devices, { productId: roomSensor.productId, deviceId: roomSensor.deviceId }] } })
     await hub.start()
+    csBroker = new ChirpstackBroker()
+    await csBroker.start()
+    chirpstack = new ChirpstackSim(csBroker.url, 'json')
+    await chirpstack.start()
     serialDir = await serialTempDir('ui-serial-')
     pair = new PtyPair(path.join(serialDir.dir, 'gw'), path.join(serialDir.dir, 'dev'))
     await pair.start()
@@ -73,7 +82,8 @@ describe('web app', () => {
         },
       ],
     }
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices, serial, log: { level: 'info' } })
+    const lorawan = { chirpstack: { mqtt: { url: csBroker.url, clientId: 'ui-test-lorawan' }, encoding: 'json' }, devices: [{ ...roomSensor, dataTypes: { '1': 'telemetry' } }] }
+    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices, serial, lorawan, log: { level: 'info' } })
     await gateway.start()
     await gateway.waitForHealth((h) => h.northbound.connected, 20_000, 'northbound connected')
     base = `http://127.0.0.1:${gateway.httpPort}`
@@ -87,6 +97,8 @@ describe('web app', () => {
     await slave?.stop()
     await pair?.stop()
     await serialDir?.dispose()
+    await chirpstack?.stop()
+    await csBroker?.close()
     await hub?.close()
   })
 
@@ -342,6 +354,19 @@ describe('web app', () => {
       await page.getByTestId('modbus-values').waitFor()
       expect(await page.getByTestId('modbus-values').textContent()).toBe('[230,50]')
       await screenshot(page, 'serial-monitor')
+      expect(problems.errors).toEqual([])
+      await page.close()
+    })
+
+    it('the LoRaWAN page shows a sensor\'s radio quality and frame counter from ChirpStack', async () => {
+      await chirpstack.publishRaw(roomSensor.devEui, 'up', JSON.stringify(example('up')))
+      const { page, problems } = await openPage(context)
+      await page.goto('/ui/lorawan')
+      const row = page.locator('tr', { hasText: roomSensor.devEui })
+      await row.waitFor({ timeout: 20_000 })
+      // example('up'): one gateway heard it at -36 dBm, SNR 10.5, frame counter 0, data rate 1.
+      await expect.poll(async () => (await row.locator('td').allTextContents()).slice(3, 8), { timeout: 20_000 }).toEqual(['-36', '10.5', '1', '0', '1'])
+      await screenshot(page, 'lorawan')
       expect(problems.errors).toEqual([])
       await page.close()
     })
