@@ -14,8 +14,6 @@ export function Overview() {
   const h = health.value
   const outbox = useApi<OutboxStats>('/api/outbox', 5_000)
   const system = useApi<SystemInfo>('/api/system', 10_000)
-  const alarms = useApi<{ alarms: AlarmView[] }>('/api/alarms?state=raised')
-  useEffect(() => onLive('alarm', alarms.reload), [alarms.reload])
   // The outbox depth in the health event is fresher than the poll: reload on each change.
   useEffect(() => {
     if (h) outbox.reload()
@@ -134,11 +132,20 @@ export function Overview() {
           </TableWrap>
         </Section>
       )}
-      <Section title={t('ov.alarms')} id="alarms">
-        <ErrorLine error={alarms.error} />
-        <AlarmList alarms={alarms.data?.alarms} />
-      </Section>
+      <Alarms raisedOnly />
     </>
+  )
+}
+
+/** The rules' alarms (raised only, or raised and cleared), reloaded when the stream says one changed. */
+export function Alarms({ raisedOnly }: { raisedOnly?: boolean }) {
+  const alarms = useApi<{ alarms: AlarmView[] }>(raisedOnly ? '/api/alarms?state=raised' : '/api/alarms')
+  useEffect(() => onLive('alarm', alarms.reload), [alarms.reload])
+  return (
+    <Section title={t('ov.alarms')} id="alarms">
+      <ErrorLine error={alarms.error} />
+      <AlarmList alarms={alarms.data?.alarms} />
+    </Section>
   )
 }
 
@@ -167,7 +174,7 @@ function SystemFacts({ s }: { s: SystemInfo }) {
   )
 }
 
-export function AlarmList({ alarms }: { alarms: AlarmView[] | undefined }) {
+function AlarmList({ alarms }: { alarms: AlarmView[] | undefined }) {
   if (!alarms) return null
   if (alarms.length === 0) return <p class="muted">{t('ov.noAlarms')}</p>
   return (

@@ -1,11 +1,8 @@
 // The local rules' counters and last error, and the alarms they keep (raised and recent).
-import { useEffect } from 'preact/hooks'
 import { Empty, ErrorLine, Section, TableWrap, useApi, THead } from '../components.js'
 import { dateTime } from '../format.js'
 import { t } from '../i18n.js'
-import { onLive } from '../live.js'
-import type { AlarmView } from '../types.js'
-import { AlarmList } from './overview.js'
+import { Alarms } from './overview.js'
 
 interface Rule {
   name: string
@@ -22,8 +19,6 @@ interface Rule {
 
 export function Rules() {
   const rules = useApi<{ rules: Rule[] }>('/api/rules', 5_000)
-  const alarms = useApi<{ alarms: AlarmView[] }>('/api/alarms')
-  useEffect(() => onLive('alarm', alarms.reload), [alarms.reload])
   const list = rules.data?.rules ?? []
   return (
     <>
@@ -54,10 +49,7 @@ export function Rules() {
           </TableWrap>
         )}
       </Section>
-      <Section title={t('ov.alarms')} id="alarms">
-        <ErrorLine error={alarms.error} />
-        <AlarmList alarms={alarms.data?.alarms} />
-      </Section>
+      <Alarms />
     </>
   )
 }
