@@ -42,6 +42,7 @@ type Name =
   | 'insertToken'
   | 'listTokens'
   | 'findToken'
+  | 'getToken'
   | 'touchToken'
   | 'deleteToken'
 
@@ -63,6 +64,7 @@ export class UiAuthStore {
       insertToken: db.prepare('INSERT INTO api_tokens (id, name, token_hash, created_by, created_at) VALUES (?, ?, ?, ?, ?)'),
       listTokens: db.prepare('SELECT id, name, created_by AS createdBy, created_at AS createdAt, last_used_at AS lastUsedAt FROM api_tokens ORDER BY created_at, id'),
       findToken: db.prepare('SELECT id, name, created_by AS createdBy, created_at AS createdAt, last_used_at AS lastUsedAt FROM api_tokens WHERE token_hash = ?'),
+      getToken: db.prepare('SELECT id, name, created_by AS createdBy, created_at AS createdAt, last_used_at AS lastUsedAt FROM api_tokens WHERE id = ?'),
       touchToken: db.prepare('UPDATE api_tokens SET last_used_at = ? WHERE id = ?'),
       deleteToken: db.prepare('DELETE FROM api_tokens WHERE id = ?'),
     }
@@ -133,6 +135,10 @@ export class UiAuthStore {
 
   findToken(tokenHash: string): ApiTokenInfo | undefined {
     return this.st.findToken.get(tokenHash) as ApiTokenInfo | undefined
+  }
+
+  getToken(id: string): ApiTokenInfo | undefined {
+    return this.st.getToken.get(id) as ApiTokenInfo | undefined
   }
 
   touchToken(id: string, now: number): void {

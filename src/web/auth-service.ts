@@ -122,6 +122,13 @@ export class UiAuth {
     return { username: s.username, csrf: s.csrf, idHash }
   }
 
+  /** Whether a session is still on (not expired, not ended), without counting this as its use: for long-lived streams. */
+  alive(idHash: string): boolean {
+    const s = this.deps.store.getSession(idHash)
+    const now = this.now()
+    return s !== undefined && now - s.lastSeenAt < this.idleMs && now - s.createdAt < this.maxMs
+  }
+
   logout(session: ActiveSession): void {
     this.deps.store.deleteSession(session.idHash)
   }
@@ -155,6 +162,10 @@ export class UiAuth {
 
   listTokens(): ApiTokenInfo[] {
     return this.deps.store.listTokens()
+  }
+
+  tokenExists(id: string): boolean {
+    return this.deps.store.getToken(id) !== undefined
   }
 
   revokeToken(id: string): boolean {

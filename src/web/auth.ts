@@ -21,6 +21,12 @@ export interface Credential {
   kind: 'api-token-file' | 'api-token' | 'session'
   session?: ActiveSession
   apiTokenId?: string
+  /**
+   * Whether the credential still holds (the session has not expired or ended, the API token is not
+   * revoked), without counting as a use: a long-lived answer (an event stream) asks at each ping
+   * and ends when it no longer does.
+   */
+  stillValid(): boolean
 }
 
 declare module 'fastify' {
@@ -68,12 +74,12 @@ export function requireCredentials(
     const bearer = bearerOf(req)
     if (bearer !== undefined || !ui) {
       if (equalSecrets(bearer ?? '', token)) {
-        req.credential = { kind: 'api-token-file' }
+        req.credential = { kind: 'api-token-file', stillValid: () => true }
         return undefined
       }
       const apiToken = bearer !== undefined ? ui?.apiToken(bearer) : undefined
-      if (!apiToken) return reply.code(401).send(refusal)
-      req.credential = { kind: 'api-token', apiTokenId: apiToken.id }
+      if (!apiToken || !ui) return reply.code(401).send(refusal)
+      req.credential = { kind: 'api-token', apiTokenId: apiToken.id, stillValid: () => ui.tokenExists(apiToken.id) }
       return undefined
     }
     const cookie = req.cookies[SESSION_COOKIE]
@@ -85,7 +91,7 @@ export function requireCredentials(
     }
     const refused = crossSiteOrMissingCsrf(req, session)
     if (refused) return reply.code(403).send(csrfRefusal(refused))
-    req.credential = { kind: 'session', session }
+    req.credential = { kind: 'session', session, stillValid: () => ui.alive(session.idHash) }
     return undefined
   }
 }

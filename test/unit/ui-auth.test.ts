@@ -13,7 +13,9 @@ import type { WebDeps } from '../../src/web/deps.js'
 import { openDatabase, type Db } from '../../src/store/db.js'
 import { UiAuthStore } from '../../src/store/ui-auth.js'
 import { SETUP_CODE_FILE, createSetupCode } from '../../src/web/auth-setup.js'
+import { WebServer } from '../../src/web/server.js'
 import { SESSION_COOKIE } from '../../src/web/auth-service.js'
+import type { Credential } from '../../src/web/auth.js'
 
 const TOKEN = 'tok-0123456789abcdef'
 const PASSWORD = 'correct horse battery'
@@ -26,6 +28,8 @@ let app: FastifyInstance
 let clock: number
 let logs: string[]
 let failures: string[]
+/** The credential the last request to /api/adapters/probe/whoami was let in with (what an event stream holds on to). */
+let held: Credential | null
 
 function deps(): WebDeps {
   const unused = (): never => {
@@ -39,7 +43,17 @@ function deps(): WebDeps {
     outboxStats: () => ({ messages: 0, bytes: 0, oldestAgeMs: 0, byPriority: {}, dropped: {}, maxBytes: 1 }) as never,
     devices: {} as WebDeps['devices'],
     commands: {} as WebDeps['commands'],
-    adapterRoutes: [],
+    adapterRoutes: [
+      {
+        adapter: 'probe',
+        plugin: async (scope) => {
+          scope.get('/whoami', async (req) => {
+            held = req.credential
+            return { kind: req.credential?.kind }
+          })
+        },
+      },
+    ],
     ui: {
       store: new UiAuthStore(db),
       dataDir: dir,
@@ -128,6 +142,27 @@ describe('first-run setup', () => {
     const row = db.prepare('SELECT password_hash FROM ui_users').get() as { password_hash: string }
     expect(row.password_hash).toMatch(/^scrypt\$32768\$8\$1\$[\w-]+\$[\w-]+$/)
     expect(row.password_hash).not.toContain(PASSWORD)
+  })
+})
+
+describe('the setup code at start (WebServer, listening)', () => {
+  it('is made and told once with the URL; a restart before the setup says only where the file is; none once set up', async () => {
+    const start = async (): Promise<string> => {
+      const before = logs.length
+      const server = new WebServer(deps(), { host: '127.0.0.1', port: 0, dataDir: dir })
+      await server.start()
+      await server.stop()
+      return logs.slice(before).join('\n')
+    }
+    const first = await start()
+    const code = readFileSync(path.join(dir, SETUP_CODE_FILE), 'utf8').trim()
+    expect(first).toMatch(new RegExp(`open http://127\\.0\\.0\\.1:\\d+/ and enter the setup code ${code} \\(also in ${path.join(dir, SETUP_CODE_FILE)}`))
+    const second = await start()
+    expect(readFileSync(path.join(dir, SETUP_CODE_FILE), 'utf8').trim(), 'the same code').toBe(code)
+    expect(second).toContain(`enter the setup code from ${path.join(dir, SETUP_CODE_FILE)}`)
+    expect(second).not.toContain(code)
+    expect((await post('/api/auth/setup', { setupCode: code, username: 'admin', password: PASSWORD })).statusCode).toBe(200)
+    expect(await start()).not.toMatch(/setup code/)
   })
 })
 
@@ -293,6 +328,44 @@ describe('bearer tokens', () => {
     expect((await get('/api/outbox', { authorization: `Bearer ${token}` })).statusCode).toBe(401)
     expect((await get('/api/tokens', { cookie })).json()).toEqual({ tokens: [] })
     expect((await app.inject({ method: 'DELETE', url: `/api/tokens/${id}`, headers: { authorization: `Bearer ${TOKEN}` } })).statusCode).toBe(404)
+  })
+})
+
+describe('a long-lived answer (an event stream)', () => {
+  it('can tell when its credential ends: logout, idle timeout, a revoked API token; the file token holds', async () => {
+    const { cookie } = await setUp()
+    expect((await get('/api/adapters/probe/whoami', { cookie })).json()).toEqual({ kind: 'session' })
+    const session = held!
+    expect(session.stillValid()).toBe(true)
+    clock += (IDLE_S - 1) * 1000
+    expect(session.stillValid(), 'asking is not a use').toBe(true)
+    clock += 2000
+    expect(session.stillValid()).toBe(false)
+
+    const again = cookieOf(await login())
+    await get('/api/adapters/probe/whoami', { cookie: again })
+    const second = held!
+    expect(second.stillValid()).toBe(true)
+    await post('/api/auth/logout', {}, { cookie: again, 'x-csrf-token': (await get('/api/auth/state', { cookie: again })).json().csrfToken })
+    expect(second.stillValid()).toBe(false)
+
+    const made = (await app.inject({ method: 'POST', url: '/api/tokens', payload: { name: 't' }, headers: { authorization: `Bearer ${TOKEN}` } })).json()
+    await get('/api/adapters/probe/whoami', { authorization: `Bearer ${made.token}` })
+    const byToken = held!
+    expect(byToken).toMatchObject({ kind: 'api-token', apiTokenId: made.id })
+    expect(byToken.stillValid()).toBe(true)
+    await app.inject({ method: 'DELETE', url: `/api/tokens/${made.id}`, headers: { authorization: `Bearer ${TOKEN}` } })
+    expect(byToken.stillValid()).toBe(false)
+
+    await get('/api/adapters/probe/whoami', { authorization: `Bearer ${TOKEN}` })
+    expect(held).toMatchObject({ kind: 'api-token-file' })
+    expect(held!.stillValid()).toBe(true)
+  })
+
+  it('GET /api/auth/state tells another site nothing of the session', async () => {
+    const { cookie } = await setUp()
+    expect((await get('/api/auth/state', { cookie, 'sec-fetch-site': 'same-site' })).json()).toEqual({ setupRequired: false, user: null, csrfToken: null })
+    expect((await get('/api/auth/state', { cookie, 'sec-fetch-site': 'same-origin' })).json().user).toEqual({ username: 'admin' })
   })
 })
 

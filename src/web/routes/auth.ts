@@ -27,7 +27,8 @@ export const authRoutes: FastifyPluginAsync<{ ui: UiAuth }> = async (app, { ui }
   })
 
   app.get('/state', async (req) => {
-    const session = ui.session(req.cookies[SESSION_COOKIE])
+    // Another site never learns the session's CSRF token (nor that there is a session).
+    const session = sameOrigin(req) ? ui.session(req.cookies[SESSION_COOKIE]) : undefined
     return { setupRequired: ui.setupRequired(), user: session ? { username: session.username } : null, csrfToken: session?.csrf ?? null }
   })
 
