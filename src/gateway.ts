@@ -2,6 +2,7 @@
 // the store, the core, the hub bridge, the southbound adapters and the web, in that order, starts
 // them sinks first (store, bridge) and sources last (adapters, HTTP), and stops them in reverse
 // within a deadline. Nothing else wires components together.
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import type { Config } from './config.js'
 import { createLogger, RateLimitedLog, type Logger } from './core/log.js'
@@ -37,6 +38,9 @@ import { LiveHub } from './web/live-hub.js'
 import { redactConfig } from './config-redact.js'
 
 const GAUGE_INTERVAL_MS = 5_000
+/** The devices' last reported facts (src/live/device-activity.ts), kept across restarts. */
+const ACTIVITY_FILE = 'device-facts.json'
+const ACTIVITY_SAVE_MS = 30_000
 
 export interface GatewayOptions {
   /** A logger of the caller's; the recent-logs ring (GET /api/logs) then stays empty unless `logRing` is its tap. */
@@ -72,6 +76,8 @@ export class Gateway {
   ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
   private gaugeTimer?: NodeJS.Timeout
+  private activityTimer?: NodeJS.Timeout
+  private readonly activityWarn: RateLimitedLog
   private stopping = false
   private lock?: DataDirLock
 
@@ -82,6 +88,7 @@ export class Gateway {
     this.logRing = opts.logRing ?? new LogRing()
     this.log = opts.logger ?? createLogger({ level: cfg.log.level, format: cfg.log.format, gatewayId: cfg.gateway.id, tap: this.logRing.push })
     this.live = new LiveHub({ health: () => this.health() })
+    this.activityWarn = new RateLimitedLog(this.log)
     this.liveMetrics()
     // Which gateway a scrape came from, the Prometheus way (an info metric to join on), rather than a
     // label on every sample: docs/operators/alerts.md.
@@ -227,6 +234,10 @@ export class Gateway {
    */
   private startLive(): void {
     const { core, store, activity } = this
+    this.loadActivity()
+    this.activityTimer = setInterval(() => {
+      if (activity.changed) this.saveActivity()
+    }, ACTIVITY_SAVE_MS).unref()
     core.observe(activity)
     this.logRing.onLine(activity.logLine)
     store.registry.on('removed', (ref: DeviceRef) => activity.forget(deviceKey(ref)))
@@ -243,6 +254,31 @@ export class Gateway {
     core.observe(events)
     store.commands.watch(events.commandChanged)
     this.logRing.onLine(events.logLine)
+  }
+
+  private activityFile(): string {
+    return path.join(this.cfg.gateway.dataDir, ACTIVITY_FILE)
+  }
+
+  /** What devices reported before the restart (firmware, battery, radio): shown until they report again. */
+  private loadActivity(): void {
+    try {
+      if (existsSync(this.activityFile())) this.activity.restore(JSON.parse(readFileSync(this.activityFile(), 'utf8')))
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, file: this.activityFile() }, 'the devices\' last reported facts could not be read; the device table fills again as devices report')
+    }
+  }
+
+  // A file beside the databases, replaced whole (written aside, then renamed): it is a cache of what
+  // devices said, not data the gateway must keep; a write that fails (full disk) is tried again later.
+  private saveActivity(): void {
+    const file = this.activityFile()
+    try {
+      writeFileSync(`${file}.tmp`, JSON.stringify(this.activity.facts()), { mode: 0o600 })
+      renameSync(`${file}.tmp`, file)
+    } catch (err) {
+      this.activityWarn.warn('save', { err: (err as Error).message, file }, 'could not save the devices\' last reported facts')
+    }
   }
 
   /** The live stream's clients and what it dropped, read at each scrape. */
@@ -537,6 +573,11 @@ export class Gateway {
       await this.bridge?.stop()
     }
     await Promise.race([work(), new Promise((r) => setTimeout(r, deadlineMs).unref())])
+    // Only a gateway that loaded the file writes it (one that failed to start must not empty it).
+    if (this.activityTimer) {
+      clearInterval(this.activityTimer)
+      this.saveActivity()
+    }
     // After the bridge: what the last commits brought is written before history.db closes.
     await this.history?.stop()
     this.store?.close()

@@ -75,9 +75,14 @@ interface Entry {
 
 const newEntry = (): Entry => ({ active: 0, protocol: null, rssi: null, snr: null, battery: null, firmwareVersion: null, errors: 0, lastError: null, messages: [] })
 
+/** What a device reported that is worth keeping across a restart (not its messages, not its error counts). */
+export type DeviceFacts = Pick<DeviceActivityView, 'protocol' | 'rssi' | 'snr' | 'battery' | 'firmwareVersion'>
+
 export class DeviceActivity implements PipelineObserver {
   private readonly devices = new Map<string, Entry>()
   private tick = 0
+  /** Facts changed since the last `facts()`. */
+  private dirty = false
   private pending: (readonly Uplink[])[] = []
   private scheduled = false
   private payloadBytes = 0
@@ -135,6 +140,40 @@ export class DeviceActivity implements PipelineObserver {
       .map((m) => ({ messageId: m.messageId, kind: m.kind, dataType: m.dataType, ts: m.ts, payload: payloadView(typeof m.payload === 'number' ? m.payload : Buffer.from(m.payload, 'latin1')) }))
   }
 
+  /** Whether any device's facts changed since they were last taken. */
+  get changed(): boolean {
+    this.flush()
+    return this.dirty
+  }
+
+  /** Every device's facts, least recently active first (to be saved; `restore` takes them back). */
+  facts(): Record<string, DeviceFacts> {
+    this.flush()
+    this.dirty = false
+    const out: Record<string, DeviceFacts> = {}
+    for (const [key, e] of [...this.devices].sort(([, a], [, b]) => a.active - b.active)) {
+      if (e.protocol === null && e.firmwareVersion === null && e.battery === null && e.rssi === null) continue
+      out[key] = { protocol: e.protocol, rssi: e.rssi, snr: e.snr, battery: e.battery, firmwareVersion: e.firmwareVersion }
+    }
+    return out
+  }
+
+  /** Facts saved by an earlier run; what devices report from now on replaces them. Unknown shapes are skipped. */
+  restore(saved: unknown): void {
+    if (!saved || typeof saved !== 'object') return
+    for (const [key, f] of Object.entries(saved as Record<string, Partial<Record<keyof DeviceFacts, unknown>>>)) {
+      if (!key.includes('/') || !f || typeof f !== 'object') continue
+      const e = this.touch(key)
+      const str = (v: unknown): string | null => (typeof v === 'string' ? v : null)
+      const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null)
+      e.protocol = str(f.protocol)
+      e.firmwareVersion = str(f.firmwareVersion)
+      e.rssi = num(f.rssi)
+      e.snr = num(f.snr)
+      e.battery = isPercent(f.battery) ? f.battery : null
+    }
+  }
+
   /** Forget a device that was removed from the registry. */
   forget(device: string): void {
     const e = this.devices.get(device)
@@ -158,6 +197,7 @@ export class DeviceActivity implements PipelineObserver {
     // Sessions are the device's presence, not its data ($connection: GET /api/devices' online, lastSeen).
     if (t.kind === 'upload_data' && t.name === '$connection') return
     const e = this.touch(deviceKey(t))
+    const [protocol, battery, firmware] = [e.protocol, e.battery, e.firmwareVersion]
     if (up.transport !== 'internal') e.protocol = up.transport
     const meta = up.meta
     if (meta?.rssi !== undefined) e.rssi = meta.rssi
@@ -175,6 +215,8 @@ export class DeviceActivity implements PipelineObserver {
       const fw = firmwareOf(up.payload)
       if (fw !== undefined) e.firmwareVersion = fw
     }
+    // Radio values change with every LoRaWAN uplink: they are saved with the rest, not a save each.
+    if (e.protocol !== protocol || e.battery !== battery || e.firmwareVersion !== firmware) this.dirty = true
     e.messages.push(kept)
     this.payloadBytes += keptBytes(kept)
     if (e.messages.length > this.limits.perDevice) this.payloadBytes -= keptBytes(e.messages.shift()!)

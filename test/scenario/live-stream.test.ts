@@ -160,4 +160,11 @@ describe('live stream and device activity', () => {
     expect(await gateway.stop()).toBe(0)
     await expect.poll(() => stream.closed, { timeout: 10_000 }).toBe(true)
   })
+
+  it('after a restart, still shows what devices last reported (firmware, battery, protocol)', async () => {
+    await gateway.start()
+    expect(await listed(dev)).toMatchObject({ firmwareVersion: '1.4.2', battery: 87, protocol: 'mqtt', online: false, errors: 0 })
+    // The messages themselves were not kept.
+    expect((await gateway.api('GET', '/api/devices/thermo/t1/messages')).body.messages).toEqual([])
+  })
 })

@@ -93,6 +93,19 @@ describe('device activity', () => {
     expect(a.view('p/a').firmwareVersion).toBe('3')
   })
 
+  it('gives back its devices\' facts after a restart, and skips what is not facts', () => {
+    const a = new DeviceActivity()
+    a.committed([up('p/a', 'update_status', '{"version": "1.0", "battery": 70}', { rssi: -80, snr: 2 })])
+    expect(a.changed).toBe(true)
+    const saved = JSON.parse(JSON.stringify(a.facts()))
+    expect(a.changed).toBe(false)
+    const b = new DeviceActivity()
+    b.restore({ ...saved, nodevice: { battery: 1 }, 'p/junk': { battery: 'full', firmwareVersion: 7 } })
+    expect(b.view('p/a')).toMatchObject({ protocol: 'lorawan', firmwareVersion: '1.0', battery: 70, rssi: -80, snr: 2, errors: 0 })
+    expect(b.view('p/junk')).toMatchObject({ battery: null, firmwareVersion: null })
+    expect(b.messages('p/a')).toEqual([])
+  })
+
   it('counts the warnings and errors that name a device', () => {
     const a = new DeviceActivity()
     a.logLine('{"level":50,"time":5,"device":"p/a","code":"IHE_AUTH_FAILED","msg":"device refused"}', 50)
