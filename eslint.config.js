@@ -7,7 +7,7 @@ import tseslint from 'typescript-eslint'
 export default defineConfig(
   globalIgnores(['dist/', 'node_modules/', 'bin/', 'coverage/', '.tmp/']),
   {
-    files: ['**/*.ts'],
+    files: ['**/*.ts', '**/*.tsx'],
     extends: [tseslint.configs.base],
     languageOptions: {
       parserOptions: {

@@ -63,6 +63,8 @@ if [ "${IOTHUB_EDGE_SKIP_BUILD:-}" != 1 ] || [ ! -f dist/cli.js ]; then
   log "build (tsc)"
   npm run --silent build
 fi
+# The web app the gateway serves (dist/ui/, built by `npm run build`; docs/operators/ui.md).
+[ -f dist/ui/index.html ] || node scripts/build-ui.mjs
 
 # Production dependencies, without install scripts (the native ones are built below per arch),
 # then the project's patches to them (patches/, docs/decisions/00XX-aedes-patches.md): what the

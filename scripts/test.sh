@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers the tests start (STYLE.md "Tests"): Debian packages, installed when missing.
-DEB_PACKAGES="mosquitto mosquitto-clients openssl systemd python3 socat python3-pymodbus python3-serial-asyncio curl libcoap3-bin jq make g++ g++-aarch64-linux-gnu qemu-user-static"
+DEB_PACKAGES="mosquitto mosquitto-clients openssl systemd python3 socat python3-pymodbus python3-serial-asyncio curl libcoap3-bin jq make g++ g++-aarch64-linux-gnu qemu-user-static chromium"
 
 log() { printf '\n=== %s\n' "$*"; }
 
@@ -79,9 +79,10 @@ npm run build
 
 log "type check"
 npx tsc --noEmit
+npx tsc --noEmit -p ui
 
 log "lint"
-npx eslint src test
+npx eslint src test ui
 
 log "import boundaries"
 npm run --silent check:boundaries

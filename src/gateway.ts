@@ -26,6 +26,7 @@ import { adapterEntries, type KeyedAdapterEntry } from './southbound/registry.js
 import type { AdapterInstance } from './southbound/adapter-module.js'
 import type { AdapterHealth, HealthReport, HistoryReader, WebDeps } from './web/deps.js'
 import { API_TOKEN_FILE, WebServer, loadOrCreateApiToken } from './web/server.js'
+import { DEFAULT_UI_DIR } from './web/routes/ui.js'
 import { loadServerTls, type ServerTls } from './web/tls.js'
 import { compileRules } from './rules/compile.js'
 import { RulesEngine } from './rules/engine.js'
@@ -647,6 +648,7 @@ export class Gateway {
       live: this.live,
       logs: { lines: (minLevel, limit) => this.logRing.lines(minLevel, limit) },
       support: { version: VERSION, dataDir: this.cfg.gateway.dataDir, redactedConfig: () => redactConfig(this.cfg) },
+      uiDir: DEFAULT_UI_DIR,
       ui: {
         store: store.uiAuth,
         dataDir: this.cfg.gateway.dataDir,

@@ -28,9 +28,10 @@ export async function setup(): Promise<void> {
     statSync(path.join(root, 'tsconfig.json')).mtimeMs,
     statSync(path.join(root, 'tsconfig.build.json')).mtimeMs,
   )
-  if (existsSync(cli) && statSync(cli).mtimeMs >= inputs) return
   try {
-    await execFileAsync('npm', ['run', 'build'], { cwd: root, maxBuffer: 16 * 1024 * 1024 })
+    if (!existsSync(cli) || statSync(cli).mtimeMs < inputs) await execFileAsync('npm', ['run', 'build'], { cwd: root, maxBuffer: 16 * 1024 * 1024 })
+    // The web app (ui/ -> dist/ui/): its own build, when a file in ui/ changed since the last one.
+    else await execFileAsync(process.execPath, ['scripts/build-ui.mjs', '--if-stale'], { cwd: root, maxBuffer: 16 * 1024 * 1024 })
   } catch (err) {
     const e = err as { stdout?: string; stderr?: string; message: string }
     throw new Error(`global setup: \`npm run build\` failed, so tests would run a stale gateway:\n${e.stdout ?? ''}${e.stderr ?? e.message}`)

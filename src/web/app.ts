@@ -19,6 +19,7 @@ import { liveRoutes } from './routes/live.js'
 import { metricsRoutes } from './routes/metrics.js'
 import { outboxRoutes } from './routes/outbox.js'
 import { rulesRoutes } from './routes/rules.js'
+import { uiRoutes } from './routes/ui.js'
 import { compileValidator, describeValidationError } from './validation.js'
 
 /** The server's TLS key and certificate (PEM), when it speaks https (src/web/tls.ts). */
@@ -76,6 +77,7 @@ export function buildApp(deps: WebDeps, https?: HttpsOptions): FastifyInstance {
   // A scope of its own per adapter, under a fixed prefix: a device plugin cannot reach into /api.
   for (const routes of deps.deviceRoutes ?? []) void app.register(adapterScope(routes, log, '/devices/'), { prefix: '/devices' })
   for (const s of deps.serviceRoutes ?? []) if (s.files) void app.register(s.files, { prefix: `/${s.prefix}` })
+  if (deps.uiDir) void app.register(uiRoutes, { dir: deps.uiDir })
   return app
 }
 

@@ -135,6 +135,8 @@ export interface WebDeps {
   rpcWaitMs?: number
   /** The local rules: their counters and last errors, and the alarms they keep (none when no rules are configured). */
   rules?: RulesView
+  /** The technician web app's build folder (index.html, assets/); absent: no app is served. */
+  uiDir?: string
   /** The live stream's fan-out (GET /api/events). */
   live?: LiveStream
   /** The recent log lines (GET /api/logs, the diagnostics bundle). */
@@ -143,6 +145,21 @@ export interface WebDeps {
   support?: SupportInfo
   /** The web UI's login: users, sessions, API tokens (src/web/auth-service.ts). Absent: bearer token only. */
   ui?: UiAuthDeps
+}
+
+/** What the UI's login needs: its tables, where the setup code file is, the session policy. */
+export interface UiAuthDeps {
+  store: Pick<UiAuthStore, keyof UiAuthStore>
+  /** Where the setup code file (ui-setup-code) is. */
+  dataDir: string
+  idleTimeoutSeconds: number
+  maxLifetimeSeconds: number
+  /** The cookie's Secure attribute: on when the server speaks TLS. */
+  secureCookie: boolean
+  /** A refused login or setup, by reason (bad_credentials, bad_setup_code, rate_limited): a metric. */
+  countFailure?(reason: 'bad_credentials' | 'bad_setup_code' | 'rate_limited'): void
+  /** The clock (tests). */
+  now?: () => number
 }
 
 /** The live stream's fan-out (src/web/live-hub.ts is the one there is). */
@@ -166,21 +183,6 @@ export interface SupportInfo {
   dataDir: string
   /** The config as running, every secret replaced; `secrets` are the values replaced (scrubbed from the whole bundle too). */
   redactedConfig(): { config: unknown; secrets: string[] }
-}
-
-/** What the UI's login needs: its tables, where the setup code file is, the session policy. */
-export interface UiAuthDeps {
-  store: Pick<UiAuthStore, keyof UiAuthStore>
-  /** Where the setup code file (ui-setup-code) is. */
-  dataDir: string
-  idleTimeoutSeconds: number
-  maxLifetimeSeconds: number
-  /** The cookie's Secure attribute: on when the server speaks TLS. */
-  secureCookie: boolean
-  /** A refused login or setup, by reason (bad_credentials, bad_setup_code, rate_limited): a metric. */
-  countFailure?(reason: 'bad_credentials' | 'bad_setup_code' | 'rate_limited'): void
-  /** The clock (tests). */
-  now?: () => number
 }
 
 export interface RulesView {

@@ -146,6 +146,14 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
       expect(token.mode & 0o777).toBe(0o600)
       expect(token.uid).toBe(statSync(DATA).uid)
       expect(existsSync(`${DATA}/gateway.db`)).toBe(true)
+      // The web UI ships built in the package, served by the installed gateway (docs/operators/ui.md).
+      const page = await fetch(`http://127.0.0.1:${http}/`)
+      expect(page.status).toBe(200)
+      const script = /<script type="module" src="(\/assets\/[\w-]+\.js)">/.exec(await page.text())?.[1]
+      expect(script).toBeDefined()
+      const asset = await fetch(`http://127.0.0.1:${http}${script}`, { headers: { 'accept-encoding': 'br' } })
+      expect(asset.status).toBe(200)
+      expect(asset.headers.get('content-encoding')).toBe('br')
     } finally {
       child.kill('SIGTERM')
     }

@@ -1,0 +1,64 @@
+// The gateway's one live stream (GET /api/events, server-sent events): health, devices going on
+// and off line, uplinks, alarms, command states and log lines. Pages subscribe to the event types
+// they show; the browser's EventSource reconnects by itself when the stream drops.
+import { signal } from '@preact/signals'
+import type { HealthReport } from './types.js'
+
+export type LiveEvent = 'health' | 'device' | 'uplink' | 'alarm' | 'command' | 'log'
+type Listener = (data: unknown) => void
+
+export const liveConnected = signal(false)
+export const health = signal<HealthReport | null>(null)
+const listeners = new Map<LiveEvent, Set<Listener>>()
+let source: EventSource | null = null
+
+export function startLive(): void {
+  if (source) return
+  source = new EventSource('/api/events')
+  source.onopen = () => (liveConnected.value = true)
+  source.onerror = () => (liveConnected.value = false)
+  for (const type of ['health', 'device', 'uplink', 'alarm', 'command', 'log'] as const) {
+    source.addEventListener(type, (e: MessageEvent<string>) => {
+      let data: unknown
+      try {
+        data = JSON.parse(e.data)
+      } catch {
+        return
+      }
+      if (type === 'health') health.value = data as HealthReport
+      for (const l of listeners.get(type) ?? []) l(data)
+    })
+  }
+}
+
+export function stopLive(): void {
+  source?.close()
+  source = null
+  liveConnected.value = false
+}
+
+/** Calls `fn` for each event of `type`; returns the unsubscribe (a useEffect cleanup). */
+export function onLive<T>(type: LiveEvent, fn: (data: T) => void): () => void {
+  let set = listeners.get(type)
+  if (!set) listeners.set(type, (set = new Set()))
+  const l = fn as Listener
+  set.add(l)
+  return () => set.delete(l)
+}
+
+/** Loads the health report once when the stream has not sent one yet (/api/health answers 503 with the same body while degraded). */
+export function ensureHealth(): void {
+  if (health.value) return
+  fetch('/api/health', { credentials: 'same-origin' })
+    .then((r) => r.json() as Promise<HealthReport>)
+    .then(
+      (h) => (health.value ??= h),
+      () => undefined,
+    )
+}
+
+/** Whether the gateway runs an adapter of that name; undefined until the health report is in. */
+export function hasAdapter(name: string): boolean | undefined {
+  const h = health.value
+  return h ? h.adapters.some((a) => a.name === name) : undefined
+}
