@@ -67,7 +67,7 @@ fi
 [ -f dist/ui/index.html ] || node scripts/build-ui.mjs
 
 # Production dependencies, without install scripts (the native ones are built below per arch),
-# then the project's patches to them (patches/, docs/decisions/00XX-aedes-patches.md): what the
+# then the project's patches to them (patches/, docs/decisions/0016-aedes-patches.md): what the
 # postinstall script does for `npm ci`. Kept while package-lock.json and patches/ are unchanged.
 PROD=$WORK/prod
 if ! cmp -s package-lock.json "$PROD/package-lock.json" || ! diff -r patches "$PROD/patches" >/dev/null 2>&1 || [ ! -d "$PROD/node_modules" ]; then

@@ -61,7 +61,7 @@ const rootProperties = {
                 description: 'without cert/key: make a self-signed certificate into {dataDir}/ui-tls-cert.pem (key ui-tls-key.pem, 0600) at the first start and reuse it; its SHA-256 fingerprint is logged at each start',
               }),
             },
-            { additionalProperties: false, description: 'serve the web UI and API over https (default: plain http); docs/decisions/00XX-ui-login.md' },
+            { additionalProperties: false, description: 'serve the web UI and API over https (default: plain http); docs/decisions/0018-ui-login.md' },
           ),
         ),
       },

@@ -118,7 +118,7 @@ export class Gateway {
     // Before anything listens: a TLS pair that cannot be used stops the start at once.
     const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)
     // After an unclean stop the whole database is checked (quick_check); else the cheap check
-    // (decision 00XX-damaged-store): either way a damaged one is moved aside and salvaged.
+    // (decision 0014-damaged-store): either way a damaged one is moved aside and salvaged.
     const unclean = this.lock?.previous
     this.store = await openStore(cfg, log, unclean ? 'quick_check' : 'cheap')
     const store = this.store
@@ -276,7 +276,7 @@ export class Gateway {
   }
 
   /**
-   * broker.db beside the store (decision 00XX-broker-persistence). One that cannot be opened is left
+   * broker.db beside the store (decision 0017-broker-persistence). One that cannot be opened is left
    * where it is for the operator, and the broker runs on with its sessions in memory (health says
    * so): devices are served either way.
    */

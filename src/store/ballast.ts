@@ -1,4 +1,4 @@
-// A reserved file on the data disk (decision 00XX-wal-full-disk): space the gateway can give back to
+// A reserved file on the data disk (decision 0015-wal-full-disk): space the gateway can give back to
 // itself when its own database and WAL have filled the disk. A full disk leaves SQLite no room to
 // checkpoint the WAL or to commit the deletions the hub's PUBACKs trigger, so without it the outbox
 // could never shrink again. Made at start and again after a recovery, when the disk has room for it.

@@ -2,7 +2,7 @@
 // a device, their in-flight state, incoming QoS 2 packets awaiting PUBREL), retained messages and
 // wills, in a SQLite file of its own ({dataDir}/broker.db) beside the gateway's store. It implements
 // aedes' persistence interface (aedes-persistence 11, the one aedes 1.2.0 calls: async methods and
-// streams) without importing aedes: the store knows no transport. Decision 00XX-broker-persistence.
+// streams) without importing aedes: the store knows no transport. Decision 0017-broker-persistence.
 //
 // Everything is held in memory as aedes' own memory persistence holds it (subscriptions matched in a
 // qlobber trie, queues in arrays): reads never touch the disk. Changes are written behind, group

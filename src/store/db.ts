@@ -146,7 +146,7 @@ const migrations: string[] = [
   `,
   // 7: the web UI's users (scrypt hashes with their parameters), server-side sessions and API
   // tokens (src/store/ui-auth.ts). Session ids and tokens are kept as SHA-256 digests only: what
-  // the database holds cannot be replayed (decision 00XX-ui-login).
+  // the database holds cannot be replayed (decision 0018-ui-login).
   `
   CREATE TABLE ui_users (
     username      TEXT PRIMARY KEY,
@@ -187,7 +187,7 @@ export function openDatabase(dataDir: string): Db {
   db.pragma('foreign_keys = ON')
   db.pragma('busy_timeout = 5000')
   // After a checkpoint resets the WAL, a WAL that grew past this is cut back to it: a burst does
-  // not keep its disk space for good (decision 00XX-wal-full-disk; openStore sets it lower on a
+  // not keep its disk space for good (decision 0015-wal-full-disk; openStore sets it lower on a
   // small disk, with the checkpoint threshold).
   db.pragma('journal_size_limit = 4194304')
   migrate(db)

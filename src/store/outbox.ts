@@ -85,7 +85,7 @@ export interface CommitParticipant {
 export interface OutboxOptions {
   maxBytes: number
   rpcRespTtlMs: number
-  /** Space reserved on the data disk, released when the disk is full (decision 00XX-wal-full-disk). */
+  /** Space reserved on the data disk, released when the disk is full (decision 0015-wal-full-disk). */
   ballast?: Ballast
 }
 

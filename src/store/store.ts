@@ -37,7 +37,7 @@ export interface Store {
   close(): void
 }
 
-/** `check`: quick_check after an unclean stop, the cheap check otherwise (docs/decisions/00XX-damaged-store.md). */
+/** `check`: quick_check after an unclean stop, the cheap check otherwise (docs/decisions/0014-damaged-store.md). */
 export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'cheap'): Promise<Store> {
   const dataDir = cfg.gateway.dataDir
   const { db, ...opened } = openCheckedDatabase(dataDir, check)

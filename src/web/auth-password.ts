@@ -6,7 +6,7 @@ import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } 
 
 /**
  * N = 2^15, r = 8: 32 MiB and about 150 ms on the development machine (an ARM box takes a few times
- * longer); decision 00XX-ui-login.
+ * longer); decision 0018-ui-login.
  */
 export const SCRYPT_PARAMS = { N: 1 << 15, r: 8, p: 1 } as const
 const KEY_LENGTH = 32

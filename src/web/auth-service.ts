@@ -1,4 +1,4 @@
-// The web UI's login (docs/operators/ui-login.md, decision 00XX-ui-login): the first user from the
+// The web UI's login (docs/operators/ui-login.md, decision 0018-ui-login): the first user from the
 // setup code, logins checked against scrypt hashes and rate-limited, server-side sessions with an
 // idle timeout and an absolute lifetime, API tokens for scripts. Session ids and tokens leave the
 // gateway once (the cookie, the 201 answer) and are kept as SHA-256 digests only; nothing here is

@@ -201,7 +201,7 @@ describe('MQTT 3.1.1 delivery of commands on the external listener', () => {
   })
 })
 
-// What aedes did wrong and the patch in patches/ fixes (docs/decisions/00XX-aedes-patches.md).
+// What aedes did wrong and the patch in patches/ fixes (docs/decisions/0016-aedes-patches.md).
 // Pub/sub between two clients on any topic: the internal listener (the device ACL keeps devices
 // on the external one from receiving each other's messages at all).
 describe('MQTT 3.1.1 delivery on the internal listener', () => {

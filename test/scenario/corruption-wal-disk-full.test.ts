@@ -1,5 +1,5 @@
 // A small data disk filled by the gateway's own database and WAL (issue 17, item 5; decision
-// 00XX-wal-full-disk): the outbox quota is larger than the disk, the hub is down, devices publish
+// 0015-wal-full-disk): the outbox quota is larger than the disk, the hub is down, devices publish
 // until the disk is full and the gateway stops acknowledging. Once the hub is back the gateway must
 // recover by itself: drain, give the WAL's space back, take in again, and lose nothing it
 // acknowledged. Before the fix it stayed degraded for good: the deletions the hub's PUBACKs
