@@ -166,8 +166,8 @@ export interface UiAuthDeps {
 export interface LiveStream {
   /** Whether another client may connect. */
   readonly full: boolean
-  /** Take over a response as a stream client. */
-  attach(req: IncomingMessage, res: ServerResponse): void
+  /** Take over a response as a stream client; `stillValid`, checked at each ping, ends the stream when false. */
+  attach(req: IncomingMessage, res: ServerResponse, stillValid?: () => boolean): void
   /** End every stream (the server closes). */
   close(): void
 }

@@ -35,6 +35,8 @@ interface Client {
   congested: boolean
   /** Dropped since the client was last told. */
   lost: number
+  /** Whether the credential that opened the stream still holds (a session that ended, a revoked token: no). */
+  valid?: () => boolean
 }
 
 // At most 16 clients x 512 KiB queued: 8 MiB however slow the readers are.
@@ -82,7 +84,7 @@ export class LiveHub implements LiveStream {
   }
 
   /** Take over an HTTP response (fastify's reply.raw after hijack) as a stream client. */
-  attach(req: IncomingMessage, res: ServerResponse): void {
+  attach(req: IncomingMessage, res: ServerResponse, stillValid?: () => boolean): void {
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache, no-transform',
@@ -90,7 +92,7 @@ export class LiveHub implements LiveStream {
       // Reverse proxies (nginx) must not buffer the stream.
       'x-accel-buffering': 'no',
     })
-    const c: Client = { res, queue: [], queuedBytes: 0, congested: false, lost: 0 }
+    const c: Client = { res, queue: [], queuedBytes: 0, congested: false, lost: 0, valid: stillValid }
     const first = this.clients.size === 0
     this.clients.add(c)
     res.on('drain', () => this.drain(c))
@@ -152,7 +154,14 @@ export class LiveHub implements LiveStream {
 
   private started(): void {
     this.pingTimer = setInterval(() => {
-      for (const c of this.clients) if (!c.congested) c.res.write(': ping\n\n')
+      for (const c of [...this.clients]) {
+        // A stream outlives the request that opened it: at each ping, one whose session ended (logout,
+        // idle timeout, password change) or whose API token was revoked is closed.
+        if (c.valid && !c.valid()) {
+          c.res.end()
+          this.detach(c)
+        } else if (!c.congested) c.res.write(': ping\n\n')
+      }
     }, this.o.pingMs).unref()
     if (this.o.health) {
       this.lastHealth = ''

@@ -108,6 +108,25 @@ describe('LiveHub', () => {
     await expect.poll(() => a.comments).toContain('ping')
   })
 
+  it('ends a stream at the next ping once its credential no longer holds (session ended, token revoked), and only that one', async () => {
+    const hub = new LiveHub({ pingMs: 30 })
+    let sessionAlive = true
+    server = createServer((req, res) => hub.attach(req, res, req.url === '/session' ? () => sessionAlive : () => true))
+    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve))
+    const base = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const session = await new SseClient(`${base}/session`).open()
+    const other = await new SseClient(`${base}/token`).open()
+    opened.push(session, other)
+    await expect.poll(() => session.comments).toContain('ping')
+    expect(session.closed).toBe(false)
+    sessionAlive = false
+    await expect.poll(() => session.closed).toBe(true)
+    expect(hub.stats().clients).toBe(1)
+    const pings = other.comments.length
+    await expect.poll(() => other.comments.length).toBeGreaterThan(pings)
+    expect(other.closed).toBe(false)
+  })
+
   it('ends every stream on close, and refuses more than maxClients', async () => {
     const hub = new LiveHub({ maxClients: 1 })
     const a = await new SseClient(await serve(hub)).open()

@@ -30,7 +30,8 @@ export const liveRoutes: FastifyPluginAsync<WebDeps> = async (app, deps) => {
     if (!live) return reply.code(404).send(OFF('the live stream'))
     if (live.full) return reply.code(503).send({ error: 'too_many_streams', message: 'too many live streams are open; close a browser tab and retry' })
     reply.hijack()
-    live.attach(req.raw, reply.raw)
+    const credential = req.credential
+    live.attach(req.raw, reply.raw, credential ? () => credential.stillValid() : undefined)
     return reply
   })
 
