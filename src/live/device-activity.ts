@@ -60,16 +60,10 @@ interface Kept {
   payload: string | number
 }
 
-interface Entry {
+/** What is kept per device: what the table shows, plus its recent messages and when it was last active. */
+interface Entry extends DeviceActivityView {
   /** When it was last active, in this tracker's ticks (the least recently active go first). */
   active: number
-  protocol: string | null
-  rssi: number | null
-  snr: number | null
-  battery: number | null
-  firmwareVersion: string | null
-  errors: number
-  lastError: DeviceActivityView['lastError']
   messages: Kept[]
 }
 
