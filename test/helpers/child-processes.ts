@@ -43,3 +43,31 @@ export function waitForExit(child: ChildProcess, timeoutMs: number): Promise<Exi
     child.once('exit', onExit)
   })
 }
+
+function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Stops a child started with `detached: true` and everything in its process group: SIGTERM, then
+ * SIGKILL after `timeoutMs`. Resolves once the whole group is gone, not only the child: a shell
+ * exits at once on SIGTERM while the gateway it started is still closing its files, and a test
+ * that removes the data folder then would race it.
+ */
+export async function stopProcessGroup(child: ChildProcess, timeoutMs: number): Promise<void> {
+  const pgid = child.pid
+  if (pgid === undefined || !groupAlive(pgid)) return
+  process.kill(-pgid, 'SIGTERM')
+  const deadline = Date.now() + timeoutMs
+  while (groupAlive(pgid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+  if (!groupAlive(pgid)) return
+  process.kill(-pgid, 'SIGKILL')
+  // A zombie nobody reaps would keep the group "alive" forever: give up after a few seconds.
+  const killDeadline = Date.now() + 5_000
+  while (groupAlive(pgid) && Date.now() < killDeadline) await new Promise((r) => setTimeout(r, 50))
+}

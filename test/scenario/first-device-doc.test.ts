@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { gatewayBin, repoRoot } from '../helpers/gateway-process.js'
 import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
 import { freePort } from '../helpers/ports.js'
-import { isRunning, trackChild, waitForExit } from '../helpers/child-processes.js'
+import { stopProcessGroup, trackChild } from '../helpers/child-processes.js'
 
 const PAGE = path.join(repoRoot, 'docs', 'integrators', 'first-device.md')
 const HUB_IN_PAGE = 'mqtts://hub.example.com:8883'
@@ -106,14 +106,10 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
-  for (const child of background) {
-    if (!isRunning(child)) continue
-    process.kill(-child.pid!, 'SIGTERM')
-    await waitForExit(child, 15_000).catch(() => process.kill(-child.pid!, 'SIGKILL'))
-  }
+  for (const child of background) await stopProcessGroup(child, 15_000)
   await uploads?.close()
   await hub?.close()
-  if (dir) await rm(dir, { recursive: true, force: true })
+  if (dir) await rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 })
 })
 
 describe('docs/integrators/first-device.md', () => {
