@@ -42,7 +42,7 @@ const EXIT_SOFTWARE = 70
 const USAGE = `usage:
   iothub-edge start [-c FILE]                 run the gateway (built-in defaults without -c)
   iothub-edge check-config FILE               validate a config file; exit 78 on problems
-  iothub-edge status [-c FILE] [--json]      health of the gateway running on the data folder
+  iothub-edge status [-c FILE] [--json]       health of the gateway running on the data folder
                                               (exit 0 ok, 2 degraded, 3 not running)
   iothub-edge devices list    [-c FILE]
   iothub-edge devices show    PRODUCT DEVICE [-c FILE]
@@ -83,6 +83,18 @@ const USAGE = `usage:
   iothub-edge hub-sim [--host 127.0.0.1] [--mqtt-port 1884] [--http-port 8091] [--username U --password P]
                       a stand-in cloud hub for demos and tests (not a production hub)
 `
+
+const HELP_HINT = '`iothub-edge --help` lists the commands and their options'
+
+/** node:util's parseArgs messages, said the way an operator reads them. */
+function argsError(err: Error & { code?: string }): string {
+  // "Unknown option '--foo'.", "Option '-c, --config <value>' argument missing": the long name if any.
+  const quoted = /'([^']+)'/.exec(err.message)?.[1] ?? ''
+  const option = /--[\w-]+/.exec(quoted)?.[0] ?? /-\w/.exec(quoted)?.[0]
+  if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && option) return `unknown option ${option}`
+  if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && option) return `option ${option} needs a value`
+  return err.message
+}
 
 export async function main(argv: string[]): Promise<number | undefined> {
   let parsed
@@ -130,7 +142,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
       },
     })
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n${USAGE}`)
+    process.stderr.write(`${argsError(err as Error & { code?: string })}\n${HELP_HINT}\n`)
     return EXIT_USAGE
   }
   const { values, positionals } = parsed
@@ -170,7 +182,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return storeCommand(rest, values)
     default:
       if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
-      process.stderr.write(`unknown command "${cmd}"\n${USAGE}`)
+      process.stderr.write(`unknown command "${cmd}"\n${HELP_HINT}\n`)
       return EXIT_USAGE
   }
 }

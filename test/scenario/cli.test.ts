@@ -53,6 +53,20 @@ describe('cli', () => {
     expect(r.stdout).toBe(`iothub-edge ${version}\n`)
   })
 
+  it('a mistyped option, a missing value or an unknown command: one line that says which, and exit 64', async () => {
+    const cases: [string[], string][] = [
+      [['status', '--jsn'], 'unknown option --jsn'],
+      [['start', '-c'], 'option --config needs a value'],
+      [['frobnicate'], 'unknown command "frobnicate"'],
+    ]
+    for (const [args, said] of cases) {
+      const r = await runCli(args)
+      expect(r.code, args.join(' ')).toBe(64)
+      // The reason first, then where to look: not the whole usage scrolling it away.
+      expect(r.stderr.split('\n')).toEqual([said, '`iothub-edge --help` lists the commands and their options', ''])
+    }
+  })
+
   it('docs/operators/cli.md documents every command --help lists', async () => {
     const help = await runCli(['--help'])
     expect(help.code).toBe(0)
