@@ -146,7 +146,7 @@ function Upload({ onDone }: { onDone: () => void }) {
 
 function Push({ images, onDone }: { images: Image[]; onDone: () => void }) {
   const [error, setError] = useState<unknown>()
-  const [done, setDone] = useState<string>()
+  const [done, setDone] = useState<{ job: string; devices: string[] }>()
   const submit = async (e: Event): Promise<void> => {
     e.preventDefault()
     const f = new FormData(e.currentTarget as HTMLFormElement)
@@ -159,8 +159,8 @@ function Push({ images, onDone }: { images: Image[]; onDone: () => void }) {
     setError(undefined)
     setDone(undefined)
     try {
-      const r = await api<{ job: string }>('/api/ota/jobs', { method: 'POST', body })
-      setDone(r.job)
+      const r = await api<{ job: string; devices: string[] }>('/api/ota/jobs', { method: 'POST', body })
+      setDone(r)
       onDone()
     } catch (err) {
       setError(err)
@@ -197,7 +197,11 @@ function Push({ images, onDone }: { images: Image[]; onDone: () => void }) {
         </button>
       </form>
       <ErrorLine error={error} />
-      {done && <p role="status">{t('ota.started', { job: done })}</p>}
+      {done && (
+        <p role="status" data-testid="ota-started" data-job={done.job}>
+          {t('ota.started', { job: done.job, n: done.devices.length, devices: done.devices.join(', ') })}
+        </p>
+      )}
     </Section>
   )
 }
