@@ -241,6 +241,8 @@ describe('web app: admin pages', () => {
     await reportOtaProgress(d2, two.offer, -3, 'flash write failed')
     await expect.poll(() => stateOf(tagJob, 'meter/ota1').textContent(), { timeout: 20_000 }).toBe('done')
     await expect.poll(() => stateOf(tagJob, 'meter/ota2').textContent(), { timeout: 20_000 }).toBe('failed')
+    // The device's own failure, in words: -3 is a failed install, not "-3 %".
+    expect(await page.locator('.job', { hasText: tagJob }).locator('li', { hasText: 'meter/ota2' }).textContent()).toContain('install failed (-3)')
     expect(await page.locator('.job', { hasText: tagJob }).locator('li').allTextContents()).toHaveLength(2)
     expect(d4.commands('$ota_upgrade')).toEqual([])
     await screenshot(page, 'ota-jobs')

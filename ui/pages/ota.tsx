@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks'
 import { api } from '../api.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, THead } from '../components.js'
 import { bytes, dateTime } from '../format.js'
-import { t } from '../i18n.js'
+import { t, type Key } from '../i18n.js'
 
 interface Image {
   key: string
@@ -79,9 +79,9 @@ export function Ota() {
                 <li key={d.device}>
                   <span>{d.device}</span>{' '}
                   <Badge tone={d.state === 'done' ? 'ok' : d.state === 'failed' || d.state === 'expired' ? 'bad' : 'muted'}>{d.state}</Badge>
-                  <progress max={100} value={d.progress ?? (d.state === 'done' ? 100 : 0)} aria-label={t('ota.progressOf', { device: d.device })} />
+                  <progress max={100} value={Math.max(0, d.progress ?? (d.state === 'done' ? 100 : 0))} aria-label={t('ota.progressOf', { device: d.device })} />
                   <span class="muted">
-                    {d.progress ?? 0} % · {bytes(d.bytesServed)}
+                    {progressText(d.progress)} · {bytes(d.bytesServed)}
                     {d.reason ? ` · ${d.reason}` : ''}
                   </span>
                 </li>
@@ -92,6 +92,14 @@ export function Ota() {
       </Section>
     </>
   )
+}
+
+// update_ota_status progress below 0 is a failure code (PROTOCOL.md "OTA"), not a percentage.
+const FAILURES: Record<number, Key> = { [-1]: 'ota.failDownload', [-2]: 'ota.failChecksum', [-3]: 'ota.failInstall', [-4]: 'ota.failOther' }
+
+function progressText(progress: number | null): string {
+  if (progress === null || progress >= 0) return `${progress ?? 0} %`
+  return `${t(FAILURES[progress] ?? 'ota.failOther')} (${progress})`
 }
 
 function Upload({ onDone }: { onDone: () => void }) {
