@@ -118,6 +118,14 @@ describe('web app: admin pages', () => {
     await row.getByRole('button', { name: 'Revoke' }).click()
     await row.waitFor({ state: 'detached' })
     expect((await script()).status).toBe(401)
+
+    // One made by mistake and revoked at once is no longer offered for copying.
+    await page.getByLabel('Name').fill('oops')
+    await page.getByRole('button', { name: 'Create', exact: true }).click()
+    await page.getByTestId('token').waitFor()
+    await page.locator('tr', { hasText: 'oops' }).getByRole('button', { name: 'Revoke' }).click()
+    await page.getByTestId('token').waitFor({ state: 'detached' })
+    expect((await gateway.api<{ tokens: unknown[] }>('GET', '/api/tokens')).body.tokens).toEqual([])
     expect(problems.errors).toEqual([])
     await page.close()
   })
