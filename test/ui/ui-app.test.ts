@@ -338,7 +338,7 @@ describe('web app', () => {
       await page.close()
     })
 
-    it('the serial page shows the port open, its bytes live, and reads a Modbus register once', async () => {
+    it('the serial page shows the port open, its counters growing, its bytes live, and reads a Modbus register once', async () => {
       const { page, problems } = await openPage(context)
       await page.goto('/ui/serial')
       const row = page.locator('tr', { hasText: 'rs485' })
