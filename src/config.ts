@@ -46,7 +46,7 @@ const rootProperties = {
         apiToken: Type.Optional(Type.String({ minLength: 16, description: 'bearer token for /api; generated into {dataDir}/api-token when absent' })),
         session: Type.Object(
           {
-            idleTimeoutSeconds: Type.Integer({ default: 1800, minimum: 1, description: 'a web UI session ends after this long without a request' }),
+            idleTimeoutSeconds: Type.Integer({ default: 1800, minimum: 1, description: 'a web UI session ends after this long without anything the user did (a page refreshing itself, or its live stream, does not count)' }),
             maxLifetimeSeconds: Type.Integer({ default: 43_200, minimum: 1, description: 'a web UI session ends this long after its login, used or not' }),
           },
           { additionalProperties: false, default: {}, description: 'web UI login sessions (cookie iothub_session); docs/operators/ui-login.md' },

@@ -478,6 +478,7 @@ export class Gateway {
       tls: { ca: cfg.northbound.tls?.ca, rejectUnauthorized: cfg.northbound.tls?.rejectUnauthorized ?? true },
       sendLocal: (cmd) => core.router.accept(cmd, 'local'),
       devicesWithTag: (productId, tag) => this.enabledWithTag(productId, tag).map((d) => ({ productId: d.productId, deviceId: d.deviceId })),
+      isRegistered: (d) => this.store.registry.get(d) !== undefined,
       metrics: this.metrics.forAdapter('ota'),
       log: this.log.child({ component: 'ota' }),
     })

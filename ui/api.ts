@@ -27,12 +27,18 @@ interface Options {
   body?: unknown
   /** A raw body (an OTA image), sent as application/octet-stream. */
   raw?: Blob
+  /**
+   * A refresh the page makes by itself (polling): answered as any request, but it does not count
+   * as the session's use, so an unattended browser still reaches the idle timeout.
+   */
+  background?: boolean
 }
 
 export async function api<T>(path: string, opts: Options = {}): Promise<T> {
   const method = opts.method ?? 'GET'
   const headers: Record<string, string> = { accept: 'application/json' }
   if (method !== 'GET' && csrfToken) headers['x-csrf-token'] = csrfToken
+  if (opts.background) headers['x-background'] = '1'
   let body: BodyInit | undefined
   if (opts.raw) {
     headers['content-type'] = 'application/octet-stream'
@@ -58,6 +64,22 @@ interface AuthStateBody {
   setupRequired: boolean
   user: { username: string } | null
   csrfToken: string | null
+}
+
+/**
+ * After the live stream was refused (the gateway ends it when the session ends, and the browser's
+ * reconnect is then answered 401): whether the session is still on. If it is not, the app shows
+ * the sign-in page with "your session ended", also on a page that polls nothing.
+ */
+export async function sessionStillOn(): Promise<boolean> {
+  try {
+    const s = await api<AuthStateBody>('/api/auth/state', { background: true })
+    if (s.user) return true
+    if (auth.value.kind === 'in') auth.value = { kind: 'login', expired: true }
+    return false
+  } catch {
+    return true // the gateway is away (restarting): the session may well be on when it is back
+  }
 }
 
 export async function loadAuthState(): Promise<void> {

@@ -84,8 +84,9 @@ export function useApi<T>(path: string | null, everyMs?: number): Loaded<T> {
   useEffect(() => {
     if (!path) return
     let live = true
-    const load = (): void => {
-      api<T>(path).then(
+    // The first load is the page the user opened; the repeats are the page's own (background).
+    const load = (background = false): void => {
+      api<T>(path, { background }).then(
         (d) => {
           if (!live) return
           setData(d)
@@ -95,7 +96,7 @@ export function useApi<T>(path: string | null, everyMs?: number): Loaded<T> {
       )
     }
     load()
-    const timer = everyMs ? setInterval(load, everyMs) : undefined
+    const timer = everyMs ? setInterval(() => load(true), everyMs) : undefined
     return () => {
       live = false
       clearInterval(timer)

@@ -2,6 +2,7 @@
 // and off line, uplinks, alarms, command states and log lines. Pages subscribe to the event types
 // they show; the browser's EventSource reconnects by itself when the stream drops.
 import { signal } from '@preact/signals'
+import { sessionStillOn } from './api.js'
 import type { HealthReport } from './types.js'
 
 export type LiveEvent = 'health' | 'device' | 'uplink' | 'alarm' | 'command' | 'log'
@@ -11,14 +12,27 @@ export const liveConnected = signal(false)
 export const health = signal<HealthReport | null>(null)
 const listeners = new Map<LiveEvent, Set<Listener>>()
 let source: EventSource | null = null
+let retry: ReturnType<typeof setTimeout> | undefined
+// After a refusal (not a dropped connection, which EventSource retries by itself).
+const RETRY_REFUSED_MS = 10_000
 
 export function startLive(): void {
   if (source) return
-  source = new EventSource('/api/events')
-  source.onopen = () => (liveConnected.value = true)
-  source.onerror = () => (liveConnected.value = false)
+  const es = new EventSource('/api/events')
+  source = es
+  es.onopen = () => (liveConnected.value = true)
+  es.onerror = () => {
+    liveConnected.value = false
+    // CLOSED: the reconnect was answered with an error (401 once the session ended, 503 when too
+    // many streams are open), and EventSource gives up. Signed out: the sign-in page; else retry.
+    if (es.readyState !== EventSource.CLOSED || source !== es) return
+    source = null
+    void sessionStillOn().then((on) => {
+      if (on && !source) retry = setTimeout(startLive, RETRY_REFUSED_MS)
+    })
+  }
   for (const type of ['health', 'device', 'uplink', 'alarm', 'command', 'log'] as const) {
-    source.addEventListener(type, (e: MessageEvent<string>) => {
+    es.addEventListener(type, (e: MessageEvent<string>) => {
       let data: unknown
       try {
         data = JSON.parse(e.data)
@@ -32,6 +46,7 @@ export function startLive(): void {
 }
 
 export function stopLive(): void {
+  clearTimeout(retry)
   source?.close()
   source = null
   liveConnected.value = false

@@ -9,7 +9,7 @@ import type { LocalFiles } from '../core/local-files.js'
 import { isFileToken } from '../core/local-files.js'
 import type { DeviceRef } from '../core/types.js'
 import { parseDeviceKey } from '../core/types.js'
-import { ImageRefused, type OtaRelay } from './ota-relay.js'
+import { ImageRefused, UnknownDevices, type OtaRelay } from './ota-relay.js'
 
 /** `GET|HEAD /{token}`: 200 or 206 with Content-Range, 416 for a range past the end, ETag, If-Range. */
 export function fileRoutes(files: LocalFiles): FastifyPluginAsync {
@@ -92,8 +92,13 @@ export function apiRoutes(ota: OtaRelay): FastifyPluginAsync {
       }
       try {
         const job = ota.createJob({ image: b.image, devices: devices as DeviceRef[], tag, expiresAt: typeof b.expiresAt === 'number' ? b.expiresAt : undefined, maxConcurrent: maxConcurrent as number | undefined })
+        // Nothing sent (unknown devices, a tag no device carries): no job, and the answer says so.
+        if (job.devices.length === 0) {
+          return reply.code(400).send({ error: 'no_devices', message: `no device to send the image to: ${tag ? `no enabled device of product ${tag.productId} has the tag ${tag.tag}` : 'the command was not taken'}` })
+        }
         return reply.code(201).send(job)
       } catch (err) {
+        if (err instanceof UnknownDevices) return reply.code(400).send({ error: 'unknown_devices', message: err.message })
         if (err instanceof ImageRefused) return reply.code(404).send({ error: 'not_found', message: err.message })
         throw err
       }

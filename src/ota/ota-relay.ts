@@ -58,6 +58,8 @@ export interface OtaRelayDeps {
   sendLocal: (cmd: Command) => string
   /** The enabled children of a product carrying a tag (offline tag campaigns). */
   devicesWithTag: (productId: string, tag: string) => DeviceRef[]
+  /** Whether the registry has the device (an offline campaign names only known ones); all when absent. */
+  isRegistered?: (device: DeviceRef) => boolean
   metrics: AdapterMetrics
   log: Logger
 }
@@ -69,6 +71,13 @@ interface OtaRequest {
   md5: string
   type: string
   body: Record<string, unknown>
+}
+
+/** An offline campaign naming devices the registry does not have (nothing was sent). */
+export class UnknownDevices extends Error {
+  constructor(readonly devices: DeviceRef[]) {
+    super(`no such device: ${devices.map(deviceKey).join(', ')} (GET /api/devices lists the devices this gateway knows)`)
+  }
 }
 
 /** Why an image is not served: what the device is told upstream. */
@@ -604,6 +613,9 @@ export class OtaRelay implements CommandHold, LocalFiles {
   createJob(spec: { image: string; devices?: DeviceRef[]; tag?: { productId: string; tag: string }; expiresAt?: number; maxConcurrent?: number }): { job: string; devices: string[] } {
     const img = this.store.images().find((i) => i.state === 'ready' && (i.key === spec.image || i.md5 === spec.image.toLowerCase()))
     if (!img) throw new ImageRefused(OTHER_ERROR, `no cached image ${spec.image}: upload it first (POST /api/ota/images)`)
+    // A mistyped device would otherwise get a job that waits for it forever.
+    const unknown = (spec.devices ?? []).filter((d) => this.d.isRegistered?.(d) === false)
+    if (unknown.length) throw new UnknownDevices(unknown)
     const devices = [...(spec.devices ?? []), ...(spec.tag ? this.d.devicesWithTag(spec.tag.productId, spec.tag.tag) : [])]
     const job = newMessageId()
     // Before the commands: each is held (and may be released) as it is sent.

@@ -107,8 +107,12 @@ export class UiAuth {
     return this.newSession(user.username)
   }
 
-  /** The session a cookie names, while within its idle timeout and lifetime; its last use is recorded. */
-  session(token: string | undefined): ActiveSession | undefined {
+  /**
+   * The session a cookie names, while within its idle timeout and lifetime. Its last use is
+   * recorded unless `use` is false: a page refreshing what it shows, or opening its live stream,
+   * is not the technician doing something, and must not keep an unattended browser signed in.
+   */
+  session(token: string | undefined, use = true): ActiveSession | undefined {
     if (!token) return undefined
     const idHash = sha256(token)
     const s = this.deps.store.getSession(idHash)
@@ -118,7 +122,7 @@ export class UiAuth {
       this.deps.store.deleteSession(idHash)
       return undefined
     }
-    if (now - s.lastSeenAt >= this.touchEveryMs) this.deps.store.touchSession(idHash, now)
+    if (use && now - s.lastSeenAt >= this.touchEveryMs) this.deps.store.touchSession(idHash, now)
     return { username: s.username, csrf: s.csrf, idHash }
   }
 

@@ -14,6 +14,11 @@ export const unauthorized = (where = 'api-token in the gateway\'s data folder'):
 })
 
 export const CSRF_HEADER = 'x-csrf-token'
+/**
+ * Sent by the app's own refreshes (a page polling what it shows): such a request is answered but
+ * does not count as the session's use, so an unattended browser still reaches the idle timeout.
+ */
+export const BACKGROUND_HEADER = 'x-background'
 const STATE_CHANGING = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
 
 /** How a request was let in: `session` is set for the cookie, `apiTokenId` for an API token. */
@@ -84,7 +89,9 @@ export function requireCredentials(
     }
     const cookie = req.cookies[SESSION_COOKIE]
     if (cookie === undefined) return reply.code(401).send(refusal)
-    const session = ui.session(cookie)
+    // Neither a refresh the app makes by itself nor (re)opening the live stream is the user's doing.
+    const use = req.headers[BACKGROUND_HEADER] === undefined && !(req.method === 'GET' && req.routeOptions.url === '/api/events')
+    const session = ui.session(cookie, use)
     if (!session) {
       clearSessionCookie(reply, ui.secureCookie)
       return reply.code(401).send({ error: 'unauthorized', message: 'the session has expired or ended: log in again' })

@@ -1,7 +1,7 @@
 // A real browser for the web app's tests: Debian's Chromium (scripts/test.sh installs it) driven by
 // playwright-core, no browser download. One browser per test file (the machine is small); each
 // test opens its own context (cookies, viewport). Screenshots go to test-artifacts/ui/ (gitignored).
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import AxeBuilder from '@axe-core/playwright'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
@@ -66,4 +66,26 @@ export async function seriousA11yViolations(page: Page): Promise<string[]> {
 /** How many CSS pixels the document is wider than the viewport (0: no horizontal scrolling). */
 export async function horizontalOverflow(page: Page): Promise<number> {
   return page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)
+}
+
+/**
+ * The first start of the web app in `page` (its context's baseURL is the gateway): the setup code
+ * from the gateway's data folder, the first user and password; resolves on the overview.
+ */
+export async function setUpFirstUser(page: Page, dataDir: string, username: string, password: string): Promise<void> {
+  await page.goto('/')
+  await page.getByRole('heading', { level: 1, name: 'First start: set the administrator password' }).waitFor()
+  await page.getByLabel('Setup code').fill(readFileSync(path.join(dataDir, 'ui-setup-code'), 'utf8').trim())
+  await page.getByLabel('User name').fill(username)
+  await page.getByLabel('Password', { exact: true }).fill(password)
+  await page.getByLabel('Password again').fill(password)
+  await page.getByRole('button', { name: 'Set password and sign in' }).click()
+  await page.getByRole('heading', { level: 1, name: 'Overview' }).waitFor()
+}
+
+/** Signs in on the sign-in page the app shows (English). */
+export async function signIn(page: Page, username: string, password: string): Promise<void> {
+  await page.getByLabel('User name').fill(username)
+  await page.getByLabel('Password').fill(password)
+  await page.getByRole('button', { name: 'Sign in' }).click()
 }

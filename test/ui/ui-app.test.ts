@@ -338,11 +338,18 @@ describe('web app', () => {
       await page.close()
     })
 
-    it('the serial page shows the port open, its bytes live, and reads a Modbus register once', async () => {
+    it('the serial page shows the port open, its counters growing, its bytes live, and reads a Modbus register once', async () => {
       const { page, problems } = await openPage(context)
       await page.goto('/ui/serial')
       const row = page.locator('tr', { hasText: 'rs485' })
       await expect.poll(() => row.locator('.badge').first().textContent(), { timeout: 20_000 }).toBe('open')
+      // The port's counters as the gateway keeps them: answers from the meter grow with its polls, none corrupt.
+      const counter = async (name: string): Promise<number> => Number(new RegExp(`\\b${name} (\\d+)`).exec((await row.locator('td').nth(4).textContent()) ?? '')?.[1])
+      await expect.poll(() => counter('framesIn'), { timeout: 20_000 }).toBeGreaterThan(0)
+      const answered = await counter('framesIn')
+      await expect.poll(() => counter('framesIn'), { timeout: 20_000 }).toBeGreaterThan(answered)
+      expect(await counter('framesOut')).toBeGreaterThanOrEqual(answered)
+      expect(await counter('crcErrors')).toBe(0)
       await row.getByRole('button', { name: 'Watch the line' }).click()
       // The gateway polls the meter every 2 s: its requests (tx) and the answers (rx), as they pass.
       await page.locator('ol.monitor li', { hasText: 'tx' }).first().waitFor({ timeout: 20_000 })

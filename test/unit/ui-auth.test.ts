@@ -235,6 +235,23 @@ describe('sessions', () => {
     }
   })
 
+  it("the app's own refreshes (x-background) and opening the live stream are answered but do not restart the idle timeout", async () => {
+    const { cookie } = await setUp()
+    clock += (IDLE_S - 1) * 1000
+    expect((await get('/api/outbox', { cookie, 'x-background': '1' })).statusCode).toBe(200)
+    expect((await get('/api/auth/state', { cookie, 'x-background': '1' })).json().user).toEqual({ username: 'admin' })
+    expect((await get('/api/events', { cookie })).statusCode).not.toBe(401)
+    clock += 2_000
+    expect((await get('/api/outbox', { cookie, 'x-background': '1' })).statusCode, 'idle since the login: ended').toBe(401)
+
+    // A request of the user's own does restart it.
+    const busy = cookieOf(await login())
+    clock += (IDLE_S - 1) * 1000
+    expect((await get('/api/outbox', { cookie: busy })).statusCode).toBe(200)
+    clock += 2_000
+    expect((await get('/api/outbox', { cookie: busy, 'x-background': '1' })).statusCode).toBe(200)
+  })
+
   it('logout ends the session and clears the cookie', async () => {
     const { cookie, csrf } = await setUp()
     const out = await post('/api/auth/logout', {}, { cookie, 'x-csrf-token': csrf })

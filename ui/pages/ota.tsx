@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks'
 import { api } from '../api.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, THead } from '../components.js'
 import { bytes, dateTime } from '../format.js'
-import { t } from '../i18n.js'
+import { t, type Key } from '../i18n.js'
 
 interface Image {
   key: string
@@ -79,9 +79,9 @@ export function Ota() {
                 <li key={d.device}>
                   <span>{d.device}</span>{' '}
                   <Badge tone={d.state === 'done' ? 'ok' : d.state === 'failed' || d.state === 'expired' ? 'bad' : 'muted'}>{d.state}</Badge>
-                  <progress max={100} value={d.progress ?? (d.state === 'done' ? 100 : 0)} aria-label={t('ota.progressOf', { device: d.device })} />
+                  <progress max={100} value={Math.max(0, d.progress ?? (d.state === 'done' ? 100 : 0))} aria-label={t('ota.progressOf', { device: d.device })} />
                   <span class="muted">
-                    {d.progress ?? 0} % · {bytes(d.bytesServed)}
+                    {progressText(d.progress)} · {bytes(d.bytesServed)}
                     {d.reason ? ` · ${d.reason}` : ''}
                   </span>
                 </li>
@@ -92,6 +92,14 @@ export function Ota() {
       </Section>
     </>
   )
+}
+
+// update_ota_status progress below 0 is a failure code (PROTOCOL.md "OTA"), not a percentage.
+const FAILURES: Record<number, Key> = { [-1]: 'ota.failDownload', [-2]: 'ota.failChecksum', [-3]: 'ota.failInstall', [-4]: 'ota.failOther' }
+
+function progressText(progress: number | null): string {
+  if (progress === null || progress >= 0) return `${progress ?? 0} %`
+  return `${t(FAILURES[progress] ?? 'ota.failOther')} (${progress})`
 }
 
 function Upload({ onDone }: { onDone: () => void }) {
@@ -146,7 +154,7 @@ function Upload({ onDone }: { onDone: () => void }) {
 
 function Push({ images, onDone }: { images: Image[]; onDone: () => void }) {
   const [error, setError] = useState<unknown>()
-  const [done, setDone] = useState<string>()
+  const [done, setDone] = useState<{ job: string; devices: string[] }>()
   const submit = async (e: Event): Promise<void> => {
     e.preventDefault()
     const f = new FormData(e.currentTarget as HTMLFormElement)
@@ -159,8 +167,8 @@ function Push({ images, onDone }: { images: Image[]; onDone: () => void }) {
     setError(undefined)
     setDone(undefined)
     try {
-      const r = await api<{ job: string }>('/api/ota/jobs', { method: 'POST', body })
-      setDone(r.job)
+      const r = await api<{ job: string; devices: string[] }>('/api/ota/jobs', { method: 'POST', body })
+      setDone(r)
       onDone()
     } catch (err) {
       setError(err)
@@ -197,7 +205,11 @@ function Push({ images, onDone }: { images: Image[]; onDone: () => void }) {
         </button>
       </form>
       <ErrorLine error={error} />
-      {done && <p role="status">{t('ota.started', { job: done })}</p>}
+      {done && (
+        <p role="status" data-testid="ota-started" data-job={done.job}>
+          {t('ota.started', { job: done.job, n: done.devices.length, devices: done.devices.join(', ') })}
+        </p>
+      )}
     </Section>
   )
 }

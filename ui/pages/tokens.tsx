@@ -15,7 +15,7 @@ interface Token {
 
 export function Tokens() {
   const list = useApi<{ tokens: Token[] }>('/api/tokens')
-  const [created, setCreated] = useState<{ name: string; token: string }>()
+  const [created, setCreated] = useState<{ id: string; name: string; token: string }>()
   const [error, setError] = useState<unknown>()
   const create = async (e: Event): Promise<void> => {
     e.preventDefault()
@@ -23,7 +23,7 @@ export function Tokens() {
     const name = String(new FormData(form).get('name')).trim()
     setError(undefined)
     try {
-      const r = await api<{ name: string; token: string }>('/api/tokens', { method: 'POST', body: { name } })
+      const r = await api<{ id: string; name: string; token: string }>('/api/tokens', { method: 'POST', body: { name } })
       setCreated(r)
       form.reset()
       list.reload()
@@ -36,6 +36,8 @@ export function Tokens() {
     setError(undefined)
     try {
       await api(`/api/tokens/${encodeURIComponent(String(tok.id))}`, { method: 'DELETE' })
+      // A token revoked right after it was made is no longer offered for copying.
+      if (created && created.id === String(tok.id)) setCreated(undefined)
       list.reload()
     } catch (err) {
       setError(err)

@@ -4,7 +4,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { AuthRefusal, SESSION_COOKIE, type ActiveSession, type UiAuth } from '../auth-service.js'
-import { clearSessionCookie, crossSiteOrMissingCsrf, csrfRefusal, sameOrigin, setSessionCookie } from '../auth.js'
+import { BACKGROUND_HEADER, clearSessionCookie, crossSiteOrMissingCsrf, csrfRefusal, sameOrigin, setSessionCookie } from '../auth.js'
 
 const Str = (description: string, max = 256) => Type.String({ maxLength: max, description })
 const SetupBody = Type.Object(
@@ -28,7 +28,8 @@ export const authRoutes: FastifyPluginAsync<{ ui: UiAuth }> = async (app, { ui }
 
   app.get('/state', async (req) => {
     // Another site never learns the session's CSRF token (nor that there is a session).
-    const session = sameOrigin(req) ? ui.session(req.cookies[SESSION_COOKIE]) : undefined
+    // The app's own check after its live stream was refused is not the user's doing (BACKGROUND_HEADER).
+    const session = sameOrigin(req) ? ui.session(req.cookies[SESSION_COOKIE], req.headers[BACKGROUND_HEADER] === undefined) : undefined
     return { setupRequired: ui.setupRequired(), user: session ? { username: session.username } : null, csrfToken: session?.csrf ?? null }
   })
 
