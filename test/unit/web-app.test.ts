@@ -48,8 +48,8 @@ const stats: OutboxStats = {
 const healthy: HealthReport = {
   status: 'ok',
   reasons: [],
-  northbound: { configured: true, connected: true, since: 1234, downSince: null, links: 1, linksConnected: 1 },
-  outbox: { messages: 3, bytes: 300, oldestAgeMs: 1500, maxBytes: 1 << 20 },
+  northbound: { configured: true, connected: true, since: 1234, downSince: null, links: 1, linksConnected: 1, lastError: null, nextRetryAt: null },
+  outbox: { messages: 3, bytes: 300, oldestAgeMs: 1500, maxBytes: 1 << 20, drainRate: { last10s: 0, last60s: 0 } },
   clock: { offsetMs: -12, measuredAt: null },
   adapters: [
     { name: 'broker', kind: 'native', state: 'running' },
