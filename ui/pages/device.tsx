@@ -350,6 +350,9 @@ function Timeline({ base, productId, deviceId }: { base: string; productId: stri
       timer = setTimeout(events.reload, TIMELINE_RELOAD_MS)
     }
     const offs = (['device', 'alarm', 'command'] as const).map((n) => onLive<{ productId: string; deviceId: string }>(n, mine))
+    // A warning or error naming this device (the history records it as an `error` event).
+    const key = `${productId}/${deviceId}`
+    offs.push(onLive<{ device?: unknown; level: number }>('log', (l) => l.level >= 40 && l.device === key && mine({ productId, deviceId })))
     return () => {
       offs.forEach((off) => off())
       clearTimeout(timer)
