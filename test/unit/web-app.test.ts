@@ -210,6 +210,20 @@ describe('GET /api/health', () => {
     expect(res.json()).toMatchObject({ status: 'degraded', reasons: ['disk_full', 'adapter_failed:lorawan'], adapters: healthy.adapters })
   })
 
+  it('tells why the hub link is down and when it tries again, and how fast the outbox drains', async () => {
+    const lastError = { at: 5_000, code: 'IHE_NORTHBOUND', reason: 'ECONNREFUSED', message: 'connect ECONNREFUSED 10.0.0.2:8883' }
+    gw.health = {
+      ...healthy,
+      status: 'degraded',
+      reasons: ['northbound_down'],
+      northbound: { ...healthy.northbound, connected: false, since: null, downSince: 4_000, lastError, nextRetryAt: 9_000 },
+      outbox: { ...healthy.outbox, drainRate: { last10s: 12.5, last60s: 3.1 } },
+    }
+    const body = (await get('/api/health', {})).json()
+    expect(body.northbound).toMatchObject({ lastError, nextRetryAt: 9_000, downSince: 4_000 })
+    expect(body.outbox.drainRate).toEqual({ last10s: 12.5, last60s: 3.1 })
+  })
+
   it('publishes only the documented fields', async () => {
     gw.health = { ...healthy, outbox: { ...healthy.outbox, internalNote: 'x' } as HealthReport['outbox'] }
     expect((await get('/api/health', {})).json().outbox).toEqual(healthy.outbox)

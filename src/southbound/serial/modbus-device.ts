@@ -129,7 +129,7 @@ export class ModbusDevice {
         answered = true
         this.once(`exc:${block.table}:${block.address}`, () =>
           this.ctx.log.warn(
-            { port: this.port.name, unitId: this.cfg.unitId, table: block.table, address: block.address, count: block.count, code: outcome.code },
+            { port: this.port.name, unitId: this.cfg.unitId, device: this.labels.device, table: block.table, address: block.address, count: block.count, code: outcome.code },
             `modbus exception ${outcome.code} (${outcome.message}) reading registers ${block.registers.map((r) => r.name).join(', ')}; check the register map`,
           ),
         )
