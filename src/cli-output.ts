@@ -86,8 +86,17 @@ export function deviceDetails(d: DeviceLike, online: boolean | null, lastSeen: n
 interface HealthLike {
   status: string
   reasons: string[]
-  northbound: { configured: boolean; connected: boolean; since: number | null; downSince?: number | null; links: number; linksConnected: number }
-  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }
+  northbound: {
+    configured: boolean
+    connected: boolean
+    since: number | null
+    downSince?: number | null
+    links: number
+    linksConnected: number
+    lastError?: { message: string; reason: string | null } | null
+    nextRetryAt?: number | null
+  }
+  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number; drainRate?: { last10s: number; last60s: number } }
   adapters: { name: string; state: string; error?: string }[]
 }
 
@@ -97,13 +106,15 @@ export function statusText(pid: number, url: string, h: HealthLike): string {
     ? 'not configured (no northbound.url): data waits in the outbox'
     : nb.connected
       ? `connected since ${iso(nb.since)}${nb.links > 1 ? ` (${nb.linksConnected}/${nb.links} links)` : ''}`
-      : `DOWN${nb.downSince ? ` since ${iso(nb.downSince)}` : ''}${nb.links > 1 ? ` (${nb.linksConnected}/${nb.links} links up)` : ''}`
+      : `DOWN${nb.downSince ? ` since ${iso(nb.downSince)}` : ''}${nb.links > 1 ? ` (${nb.linksConnected}/${nb.links} links up)` : ''}` +
+        (nb.lastError ? `; last error: ${nb.lastError.message}${nb.lastError.reason ? ` (${nb.lastError.reason})` : ''}` : '') +
+        (nb.nextRetryAt ? `; next attempt ${iso(nb.nextRetryAt)}` : '')
   const pct = h.outbox.maxBytes ? ((100 * h.outbox.bytes) / h.outbox.maxBytes).toFixed(1) : '0'
   const rows: [string, string][] = [
     ['status', `${h.status}${h.reasons.length ? ` (${h.reasons.join(', ')})` : ''}`],
     ['gateway', `pid ${pid}, ${url}`],
     ['hub', hub],
-    ['outbox', `${h.outbox.messages} message(s), ${h.outbox.bytes} bytes (${pct} % of the quota), oldest ${Math.round(h.outbox.oldestAgeMs / 1000)} s`],
+    ['outbox', `${h.outbox.messages} message(s), ${h.outbox.bytes} bytes (${pct} % of the quota), oldest ${Math.round(h.outbox.oldestAgeMs / 1000)} s${h.outbox.drainRate ? `, draining ${h.outbox.drainRate.last10s}/s (10 s), ${h.outbox.drainRate.last60s}/s (60 s)` : ''}`],
     ['adapters', h.adapters.map((a) => `${a.name}:${a.state}${a.error ? ` (${a.error})` : ''}`).join(', ') || '-'],
   ]
   return rows.map(([k, v]) => `${k.padEnd(8)} ${v}`).join('\n') + '\n'

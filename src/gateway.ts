@@ -342,6 +342,12 @@ export class Gateway {
     }, ACTIVITY_SAVE_MS).unref()
     core.observe(activity)
     this.logRing.onLine(activity.logLine)
+    // A registered device's warnings and errors go into its timeline (the local history's events).
+    activity.onError = (device, e) => {
+      const slash = device.indexOf('/')
+      const ref = { productId: device.slice(0, slash), deviceId: device.slice(slash + 1) }
+      if (this.history && store.registry.get(ref)) this.history.deviceEvent({ device: ref, at: e.time, type: 'error', detail: { code: e.code, msg: e.msg } })
+    }
     store.registry.on('removed', (ref: DeviceRef) => activity.forget(deviceKey(ref)))
     const events = new LiveEvents({
       sink: this.live,
@@ -581,8 +587,17 @@ export class Gateway {
     return {
       status: reasons.length ? 'degraded' : 'ok',
       reasons,
-      northbound: { configured: nb.configured, connected: nb.connected, since: nb.since, downSince: nb.downSince, links: nb.links, linksConnected: nb.linksConnected },
-      outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes },
+      northbound: {
+        configured: nb.configured,
+        connected: nb.connected,
+        since: nb.since,
+        downSince: nb.downSince,
+        links: nb.links,
+        linksConnected: nb.linksConnected,
+        lastError: nb.lastError && { ...nb.lastError },
+        nextRetryAt: nb.nextRetryAt,
+      },
+      outbox: { messages: s.messages, bytes: s.bytes, oldestAgeMs: s.oldestAgeMs, maxBytes: s.maxBytes, drainRate: this.bridge.drainRate() },
       clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
       adapters: this.adapters.map((a) => ({ ...a.health })),
       ...(this.history ? { history: this.history.health() } : {}),

@@ -2,8 +2,17 @@
 export interface HealthReport {
   status: 'ok' | 'degraded'
   reasons: string[]
-  northbound: { configured: boolean; connected: boolean; since: number | null; downSince: number | null; links: number; linksConnected: number; lastError?: string | null; nextRetryAt?: number | null }
-  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }
+  northbound: {
+    configured: boolean
+    connected: boolean
+    since: number | null
+    downSince: number | null
+    links: number
+    linksConnected: number
+    lastError: { at: number; code: string; reason: string | null; message: string } | null
+    nextRetryAt: number | null
+  }
+  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number; drainRate: { last10s: number; last60s: number } }
   clock: { offsetMs: number; measuredAt: number | null }
   adapters: { name: string; kind: string; state: string; error?: string }[]
   history?: { enabled: boolean; state: string; bytes: number; series: number }

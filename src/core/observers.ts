@@ -6,12 +6,15 @@ import type { Logger } from './log.js'
 import { RateLimitedLog } from './log.js'
 import type { DeviceRef, Uplink } from './types.js'
 
-/** Something that happened to a device besides its uplinks (commands; sessions arrive as `$connection` uplinks). */
+/**
+ * Something that happened to a device besides its uplinks (commands; errors the log named it in;
+ * sessions arrive as `$connection` uplinks, alarms as the rules' `alarm` uplinks).
+ */
 export interface DeviceEvent {
   device: DeviceRef
   /** Milliseconds since the epoch. */
   at: number
-  type: 'command_delivered' | 'command_replied'
+  type: 'command_delivered' | 'command_replied' | 'error'
   detail: Record<string, string | number | boolean | null>
 }
 

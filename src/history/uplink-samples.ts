@@ -16,6 +16,8 @@ export interface CompactUplink {
   ts: number
   text?: string
   meta?: UplinkMeta
+  /** Made by the gateway itself (a rule's alarm change, a window), not sent by the device. */
+  internal?: true
 }
 
 /** On the pipeline's side: as little work as possible, no copy of pooled socket buffers. */
@@ -32,7 +34,9 @@ export function compact(up: Uplink): CompactUplink {
           ? '$ota'
           : undefined
   const text = what !== undefined && up.payload.length <= MAX_TEXT ? up.payload.toString('utf8') : undefined
-  return { device: deviceKey(t), what, ts: up.receivedAt, text, meta: up.meta }
+  const c: CompactUplink = { device: deviceKey(t), what, ts: up.receivedAt, text, meta: up.meta }
+  if (up.transport === 'internal') c.internal = true
+  return c
 }
 
 /** Turns compact uplinks into samples and events; remembers frame counters to tell gaps. */
@@ -46,6 +50,11 @@ export class SampleMaker {
       if (what === '$ota') events.push({ device, ts, type: 'ota_status', detail: o })
       else events.push({ device, ts, type: o?.connected === true ? 'connected' : 'disconnected', detail: o && pick(o, ['client_id', 'transport', 'ipaddress']) })
       return
+    }
+    // A rule's alarm change (the gateway's own `alarm` uplink; a device's own `alarm` data is data).
+    if (what === 'alarm' && up.internal) {
+      const o = objectOf(up.text)
+      if (o && (o.state === 'raised' || o.state === 'cleared')) events.push({ device, ts, type: `alarm_${o.state}`, detail: pick(o, ['alarm', 'rule', 'value']) })
     }
     if (what !== undefined && up.text !== undefined) {
       for (const l of payloadLeaves(up.text)) samples.push({ device, name: l.path ? `${what}.${l.path}` : what, ts, value: l.value })

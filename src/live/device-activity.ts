@@ -16,6 +16,8 @@ export const MESSAGE_BYTES = 16 * 1024
 export const PAYLOAD_BUDGET_BYTES = 8 * 1024 * 1024
 /** Devices tracked (error counts of unknown ids included); the least recently active go first. */
 export const MAX_DEVICES = 10_000
+/** At most this many errors per device and minute are passed on to the timeline (all are counted). */
+export const ERROR_EVENTS_PER_MINUTE = 6
 
 // The firmware version in an update_status: the first of these that is a string or a number.
 const FIRMWARE_KEYS = ['firmwareVersion', 'firmware_version', 'fwVersion', 'fw_version', 'firmware', 'version', 'swVersion', 'sw_version']
@@ -65,9 +67,27 @@ interface Entry extends DeviceActivityView {
   /** When it was last active, in this tracker's ticks (the least recently active go first). */
   active: number
   messages: Kept[]
+  /** The minute (ms) errors were last passed on in, and how many were. */
+  errorMinute: number
+  errorsPassed: number
 }
 
-const newEntry = (): Entry => ({ active: 0, protocol: null, rssi: null, snr: null, battery: null, firmwareVersion: null, errors: 0, lastError: null, messages: [] })
+const newEntry = (): Entry => ({
+  active: 0,
+  protocol: null,
+  rssi: null,
+  snr: null,
+  battery: null,
+  firmwareVersion: null,
+  errors: 0,
+  lastError: null,
+  messages: [],
+  errorMinute: 0,
+  errorsPassed: 0,
+})
+
+/** A warning or error the log named a device in, as the device's timeline records it. */
+export type DeviceError = NonNullable<DeviceActivityView['lastError']>
 
 /** What a device reported that is worth keeping across a restart (not its messages, not its error counts). */
 export type DeviceFacts = Pick<DeviceActivityView, 'protocol' | 'rssi' | 'snr' | 'battery' | 'firmwareVersion'>
@@ -80,6 +100,8 @@ export class DeviceActivity implements PipelineObserver {
   private pending: (readonly Uplink[])[] = []
   private scheduled = false
   private payloadBytes = 0
+  /** Told of a device's errors (the timeline), at most ERROR_EVENTS_PER_MINUTE per device and minute. */
+  onError?: (device: string, error: DeviceError) => void
 
   constructor(
     private readonly limits = { perDevice: MESSAGES_PER_DEVICE, messageBytes: MESSAGE_BYTES, budgetBytes: PAYLOAD_BUDGET_BYTES, maxDevices: MAX_DEVICES },
@@ -106,7 +128,15 @@ export class DeviceActivity implements PipelineObserver {
     if (typeof o.device !== 'string' || !o.device.includes('/')) return
     const e = this.touch(o.device)
     e.errors++
-    e.lastError = { time: typeof o.time === 'number' ? o.time : Date.now(), msg: String(o.msg ?? ''), code: typeof o.code === 'string' ? o.code : null }
+    const error = { time: typeof o.time === 'number' ? o.time : Date.now(), msg: String(o.msg ?? ''), code: typeof o.code === 'string' ? o.code : null }
+    e.lastError = error
+    if (!this.onError) return
+    const minute = error.time - (error.time % 60_000)
+    if (minute !== e.errorMinute) {
+      e.errorMinute = minute
+      e.errorsPassed = 0
+    }
+    if (e.errorsPassed++ < ERROR_EVENTS_PER_MINUTE) this.onError(o.device, { ...error })
   }
 
   view(device: string): DeviceActivityView {

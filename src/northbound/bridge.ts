@@ -9,7 +9,8 @@ import type { DeviceRef } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
 import type { Outbox, OutboxRow } from '../store/outbox.js'
 import type { DeviceRegistry } from '../store/devices.js'
-import { HubLink, type HubLinkOptions } from './hub-link.js'
+import { HubLink, type HubLinkOptions, type LinkError } from './hub-link.js'
+import { DrainRate, type DrainRateView } from './drain-rate.js'
 import { serverSideSubscriptions } from '../core/hub-topics.js'
 
 export interface BridgeHooks {
@@ -31,12 +32,23 @@ export interface BridgeStatus {
   downSince: number | null
   links: number
   linksConnected: number
+  /** The gateway's own link's last failure (redacted), kept after it is up again; null if none yet. */
+  lastError: LinkError | null
+  /** When the gateway's own link tries again (ms); null while up or while an attempt runs. */
+  nextRetryAt: number | null
 }
 
 export class Bridge {
   private readonly links = new Map<string, HubLink>()
   private readonly log: Logger
   private readonly gatewayKey: string
+  // Acknowledgements of links that were removed (devices mode), so the running total never falls.
+  private retiredAcked = 0
+  private readonly drain = new DrainRate(() => {
+    let n = this.retiredAcked
+    for (const l of this.links.values()) n += l.acked
+    return n
+  })
 
   constructor(
     private readonly cfg: Config,
@@ -62,6 +74,7 @@ export class Bridge {
     }
     this.outbox.on('committed', this.wakeAll)
     this.outbox.on('evicted', this.forgetAll)
+    this.drain.start()
     if (nb.mode === 'gateway') {
       this.addLink(this.gatewayKey, {
         username: nb.username ?? this.gatewayKey,
@@ -129,6 +142,7 @@ export class Bridge {
     const secret = d.enabled ? this.registry.secretOf(d) : undefined
     if (existing && !secret) {
       this.links.delete(key)
+      this.retiredAcked += existing.acked
       void existing.stop()
       return
     }
@@ -146,6 +160,7 @@ export class Bridge {
   private readonly removeDeviceLink = (ref: DeviceRef): void => {
     const link = this.links.get(deviceKey(ref))
     this.links.delete(deviceKey(ref))
+    this.retiredAcked += link?.acked ?? 0
     void link?.stop()
   }
 
@@ -187,10 +202,18 @@ export class Bridge {
       downSince: gw?.downSince ?? null,
       links: links.length,
       linksConnected: links.filter((l) => l.isConnected).length,
+      lastError: gw?.lastError ?? null,
+      nextRetryAt: gw?.nextRetryAt ?? null,
     }
   }
 
+  /** Messages per second the hub acknowledged (every link), over the last 10 and 60 s. */
+  drainRate(): DrainRateView {
+    return this.drain.view()
+  }
+
   async stop(): Promise<void> {
+    this.drain.stop()
     this.outbox.off('committed', this.wakeAll)
     this.outbox.off('evicted', this.forgetAll)
     await Promise.all([...this.links.values()].map((l) => l.stop()))

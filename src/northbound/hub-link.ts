@@ -9,6 +9,7 @@ import type { Metrics } from '../core/metrics.js'
 import type { Outbox, OutboxRow, Priority } from '../store/outbox.js'
 import { PRIORITIES } from '../store/outbox.js'
 import { ErrorCodes } from '../core/errors.js'
+import { redactUrls } from '../core/log.js'
 
 export interface HubLinkOptions {
   url: string
@@ -35,6 +36,18 @@ const READ_BATCH = 512
 const BACKOFF_MIN_MS = 1_000
 const BACKOFF_MAX_MS = 60_000
 const STABLE_AFTER_MS = 60_000
+const ERROR_TEXT_MAX = 300
+
+/** Why the link last failed, as health shows it: redacted (no credentials), with the gateway's error code. */
+export interface LinkError {
+  /** When it happened (ms). */
+  at: number
+  /** The gateway's error code (docs/operators/troubleshooting.md). */
+  code: string
+  /** What the network or the hub said: an errno (ECONNREFUSED), `connack:5` (a refused CONNECT), `closed`, `timeout`. */
+  reason: string | null
+  message: string
+}
 
 export class HubLink {
   private client?: MqttClient
@@ -60,6 +73,12 @@ export class HubLink {
   private maybeMore = true
   private tokens = 0
   private lastRefill = 0
+  private error: LinkError | null = null
+  // Whether this connection attempt has reported an error yet (else its close is described).
+  private erredThisAttempt = false
+  private retryAt: number | null = null
+  /** Rows the hub acknowledged since the start (the drain rate is sampled from it). */
+  acked = 0
 
   constructor(
     private readonly outbox: Outbox,
@@ -80,6 +99,24 @@ export class HubLink {
     return this.connected ? null : this.downAt
   }
 
+  /** The last failure of this link (kept after it is up again, with its time). */
+  get lastError(): LinkError | null {
+    return this.error
+  }
+
+  /** When the next connection attempt is due (ms); null while connected or while an attempt runs. */
+  get nextRetryAt(): number | null {
+    return this.connected || this.stopped ? null : this.retryAt
+  }
+
+  private noteError(err: Error & { code?: unknown }, reason?: string): void {
+    this.erredThisAttempt = true
+    const code = reason ?? (typeof err.code === 'number' ? `connack:${err.code}` : typeof err.code === 'string' ? err.code : null)
+    let message = redactUrls(err.message)
+    if (this.opts.password) message = message.split(this.opts.password).join('[redacted]')
+    this.error = { at: Date.now(), code: ErrorCodes.NORTHBOUND, reason: code, message: message.slice(0, ERROR_TEXT_MAX) }
+  }
+
   start(): void {
     this.stopped = false
     this.downAt = Date.now()
@@ -88,6 +125,8 @@ export class HubLink {
 
   private connect(): void {
     const gen = ++this.generation
+    this.retryAt = null
+    this.erredThisAttempt = false
     const o: IClientOptions = {
       clientId: this.opts.clientId,
       username: this.opts.username,
@@ -146,10 +185,14 @@ export class HubLink {
     }
     client.on('error', (err) => {
       if (gen !== this.generation) return
+      this.noteError(err)
       this.log.warn({ err: err.message, code: ErrorCodes.NORTHBOUND, url: this.opts.url }, 'hub connection error')
     })
     client.on('close', () => {
       if (gen !== this.generation) return
+      if (!this.erredThisAttempt) {
+        this.noteError(new Error(this.connected ? 'the hub closed the connection' : 'the connection closed before the hub accepted it'), this.connected ? 'closed' : 'not_accepted')
+      }
       this.onDown()
     })
   }
@@ -182,6 +225,7 @@ export class HubLink {
       this.log.info({ url: this.opts.url, waiting, downForS, nextAttemptS }, `hub still unreachable (${downForS} s); ${waiting} message(s) wait in the outbox; next attempt in ${nextAttemptS} s`)
     }
     this.metrics.northboundReconnects.inc()
+    this.retryAt = Date.now() + delay
     this.reconnectTimer = setTimeout(() => this.connect(), delay)
   }
 
@@ -281,6 +325,7 @@ export class HubLink {
           return // the connection is going down; the row is sent again after reconnect
         }
         this.outbox.ack(row.id)
+        this.acked++
         this.metrics.northboundPublished.inc()
         this.pump()
       })

@@ -30,8 +30,26 @@ export interface HealthReport {
   status: 'ok' | 'degraded'
   /** disk_full, outbox_near_quota, northbound_down, adapter_failed:<name>, broker_sessions_in_memory, ... */
   reasons: string[]
-  northbound: { configured: boolean; connected: boolean; since: number | null; downSince: number | null; links: number; linksConnected: number }
-  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number }
+  northbound: {
+    configured: boolean
+    connected: boolean
+    since: number | null
+    downSince: number | null
+    links: number
+    linksConnected: number
+    /** The gateway's own link's last failure, redacted, with the gateway's error code; kept after it is up again. */
+    lastError: { at: number; code: string; reason: string | null; message: string } | null
+    /** When the link tries again after a failure (ms); null while up or while an attempt runs. */
+    nextRetryAt: number | null
+  }
+  outbox: {
+    messages: number
+    bytes: number
+    oldestAgeMs: number
+    maxBytes: number
+    /** Messages per second the hub acknowledged over the last 10 and 60 s. */
+    drainRate: { last10s: number; last60s: number }
+  }
   clock: { offsetMs: number; measuredAt: number | null }
   adapters: AdapterHealth[]
   /** The local history (absent when store.history.enabled is false). */

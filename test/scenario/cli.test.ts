@@ -104,6 +104,9 @@ describe('cli', () => {
     const degraded = await onTerminal(['status', '-c', down.configFile])
     expect(degraded).toMatch(/^status\s+degraded \(.*northbound_down.*\)$/m)
     expect(degraded).toMatch(/^hub\s+DOWN since \d{4}-\d\d-\d\dT/m)
+    // Why, and when it tries again (nothing listens on that port).
+    expect(degraded).toMatch(/^hub\s+DOWN .*; last error: .*\(ECONNREFUSED\)/m)
+    expect(degraded).toMatch(/^outbox\s+.*, draining 0\/s \(10 s\), 0\/s \(60 s\)$/m)
   })
 
   for (const running of [false, true]) {

@@ -83,7 +83,15 @@ describe('web app', () => {
       ],
     }
     const lorawan = { chirpstack: { mqtt: { url: csBroker.url, clientId: 'ui-test-lorawan' }, encoding: 'json' }, devices: [{ ...roomSensor, dataTypes: { '1': 'telemetry' } }] }
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices, serial, lorawan, log: { level: 'info' } })
+    // A rule's alarm, for the device page's timeline and the overview's alarms.
+    const rules = [
+      {
+        name: 'valve-pressure',
+        from: 'upload_data/valve/+/pressure',
+        actions: [{ alarm: { name: 'overpressure', set: 'payload.bar > 6.0', clear: 'payload.bar < 5.0', value: 'payload.bar' } }],
+      },
+    ]
+    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices, serial, lorawan, rules, log: { level: 'info' } })
     await gateway.start()
     await gateway.waitForHealth((h) => h.northbound.connected, 20_000, 'northbound connected')
     base = `http://127.0.0.1:${gateway.httpPort}`
@@ -247,11 +255,18 @@ describe('web app', () => {
         clients.push(device)
         for (let i = 0; i < 3; i++) await device.upload('reading', { kwh: 10 + i })
         await expect.poll(async () => Number(await page.getByTestId('outbox-messages').textContent()), { timeout: 20_000 }).toBeGreaterThanOrEqual(before + 3)
+        // Why it is down (the hub refuses connections now) and when the gateway tries again.
+        await expect.poll(() => page.getByTestId('hub-last-error').textContent(), { timeout: 20_000 }).toContain('ECONNREFUSED')
+        expect(await page.getByTestId('hub-last-error').textContent()).toContain('IHE_NORTHBOUND')
+        await expect.poll(() => page.getByTestId('hub-next-retry').textContent(), { timeout: 20_000 }).toMatch(/\(in \d+ (s|min)\)/)
         await screenshot(page, 'overview-hub-down')
       } finally {
         await hub.start()
       }
       await expect.poll(() => page.getByTestId('hub-state').textContent(), { timeout: 30_000 }).toBe('up')
+      // What waited drains: the hub's acknowledgements per second over the last 10 s are above zero.
+      await expect.poll(() => page.getByTestId('outbox-drain-rate').textContent(), { timeout: 20_000 }).toMatch(/^(?!0\.0\/s)\d+\.\d\/s over 10 s/)
+      await expect(page.getByTestId('hub-next-retry').count()).resolves.toBe(0)
       expect(problems.errors).toEqual([])
       await page.close()
     })
@@ -310,6 +325,24 @@ describe('web app', () => {
       const row = page.locator(`tr[data-request="${requestId}"]`)
       await expect.poll(async () => (await row.count()) > 0 ? row.textContent() : '', { timeout: 20_000 }).toContain('closed')
       await screenshot(page, 'device')
+      expect(problems.errors).toEqual([])
+      await page.close()
+    })
+
+    it('the device page\'s timeline shows the alarm a rule raised for the device', async () => {
+      const device = await CommandDevice.connect(gateway.externalUrl, valve)
+      clients.push(device)
+      const { page, problems } = await openPage(context)
+      await page.goto('/ui/devices/valve/v1')
+      await page.getByRole('heading', { level: 1, name: 'valve/v1' }).waitFor()
+      // Raised while the page is open: the timeline reloads on the live alarm event.
+      await device.upload('pressure', { bar: 6.5 })
+      const raised = page.locator('ol.timeline li[data-type="alarm_raised"]')
+      await raised.first().waitFor({ timeout: 20_000 })
+      expect(await raised.first().textContent()).toContain('alarm raised')
+      expect(await raised.first().textContent()).toContain('"alarm":"overpressure"')
+      expect(await raised.first().textContent()).toContain('"value":6.5')
+      await screenshot(page, 'device-alarm')
       expect(problems.errors).toEqual([])
       await page.close()
     })

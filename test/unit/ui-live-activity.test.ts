@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest'
 import { createLogger } from '../../src/core/log.js'
 import { LogRing } from '../../src/core/log-ring.js'
-import { DeviceActivity } from '../../src/live/device-activity.js'
+import { DeviceActivity, ERROR_EVENTS_PER_MINUTE } from '../../src/live/device-activity.js'
 import type { Uplink, UplinkMeta } from '../../src/core/types.js'
 
 let seq = 0
@@ -112,6 +112,19 @@ describe('device activity', () => {
     a.logLine('{"level":30,"device":"p/a","msg":"device connected"}', 30)
     a.logLine('{"level":40,"msg":"no device here"}', 40)
     expect(a.view('p/a')).toMatchObject({ errors: 1, lastError: { time: 5, msg: 'device refused', code: 'IHE_AUTH_FAILED' } })
+  })
+
+  it('passes a device\'s errors on to its timeline, at most ERROR_EVENTS_PER_MINUTE per device and minute (all are counted)', () => {
+    const a = new DeviceActivity()
+    const told: { device: string; time: number; code: string | null }[] = []
+    a.onError = (device, e) => told.push({ device, time: e.time, code: e.code })
+    const line = (device: string, time: number): void => a.logLine(`{"level":40,"time":${time},"device":"${device}","code":"IHE_BAD_TOPIC","msg":"publish refused"}`, 40)
+    for (let i = 0; i < 10; i++) line('p/a', 60_000 + i)
+    line('p/b', 60_500)
+    line('p/a', 120_000)
+    expect(told.filter((t) => t.device === 'p/a').map((t) => t.time)).toEqual([...Array.from({ length: ERROR_EVENTS_PER_MINUTE }, (_, i) => 60_000 + i), 120_000])
+    expect(told.filter((t) => t.device === 'p/b')).toEqual([{ device: 'p/b', time: 60_500, code: 'IHE_BAD_TOPIC' }])
+    expect(a.view('p/a').errors).toBe(11)
   })
 
   it('stays within its payload budget and device count, losing the least recently active first', () => {

@@ -12,8 +12,8 @@ import { SseClient } from '../helpers/sse.js'
 const health = (connected: boolean): HealthReport => ({
   status: 'ok',
   reasons: [],
-  northbound: { configured: true, connected, since: null, downSince: null, links: 1, linksConnected: connected ? 1 : 0 },
-  outbox: { messages: 0, bytes: 0, oldestAgeMs: 0, maxBytes: 1 },
+  northbound: { configured: true, connected, since: null, downSince: null, links: 1, linksConnected: connected ? 1 : 0, lastError: null, nextRetryAt: null },
+  outbox: { messages: 0, bytes: 0, oldestAgeMs: 0, maxBytes: 1, drainRate: { last10s: 0, last60s: 0 } },
   clock: { offsetMs: 0, measuredAt: null },
   adapters: [],
 })

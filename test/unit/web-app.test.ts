@@ -48,8 +48,8 @@ const stats: OutboxStats = {
 const healthy: HealthReport = {
   status: 'ok',
   reasons: [],
-  northbound: { configured: true, connected: true, since: 1234, downSince: null, links: 1, linksConnected: 1 },
-  outbox: { messages: 3, bytes: 300, oldestAgeMs: 1500, maxBytes: 1 << 20 },
+  northbound: { configured: true, connected: true, since: 1234, downSince: null, links: 1, linksConnected: 1, lastError: null, nextRetryAt: null },
+  outbox: { messages: 3, bytes: 300, oldestAgeMs: 1500, maxBytes: 1 << 20, drainRate: { last10s: 0, last60s: 0 } },
   clock: { offsetMs: -12, measuredAt: null },
   adapters: [
     { name: 'broker', kind: 'native', state: 'running' },
@@ -208,6 +208,20 @@ describe('GET /api/health', () => {
     const res = await get('/api/health', {})
     expect(res.statusCode).toBe(503)
     expect(res.json()).toMatchObject({ status: 'degraded', reasons: ['disk_full', 'adapter_failed:lorawan'], adapters: healthy.adapters })
+  })
+
+  it('tells why the hub link is down and when it tries again, and how fast the outbox drains', async () => {
+    const lastError = { at: 5_000, code: 'IHE_NORTHBOUND', reason: 'ECONNREFUSED', message: 'connect ECONNREFUSED 10.0.0.2:8883' }
+    gw.health = {
+      ...healthy,
+      status: 'degraded',
+      reasons: ['northbound_down'],
+      northbound: { ...healthy.northbound, connected: false, since: null, downSince: 4_000, lastError, nextRetryAt: 9_000 },
+      outbox: { ...healthy.outbox, drainRate: { last10s: 12.5, last60s: 3.1 } },
+    }
+    const body = (await get('/api/health', {})).json()
+    expect(body.northbound).toMatchObject({ lastError, nextRetryAt: 9_000, downSince: 4_000 })
+    expect(body.outbox.drainRate).toEqual({ last10s: 12.5, last60s: 3.1 })
   })
 
   it('publishes only the documented fields', async () => {

@@ -21,8 +21,8 @@ function deps(): WebDeps {
     health: () => ({
       status: 'ok',
       reasons: [],
-      northbound: { configured: false, connected: false, since: null, downSince: null, links: 0, linksConnected: 0 },
-      outbox: { messages: 0, bytes: 0, oldestAgeMs: 0, maxBytes: 1 },
+      northbound: { configured: false, connected: false, since: null, downSince: null, links: 0, linksConnected: 0, lastError: null, nextRetryAt: null },
+      outbox: { messages: 0, bytes: 0, oldestAgeMs: 0, maxBytes: 1, drainRate: { last10s: 0, last60s: 0 } },
       clock: { offsetMs: 0, measuredAt: null },
       adapters: [],
     }),

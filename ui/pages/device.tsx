@@ -56,7 +56,7 @@ export function DevicePage({ productId, deviceId }: { productId: string; deviceI
       <Commands base={base} productId={productId} deviceId={deviceId} />
       <Charts device={`${productId}/${deviceId}`} />
       <div class="grid wide">
-        <Timeline base={base} />
+        <Timeline base={base} productId={productId} deviceId={deviceId} />
         <Shadow base={base} />
       </div>
     </>
@@ -332,8 +332,32 @@ interface HistoryEvent {
   detail?: unknown
 }
 
-function Timeline({ base }: { base: string }) {
+// What GET .../events records (the local history): sessions, OTA, commands, errors, alarms.
+const EVENT_TYPES = ['connected', 'disconnected', 'ota_status', 'command_delivered', 'command_replied', 'error', 'alarm_raised', 'alarm_cleared'] as const
+type EventType = (typeof EVENT_TYPES)[number]
+const isEventType = (s: string): s is EventType => (EVENT_TYPES as readonly string[]).includes(s)
+const EVENT_TONE: Partial<Record<EventType, 'ok' | 'bad' | 'warn' | 'muted'>> = { error: 'warn', alarm_raised: 'bad', alarm_cleared: 'ok', connected: 'ok', disconnected: 'muted' }
+// The history writes what happened about a second later: a live event reloads the timeline after this.
+const TIMELINE_RELOAD_MS = 2_000
+
+function Timeline({ base, productId, deviceId }: { base: string; productId: string; deviceId: string }) {
   const events = useApi<{ events: HistoryEvent[] }>(`${base}/events?limit=1000`, 30_000)
+  useEffect(() => {
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const mine = (e: { productId: string; deviceId: string }): void => {
+      if (e.productId !== productId || e.deviceId !== deviceId) return
+      clearTimeout(timer)
+      timer = setTimeout(events.reload, TIMELINE_RELOAD_MS)
+    }
+    const offs = (['device', 'alarm', 'command'] as const).map((n) => onLive<{ productId: string; deviceId: string }>(n, mine))
+    // A warning or error naming this device (the history records it as an `error` event).
+    const key = `${productId}/${deviceId}`
+    offs.push(onLive<{ device?: unknown; level: number }>('log', (l) => l.level >= 40 && l.device === key && mine({ productId, deviceId })))
+    return () => {
+      offs.forEach((off) => off())
+      clearTimeout(timer)
+    }
+  }, [productId, deviceId, events.reload])
   const list = [...(events.data?.events ?? [])].reverse().slice(0, 50)
   return (
     <Section title={t('dv.timeline')} id="timeline">
@@ -343,8 +367,10 @@ function Timeline({ base }: { base: string }) {
       ) : (
         <ol class="timeline">
           {list.map((e, i) => (
-            <li key={`${e.ts}-${i}`}>
-              <span class="muted">{dateTime(e.ts)}</span> <strong>{e.type}</strong> {e.detail !== undefined && <code>{payloadText(e.detail)}</code>}
+            <li key={`${e.ts}-${i}`} data-type={e.type}>
+              <span class="muted">{dateTime(e.ts)}</span>{' '}
+              {isEventType(e.type) ? <Badge tone={EVENT_TONE[e.type] ?? 'muted'}>{t(`tl.${e.type}`)}</Badge> : <strong>{e.type}</strong>}{' '}
+              {e.detail !== undefined && e.detail !== null && <code>{payloadText(e.detail)}</code>}
             </li>
           ))}
         </ol>

@@ -50,13 +50,22 @@ export function Overview() {
                 {h.northbound.lastError && (
                   <>
                     <dt>{t('ov.lastError')}</dt>
-                    <dd>{h.northbound.lastError}</dd>
+                    <dd data-testid="hub-last-error">
+                      {h.northbound.lastError.message}{' '}
+                      <span class="muted">
+                        ({[h.northbound.lastError.reason, h.northbound.lastError.code].filter(Boolean).join(' · ')}, {ago(h.northbound.lastError.at, now)})
+                      </span>
+                    </dd>
                   </>
                 )}
-                {h.northbound.nextRetryAt && (
+                {!h.northbound.connected && (
                   <>
                     <dt>{t('ov.nextRetry')}</dt>
-                    <dd>{dateTime(h.northbound.nextRetryAt)}</dd>
+                    <dd data-testid="hub-next-retry">
+                      {h.northbound.nextRetryAt
+                        ? `${dateTime(h.northbound.nextRetryAt)} (${t('ov.inTime', { d: duration(h.northbound.nextRetryAt - now) })})`
+                        : t('ov.retryingNow')}
+                    </dd>
                   </>
                 )}
               </dl>
@@ -81,6 +90,8 @@ export function Overview() {
               </dd>
               <dt>{t('ov.oldest')}</dt>
               <dd>{h.outbox.messages ? duration(h.outbox.oldestAgeMs) : '—'}</dd>
+              <dt>{t('ov.drainRate')}</dt>
+              <dd data-testid="outbox-drain-rate">{t('ov.drainRateValue', { a: num(h.outbox.drainRate.last10s, 1), b: num(h.outbox.drainRate.last60s, 1) })}</dd>
               {outbox.data && (
                 <>
                   <dt>{t('ov.byPriority')}</dt>

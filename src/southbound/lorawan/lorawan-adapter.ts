@@ -396,7 +396,7 @@ export class LorawanAdapter implements SouthboundAdapter {
     // fPort 0 carries MAC commands only: nothing for the hub but the radio facts.
     if (ev.fPort > 0) {
       const settings = this.map.settings(c.device, ev.device.deviceProfileName)
-      const decoded = await this.decode(ev, settings)
+      const decoded = await this.decode(ev, settings, c.device)
       const payload: Record<string, unknown> = this.cfg.radioInPayload ? { ...decoded, _radio: { ...c.radio } } : decoded
       const dataType = settings.dataTypes?.[String(ev.fPort)] ?? `fport_${ev.fPort}`
       await this.ctx.uplink({
@@ -421,7 +421,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   }
 
   /** ChirpStack's `object`, else the configured codec, else the raw bytes (issue 8, "Payload decoding"). */
-  private async decode(ev: Extract<LoraEvent, { type: 'up' }>, settings: DeviceSettings): Promise<Record<string, unknown>> {
+  private async decode(ev: Extract<LoraEvent, { type: 'up' }>, settings: DeviceSettings, device: DeviceRef): Promise<Record<string, unknown>> {
     if (ev.object) return ev.object
     const js = this.jsCodec(settings)
     if (js) {
@@ -432,7 +432,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       } catch (err) {
         if (!(err instanceof CodecError)) throw err
         this.m.decodeErrors.inc({ codec: 'js' })
-        this.warn.warn(`codec:${js.file}`, { devEui: ev.device.devEui, fPort: ev.fPort, codec: js.file, err: err.message }, 'JavaScript codec failed; payload sent raw')
+        this.warn.warn(`codec:${js.file}`, { devEui: ev.device.devEui, device: deviceKey(device), fPort: ev.fPort, codec: js.file, err: err.message }, 'JavaScript codec failed; payload sent raw')
       }
     }
     if (settings.codec === 'cayenne') {
@@ -441,7 +441,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       } catch (err) {
         if (!(err instanceof CayenneError)) throw err
         this.m.decodeErrors.inc({ codec: 'cayenne' })
-        this.warn.warn(`cayenne:${ev.device.devEui}`, { devEui: ev.device.devEui, fPort: ev.fPort, err: err.message }, 'Cayenne LPP payload did not decode; sent raw')
+        this.warn.warn(`cayenne:${ev.device.devEui}`, { devEui: ev.device.devEui, device: deviceKey(device), fPort: ev.fPort, err: err.message }, 'Cayenne LPP payload did not decode; sent raw')
       }
     }
     return { raw: ev.data.toString('base64'), fPort: ev.fPort }

@@ -129,7 +129,7 @@ export class ModbusDevice {
         answered = true
         this.once(`exc:${block.table}:${block.address}`, () =>
           this.ctx.log.warn(
-            { port: this.port.name, unitId: this.cfg.unitId, table: block.table, address: block.address, count: block.count, code: outcome.code },
+            { port: this.port.name, unitId: this.cfg.unitId, device: this.labels.device, table: block.table, address: block.address, count: block.count, code: outcome.code },
             `modbus exception ${outcome.code} (${outcome.message}) reading registers ${block.registers.map((r) => r.name).join(', ')}; check the register map`,
           ),
         )
@@ -223,7 +223,9 @@ export class ModbusDevice {
     this.reachable = reachable
     if (reachable) this.ctx.deviceReachable(this.ref)
     else this.ctx.deviceAway(this.ref)
-    this.ctx.log.info({ port: this.port.name, unitId: this.cfg.unitId, device: this.labels.device, reachable }, reachable ? 'modbus device answers' : 'modbus device does not answer')
+    // Not answering is a problem of this device (a warning names it: its error count and timeline).
+    if (reachable) this.ctx.log.info({ port: this.port.name, unitId: this.cfg.unitId, device: this.labels.device, reachable }, 'modbus device answers')
+    else this.ctx.log.warn({ port: this.port.name, unitId: this.cfg.unitId, device: this.labels.device, reachable, err: this.lastError }, `modbus device does not answer (${this.lastError ?? 'no answer'}); check its wiring, unit id and the port's settings`)
   }
 
   /** Write one register (engineering units); resolves once the slave confirmed. */

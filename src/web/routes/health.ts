@@ -25,8 +25,16 @@ const HealthBody = Type.Object({
     downSince: NullableNumber,
     links: Type.Integer(),
     linksConnected: Type.Integer(),
+    lastError: Type.Union([Type.Object({ at: Type.Number(), code: Type.String(), reason: Type.Union([Type.String(), Type.Null()]), message: Type.String() }), Type.Null()]),
+    nextRetryAt: NullableNumber,
   }),
-  outbox: Type.Object({ messages: Type.Integer(), bytes: Type.Integer(), oldestAgeMs: Type.Number(), maxBytes: Type.Integer() }),
+  outbox: Type.Object({
+    messages: Type.Integer(),
+    bytes: Type.Integer(),
+    oldestAgeMs: Type.Number(),
+    maxBytes: Type.Integer(),
+    drainRate: Type.Object({ last10s: Type.Number(), last60s: Type.Number() }),
+  }),
   clock: Type.Object({ offsetMs: Type.Number(), measuredAt: NullableNumber }),
   adapters: Type.Array(
     Type.Object({
