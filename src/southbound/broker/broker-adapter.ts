@@ -165,11 +165,11 @@ export class BrokerAdapter implements SouthboundAdapter {
       return clear(c, p)
     }
     aedes.on('subscribe', (subs, client) => {
-      const st = this.state.get(client)
-      if (!st?.device) return
       // A refused subscription comes back with its granted QoS set to a reason code (0x80; with
       // MQTT 5 0x87, or 0x9E for a `$share/` filter aedes 2 refuses before authorizeSubscribe).
       for (const s of subs) if ((s.qos as number) === ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED) this.sharedRefused(client, s.topic)
+      const st = this.state.get(client)
+      if (!st?.device) return
       for (const s of subs) if ((s.qos as number) < ReasonCode.UNSPECIFIED_ERROR && isTagTopic(s.topic)) this.core.tagSubscribed(st.device, client.id, s.topic)
     })
     aedes.on('unsubscribe', (topics, client) => {
