@@ -21,13 +21,9 @@ export const ReasonCode = {
  */
 export function createAedes(mqtt5: boolean, options: AedesOptions): Aedes {
   if (!mqtt5) return new Aedes(options)
-  const v5: AedesV5Options = {
-    ...(options as AedesV5Options),
-    // MQTT 5 devices may shorten repeated topics (Mosquitto's default is 10): aliases are resolved
-    // before the hooks, which see the full topic.
-    topicAliasMaximum: 10,
-  }
-  return new AedesV5(v5) as unknown as Aedes
+  // aedes 2's own defaults otherwise. Not `topicAliasMaximum` > 0: aedes 2.0.0-beta.1 then takes a
+  // Topic Alias 0 instead of disconnecting [MQTT-3.3.2-8] (Paho's test_client_topic_alias).
+  return new AedesV5(options as AedesV5Options) as unknown as Aedes
 }
 
 /** Whether a connection speaks MQTT 5 (its CONNECT's protocol level). */
