@@ -98,6 +98,19 @@ function puback(client: MqttClient, topic: string, payload: string, properties?:
   })
 }
 
+/**
+ * A persistent v5 session (Session Expiry Interval `expiry`) on `url`, subscribed to `filter` at
+ * QoS 1 and then gone, so that what is published on it waits in the session. Returns its client id
+ * and whether its first CONNACK said a session was present.
+ */
+async function leftSession(url: string, what: string, filter: string, expiry: number): Promise<{ id: string; sessionPresent: boolean }> {
+  const id = `tool-${what}-${++seq}`
+  const first = await v5(url, { clientId: id, clean: false, properties: { sessionExpiryInterval: expiry } })
+  expect(await suback(first.client, filter)).toBe(1)
+  await first.client.endAsync()
+  return { id, sessionPresent: first.connack.sessionPresent }
+}
+
 const login = (d: { productId: string; deviceId: string; secret: string }): IClientOptions => ({
   username: `${d.productId}/${d.deviceId}`,
   password: d.secret,
@@ -218,11 +231,8 @@ describe('the local broker with broker.mqtt5: true', () => {
   })
 
   it('keeps a session with a Session Expiry Interval for a device gone and back, and ends it when the interval is over [MQTT-3.1.2-23]', async () => {
-    const id = `tool-session-${++seq}`
-    const first = await v5(gateway.internalUrl, { clientId: id, clean: false, properties: { sessionExpiryInterval: 300 } })
-    expect(first.connack.sessionPresent).toBe(false)
-    expect(await suback(first.client, 'site/session/#')).toBe(1)
-    await first.client.endAsync()
+    const { id, sessionPresent } = await leftSession(gateway.internalUrl, 'session', 'site/session/#', 300)
+    expect(sessionPresent).toBe(false)
     const pub = await v5(gateway.internalUrl)
     expect(await puback(pub.client, 'site/session/q', 'while away')).toBe(0)
     const back = await v5(gateway.internalUrl, { clientId: id, clean: false, properties: { sessionExpiryInterval: 1 } })
@@ -236,10 +246,7 @@ describe('the local broker with broker.mqtt5: true', () => {
   })
 
   it('does not deliver a queued or retained message whose Message Expiry Interval is over; hands on the rest with what remains of it [MQTT-3.3.2-5], [MQTT-3.3.2-6]', async () => {
-    const id = `tool-expiry-${++seq}`
-    const first = await v5(gateway.internalUrl, { clientId: id, clean: false, properties: { sessionExpiryInterval: 300 } })
-    expect(await suback(first.client, 'site/expiry/q/#')).toBe(1)
-    await first.client.endAsync()
+    const { id } = await leftSession(gateway.internalUrl, 'expiry', 'site/expiry/q/#', 300)
     const pub = await v5(gateway.internalUrl)
     expect(await puback(pub.client, 'site/expiry/q/short', 'short', { messageExpiryInterval: 1 })).toBe(0)
     expect(await puback(pub.client, 'site/expiry/q/long', 'long', { messageExpiryInterval: 3600 })).toBe(0)
@@ -282,10 +289,7 @@ describe('the local broker with broker.mqtt5: true', () => {
   })
 
   it('keeps a v5 persistent session, its queued message and the message\'s user properties across a gateway restart', async () => {
-    const id = `tool-restart-${++seq}`
-    const first = await v5(gateway.internalUrl, { clientId: id, clean: false, properties: { sessionExpiryInterval: 3600 } })
-    expect(await suback(first.client, 'site/restart/#')).toBe(1)
-    await first.client.endAsync()
+    const { id } = await leftSession(gateway.internalUrl, 'restart', 'site/restart/#', 3600)
     const pub = await v5(gateway.internalUrl)
     expect(await puback(pub.client, 'site/restart/q', 'kept', { userProperties: { batch: '7' } })).toBe(0)
     await pub.client.endAsync()
