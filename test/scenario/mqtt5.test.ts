@@ -303,6 +303,27 @@ describe('the local broker with broker.mqtt5: true', () => {
   })
 })
 
+describe('broker.mqtt5 with aclDenyAction: disconnect', () => {
+  let gateway: GatewayProcess
+
+  beforeAll(async () => {
+    gateway = new GatewayProcess({ gateway: gw, broker: { mqtt5: true, aclDenyAction: 'disconnect' }, devices: [a] })
+    await gateway.start(60_000)
+  })
+
+  afterAll(async () => {
+    await gateway?.close()
+  })
+
+  it('answers the refused publish with PUBACK 0x87, then closes the connection', async () => {
+    const { client } = await v5(gateway.externalUrl, login(a))
+    const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+    expect(await puback(client, `upload_data/${b.productId}/${b.deviceId}/temperature/${newMessageId()}`, 'forged')).toBe(0x87)
+    await closed
+    expect(client.connected).toBe(false)
+  })
+})
+
 describe('the local broker with broker.mqtt5 off (the default)', () => {
   let gateway: GatewayProcess
 
