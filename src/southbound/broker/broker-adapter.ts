@@ -2,7 +2,7 @@
 // (PROTOCOL.md, "Broker-side rules"): same authentication, same ACL, same server-side subscriptions.
 // aedes PUBACKs a QoS 1 publish as soon as authorizePublish calls back, so the ACL check and the
 // durable outbox write both happen inside that hook.
-import { Aedes, type Client, type AedesPublishPacket, type PublishPacket, type Subscription } from 'aedes'
+import type { Aedes, Client, AedesPublishPacket, PublishPacket, Subscription } from 'aedes'
 import net from 'node:net'
 import tls from 'node:tls'
 import { readFileSync } from 'node:fs'
@@ -16,6 +16,7 @@ import type { BrokerConfig, ListenerConfig } from './schema.js'
 import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions } from '../../core/hub-topics.js'
 import { commandTopic, mayPublish } from '../../core/device-acl.js'
 import { guardClient, type Violation } from './packet-guard.js'
+import { createAedes, ReasonCode, speaksMqtt5 } from './mqtt5.js'
 
 type Zone = 'external' | 'internal'
 
@@ -34,7 +35,7 @@ interface ClientState {
   settleSubscribed?: (ok: boolean) => void
 }
 
-export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & { listeners: readonly ListenerConfig[] }
+export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'mqtt5'>> & { listeners: readonly ListenerConfig[] }
 
 // A device that does not PUBACK a command within this long is treated as gone; the command stays queued.
 const DELIVERY_ACK_TIMEOUT_MS = 10_000
@@ -48,6 +49,10 @@ const NOT_AUTHORIZED = 5
 const unsupportedProtocol = new WeakSet<object>()
 
 const isSharedFilter = (filter: string): boolean => filter.startsWith('$share/') || filter.startsWith('$queue/')
+
+// A publish the ACL refuses: with MQTT 5 it is answered PUBACK/PUBREC 0x87 (the message is the
+// Reason String the client sees), with 3.1.1 acknowledged and dropped, or the connection closed.
+class PublishRefused extends Error {}
 
 function authError(returnCode: number, message: string): Error & { returnCode: number } {
   return Object.assign(new Error(message), { returnCode })
@@ -112,17 +117,17 @@ export class BrokerAdapter implements SouthboundAdapter {
     // Persistent sessions, retained messages and wills in broker.db (undefined: aedes' memory).
     const sessions = this.core.brokerSessions()
     sessions?.setMarks(this.marks())
-    this.aedes = new Aedes({
+    this.aedes = createAedes(this.opts.mqtt5 === true, {
       persistence: sessions,
       // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
       maxClientsIdLength: 256,
       preConnect: (client, packet, cb) => {
-        // aedes speaks MQTT 3.1 and 3.1.1 only; a v5 client would otherwise learn nothing but
+        // aedes 1.2 speaks MQTT 3.1 and 3.1.1 only; a v5 client would otherwise learn nothing but
         // "unacceptable protocol version" (CONNACK 1), and the log would call it malformed.
-        if (packet.protocolVersion === 5) {
+        if (packet.protocolVersion === 5 && !this.opts.mqtt5) {
           this.core.metrics.rejected('unsupported_protocol')
           this.warn.warn(`mqtt5:${packet.clientId}`, { clientId: packet.clientId, ip: (client.conn as net.Socket).remoteAddress ?? null, code: ErrorCodes.UNSUPPORTED_PROTOCOL },
-            'MQTT 5 client refused: this gateway speaks MQTT 3.1.1 only; configure the device for protocol version 4 (3.1.1)')
+            'MQTT 5 client refused: this gateway speaks MQTT 3.1.1 only while broker.mqtt5 is false; configure the device for protocol version 4 (3.1.1), or set broker.mqtt5: true (docs/operators/mqtt5.md)')
           unsupportedProtocol.add(client)
         }
         this.state.set(client, {
@@ -160,10 +165,12 @@ export class BrokerAdapter implements SouthboundAdapter {
       return clear(c, p)
     }
     aedes.on('subscribe', (subs, client) => {
+      // A refused subscription comes back with its granted QoS set to a reason code (0x80; with
+      // MQTT 5 0x87, or 0x9E for a `$share/` filter aedes 2 refuses before authorizeSubscribe).
+      for (const s of subs) if ((s.qos as number) === ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED) this.sharedRefused(client, s.topic)
       const st = this.state.get(client)
       if (!st?.device) return
-      // A refused subscription comes back with its granted QoS set to 0x80.
-      for (const s of subs) if ((s.qos as number) !== 128 && isTagTopic(s.topic)) this.core.tagSubscribed(st.device, client.id, s.topic)
+      for (const s of subs) if ((s.qos as number) < ReasonCode.UNSPECIFIED_ERROR && isTagTopic(s.topic)) this.core.tagSubscribed(st.device, client.id, s.topic)
     })
     aedes.on('unsubscribe', (topics, client) => {
       const st = this.state.get(client)
@@ -171,8 +178,8 @@ export class BrokerAdapter implements SouthboundAdapter {
       for (const t of topics) if (isTagTopic(t)) this.core.tagUnsubscribed(client.id, t)
     })
     aedes.on('clientError', (client, err) => {
-      // A refusal we made (authentication) is counted and logged once, where it was made.
-      if ('returnCode' in err || unsupportedProtocol.has(client)) return
+      // A refusal we made (authentication, the ACL) is counted and logged once, where it was made.
+      if ('returnCode' in err || err instanceof PublishRefused || unsupportedProtocol.has(client)) return
       this.core.metrics.rejected('malformed_packet')
       this.warn.warn('clientError', { clientId: client?.id, err: err.message }, 'client sent something the broker could not accept; connection closed')
     })
@@ -259,11 +266,25 @@ export class BrokerAdapter implements SouthboundAdapter {
 
   private authorizePublish(client: Client | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
     if (!client) return cb(null) // the broker's own publishes (command delivery)
-    this.checkPublish(this.state.get(client)!, client.id, packet, cb)
+    const st = this.state.get(client)!
+    if (!speaksMqtt5(st.protoVer)) return this.checkPublish(st, client.id, packet, cb)
+    this.checkPublish(st, client.id, packet, (err) => {
+      if (!err) return cb(null)
+      if (err instanceof PublishRefused) {
+        // aedes 2 answers 0x87 and keeps the connection; `disconnect` closes it after that answer.
+        cb(err)
+        if (this.opts.aclDenyAction === 'disconnect') setImmediate(() => client.close())
+        return
+      }
+      // Not durable: no acknowledgement at all (aedes 2 would answer 0x87, and the client would
+      // drop the message): the connection closes and the client sends it again, as with 3.1.1.
+      client.close()
+      cb(err)
+    })
   }
 
   /** The ACL and the way north for what a client publishes (its will too, also one a later run publishes). */
-  private checkPublish(st: Pick<ClientState, 'zone' | 'device'>, clientId: string, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+  private checkPublish(st: Pick<ClientState, 'zone' | 'device'> & Partial<Pick<ClientState, 'protoVer'>>, clientId: string, packet: PublishPacket, cb: (err?: Error | null) => void): void {
     const topic = packet.topic
     const up = parseUpTopic(topic)
     const deny = (reason: 'acl_denied' | 'bad_topic'): void => {
@@ -273,7 +294,7 @@ export class BrokerAdapter implements SouthboundAdapter {
       const device = st.device ? deviceKey(st.device) : null
       this.warn.warn(`${reason}:${device ?? clientId}`, { device, clientId: clientId, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
         reason === 'bad_topic' ? 'publish refused: topic is not one of PROTOCOL.md up topics' : 'publish refused by ACL')
-      if (this.opts.aclDenyAction === 'disconnect') cb(new Error(reason))
+      if (this.opts.aclDenyAction === 'disconnect' || speaksMqtt5(st.protoVer)) cb(new PublishRefused(reason))
       else cb(null)
     }
     if (st.zone === 'external') {
@@ -310,9 +331,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     // Shared subscriptions do not exist here: refused explicitly rather than granted as a literal
     // topic nobody ever publishes on (MQTT 5 section 4.8.2; `$queue/` is the older spelling).
     if (isSharedFilter(sub.topic)) {
-      this.core.metrics.rejected('unsupported_protocol')
-      this.warn.warn(`share:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.SHARED_SUBSCRIPTION },
-        'subscription refused (SUBACK 0x80): shared subscriptions ($share/, $queue/) are not supported; subscribe to the topic itself')
+      this.sharedRefused(client, sub.topic)
       return null
     }
     if (st.zone === 'internal' || this.serverSubscriptions.has(sub)) return sub
@@ -324,6 +343,12 @@ export class BrokerAdapter implements SouthboundAdapter {
     const device = deviceKey(st.device!)
     this.warn.warn(`sub:${device}`, { device, clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, 'subscription refused by ACL')
     return null // SUBACK 0x80
+  }
+
+  private sharedRefused(client: Client, topic: string): void {
+    this.core.metrics.rejected('unsupported_protocol')
+    this.warn.warn(`share:${client.id}`, { clientId: client.id, topic, code: ErrorCodes.SHARED_SUBSCRIPTION },
+      'subscription refused (SUBACK 0x80; MQTT 5: 0x9E for $share/, 0x87 for $queue/): shared subscriptions ($share/, $queue/) are not supported; subscribe to the topic itself')
   }
 
   /**

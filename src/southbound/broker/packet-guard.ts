@@ -37,6 +37,8 @@ interface Packet {
   messageId?: number
   subscriptions?: { topic: string }[]
   unsubscriptions?: string[]
+  /** MQTT 5 (broker.mqtt5) */
+  properties?: { topicAlias?: number }
 }
 
 // The parts of mqtt-packet's Parser (9.x) the guard hooks. Private API of a pinned version: the
@@ -85,7 +87,8 @@ const hasWildcard = (topic: string): boolean => topic.includes('+') || topic.inc
 export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
   switch (p.cmd) {
     case 'connect':
-      if (p.clientId === '' && (p.clean === false || p.protocolVersion === 3)) {
+      // MQTT 5 lets the server assign an id whatever Clean Start says [MQTT-3.1.3-6]: aedes 2 does.
+      if (p.clientId === '' && p.protocolVersion !== 5 && (p.clean === false || p.protocolVersion === 3)) {
         return { rule: 'MQTT-3.1.3-8', what: 'an empty client id needs CleanSession=1', connack: IDENTIFIER_REJECTED }
       }
       if (p.password !== undefined && p.username === undefined) return { rule: 'MQTT-3.1.2-22', what: 'a password without a user name' }
@@ -96,8 +99,9 @@ export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
       }
       return null
     case 'publish':
-      if (!p.topic) return { rule: 'MQTT-4.7.3-1', what: 'an empty topic name' }
-      if (hasWildcard(p.topic)) return { rule: 'MQTT-3.3.2-2', what: 'a wildcard in a topic name' }
+      // MQTT 5: an empty topic stands for the Topic Alias it carries (aedes 2 checks the alias).
+      if (!p.topic && p.properties?.topicAlias === undefined) return { rule: 'MQTT-4.7.3-1', what: 'an empty topic name' }
+      if (hasWildcard(p.topic ?? '')) return { rule: 'MQTT-3.3.2-2', what: 'a wildcard in a topic name' }
       if (p.qos === 0 && p.dup) return { rule: 'MQTT-3.3.1-2', what: 'DUP set on a QoS 0 message' }
       if ((p.qos ?? 0) > 0 && !validId(p.messageId)) return { rule: 'MQTT-2.3.1-1', what: 'packet identifier 0' }
       return null

@@ -43,6 +43,11 @@ export const BrokerSchema = Type.Object(
       description:
         "where the broker keeps persistent sessions (subscriptions, QoS 1/2 messages queued for a device), retained messages and wills: sqlite ({dataDir}/broker.db, they survive a restart and a kill -9) or memory (lost at every restart)",
     }),
+    mqtt5: Type.Boolean({
+      default: false,
+      description:
+        'also speak MQTT 5 (aedes 2.0.0-beta.1 instead of aedes 1.2.0; docs/operators/mqtt5.md): MQTT 5 clients are refused while this is false. A beta: see decision 00XX-mqtt5 for what it passes',
+    }),
   },
   { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
 )
