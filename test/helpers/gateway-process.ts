@@ -337,7 +337,7 @@ export class GatewayProcess {
     for (const l of listeners) {
       this.listeners.push({ ...l, port: typeof l.port === 'number' && l.port !== 0 ? l.port : await freePort() })
     }
-    // IHE_TEST_BROKER_MQTT5=1 runs a suite against the MQTT 5 broker (decision 00XX-mqtt5): how
+    // IHE_TEST_BROKER_MQTT5=1 runs a suite against the MQTT 5 broker (decision 0021-mqtt5): how
     // the 3.1.1 suites were measured with `broker.mqtt5: true`.
     const mqtt5 = process.env.IHE_TEST_BROKER_MQTT5 === '1' ? { mqtt5: true } : {}
     doc.broker = { ...mqtt5, ...broker, listeners: this.listeners }

@@ -1,5 +1,5 @@
 // MQTT 5 on the gateway's broker (`broker.mqtt5: true`, aedes 2.0.0-beta.1; decision
-// 00XX-mqtt5, docs/operators/mqtt5.md): real MQTT.js 5 clients (protocolVersion 5) against the
+// 0021-mqtt5, docs/operators/mqtt5.md): real MQTT.js 5 clients (protocolVersion 5) against the
 // real gateway process, the hub a real Mosquitto. What a v5 client relies on: the CONNACK's
 // properties, session and message expiry, user properties and subscription identifiers
 // delivered, the gateway's refusals as v5 reason codes, shared subscriptions refused, the hub link

@@ -1,4 +1,4 @@
-// Which aedes the local broker runs (`broker.mqtt5`, decision 00XX-mqtt5). Off (the default):
+// Which aedes the local broker runs (`broker.mqtt5`, decision 0021-mqtt5). Off (the default):
 // aedes 1.2.0 with the conformance patches of patches/ (MQTT 3.1 and 3.1.1). On: aedes
 // 2.0.0-beta.1, installed under the npm alias `aedes-v5` and pinned exactly, which also speaks
 // MQTT 5 (CONNACK properties, session and message expiry, user properties, subscription

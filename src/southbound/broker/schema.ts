@@ -46,7 +46,7 @@ export const BrokerSchema = Type.Object(
     mqtt5: Type.Boolean({
       default: false,
       description:
-        'also speak MQTT 5 (aedes 2.0.0-beta.1 instead of aedes 1.2.0; docs/operators/mqtt5.md): MQTT 5 clients are refused while this is false. A beta: see decision 00XX-mqtt5 for what it passes',
+        'also speak MQTT 5 (aedes 2.0.0-beta.1 instead of aedes 1.2.0; docs/operators/mqtt5.md): MQTT 5 clients are refused while this is false. A beta: see decision 0021-mqtt5 for what it passes',
     }),
   },
   { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
