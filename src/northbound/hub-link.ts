@@ -285,7 +285,7 @@ export class HubLink {
         this.pump()
       })
     }
-    if (expired.length) this.outbox.drop(expired, 'rpc_resp_expired')
+    if (expired.length) void this.outbox.drop(expired, 'rpc_resp_expired')
     if (this.backlog && this.inflight.size === 0 && !this.maybeMore && this.bufferPos >= this.buffer.length) {
       const { messages, since } = this.backlog
       this.backlog = null
