@@ -60,6 +60,8 @@ export class HubLink {
   private maybeMore = true
   private tokens = 0
   private lastRefill = 0
+  // Acknowledged by the hub and not yet added to the metric.
+  private published = 0
 
   constructor(
     private readonly outbox: Outbox,
@@ -281,11 +283,16 @@ export class HubLink {
           return // the connection is going down; the row is sent again after reconnect
         }
         this.outbox.ack(row.id)
-        this.metrics.northboundPublished.inc()
+        this.published++
         this.pump()
       })
     }
     if (expired.length) void this.outbox.drop(expired, 'rpc_resp_expired')
+    // Counted here, once per pump, rather than once per acknowledgement.
+    if (this.published) {
+      this.metrics.northboundPublished.inc(this.published)
+      this.published = 0
+    }
     if (this.backlog && this.inflight.size === 0 && !this.maybeMore && this.bufferPos >= this.buffer.length) {
       const { messages, since } = this.backlog
       this.backlog = null

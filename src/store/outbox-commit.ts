@@ -190,8 +190,11 @@ export class WorkerCommitter implements Committer {
   private readonly worker: Worker
   private readonly port: MessagePort
   private readonly waiting: { resolve: (r: CommitResult) => void; reject: (e: Error) => void }[] = []
+  // A writer thread that died (it could not open the file, or crashed): the commits go on here.
+  private fallback?: InlineCommitter
+  private closed = false
 
-  constructor(db: Db) {
+  constructor(private readonly db: Db) {
     const pragmas = ['journal_mode', 'synchronous', 'busy_timeout', 'wal_autocheckpoint', 'journal_size_limit', 'foreign_keys'].map(
       (p) => `${p} = ${db.pragma(p, { simple: true }) as string | number}`,
     )
@@ -209,15 +212,22 @@ export class WorkerCommitter implements Committer {
           transferList: [port2],
         })
       : new Worker(file, { workerData, transferList: [port2] })
-    this.worker.on('error', (err) => {
-      for (const w of this.waiting.splice(0)) w.reject(err)
-    })
+    // A batch whose commit was cut short is refused (its senders send it again; a commit that did
+    // reach the disk before the thread died only makes those messages duplicates, same MessageIds).
+    const died = (err: Error): void => {
+      if (this.closed || this.fallback) return
+      this.fallback = new InlineCommitter(this.db)
+      for (const w of this.waiting.splice(0)) w.reject(Object.assign(new Error(`the outbox writer thread stopped: ${err.message}`), { cause: err }))
+    }
+    this.worker.on('error', died)
+    this.worker.on('exit', (code) => died(new Error(`exit code ${code}`)))
     this.worker.unref()
     this.port.on('message', (r: WorkerReply) => this.reply(r))
     this.port.unref()
   }
 
-  commit(batch: CommitBatch): Promise<CommitResult> {
+  commit(batch: CommitBatch): CommitResult | Promise<CommitResult> {
+    if (this.fallback) return this.fallback.commit(batch)
     return new Promise((resolve, reject) => {
       this.waiting.push({ resolve, reject })
       this.worker.postMessage(batch, [batch.rows.payloads.buffer as ArrayBuffer])
@@ -236,6 +246,7 @@ export class WorkerCommitter implements Committer {
 
   /** The commit in flight finishes (its result is delivered synchronously), then the writer stops. */
   close(): void {
+    if (this.closed) return
     const deadline = Date.now() + CLOSE_WAIT_MS
     const nap = new Int32Array(new SharedArrayBuffer(4))
     while (this.waiting.length && Date.now() < deadline) {
@@ -243,6 +254,7 @@ export class WorkerCommitter implements Committer {
       if (m) this.reply(m.message as WorkerReply)
       else Atomics.wait(nap, 0, 0, 5)
     }
+    this.closed = true
     // The writer closes its connection and ends (its last port closed).
     this.worker.postMessage({ close: true })
     this.port.close()
