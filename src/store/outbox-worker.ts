@@ -1,8 +1,15 @@
 // The outbox's writer thread: it owns a second connection to gateway.db and runs each group commit
 // the main thread sends (outbox-commit.ts), fsync included, while the main thread's event loop goes on.
 import Database from 'better-sqlite3'
-import { parentPort, workerData } from 'node:worker_threads'
-import { OutboxTransaction, type CommitBatch, type WorkerReply, type WorkerSetup } from './outbox-commit.js'
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads'
+import { OutboxTransaction, type CommitBatch, type CommitError, type CommitResult } from './outbox-commit.js'
+
+export interface WorkerSetup {
+  file: string
+  pragmas: string[]
+  port: MessagePort
+}
+export type WorkerReply = { ok: CommitResult } | { error: CommitError }
 
 const setup = (workerData as { outbox: WorkerSetup }).outbox
 const db = new Database(setup.file)
