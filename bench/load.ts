@@ -35,7 +35,7 @@ const job = JSON.parse(process.argv[2]) as PublishJob | IdleJob
 
 function connect(url: string, opts: mqtt.IClientOptions): Promise<MqttClient> {
   return new Promise((resolve, reject) => {
-    const c = mqtt.connect(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 30_000, ...opts })
+    const c = mqtt.connect(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 180_000, ...opts })
     c.once('connect', () => {
       ;(c.stream as import('node:net').Socket).setNoDelay?.(true)
       resolve(c)

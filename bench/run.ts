@@ -18,6 +18,8 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3)
 const HEAVY_RUNS = Number(process.env.BENCH_HEAVY_RUNS ?? 3)
 const SCALE = Number(process.env.BENCH_SCALE ?? 1) // < 1 for a quick smoke run
 // BENCH_ONLY=rules: only the cost of the local rules (npm run bench:rules)
+// BENCH_ONLY=core: only throughput, CPU, latency and the backlog drain against the reference (no
+// rules, history, memory, kill -9 or RPC scenarios): the durable path's figures, side by side
 const ONLY = process.env.BENCH_ONLY
 const MOSQUITTO = '/usr/sbin/mosquitto'
 const PRODUCT = 'bench'
@@ -420,7 +422,7 @@ async function main(): Promise<void> {
     await brokerSessionsCost(cloudUrl, hub)
     return finish(started, machine, hub, cloud)
   }
-  if (ONLY !== 'history') {
+  if (ONLY !== 'history' && ONLY !== 'core') {
     const variants = { none: [], site: SITE_RULES, allMatch: ALL_MATCH_RULES } as const
     type Variant = keyof typeof variants
     const rate: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
@@ -494,7 +496,7 @@ async function main(): Promise<void> {
   // Memory: idle, and with idle connections held open (gateway: internal listener, so that the
   // figure is the connection's cost, not 5,000 scrypt hashes to seed).
   const per1k: Record<System, number[]> = { gateway: [], reference: [] }
-  for (const system of ['gateway', 'reference'] as System[]) for (let r = 0; r < HEAVY_RUNS; r++) {
+  if (ONLY !== 'core') for (const system of ['gateway', 'reference'] as System[]) for (let r = 0; r < HEAVY_RUNS; r++) {
     const sut = await systems[system]()
     await sleep(2_000)
     const idle = rssMb(sut.pid())
@@ -540,6 +542,7 @@ async function main(): Promise<void> {
       await sut.close()
     }
     // kill -9 with an acknowledged backlog.
+    if (ONLY === 'core') continue
     const sut = await systems[system]()
     await sleep(1_000)
     hub.reset()
@@ -559,6 +562,7 @@ async function main(): Promise<void> {
     reference: { ...figure(drain.reference.rate, 'msg/s'), arrived: drain.reference.arrived, expected: drain.reference.expected, secondsAfterCloudBack: figure(drain.reference.total, 's') },
     ratio: round(figure(drain.gateway.rate, '').median / figure(drain.reference.rate, '').median),
   }
+  if (ONLY === 'core') return finish(started, machine, hub, cloud)
   scenarios.kill9_loss = { gateway: kill.gateway, reference: kill.reference, note: 'reference: edge Mosquitto with its default persistence settings (autosave every 1800 s)' }
 
   // RPC: through the gateway vs a device connected to the cloud broker directly.

@@ -83,8 +83,14 @@ export class UplinkPipeline {
     }
   }
 
+  // The counter of each (transport, kind), looked up once: inc() with labels hashes them per call.
+  private readonly uplinkCounters = new Map<string, { inc(): void }>()
+
   private count(up: Uplink, next: (up: Uplink) => Promise<void>): Promise<void> {
-    this.d.metrics.uplinks.inc({ transport: up.transport, kind: up.topic.kind })
+    const key = `${up.transport} ${up.topic.kind}`
+    let counter = this.uplinkCounters.get(key)
+    if (!counter) this.uplinkCounters.set(key, (counter = this.d.metrics.uplinks.labels({ transport: up.transport, kind: up.topic.kind })))
+    counter.inc()
     // The core's own uploads on a device's behalf ($connection, ...) are not the device speaking.
     if (up.transport !== 'internal') this.heard.set(deviceKey(up.topic), up.receivedAt)
     return next(up)

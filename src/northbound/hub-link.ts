@@ -79,6 +79,8 @@ export class HubLink {
   private retryAt: number | null = null
   /** Rows the hub acknowledged since the start (the drain rate is sampled from it). */
   acked = 0
+  // How many of `acked` the metric has been told about.
+  private metered = 0
 
   constructor(
     private readonly outbox: Outbox,
@@ -326,11 +328,15 @@ export class HubLink {
         }
         this.outbox.ack(row.id)
         this.acked++
-        this.metrics.northboundPublished.inc()
         this.pump()
       })
     }
-    if (expired.length) this.outbox.drop(expired, 'rpc_resp_expired')
+    if (expired.length) void this.outbox.drop(expired, 'rpc_resp_expired')
+    // Counted here, once per pump, rather than once per acknowledgement.
+    if (this.acked !== this.metered) {
+      this.metrics.northboundPublished.inc(this.acked - this.metered)
+      this.metered = this.acked
+    }
     if (this.backlog && this.inflight.size === 0 && !this.maybeMore && this.bufferPos >= this.buffer.length) {
       const { messages, since } = this.backlog
       this.backlog = null

@@ -22,6 +22,7 @@ import path from 'node:path'
 import { Readable } from 'node:stream'
 import { EventEmitter } from 'node:events'
 import type { Statement } from 'better-sqlite3'
+import { GroupCommit } from './group-commit.js'
 
 const require = createRequire(import.meta.url)
 
@@ -228,8 +229,7 @@ export class BrokerSessionStore extends EventEmitter {
   // Group commit: writes waiting for the next transaction, and who waits for it.
   private ops: Op[] = []
   private waiters: { resolve: () => void; reject: (err: Error) => void }[] = []
-  private flushScheduled = false
-  private lazyTimer?: NodeJS.Timeout
+  private readonly group = new GroupCommit(() => this.flush(), LAZY_DELAY_MS)
   private retryTimer?: NodeJS.Timeout
   private commits = 0
 
@@ -334,21 +334,17 @@ export class BrokerSessionStore extends EventEmitter {
   private lazy(op: Op): void {
     if (this.closed) return
     this.ops.push(op)
-    if (!this.lazyTimer && !this.flushScheduled) this.lazyTimer = setTimeout(() => this.flush(), LAZY_DELAY_MS)
+    this.group.later()
   }
 
   private schedule(): void {
-    if (this.flushScheduled) return
-    this.flushScheduled = true
     // After the current I/O phase: every packet read from the sockets in this turn joins the batch.
-    setImmediate(() => this.flush())
+    this.group.now()
   }
 
   /** Commit everything waiting (public: close() and tests finish the batch in flight). */
   flush(): void {
-    this.flushScheduled = false
-    clearTimeout(this.lazyTimer)
-    this.lazyTimer = undefined
+    this.group.taken()
     if (this.ops.length === 0 && this.waiters.length === 0) return
     const ops = this.ops
     const waiters = this.waiters
@@ -379,7 +375,7 @@ export class BrokerSessionStore extends EventEmitter {
     clearTimeout(this.retryTimer)
     this.flush()
     this.closed = true
-    clearTimeout(this.lazyTimer)
+    this.group.cancel()
     for (const w of this.waiters) w.reject(new Error('broker sessions closed'))
     this.waiters = []
     this.db.close()

@@ -7,6 +7,9 @@ import { statSync } from 'node:fs'
 import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
+import type { CommitBatch, CommitResult, DropReason, Priority, SqlWrite } from './outbox-commit.js'
+import { committerFor, InlineCommitter, type Committer } from './outbox-committer.js'
+import { GroupCommit } from './group-commit.js'
 import { freeBytes, isDiskFull } from './db.js'
 import type { Ballast } from './ballast.js'
 import type { Uplink } from '../core/types.js'
@@ -14,9 +17,8 @@ import type { UpTopic } from '../core/hub-topics.js'
 import { deviceKey } from '../core/types.js'
 import { formatUpTopic } from '../core/hub-topics.js'
 
-export type DropReason = 'quota' | 'rpc_resp_expired'
+export type { DropReason, Priority, SqlWrite } from './outbox-commit.js'
 export const PRIORITIES = [0, 1, 2] as const
-export type Priority = (typeof PRIORITIES)[number]
 
 /** Priority class of an up message: 0 replies, 1 control and internal, 2 telemetry (DESIGN.md). */
 export function priorityOf(t: UpTopic): Priority {
@@ -73,11 +75,12 @@ interface Pending {
 /**
  * Writes that must commit atomically with the outbox rows of the same batch (the rules' state: a
  * window accumulator and the message that fed it are durable together, or neither is). `write`
- * runs inside the group-commit transaction; then `committed` or, if the transaction failed,
- * `failed` (the staged writes are gone: the participant puts its memory back to what is on disk).
+ * hands over what is staged (it joins the group-commit transaction); then `committed` or, if the
+ * transaction failed, `failed` (the staged writes are gone: the participant puts its memory back to
+ * what is on disk).
  */
 export interface CommitParticipant {
-  write(): void
+  write(): SqlWrite[]
   committed(): void
   failed(): void
 }
@@ -87,6 +90,8 @@ export interface OutboxOptions {
   rpcRespTtlMs: number
   /** Space reserved on the data disk, released when the disk is full (decision 0015-wal-full-disk). */
   ballast?: Ballast
+  /** Commit on a writer thread of its own (the gateway; decision 0022-store-off-event-loop). Default: on the calling thread. */
+  writerThread?: boolean
 }
 
 /**
@@ -98,29 +103,26 @@ export interface OutboxOptions {
 export class Outbox extends EventEmitter {
   private pending: Pending[] = []
   private acked: number[] = []
+  private drops: { ids: number[]; reason: DropReason }[] = []
   // Rows published to the hub and awaiting its PUBACK. Quota eviction passes over them: they are
   // leaving anyway, and evicting one would count as dropped a message the hub then acknowledges.
   private readonly sending = new Set<number>()
-  private pendingEvicted: number[] = []
-  private flushScheduled = false
-  private ackTimer?: NodeJS.Timeout
+  private readonly group = new GroupCommit(() => this.flush(), ACK_DELAY_MS)
+  private readonly committer: Committer
   private totals = { messages: 0, bytes: 0 }
   private byPrio: Record<Priority, { messages: number; bytes: number }> = {
     0: { messages: 0, bytes: 0 },
     1: { messages: 0, bytes: 0 },
     2: { messages: 0, bytes: 0 },
   }
-  private drops: Record<DropReason, number> = { quota: 0, rpc_resp_expired: 0 }
+  private dropCounts: Record<DropReason, number> = { quota: 0, rpc_resp_expired: 0 }
   private diskFull = false
   private closed = false
   private readonly participants: CommitParticipant[] = []
   private readonly st: {
-    insert: Statement
-    del: Statement
     oldest: Statement
     readPrio: Statement
     readPrioDevice: Statement
-    evictCandidates: Statement
     bumpCounter: Statement
   }
 
@@ -130,14 +132,9 @@ export class Outbox extends EventEmitter {
   ) {
     super()
     this.st = {
-      insert: db.prepare(
-        'INSERT INTO outbox (prio, device, kind, topic, payload, bytes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
-      ),
-      del: db.prepare('DELETE FROM outbox WHERE id = ? RETURNING prio, bytes'),
       oldest: db.prepare('SELECT MIN(received_at) AS t FROM outbox'),
       readPrio: db.prepare('SELECT * FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?'),
       readPrioDevice: db.prepare('SELECT * FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?'),
-      evictCandidates: db.prepare('SELECT id, bytes FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT 256'),
       bumpCounter: db.prepare(
         'INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value',
       ),
@@ -155,8 +152,9 @@ export class Outbox extends EventEmitter {
       name: string
       value: number
     }[]) {
-      this.drops[r.name.slice('dropped.'.length) as DropReason] = r.value
+      this.dropCounts[r.name.slice('dropped.'.length) as DropReason] = r.value
     }
+    this.committer = committerFor(db, opts.writerThread ?? false)
   }
 
   get maxBytes(): number {
@@ -172,7 +170,7 @@ export class Outbox extends EventEmitter {
     if (this.closed) return Promise.reject(new Error('outbox closed'))
     return new Promise((resolve, reject) => {
       this.pending.push({ up, resolve, reject })
-      this.schedule()
+      this.group.now()
     })
   }
 
@@ -189,7 +187,7 @@ export class Outbox extends EventEmitter {
     if (this.closed) return Promise.reject(new Error('outbox closed'))
     return new Promise((resolve, reject) => {
       this.pending.push({ resolve, reject })
-      this.schedule()
+      this.group.now()
     })
   }
 
@@ -200,8 +198,8 @@ export class Outbox extends EventEmitter {
     // A deletion need not be durable at once: if it is lost in a crash the row is sent again with
     // its MessageId, which the hub drops. So deletions ride along with the next commit of new
     // messages, and only get a commit (an fsync) of their own after a short while.
-    if (this.acked.length >= ACK_BATCH_MAX) this.schedule()
-    else if (!this.ackTimer) this.ackTimer = setTimeout(() => this.schedule(), ACK_DELAY_MS)
+    if (this.acked.length >= ACK_BATCH_MAX) this.group.now()
+    else this.group.later()
   }
 
   /** This row was published to the hub: keep it from quota eviction until `ack` or `unsent`. */
@@ -214,60 +212,114 @@ export class Outbox extends EventEmitter {
     for (const id of ids) this.sending.delete(id)
   }
 
-  private schedule(): void {
-    if (this.flushScheduled) return
-    this.flushScheduled = true
-    // setImmediate runs after the current I/O phase: every packet parsed from the sockets that
-    // were readable in this turn lands in the same transaction.
-    setImmediate(() => this.flush())
+  /**
+   * Commit everything waiting. Public so that shutdown can finish the batch in flight. On the calling
+   * thread the commit is done when this returns; on the writer thread the promise says when.
+   */
+  flush(): Promise<void> {
+    this.group.taken()
+    if (this.closed) return Promise.resolve()
+    const running = this.group.running
+    if (running) {
+      // One commit at a time: this one starts once the one in flight is done, with all that gathered.
+      return running.then(() => this.flush())
+    }
+    return this.commitWith(this.committer)
   }
 
-  /** Commit everything waiting. Public so that shutdown can finish the batch in flight. */
-  flush(): void {
-    this.flushScheduled = false
-    clearTimeout(this.ackTimer)
-    this.ackTimer = undefined
-    if (this.pending.length === 0 && this.acked.length === 0) return
+  private commitWith(committer: Committer): Promise<void> {
+    if (this.pending.length === 0 && this.acked.length === 0 && this.drops.length === 0) return Promise.resolve()
     const batch = this.pending
     const acked = this.acked
+    const drops = this.drops
     this.pending = []
     this.acked = []
+    this.drops = []
     const rows: OutboxRow[] = []
-    let evicted: Set<number> = new Set()
+    let out: CommitResult | Promise<CommitResult>
     try {
-      this.db.transaction(() => {
-        this.deleteRows(acked)
-        for (const p of batch) if (p.up) rows.push(this.insert(p.up))
-        for (const part of this.participants) part.write()
-        this.enforceQuota()
-        if (this.pendingEvicted.length) evicted = new Set(this.pendingEvicted)
-      })()
+      const b = this.batch(batch, acked, drops, rows)
+      out = committer.commit(b)
     } catch (err) {
-      // Nothing of this batch is on disk: refuse it all, so no sender gets an acknowledgement.
-      // The acknowledged deletions are kept for the next commit (worst case a duplicate later).
-      this.acked = acked.concat(this.acked)
-      this.rollbackTotals()
-      for (const part of this.participants) part.failed()
-      for (const p of batch) p.reject(err as Error)
-      if (isDiskFull(err)) {
-        if (!this.diskFull) {
-          this.diskFull = true
-          this.emit('full', err)
-          this.relieve()
-        }
-      } else {
-        this.emit('error', err)
-      }
-      return
+      this.failed(err as Error, batch, acked)
+      return Promise.resolve()
     }
-    this.commitTotals()
+    if (!(out instanceof Promise)) {
+      this.done(out, batch, rows)
+      return Promise.resolve()
+    }
+    return this.group.track(
+      out.then(
+        (r) => this.done(r, batch, rows),
+        (err: Error) => this.failed(err, batch, acked),
+      ),
+    )
+  }
+
+  private batch(batch: Pending[], acked: number[], drops: { ids: number[]; reason: DropReason }[], rows: OutboxRow[]): CommitBatch {
+    const cols: CommitBatch['rows'] = { prio: [], device: [], kind: [], topic: [], bytes: [], receivedAt: [], ends: [], payloads: new Uint8Array(0) }
+    let size = 0
+    let added = 0
+    for (const p of batch) {
+      if (!p.up) continue
+      const up = p.up
+      const topic = formatUpTopic(up.topic)
+      const prio = priorityOf(up.topic)
+      const bytes = topic.length + up.payload.length + ROW_OVERHEAD
+      const device = deviceKey(up.topic)
+      cols.prio.push(prio)
+      cols.device.push(device)
+      cols.kind.push(up.topic.kind)
+      cols.topic.push(topic)
+      cols.bytes.push(bytes)
+      cols.receivedAt.push(up.receivedAt)
+      size += up.payload.length
+      cols.ends.push(size)
+      added += bytes
+      rows.push({ id: 0, prio, device, kind: up.topic.kind, topic, payload: up.payload, receivedAt: up.receivedAt })
+    }
+    // One buffer of its own for all payloads: it is moved to the writer thread, not copied.
+    const payloads = Buffer.allocUnsafeSlow(size)
+    let at = 0
+    for (const r of rows) at += r.payload.copy(payloads, at)
+    cols.payloads = payloads
+    const writes = this.participants.flatMap((p) => p.write())
+    return {
+      rows: cols,
+      acked,
+      drops,
+      writes,
+      totals: structuredClone(this.byPrio),
+      maxBytes: this.opts.maxBytes,
+      // Eviction passes over rows in flight; it can only happen when the batch adds more than fits.
+      ...(this.totals.bytes + added > this.opts.maxBytes ? { sending: [...this.sending] } : {}),
+    }
+  }
+
+  private done(r: CommitResult, batch: Pending[], rows: OutboxRow[]): void {
+    for (const prio of PRIORITIES) {
+      const d = r.delta[prio]
+      this.byPrio[prio].messages += d.messages
+      this.byPrio[prio].bytes += d.bytes
+      this.totals.messages += d.messages
+      this.totals.bytes += d.bytes
+    }
+    for (let i = 0; i < rows.length; i++) rows[i].id = r.ids[i]
     for (const part of this.participants) part.committed()
+    if (r.evicted.length) this.emit('evicted', r.evicted)
+    for (const [reason, n] of Object.entries(r.dropped) as [DropReason, number][]) {
+      this.dropCounts[reason] += n
+      this.emit('dropped', { reason, count: n })
+    }
     // A commit can succeed with the disk still full (it fits into WAL space a failed one left
     // allocated): it is durable, but only probe() (which asks for headroom) reopens intake.
     for (const p of batch) p.resolve()
     // The new rows go with the event: a reader that is caught up takes them from here instead of
     // reading them back from the database.
-    if (rows.length) this.emit('committed', evicted.size ? rows.filter((r) => !evicted.has(r.id)) : rows)
+    if (rows.length) {
+      const evicted = r.evicted.length ? new Set(r.evicted) : undefined
+      this.emit('committed', evicted ? rows.filter((x) => !evicted.has(x.id)) : rows)
+    }
     // Observers (local history) get the uplinks themselves, transport metadata included, once they
     // are durable; only when someone listens, so the hot path pays nothing otherwise.
     if (rows.length && this.listenerCount('uplinks')) {
@@ -275,110 +327,32 @@ export class Outbox extends EventEmitter {
     }
   }
 
-  // Totals change inside the transaction; keep a journal so a failed commit can undo them.
-  private journal: { prio: Priority; messages: number; bytes: number }[] = []
-
-  private account(prio: Priority, messages: number, bytes: number): void {
-    this.byPrio[prio].messages += messages
-    this.byPrio[prio].bytes += bytes
-    this.totals.messages += messages
-    this.totals.bytes += bytes
-    this.journal.push({ prio, messages, bytes })
-  }
-
-  private pendingDrops: Partial<Record<DropReason, number>> = {}
-
-  private rollbackTotals(): void {
-    for (const j of this.journal) {
-      this.byPrio[j.prio].messages -= j.messages
-      this.byPrio[j.prio].bytes -= j.bytes
-      this.totals.messages -= j.messages
-      this.totals.bytes -= j.bytes
-    }
-    this.journal = []
-    this.pendingDrops = {}
-    this.pendingEvicted = []
-  }
-
-  private commitTotals(): void {
-    this.journal = []
-    if (this.pendingEvicted.length) {
-      const ids = this.pendingEvicted
-      this.pendingEvicted = []
-      this.emit('evicted', ids)
-    }
-    for (const [reason, n] of Object.entries(this.pendingDrops) as [DropReason, number][]) {
-      this.drops[reason] += n
-      this.emit('dropped', { reason, count: n })
-    }
-    this.pendingDrops = {}
-  }
-
-  private insert(up: Uplink): OutboxRow {
-    const topic = formatUpTopic(up.topic)
-    const prio = priorityOf(up.topic)
-    const bytes = topic.length + up.payload.length + ROW_OVERHEAD
-    const device = deviceKey(up.topic)
-    const r = this.st.insert.run(prio, device, up.topic.kind, topic, up.payload, bytes, up.receivedAt)
-    this.account(prio, 1, bytes)
-    return { id: Number(r.lastInsertRowid), prio, device, kind: up.topic.kind, topic, payload: up.payload, receivedAt: up.receivedAt }
-  }
-
-  private deleteRows(ids: number[]): number {
-    let n = 0
-    for (const id of ids) {
-      const r = this.st.del.get(id) as { prio: Priority; bytes: number } | undefined
-      if (r) {
-        this.account(r.prio, -1, -r.bytes)
-        n++
+  private failed(err: Error, batch: Pending[], acked: number[]): void {
+    // Nothing of this batch is on disk: refuse it all, so no sender gets an acknowledgement.
+    // The acknowledged deletions are kept for the next commit (worst case a duplicate later).
+    this.acked = acked.concat(this.acked)
+    for (const part of this.participants) part.failed()
+    // What gathered while this commit was in flight was staged on top of the state that is now put
+    // back to what is on disk: it is refused too (its senders send it again).
+    const refused = batch.concat(this.pending)
+    this.pending = []
+    for (const p of refused) p.reject(err)
+    if (isDiskFull(err)) {
+      if (!this.diskFull) {
+        this.diskFull = true
+        this.emit('full', err)
+        this.relieve()
       }
+    } else {
+      this.emit('error', err)
     }
-    return n
   }
 
-  // Over quota: the oldest telemetry goes first, then the middle class, replies last (DESIGN.md).
-  private enforceQuota(): void {
-    if (this.totals.bytes <= this.opts.maxBytes) return
-    let evicted = 0
-    for (const prio of [2, 1, 0] as const) {
-      let after = 0
-      while (this.totals.bytes > this.opts.maxBytes && this.byPrio[prio].messages > 0) {
-        const rows = this.st.evictCandidates.all(prio, after) as { id: number; bytes: number }[]
-        if (rows.length === 0) break
-        after = rows[rows.length - 1].id
-        const victims: number[] = []
-        let freed = 0
-        for (const r of rows) {
-          if (this.totals.bytes - freed <= this.opts.maxBytes) break
-          if (this.sending.has(r.id)) continue
-          victims.push(r.id)
-          freed += r.bytes
-        }
-        evicted += this.deleteRows(victims)
-        this.pendingEvicted.push(...victims)
-      }
-    }
-    if (evicted) this.countDrop('quota', evicted)
-  }
-
-  private countDrop(reason: DropReason, n: number): void {
-    this.st.bumpCounter.run(`dropped.${reason}`, n)
-    this.pendingDrops[reason] = (this.pendingDrops[reason] ?? 0) + n
-  }
-
-  /** Drop rows the hub no longer wants (an rpc_resp after its RPC timed out). Synchronous, own commit. */
-  drop(ids: number[], reason: DropReason): void {
-    if (ids.length === 0) return
-    try {
-      this.db.transaction(() => {
-        const n = this.deleteRows(ids)
-        if (n) this.countDrop(reason, n)
-      })()
-      this.commitTotals()
-    } catch (err) {
-      this.rollbackTotals()
-      if (!isDiskFull(err)) this.emit('error', err)
-    }
+  /** Drop rows the hub no longer wants (an rpc_resp after its RPC timed out): a commit of their own. */
+  drop(ids: number[], reason: DropReason): Promise<void> {
+    if (ids.length === 0) return Promise.resolve()
+    this.drops.push({ ids, reason })
+    return this.flush()
   }
 
   /** Rows of one priority after a cursor, in order; optionally only one device's. */
@@ -408,7 +382,7 @@ export class Outbox extends EventEmitter {
       bytes: this.totals.bytes,
       oldestAgeMs: Math.max(0, now - oldest),
       byPriority: structuredClone(this.byPrio),
-      dropped: { ...this.drops },
+      dropped: { ...this.dropCounts },
       maxBytes: this.opts.maxBytes,
     }
   }
@@ -443,7 +417,7 @@ export class Outbox extends EventEmitter {
       // no WAL file, or the checkpoint could not finish: the next probe tries again
     }
     if (ballastBytes || walBytes > 0) this.emit('relieved', { ballastBytes, walBytes })
-    if (this.acked.length) this.flush()
+    if (this.acked.length) void this.flush()
   }
 
   /** Room for new rows: free space on the disk plus the database's own free pages (reused first). */
@@ -476,13 +450,19 @@ export class Outbox extends EventEmitter {
     // The ballast again, when the disk has room for it and the headroom besides.
     this.opts.ballast?.ensure(2 * RESUME_FREE_BYTES)
     this.emit('writable')
-    this.schedule()
+    this.group.now()
     return true
   }
 
   /** Refuse new messages, commit what is waiting. */
   close(): void {
-    this.flush()
+    if (this.closed) return
     this.closed = true
+    // The commit in flight on the writer thread finishes first; what gathered meanwhile is
+    // committed here, on this thread, before the connection closes.
+    this.committer.close()
+    this.group.cancel()
+    const waiting = this.pending.length || this.acked.length || this.drops.length
+    if (waiting && this.db.open) void this.commitWith(new InlineCommitter(this.db))
   }
 }

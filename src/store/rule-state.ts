@@ -5,33 +5,34 @@
 // changed key per batch (several messages of one device in a batch collapse into one write).
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
-import type { Outbox } from './outbox.js'
+import type { Outbox, SqlWrite } from './outbox.js'
 import type { RuleStateStore } from '../core/types.js'
+
+const PUT = 'INSERT INTO rule_state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'
+const DEL = 'DELETE FROM rule_state WHERE key = ?'
 
 export class RuleStateTable implements RuleStateStore {
   private staged = new Map<string, string | undefined>()
   private readonly failedListeners: (() => void)[] = []
-  private readonly st: { put: Statement; del: Statement; all: Statement }
+  private readonly st: { all: Statement }
 
   constructor(
     db: Db,
     private readonly outbox: Outbox,
   ) {
     this.st = {
-      put: db.prepare('INSERT INTO rule_state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
-      del: db.prepare('DELETE FROM rule_state WHERE key = ?'),
       all: db.prepare('SELECT key, value FROM rule_state'),
     }
     outbox.addParticipant({
+      // What is staged joins the commit being put together; what is staged from now on, the next.
       write: () => {
-        for (const [key, value] of this.staged) {
-          if (value === undefined) this.st.del.run(key)
-          else this.st.put.run(key, value)
-        }
+        if (!this.staged.size) return []
+        const writes: SqlWrite[] = []
+        for (const [key, value] of this.staged) writes.push(value === undefined ? { sql: DEL, args: [key] } : { sql: PUT, args: [key, value] })
+        this.staged = new Map()
+        return writes
       },
-      committed: () => {
-        if (this.staged.size) this.staged = new Map()
-      },
+      committed: () => undefined,
       failed: () => {
         this.staged = new Map()
         for (const l of this.failedListeners) l()

@@ -10,7 +10,13 @@ import type { Uplink } from '../../src/core/types.js'
 
 let dir: string
 let db: Db
-const open = (maxBytes = 1 << 30, rpcRespTtlMs = 10_000): Outbox => new Outbox(db, { maxBytes, rpcRespTtlMs })
+let writerThread = false
+let opened: Outbox[] = []
+const open = (maxBytes = 1 << 30, rpcRespTtlMs = 10_000): Outbox => {
+  const o = new Outbox(db, { maxBytes, rpcRespTtlMs, writerThread })
+  opened.push(o)
+  return o
+}
 
 let seq = 0
 function up(topic: string, payload = 'x', receivedAt = Date.now()): Uplink {
@@ -28,11 +34,21 @@ beforeEach(() => {
   db = openDatabase(dir)
 })
 afterEach(() => {
+  for (const o of opened) o.close()
+  opened = []
   db.close()
   rmSync(dir, { recursive: true, force: true })
 })
 
-describe('outbox', () => {
+// The gateway commits on a writer thread (its own connection); the same behaviour on the calling thread.
+describe.each([
+  ['on the calling thread', false],
+  ['on a writer thread', true],
+])('outbox, committing %s', (_where, thread) => {
+  beforeEach(() => {
+    writerThread = thread
+  })
+
   it('runs SQLite in WAL mode with synchronous=FULL', () => {
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal')
     expect(db.pragma('synchronous', { simple: true })).toBe(2)
@@ -59,7 +75,7 @@ describe('outbox', () => {
     expect(o2.stats().messages).toBe(2)
     const [row] = o2.read(1, 0, 10)
     o2.ack(row.id)
-    o2.flush()
+    await o2.flush()
     expect(o2.stats().messages).toBe(1)
     expect(readAll(o2).map((r) => r.prio)).toEqual([2])
   })
@@ -113,7 +129,7 @@ describe('outbox', () => {
     await o.enqueue(up('rpc_resp/p/d/c/r2/{id}', 'fresh'))
     const rows = o.read(0, 0, 10)
     expect(rows.map((r) => o.isRpcRespExpired(r))).toEqual([true, false])
-    o.drop([rows[0].id], 'rpc_resp_expired')
+    await o.drop([rows[0].id], 'rpc_resp_expired')
     expect(o.stats().dropped.rpc_resp_expired).toBe(1)
     expect(o.read(0, 0, 10).map((r) => r.payload.toString())).toEqual(['fresh'])
   })
@@ -138,6 +154,34 @@ describe('outbox', () => {
     o.unsent([first.id, second.id])
     await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
     expect(kept()).not.toContain('tele-0')
+  })
+
+  it('refuses new messages after close', async () => {
+    const o = open()
+    o.close()
+    await expect(o.enqueue(up('upload_data/p/d/t/{id}'))).rejects.toThrow(/closed/)
+  })
+
+  it('commits what gathered while a commit was in flight, at close, before it returns', async () => {
+    const o = open()
+    const first = Array.from({ length: 50 }, () => o.enqueue(up('upload_data/p/d/t/{id}')))
+    await o.flush()
+    void Promise.all(first)
+    // A commit in flight (on the writer thread) and more waiting behind it.
+    const more = Array.from({ length: 50 }, () => o.enqueue(up('upload_data/p/d/t/{id}')))
+    void o.flush()
+    const later = Array.from({ length: 50 }, () => o.enqueue(up('update_status/p/d/{id}')))
+    o.close()
+    await Promise.all([...more, ...later])
+    db.close()
+    db = openDatabase(dir)
+    expect(open().stats().messages).toBe(150)
+  })
+})
+
+describe('outbox on a full disk', () => {
+  beforeEach(() => {
+    writerThread = false
   })
 
   it('reopens after a full disk only through probe(), never because one small commit fitted', async () => {
@@ -168,11 +212,5 @@ describe('outbox', () => {
     expect(o.probe()).toBe(true)
     expect(o.isFull).toBe(false)
     expect(events).toEqual(['full', 'writable'])
-  })
-
-  it('refuses new messages after close', async () => {
-    const o = open()
-    o.close()
-    await expect(o.enqueue(up('upload_data/p/d/t/{id}'))).rejects.toThrow(/closed/)
   })
 })
