@@ -28,7 +28,13 @@ let seq = 0
 const open: RawClient[] = []
 
 beforeAll(async () => {
-  gateway = new GatewayProcess({ gateway: gw, devices: [dev] })
+  // Both listeners refuse one topic space, as the Paho interop suite expects of a broker under test.
+  const denyTopics = ['conformance/nosubscribe/#']
+  gateway = new GatewayProcess({
+    gateway: gw,
+    devices: [dev],
+    broker: { listeners: (['external', 'internal'] as const).map((zone) => ({ host: '127.0.0.1', zone, denyTopics })) },
+  })
   await gateway.start()
 })
 
@@ -146,6 +152,25 @@ describe.each(zones)('MQTT 3.1.1 on the $zone listener', (z) => {
     await closesOn(z, publishPacket({ topic: 'conformance/dup0', payload: 'x', qos: 0, dup: true }), true, 'QoS 0 with DUP')
   })
 
+  it('MQTT 3.1 (sections 3.6, 3.8): a PUBREL or SUBSCRIBE sent again with DUP is answered; on 3.1.1 the bit is reserved [MQTT-2.2.2-2]', async () => {
+    const { client } = await connected(z, { clientId: clientId('v31'), level: 3 })
+    client.send(publishPacket({ topic: 'conformance/v31', payload: 'x', qos: 2, id: 1 }))
+    expect((await client.next('PUBREC')).type).toBe(5)
+    client.send(Buffer.from([0x6a, 0x02, 0x00, 0x01])) // PUBREL, DUP=1
+    const pubcomp = await client.next('PUBCOMP for the PUBREL with DUP')
+    expect([pubcomp.type, pubcomp.body.toString('hex')]).toEqual([7, '0001'])
+    client.send(Buffer.concat([Buffer.from([0x8a]), subscribePacket(2, [[z.grantedFilter, 1]]).subarray(1)])) // SUBSCRIBE, DUP=1
+    expect((await client.nextOf(SUBACK, 'SUBACK for the SUBSCRIBE with DUP')).body.toString('hex')).toBe('000201')
+    await closesOn(z, Buffer.from([0x6a, 0x02, 0x00, 0x01]), true, 'PUBREL with DUP on MQTT 3.1.1')
+  })
+
+  it("[MQTT-3.8.4-5] [MQTT-3.9.3-1] a listener's denyTopics: a SUBSCRIBE inside them gets return code 0x80, the rest of it is granted", async () => {
+    const { client } = await connected(z)
+    client.send(subscribePacket(8, [['conformance/nosubscribe/a', 1], [z.grantedFilter, 1], ['conformance/nosubscribe/#', 0]]))
+    const ack = await client.nextOf(SUBACK, 'SUBACK')
+    expect(ack.body.toString('hex')).toBe('0008' + '80' + '01' + '80')
+  })
+
   it('$share/ and $queue/ filters are refused with SUBACK 0x80; the rest of the SUBSCRIBE is granted', async () => {
     const { client } = await connected(z)
     client.send(subscribePacket(7, [['$share/group/conformance/x', 1], [z.grantedFilter, 1], ['$queue/conformance/x', 0]]))
@@ -243,6 +268,23 @@ describe('MQTT 3.1.1 delivery on the internal listener', () => {
     await wrongAck(1, 0x50, 'PUBREC for a QoS 1 message')
     await wrongAck(1, 0x70, 'PUBCOMP for a QoS 1 message')
     await wrongAck(2, 0x40, 'PUBACK for a QoS 2 message')
+  })
+
+  it("a wider filter delivers nothing on the listener's denyTopics, retained or live", async () => {
+    const base = `conformance/nosubscribe/${++seq}`
+    const pub = await connected(z)
+    pub.client.send(publishPacket({ topic: `${base}/kept`, payload: 'kept', retain: true, qos: 1, id: 1 }))
+    await pub.client.next('PUBACK of the retained message')
+    const sub = await connected(z)
+    sub.client.send(subscribePacket(2, [['conformance/#', 0]]))
+    expect((await sub.client.next('SUBACK')).body.toString('hex')).toBe('000200')
+    pub.client.send(publishPacket({ topic: `${base}/live`, payload: 'live' }), publishPacket({ topic: `conformance/allowed${seq}`, payload: 'allowed' }))
+    // The first and only message is the one outside denyTopics (retained ones of other tests aside).
+    for (;;) {
+      const got = readPublish(await sub.client.nextOf(PUBLISH, 'the allowed message'))
+      expect(got.topic.startsWith('conformance/nosubscribe/'), got.topic).toBe(false)
+      if (got.topic === `conformance/allowed${seq}`) break
+    }
   })
 
   it('[MQTT-4.7.1-3] `+` matches an empty level, for live and retained messages', async () => {

@@ -46,7 +46,8 @@ interface Parser {
   error: Error | null
   _pos: number
   _parsePayload(): boolean
-  _list: { slice(start: number, end: number): Buffer }
+  _list: { slice(start: number, end: number): Buffer; readUInt8(offset: number): number; consume(bytes: number): void }
+  _parseHeader(): boolean
   _parseString(maybeBuffer?: boolean): string | null
   listeners(event: 'packet' | 'error'): ((arg: never) => void)[]
   removeAllListeners(event: 'packet' | 'error'): void
@@ -61,6 +62,14 @@ const connack = (returnCode: number): Buffer => Buffer.from([0x20, 0x02, 0x00, r
 // malformed (a field its flag does not announce [MQTT-3.1.2-18/20/22], a too long PUBACK, ...).
 // A PUBLISH's payload is simply the rest, so it cannot have a remainder.
 const READ_TO_THE_END = new Set(['connect', 'puback', 'pubrec', 'pubrel', 'pubcomp', 'subscribe', 'unsubscribe', 'pingreq', 'disconnect'])
+// MQTT 3.1 (sections 3.6, 3.8, 3.10 of its spec) has the client set DUP on a PUBREL, SUBSCRIBE or
+// UNSUBSCRIBE it sends again; 3.1.1 reserved that bit [MQTT-2.2.2-1] and mqtt-packet refuses it for
+// every level. On a 3.1 connection these first bytes are read as the packet they are, DUP set.
+const DUP_IN_MQTT31: ReadonlyMap<number, string> = new Map([
+  [0x6a, 'pubrel'],
+  [0x8a, 'subscribe'],
+  [0xaa, 'unsubscribe'],
+])
 const validId = (id: number | undefined): boolean => id !== undefined && id >= 1 && id <= 0xffff
 
 /**
@@ -147,6 +156,16 @@ export function guardClient(client: Client, refused: (v: Violation) => void): vo
     }
     return result
   }
+  // The protocol level of the connection's accepted CONNECT.
+  let level: number | undefined
+  const readHeader = parser._parseHeader
+  parser._parseHeader = function guardedParseHeader(this: Parser): boolean {
+    const cmd = level === 3 ? DUP_IN_MQTT31.get(this._list.readUInt8(0)) : undefined
+    if (cmd === undefined) return readHeader.call(this)
+    Object.assign(this.packet, { cmd, qos: 1, dup: true, retain: false })
+    this._list.consume(1)
+    return true
+  }
   const onward = parser.listeners('packet') as ((packet: Packet) => void)[]
   parser.removeAllListeners('packet')
   let closed = false
@@ -170,6 +189,7 @@ export function guardClient(client: Client, refused: (v: Violation) => void): vo
     first = false
     const v: Omit<Violation, 'cmd'> | null = refusedAtParse.get(packet) ?? packetViolation(packet)
     if (!v) {
+      if (packet.cmd === 'connect') level ??= packet.protocolVersion
       for (const fn of onward) fn.call(parser, packet)
       return
     }
