@@ -15,6 +15,7 @@ import {
   pubackPacket,
   publishPacket,
   readPublish,
+  remainingLength,
   subscribePacket,
   unsubscribePacket,
   type RawConnect,
@@ -146,6 +147,14 @@ describe.each(zones)('MQTT 3.1.1 on the $zone listener', (z) => {
     await closesOn(z, subscribePacket(0, [[z.grantedFilter, 0]]), true, 'SUBSCRIBE id 0')
     await closesOn(z, unsubscribePacket(0, [z.grantedFilter]), true, 'UNSUBSCRIBE id 0')
     await closesOn(z, pubackPacket(0), true, 'PUBACK id 0')
+  })
+
+  it('[MQTT-4.8.0-1] [MQTT-3.1.0-1] a length no such packet can have closes the connection at its fixed header, without waiting for the body', async () => {
+    const header = (first: number, length: number): Buffer => Buffer.concat([Buffer.from([first]), remainingLength(length)])
+    await closesOn(z, header(0xe0, 154_000_000), true, 'a DISCONNECT announcing 154 MB')
+    await closesOn(z, header(0x40, 3_000_000), true, 'a PUBACK announcing 3 MB')
+    await closesOn(z, header(0x10, 100_000_000), false, 'a CONNECT announcing 100 MB')
+    await closesOn(z, header(0x30, 1_000_000), false, 'a PUBLISH before CONNECT')
   })
 
   it('[MQTT-3.3.1-2] DUP set on a QoS 0 PUBLISH closes the connection', async () => {
