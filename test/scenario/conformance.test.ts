@@ -155,6 +155,8 @@ describe.each(zones)('MQTT 3.1.1 on the $zone listener', (z) => {
     await closesOn(z, header(0x40, 3_000_000), true, 'a PUBACK announcing 3 MB')
     await closesOn(z, header(0x10, 100_000_000), false, 'a CONNECT announcing 100 MB')
     await closesOn(z, header(0x30, 1_000_000), false, 'a PUBLISH before CONNECT')
+    await closesOn(z, header(0x00, 1_900_000), true, 'a packet of the forbidden type 0 announcing 1.9 MB')
+    await closesOn(z, header(0x90, 1_000_000), true, 'a SUBACK from the client announcing 1 MB')
   })
 
   it('[MQTT-3.3.1-2] DUP set on a QoS 0 PUBLISH closes the connection', async () => {

@@ -76,6 +76,9 @@ const DUP_IN_MQTT31: ReadonlyMap<number, string> = new Map([
 // The longest CONNECT its fields allow: the MQIsdp variable header (12 bytes) and five strings of
 // at most 65535 bytes (client id, will topic, will message, user name, password).
 const MAX_CONNECT_LENGTH = 12 + 5 * (2 + 0xffff)
+// What a client sends in MQTT 3.1.1 (section 2.2.1): type 0 is forbidden, 15 reserved, the rest
+// go from the server to the client.
+const FROM_CLIENT = new Set(['connect', 'publish', 'puback', 'pubrec', 'pubrel', 'pubcomp', 'subscribe', 'unsubscribe', 'pingreq', 'disconnect'])
 // Packets whose remaining length the spec fixes (MQTT 3.1.1 sections 3.4-3.7, 3.12, 3.14).
 const FIXED_LENGTH: ReadonlyMap<string, number> = new Map([
   ['puback', 2],
@@ -92,6 +95,7 @@ const FIXED_LENGTH: ReadonlyMap<string, number> = new Map([
  */
 export function headerViolation(cmd: string, length: number, connected: boolean): { rule: string; what: string } | null {
   if (!connected && cmd !== 'connect') return { rule: 'MQTT-3.1.0-1', what: 'a packet before CONNECT' }
+  if (!FROM_CLIENT.has(cmd)) return { rule: 'MQTT-4.8.0-1', what: `a packet of type ${cmd}, which a client never sends` }
   if (cmd === 'connect' && length > MAX_CONNECT_LENGTH) return { rule: 'MQTT-4.8.0-1', what: `a CONNECT of ${length} bytes, longer than its fields can be` }
   const fixed = FIXED_LENGTH.get(cmd)
   if (fixed !== undefined && length !== fixed) return { rule: 'MQTT-4.8.0-1', what: `a remaining length of ${length} (${fixed} for ${cmd})` }
