@@ -149,7 +149,7 @@ describe.each(zones)('MQTT 3.1.1 on the $zone listener', (z) => {
     await closesOn(z, pubackPacket(0), true, 'PUBACK id 0')
   })
 
-  it('[MQTT-4.8.0-1] [MQTT-3.1.0-1] a length no such packet can have closes the connection at its fixed header, without waiting for the body', async () => {
+  it('[MQTT-4.8.0-1] [MQTT-3.1.0-1] a length no such packet can have, a type a client never sends, closes the connection at its fixed header, without waiting for the body', async () => {
     const header = (first: number, length: number): Buffer => Buffer.concat([Buffer.from([first]), remainingLength(length)])
     await closesOn(z, header(0xe0, 154_000_000), true, 'a DISCONNECT announcing 154 MB')
     await closesOn(z, header(0x40, 3_000_000), true, 'a PUBACK announcing 3 MB')
