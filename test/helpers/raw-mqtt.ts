@@ -34,7 +34,7 @@ export interface RawConnect {
   username?: string | Buffer
   password?: string
   will?: { topic: string | Buffer; payload?: string; qos?: 0 | 1 | 2 | 3; retain?: boolean }
-  /** default 4 (3.1.1) */
+  /** default 4 (3.1.1); 3 (MQTT 3.1) names the protocol `MQIsdp` */
   level?: number
   keepalive?: number
 }
@@ -55,7 +55,7 @@ export function connectPacket(c: RawConnect): Buffer {
     flags |= 0x40
     payload.push(mqttString(c.password))
   }
-  const header = Buffer.concat([mqttString('MQTT'), Buffer.from([c.level ?? 4, flags]), u16(c.keepalive ?? 60)])
+  const header = Buffer.concat([mqttString(c.level === 3 ? 'MQIsdp' : 'MQTT'), Buffer.from([c.level ?? 4, flags]), u16(c.keepalive ?? 60)])
   return packet(0x10, Buffer.concat([header, ...payload]))
 }
 

@@ -15,6 +15,7 @@ import {
   pubackPacket,
   publishPacket,
   readPublish,
+  remainingLength,
   subscribePacket,
   unsubscribePacket,
   type RawConnect,
@@ -28,7 +29,13 @@ let seq = 0
 const open: RawClient[] = []
 
 beforeAll(async () => {
-  gateway = new GatewayProcess({ gateway: gw, devices: [dev] })
+  // Both listeners refuse one topic space, as the Paho interop suite expects of a broker under test.
+  const denyTopics = ['conformance/nosubscribe/#']
+  gateway = new GatewayProcess({
+    gateway: gw,
+    devices: [dev],
+    broker: { listeners: (['external', 'internal'] as const).map((zone) => ({ host: '127.0.0.1', zone, denyTopics })) },
+  })
   await gateway.start()
 })
 
@@ -142,8 +149,37 @@ describe.each(zones)('MQTT 3.1.1 on the $zone listener', (z) => {
     await closesOn(z, pubackPacket(0), true, 'PUBACK id 0')
   })
 
+  it('[MQTT-4.8.0-1] [MQTT-3.1.0-1] a length no such packet can have, a type a client never sends, closes the connection at its fixed header, without waiting for the body', async () => {
+    const header = (first: number, length: number): Buffer => Buffer.concat([Buffer.from([first]), remainingLength(length)])
+    await closesOn(z, header(0xe0, 154_000_000), true, 'a DISCONNECT announcing 154 MB')
+    await closesOn(z, header(0x40, 3_000_000), true, 'a PUBACK announcing 3 MB')
+    await closesOn(z, header(0x10, 100_000_000), false, 'a CONNECT announcing 100 MB')
+    await closesOn(z, header(0x30, 1_000_000), false, 'a PUBLISH before CONNECT')
+    await closesOn(z, header(0x00, 1_900_000), true, 'a packet of the forbidden type 0 announcing 1.9 MB')
+    await closesOn(z, header(0x90, 1_000_000), true, 'a SUBACK from the client announcing 1 MB')
+  })
+
   it('[MQTT-3.3.1-2] DUP set on a QoS 0 PUBLISH closes the connection', async () => {
     await closesOn(z, publishPacket({ topic: 'conformance/dup0', payload: 'x', qos: 0, dup: true }), true, 'QoS 0 with DUP')
+  })
+
+  it('MQTT 3.1 (sections 3.6, 3.8): a PUBREL or SUBSCRIBE sent again with DUP is answered; on 3.1.1 the bit is reserved [MQTT-2.2.2-2]', async () => {
+    const { client } = await connected(z, { clientId: clientId('v31'), level: 3 })
+    client.send(publishPacket({ topic: 'conformance/v31', payload: 'x', qos: 2, id: 1 }))
+    expect((await client.next('PUBREC')).type).toBe(5)
+    client.send(Buffer.from([0x6a, 0x02, 0x00, 0x01])) // PUBREL, DUP=1
+    const pubcomp = await client.next('PUBCOMP for the PUBREL with DUP')
+    expect([pubcomp.type, pubcomp.body.toString('hex')]).toEqual([7, '0001'])
+    client.send(Buffer.concat([Buffer.from([0x8a]), subscribePacket(2, [[z.grantedFilter, 1]]).subarray(1)])) // SUBSCRIBE, DUP=1
+    expect((await client.nextOf(SUBACK, 'SUBACK for the SUBSCRIBE with DUP')).body.toString('hex')).toBe('000201')
+    await closesOn(z, Buffer.from([0x6a, 0x02, 0x00, 0x01]), true, 'PUBREL with DUP on MQTT 3.1.1')
+  })
+
+  it("[MQTT-3.8.4-5] [MQTT-3.9.3-1] a listener's denyTopics: a SUBSCRIBE inside them gets return code 0x80, the rest of it is granted", async () => {
+    const { client } = await connected(z)
+    client.send(subscribePacket(8, [['conformance/nosubscribe/a', 1], [z.grantedFilter, 1], ['conformance/nosubscribe/#', 0]]))
+    const ack = await client.nextOf(SUBACK, 'SUBACK')
+    expect(ack.body.toString('hex')).toBe('0008' + '80' + '01' + '80')
   })
 
   it('$share/ and $queue/ filters are refused with SUBACK 0x80; the rest of the SUBSCRIBE is granted', async () => {
@@ -243,6 +279,23 @@ describe('MQTT 3.1.1 delivery on the internal listener', () => {
     await wrongAck(1, 0x50, 'PUBREC for a QoS 1 message')
     await wrongAck(1, 0x70, 'PUBCOMP for a QoS 1 message')
     await wrongAck(2, 0x40, 'PUBACK for a QoS 2 message')
+  })
+
+  it("a wider filter delivers nothing on the listener's denyTopics, retained or live", async () => {
+    const base = `conformance/nosubscribe/${++seq}`
+    const pub = await connected(z)
+    pub.client.send(publishPacket({ topic: `${base}/kept`, payload: 'kept', retain: true, qos: 1, id: 1 }))
+    await pub.client.next('PUBACK of the retained message')
+    const sub = await connected(z)
+    sub.client.send(subscribePacket(2, [['conformance/#', 0]]))
+    expect((await sub.client.next('SUBACK')).body.toString('hex')).toBe('000200')
+    pub.client.send(publishPacket({ topic: `${base}/live`, payload: 'live' }), publishPacket({ topic: `conformance/allowed${seq}`, payload: 'allowed' }))
+    // The first and only message is the one outside denyTopics (retained ones of other tests aside).
+    for (;;) {
+      const got = readPublish(await sub.client.nextOf(PUBLISH, 'the allowed message'))
+      expect(got.topic.startsWith('conformance/nosubscribe/'), got.topic).toBe(false)
+      if (got.topic === `conformance/allowed${seq}`) break
+    }
   })
 
   it('[MQTT-4.7.1-3] `+` matches an empty level, for live and retained messages', async () => {

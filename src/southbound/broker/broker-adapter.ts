@@ -13,7 +13,7 @@ import { ErrorCodes } from '../../core/errors.js'
 import { RateLimitedLog } from '../../core/log.js'
 import type { Gauge } from 'prom-client'
 import type { BrokerConfig, ListenerConfig } from './schema.js'
-import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions } from '../../core/hub-topics.js'
+import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions, topicMatches } from '../../core/hub-topics.js'
 import { commandTopic, mayPublish } from '../../core/device-acl.js'
 import { guardClient, type Violation } from './packet-guard.js'
 import { createAedes, ReasonCode, speaksMqtt5 } from './mqtt5.js'
@@ -64,6 +64,8 @@ export class BrokerAdapter implements SouthboundAdapter {
   private aedes?: Aedes
   private servers: net.Server[] = []
   private readonly zoneOf = new WeakMap<object, Zone>()
+  // A listener's denyTopics, by connection (only for listeners that have some).
+  private readonly denyOf = new WeakMap<object, readonly string[]>()
   private readonly state = new WeakMap<Client, ClientState>()
   private readonly byDevice = new Map<string, Set<Client>>()
   // Publishes refused by the ACL: acknowledged (MQTT 3.1.1 has no way to refuse) but never forwarded.
@@ -202,8 +204,11 @@ export class BrokerAdapter implements SouthboundAdapter {
         : net.createServer()
       const onConn = (socket: net.Socket): void => {
         this.zoneOf.set(socket, l.zone)
+        if (l.denyTopics?.length) this.denyOf.set(socket, l.denyTopics)
         socket.setNoDelay(true)
-        guardClient(aedes.handle(socket), (v) => this.onViolation(socket, v))
+        // The address is read now: once the guard has closed the socket it is gone.
+        const ip = socket.remoteAddress ?? null
+        guardClient(aedes.handle(socket), (v) => this.onViolation(ip, v))
       }
       server.on(l.tls ? 'secureConnection' : 'connection', onConn)
       server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
@@ -319,9 +324,8 @@ export class BrokerAdapter implements SouthboundAdapter {
   }
 
   /** A packet the guard refused (the connection is closed already): counted and logged once. */
-  private onViolation(socket: net.Socket, v: Violation): void {
+  private onViolation(ip: string | null, v: Violation): void {
     this.core.metrics.rejected('malformed_packet')
-    const ip = socket.remoteAddress ?? null
     this.warn.warn(`violation:${ip}:${v.rule}`, { ip, rule: `[${v.rule}]`, packet: v.cmd, connack: v.connack ?? null, code: ErrorCodes.MQTT_PROTOCOL_VIOLATION },
       `MQTT ${v.cmd} refused (${v.what}) and the connection closed: fix the client; docs/integrators/mqtt-conformance.md lists what the broker refuses`)
   }
@@ -332,6 +336,11 @@ export class BrokerAdapter implements SouthboundAdapter {
     // topic nobody ever publishes on (MQTT 5 section 4.8.2; `$queue/` is the older spelling).
     if (isSharedFilter(sub.topic)) {
       this.sharedRefused(client, sub.topic)
+      return null
+    }
+    if (this.denyOf.get(client.conn)?.some((d) => topicMatches(d, sub.topic))) {
+      this.core.metrics.rejected('acl_denied')
+      this.warn.warn(`deny:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, "subscription refused (SUBACK 0x80): the listener's denyTopics cover it")
       return null
     }
     if (st.zone === 'internal' || this.serverSubscriptions.has(sub)) return sub
@@ -483,6 +492,7 @@ export class BrokerAdapter implements SouthboundAdapter {
   private authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
     const payload = packet.payload as Buffer
     if (this.denied.has(payload)) return null
+    if (this.denyOf.get(client.conn)?.some((d) => topicMatches(d, packet.topic))) return null
     const st = this.state.get(client)
     if (this.localOnly.has(payload)) return st?.zone === 'internal' ? packet : null
     if (this.fromDevice.has(payload) && st?.zone !== 'internal') return null

@@ -2,7 +2,9 @@
 // (both zones) before aedes sees it. A packet that breaks one of them closes the connection, as the
 // spec asks ("MUST close the Network Connection"), and nothing of it reaches aedes: no session, no
 // will, no publish. The one refusal that answers first is an empty client id with CleanSession=0,
-// which gets CONNACK 0x02 [MQTT-3.1.3-8]. docs/integrators/mqtt-conformance.md lists them all.
+// which gets CONNACK 0x02 [MQTT-3.1.3-8]. A fixed header that announces a length its packet cannot
+// have (or anything but CONNECT first) closes the connection at once, before the body is waited
+// for and buffered. docs/integrators/mqtt-conformance.md lists them all.
 //
 // Strings are checked on their bytes: mqtt-packet decodes them lossily (ill-formed UTF-8 becomes
 // U+FFFD), so the guard wraps the connection's parser's string reader and remembers, per packet,
@@ -48,7 +50,9 @@ interface Parser {
   error: Error | null
   _pos: number
   _parsePayload(): boolean
-  _list: { slice(start: number, end: number): Buffer }
+  _list: { slice(start: number, end: number): Buffer; readUInt8(offset: number): number; consume(bytes: number): void }
+  _parseHeader(): boolean
+  _parseLength(): boolean
   _parseString(maybeBuffer?: boolean): string | null
   listeners(event: 'packet' | 'error'): ((arg: never) => void)[]
   removeAllListeners(event: 'packet' | 'error'): void
@@ -63,6 +67,43 @@ const connack = (returnCode: number): Buffer => Buffer.from([0x20, 0x02, 0x00, r
 // malformed (a field its flag does not announce [MQTT-3.1.2-18/20/22], a too long PUBACK, ...).
 // A PUBLISH's payload is simply the rest, so it cannot have a remainder.
 const READ_TO_THE_END = new Set(['connect', 'puback', 'pubrec', 'pubrel', 'pubcomp', 'subscribe', 'unsubscribe', 'pingreq', 'disconnect'])
+// MQTT 3.1 (sections 3.6, 3.8, 3.10 of its spec) has the client set DUP on a PUBREL, SUBSCRIBE or
+// UNSUBSCRIBE it sends again; 3.1.1 reserved that bit [MQTT-2.2.2-1] and mqtt-packet refuses it for
+// every level. On a 3.1 connection these first bytes are read as the packet they are, DUP set.
+const DUP_IN_MQTT31: ReadonlyMap<number, string> = new Map([
+  [0x6a, 'pubrel'],
+  [0x8a, 'subscribe'],
+  [0xaa, 'unsubscribe'],
+])
+// The longest CONNECT its fields allow: the MQIsdp variable header (12 bytes) and five strings of
+// at most 65535 bytes (client id, will topic, will message, user name, password).
+const MAX_CONNECT_LENGTH = 12 + 5 * (2 + 0xffff)
+// What a client sends in MQTT 3.1.1 (section 2.2.1): type 0 is forbidden, 15 reserved, the rest
+// go from the server to the client.
+const FROM_CLIENT = new Set(['connect', 'publish', 'puback', 'pubrec', 'pubrel', 'pubcomp', 'subscribe', 'unsubscribe', 'pingreq', 'disconnect'])
+// Packets whose remaining length the spec fixes (MQTT 3.1.1 sections 3.4-3.7, 3.12, 3.14).
+const FIXED_LENGTH: ReadonlyMap<string, number> = new Map([
+  ['puback', 2],
+  ['pubrec', 2],
+  ['pubrel', 2],
+  ['pubcomp', 2],
+  ['pingreq', 0],
+  ['disconnect', 0],
+])
+
+/**
+ * What is wrong with a packet as soon as its fixed header is read, before its body arrives, or
+ * null: a client must not make the broker wait for (and hold) bytes it will refuse anyway.
+ */
+export function headerViolation(cmd: string, length: number, connected: boolean): { rule: string; what: string } | null {
+  if (!connected && cmd !== 'connect') return { rule: 'MQTT-3.1.0-1', what: 'a packet before CONNECT' }
+  if (!FROM_CLIENT.has(cmd)) return { rule: 'MQTT-4.8.0-1', what: `a packet of type ${cmd}, which a client never sends` }
+  if (cmd === 'connect' && length > MAX_CONNECT_LENGTH) return { rule: 'MQTT-4.8.0-1', what: `a CONNECT of ${length} bytes, longer than its fields can be` }
+  const fixed = FIXED_LENGTH.get(cmd)
+  if (fixed !== undefined && length !== fixed) return { rule: 'MQTT-4.8.0-1', what: `a remaining length of ${length} (${fixed} for ${cmd})` }
+  return null
+}
+
 const validId = (id: number | undefined): boolean => id !== undefined && id >= 1 && id <= 0xffff
 
 /**
@@ -151,10 +192,36 @@ export function guardClient(client: Client, refused: (v: Violation) => void): vo
     }
     return result
   }
+  // The protocol level of the connection's accepted CONNECT.
+  let level: number | undefined
+  const readHeader = parser._parseHeader
+  parser._parseHeader = function guardedParseHeader(this: Parser): boolean {
+    const cmd = level === 3 ? DUP_IN_MQTT31.get(this._list.readUInt8(0)) : undefined
+    if (cmd === undefined) return readHeader.call(this)
+    Object.assign(this.packet, { cmd, qos: 1, dup: true, retain: false })
+    this._list.consume(1)
+    return true
+  }
   const onward = parser.listeners('packet') as ((packet: Packet) => void)[]
   parser.removeAllListeners('packet')
   let closed = false
   let first = true
+  const refuse = (v: Omit<Violation, 'cmd'>, cmd: string): void => {
+    closed = true
+    // The CONNACK goes out before the close [MQTT-3.2.2-5].
+    if (v.connack !== undefined) socket.write(connack(v.connack), () => socket.destroy())
+    else socket.destroy()
+    refused({ ...v, cmd })
+  }
+  const readLength = parser._parseLength
+  parser._parseLength = function guardedParseLength(this: Parser): boolean {
+    const done = readLength.call(this)
+    if (!done || closed) return done
+    const v = headerViolation(this.packet.cmd, this.packet.length ?? 0, level !== undefined)
+    if (!v) return true
+    refuse(v, this.packet.cmd)
+    return false // nothing more of this connection is parsed
+  }
   // A CONNECT of a protocol level aedes does not speak is a parse error in mqtt-packet; the spec
   // wants CONNACK 0x01 before the close [MQTT-3.1.2-2].
   const failed = parser.listeners('error') as ((err: Error) => void)[]
@@ -174,13 +241,10 @@ export function guardClient(client: Client, refused: (v: Violation) => void): vo
     first = false
     const v: Omit<Violation, 'cmd'> | null = refusedAtParse.get(packet) ?? packetViolation(packet)
     if (!v) {
+      if (packet.cmd === 'connect') level ??= packet.protocolVersion
       for (const fn of onward) fn.call(parser, packet)
       return
     }
-    closed = true
-    // The CONNACK goes out before the close [MQTT-3.2.2-5].
-    if (v.connack !== undefined) socket.write(connack(v.connack), () => socket.destroy())
-    else socket.destroy()
-    refused({ ...v, cmd: packet.cmd })
+    refuse(v, packet.cmd)
   })
 }

@@ -21,6 +21,12 @@ const Listener = Type.Object(
       description: 'external: devices, authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
     }),
     tls: Type.Optional(Tls),
+    denyTopics: Type.Optional(
+      Type.Array(Type.String({ minLength: 1 }), {
+        description:
+          'topic filters the clients of this listener may neither subscribe to nor receive (on top of the device ACL): a SUBSCRIBE whose filter, read as a topic, matches one gets SUBACK 0x80; a wider filter (e.g. `#`) is granted but delivers nothing on them',
+      }),
+    ),
   },
   { additionalProperties: false, description: 'one MQTT listener' },
 )
