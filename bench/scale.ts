@@ -1,0 +1,175 @@
+// How cost grows (issue 16), part of `npm run bench`: throughput against 1, 10, 100 and 1,000
+// publishers; drain rate and disk bytes per message for backlogs of 20k (and 2M with --full; 200k is
+// drain_200k in bench/run.ts); the time from a kill -9 with a large backlog to healthy and draining;
+// RSS with 1k (5k, 10k with --full) authenticated idle devices and how long until they are all
+// connected again after a restart. The references are the Mosquitto bridge with its default
+// persistence (autosave every 1800 s) and the same bridge saving on every change.
+import {
+  FULL,
+  type Figure,
+  type HubCounter,
+  type Mosquitto,
+  PRODUCT,
+  RUNS,
+  SCALE,
+  type Sut,
+  figure,
+  holdReconnecting,
+  log,
+  round,
+  rssMb,
+  runLoad,
+  scenarios,
+  sleep,
+  startGateway,
+  startReference,
+  throughput,
+} from './harness.js'
+
+type Kind = 'gateway' | 'reference' | 'referenceSaveEveryChange'
+const KINDS: Kind[] = ['gateway', 'reference', 'referenceSaveEveryChange']
+const now = (): number => performance.timeOrigin + performance.now()
+
+function put(name: string, figures: Partial<Record<Kind, Figure | Record<string, unknown>>>, note?: string): void {
+  const median = (k: Kind): number => (figures[k] as Partial<Figure> | undefined)?.median ?? NaN
+  scenarios[name] = {
+    ...figures,
+    ratio: round(median('gateway') / median('reference')),
+    ...(figures.referenceSaveEveryChange ? { ratioSaveEveryChange: round(median('gateway') / median('referenceSaveEveryChange')) } : {}),
+    ...(note ? { note } : {}),
+  }
+  log(`${name}: ${KINDS.filter((k) => figures[k]).map((k) => `${k} ${median(k)}`).join(', ')}`)
+}
+
+export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPort: number, hub: HubCounter): Promise<void> {
+  const start = (k: Kind, registered = 1000): Promise<Sut> =>
+    k === 'gateway' ? startGateway(cloudUrl, 0, [], true, undefined, registered) : startReference(cloudPort, k === 'referenceSaveEveryChange')
+  const runs = FULL ? RUNS : 1
+
+  // Throughput against the number of publishers (64 B, QoS 1, 100 in flight each).
+  const publishers = [1, 10, 100, 1000]
+  const perCount = Math.max(1000, Math.round((FULL ? 50_000 : 20_000) * SCALE))
+  const tp: Record<number, Partial<Record<Kind, number[]>>> = {}
+  for (const k of KINDS) {
+    const sut = await start(k)
+    await sleep(1_000)
+    for (const p of publishers) {
+      for (let r = 0; r < runs; r++) {
+        const res = await throughput(sut, hub, p, 64, Math.max(perCount, p), `p${k[0]}${k.length}${p}r${r}`)
+        ;((tp[p] ??= {})[k] ??= []).push(res.rate)
+        log(`  ${k} ${p} publishers: ${Math.round(res.rate)} msg/s (${res.arrived}/${res.expected})`)
+      }
+    }
+    await sut.close()
+  }
+  for (const p of publishers) {
+    put(`publishers_${p}_throughput`, Object.fromEntries(KINDS.map((k) => [k, figure(tp[p][k] ?? [], 'msg/s')])), `64 B, QoS 1, ${Math.max(perCount, p)} messages, ${p} publisher(s) with 100 in flight each; the gateway's publishers are registered devices`)
+  }
+
+  // Backlogs: the cloud is down while 10 publishers send N messages; then it comes back.
+  const sizes = [20_000, ...(FULL ? [2_000_000] : [])].map((n) => Math.round(n * SCALE))
+  for (const n of sizes) {
+    const res: Partial<Record<Kind, Record<string, unknown>>> = {}
+    // Saving on every change rewrites the whole database per queued message: only the smallest size.
+    for (const k of KINDS.filter((x) => x !== 'referenceSaveEveryChange' || n <= 20_000)) {
+      const sut = await start(k, 10)
+      await sleep(1_000)
+      hub.reset()
+      await cloud.stop()
+      const bytes0 = sut.storeBytes()
+      const load = await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 10, perPublisher: n / 10, window: 100, payloadBytes: 64, rate: 0, run: `g${k[0]}${k.length}${n}`, productId: PRODUCT, auth: sut.auth }, undefined, 1_800_000)
+      await sleep(k === 'referenceSaveEveryChange' ? 2_000 : 0)
+      const bytes = sut.storeBytes() - bytes0
+      const rss = rssMb(sut.pid())
+      const back = now()
+      await cloud.start()
+      await hub.waitFor(load.acked, 30_000, 1_800_000)
+      const drain = hub.ids.size / Math.max(0.001, (hub.lastAt - hub.firstAt) / 1000)
+      res[k] = {
+        ...figure([drain], 'msg/s'),
+        intake: round(load.acked / load.seconds),
+        arrived: hub.ids.size,
+        expected: load.acked,
+        secondsAfterCloudBack: round((hub.lastAt - back) / 1000),
+        diskBytesPerMessage: round(bytes / load.acked),
+        rssMbWithBacklog: round(rss),
+      }
+      log(`  ${k} backlog ${n}: intake ${Math.round(load.acked / load.seconds)} msg/s, ${round(bytes / load.acked)} B on disk per message, RSS ${rss.toFixed(0)} MB; drain ${Math.round(drain)} msg/s, ${hub.ids.size}/${load.acked} arrived`)
+      await sut.close()
+    }
+    put(`backlog_${n >= 1e6 ? `${n / 1e6}m` : `${n / 1000}k`}_drain`, res, 'drain rate while draining; intake with the cloud down; disk bytes per message: growth of gateway.db+WAL / mosquitto.db over the intake (0: Mosquitto wrote nothing yet)')
+  }
+
+  // kill -9 with a large backlog: from the restart to the API answering, healthy, first delivery.
+  for (const n of [20_000, ...(FULL ? [2_000_000] : [])].map((x) => Math.round(x * SCALE))) await killRecovery(cloud, cloudUrl, hub, n, `kill9_recovery_${n >= 1e6 ? `${n / 1e6}m` : `${n / 1000}k`}`)
+
+  // Authenticated idle devices: RSS, and how long until all are connected again after a restart.
+  for (const n of [1000, ...(FULL ? [5000, 10_000] : [])].map((x) => Math.max(100, Math.round(x * Math.max(SCALE, 0.1))))) {
+    const res: Partial<Record<Kind, Record<string, unknown>>> = {}
+    for (const k of ['gateway', 'reference'] as Kind[]) {
+      const sut = await start(k, n)
+      await sleep(2_000)
+      const idle = rssMb(sut.pid())
+      const t0 = now()
+      const held = await holdReconnecting(sut.deviceUrl, n, sut.auth)
+      const connectS = (now() - t0) / 1000
+      await sleep(3_000)
+      const withN = rssMb(sut.pid())
+      const t1 = now()
+      const again = held.allConnectedAgain(1_800_000)
+      await sut.restart()
+      const at = await again
+      await sleep(3_000)
+      const after = rssMb(sut.pid())
+      res[k] = {
+        ...figure([((withN - idle) / n) * 1000], 'MB per 1,000'),
+        rssIdleMb: round(idle),
+        rssWithDevicesMb: round(withN),
+        rssAfterReconnectMb: round(after),
+        secondsToConnectAll: round(connectS),
+        secondsToAllConnectedAfterRestart: round((at - t1) / 1000),
+      }
+      log(`  ${k} ${n} idle devices: RSS ${idle.toFixed(0)} -> ${withN.toFixed(0)} MB, connected in ${connectS.toFixed(1)} s; after a restart all back in ${((at - t1) / 1000).toFixed(1)} s, RSS ${after.toFixed(0)} MB`)
+      await held.release()
+      await sut.close()
+    }
+    put(`idle_devices_${n}`, res, `gateway: ${n} registered devices logging in with their secrets (external listener, a scrypt check each per start); reference: anonymous connections; restart = SIGTERM and start again`)
+  }
+}
+
+/** The gateway after a kill -9 with `n` acknowledged messages buffered (the cloud back before the restart). */
+export async function killRecovery(cloud: Mosquitto, cloudUrl: string, hub: HubCounter, n: number, name: string, existing?: Sut): Promise<Record<string, unknown>> {
+  const sut = existing ?? (await startGateway(cloudUrl, 0, [], true, undefined, 10))
+  hub.reset()
+  await cloud.stop()
+  const load = await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 10, perPublisher: n / 10, window: 100, payloadBytes: 64, rate: 0, run: `k${n}`, productId: PRODUCT, auth: sut.auth }, undefined, 1_800_000)
+  const bytes = sut.storeBytes()
+  await sut.kill9()
+  await cloud.start()
+  const t0 = now()
+  await sut.restart()
+  const answered = now()
+  let healthy = NaN
+  while (now() - t0 < 1_800_000) {
+    const h = await sut.health!().catch(() => undefined)
+    if (h?.status === 'ok' && h.northbound?.connected) {
+      healthy = now()
+      break
+    }
+    await sleep(100)
+  }
+  await hub.waitFor(load.acked, 30_000, 1_800_000)
+  const r = {
+    acked: load.acked,
+    arrived: hub.ids.size,
+    storeBytes: bytes,
+    secondsToApiAnswering: round((answered - t0) / 1000),
+    secondsToHealthy: round((healthy - t0) / 1000),
+    secondsToFirstDelivery: round((hub.firstAt - t0) / 1000),
+    drainMsgPerS: round(hub.ids.size / Math.max(0.001, (hub.lastAt - hub.firstAt) / 1000)),
+  }
+  log(`  ${name}: ${JSON.stringify(r)}`)
+  scenarios[name] = { gateway: r, note: 'restart after kill -9 (quick_check of gateway.db after an unclean stop, then the outbox) to: API answering, health ok with the hub link connected, first message at the hub' }
+  if (!existing) await sut.close()
+  return r
+}
