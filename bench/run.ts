@@ -154,7 +154,7 @@ async function main(): Promise<void> {
   // BENCH_ONLY=broker-sessions: the cost of durable broker sessions alone (npm run bench:broker-sessions).
   // BENCH_ONLY=scale: only how cost grows (bench/scale.ts); add --full for the large sizes.
   if (ONLY === 'scale') {
-    await scaleScenarios(cloud, cloudUrl, cloudPort, hub)
+    await scaleScenarios(cloud, cloudUrl, cloudPort, hub, () => writeResults(started, machine))
     return finish(started, machine, hub, cloud)
   }
   if (ONLY === 'broker-sessions') {
@@ -359,7 +359,7 @@ async function finish(started: number, machine: Record<string, unknown>, hub: Hu
 }
 
 function writeResults(started: number, machine: Record<string, unknown>): void {
-  const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}${FULL ? '-full' : ''}`
+  const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}${FULL ? '-full' : ''}${process.env.BENCH_PARTS ? `-${process.env.BENCH_PARTS.replaceAll(',', '-')}` : ''}`
   const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, machine, scenarios }
   mkdirSync(path.join(root, 'bench', 'results'), { recursive: true })
   writeFileSync(path.join(root, 'bench', 'results', `${date}.json`), JSON.stringify(result, null, 2) + '\n')

@@ -43,16 +43,26 @@ function put(name: string, figures: Partial<Record<Kind, Figure | Record<string,
   log(`${name}: ${KINDS.filter((k) => figures[k]).map((k) => `${k} ${median(k)}`).join(', ')}`)
 }
 
-export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPort: number, hub: HubCounter): Promise<void> {
+/** `checkpoint`: writes the results so far (a long run that is stopped keeps what it measured). */
+export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPort: number, hub: HubCounter, checkpoint: () => void = () => {}): Promise<void> {
   const start = (k: Kind, registered = 1000): Promise<Sut> =>
     k === 'gateway' ? startGateway(cloudUrl, 0, [], true, undefined, registered) : startReference(cloudPort, k === 'referenceSaveEveryChange')
   const runs = FULL ? RUNS : 1
+  // BENCH_PARTS=recovery,idle (of publishers, backlog, recovery, idle): only those.
+  const parts = new Set(process.env.BENCH_PARTS?.split(',') ?? ['publishers', 'backlog', 'recovery', 'idle'])
+  if (parts.has('recovery')) {
+    // kill -9 with a large backlog: from the restart to the API answering, healthy, first delivery.
+    await killRecovery(cloud, cloudUrl, hub, Math.round(20_000 * SCALE), 'kill9_recovery_20k')
+    checkpoint()
+    if (FULL) await bigBacklogRecovery(cloud, cloudUrl, hub, Math.round(2_000_000 * SCALE), Math.round(20_000 * SCALE), 'kill9_recovery_2m')
+    checkpoint()
+  }
 
   // Throughput against the number of publishers (64 B, QoS 1, 100 in flight each).
   const publishers = process.env.BENCH_PUBLISHERS?.split(',').map(Number) ?? [1, 10, 100, 1000]
   const perCount = Math.max(1000, Math.round(20_000 * SCALE))
   const tp: Record<number, Partial<Record<Kind, number[]>>> = {}
-  for (const k of KINDS) {
+  for (const k of parts.has('publishers') ? KINDS : []) {
     const sut = await start(k)
     await sleep(1_000)
     for (const p of publishers) {
@@ -64,12 +74,13 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
     }
     await sut.close()
   }
-  for (const p of publishers) {
+  for (const p of parts.has('publishers') ? publishers : []) {
     put(`publishers_${p}_throughput`, Object.fromEntries(KINDS.map((k) => [k, figure(tp[p][k] ?? [], 'msg/s')])), `64 B, QoS 1, ${Math.max(perCount, p)} messages, ${p} publisher(s) with 100 in flight each; the gateway's publishers are registered devices`)
   }
+  checkpoint()
 
   // Backlogs: the cloud is down while 10 publishers send N messages; then it comes back.
-  const sizes = [Math.round(20_000 * SCALE)]
+  const sizes = parts.has('backlog') ? [Math.round(20_000 * SCALE)] : []
   for (const n of sizes) {
     const res: Partial<Record<Kind, Record<string, unknown>>> = {}
     // Saving on every change rewrites the whole database per queued message: only the smallest size.
@@ -100,14 +111,11 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
       await sut.close()
     }
     put(`backlog_${n >= 1e6 ? `${n / 1e6}m` : `${n / 1000}k`}_drain`, res, 'drain rate while draining; intake with the cloud down; disk bytes per message: growth of gateway.db+WAL / mosquitto.db over the intake (0: Mosquitto wrote nothing yet)')
+    checkpoint()
   }
 
-  // kill -9 with a large backlog: from the restart to the API answering, healthy, first delivery.
-  await killRecovery(cloud, cloudUrl, hub, Math.round(20_000 * SCALE), 'kill9_recovery_20k')
-  if (FULL) await bigBacklogRecovery(cloud, cloudUrl, hub, Math.round(2_000_000 * SCALE), Math.round(20_000 * SCALE), 'kill9_recovery_2m')
-
   // Authenticated idle devices: RSS, and how long until all are connected again after a restart.
-  for (const n of (process.env.BENCH_IDLE_DEVICES?.split(',').map(Number) ?? [1000, ...(FULL ? [5000, 10_000] : [])]).map((x) => Math.max(100, Math.round(x * Math.max(SCALE, 0.1))))) {
+  for (const n of (!parts.has('idle') ? [] : process.env.BENCH_IDLE_DEVICES?.split(',').map(Number) ?? [1000, ...(FULL ? [5000, 10_000] : [])]).map((x) => Math.max(100, Math.round(x * Math.max(SCALE, 0.1))))) {
     const res: Partial<Record<Kind, Record<string, unknown>>> = {}
     for (const k of ['gateway', 'reference'] as Kind[]) {
       const sut = await start(k, n)
@@ -137,6 +145,7 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
       await sut.close()
     }
     put(`idle_devices_${n}`, res, `gateway: ${n} registered devices logging in with their secrets (external listener, a scrypt check each per start); reference: anonymous connections; restart = SIGTERM and start again`)
+    checkpoint()
   }
 }
 
@@ -168,7 +177,8 @@ export async function bigBacklogRecovery(cloud: Mosquitto, cloudUrl: string, hub
   const copy = db.prepare(
     "INSERT INTO outbox (prio, device, kind, topic, payload, bytes, received_at) SELECT prio, device, kind, substr(topic, 1, length(topic) - 9) || printf('%09d', ? * 1000000 + id), payload, bytes, received_at FROM outbox WHERE id <= ? AND topic LIKE 'upload_data/%/bench/%'",
   )
-  for (let k = 1; (db.prepare("SELECT COUNT(*) AS c FROM outbox WHERE topic LIKE 'upload_data/%/bench/%'").get() as { c: number }).c < n; k++) db.transaction(() => copy.run(k, maxId))()
+  const seeded = (db.prepare("SELECT COUNT(*) AS c FROM outbox WHERE topic LIKE 'upload_data/%/bench/%'").get() as { c: number }).c
+  for (let k = 1; (k + 1) * seeded <= n; k++) db.transaction(() => copy.run(k, maxId))()
   const expected = (db.prepare("SELECT COUNT(*) AS c FROM outbox WHERE topic LIKE 'upload_data/%/bench/%'").get() as { c: number }).c
   db.close()
   const bytes = sut.storeBytes()
