@@ -72,6 +72,12 @@ export function percentile(sorted: number[], p: number): number {
 
 // --- processes -------------------------------------------------------------------------------
 
+const runningBrokers = new Set<ChildProcess>()
+/** For a run that fails: the Mosquitto processes it started are not left behind. */
+export function killBrokers(): void {
+  for (const c of runningBrokers) c.kill('SIGKILL')
+}
+
 export class Mosquitto {
   child?: ChildProcess
   readonly dir = mkdtempSync(path.join(os.tmpdir(), 'bench-mosq-'))
@@ -91,7 +97,9 @@ export class Mosquitto {
       ...this.extra,
     ]
     writeFileSync(path.join(this.dir, 'mosquitto.conf'), conf.join('\n') + '\n')
-    this.child = spawn(MOSQUITTO, ['-c', path.join(this.dir, 'mosquitto.conf')], { stdio: 'ignore' })
+    const child = (this.child = spawn(MOSQUITTO, ['-c', path.join(this.dir, 'mosquitto.conf')], { stdio: 'ignore' }))
+    runningBrokers.add(child)
+    child.once('exit', () => runningBrokers.delete(child))
     await waitForTcp(this.port, { timeoutMs: 10_000 })
   }
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {

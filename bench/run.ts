@@ -28,6 +28,7 @@ import {
   figure,
   filesBytes,
   holdIdle,
+  killBrokers,
   log,
   percentile,
   record,
@@ -403,6 +404,7 @@ main().then(
   () => process.exit(0),
   (err: Error) => {
     log(`failed: ${err.stack ?? err.message}`)
+    killBrokers()
     process.exit(1)
   },
 )
