@@ -29,13 +29,20 @@ interface IdleJob {
   subscribe?: string
   /** clean: false for persistent sessions (default true). */
   clean?: boolean
+  /** Log in as devices `${deviceIdPrefix}${i}` of `productId` (the gateway's external listener). */
+  auth?: { productId: string; secret: string; deviceIdPrefix: string }
+  /**
+   * Reconnect after the server goes away (every second, as MQTT.js does by default), and print
+   * {"all": n, "at": epoch ms} each time all n are connected again.
+   */
+  reconnect?: boolean
 }
 
 const job = JSON.parse(process.argv[2]) as PublishJob | IdleJob
 
 function connect(url: string, opts: mqtt.IClientOptions): Promise<MqttClient> {
   return new Promise((resolve, reject) => {
-    const c = mqtt.connect(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 180_000, ...opts })
+    const c = mqtt.connect(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 600_000, ...opts })
     c.once('connect', () => {
       ;(c.stream as import('node:net').Socket).setNoDelay?.(true)
       resolve(c)
@@ -109,12 +116,41 @@ async function idle(j: IdleJob): Promise<void> {
   // Open in batches: a listen backlog of 511 would refuse a burst of thousands.
   for (let i = 0; i < j.connections; i += 200) {
     const batch = await Promise.all(
-      Array.from({ length: Math.min(200, j.connections - i) }, (_, k) => connect(j.url, { clientId: `idle-${i + k}`, keepalive: 600, clean: j.clean ?? true })),
+      Array.from({ length: Math.min(200, j.connections - i) }, (_, k) =>
+        connect(j.url, {
+          clientId: `idle-${i + k}`,
+          keepalive: 600,
+          clean: j.clean ?? true,
+          ...(j.auth ? { username: `${j.auth.productId}/${j.auth.deviceIdPrefix}${i + k}`, password: j.auth.secret } : {}),
+        }),
+      ),
     )
     clients.push(...batch)
   }
   if (j.subscribe) await Promise.all(clients.map((c) => c.subscribeAsync(j.subscribe!, { qos: 1 })))
   process.stdout.write(JSON.stringify({ connected: clients.length }) + '\n')
+  if (j.reconnect) {
+    let up = clients.length
+    let dropped = false
+    for (const c of clients) {
+      c.options.reconnectPeriod = 1000
+      let isUp = true
+      c.on('close', () => {
+        if (isUp) up--
+        isUp = false
+        dropped = true
+      })
+      c.on('error', () => {}) // refused while the server restarts: MQTT.js retries
+      c.on('connect', () => {
+        if (!isUp) up++
+        isUp = true
+        if (up === clients.length && dropped) {
+          dropped = false
+          process.stdout.write(JSON.stringify({ all: up, at: Date.now() }) + '\n')
+        }
+      })
+    }
+  }
   process.stdin.resume()
   await new Promise((r) => process.stdin.once('end', r))
   await Promise.all(clients.map((c) => c.endAsync(true)))

@@ -1,312 +1,47 @@
 // npm run bench: the gateway against the usual alternative (Debian's Mosquitto as the edge broker,
 // persistence on, bridged to a Mosquitto playing the cloud), on the same machine in one invocation.
 // A benchmark, not a test: it asserts nothing about speed. It writes bench/results/<date>.json and
-// a markdown table (medians of several runs, gateway/reference ratios).
-import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+// a markdown table (medians of several runs, gateway/reference ratios). The harness is bench/harness.ts,
+// the scenarios of how cost grows bench/scale.ts.
+import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
-import mqtt, { type MqttClient } from 'mqtt'
-import { GatewayProcess } from '../test/helpers/gateway-process.js'
-import { freePort, waitForTcp } from '../test/helpers/ports.js'
+import mqtt from 'mqtt'
 import { metricValue } from '../test/helpers/metrics.js'
+import { freePort } from '../test/helpers/ports.js'
 import { ALL_MATCH_RULES, SITE_RULES } from './rule-sets.js'
-
-const root = fileURLToPath(new URL('..', import.meta.url))
-const RUNS = Number(process.env.BENCH_RUNS ?? 3)
-const HEAVY_RUNS = Number(process.env.BENCH_HEAVY_RUNS ?? 3)
-const SCALE = Number(process.env.BENCH_SCALE ?? 1) // < 1 for a quick smoke run
-// BENCH_ONLY=rules: only the cost of the local rules (npm run bench:rules)
-// BENCH_ONLY=core: only throughput, CPU, latency and the backlog drain against the reference (no
-// rules, history, memory, kill -9 or RPC scenarios): the durable path's figures, side by side
-const ONLY = process.env.BENCH_ONLY
-const MOSQUITTO = '/usr/sbin/mosquitto'
-const PRODUCT = 'bench'
-const SECRET = 'bench-secret'
-const CLK_TCK = 100
-// As deployed (npm start, the systemd unit): glibc returns scrypt's 16 MiB buffers to the system
-// instead of keeping them in the heap (docs/performance.md, "Memory").
-const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072' }
-
-type System = 'gateway' | 'reference'
-interface Figure {
-  median: number
-  min: number
-  max: number
-  runs: number
-  unit: string
-  values: number[]
-  note?: string
-}
-type Scenario = { gateway?: Figure | Record<string, unknown>; reference?: Figure | Record<string, unknown>; ratio?: number; note?: string }
-const scenarios: Record<string, Scenario> = {}
-const log = (s: string): void => void process.stderr.write(`[bench] ${s}\n`)
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-
-function figure(values: number[], unit: string, note?: string): Figure {
-  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
-  const median = v.length ? (v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2) : NaN
-  return { median: round(median), min: round(v[0] ?? NaN), max: round(v.at(-1) ?? NaN), runs: values.length, unit, values: values.map(round), ...(note ? { note } : {}) }
-}
-const round = (x: number): number => (Number.isFinite(x) ? Math.round(x * 100) / 100 : x)
-function record(name: string, gw: Figure, ref: Figure): void {
-  scenarios[name] = { gateway: gw, reference: ref, ratio: round(gw.median / ref.median) }
-  log(`${name}: gateway ${gw.median} ${gw.unit}, reference ${ref.median} ${ref.unit}`)
-}
-function percentile(sorted: number[], p: number): number {
-  if (!sorted.length) return NaN
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
-}
-
-// --- processes -------------------------------------------------------------------------------
-
-class Mosquitto {
-  child?: ChildProcess
-  readonly dir = mkdtempSync(path.join(os.tmpdir(), 'bench-mosq-'))
-  constructor(
-    readonly port: number,
-    private readonly extra: string[],
-  ) {}
-  async start(): Promise<void> {
-    const conf = [
-      `listener ${this.port} 127.0.0.1`,
-      'allow_anonymous true',
-      'persistence true',
-      `persistence_location ${this.dir}/`,
-      'max_queued_messages 0',
-      'set_tcp_nodelay true',
-      ...(process.getuid?.() === 0 ? ['user root'] : []),
-      ...this.extra,
-    ]
-    writeFileSync(path.join(this.dir, 'mosquitto.conf'), conf.join('\n') + '\n')
-    this.child = spawn(MOSQUITTO, ['-c', path.join(this.dir, 'mosquitto.conf')], { stdio: 'ignore' })
-    await waitForTcp(this.port, { timeoutMs: 10_000 })
-  }
-  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-    const c = this.child
-    if (!c || c.exitCode !== null) return
-    const exited = new Promise((r) => c.once('exit', r))
-    c.kill(signal)
-    await exited
-  }
-  get pid(): number | undefined {
-    return this.child?.pid
-  }
-  async close(): Promise<void> {
-    await this.stop()
-    rmSync(this.dir, { recursive: true, force: true })
-  }
-}
-
-function cpuSeconds(pid: number | undefined): number {
-  if (!pid) return NaN
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK
-}
-function rssMb(pid: number | undefined): number {
-  if (!pid) return NaN
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
-  return m ? Number(m[1]) / 1024 : NaN
-}
-
-/** The cloud side: a persistent QoS 1 subscriber that records MessageIds and arrival times. */
-class HubCounter {
-  client?: MqttClient
-  ids = new Set<string>()
-  arrivals = 0
-  firstAt = 0
-  lastAt = 0
-  latencies: number[] = []
-  constructor(private readonly url: string) {}
-  async connect(): Promise<void> {
-    this.client = await mqtt.connectAsync(this.url, { protocolVersion: 4, clientId: 'bench-hub', clean: false, reconnectPeriod: 200 })
-    ;(this.client.stream as import('node:net').Socket).setNoDelay?.(true)
-    this.client.on('connect', () => (this.client!.stream as import('node:net').Socket).setNoDelay?.(true))
-    this.client.on('message', (topic, payload) => {
-      // Only the load's own messages (DataType `bench`), not the gateway's $connection/status.
-      if (topic.split('/')[3] !== 'bench') return
-      const now = performance.timeOrigin + performance.now()
-      this.arrivals++
-      if (!this.firstAt) this.firstAt = now
-      this.lastAt = now
-      this.ids.add(topic.slice(topic.lastIndexOf('/') + 1))
-      if (payload[0] === 0x7b) {
-        const hr = (JSON.parse(payload.toString()) as { hr?: number }).hr
-        if (hr) this.latencies.push(now - hr)
-      }
-    })
-    await this.client.subscribeAsync('upload_data/#', { qos: 1 })
-  }
-  reset(): void {
-    this.ids.clear()
-    this.arrivals = 0
-    this.firstAt = this.lastAt = 0
-    this.latencies = []
-  }
-  /** Wait until `n` distinct ids arrived, or nothing new arrived for `quietMs`; never hangs. */
-  async waitFor(n: number, quietMs = 10_000, maxMs = 180_000): Promise<boolean> {
-    const until = Date.now() + maxMs
-    let last = this.arrivals
-    let lastChange = Date.now()
-    while (this.ids.size < n) {
-      if (Date.now() > until) return false
-      if (this.arrivals !== last) {
-        last = this.arrivals
-        lastChange = Date.now()
-      } else if (Date.now() - lastChange > quietMs) return false
-      await sleep(20)
-    }
-    return true
-  }
-  async close(): Promise<void> {
-    await this.client?.endAsync()
-  }
-}
-
-interface LoadResult {
-  acked: number
-  seconds: number
-  startedAt: number
-}
-/** `connected`: called once every publisher is connected and authenticated, before the first publish. */
-function runLoad(job: object, connected?: () => void): Promise<LoadResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify(job)], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
-    let out = ''
-    const startedAt = performance.timeOrigin + performance.now()
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString()
-      if (connected && out.includes('"connected"')) {
-        connected()
-        connected = undefined
-      }
-    })
-    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000)
-    child.on('exit', (code) => {
-      clearTimeout(timer)
-      const line = out.trim().split('\n').pop()
-      if (code !== 0 || !line) return reject(new Error(`load worker exited ${code}: ${out}`))
-      resolve({ ...(JSON.parse(line) as { acked: number; seconds: number }), startedAt })
-    })
-  })
-}
-
-/** Idle connections held by a worker until we close its stdin. */
-async function holdIdle(url: string, connections: number, opts: { subscribe?: string; clean?: boolean } = {}): Promise<() => Promise<void>> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify({ kind: 'idle', url, connections, ...opts })], {
-    cwd: root,
-    stdio: ['pipe', 'pipe', 'inherit'],
-  })
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.once('data', () => resolve())
-    child.once('exit', (c) => reject(new Error(`idle worker exited ${c}`)))
-  })
-  return async () => {
-    const exited = new Promise((r) => child.once('exit', r))
-    child.stdin.end()
-    await exited
-  }
-}
-
-// --- systems under test ------------------------------------------------------------------------
-
-interface Sut {
-  system: System
-  deviceUrl: string
-  /** URL for idle connections (memory scenario): gateway internal listener, reference anonymous. */
-  idleUrl: string
-  pid(): number | undefined
-  auth?: { productId: string; secret: string; deviceIdPrefix: string }
-  /** The gateway's /metrics text (the reference has none). */
-  metrics?: () => Promise<string>
-  dataDir?: string
-  kill9(): Promise<void>
-  restart(): Promise<void>
-  close(): Promise<void>
-  /** Gateway: seconds its rules spent evaluating since the start (GET /api/rules). */
-  rulesEvalSeconds?: () => Promise<number>
-}
-
-async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory'): Promise<Sut> {
-  const gw = new GatewayProcess({
-    gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
-    ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
-    rules,
-    northbound: { url: cloudUrl, inflight: 100 },
-    store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
-    devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
-    log: { level: 'warn' },
-  }, { env: GATEWAY_ENV })
-  await gw.start(120_000)
-  return {
-    system: 'gateway',
-    deviceUrl: gw.externalUrl,
-    idleUrl: gw.internalUrl,
-    pid: () => gw.pid,
-    auth: { productId: PRODUCT, secret: SECRET, deviceIdPrefix: 'd' },
-    metrics: async () => (await gw.api<string>('GET', '/metrics')).body,
-    dataDir: gw.dataDir,
-    kill9: () => gw.kill9(),
-    restart: () => gw.restart(120_000),
-    close: () => gw.close(),
-    rulesEvalSeconds: async () => ((await gw.api<{ rules: { evalSeconds: number }[] }>('GET', '/api/rules')).body.rules ?? []).reduce((t, r) => t + r.evalSeconds, 0),
-  }
-}
-
-async function startReference(cloudPort: number): Promise<Sut> {
-  const port = await freePort()
-  // The usual alternative: an edge Mosquitto with persistence, bridged to the cloud with QoS 1,
-  // queued messages unlimited; its default autosave settings (what a site would run).
-  const edge = new Mosquitto(port, [
-    'max_inflight_messages 100',
-    'connection cloud',
-    `address 127.0.0.1:${cloudPort}`,
-    'topic upload_data/# out 1',
-    'cleansession false',
-    'clientid bench-edge-bridge',
-    'restart_timeout 1 1',
-  ])
-  await edge.start()
-  return {
-    system: 'reference',
-    deviceUrl: `mqtt://127.0.0.1:${port}`,
-    idleUrl: `mqtt://127.0.0.1:${port}`,
-    pid: () => edge.pid,
-    kill9: () => edge.stop('SIGKILL'),
-    restart: () => edge.start(),
-    close: () => edge.close(),
-  }
-}
-
-// --- scenarios ---------------------------------------------------------------------------------
-
-async function throughput(sut: Sut, hub: HubCounter, publishers: number, payloadBytes: number, total: number, run: string, body: 'fill' | 'telemetry' = 'fill') {
-  hub.reset()
-  // From the first publish: the publishers' logins (a scrypt each) are not the messages' cost.
-  let cpu0 = cpuSeconds(sut.pid())
-  const load = await runLoad({
-    kind: 'publish',
-    url: sut.deviceUrl,
-    publishers,
-    perPublisher: Math.floor(total / publishers),
-    window: 100,
-    payloadBytes,
-    rate: 0,
-    run,
-    body,
-    productId: PRODUCT,
-    auth: sut.auth,
-  }, () => (cpu0 = cpuSeconds(sut.pid())))
-  const expected = Math.floor(total / publishers) * publishers
-  const all = await hub.waitFor(expected)
-  const cpu = cpuSeconds(sut.pid()) - cpu0
-  // Durable end to end: the longer of "publishing until every PUBACK" and "first to last arrival
-  // at the hub".
-  const rate = expected / Math.max(load.seconds, (hub.lastAt - hub.firstAt) / 1000)
-  if (!all) log(`  ${sut.system}: only ${hub.ids.size}/${expected} arrived (undelivered, reported as such)`)
-  return { rate: all ? rate : NaN, cpuPer10k: (cpu / expected) * 10_000, arrived: hub.ids.size, expected }
-}
+import { scaleScenarios } from './scale.js'
+import {
+  FULL,
+  type Figure,
+  HEAVY_RUNS,
+  HubCounter,
+  Mosquitto,
+  ONLY,
+  PRODUCT,
+  RUNS,
+  SCALE,
+  SECRET,
+  type Scenario,
+  type Sut,
+  type System,
+  figure,
+  filesBytes,
+  holdIdle,
+  killBrokers,
+  log,
+  percentile,
+  record,
+  root,
+  round,
+  rssMb,
+  runLoad,
+  scenarios,
+  sleep,
+  startGateway,
+  startReference,
+  throughput,
+} from './harness.js'
 
 /**
  * What the local history costs the durable path: the same telemetry load (JSON with five leaves
@@ -331,7 +66,7 @@ async function historyCost(cloudUrl: string, hub: HubCounter): Promise<void> {
         const text = await sut.metrics!()
         const samples = metricValue(text, 'iothub_edge_history_samples_total')
         const used = metricValue(text, 'iothub_edge_history_bytes')
-        const file = ['history.db', 'history.db-wal'].reduce((a, f) => a + (existsSync(path.join(sut.dataDir!, f)) ? statSync(path.join(sut.dataDir!, f)).size : 0), 0)
+        const file = filesBytes(sut.dataDir, ['history.db', 'history.db-wal'])
         if (samples > 0) {
           perSample.push(used / samples)
           filePerSample.push(file / samples)
@@ -372,7 +107,7 @@ async function brokerSessionsCost(cloudUrl: string, hub: HubCounter): Promise<vo
         const key = `${load}_${mode}`
         ;(rate[key] ??= []).push(res.rate)
         ;(cpu[key] ??= []).push(res.cpuPer10k)
-        const db = ['broker.db', 'broker.db-wal'].reduce((a, f) => a + (existsSync(path.join(sut.dataDir!, f)) ? statSync(path.join(sut.dataDir!, f)).size : 0), 0)
+        const db = filesBytes(sut.dataDir, ['broker.db', 'broker.db-wal'])
         log(`  broker sessions ${mode}, ${load}: ${Math.round(res.rate)} msg/s durable, ${res.cpuPer10k.toFixed(2)} CPU s per 10k, broker.db+WAL ${db} B`)
         await release?.()
         await sut.close()
@@ -418,10 +153,17 @@ async function main(): Promise<void> {
   // Throughput on a shared machine is noisy; the CPU the gateway process used per message, and the
   // time the rules themselves took (their own evalSeconds), are steadier.
   // BENCH_ONLY=broker-sessions: the cost of durable broker sessions alone (npm run bench:broker-sessions).
+  // BENCH_ONLY=scale: only how cost grows (bench/scale.ts); add --full for the large sizes.
+  if (ONLY === 'scale') {
+    await scaleScenarios(cloud, cloudUrl, cloudPort, hub, () => writeResults(started, machine))
+    return finish(started, machine, hub, cloud)
+  }
   if (ONLY === 'broker-sessions') {
     await brokerSessionsCost(cloudUrl, hub)
     return finish(started, machine, hub, cloud)
   }
+  // BENCH_ONLY=core: only throughput, CPU, latency and the backlog drain against the reference (no
+  // rules, history, memory, kill -9, scale or RPC scenarios): the durable path's figures, side by side.
   if (ONLY !== 'history' && ONLY !== 'core') {
     const variants = { none: [], site: SITE_RULES, allMatch: ALL_MATCH_RULES } as const
     type Variant = keyof typeof variants
@@ -451,6 +193,7 @@ async function main(): Promise<void> {
   if (ONLY === 'rules') return finish(started, machine, hub, cloud)
   if (!ONLY || ONLY === 'history') await historyCost(cloudUrl, hub)
   if (!ONLY) await brokerSessionsCost(cloudUrl, hub)
+  if (!ONLY) await scaleScenarios(cloud, cloudUrl, cloudPort, hub)
   // BENCH_ONLY=history: this scenario alone (it compares the gateway with itself).
   if (ONLY === 'history') return finish(started, machine, hub, cloud)
 
@@ -517,9 +260,9 @@ async function main(): Promise<void> {
   record('rss_per_1k', figure(per1k.gateway, 'MB'), figure(per1k.reference, 'MB'))
 
   // Backlog and crash: the cloud goes away while devices keep publishing.
-  const drain: Record<System, { rate: number[]; total: number[]; arrived: number; expected: number }> = {
-    gateway: { rate: [], total: [], arrived: 0, expected: 0 },
-    reference: { rate: [], total: [], arrived: 0, expected: 0 },
+  const drain: Record<System, { rate: number[]; total: number[]; arrived: number; expected: number; bytes: number[] }> = {
+    gateway: { rate: [], total: [], arrived: 0, expected: 0, bytes: [] },
+    reference: { rate: [], total: [], arrived: 0, expected: 0, bytes: [] },
   }
   const kill: Record<System, { acked: number; arrived: number }> = { gateway: { acked: 0, arrived: 0 }, reference: { acked: 0, arrived: 0 } }
   for (const system of ['gateway', 'reference'] as System[]) {
@@ -529,8 +272,10 @@ async function main(): Promise<void> {
       hub.reset()
       await cloud.stop()
       const n = Math.round(200_000 * SCALE)
+      const bytes0 = sut.storeBytes()
       const load = await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 10, perPublisher: n / 10, window: 100, payloadBytes: 64, rate: 0, run: `b${r}`, productId: PRODUCT, auth: sut.auth })
       log(`  ${system} backlog: ${load.acked} acknowledged in ${load.seconds.toFixed(1)} s with the cloud down`)
+      const bytesNow = sut.storeBytes()
       const back = performance.timeOrigin + performance.now()
       await cloud.start()
       await hub.waitFor(n, 15_000, 240_000)
@@ -538,6 +283,7 @@ async function main(): Promise<void> {
       drain[system].total.push((hub.lastAt - back) / 1000)
       drain[system].arrived = hub.ids.size
       drain[system].expected = load.acked
+      drain[system].bytes.push((bytesNow - bytes0) / load.acked)
       log(`  ${system} drain: ${hub.ids.size}/${load.acked} arrived, ${Math.round(drain[system].rate.at(-1)!)} msg/s while draining, ${drain[system].total.at(-1)!.toFixed(1)} s after the cloud came back`)
       await sut.close()
     }
@@ -558,8 +304,8 @@ async function main(): Promise<void> {
     await sut.close()
   }
   scenarios.drain_200k = {
-    gateway: { ...figure(drain.gateway.rate, 'msg/s'), arrived: drain.gateway.arrived, expected: drain.gateway.expected, secondsAfterCloudBack: figure(drain.gateway.total, 's') },
-    reference: { ...figure(drain.reference.rate, 'msg/s'), arrived: drain.reference.arrived, expected: drain.reference.expected, secondsAfterCloudBack: figure(drain.reference.total, 's') },
+    gateway: { ...figure(drain.gateway.rate, 'msg/s'), arrived: drain.gateway.arrived, expected: drain.gateway.expected, secondsAfterCloudBack: figure(drain.gateway.total, 's'), diskBytesPerMessage: figure(drain.gateway.bytes, 'B').median },
+    reference: { ...figure(drain.reference.rate, 'msg/s'), arrived: drain.reference.arrived, expected: drain.reference.expected, secondsAfterCloudBack: figure(drain.reference.total, 's'), diskBytesPerMessage: figure(drain.reference.bytes, 'B').median },
     ratio: round(figure(drain.gateway.rate, '').median / figure(drain.reference.rate, '').median),
   }
   if (ONLY === 'core') return finish(started, machine, hub, cloud)
@@ -618,7 +364,7 @@ async function finish(started: number, machine: Record<string, unknown>, hub: Hu
 }
 
 function writeResults(started: number, machine: Record<string, unknown>): void {
-  const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}`
+  const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}${FULL ? '-full' : ''}${process.env.BENCH_PARTS ? `-${process.env.BENCH_PARTS.replaceAll(',', '-')}` : ''}`
   const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, machine, scenarios }
   mkdirSync(path.join(root, 'bench', 'results'), { recursive: true })
   writeFileSync(path.join(root, 'bench', 'results', `${date}.json`), JSON.stringify(result, null, 2) + '\n')
@@ -647,7 +393,10 @@ function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<st
       .map(([k, v]) => `${k} ${String(v)}`)
       .join(', ')
   }
-  for (const [name, s] of Object.entries(r.scenarios)) lines.push(`| ${name} | ${cell(s.gateway)} | ${cell(s.reference)} | ${s.ratio ?? ''} |`)
+  for (const [name, s] of Object.entries(r.scenarios)) {
+    lines.push(`| ${name} | ${cell(s.gateway)} | ${cell(s.reference)} | ${s.ratio ?? ''} |`)
+    if (s.referenceSaveEveryChange) lines.push(`| ${name}, reference saving on every change | | ${cell(s.referenceSaveEveryChange)} | ${s.ratioSaveEveryChange ?? ''} |`)
+  }
   lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.')
   if (Object.keys(r.scenarios).some((k) => k.startsWith('rules_'))) lines.push('For rules_*: gateway = the gateway with the rules of bench/rule-sets.ts, reference = the same gateway without rules.')
   if (Object.keys(r.scenarios).some((k) => k.startsWith('broker_sessions_'))) lines.push('For broker_sessions_*: gateway = broker.persistence sqlite (broker.db), reference = the same gateway with broker.persistence memory.')
@@ -659,6 +408,7 @@ main().then(
   () => process.exit(0),
   (err: Error) => {
     log(`failed: ${err.stack ?? err.message}`)
+    killBrokers()
     process.exit(1)
   },
 )

@@ -6,7 +6,6 @@ import { X509Certificate, createPrivateKey } from 'node:crypto'
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import selfsigned from 'selfsigned'
 import { ErrorCodes, StartError } from '../core/errors.js'
 
 export const TLS_KEY_FILE = 'ui-tls-key.pem'
@@ -43,6 +42,8 @@ export async function loadServerTls(cfg: HttpTlsConfig | undefined, dataDir: str
   }
   let made: { private: string; cert: string }
   try {
+    // Loaded only here (about 1 MB of heap with its ASN.1 and PKI code): most starts reuse the pair.
+    const { default: selfsigned } = await import('selfsigned')
     made = await selfsigned.generate([{ name: 'commonName', value: `iothub-edge ${os.hostname()}` }], {
       keyType: 'ec',
       curve: 'P-256',

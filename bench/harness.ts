@@ -1,0 +1,404 @@
+// The benchmark's harness (npm run bench, bench/run.ts; bench/scale.ts): the gateway against the usual alternative (Debian's Mosquitto as the edge broker,
+// persistence on, bridged to a Mosquitto playing the cloud), on the same machine in one invocation.
+// A benchmark, not a test: it asserts nothing about speed. It writes bench/results/<date>.json and
+// a markdown table (medians of several runs, gateway/reference ratios).
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import mqtt, { type MqttClient } from 'mqtt'
+import Database from 'better-sqlite3'
+import { GatewayProcess } from '../test/helpers/gateway-process.js'
+import { hashSecret } from '../src/store/devices.js'
+import { freePort, waitForTcp } from '../test/helpers/ports.js'
+
+export const root = fileURLToPath(new URL('..', import.meta.url))
+export const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+export const HEAVY_RUNS = Number(process.env.BENCH_HEAVY_RUNS ?? 3)
+export const SCALE = Number(process.env.BENCH_SCALE ?? 1) // < 1 for a quick smoke run
+// BENCH_ONLY=rules: only the cost of the local rules (npm run bench:rules)
+export const ONLY = process.env.BENCH_ONLY
+export const MOSQUITTO = '/usr/sbin/mosquitto'
+export const PRODUCT = 'bench'
+export const SECRET = 'bench-secret'
+export const CLK_TCK = 100
+// As bin/iothub-edge.js starts it on a Node.js with process.execve (>= 22.15): glibc returns
+// scrypt's 16 MiB buffers to the system, two malloc arenas, a 2 MiB V8 semi-space (docs/performance.md,
+// "Memory"). Given here too, so that the Node.js this runs on does not change the figures.
+export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=2', IOTHUB_EDGE_TUNED: '1' }
+
+export type System = 'gateway' | 'reference'
+/** The reference with its persistence saving on every change (autosave_on_changes true, autosave_interval 1). */
+export type Reference = 'reference' | 'referenceSaveEveryChange'
+// --full (npm run bench -- --full) or BENCH_FULL=1: the large sizes of bench/scale.ts too.
+export const FULL = process.argv.includes('--full') || process.env.BENCH_FULL === '1'
+export interface Figure {
+  median: number
+  min: number
+  max: number
+  runs: number
+  unit: string
+  values: number[]
+  note?: string
+}
+export type Scenario = {
+  gateway?: Figure | Record<string, unknown>
+  reference?: Figure | Record<string, unknown>
+  /** bench/scale.ts: the reference with persistence saving on every change. */
+  referenceSaveEveryChange?: Figure | Record<string, unknown>
+  ratio?: number
+  ratioSaveEveryChange?: number
+  note?: string
+}
+export const scenarios: Record<string, Scenario> = {}
+export const log = (s: string): void => void process.stderr.write(`[bench] ${s}\n`)
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+export function figure(values: number[], unit: string, note?: string): Figure {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
+  const median = v.length ? (v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2) : NaN
+  return { median: round(median), min: round(v[0] ?? NaN), max: round(v.at(-1) ?? NaN), runs: values.length, unit, values: values.map(round), ...(note ? { note } : {}) }
+}
+export const round = (x: number): number => (Number.isFinite(x) ? Math.round(x * 100) / 100 : x)
+export function record(name: string, gw: Figure, ref: Figure): void {
+  scenarios[name] = { gateway: gw, reference: ref, ratio: round(gw.median / ref.median) }
+  log(`${name}: gateway ${gw.median} ${gw.unit}, reference ${ref.median} ${ref.unit}`)
+}
+export function percentile(sorted: number[], p: number): number {
+  if (!sorted.length) return NaN
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+}
+
+// --- processes -------------------------------------------------------------------------------
+
+const runningBrokers = new Set<ChildProcess>()
+/** For a run that fails: the Mosquitto processes it started are not left behind. */
+export function killBrokers(): void {
+  for (const c of runningBrokers) c.kill('SIGKILL')
+}
+
+export class Mosquitto {
+  child?: ChildProcess
+  readonly dir = mkdtempSync(path.join(os.tmpdir(), 'bench-mosq-'))
+  constructor(
+    readonly port: number,
+    private readonly extra: string[],
+  ) {}
+  async start(): Promise<void> {
+    const conf = [
+      `listener ${this.port} 127.0.0.1`,
+      'allow_anonymous true',
+      'persistence true',
+      `persistence_location ${this.dir}/`,
+      'max_queued_messages 0',
+      'set_tcp_nodelay true',
+      ...(process.getuid?.() === 0 ? ['user root'] : []),
+      ...this.extra,
+    ]
+    writeFileSync(path.join(this.dir, 'mosquitto.conf'), conf.join('\n') + '\n')
+    const child = (this.child = spawn(MOSQUITTO, ['-c', path.join(this.dir, 'mosquitto.conf')], { stdio: 'ignore' }))
+    runningBrokers.add(child)
+    child.once('exit', () => runningBrokers.delete(child))
+    await waitForTcp(this.port, { timeoutMs: 10_000 })
+  }
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const c = this.child
+    if (!c || c.exitCode !== null) return
+    const exited = new Promise((r) => c.once('exit', r))
+    c.kill(signal)
+    await exited
+  }
+  get pid(): number | undefined {
+    return this.child?.pid
+  }
+  async close(): Promise<void> {
+    await this.stop()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+export function cpuSeconds(pid: number | undefined): number {
+  if (!pid) return NaN
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK
+}
+export function rssMb(pid: number | undefined): number {
+  if (!pid) return NaN
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return m ? Number(m[1]) / 1024 : NaN
+}
+
+/** The cloud side: a persistent QoS 1 subscriber that records MessageIds and arrival times. */
+export class HubCounter {
+  client?: MqttClient
+  ids = new Set<string>()
+  arrivals = 0
+  firstAt = 0
+  lastAt = 0
+  latencies: number[] = []
+  constructor(private readonly url: string) {}
+  async connect(): Promise<void> {
+    this.client = await mqtt.connectAsync(this.url, { protocolVersion: 4, clientId: 'bench-hub', clean: false, reconnectPeriod: 200 })
+    ;(this.client.stream as import('node:net').Socket).setNoDelay?.(true)
+    this.client.on('connect', () => (this.client!.stream as import('node:net').Socket).setNoDelay?.(true))
+    this.client.on('message', (topic, payload) => {
+      // Only the load's own messages (DataType `bench`), not the gateway's $connection/status.
+      if (topic.split('/')[3] !== 'bench') return
+      const now = performance.timeOrigin + performance.now()
+      this.arrivals++
+      if (!this.firstAt) this.firstAt = now
+      this.lastAt = now
+      this.ids.add(topic.slice(topic.lastIndexOf('/') + 1))
+      if (payload[0] === 0x7b) {
+        const hr = (JSON.parse(payload.toString()) as { hr?: number }).hr
+        if (hr) this.latencies.push(now - hr)
+      }
+    })
+    await this.client.subscribeAsync('upload_data/#', { qos: 1 })
+  }
+  reset(): void {
+    this.ids.clear()
+    this.arrivals = 0
+    this.firstAt = this.lastAt = 0
+    this.latencies = []
+  }
+  /** Wait until `n` distinct ids arrived, or nothing new arrived for `quietMs`; never hangs. */
+  async waitFor(n: number, quietMs = 10_000, maxMs = 180_000): Promise<boolean> {
+    const until = Date.now() + maxMs
+    let last = this.arrivals
+    let lastChange = Date.now()
+    while (this.ids.size < n) {
+      if (Date.now() > until) return false
+      if (this.arrivals !== last) {
+        last = this.arrivals
+        lastChange = Date.now()
+      } else if (Date.now() - lastChange > quietMs) return false
+      await sleep(20)
+    }
+    return true
+  }
+  async close(): Promise<void> {
+    await this.client?.endAsync()
+  }
+}
+
+export interface LoadResult {
+  acked: number
+  seconds: number
+  startedAt: number
+}
+/** `connected`: called once every publisher is connected and authenticated, before the first publish. */
+export function runLoad(job: object, connected?: () => void, timeoutMs = 1_200_000): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify(job)], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    const startedAt = performance.timeOrigin + performance.now()
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+      if (connected && out.includes('"connected"')) {
+        connected()
+        connected = undefined
+      }
+    })
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+    child.on('exit', (code) => {
+      clearTimeout(timer)
+      const line = out.trim().split('\n').pop()
+      if (code !== 0 || !line) return reject(new Error(`load worker exited ${code}: ${out}`))
+      resolve({ ...(JSON.parse(line) as { acked: number; seconds: number }), startedAt })
+    })
+  })
+}
+
+/** Idle connections held by a worker until we close its stdin. */
+/** Idle connections held by a worker that reconnects them: resolves when all are connected again. */
+export async function holdReconnecting(url: string, connections: number, auth?: Sut['auth']): Promise<{ allConnectedAgain(timeoutMs: number): Promise<number>; release(): Promise<void> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify({ kind: 'idle', url, connections, auth, reconnect: true })], {
+    cwd: root,
+    stdio: ['pipe', 'pipe', 'inherit'],
+  })
+  const waiters: ((at: number) => void)[] = []
+  let buf = ''
+  let first: () => void = () => {}
+  const connected = new Promise<void>((resolve, reject) => {
+    first = resolve
+    child.once('exit', (c) => reject(new Error(`idle worker exited ${c}`)))
+  })
+  child.stdout.on('data', (d: Buffer) => {
+    buf += d.toString()
+    let nl
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const msg = JSON.parse(buf.slice(0, nl)) as { connected?: number; at?: number }
+      buf = buf.slice(nl + 1)
+      if (msg.connected !== undefined) first()
+      if (msg.at !== undefined) waiters.shift()?.(msg.at)
+    }
+  })
+  await connected
+  return {
+    allConnectedAgain: (timeoutMs) =>
+      new Promise((resolve) => {
+        const timer = setTimeout(() => resolve(NaN), timeoutMs)
+        waiters.push((at) => {
+          clearTimeout(timer)
+          resolve(at)
+        })
+      }),
+    release: async () => {
+      const exited = new Promise((r) => child.once('exit', r))
+      child.stdin.end()
+      await exited
+    },
+  }
+}
+
+export async function holdIdle(url: string, connections: number, opts: { subscribe?: string; clean?: boolean; auth?: Sut['auth'] } = {}): Promise<() => Promise<void>> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench', 'load.ts'), JSON.stringify({ kind: 'idle', url, connections, ...opts })], {
+    cwd: root,
+    stdio: ['pipe', 'pipe', 'inherit'],
+  })
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.once('data', () => resolve())
+    child.once('exit', (c) => reject(new Error(`idle worker exited ${c}`)))
+  })
+  return async () => {
+    const exited = new Promise((r) => child.once('exit', r))
+    child.stdin.end()
+    await exited
+  }
+}
+
+// --- systems under test ------------------------------------------------------------------------
+
+export interface Sut {
+  system: System
+  deviceUrl: string
+  /** URL for idle connections (memory scenario): gateway internal listener, reference anonymous. */
+  idleUrl: string
+  pid(): number | undefined
+  auth?: { productId: string; secret: string; deviceIdPrefix: string }
+  /** The gateway's /metrics text (the reference has none). */
+  metrics?: () => Promise<string>
+  dataDir?: string
+  /** Bytes of the files that hold its buffered messages (gateway.db and WAL; mosquitto.db). */
+  storeBytes(): number
+  /** Gateway: GET /api/health. */
+  health?: () => Promise<{ status: string; northbound?: { connected: boolean } }>
+  kill9(): Promise<void>
+  restart(): Promise<void>
+  close(): Promise<void>
+  /** Gateway: seconds its rules spent evaluating since the start (GET /api/rules). */
+  rulesEvalSeconds?: () => Promise<number>
+}
+
+export const filesBytes = (dir: string | undefined, files: string[]): number =>
+  dir ? files.reduce((a, f) => a + (existsSync(path.join(dir, f)) ? statSync(path.join(dir, f)).size : 0), 0) : NaN
+
+/**
+ * `registered`: devices d0..d(n-1) written straight into gateway.db with one scrypt hash (the same
+ * secret and salt for all) before the start, instead of seeded from the config (a scrypt each at
+ * start): for 1,000-10,000 devices. Each still costs a scrypt at its first login after a start.
+ */
+export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0): Promise<Sut> {
+  const gw = new GatewayProcess({
+    gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
+    ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
+    rules,
+    northbound: { url: cloudUrl, inflight: 100 },
+    store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
+    devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
+    log: { level: 'warn' },
+  }, { env: GATEWAY_ENV })
+  if (registered > 0) {
+    await gw.start(120_000)
+    await gw.stop()
+    const hash = await hashSecret(SECRET)
+    const db = new Database(path.join(gw.dataDir, 'gateway.db'))
+    const now = Date.now()
+    const insert = db.prepare('INSERT OR IGNORE INTO devices (product_id, device_id, secret_hash, created_at, updated_at, changed_by_api) VALUES (?, ?, ?, ?, ?, 1)')
+    db.transaction(() => {
+      for (let i = 0; i < registered; i++) insert.run(PRODUCT, `d${i}`, hash, now, now)
+    })()
+    db.close()
+  }
+  await gw.start(300_000)
+  return {
+    system: 'gateway',
+    deviceUrl: gw.externalUrl,
+    idleUrl: gw.internalUrl,
+    pid: () => gw.pid,
+    auth: { productId: PRODUCT, secret: SECRET, deviceIdPrefix: 'd' },
+    metrics: async () => (await gw.api<string>('GET', '/metrics')).body,
+    dataDir: gw.dataDir,
+    storeBytes: () => filesBytes(gw.dataDir, ['gateway.db', 'gateway.db-wal']),
+    health: async () => (await gw.api<{ status: string; northbound?: { connected: boolean } }>('GET', '/api/health')).body,
+    kill9: () => gw.kill9(),
+    restart: () => gw.restart(600_000),
+    close: () => gw.close(),
+    rulesEvalSeconds: async () => ((await gw.api<{ rules: { evalSeconds: number }[] }>('GET', '/api/rules')).body.rules ?? []).reduce((t, r) => t + r.evalSeconds, 0),
+  }
+}
+
+export async function startReference(cloudPort: number, saveEveryChange = false): Promise<Sut> {
+  const port = await freePort()
+  // The usual alternative: an edge Mosquitto with persistence, bridged to the cloud with QoS 1,
+  // queued messages unlimited; its default autosave settings (what a site would run), or, with
+  // `saveEveryChange`, Mosquitto 2's closest thing to durable: autosave_on_changes makes
+  // autosave_interval a count of changes (subscriptions, retained and queued messages) instead of
+  // seconds, so with 1 it writes its whole in-memory database after every change.
+  const edge = new Mosquitto(port, [
+    ...(saveEveryChange ? ['autosave_on_changes true', 'autosave_interval 1'] : []),
+    'max_inflight_messages 100',
+    'connection cloud',
+    `address 127.0.0.1:${cloudPort}`,
+    'topic upload_data/# out 1',
+    'cleansession false',
+    'clientid bench-edge-bridge',
+    'restart_timeout 1 1',
+  ])
+  await edge.start()
+  return {
+    system: 'reference',
+    deviceUrl: `mqtt://127.0.0.1:${port}`,
+    idleUrl: `mqtt://127.0.0.1:${port}`,
+    pid: () => edge.pid,
+    dataDir: edge.dir,
+    storeBytes: () => filesBytes(edge.dir, ['mosquitto.db']),
+    kill9: () => edge.stop('SIGKILL'),
+    restart: async () => {
+      await edge.stop()
+      await edge.start()
+    },
+    close: () => edge.close(),
+  }
+}
+
+// --- scenarios ---------------------------------------------------------------------------------
+
+export async function throughput(sut: Sut, hub: HubCounter, publishers: number, payloadBytes: number, total: number, run: string, body: 'fill' | 'telemetry' = 'fill') {
+  hub.reset()
+  // From the first publish: the publishers' logins (a scrypt each) are not the messages' cost.
+  let cpu0 = cpuSeconds(sut.pid())
+  const load = await runLoad({
+    kind: 'publish',
+    url: sut.deviceUrl,
+    publishers,
+    perPublisher: Math.floor(total / publishers),
+    window: 100,
+    payloadBytes,
+    rate: 0,
+    run,
+    body,
+    productId: PRODUCT,
+    auth: sut.auth,
+  }, () => (cpu0 = cpuSeconds(sut.pid())))
+  const expected = Math.floor(total / publishers) * publishers
+  const all = await hub.waitFor(expected)
+  const cpu = cpuSeconds(sut.pid()) - cpu0
+  // Durable end to end: the longer of "publishing until every PUBACK" and "first to last arrival
+  // at the hub".
+  const rate = expected / Math.max(load.seconds, (hub.lastAt - hub.firstAt) / 1000)
+  if (!all) log(`  ${sut.system}: only ${hub.ids.size}/${expected} arrived (undelivered, reported as such)`)
+  return { rate: all ? rate : NaN, cpuPer10k: (cpu / expected) * 10_000, arrived: hub.ids.size, expected }
+}
