@@ -13,10 +13,11 @@ import type { Uplink } from '../core/types.js'
 import type { UpTopic } from '../core/hub-topics.js'
 import { deviceKey } from '../core/types.js'
 import { formatUpTopic } from '../core/hub-topics.js'
+import type { DropReason, OutboxStats, Priority } from './outbox-types.js'
 
-export type DropReason = 'quota' | 'rpc_resp_expired'
-export const PRIORITIES = [0, 1, 2] as const
-export type Priority = (typeof PRIORITIES)[number]
+export type { DropReason, OutboxStats, Priority } from './outbox-types.js'
+
+export const PRIORITIES = [0, 1, 2] as const satisfies readonly Priority[]
 
 /** Priority class of an up message: 0 replies, 1 control and internal, 2 telemetry (DESIGN.md). */
 export function priorityOf(t: UpTopic): Priority {
@@ -44,14 +45,6 @@ export interface OutboxRow {
   receivedAt: number
 }
 
-export interface OutboxStats {
-  messages: number
-  bytes: number
-  oldestAgeMs: number
-  byPriority: Record<Priority, { messages: number; bytes: number }>
-  dropped: Record<DropReason, number>
-  maxBytes: number
-}
 
 // What a row costs against the quota besides its topic and payload (index entries, row header).
 const ROW_OVERHEAD = 64

@@ -3,12 +3,12 @@
 // events that went wrong (ChirpStack's warning and error `log` events, downlinks that failed or
 // were not acknowledged, payloads the codec could not decode), newest first.
 import { useEffect } from 'preact/hooks'
-import type { LoraDiagnostics } from '../../src/southbound/lorawan/diagnostics-types.js'
 import { ensureHealth, hasAdapter } from '../live.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useNow, THead } from '../components.js'
 import { ago, dateTime, num } from '../format.js'
 import { t } from '../i18n.js'
 import { Link } from '../router.js'
+import type { LoraDiagnostics } from '../types.js'
 
 export function Lorawan() {
   const now = useNow()
