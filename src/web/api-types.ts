@@ -3,6 +3,7 @@
 // app (ui/, a DOM project) names them too, and esbuild erases them from its bundle.
 import type { HistoryHealth } from '../history/history-types.js'
 import type { SalvageReport } from '../store/salvage-types.js'
+import type { BridgeStatus } from '../core/link-types.js'
 
 export interface AdapterHealth {
   name: string
@@ -16,18 +17,7 @@ export interface HealthReport {
   status: 'ok' | 'degraded'
   /** disk_full, outbox_near_quota, northbound_down, adapter_failed:<name>, broker_sessions_in_memory, ... */
   reasons: string[]
-  northbound: {
-    configured: boolean
-    connected: boolean
-    since: number | null
-    downSince: number | null
-    links: number
-    linksConnected: number
-    /** The gateway's own link's last failure, redacted, with the gateway's error code; kept after it is up again. */
-    lastError: { at: number; code: string; reason: string | null; message: string } | null
-    /** When the link tries again after a failure (ms); null while up or while an attempt runs. */
-    nextRetryAt: number | null
-  }
+  northbound: BridgeStatus
   outbox: {
     messages: number
     bytes: number

@@ -2,6 +2,7 @@
 // downlink queue (what ChirpStack holds for each device that the gateway still follows), and the
 // events that went wrong (ChirpStack's warning and error `log` events, downlinks that failed or
 // were not acknowledged, payloads the codec could not decode), newest first.
+import type { ComponentChildren } from 'preact'
 import { useEffect } from 'preact/hooks'
 import { ensureHealth, hasAdapter } from '../live.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useNow, THead } from '../components.js'
@@ -65,60 +66,58 @@ export function Lorawan() {
         </Section>
       )}
       {diag.data && (
-        <Section title={t('lo.queue')} id="downlink-queue">
-          {queue.length === 0 ? (
-            <Empty>{t('lo.queueEmpty')}</Empty>
-          ) : (
-            <TableWrap label={t('lo.queue')}>
-              <THead cols={[t('col.device'), t('lo.what'), 'fPort', t('lo.confirmed'), t('col.state'), t('lo.queuedAt'), t('lo.until'), t('lo.queueId')]} />
-              <tbody>
-                {queue.map((q) => (
-                  <tr key={q.id} data-queue-item={q.id}>
-                    <td>{name(q.device)}</td>
-                    <td>{q.what}</td>
-                    <td>{q.fPort}</td>
-                    <td>{q.confirmed ? t('lo.yes') : t('lo.no')}</td>
-                    <td>{q.state === 'sent' ? <Badge tone="ok">{t('lo.sent')}</Badge> : <Badge tone="warn">{t('lo.queued')}</Badge>}</td>
-                    <td>{ago(q.queuedAt, now)}</td>
-                    <td>{dateTime(q.followedUntil)}</td>
-                    <td>
-                      <code>{q.id}</code>
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </TableWrap>
-          )}
-        </Section>
+        <TableSection title={t('lo.queue')} id="downlink-queue" empty={queue.length === 0 ? t('lo.queueEmpty') : undefined} cols={[t('col.device'), t('lo.what'), 'fPort', t('lo.confirmed'), t('col.state'), t('lo.queuedAt'), t('lo.until'), t('lo.queueId')]}>
+          {queue.map((q) => (
+            <tr key={q.id} data-queue-item={q.id}>
+              <td>{name(q.device)}</td>
+              <td>{q.what}</td>
+              <td>{q.fPort}</td>
+              <td>{q.confirmed ? t('lo.yes') : t('lo.no')}</td>
+              <td>{q.state === 'sent' ? <Badge tone="ok">{t('lo.sent')}</Badge> : <Badge tone="warn">{t('lo.queued')}</Badge>}</td>
+              <td>{ago(q.queuedAt, now)}</td>
+              <td>{dateTime(q.followedUntil)}</td>
+              <td>
+                <code>{q.id}</code>
+              </td>
+            </tr>
+          ))}
+        </TableSection>
       )}
       {diag.data && (
-        <Section title={t('lo.problems')} id="problems">
-          {problems.length === 0 ? (
-            <Empty>{t('lo.noProblems')}</Empty>
-          ) : (
-            <TableWrap label={t('lo.problems')}>
-              <THead cols={[t('col.time'), t('col.device'), t('lo.level'), t('lo.code'), t('lo.description'), t('lo.source')]} />
-              <tbody>
-                {problems.map((p, i) => (
-                  <tr key={`${p.at}-${i}`}>
-                    <td>{dateTime(p.at)}</td>
-                    <td>{name(p.device)}</td>
-                    <td>{p.level === 'ERROR' ? <Badge tone="bad">{p.level}</Badge> : <Badge tone="warn">{p.level}</Badge>}</td>
-                    <td>
-                      <code>{p.code}</code>
-                    </td>
-                    <td>
-                      {p.description}
-                      {p.downlink ? ` (${t('lo.downlink')}: ${p.downlink})` : ''}
-                    </td>
-                    <td>{p.source === 'chirpstack' ? 'ChirpStack' : t('lo.gateway')}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </TableWrap>
-          )}
-        </Section>
+        <TableSection title={t('lo.problems')} id="problems" empty={problems.length === 0 ? t('lo.noProblems') : undefined} cols={[t('col.time'), t('col.device'), t('lo.level'), t('lo.code'), t('lo.description'), t('lo.source')]}>
+          {problems.map((p, i) => (
+            <tr key={`${p.at}-${i}`}>
+              <td>{dateTime(p.at)}</td>
+              <td>{name(p.device)}</td>
+              <td>{p.level === 'ERROR' ? <Badge tone="bad">{p.level}</Badge> : <Badge tone="warn">{p.level}</Badge>}</td>
+              <td>
+                <code>{p.code}</code>
+              </td>
+              <td>
+                {p.description}
+                {p.downlink ? ` (${t('lo.downlink')}: ${p.downlink})` : ''}
+              </td>
+              <td>{p.source === 'chirpstack' ? 'ChirpStack' : t('lo.gateway')}</td>
+            </tr>
+          ))}
+        </TableSection>
       )}
     </>
+  )
+}
+
+/** A section holding one table (or, when `empty` is given, that sentence instead). */
+function TableSection(props: { title: string; id: string; empty?: string; cols: string[]; children: ComponentChildren }) {
+  return (
+    <Section title={props.title} id={props.id}>
+      {props.empty !== undefined ? (
+        <Empty>{props.empty}</Empty>
+      ) : (
+        <TableWrap label={props.title}>
+          <THead cols={props.cols} />
+          <tbody>{props.children}</tbody>
+        </TableWrap>
+      )}
+    </Section>
   )
 }
