@@ -7,6 +7,7 @@ export type { OutboxStats } from '../src/store/outbox-types.js'
 export type { AlarmView, RuleStats } from '../src/rules/rule-types.js'
 export type { Point as HistoryPoint } from '../src/history/history-types.js'
 export type { LoraDiagnostics } from '../src/southbound/lorawan/diagnostics-types.js'
+export type { OtaJobView } from '../src/ota/ota-types.js'
 
 export interface DeviceRow {
   productId: string
