@@ -152,6 +152,29 @@ export default {
       to: { path: '^src/(core|store)/', pathNot: ['^src/core/hub-topics\\.ts$', '^src/core/errors\\.ts$'], dependencyTypesNot: ['type-only'] },
     },
 
+    // --- the web app (ui/): a browser bundle that names the server's response types
+    {
+      name: 'ui-only-type-files-from-src',
+      comment: 'The web app (ui/, bundled by esbuild for the browser) names the server\'s response types with `import type` from src/\'s type-only files (*-types.ts) and nothing else: esbuild erases those imports, so nothing of the server reaches the bundle, and the app\'s tsc (a DOM project) never reads a Node-specific file.',
+      severity: 'error',
+      from: { path: '^ui/' },
+      to: { path: '^src/', pathNot: '^src/.+-types\\.ts$' },
+    },
+    {
+      name: 'ui-type-files-type-only',
+      comment: 'The web app imports src/\'s type files with `import type` (or `export type`), so esbuild bundles nothing from src/.',
+      severity: 'error',
+      from: { path: '^ui/' },
+      to: { path: '^src/', dependencyTypesNot: ['type-only'] },
+    },
+    {
+      name: 'type-files-import-only-type-files',
+      comment: 'A type-only file (src/**/*-types.ts) imports only other type-only files: the web app reads it with its own tsc (DOM, no Node types), which must not be led into Node-specific code.',
+      severity: 'error',
+      from: { path: '^src/.+-types\\.ts$' },
+      to: { pathNot: '^src/.+-types\\.ts$' },
+    },
+
     // --- the whole tree
     {
       name: 'no-cycles',

@@ -54,6 +54,9 @@ export async function buildUi() {
     logLevel: 'warning',
     tsconfig: path.join(src, 'tsconfig.json'),
   })
+  // The app names the server's response types (import type from src/**/*-types.ts): erased, never bundled.
+  const fromSrc = Object.keys(result.metafile.inputs).filter((f) => f.startsWith('src/'))
+  if (fromSrc.length) throw new Error(`build-ui: the bundle would contain server code (${fromSrc.join(', ')}); ui/ may only \`import type\` from src/**/*-types.ts`)
   const outputs = result.metafile.outputs
   const rel = (f) => path.relative(assets, path.join(root, f)).split(path.sep).join('/')
   const entryOut = Object.keys(outputs).find((f) => outputs[f].entryPoint && f.endsWith('.js'))

@@ -12,6 +12,7 @@
 // Why not the depcruise CLI alone: it exits with the number of errors, which a shell sees
 // modulo 256 (256 violations would pass). Plain .mjs, not .ts: tsx's loader would double the
 // run time of this step.
+import { existsSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { cruise } from 'dependency-cruiser'
@@ -26,8 +27,9 @@ const tsConfigFile = path.join(repoRoot, 'tsconfig.json')
 process.chdir(path.resolve(process.argv[2] ?? repoRoot))
 
 const options = await extractDepcruiseOptions(configFile)
+// ui/ (the web app) too where there is one: it may name src/'s type-only files, nothing else.
 const result = await cruise(
-  ['src'],
+  ['src', ...(existsSync('ui') ? ['ui'] : [])],
   { ...options, outputType: 'err-long', tsConfig: { fileName: tsConfigFile } },
   {},
   { tsConfig: extractTSConfig(tsConfigFile) },

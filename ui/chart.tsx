@@ -2,15 +2,7 @@
 // chart, not with the first page.
 import { useEffect, useRef, useState } from 'preact/hooks'
 import { t } from './i18n.js'
-
-export interface HistoryPoint {
-  t: number
-  n: number
-  avg: number
-  min: number
-  max: number
-  last: number
-}
+import type { HistoryPoint } from './types.js'
 
 export function Chart(props: { title: string; points: HistoryPoint[]; from: number; to: number }) {
   const box = useRef<HTMLDivElement>(null)

@@ -1,40 +1,13 @@
-// The API's shapes the app reads (docs/integrators/api.md). Only what the pages show.
-export interface HealthReport {
-  status: 'ok' | 'degraded'
-  reasons: string[]
-  northbound: {
-    configured: boolean
-    connected: boolean
-    since: number | null
-    downSince: number | null
-    links: number
-    linksConnected: number
-    lastError: { at: number; code: string; reason: string | null; message: string } | null
-    nextRetryAt: number | null
-  }
-  outbox: { messages: number; bytes: number; oldestAgeMs: number; maxBytes: number; drainRate: { last10s: number; last60s: number } }
-  clock: { offsetMs: number; measuredAt: number | null }
-  adapters: { name: string; kind: string; state: string; error?: string }[]
-  history?: { enabled: boolean; state: string; bytes: number; series: number }
-}
-
-export interface OutboxStats {
-  messages: number
-  bytes: number
-  oldestAgeMs: number
-  maxBytes: number
-  byPriority: Record<string, { messages: number; bytes: number }>
-  dropped: Record<string, number>
-}
-
-export interface SystemInfo {
-  version: string
-  node: string
-  uptimeSeconds: number
-  cpu: { cores: number; load1: number; usagePercent: number }
-  memory: { rss: number; heapUsed: number; systemTotal: number; systemFree: number }
-  disk: { path: string; totalBytes: number; freeBytes: number }
-}
+// The API's shapes the app reads (docs/integrators/api.md). Those the server declares come from
+// its type-only files in src/ (`*-types.ts`, importing nothing Node-specific; esbuild erases them,
+// `npm run check:boundaries` keeps it so); the rest are the JSON the routes build, only what the
+// pages show.
+export type { HealthReport, SystemInfo } from '../src/web/api-types.js'
+export type { OutboxStats } from '../src/store/outbox-types.js'
+export type { AlarmView, RuleStats } from '../src/rules/rule-types.js'
+export type { Point as HistoryPoint } from '../src/history/history-types.js'
+export type { LoraDiagnostics } from '../src/southbound/lorawan/diagnostics-types.js'
+export type { OtaJobView } from '../src/ota/ota-types.js'
 
 export interface DeviceRow {
   productId: string
@@ -78,16 +51,6 @@ export interface Uplink {
   dataType: string | null
   ts: number
   payload: unknown
-}
-
-export interface AlarmView {
-  rule: string
-  alarm: string
-  productId: string
-  deviceId: string
-  state: 'raised' | 'cleared'
-  value: unknown
-  since: number
 }
 
 export interface LogLine {

@@ -20,6 +20,9 @@ import { HistoryStore, MINUTE, type HistoryEvent, type Sample } from './history-
 import type { WorkerReply, WorkerRequest, WorkerSetup } from './history-worker.js'
 import { compact } from './uplink-samples.js'
 import type { HistoryConfig } from './schema.js'
+import type { HistoryHealth } from './history-types.js'
+
+export type { HistoryHealth } from './history-types.js'
 
 // Batches are handed over this often, at most this many uplinks at a time.
 const FLUSH_MS = 1_000
@@ -37,17 +40,6 @@ export interface HistoryDeps {
   gateway: string
   /** Vitals the composition root knows (outbox depth and age, hub link); the recorder adds CPU, memory, disk. */
   vitals: () => Record<string, number>
-}
-
-export interface HistoryHealth {
-  enabled: boolean
-  state: 'ok' | 'recreated' | 'failed'
-  /** Where an unusable history.db was moved, and why. */
-  quarantined?: { file: string; error: string }
-  bytes: number
-  series: number
-  shed: number
-  seriesRejected: number
 }
 
 export class HistoryRecorder implements PipelineObserver {

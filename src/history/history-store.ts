@@ -5,6 +5,9 @@
 // and the byte quota drop whole tables, oldest raw day first.
 import type { Statement } from 'better-sqlite3'
 import type { HistoryDb } from './history-db.js'
+import type { Point } from './history-types.js'
+
+export type { Point } from './history-types.js'
 
 export const MINUTE = 60_000
 export const HOUR = 60 * MINUTE
@@ -43,15 +46,6 @@ export interface SeriesInfo {
 
 export type Tier = 'raw' | '5m' | '1h'
 
-export interface Point {
-  /** Start of the bucket, ms since the epoch. */
-  t: number
-  n: number
-  avg: number
-  min: number
-  max: number
-  last: number
-}
 
 export interface SeriesQuery {
   series: SeriesInfo

@@ -9,7 +9,10 @@ import type { DeviceRef } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
 import type { Outbox, OutboxRow } from '../store/outbox.js'
 import type { DeviceRegistry } from '../store/devices.js'
-import { HubLink, type HubLinkOptions, type LinkError } from './hub-link.js'
+import { HubLink, type HubLinkOptions } from './hub-link.js'
+import type { BridgeStatus } from '../core/link-types.js'
+
+export type { BridgeStatus } from '../core/link-types.js'
 import { DrainRate, type DrainRateView } from './drain-rate.js'
 import { serverSideSubscriptions } from '../core/hub-topics.js'
 
@@ -24,19 +27,6 @@ export interface BridgeHooks {
   heldSubscriptions?: (linkKey: string) => { load: () => string[]; save: (filters: string[]) => void }
 }
 
-export interface BridgeStatus {
-  configured: boolean
-  connected: boolean
-  since: number | null
-  /** Since when the gateway's own link is down (its start, or the loss); null while up or unconfigured. */
-  downSince: number | null
-  links: number
-  linksConnected: number
-  /** The gateway's own link's last failure (redacted), kept after it is up again; null if none yet. */
-  lastError: LinkError | null
-  /** When the gateway's own link tries again (ms); null while up or while an attempt runs. */
-  nextRetryAt: number | null
-}
 
 export class Bridge {
   private readonly links = new Map<string, HubLink>()

@@ -10,6 +10,9 @@ import type { Outbox, OutboxRow, Priority } from '../store/outbox.js'
 import { PRIORITIES } from '../store/outbox.js'
 import { ErrorCodes } from '../core/errors.js'
 import { redactUrls } from '../core/log.js'
+import type { LinkError } from '../core/link-types.js'
+
+export type { LinkError } from '../core/link-types.js'
 
 export interface HubLinkOptions {
   url: string
@@ -37,17 +40,6 @@ const BACKOFF_MIN_MS = 1_000
 const BACKOFF_MAX_MS = 60_000
 const STABLE_AFTER_MS = 60_000
 const ERROR_TEXT_MAX = 300
-
-/** Why the link last failed, as health shows it: redacted (no credentials), with the gateway's error code. */
-export interface LinkError {
-  /** When it happened (ms). */
-  at: number
-  /** The gateway's error code (docs/operators/troubleshooting.md). */
-  code: string
-  /** What the network or the hub said: an errno (ECONNREFUSED), `connack:5` (a refused CONNECT), `closed`, `timeout`. */
-  reason: string | null
-  message: string
-}
 
 export class HubLink {
   private client?: MqttClient

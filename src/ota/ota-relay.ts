@@ -26,7 +26,10 @@ import type { Command, DeviceRef, Transport, Uplink } from '../core/types.js'
 import { deviceKey, parseDeviceKey } from '../core/types.js'
 import type { CommandOrigin, StoredCommand } from '../store/commands.js'
 import { BandwidthLimit, FetchError, fetchOnce, partBytes } from './image-fetch.js'
-import { OtaStore, type ImageRow, type TargetRow, type TargetState } from './ota-store.js'
+import { OtaStore, type ImageRow, type TargetRow } from './ota-store.js'
+import type { OtaJobView } from './ota-types.js'
+
+export type { OtaJobView } from './ota-types.js'
 import type { OtaConfig } from './schema.js'
 
 export const OTA_COMMAND = '$ota_upgrade'
@@ -90,17 +93,6 @@ export class ImageRefused extends Error {
   }
 }
 
-export interface OtaJobView {
-  job: string
-  origin: string
-  version: string
-  type: string
-  image: string
-  expiresAt: number
-  /** Devices of this job with an image on the way at once (0 = no limit of its own). */
-  maxConcurrent: number
-  devices: { device: string; state: TargetState; bytesServed: number; progress: number | null; reason: string | null }[]
-}
 
 export interface OtaImageView extends ImageRow {
   /** Jobs' targets that still use it (it is not evicted while any does). */

@@ -3,9 +3,11 @@
 // themselves stay in the gateway's command store (state 'held' until released), so a restart finds
 // both halves and carries on.
 import Database from 'better-sqlite3'
+import type { TargetState } from './ota-types.js'
+
+export type { TargetState } from './ota-types.js'
 
 export type ImageState = 'fetching' | 'ready'
-export type TargetState = 'waiting' | 'queued' | 'delivered' | 'downloading' | 'reported' | 'done' | 'failed' | 'expired'
 /** States in which a target still holds its image in the cache. */
 export const ACTIVE_STATES: readonly TargetState[] = ['waiting', 'queued', 'delivered', 'downloading', 'reported']
 

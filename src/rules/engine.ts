@@ -17,6 +17,9 @@ import type { UpTopic } from '../core/hub-topics.js'
 import type { CompiledAction, CompiledRule } from './compile.js'
 import { RULE_KINDS } from './compile.js'
 import { errorLine, toJson, type CelContext } from './cel.js'
+import type { AlarmView, RuleStats } from './rule-types.js'
+
+export type { AlarmView, RuleStats } from './rule-types.js'
 
 /** What the engine needs of the gateway (the composition root wires it; tests hand in their own). */
 export interface RulesDeps {
@@ -32,32 +35,6 @@ export interface RulesDeps {
   tagsOf: (device: DeviceRef) => readonly string[]
   now: () => number
   log: { warn: (obj: object, msg: string) => void }
-}
-
-export interface RuleStats {
-  name: string
-  from: string
-  actions: string[]
-  matched: number
-  dropped: number
-  emitted: number
-  commands: number
-  republished: number
-  errors: number
-  evalSeconds: number
-  lastError: { message: string; at: number; device: string } | null
-}
-
-export interface AlarmView {
-  rule: string
-  alarm: string
-  productId: string
-  deviceId: string
-  state: 'raised' | 'cleared'
-  value: unknown
-  since: number
-  /** set (or clear) has held since then; the state changes once forSeconds have passed. */
-  pendingSince: number | null
 }
 
 /** What each rule did to one message (`iothub-edge rules test`). */

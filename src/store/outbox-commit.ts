@@ -7,8 +7,7 @@
 import type Database from 'better-sqlite3'
 import type { Statement } from 'better-sqlite3'
 
-export type DropReason = 'quota' | 'rpc_resp_expired'
-export type Priority = 0 | 1 | 2
+import type { DropReason, Priority } from './outbox-types.js'
 
 /** A write a commit participant adds to the transaction (its statement is prepared once per text). */
 export interface SqlWrite {

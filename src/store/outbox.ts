@@ -7,7 +7,7 @@ import { statSync } from 'node:fs'
 import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
-import type { CommitBatch, CommitResult, DropReason, Priority, SqlWrite } from './outbox-commit.js'
+import type { CommitBatch, CommitResult, SqlWrite } from './outbox-commit.js'
 import { committerFor, InlineCommitter, type Committer } from './outbox-committer.js'
 import { GroupCommit } from './group-commit.js'
 import { freeBytes, isDiskFull } from './db.js'
@@ -16,9 +16,12 @@ import type { Uplink } from '../core/types.js'
 import type { UpTopic } from '../core/hub-topics.js'
 import { deviceKey } from '../core/types.js'
 import { formatUpTopic } from '../core/hub-topics.js'
+import type { DropReason, OutboxStats, Priority } from './outbox-types.js'
 
-export type { DropReason, Priority, SqlWrite } from './outbox-commit.js'
-export const PRIORITIES = [0, 1, 2] as const
+export type { DropReason, OutboxStats, Priority } from './outbox-types.js'
+export type { SqlWrite } from './outbox-commit.js'
+
+export const PRIORITIES = [0, 1, 2] as const satisfies readonly Priority[]
 
 /** Priority class of an up message: 0 replies, 1 control and internal, 2 telemetry (DESIGN.md). */
 export function priorityOf(t: UpTopic): Priority {
@@ -46,14 +49,6 @@ export interface OutboxRow {
   receivedAt: number
 }
 
-export interface OutboxStats {
-  messages: number
-  bytes: number
-  oldestAgeMs: number
-  byPriority: Record<Priority, { messages: number; bytes: number }>
-  dropped: Record<DropReason, number>
-  maxBytes: number
-}
 
 // What a row costs against the quota besides its topic and payload (index entries, row header).
 const ROW_OVERHEAD = 64

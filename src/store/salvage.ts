@@ -10,29 +10,12 @@ import { closeSync, copyFileSync, existsSync, fsyncSync, openSync, readFileSync,
 import path from 'node:path'
 import { isDamagedDatabase, moveAside } from '../core/damaged-file.js'
 import { DB_FILE, openDatabase, type Db } from './db.js'
+import type { SalvageReport, TableSalvage } from './salvage-types.js'
+
+export type { SalvageReport, TableSalvage } from './salvage-types.js'
 
 /** The salvage report in the data folder: present means "salvaged, not yet acknowledged". */
 export const SALVAGE_FILE = 'store-salvage.json'
-
-export interface TableSalvage {
-  table: string
-  /** Rows copied into the fresh database. */
-  rows: number
-  /** Reads that failed on a damaged page: rows there (if any were left) are lost. */
-  readErrors: number
-}
-
-export interface SalvageReport {
-  /** When the damage was found (ISO 8601). */
-  at: string
-  /** What SQLite said: the open error, or the first lines of quick_check. */
-  reason: string
-  /** Where the damaged file was moved (its -wal beside it, if it had one). */
-  movedTo: string
-  /** The file header was unreadable and was rebuilt on a working copy to read the pages behind it. */
-  headerRebuilt: boolean
-  tables: TableSalvage[]
-}
 
 export type CheckKind = 'quick_check' | 'cheap'
 

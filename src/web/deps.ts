@@ -7,56 +7,18 @@ import type { Command, DeviceRef } from '../core/types.js'
 import type { ShadowDoc } from '../core/shadow-doc.js'
 import type { ConnectionInfo } from '../store/connections.js'
 import type { Device } from '../store/devices.js'
-import type { OutboxStats } from '../store/outbox.js'
-import type { SalvageReport } from '../store/salvage.js'
+import type { OutboxStats } from '../store/outbox-types.js'
+import type { SalvageReport } from '../store/salvage-types.js'
 import type { StoredCommand } from '../store/commands.js'
-import type { AlarmView, RuleStats } from '../rules/engine.js'
+import type { AlarmView, RuleStats } from '../rules/rule-types.js'
 import type { HistoryEvent, SeriesInfo, SeriesQuery } from '../history/history-store.js'
 import type { ExportRange } from '../history/history-csv.js'
-import type { HistoryHealth } from '../history/history-recorder.js'
 import type { DeviceActivityView, RecentMessage } from '../live/device-activity.js'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { UiAuthStore } from '../store/ui-auth.js'
+import type { AdapterHealth, HealthReport } from './api-types.js'
 
-export interface AdapterHealth {
-  name: string
-  kind: 'native' | 'mapped'
-  state: 'starting' | 'running' | 'failed' | 'stopped'
-  /** Why it failed, with what to do (state 'failed'). */
-  error?: string
-}
-
-export interface HealthReport {
-  status: 'ok' | 'degraded'
-  /** disk_full, outbox_near_quota, northbound_down, adapter_failed:<name>, broker_sessions_in_memory, ... */
-  reasons: string[]
-  northbound: {
-    configured: boolean
-    connected: boolean
-    since: number | null
-    downSince: number | null
-    links: number
-    linksConnected: number
-    /** The gateway's own link's last failure, redacted, with the gateway's error code; kept after it is up again. */
-    lastError: { at: number; code: string; reason: string | null; message: string } | null
-    /** When the link tries again after a failure (ms); null while up or while an attempt runs. */
-    nextRetryAt: number | null
-  }
-  outbox: {
-    messages: number
-    bytes: number
-    oldestAgeMs: number
-    maxBytes: number
-    /** Messages per second the hub acknowledged over the last 10 and 60 s. */
-    drainRate: { last10s: number; last60s: number }
-  }
-  clock: { offsetMs: number; measuredAt: number | null }
-  adapters: AdapterHealth[]
-  /** The local history (absent when store.history.enabled is false). */
-  history?: HistoryHealth
-  /** A salvage of a damaged gateway.db that no operator has acknowledged yet. */
-  store?: { salvage: SalvageReport }
-}
+export type { AdapterHealth, HealthReport } from './api-types.js'
 
 export interface NewDevice {
   productId: string

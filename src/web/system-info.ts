@@ -3,27 +3,9 @@
 // previous request, or the app's start), from the kernel's counters (os.cpus, process.cpuUsage).
 import { statfs } from 'node:fs/promises'
 import os from 'node:os'
+import type { SystemInfo } from './api-types.js'
 
-export interface SystemInfo {
-  version: string
-  node: string
-  /** Seconds since the gateway process started. */
-  uptimeSeconds: number
-  hostUptimeSeconds: number
-  cpu: {
-    cores: number
-    load1: number
-    /** The whole machine's CPU busy share since the previous read, 0-100. */
-    usagePercent: number
-    /** This process's CPU time since the previous read, as a share of one core, 0-100 per core. */
-    processPercent: number
-  }
-  memory: { rss: number; heapUsed: number; systemTotal: number; systemFree: number }
-  /** The data folder's file system; null fields when it cannot be read. */
-  disk: { path: string; totalBytes: number | null; freeBytes: number | null }
-  platform: string
-  arch: string
-}
+export type { SystemInfo } from './api-types.js'
 
 interface CpuSample {
   busy: number

@@ -89,3 +89,23 @@ export async function signIn(page: Page, username: string, password: string): Pr
   await page.getByLabel('Password').fill(password)
   await page.getByRole('button', { name: 'Sign in' }).click()
 }
+
+/**
+ * Sends a command (`rpc`: an RPC, waiting for the reply) with the form on the device page open in
+ * `page`; resolves with the request id the page shows once the gateway took it.
+ */
+export async function sendCommandFromDevicePage(page: Page, name: string, payload: string, opts: { rpc?: boolean } = {}): Promise<string | null> {
+  await page.getByLabel('Command name').fill(name)
+  await page.getByRole('textbox', { name: 'Payload' }).fill(payload)
+  await page.getByLabel('RPC (wait for the reply)').setChecked(opts.rpc ?? false)
+  const code = page.getByTestId('command-result').locator('code').first()
+  const before = (await code.count()) > 0 ? await code.textContent() : null
+  await page.getByRole('button', { name: 'Send', exact: true }).click()
+  if (opts.rpc) return null
+  // The page shows the new command's request id once the gateway answered the form.
+  await page.waitForFunction((prev) => {
+    const c = document.querySelector('[data-testid="command-result"] code')
+    return c !== null && c.textContent !== prev
+  }, before)
+  return code.textContent()
+}

@@ -11,7 +11,7 @@ import { gunzipSync } from 'node:zlib'
 import type { Browser, BrowserContext } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { CommandDevice } from '../helpers/command-device.js'
-import { launchBrowser, horizontalOverflow, openPage, screenshot, seriousA11yViolations } from '../helpers/browser.js'
+import { launchBrowser, horizontalOverflow, openPage, screenshot, sendCommandFromDevicePage, seriousA11yViolations } from '../helpers/browser.js'
 import { GatewayProcess, repoRoot } from '../helpers/gateway-process.js'
 import { HubBroker } from '../helpers/hub-broker.js'
 import { ChirpstackBroker, ChirpstackSim, example } from '../helpers/chirpstack.js'
@@ -305,10 +305,7 @@ describe('web app', () => {
       await page.locator('ol.payloads li').first().filter({ hasText: '{"bar":3.1}' }).waitFor({ timeout: 20_000 })
 
       // An RPC: the reply comes back in the answer to the form.
-      await page.getByLabel('Command name').fill('open')
-      await page.getByRole('textbox', { name: 'Payload' }).fill('{"percent":40}')
-      await page.getByLabel('RPC (wait for the reply)').check()
-      await page.getByRole('button', { name: 'Send', exact: true }).click()
+      await sendCommandFromDevicePage(page, 'open', '{"percent":40}', { rpc: true })
       const reply = page.getByTestId('command-reply')
       await reply.waitFor({ timeout: 20_000 })
       expect(await reply.textContent()).toBe('{"opened":40}')
@@ -316,11 +313,7 @@ describe('web app', () => {
       expect(JSON.parse(rpc.payload.toString())).toEqual({ percent: 40 })
 
       // A plain command: queued, delivered, and the device's cmd_resp shows in the history.
-      await page.getByLabel('Command name').fill('close')
-      await page.getByRole('textbox', { name: 'Payload' }).fill('now')
-      await page.getByLabel('RPC (wait for the reply)').uncheck()
-      await page.getByRole('button', { name: 'Send', exact: true }).click()
-      const requestId = await page.getByTestId('command-result').locator('code').first().textContent()
+      const requestId = await sendCommandFromDevicePage(page, 'close', 'now')
       await device.waitFor((m) => m.levels[0] === 'cmd' && m.levels[3] === 'close', 10_000)
       const row = page.locator(`tr[data-request="${requestId}"]`)
       await expect.poll(async () => (await row.count()) > 0 ? row.textContent() : '', { timeout: 20_000 }).toContain('closed')

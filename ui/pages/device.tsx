@@ -3,13 +3,13 @@
 // an RPC and see the reply. Disable, reset the secret (shown once) or remove it here too.
 import { useEffect, useState } from 'preact/hooks'
 import { api, devicePath } from '../api.js'
-import { Chart, type HistoryPoint } from '../chart.js'
+import { Chart } from '../chart.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow, THead } from '../components.js'
 import { ago, dateTime, payloadText } from '../format.js'
 import { t } from '../i18n.js'
 import { onLive } from '../live.js'
 import { navigate } from '../router.js'
-import type { Command, DeviceRow, Uplink } from '../types.js'
+import type { Command, DeviceRow, HistoryPoint, Uplink } from '../types.js'
 import { SecretOnce } from './devices.js'
 
 interface DeviceDetail {

@@ -5,6 +5,7 @@ import { api } from '../api.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, THead } from '../components.js'
 import { bytes, dateTime } from '../format.js'
 import { t, type Key } from '../i18n.js'
+import type { OtaJobView } from '../types.js'
 
 interface Image {
   key: string
@@ -19,19 +20,10 @@ interface Image {
   fetchedBytes?: number
 }
 
-interface Job {
-  job: string
-  origin: string
-  version: string
-  type: string
-  image: string
-  expiresAt: number
-  devices: { device: string; state: string; bytesServed: number; progress: number | null; reason: string | null }[]
-}
 
 export function Ota() {
   const images = useApi<{ images: Image[] }>('/api/ota/images', 10_000)
-  const jobs = useApi<{ jobs: Job[] }>('/api/ota/jobs', 5_000)
+  const jobs = useApi<{ jobs: OtaJobView[] }>('/api/ota/jobs', 5_000)
   const imgs = images.data?.images ?? []
   return (
     <>

@@ -162,7 +162,8 @@ export function Alarms({ raisedOnly }: { raisedOnly?: boolean }) {
 
 function SystemFacts({ s }: { s: SystemInfo }) {
   const mem = s.memory.systemTotal ? (1 - s.memory.systemFree / s.memory.systemTotal) * 100 : 0
-  const disk = s.disk.totalBytes ? (1 - s.disk.freeBytes / s.disk.totalBytes) * 100 : 0
+  // Unknown (null) when the data folder's file system could not be read.
+  const disk = s.disk.totalBytes && s.disk.freeBytes !== null ? (1 - s.disk.freeBytes / s.disk.totalBytes) * 100 : null
   return (
     <dl>
       <dt>{t('ov.cpu')}</dt>

@@ -3,22 +3,11 @@ import { Empty, ErrorLine, Section, TableWrap, useApi, THead } from '../componen
 import { dateTime } from '../format.js'
 import { t } from '../i18n.js'
 import { Alarms } from './overview.js'
+import type { RuleStats } from '../types.js'
 
-interface Rule {
-  name: string
-  from: string
-  actions: string[]
-  matched: number
-  dropped: number
-  emitted: number
-  commands: number
-  republished: number
-  errors: number
-  lastError: { message: string; at: number; device: string } | null
-}
 
 export function Rules() {
-  const rules = useApi<{ rules: Rule[] }>('/api/rules', 5_000)
+  const rules = useApi<{ rules: RuleStats[] }>('/api/rules', 5_000)
   const list = rules.data?.rules ?? []
   return (
     <>

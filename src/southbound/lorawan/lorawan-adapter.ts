@@ -23,6 +23,7 @@ import { HttpIntake } from './http-intake.js'
 import { ChirpstackApi, EnqueueError } from './chirpstack-api.js'
 import { silentTooLong, UplinkRhythm } from './uplink-rhythm.js'
 import type { DeviceSettings, LorawanConfig } from './schema.js'
+import type { LoraChildDiagnostics, LoraChildFacts, LoraDiagnostics, LoraProblem, QueuedDownlinkView } from './diagnostics-types.js'
 
 // Housekeeping (downlinks past their life, silent devices) runs this often, or more often for a
 // short awayAfterSeconds.
@@ -32,24 +33,15 @@ const SWEEP_MS = 60_000
 const BATTERY_STEP = 5
 
 /** What the adapter knows of one child, for its diagnostics route and update_status. */
-export interface LoraChildState {
-  device: DeviceRef
-  devEui: string
-  applicationId?: string
-  deviceProfileName?: string
-  deviceClass?: string
-  reachable: boolean
-  lastSeen?: number
-  /** The last `up`: when, its FPort and frame counter, and (FPort > 0) what the hub got of it. */
-  lastUplink?: { at: number; fPort: number; fCnt: number; dataType?: string; payload?: Record<string, unknown> }
-  radio?: { rssi?: number; snr?: number; gateways: number; fCnt: number; dr: number; frequency?: number }
-  battery?: { level?: number; margin: number; externalPower: boolean }
-  logs: Record<string, number>
+export interface LoraChildState extends LoraChildFacts {
   /** The update_status last sent (its JSON), and when. */
   statusSent?: { at: number; battery?: number; externalPower?: boolean }
   /** How often it usually sends (from ChirpStack's times of its uplinks). */
   rhythm: UplinkRhythm
 }
+
+// Problems kept per child (in memory, for this run).
+const PROBLEMS_KEPT = 20
 
 type Fate = { kind: 'txack' } | { kind: 'ack'; acknowledged: boolean } | { kind: 'log'; code: string; description: string }
 
@@ -200,35 +192,47 @@ export class LorawanAdapter implements SouthboundAdapter {
     return this.started && (this.children.has(deviceKey(device)) || this.map.isOurs(device))
   }
 
-  /** Per child: last uplink, radio quality, frame counter, battery, log counts, how many downlinks are in flight. */
-  diagnostics(): { connected: boolean; devices: (LoraChildView & { pendingDownlinks: number })[] } {
-    const pendingBy = new Map<string, number>()
-    for (const { value: p } of this.pending.list()) pendingBy.set(deviceKey(p.device), (pendingBy.get(deviceKey(p.device)) ?? 0) + 1)
-    return {
-      connected: this.connected,
-      devices: [...this.children.values()].map((c) => ({ ...view(c), pendingDownlinks: pendingBy.get(deviceKey(c.device)) ?? 0 })),
-    }
-  }
-
-  /** One child with the downlinks ChirpStack holds for it that the gateway still follows; undefined when not a LoRaWAN child. */
-  diagnosticsOf(device: DeviceRef): (LoraChildView & { downlinks: QueuedDownlinkView[] }) | undefined {
-    const c = this.children.get(deviceKey(device))
-    if (!c) return undefined
-    const downlinks = this.pending
-      .list()
-      .filter(({ value: p }) => deviceKey(p.device) === deviceKey(device))
-      .map(({ id, value: p, expiresAt }) => ({
+  /**
+   * Per child: last uplink, radio quality, frame counter, battery, log counts, what went wrong, and
+   * its downlink queue (the downlinks ChirpStack holds for it that the gateway still follows).
+   */
+  diagnostics(): LoraDiagnostics {
+    const queues = new Map<string, QueuedDownlinkView[]>()
+    for (const { id, value: p, expiresAt } of this.pending.list()) {
+      const k = deviceKey(p.device)
+      let q = queues.get(k)
+      if (!q) queues.set(k, (q = []))
+      q.push({
         id,
         what: p.what,
         command: p.cmd?.name,
         requestId: p.cmd?.requestId,
         fPort: p.fPort,
         confirmed: p.confirmed,
-        state: p.sent ? ('sent' as const) : ('queued' as const),
+        state: p.sent ? 'sent' : 'queued',
         queuedAt: p.queuedAt,
         followedUntil: expiresAt,
-      }))
-    return { ...view(c), downlinks }
+      })
+    }
+    return {
+      connected: this.connected,
+      devices: [...this.children.values()].map((c) => {
+        const downlinks = (queues.get(deviceKey(c.device)) ?? []).sort((a, b) => a.queuedAt - b.queuedAt)
+        return { ...view(c), pendingDownlinks: downlinks.length, downlinks }
+      }),
+    }
+  }
+
+  /** One child as in diagnostics(); undefined when not a LoRaWAN child. */
+  diagnosticsOf(device: DeviceRef): LoraChildDiagnostics | undefined {
+    return this.diagnostics().devices.find((d) => deviceKey(d.device) === deviceKey(device))
+  }
+
+  /** Note something that went wrong with a child (kept for the diagnostics route, newest last). */
+  private problem(c: LoraChildState | undefined, p: Omit<LoraProblem, 'at'> & { at?: number }): void {
+    if (!c) return
+    c.problems.push({ ...p, at: p.at ?? Date.now() })
+    if (c.problems.length > PROBLEMS_KEPT) c.problems.splice(0, c.problems.length - PROBLEMS_KEPT)
   }
 
   // ---- events in -------------------------------------------------------------------------------
@@ -371,7 +375,7 @@ export class LorawanAdapter implements SouthboundAdapter {
   private child(dev: DeviceRef, devEui: string): LoraChildState {
     const k = deviceKey(dev)
     let c = this.children.get(k)
-    if (!c) this.children.set(k, (c = { device: dev, devEui, reachable: false, logs: {}, rhythm: new UplinkRhythm() }))
+    if (!c) this.children.set(k, (c = { device: dev, devEui, reachable: false, logs: {}, problems: [], rhythm: new UplinkRhythm() }))
     return c
   }
 
@@ -432,6 +436,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       } catch (err) {
         if (!(err instanceof CodecError)) throw err
         this.m.decodeErrors.inc({ codec: 'js' })
+        this.problem(this.children.get(deviceKey(device)), { source: 'gateway', level: 'ERROR', code: 'CODEC', description: `fPort ${ev.fPort}: ${err.message}; sent raw` })
         this.warn.warn(`codec:${js.file}`, { devEui: ev.device.devEui, device: deviceKey(device), fPort: ev.fPort, codec: js.file, err: err.message }, 'JavaScript codec failed; payload sent raw')
       }
     }
@@ -441,6 +446,7 @@ export class LorawanAdapter implements SouthboundAdapter {
       } catch (err) {
         if (!(err instanceof CayenneError)) throw err
         this.m.decodeErrors.inc({ codec: 'cayenne' })
+        this.problem(this.children.get(deviceKey(device)), { source: 'gateway', level: 'ERROR', code: 'CODEC', description: `fPort ${ev.fPort}: Cayenne LPP: ${err.message}; sent raw` })
         this.warn.warn(`cayenne:${ev.device.devEui}`, { devEui: ev.device.devEui, device: deviceKey(device), fPort: ev.fPort, err: err.message }, 'Cayenne LPP payload did not decode; sent raw')
       }
     }
@@ -598,6 +604,7 @@ export class LorawanAdapter implements SouthboundAdapter {
         this.warn.warn(`enqueue:${err.transient}`, { err: err.message, device: deviceKey(c.device), what }, 'ChirpStack\'s API did not queue a downlink')
         if (err.transient || !cmd) return false
         this.m.downlinks.inc({ result: 'failed' })
+        this.problem(c, { source: 'gateway', level: 'ERROR', code: 'ENQUEUE', description: `ChirpStack's API refused the downlink: ${err.message}`, downlink: what })
         await this.ctx.replyFor(cmd, 'failed', { reason: err.message, code: 'enqueue' })
         return true
       }
@@ -649,6 +656,10 @@ export class LorawanAdapter implements SouthboundAdapter {
     this.m.logs.inc({ code: ev.code, level: ev.level })
     const id = ev.context.queue_item_id
     const p = id ? this.pending.get(id) : undefined
+    if (ev.level !== 'INFO') {
+      const at = ev.time ? Date.parse(ev.time) : NaN
+      this.problem(c, { at: Number.isFinite(at) ? at : undefined, source: 'chirpstack', level: ev.level, code: ev.code, description: ev.description, downlink: p?.what })
+    }
     if (p) return this.applyFate(id!, p, { kind: 'log', code: ev.code, description: ev.description })
     if (id) this.keepEarly(id, { kind: 'log', code: ev.code, description: ev.description })
     if (ev.level !== 'INFO') this.warn.warn(`log:${ev.code}:${c.devEui}`, { devEui: c.devEui, code: ev.code, level: ev.level, description: ev.description }, 'ChirpStack reported a problem with a device')
@@ -661,6 +672,7 @@ export class LorawanAdapter implements SouthboundAdapter {
    */
   private async applyFate(id: string, p: PendingDownlink, f: Fate): Promise<void> {
     const cmd: Command | undefined = p.cmd && { ...p.cmd, device: p.device, payload: Buffer.alloc(0) }
+    const child = this.children.get(deviceKey(p.device))
     switch (f.kind) {
       case 'txack':
         this.m.downlinks.inc({ result: 'sent' })
@@ -671,6 +683,7 @@ export class LorawanAdapter implements SouthboundAdapter {
         return
       case 'ack':
         this.m.downlinks.inc({ result: f.acknowledged ? 'acknowledged' : 'not_acknowledged' })
+        if (!f.acknowledged) this.problem(child, { source: 'gateway', level: 'WARNING', code: 'NOT_ACKNOWLEDGED', description: 'the device did not acknowledge the confirmed downlink', downlink: p.what })
         if (cmd) await this.ctx.replyFor(cmd, f.acknowledged ? 'acknowledged' : 'not_acknowledged')
         else if (!f.acknowledged) this.ctx.log.warn({ device: deviceKey(p.device), what: p.what }, 'a confirmed LoRaWAN downlink was not acknowledged by the device')
         this.pending.delete(id)
@@ -752,21 +765,7 @@ function pendingOf(device: DeviceRef, d: { fPort: number; confirmed: boolean; ex
   }
 }
 
-/** A downlink in flight as the diagnostics route shows it. */
-export interface QueuedDownlinkView {
-  id: string
-  what: string
-  command?: string
-  requestId?: string
-  fPort: number
-  confirmed: boolean
-  /** queued: ChirpStack holds it; sent: a radio gateway took it, a confirmed one awaits the device's ack. */
-  state: 'queued' | 'sent'
-  queuedAt: number
-  followedUntil: number
-}
-
-export type LoraChildView = Omit<LoraChildState, 'statusSent' | 'rhythm'> & { usualIntervalSeconds?: number }
+type LoraChildView = LoraChildFacts & { usualIntervalSeconds?: number }
 
 function view(c: LoraChildState): LoraChildView {
   const { statusSent: _statusSent, rhythm, ...rest } = c
