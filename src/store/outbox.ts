@@ -127,7 +127,12 @@ export class Outbox extends EventEmitter {
   ) {
     super()
     this.st = {
-      oldest: db.prepare('SELECT MIN(received_at) AS t FROM outbox'),
+      // The first row of each priority by id (rows go in in arrival order), through outbox_by_prio:
+      // three index seeks, where MIN(received_at) read the whole table (1 s at 2M rows, on every
+      // health call and metrics scrape).
+      oldest: db.prepare(
+        `SELECT MIN(t) AS t FROM (${[0, 1, 2].map((p) => `SELECT (SELECT received_at FROM outbox INDEXED BY outbox_by_prio WHERE prio = ${p} ORDER BY id LIMIT 1) AS t`).join(' UNION ALL ')})`,
+      ),
       readPrio: db.prepare('SELECT * FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?'),
       readPrioDevice: db.prepare('SELECT * FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?'),
       bumpCounter: db.prepare(
