@@ -542,10 +542,11 @@ export class BrokerSessionStore extends EventEmitter {
       if (e.packet.brokerId === packet.brokerId) {
         if (e.packet.brokerCounter === packet.brokerCounter) {
           e.packet.messageId = packet.messageId
-          // QoS 1: after a restart it goes out with a new packet id, which is as good (not written).
+          // QoS 1: after a restart it goes out with a new packet id, which is as good (not written);
+          // except a command's: the command queue sends it again with the id kept here, DUP=1.
           // QoS 2: the same id again, or the device would take a resent PUBLISH for a new message;
           // lost in a crash, it goes out with another one (as QoS 1 would).
-          if ((e.packet.qos ?? 0) < 2) return
+          if ((e.packet.qos ?? 0) < 2 && !this.marks?.heldElsewhere(e.packet)) return
           const json = toRow(e.packet).packet
           return this.lazy(() => this.st.setOutMeta.run(json, e.seq))
         }

@@ -83,6 +83,10 @@ export class BrokerAdapter implements SouthboundAdapter {
   private readonly ackWaiters = new Map<string, { done: (ok: boolean) => void }>()
   // `${clientId}\0${packet id}` -> ack waiter key, for the PUBACKs above.
   private readonly pubackWaiters = new Map<string, string>()
+  // `${clientId}\0${command topic}` -> the packet id a command went out with to this persistent
+  // session before (read from the copy its session queue kept, also across a restart): the command
+  // queue sends it again with that id and DUP=1 [MQTT-3.3.1-1] [MQTT-4.4.0-1]. Per connection.
+  private readonly sentIds = new Map<string, number>()
   // A will restored from broker.db (a previous run's client): who the client was.
   private readonly willOrigin = new WeakMap<object, string>()
   private readonly clientsGauge: Gauge
@@ -424,6 +428,7 @@ export class BrokerAdapter implements SouthboundAdapter {
 
   private onGone(client: Client): void {
     this.clientsGauge.set(this.clientCount)
+    for (const k of this.sentIds.keys()) if (k.startsWith(`${client.id}\u0000`)) this.sentIds.delete(k)
     const st = this.state.get(client)
     if (!st?.device) return
     const set = this.byDevice.get(deviceKey(st.device))
@@ -465,16 +470,28 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (target === undefined || st?.zone === 'internal') return packet
     if (!st?.device || deviceKey(st.device) !== target) return null
     const waiterKey = `${target}\u0000${packet.topic}`
-    if (packet.qos === 1 && this.ackWaiters.has(waiterKey)) {
-      // A command to this device: give the packet its id now (aedes keeps an id it is handed, and
-      // takes the next one from the same per-client counter otherwise), so its PUBACK can be matched.
-      const c = client as unknown as { _nextId: number }
-      const messageId = c._nextId
-      c._nextId = messageId >= 65535 ? 1 : messageId + 1
-      this.pubackWaiters.set(`${client.id}\u0000${messageId}`, waiterKey)
-      return Object.assign(Object.create(Object.getPrototypeOf(packet) as object) as AedesPublishPacket, packet, { messageId })
+    if (packet.qos === 0) return packet
+    // A command to this device is sent by the command queue only: a copy the broker's session
+    // queue kept (the device left before its PUBACK) is dropped here, or the device would get it
+    // twice at its reconnect, once from each queue (decision 0017, "one owner of redelivery").
+    // Its packet id is kept for that resend.
+    const sentKey = `${client.id}\u0000${packet.topic}`
+    if (!this.ackWaiters.has(waiterKey)) {
+      if (!client.clean && packet.messageId) this.sentIds.set(sentKey, packet.messageId)
+      return null
     }
-    return packet
+    // Give the packet its id now (aedes keeps an id it is handed, and takes the next one from the
+    // same per-client counter otherwise), so its PUBACK can be matched.
+    let messageId = this.sentIds.get(sentKey)
+    const resent = messageId !== undefined
+    this.sentIds.delete(sentKey)
+    if (messageId === undefined) {
+      const c = client as unknown as { _nextId: number }
+      messageId = c._nextId
+      c._nextId = messageId >= 65535 ? 1 : messageId + 1
+    }
+    this.pubackWaiters.set(`${client.id}\u0000${messageId}`, waiterKey)
+    return Object.assign(Object.create(Object.getPrototypeOf(packet) as object) as AedesPublishPacket, packet, { messageId, dup: resent })
   }
 
   private onPuback(client: Client, messageId: number): void {
