@@ -285,7 +285,7 @@ export class Gateway {
     if (cfg.broker.persistence !== 'sqlite') return
     const warn = new RateLimitedLog(log)
     try {
-      const sessions = openBrokerSessions(cfg.gateway.dataDir)
+      const sessions = openBrokerSessions(cfg.gateway.dataDir, { maxMessages: cfg.broker.maxQueuedMessages, maxBytes: cfg.broker.maxQueuedBytes })
       sessions.on('error', (err: Error) =>
         warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk"),
       )

@@ -6,12 +6,12 @@ import { Aedes, type Client, type AedesPublishPacket, type PublishPacket, type S
 import net from 'node:net'
 import tls from 'node:tls'
 import { readFileSync } from 'node:fs'
-import type { AdapterContext, BrokerSessionStore, ClientSession, PacketMarks } from '../../core/adapter-context.js'
+import type { AdapterContext, BrokerSessionStore, ClientSession, PacketMarks, QueueDrop } from '../../core/adapter-context.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
 import { deviceKey } from '../../core/types.js'
 import { ErrorCodes } from '../../core/errors.js'
 import { RateLimitedLog } from '../../core/log.js'
-import type { Gauge } from 'prom-client'
+import type { Counter, Gauge } from 'prom-client'
 import type { BrokerConfig, ListenerConfig } from './schema.js'
 import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions } from '../../core/hub-topics.js'
 import { commandTopic, mayPublish } from '../../core/device-acl.js'
@@ -34,7 +34,7 @@ interface ClientState {
   settleSubscribed?: (ok: boolean) => void
 }
 
-export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & { listeners: readonly ListenerConfig[] }
+export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'maxQueuedMessages' | 'maxQueuedBytes'>> & { listeners: readonly ListenerConfig[] }
 
 // A device that does not PUBACK a command within this long is treated as gone; the command stays queued.
 const DELIVERY_ACK_TIMEOUT_MS = 10_000
@@ -90,6 +90,7 @@ export class BrokerAdapter implements SouthboundAdapter {
   // A will restored from broker.db (a previous run's client): who the client was.
   private readonly willOrigin = new WeakMap<object, string>()
   private readonly clientsGauge: Gauge
+  private readonly queueDropped: Counter<'unit'>
   private readonly warn: RateLimitedLog
   private stopping = false
   private boundPorts: number[] = []
@@ -100,6 +101,7 @@ export class BrokerAdapter implements SouthboundAdapter {
   ) {
     this.warn = new RateLimitedLog(core.log)
     this.clientsGauge = core.metrics.gauge('clients', 'Clients connected to the local MQTT broker (devices and local tools)')
+    this.queueDropped = core.metrics.counter('queue_dropped_total', 'Messages (unit=messages) and bytes (unit=bytes) dropped from persistent sessions’ queues over broker.maxQueuedMessages/maxQueuedBytes, oldest first', ['unit'])
   }
 
   /** Ports actually bound, in listener order (useful with port 0). */
@@ -116,6 +118,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     // Persistent sessions, retained messages and wills in broker.db (undefined: aedes' memory).
     const sessions = this.core.brokerSessions()
     sessions?.setMarks(this.marks())
+    sessions?.on('queueDropped', (d: QueueDrop) => this.onQueueDropped(d))
     this.aedes = new Aedes({
       persistence: sessions,
       // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
@@ -395,6 +398,22 @@ export class BrokerAdapter implements SouthboundAdapter {
       { ...counts, willsPublished: published, file: sessions.file },
       `local broker sessions restored from broker.db: ${counts.clients} persistent session(s), ${counts.queued} queued message(s), ${counts.retained} retained, ${published} will(s) of clients connected when the gateway last stopped published`,
     )
+  }
+
+  /** A persistent session's queue went over its limits: counted; logged once per client until it comes back for its queue. */
+  private onQueueDropped(d: QueueDrop): void {
+    this.queueDropped.inc({ unit: 'messages' }, d.messages)
+    this.queueDropped.inc({ unit: 'bytes' }, d.bytes)
+    if (!d.first) return
+    this.core.log.warn(
+      { clientId: d.clientId, dropped: d.messages, code: ErrorCodes.BROKER_QUEUE_FULL, maxQueuedMessages: this.opts.maxQueuedMessages, maxQueuedBytes: this.opts.maxQueuedBytes },
+      'a persistent session is away and its queue on the local broker is full: its oldest messages are dropped (counted, not logged again until it comes back). Connect the client (or once with clean session on to discard its session), or raise broker.maxQueuedMessages / broker.maxQueuedBytes',
+    )
+  }
+
+  /** For /api/health: persistent sessions whose queue dropped messages and whose client has not come back. */
+  health(): string[] {
+    return (this.core.brokerSessions()?.counts().overflowing ?? 0) > 0 ? ['queue_dropped'] : []
   }
 
   private onReady(client: Client): void {

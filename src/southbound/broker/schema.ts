@@ -43,6 +43,17 @@ export const BrokerSchema = Type.Object(
       description:
         "where the broker keeps persistent sessions (subscriptions, QoS 1/2 messages queued for a device), retained messages and wills: sqlite ({dataDir}/broker.db, they survive a restart and a kill -9) or memory (lost at every restart)",
     }),
+    maxQueuedMessages: Type.Integer({
+      minimum: 1,
+      default: 1000,
+      description:
+        'QoS 1/2 messages the broker keeps for one persistent session (a client with clean session off) while it is away, in flight included; past it the oldest are dropped, counted and logged (as Mosquitto max_queued_messages; with persistence sqlite)',
+    }),
+    maxQueuedBytes: Type.Integer({
+      minimum: 1,
+      default: 4 * 1024 * 1024,
+      description: 'the same limit in bytes (topics and payloads) for one persistent session; past it the oldest messages are dropped (as Mosquitto max_queued_bytes)',
+    }),
   },
   { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
 )
