@@ -58,6 +58,8 @@ export const ErrorCodes = {
   BROKER_SESSIONS_FAILED: 'IHE_BROKER_SESSIONS_FAILED',
   /** A persistent session's queue on the local broker went over broker.maxQueuedMessages or maxQueuedBytes: its oldest messages were dropped. */
   BROKER_QUEUE_FULL: 'IHE_BROKER_QUEUE_FULL',
+  /** broker.db was damaged: moved aside, its readable rows salvaged into a fresh one; degraded until acknowledged. */
+  BROKER_SESSIONS_SALVAGED: 'IHE_BROKER_SESSIONS_SALVAGED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

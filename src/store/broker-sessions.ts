@@ -261,20 +261,7 @@ export class BrokerSessionStore extends EventEmitter {
     private readonly limits: QueueLimits = { maxMessages: Infinity, maxBytes: Infinity },
   ) {
     super()
-    mkdirSync(path.dirname(file), { recursive: true })
-    this.db = new Database(file)
-    this.db.pragma('journal_mode = WAL')
-    // FULL: a SUBACK, PUBREC or CONNACK is only sent once what it promises is on the platter.
-    this.db.pragma('synchronous = FULL')
-    this.db.pragma('busy_timeout = 5000')
-    const current = this.db.pragma('user_version', { simple: true }) as number
-    if (current > migrations.length) throw new Error(`${file} has layout ${current}, this version reads up to ${migrations.length}`)
-    for (let v = current; v < migrations.length; v++) {
-      this.db.transaction(() => {
-        this.db.exec(migrations[v])
-        this.db.pragma(`user_version = ${v + 1}`)
-      })()
-    }
+    this.db = openBrokerDatabase(file)
     const p = (sql: string): Statement => this.db.prepare(sql)
     this.st = {
       putSub: p('INSERT OR REPLACE INTO subscriptions (client_id, topic, record) VALUES (?, ?, ?)'),
@@ -731,6 +718,30 @@ export class BrokerSessionStore extends EventEmitter {
   /** The wills of the brokers not listed (a previous run's broker id: the gateway died with those clients connected). */
   streamWill(brokers: Record<string, unknown> = {}): Readable {
     return Readable.from([...this.wills.values()].filter((w) => !brokers[w.brokerId as string]))
+  }
+}
+
+/** broker.db opened (or made) with its layout: the store's, and the salvage's fresh copy (src/store/salvage.ts). */
+export function openBrokerDatabase(file: string): Database.Database {
+  mkdirSync(path.dirname(file), { recursive: true })
+  const db = new Database(file)
+  try {
+    db.pragma('journal_mode = WAL')
+    // FULL: a SUBACK, PUBREC or CONNACK is only sent once what it promises is on the platter.
+    db.pragma('synchronous = FULL')
+    db.pragma('busy_timeout = 5000')
+    const current = db.pragma('user_version', { simple: true }) as number
+    if (current > migrations.length) throw new Error(`${file} has layout ${current}, this version reads up to ${migrations.length}`)
+    for (let v = current; v < migrations.length; v++) {
+      db.transaction(() => {
+        db.exec(migrations[v])
+        db.pragma(`user_version = ${v + 1}`)
+      })()
+    }
+    return db
+  } catch (err) {
+    db.close()
+    throw err
   }
 }
 
