@@ -13,8 +13,9 @@ import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { countRows, damage } from '../helpers/damaged-db.js'
 import { connectDevice } from '../helpers/device.js'
-import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import { runCli, type GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 import { awaitDelivery, checkDelivery, deliveryProblems, Ledger, publishSequence, testDevices, type TestDevice } from '../helpers/ledger.js'
 import { metricValue } from '../helpers/metrics.js'
 
@@ -32,26 +33,19 @@ interface SalvageHealth {
 }
 
 describe('a damaged gateway.db', () => {
+  let s: HubScenario | undefined
   let hub: HubBroker
   let recorder: HubRecorder
   let gateway: GatewayProcess
   let clients: MqttClient[] = []
 
-  beforeEach(async ({ onTestFailed }) => {
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: [...seeded, added] } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
+  beforeEach(async (ctx) => {
+    s = await startHubScenario(ctx, { gw, children: [...seeded, added], recordFilter: 'upload_data/meter/#', recorderId: RECORDER_ID, config: { devices: seeded } })
+    ;({ hub, recorder, gateway, clients } = s)
     await hub.stop()
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices: seeded, log: { level: 'info' } })
-    onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
   })
 
-  afterEach(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    clients = []
-    await gateway?.close()
-    await hub?.close()
-  })
+  afterEach(() => closeHubScenario(s && { ...s, clients }))
 
   /**
    * Every device (the API-added one too) gets PER_DEVICE messages acknowledged; the hub is down.
