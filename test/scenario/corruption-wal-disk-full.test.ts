@@ -9,8 +9,9 @@ import type { MqttClient } from 'mqtt'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { connectDevice } from '../helpers/device.js'
-import { GatewayProcess } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import type { GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 import { awaitDelivery, deliveryProblems, explainMissing, Ledger, publishSequence, testDevices } from '../helpers/ledger.js'
 import { isRoot, mountSmallDisk, type SmallDisk } from '../helpers/small-disk.js'
 
@@ -21,6 +22,7 @@ const RECORDER_ID = 'hub-recorder-wal-full'
 
 describe.skipIf(!isRoot)('data disk filled by the gateway’s own WAL', () => {
   let disk: SmallDisk | undefined
+  let s: HubScenario | undefined
   let hub: HubBroker
   let recorder: HubRecorder
   let gateway: GatewayProcess
@@ -28,28 +30,22 @@ describe.skipIf(!isRoot)('data disk filled by the gateway’s own WAL', () => {
 
   beforeAll(async () => {
     disk = mountSmallDisk(TMPFS_SIZE, 'walfull')
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: devices } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
+    s = await startHubScenario(undefined, {
+      gw,
+      children: devices,
+      recordFilter: 'upload_data/meter/#',
+      recorderId: RECORDER_ID,
+      // Larger than the disk: the disk fills long before the quota evicts anything.
+      config: { store: { outbox: { maxBytes: 256 * 1024 * 1024 }, history: { enabled: false } } },
+      options: { dataDir: path.join(disk.path, 'data') },
+    })
+    ;({ hub, recorder, gateway } = s)
     await hub.stop()
-    gateway = new GatewayProcess(
-      {
-        gateway: gw,
-        northbound: { url: hub.url },
-        devices,
-        // Larger than the disk: the disk fills long before the quota evicts anything.
-        store: { outbox: { maxBytes: 256 * 1024 * 1024 }, history: { enabled: false } },
-        log: { level: 'info' },
-      },
-      { dataDir: path.join(disk.path, 'data') },
-    )
     await gateway.start()
   })
 
   afterAll(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    await gateway?.close()
-    await hub?.close()
+    await closeHubScenario(s && { ...s, clients })
     disk?.unmount()
   })
 

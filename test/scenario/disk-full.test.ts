@@ -9,8 +9,9 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { connectDevice, type ConnectError } from '../helpers/device.js'
-import { GatewayProcess } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import type { GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 import { awaitDelivery, deliveryProblems, explainMissing, Ledger, publishSequence } from '../helpers/ledger.js'
 import { metricValue } from '../helpers/metrics.js'
 import { isRoot, mountSmallDisk, type SmallDisk } from '../helpers/small-disk.js'
@@ -24,6 +25,7 @@ const RECORDER_ID = 'hub-recorder-disk-full'
 
 describe.skipIf(!isRoot)('data disk full', () => {
   let disk: SmallDisk | undefined
+  let s: HubScenario | undefined
   let hub: HubBroker
   let recorder: HubRecorder
   let gateway: GatewayProcess
@@ -31,21 +33,14 @@ describe.skipIf(!isRoot)('data disk full', () => {
 
   beforeAll(async () => {
     disk = mountSmallDisk(TMPFS_SIZE, 'tmpfs')
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: [dev] } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
+    s = await startHubScenario(undefined, { gw, children: [dev], recordFilter: 'upload_data/meter/#', recorderId: RECORDER_ID, options: { dataDir: path.join(disk.path, 'data') } })
+    ;({ hub, recorder, gateway } = s)
     await hub.stop()
-    gateway = new GatewayProcess(
-      { gateway: gw, northbound: { url: hub.url }, devices: [dev], log: { level: 'info' } },
-      { dataDir: path.join(disk.path, 'data') },
-    )
     await gateway.start()
   })
 
   afterAll(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    await gateway?.close()
-    await hub?.close()
+    await closeHubScenario(s && { ...s, clients })
     disk?.unmount()
   })
 
