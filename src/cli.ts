@@ -8,7 +8,6 @@ import { SystemdNotifier } from './core/systemd.js'
 import { DB_FILE, openDatabase } from './store/db.js'
 import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
 import { acknowledgeSalvage } from './store/salvage.js'
-import { isDamagedDatabase } from './core/damaged-file.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/server.js'
 import { endpoint, request, type Answer, type Endpoint } from './cli-http.js'
@@ -350,9 +349,7 @@ async function start(file: string | undefined): Promise<number | undefined> {
   // A bug in one component is logged with its stack; durability does not depend on the process
   // surviving it (everything acknowledged is already committed), so exit and let systemd restart.
   process.on('uncaughtException', (err) => {
-    // A read that met a damaged page (the hub link reading the outbox) is the store's damage, as a failed write is.
-    if (isDamagedDatabase(err)) gw.log.fatal({ err, code: ErrorCodes.STORE_CORRUPT }, 'a database is damaged: exiting without a clean stop, so that the next start checks it and salvages what can be read')
-    else gw.log.fatal({ err }, 'uncaught exception; exiting')
+    gw.log.fatal({ err }, 'uncaught exception; exiting')
     process.exit(EXIT_SOFTWARE)
   })
   return undefined

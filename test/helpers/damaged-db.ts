@@ -24,22 +24,16 @@ export function countRows(file: string, table: string): number {
   }
 }
 
-/** A table's leaf pages in page order, and the page size (SQLite's dbstat table); the table must span more than `minPages`. */
-export function middleLeafPages(file: string, table: string, minPages = 10): { pages: number[]; pageSize: number } {
+/** The page number and size of the middle one of a table's leaf pages (SQLite's dbstat table); the table must span more than `minPages`. */
+export function middleLeafPage(file: string, table: string, minPages = 10): { pageno: number; pageSize: number } {
   const db = new Database(file, { readonly: true })
   try {
     const pages = db.prepare("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno").pluck().all(table) as number[]
     if (pages.length <= minPages) throw new Error(`${table} spans ${pages.length} leaf page(s), not more than ${minPages}: put more rows in it`)
-    return { pages, pageSize: db.pragma('page_size', { simple: true }) as number }
+    return { pageno: pages[Math.floor(pages.length / 2)], pageSize: db.pragma('page_size', { simple: true }) as number }
   } finally {
     db.close()
   }
-}
-
-/** The page number and size of the middle one of a table's leaf pages. */
-export function middleLeafPage(file: string, table: string): { pageno: number; pageSize: number } {
-  const { pages, pageSize } = middleLeafPages(file, table)
-  return { pageno: pages[Math.floor(pages.length / 2)], pageSize }
 }
 
 /** Overwrite the middle leaf page of `table`, or the file's header. */
