@@ -1,8 +1,7 @@
 // Signals and exit codes of `iothub-edge start` (issue 17 items 5-6, broker-robust item 5;
 // docs/operators/troubleshooting.md "Exit codes"). SIGTERM, SIGINT and SIGHUP that arrive while the
 // gateway is starting (the store open, the listeners about to open) end it cleanly once the start is done:
-// exit 0, and the next start finds a clean stop. Exit 70 (EX_SOFTWARE: IHE_STORE_CORRUPT, an
-// uncaught exception) is in test/scenario/corruption-running.test.ts.
+// exit 0, and the next start finds a clean stop.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { GatewayProcess } from '../helpers/gateway-process.js'
 
