@@ -74,8 +74,9 @@ const USAGE = `usage:
                               remove the web UI's users and their sessions and print a new setup
                               code: the next visit sets the admin password (API tokens stay valid);
                               works with the gateway running
-  iothub-edge store ack [-c FILE]              acknowledge the salvage of a damaged gateway.db (the health
-                              stops saying store_salvaged; the damaged file stays where it was moved)
+  iothub-edge store ack [-c FILE]              acknowledge the salvage of a damaged gateway.db or broker.db (the
+                              health stops saying store_salvaged / broker_sessions_salvaged; the damaged
+                              file stays where it was moved)
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -780,7 +781,7 @@ async function storeCommand(args: string[], v: { config?: string }): Promise<num
   } else {
     acknowledged = acknowledgeSalvage(dataDir)
   }
-  process.stdout.write(acknowledged ? 'salvage acknowledged\n' : `nothing to acknowledge: no salvage of ${path.join(dataDir, 'gateway.db')} is pending\n`)
+  process.stdout.write(acknowledged ? 'salvage acknowledged\n' : `nothing to acknowledge: no salvage of ${path.join(dataDir, 'gateway.db')} or broker.db is pending\n`)
   return 0
 }
 

@@ -12,11 +12,11 @@ import { Core } from './core/core.js'
 import type { HubPort } from './core/gateway-device.js'
 import { deviceKey, type DeviceRef } from './core/types.js'
 import { lastSeen, type ConnectionInfo } from './store/connections.js'
-import { ErrorCodes, StartError } from './core/errors.js'
+import { ErrorCodes, StartError, type ErrorCode } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
 import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
-import { acknowledgeSalvage, pendingSalvage, type SalvageReport } from './store/salvage.js'
+import { acknowledgeSalvage, BROKER_DB, openCheckedDatabase, pendingSalvage, type CheckKind, type SalvageReport } from './store/salvage.js'
 import { isDamagedDatabase } from './core/damaged-file.js'
 import { storeRoutes } from './web/routes/store.js'
 import { Bridge } from './northbound/bridge.js'
@@ -94,6 +94,8 @@ export class Gateway {
   private lock?: DataDirLock
   /** A salvage of gateway.db no operator has acknowledged yet (store-salvage.json). */
   private salvage?: SalvageReport
+  /** The same for broker.db (broker-salvage.json). */
+  private brokerSalvage?: SalvageReport
 
   constructor(
     readonly cfg: Config,
@@ -139,7 +141,7 @@ export class Gateway {
       publishDirect: (topic, payload) => this.bridge?.publishDirect(topic, payload) ?? false,
       resubscribe: () => this.bridge?.resubscribe(),
     }
-    this.openBrokerSessions()
+    this.openBrokerSessions(unclean ? 'quick_check' : 'cheap')
     this.core = new Core({
       store,
       hub,
@@ -232,60 +234,73 @@ export class Gateway {
         `the previous run (pid ${previousPid}) ended without a clean stop (killed, crashed or power lost); database checked (${check}, ${checkMs} ms); ${s.messages} message(s) waiting in the outbox`,
       )
     }
-    if (salvage) {
-      const counts = salvage.tables.filter((t) => t.rows || t.readErrors).map((t) => `${t.table} ${t.rows}${t.readErrors ? ` (${t.readErrors} unreadable read(s))` : ''}`)
-      log.error(
-        { code: ErrorCodes.STORE_SALVAGED, reason: salvage.reason, movedTo: salvage.movedTo, headerRebuilt: salvage.headerRebuilt, tables: salvage.tables },
-        `gateway.db was damaged (${salvage.reason}): moved aside to ${salvage.movedTo} and salvaged into a new one: ${counts.join(', ') || 'no rows'}. Rows on damaged pages may be lost. Check the disk, then acknowledge: iothub-edge store ack`,
-      )
-    }
-    this.salvage = pendingSalvage(cfg.gateway.dataDir)
-    if (this.salvage && !salvage) {
-      log.warn({ code: ErrorCodes.STORE_SALVAGED, at: this.salvage.at, movedTo: this.salvage.movedTo }, `gateway.db was salvaged at ${this.salvage.at} and nobody has acknowledged it yet: iothub-edge store ack`)
-    }
+    this.salvage = this.salvageLines('gateway.db', ErrorCodes.STORE_SALVAGED, salvage, pendingSalvage(cfg.gateway.dataDir))
     const gateway = this
+    const salvages = (): [string, SalvageReport | undefined][] => [
+      ['gateway.db', gateway.salvage],
+      ['broker.db', gateway.brokerSalvage],
+    ]
     const perTable = (name: string, help: string, field: 'rows' | 'readErrors'): void =>
       void new Gauge({
         name,
         help,
-        labelNames: ['table'],
+        labelNames: ['table', 'database'],
         registers: [this.metrics.registry],
         collect() {
           this.reset()
-          for (const t of gateway.salvage?.tables ?? []) this.set({ table: t.table }, t[field])
+          for (const [database, s] of salvages()) for (const t of s?.tables ?? []) this.set({ table: t.table, database }, t[field])
         },
       })
-    perTable('iothub_edge_store_salvaged_rows', 'Rows salvaged from a damaged gateway.db, by table (until the salvage is acknowledged)', 'rows')
+    perTable('iothub_edge_store_salvaged_rows', 'Rows salvaged from a damaged gateway.db or broker.db, by table (until the salvage is acknowledged)', 'rows')
     perTable('iothub_edge_store_salvage_read_errors', 'Reads that failed on damaged pages during the salvage, by table: rows there may be lost (until acknowledged)', 'readErrors')
     new Gauge({
       name: 'iothub_edge_store_salvage_pending',
-      help: '1 while a salvage of a damaged gateway.db waits for an operator to acknowledge it',
+      help: '1 while a salvage of a damaged gateway.db or broker.db waits for an operator to acknowledge it',
       registers: [this.metrics.registry],
       collect() {
-        this.set(gateway.salvage ? 1 : 0)
+        this.set(salvages().some(([, s]) => s) ? 1 : 0)
       },
     })
+  }
+
+  /** The log lines of a salvage: made at this start (error), or an earlier one not yet acknowledged (warn). Returns the pending one. */
+  private salvageLines(file: string, code: ErrorCode, fresh: SalvageReport | undefined, pending: SalvageReport | undefined): SalvageReport | undefined {
+    if (fresh) {
+      const counts = fresh.tables.filter((t) => t.rows || t.readErrors).map((t) => `${t.table} ${t.rows}${t.readErrors ? ` (${t.readErrors} unreadable read(s))` : ''}`)
+      this.log.error(
+        { code, reason: fresh.reason, movedTo: fresh.movedTo, headerRebuilt: fresh.headerRebuilt, tables: fresh.tables },
+        `${file} was damaged (${fresh.reason}): moved aside to ${fresh.movedTo} and salvaged into a new one: ${counts.join(', ') || 'no rows'}. Rows on damaged pages may be lost. Check the disk, then acknowledge: iothub-edge store ack`,
+      )
+    } else if (pending) {
+      this.log.warn({ code, at: pending.at, movedTo: pending.movedTo }, `${file} was salvaged at ${pending.at} and nobody has acknowledged it yet: iothub-edge store ack`)
+    }
+    return pending
   }
 
   /** The operator has seen the salvage report: health goes back to what the rest says. */
   acknowledgeSalvage(): boolean {
     const had = acknowledgeSalvage(this.cfg.gateway.dataDir)
-    if (had) this.log.info({ code: ErrorCodes.STORE_SALVAGED }, 'the salvage of gateway.db was acknowledged')
+    if (had) this.log.info({ code: this.salvage ? ErrorCodes.STORE_SALVAGED : ErrorCodes.BROKER_SESSIONS_SALVAGED }, `the salvage of ${[this.salvage && 'gateway.db', this.brokerSalvage && 'broker.db'].filter(Boolean).join(' and ')} was acknowledged`)
     this.salvage = undefined
+    this.brokerSalvage = undefined
     return had
   }
 
   /**
-   * broker.db beside the store (decision 0017-broker-persistence). One that cannot be opened is left
-   * where it is for the operator, and the broker runs on with its sessions in memory (health says
-   * so): devices are served either way.
+   * broker.db beside the store (decision 0017-broker-persistence), checked as gateway.db is: a
+   * damaged one is moved aside and salvaged (decision 0014-damaged-store). One that cannot be opened
+   * even so is left where it is for the operator, and the broker runs on with its sessions in
+   * memory (health says so): devices are served either way.
    */
-  private openBrokerSessions(): void {
+  private openBrokerSessions(check: CheckKind): void {
     const { cfg, log } = this
     if (cfg.broker.persistence !== 'sqlite') return
     const warn = new RateLimitedLog(log)
     try {
-      const sessions = openBrokerSessions(cfg.gateway.dataDir)
+      const checked = openCheckedDatabase(cfg.gateway.dataDir, check, Date.now(), BROKER_DB)
+      checked.db.close()
+      this.brokerSalvage = this.salvageLines('broker.db', ErrorCodes.BROKER_SESSIONS_SALVAGED, checked.salvage, pendingSalvage(cfg.gateway.dataDir, BROKER_DB))
+      const sessions = openBrokerSessions(cfg.gateway.dataDir, { maxMessages: cfg.broker.maxQueuedMessages, maxBytes: cfg.broker.maxQueuedBytes })
       sessions.on('error', (err: Error) =>
         warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk"),
       )
@@ -575,6 +590,7 @@ export class Gateway {
   health(): HealthReport {
     const reasons = this.core.healthReasons()
     if (this.salvage) reasons.push('store_salvaged')
+    if (this.brokerSalvage) reasons.push('broker_sessions_salvaged')
     if (this.brokerSessionsLost) reasons.push('broker_sessions_in_memory')
     for (const a of this.adapters) {
       if (a.health.state === 'failed') reasons.push(`adapter_failed:${a.health.name}`)
@@ -601,7 +617,7 @@ export class Gateway {
       clock: { offsetMs: this.core.clock.offsetMs, measuredAt: this.core.clock.lastSample?.measuredAt ?? null },
       adapters: this.adapters.map((a) => ({ ...a.health })),
       ...(this.history ? { history: this.history.health() } : {}),
-      ...(this.salvage ? { store: { salvage: this.salvage } } : {}),
+      ...(this.salvage || this.brokerSalvage ? { store: { salvage: this.salvage, brokerSalvage: this.brokerSalvage } } : {}),
     }
   }
 

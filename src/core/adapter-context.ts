@@ -5,9 +5,9 @@ import type { Counter, Gauge } from 'prom-client'
 import type { Logger } from './log.js'
 import type { Command, DeviceRef, Transport, Uplink } from './types.js'
 import type { LocalFile } from './local-files.js'
-import type { BrokerSessionStore, PacketMarks } from '../store/broker-sessions.js'
+import type { BrokerSessionStore, PacketMarks, QueueDrop } from '../store/broker-sessions.js'
 
-export type { BrokerSessionStore, PacketMarks }
+export type { BrokerSessionStore, PacketMarks, QueueDrop }
 
 /** A native device's connection (an MQTT session, a CoAP client that registered). */
 export interface ClientSession {

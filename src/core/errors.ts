@@ -56,6 +56,10 @@ export const ErrorCodes = {
   OTA_QUARANTINED: 'IHE_OTA_QUARANTINED',
   /** broker.db (the local broker's persistent sessions, retained messages, wills) could not be opened or written. */
   BROKER_SESSIONS_FAILED: 'IHE_BROKER_SESSIONS_FAILED',
+  /** A persistent session's queue on the local broker went over broker.maxQueuedMessages or maxQueuedBytes: its oldest messages were dropped. */
+  BROKER_QUEUE_FULL: 'IHE_BROKER_QUEUE_FULL',
+  /** broker.db was damaged: moved aside, its readable rows salvaged into a fresh one; degraded until acknowledged. */
+  BROKER_SESSIONS_SALVAGED: 'IHE_BROKER_SESSIONS_SALVAGED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -87,12 +87,28 @@ export interface PacketMarks {
   restore(packet: BrokerPacket, mark: string): void
 }
 
+/** How much one persistent session's queue may hold; past either, its oldest messages are dropped. */
+export interface QueueLimits {
+  maxMessages: number
+  maxBytes: number
+}
+
+/** A queue over its limit ('queueDropped' event): what was dropped now, and whether it is the first since the queue was last empty. */
+export interface QueueDrop {
+  clientId: string
+  messages: number
+  bytes: number
+  first: boolean
+}
+
 export interface BrokerSessionCounts {
   subscriptions: number
   clients: number
   queued: number
   retained: number
   wills: number
+  /** Persistent sessions whose queue dropped messages since it was last empty (their client has not come back). */
+  overflowing: number
 }
 
 // aedes' packet shape (brokerId, brokerCounter, messageId rules): the same constructor aedes uses.
@@ -202,11 +218,16 @@ interface OutEntry {
   packet: BrokerPacket
 }
 
+/** What a queued message counts against maxBytes: its topic and payload. */
+function entryBytes(packet: BrokerPacket): number {
+  return Buffer.byteLength(packet.topic ?? '') + (packet.payload === undefined || packet.payload === null ? 0 : Buffer.byteLength(packet.payload))
+}
+
 type Op = () => void
 
 /**
  * aedes' persistence in SQLite. Events: 'error' (a commit failed; its writes are retried, and the
- * callers that waited for it were refused).
+ * callers that waited for it were refused), 'queueDropped' (QueueDrop: a queue went over its limits).
  */
 export class BrokerSessionStore extends EventEmitter {
   private readonly db: Database.Database
@@ -221,6 +242,8 @@ export class BrokerSessionStore extends EventEmitter {
   private trie: Trie = new QlobberSub(QLOBBER_OPTIONS)
   private readonly retained = new Map<string, BrokerPacket>()
   private readonly outgoing = new Map<string, OutEntry[]>()
+  private readonly queueBytes = new Map<string, number>()
+  private readonly overflowing = new Set<string>()
   private seq = 0
   // Map(clientId -> Map(messageId -> { packet, durable }))
   private readonly incoming = new Map<string, Map<number, { packet: BrokerPacket; durable: boolean }>>()
@@ -233,22 +256,12 @@ export class BrokerSessionStore extends EventEmitter {
   private retryTimer?: NodeJS.Timeout
   private commits = 0
 
-  constructor(readonly file: string) {
+  constructor(
+    readonly file: string,
+    private readonly limits: QueueLimits = { maxMessages: Infinity, maxBytes: Infinity },
+  ) {
     super()
-    mkdirSync(path.dirname(file), { recursive: true })
-    this.db = new Database(file)
-    this.db.pragma('journal_mode = WAL')
-    // FULL: a SUBACK, PUBREC or CONNACK is only sent once what it promises is on the platter.
-    this.db.pragma('synchronous = FULL')
-    this.db.pragma('busy_timeout = 5000')
-    const current = this.db.pragma('user_version', { simple: true }) as number
-    if (current > migrations.length) throw new Error(`${file} has layout ${current}, this version reads up to ${migrations.length}`)
-    for (let v = current; v < migrations.length; v++) {
-      this.db.transaction(() => {
-        this.db.exec(migrations[v])
-        this.db.pragma(`user_version = ${v + 1}`)
-      })()
-    }
+    this.db = openBrokerDatabase(file)
     const p = (sql: string): Statement => this.db.prepare(sql)
     this.st = {
       putSub: p('INSERT OR REPLACE INTO subscriptions (client_id, topic, record) VALUES (?, ?, ?)'),
@@ -289,6 +302,7 @@ export class BrokerSessionStore extends EventEmitter {
       const packet = fromRow(r)
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
       this.queueOf(r.client_id).push({ seq: r.seq, packet })
+      this.addBytes(r.client_id, entryBytes(packet))
       this.seq = Math.max(this.seq, r.seq)
     }
     for (const r of this.db.prepare('SELECT * FROM incoming').iterate() as Iterable<Row & { client_id: string; message_id: number }>) {
@@ -310,7 +324,14 @@ export class BrokerSessionStore extends EventEmitter {
   counts(): BrokerSessionCounts {
     let queued = 0
     for (const q of this.outgoing.values()) queued += q.length
-    return { subscriptions: this.trie.subscriptionsCount, clients: this.subscriptions.size, queued, retained: this.retained.size, wills: this.wills.size }
+    return {
+      subscriptions: this.trie.subscriptionsCount,
+      clients: this.subscriptions.size,
+      queued,
+      retained: this.retained.size,
+      wills: this.wills.size,
+      overflowing: this.overflowing.size,
+    }
   }
 
   /** Group commits made (a measure for the bench). */
@@ -484,11 +505,17 @@ export class BrokerSessionStore extends EventEmitter {
   }
 
   async cleanSubscriptions(client: ClientLike): Promise<void> {
+    // aedes calls this when a client connects with a clean session: its previous session, the
+    // queue too, is discarded [MQTT-3.1.2-6].
+    const queue = this.dropQueue(client.id)
     const stored = this.subscriptions.get(client.id)
-    if (!stored) return
-    for (const [topic, s] of stored) if (s.qos > 0) this.trie.remove(topic, { clientId: client.id, topic })
+    if (!stored && !queue) return
+    if (stored) for (const [topic, s] of stored) if (s.qos > 0) this.trie.remove(topic, { clientId: client.id, topic })
     this.subscriptions.delete(client.id)
-    return this.durable(() => this.st.delSubs.run(client.id))
+    return this.durable(() => {
+      this.st.delSubs.run(client.id)
+      for (const e of queue ?? []) this.st.delOut.run(e.seq)
+    })
   }
 
   getClientList(topic: string): Readable {
@@ -505,6 +532,41 @@ export class BrokerSessionStore extends EventEmitter {
     return q
   }
 
+  private addBytes(clientId: string, n: number): void {
+    this.queueBytes.set(clientId, (this.queueBytes.get(clientId) ?? 0) + n)
+  }
+
+  /** A queue emptied: its client came back (or started clean), so it no longer counts as overflowing. */
+  private dropQueue(clientId: string): OutEntry[] | undefined {
+    const q = this.outgoing.get(clientId)
+    this.outgoing.delete(clientId)
+    this.queueBytes.delete(clientId)
+    this.overflowing.delete(clientId)
+    return q
+  }
+
+  /** Oldest first, until the queue is within its limits again (the newest message always stays); returns the seqs dropped. */
+  private bound(clientId: string, dropped: number[]): void {
+    const q = this.outgoing.get(clientId)
+    if (!q) return
+    let bytes = this.queueBytes.get(clientId) ?? 0
+    let messages = 0
+    let freed = 0
+    while (q.length > 1 && (q.length > this.limits.maxMessages || bytes > this.limits.maxBytes)) {
+      const e = q.shift()!
+      const n = entryBytes(e.packet)
+      bytes -= n
+      freed += n
+      messages++
+      dropped.push(e.seq)
+    }
+    if (messages === 0) return
+    this.queueBytes.set(clientId, bytes)
+    const first = !this.overflowing.has(clientId)
+    this.overflowing.add(clientId)
+    this.emit('queueDropped', { clientId, messages, bytes: freed, first } satisfies QueueDrop)
+  }
+
   async outgoingEnqueue(sub: { clientId: string; qos?: number }, packet: BrokerPacket): Promise<void> {
     return this.outgoingEnqueueCombi([sub], packet)
   }
@@ -513,6 +575,7 @@ export class BrokerSessionStore extends EventEmitter {
     if (subs.length === 0) return
     const mark = this.marks?.of(packet) ?? null
     const rows: [number, string, Stored][] = []
+    const dropped: number[] = []
     for (const sub of subs) {
       const copy = normalized(packet)
       // Queued at the QoS the subscription was granted, not above it [MQTT-3.8.4-6]: aedes hands a
@@ -520,10 +583,13 @@ export class BrokerSessionStore extends EventEmitter {
       if (sub.qos !== undefined && sub.qos < (copy.qos ?? 0)) copy.qos = sub.qos
       const seq = ++this.seq
       this.queueOf(sub.clientId).push({ seq, packet: copy })
+      this.addBytes(sub.clientId, entryBytes(copy))
+      this.bound(sub.clientId, dropped)
       rows.push([seq, sub.clientId, toRow(copy)])
     }
     const write = (): void => {
       for (const [seq, clientId, r] of rows) this.st.putOut.run(seq, clientId, r.packet, r.payload, r.payloadText, mark)
+      for (const seq of dropped) this.st.delOut.run(seq)
     }
     // A command the core delivers waits for its device's PUBACK in the command queue anyway: its
     // delivery does not wait for an fsync here (lost in a crash, the command queue sends it again).
@@ -538,10 +604,11 @@ export class BrokerSessionStore extends EventEmitter {
       if (e.packet.brokerId === packet.brokerId) {
         if (e.packet.brokerCounter === packet.brokerCounter) {
           e.packet.messageId = packet.messageId
-          // QoS 1: after a restart it goes out with a new packet id, which is as good (not written).
+          // QoS 1: after a restart it goes out with a new packet id, which is as good (not written);
+          // except a command's: the command queue sends it again with the id kept here, DUP=1.
           // QoS 2: the same id again, or the device would take a resent PUBLISH for a new message;
           // lost in a crash, it goes out with another one (as QoS 1 would).
-          if ((e.packet.qos ?? 0) < 2) return
+          if ((e.packet.qos ?? 0) < 2 && !this.marks?.heldElsewhere(e.packet)) return
           const json = toRow(e.packet).packet
           return this.lazy(() => this.st.setOutMeta.run(json, e.seq))
         }
@@ -549,6 +616,7 @@ export class BrokerSessionStore extends EventEmitter {
       } else if (e.packet.messageId === packet.messageId) {
         // A PUBREL taking its PUBLISH's place (QoS 2): durable before the PUBREL is sent, or the
         // PUBLISH would go out again after a restart and be delivered twice.
+        this.addBytes(client.id, entryBytes(packet) - entryBytes(e.packet))
         e.packet = { ...packet }
         const r = toRow(e.packet)
         return this.durable(() => this.st.setOut.run(r.packet, r.payload, r.payloadText, e.seq))
@@ -564,7 +632,8 @@ export class BrokerSessionStore extends EventEmitter {
     const i = queue.findIndex((e) => e.packet.messageId === packet.messageId)
     if (i < 0) return undefined
     const [e] = queue.splice(i, 1)
-    if (queue.length === 0) this.outgoing.delete(client.id)
+    this.addBytes(client.id, -entryBytes(e.packet))
+    if (queue.length === 0) this.dropQueue(client.id)
     // Acknowledged by the device: if this is lost in a crash, the message is sent again (QoS 1 allows it).
     this.lazy(() => this.st.delOut.run(e.seq))
     return e.packet
@@ -648,7 +717,31 @@ export class BrokerSessionStore extends EventEmitter {
   }
 }
 
+/** broker.db opened (or made) with its layout: the store's, and the salvage's fresh copy (src/store/salvage.ts). */
+export function openBrokerDatabase(file: string): Database.Database {
+  mkdirSync(path.dirname(file), { recursive: true })
+  const db = new Database(file)
+  try {
+    db.pragma('journal_mode = WAL')
+    // FULL: a SUBACK, PUBREC or CONNACK is only sent once what it promises is on the platter.
+    db.pragma('synchronous = FULL')
+    db.pragma('busy_timeout = 5000')
+    const current = db.pragma('user_version', { simple: true }) as number
+    if (current > migrations.length) throw new Error(`${file} has layout ${current}, this version reads up to ${migrations.length}`)
+    for (let v = current; v < migrations.length; v++) {
+      db.transaction(() => {
+        db.exec(migrations[v])
+        db.pragma(`user_version = ${v + 1}`)
+      })()
+    }
+    return db
+  } catch (err) {
+    db.close()
+    throw err
+  }
+}
+
 /** Open (or make) {dataDir}/broker.db. */
-export function openBrokerSessions(dataDir: string): BrokerSessionStore {
-  return new BrokerSessionStore(path.join(dataDir, BROKER_DB_FILE))
+export function openBrokerSessions(dataDir: string, limits?: QueueLimits): BrokerSessionStore {
+  return new BrokerSessionStore(path.join(dataDir, BROKER_DB_FILE), limits)
 }

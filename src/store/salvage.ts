@@ -1,4 +1,5 @@
-// A damaged gateway.db (docs/operators/outbox.md, "Storage failures"). At start the database is
+// A damaged gateway.db (docs/operators/outbox.md, "Storage failures"), or broker.db (the local
+// broker's sessions, docs/operators/broker-sessions.md). At start the database is
 // checked; one SQLite cannot open, or that fails the check, is moved aside (kept, never deleted),
 // and every row that can still be read is copied into a fresh database: the outbox first (each row
 // with its id, so MessageId, priority and order are kept), then the device registry (a device lost
@@ -13,9 +14,51 @@ import { DB_FILE, openDatabase, type Db } from './db.js'
 import type { SalvageReport, TableSalvage } from './salvage-types.js'
 
 export type { SalvageReport, TableSalvage } from './salvage-types.js'
+import { BROKER_DB_FILE, openBrokerDatabase } from './broker-sessions.js'
 
 /** The salvage report in the data folder: present means "salvaged, not yet acknowledged". */
 export const SALVAGE_FILE = 'store-salvage.json'
+/** The same for broker.db (the local broker's sessions). */
+export const BROKER_SALVAGE_FILE = 'broker-salvage.json'
+
+/** A database this salvage serves: gateway.db (the store) or broker.db (the broker's sessions). */
+export interface SalvageTarget {
+  file: string
+  /** Its report's name in the data folder. */
+  reportFile: string
+  /** The database with its current schema (made fresh after the damaged file was moved aside). */
+  open(dataDir: string): Db
+  /** A table every readable copy has (a header rebuilt with a wrong page size shows none). */
+  requiredTable: string
+  /** The cheap check: read what the running gateway relies on. Throws SQLite's error on a damaged page. */
+  cheapCheck(db: Db): void
+}
+
+export const GATEWAY_DB: SalvageTarget = {
+  file: DB_FILE,
+  reportFile: SALVAGE_FILE,
+  open: openDatabase,
+  requiredTable: 'outbox',
+  cheapCheck(db) {
+    // Every page of the b-trees acknowledged messages and device logins live in (the outbox table,
+    // its index by priority, the registry) is read and parsed; values that overflow a page are not.
+    db.prepare('SELECT COUNT(*) FROM outbox NOT INDEXED').get()
+    db.prepare('SELECT prio, COUNT(*) FROM outbox INDEXED BY outbox_by_prio GROUP BY prio').all()
+    db.prepare('SELECT COUNT(*) FROM devices').get()
+  },
+}
+
+export const BROKER_DB: SalvageTarget = {
+  file: BROKER_DB_FILE,
+  reportFile: BROKER_SALVAGE_FILE,
+  open: (dataDir) => openBrokerDatabase(path.join(dataDir, BROKER_DB_FILE)),
+  requiredTable: 'outgoing',
+  cheapCheck(db) {
+    // The broker reads all of it into memory at start anyway: every row, payloads included.
+    for (const table of ['subscriptions', 'outgoing', 'incoming', 'retained', 'wills']) for (const _row of db.prepare(`SELECT * FROM ${table}`).iterate()) void _row
+    db.prepare('SELECT client_id, seq FROM outgoing INDEXED BY outgoing_by_client').all()
+  },
+}
 
 export type CheckKind = 'quick_check' | 'cheap'
 
@@ -32,13 +75,13 @@ export interface CheckedDatabase {
  * index) or a cheap one (the outbox's and the registry's rows and the outbox's index read in full).
  * A database that fails either is salvaged.
  */
-export function openCheckedDatabase(dataDir: string, check: CheckKind, now = Date.now()): CheckedDatabase {
+export function openCheckedDatabase(dataDir: string, check: CheckKind, now = Date.now(), target = GATEWAY_DB): CheckedDatabase {
   const started = performance.now()
   let db: Db | undefined
   let problem: string | undefined
   try {
-    db = openDatabase(dataDir)
-    problem = checkDatabase(db, check)
+    db = target.open(dataDir)
+    problem = checkDatabase(db, check, target)
   } catch (err) {
     if (!isDamagedDatabase(err)) {
       db?.close()
@@ -53,66 +96,67 @@ export function openCheckedDatabase(dataDir: string, check: CheckKind, now = Dat
   } catch {
     // a damaged file may fail its closing checkpoint; it is moved aside next either way
   }
-  const salvaged = salvageDatabase(dataDir, problem ?? 'damaged', now)
+  const salvaged = salvageDatabase(dataDir, problem ?? 'damaged', now, target)
   return { db: salvaged.db, check, checkMs, salvage: salvaged.report }
 }
 
 /** undefined when the database passes; else what is wrong. Throws SQLite's error for an unreadable page. */
-export function checkDatabase(db: Db, kind: CheckKind): string | undefined {
+export function checkDatabase(db: Db, kind: CheckKind, target = GATEWAY_DB): string | undefined {
   if (kind === 'quick_check') {
     const rows = db.pragma('quick_check(5)') as { quick_check: string }[]
     return rows.length === 1 && rows[0].quick_check === 'ok' ? undefined : rows.map((r) => r.quick_check).join('; ')
   }
-  // Every page of the b-trees acknowledged messages and device logins live in (the outbox table,
-  // its index by priority, the registry) is read and parsed; values that overflow a page are not.
-  db.prepare('SELECT COUNT(*) FROM outbox NOT INDEXED').get()
-  db.prepare('SELECT prio, COUNT(*) FROM outbox INDEXED BY outbox_by_prio GROUP BY prio').all()
-  db.prepare('SELECT COUNT(*) FROM devices').get()
+  target.cheapCheck(db)
   return undefined
 }
 
 /** The report of a salvage no operator has acknowledged yet, if any. */
-export function pendingSalvage(dataDir: string): SalvageReport | undefined {
+export function pendingSalvage(dataDir: string, target = GATEWAY_DB): SalvageReport | undefined {
   try {
-    return JSON.parse(readFileSync(path.join(dataDir, SALVAGE_FILE), 'utf8')) as SalvageReport
+    return JSON.parse(readFileSync(path.join(dataDir, target.reportFile), 'utf8')) as SalvageReport
   } catch {
     return undefined
   }
 }
 
 /**
- * The operator has seen the salvage: the report is kept as store-salvage-<time>.acknowledged.json
- * (the damaged file stays where it was moved). false when there was nothing to acknowledge.
+ * The operator has seen the salvage (of gateway.db, broker.db or both): each report is kept as
+ * <report>-<time>.acknowledged.json (the damaged file stays where it was moved). false when there
+ * was nothing to acknowledge.
  */
 export function acknowledgeSalvage(dataDir: string, now = Date.now()): boolean {
-  const file = path.join(dataDir, SALVAGE_FILE)
-  if (!existsSync(file)) return false
-  renameSync(file, path.join(dataDir, `store-salvage-${new Date(now).toISOString().replace(/[:.]/g, '-')}.acknowledged.json`))
-  return true
+  let had = false
+  for (const reportFile of [SALVAGE_FILE, BROKER_SALVAGE_FILE]) {
+    const file = path.join(dataDir, reportFile)
+    if (!existsSync(file)) continue
+    renameSync(file, path.join(dataDir, `${reportFile.replace(/\.json$/, '')}-${new Date(now).toISOString().replace(/[:.]/g, '-')}.acknowledged.json`))
+    had = true
+  }
+  return had
 }
 
-/** Move gateway.db aside, make a fresh one, copy into it what can be read from the old one. */
-export function salvageDatabase(dataDir: string, reason: string, now = Date.now()): { db: Db; report: SalvageReport } {
-  const movedTo = moveAside(path.join(dataDir, DB_FILE), now)
-  const db = openDatabase(dataDir)
+/** Move the database aside, make a fresh one, copy into it what can be read from the old one. */
+export function salvageDatabase(dataDir: string, reason: string, now = Date.now(), target = GATEWAY_DB): { db: Db; report: SalvageReport } {
+  const movedTo = moveAside(path.join(dataDir, target.file), now)
+  const db = target.open(dataDir)
   const report: SalvageReport = { at: new Date(now).toISOString(), reason, movedTo, headerRebuilt: false, tables: [] }
   // Read from a working copy: the kept file stays exactly as it was found (opening it would
   // checkpoint its WAL into it).
   const work = `${movedTo}.salvage-tmp`
   let src: Database.Database | undefined
   try {
-    src = openWorkingCopy(movedTo, work, report)
+    src = openWorkingCopy(movedTo, work, report, target.requiredTable)
     if (src) copyReadable(src, db, report)
   } finally {
     src?.close()
     for (const suffix of ['', '-wal', '-shm']) rmSync(work + suffix, { force: true })
   }
-  writeReport(dataDir, report)
+  writeReport(dataDir, report, target.reportFile)
   return { db, report }
 }
 
-function writeReport(dataDir: string, report: SalvageReport): void {
-  const file = path.join(dataDir, SALVAGE_FILE)
+function writeReport(dataDir: string, report: SalvageReport, reportFile: string): void {
+  const file = path.join(dataDir, reportFile)
   const tmp = `${file}.tmp`
   const fd = openSync(tmp, 'w', 0o600)
   try {
@@ -125,15 +169,15 @@ function writeReport(dataDir: string, report: SalvageReport): void {
 }
 
 /** A copy of the damaged file SQLite can read, its header rebuilt if it has to be; undefined if none. */
-function openWorkingCopy(moved: string, work: string, report: SalvageReport): Database.Database | undefined {
+function openWorkingCopy(moved: string, work: string, report: SalvageReport, requiredTable: string): Database.Database | undefined {
   try {
     copyFileSync(moved, work)
     if (existsSync(`${moved}-wal`)) copyFileSync(`${moved}-wal`, `${work}-wal`)
   } catch {
     // No room for a copy: read the kept file itself, read-only (no header repair then).
-    return tryOpen(moved, true)
+    return tryOpen(moved, true, requiredTable)
   }
-  const direct = tryOpen(work, false)
+  const direct = tryOpen(work, false, requiredTable)
   if (direct) return direct
   // The first 100 bytes (the file header) are unreadable: rebuild them. Page 1's b-tree (the
   // schema) starts after them, so the tables stay reachable once SQLite knows the page size.
@@ -142,7 +186,7 @@ function openWorkingCopy(moved: string, work: string, report: SalvageReport): Da
   for (const pageSize of [walPageSize, 4096, 1024, 2048, 8192, 16384, 32768, 65536]) {
     if (!pageSize || size % pageSize !== 0) continue
     writeHeader(work, pageSize, walPageSize === pageSize)
-    const db = tryOpen(work, false)
+    const db = tryOpen(work, false, requiredTable)
     if (db) {
       report.headerRebuilt = true
       return db
@@ -151,12 +195,12 @@ function openWorkingCopy(moved: string, work: string, report: SalvageReport): Da
   return undefined
 }
 
-function tryOpen(file: string, readonly: boolean): Database.Database | undefined {
+function tryOpen(file: string, readonly: boolean, requiredTable: string): Database.Database | undefined {
   let db: Database.Database | undefined
   try {
     db = new Database(file, { readonly, fileMustExist: true })
     const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all() as string[]
-    if (!tables.includes('outbox')) throw new Error('no outbox table')
+    if (!tables.includes(requiredTable)) throw new Error(`no ${requiredTable} table`)
     return db
   } catch {
     db?.close()
@@ -203,7 +247,7 @@ function writeHeader(file: string, pageSize: number, wal: boolean): void {
   }
 }
 
-/** Outbox first, then the device registry, then every other table the fresh schema has. */
+/** Outbox first, then the device registry, then every other table the fresh schema has (broker.db: every table). */
 function copyReadable(src: Database.Database, dst: Db, report: SalvageReport): void {
   const fresh = dst.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").all() as { name: string; sql: string }[]
   const old = new Set(src.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all() as string[])

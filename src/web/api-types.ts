@@ -30,8 +30,8 @@ export interface HealthReport {
   adapters: AdapterHealth[]
   /** The local history (absent when store.history.enabled is false). */
   history?: HistoryHealth
-  /** A salvage of a damaged gateway.db that no operator has acknowledged yet. */
-  store?: { salvage: SalvageReport }
+  /** A salvage of a damaged gateway.db (salvage) or broker.db (brokerSalvage) that no operator has acknowledged yet. */
+  store?: { salvage?: SalvageReport; brokerSalvage?: SalvageReport }
 }
 
 export interface SystemInfo {

@@ -141,8 +141,16 @@ export class GatewayProcess {
     return [...this.lines, ...(this.partial ? [this.partial] : [])].join('\n')
   }
 
+  /**
+   * Spawn the CLI and resolve as soon as its output shows `line` (a point inside the start, before
+   * /api/health answers): to act on the gateway while it is starting.
+   */
+  async startUntil(line: RegExp, timeoutMs = 30_000): Promise<void> {
+    await this.start(timeoutMs, line)
+  }
+
   /** Spawn the CLI and wait until /api/health answers (200 or 503); then read the API token. */
-  async start(timeoutMs = 30_000): Promise<void> {
+  async start(timeoutMs = 30_000, until?: RegExp): Promise<void> {
     if (this.running) throw new Error('GatewayProcess: already running')
     const bin = this.opts.bin ?? gatewayBin
     const [program, ...args] = this.opts.command ?? [process.execPath, bin]
@@ -185,7 +193,13 @@ export class GatewayProcess {
         await sleep(50)
         throw this.failure(spawnFailure() ?? `gateway exited during start (code ${child.exitCode}, signal ${child.signalCode})`)
       }
-      if (Date.now() > deadline) throw this.failure(`gateway did not answer /api/health within ${timeoutMs} ms (${last})`)
+      if (Date.now() > deadline) throw this.failure(`gateway did not ${until ? `log ${until}` : 'answer /api/health'} within ${timeoutMs} ms (${last})`)
+      if (until) {
+        const text = this.logs()
+        if (until.test(text.slice(text.lastIndexOf(`--- [test] start #${this.starts}:`)))) return
+        await sleep(2)
+        continue
+      }
       try {
         const status = await this.probeHealth()
         if (status === 200 || status === 503) break

@@ -6,61 +6,47 @@
 // trigger, and the checkpoint, need room on the disk the WAL had taken. A 12 MiB tmpfs, so this
 // needs root (CI runs as root); unmounted even on failure.
 import type { MqttClient } from 'mqtt'
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { connectDevice } from '../helpers/device.js'
-import { GatewayProcess } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import type { GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 import { awaitDelivery, deliveryProblems, explainMissing, Ledger, publishSequence, testDevices } from '../helpers/ledger.js'
+import { isRoot, mountSmallDisk, type SmallDisk } from '../helpers/small-disk.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const devices = testDevices('meter', 'w', 4)
 const TMPFS_SIZE = '12m'
 const RECORDER_ID = 'hub-recorder-wal-full'
 
-const isRoot = process.getuid?.() === 0
-
 describe.skipIf(!isRoot)('data disk filled by the gateway’s own WAL', () => {
-  let mountPoint: string | undefined
-  let mounted = false
+  let disk: SmallDisk | undefined
+  let s: HubScenario | undefined
   let hub: HubBroker
   let recorder: HubRecorder
   let gateway: GatewayProcess
   let clients: MqttClient[] = []
 
   beforeAll(async () => {
-    mountPoint = mkdtempSync(path.join(os.tmpdir(), 'iothub-edge-walfull-'))
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${TMPFS_SIZE}`, 'tmpfs', mountPoint])
-    mounted = true
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: devices } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
+    disk = mountSmallDisk(TMPFS_SIZE, 'walfull')
+    s = await startHubScenario(undefined, {
+      gw,
+      children: devices,
+      recordFilter: 'upload_data/meter/#',
+      recorderId: RECORDER_ID,
+      // Larger than the disk: the disk fills long before the quota evicts anything.
+      config: { store: { outbox: { maxBytes: 256 * 1024 * 1024 }, history: { enabled: false } } },
+      options: { dataDir: path.join(disk.path, 'data') },
+    })
+    ;({ hub, recorder, gateway } = s)
     await hub.stop()
-    gateway = new GatewayProcess(
-      {
-        gateway: gw,
-        northbound: { url: hub.url },
-        devices,
-        // Larger than the disk: the disk fills long before the quota evicts anything.
-        store: { outbox: { maxBytes: 256 * 1024 * 1024 }, history: { enabled: false } },
-        log: { level: 'info' },
-      },
-      { dataDir: path.join(mountPoint, 'data') },
-    )
     await gateway.start()
   })
 
   afterAll(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    await gateway?.close()
-    await hub?.close()
-    if (mountPoint) {
-      if (mounted) execFileSync('umount', ['-l', mountPoint])
-      rmSync(mountPoint, { recursive: true, force: true })
-    }
+    await closeHubScenario(s && { ...s, clients })
+    disk?.unmount()
   })
 
   it('recovers by itself once the hub drains the outbox: intake again, nothing acknowledged lost', async ({ onTestFailed }) => {

@@ -7,15 +7,15 @@
 // so in the log, /api/health (degraded, store_salvaged) and /metrics, takes in new messages, and
 // delivers what it salvaged once the hub is back; `iothub-edge store ack` clears the degraded state.
 // Also: the one start line after a kill -9, and SIGHUP as a clean stop after all of this.
-import Database from 'better-sqlite3'
 import type { MqttClient } from 'mqtt'
-import { randomBytes } from 'node:crypto'
-import { closeSync, existsSync, openSync, readdirSync, writeSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
 import path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { countRows, damage } from '../helpers/damaged-db.js'
 import { connectDevice } from '../helpers/device.js'
-import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import { runCli, type GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 import { awaitDelivery, checkDelivery, deliveryProblems, Ledger, publishSequence, testDevices, type TestDevice } from '../helpers/ledger.js'
 import { metricValue } from '../helpers/metrics.js'
 
@@ -32,58 +32,20 @@ interface SalvageHealth {
   store?: { salvage: { reason: string; movedTo: string; headerRebuilt: boolean; tables: { table: string; rows: number; readErrors: number }[] } }
 }
 
-/** Overwrite `length` bytes of `file` at `offset` with random bytes (what a failing disk or a stray write leaves). */
-function overwrite(file: string, offset: number, length: number): void {
-  const fd = openSync(file, 'r+')
-  try {
-    writeSync(fd, randomBytes(length), 0, length, offset)
-  } finally {
-    closeSync(fd)
-  }
-}
-
-function outboxRows(file: string): number {
-  const db = new Database(file, { readonly: true })
-  try {
-    return db.prepare('SELECT COUNT(*) FROM outbox').pluck().get() as number
-  } finally {
-    db.close()
-  }
-}
-
-/** The page number of the middle one of the outbox table's leaf pages (SQLite's dbstat table). */
-function middleOutboxPage(file: string): number {
-  const db = new Database(file, { readonly: true })
-  try {
-    const pages = db.prepare("SELECT pageno FROM dbstat WHERE name = 'outbox' AND pagetype = 'leaf' ORDER BY pageno").pluck().all() as number[]
-    expect(pages.length).toBeGreaterThan(10)
-    return pages[Math.floor(pages.length / 2)]
-  } finally {
-    db.close()
-  }
-}
-
 describe('a damaged gateway.db', () => {
+  let s: HubScenario | undefined
   let hub: HubBroker
   let recorder: HubRecorder
   let gateway: GatewayProcess
   let clients: MqttClient[] = []
 
-  beforeEach(async ({ onTestFailed }) => {
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: [...seeded, added] } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
+  beforeEach(async (ctx) => {
+    s = await startHubScenario(ctx, { gw, children: [...seeded, added], recordFilter: 'upload_data/meter/#', recorderId: RECORDER_ID, config: { devices: seeded } })
+    ;({ hub, recorder, gateway, clients } = s)
     await hub.stop()
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices: seeded, log: { level: 'info' } })
-    onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
   })
 
-  afterEach(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    clients = []
-    await gateway?.close()
-    await hub?.close()
-  })
+  afterEach(() => closeHubScenario(s && { ...s, clients }))
 
   /**
    * Every device (the API-added one too) gets PER_DEVICE messages acknowledged; the hub is down.
@@ -113,13 +75,9 @@ describe('a damaged gateway.db', () => {
     const db = path.join(gateway.dataDir, 'gateway.db')
     expect(existsSync(`${db}-wal`), 'a clean stop checkpoints the WAL into the file').toBe(false)
     // The stop adds the children's last connection states: count the rows in the file itself.
-    const rows = outboxRows(db)
+    const rows = countRows(db, 'outbox')
     expect(rows).toBeGreaterThanOrEqual(backlog)
-    if (header) {
-      overwrite(db, 0, 100)
-    } else {
-      overwrite(db, (middleOutboxPage(db) - 1) * 4096, 4096)
-    }
+    damage(db, header ? 'header' : 'page', 'outbox')
 
     await gateway.start()
     const h = (await gateway.api<SalvageHealth>('GET', '/api/health')).body

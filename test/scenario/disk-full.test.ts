@@ -4,17 +4,17 @@
 // and after the full period, reaches the hub. The data folder lives on a 4 MiB tmpfs filled up by
 // a filler file, so this needs root (CI runs as root); the tmpfs is unmounted even on failure.
 import type { MqttClient } from 'mqtt'
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs'
-import os from 'node:os'
+import { rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { connectDevice, type ConnectError } from '../helpers/device.js'
-import { GatewayProcess } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import type { GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 import { awaitDelivery, deliveryProblems, explainMissing, Ledger, publishSequence } from '../helpers/ledger.js'
 import { metricValue } from '../helpers/metrics.js'
+import { isRoot, mountSmallDisk, type SmallDisk } from '../helpers/small-disk.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const dev = { productId: 'meter', deviceId: 'f1', secret: 'secret-f1' }
@@ -23,52 +23,32 @@ const TMPFS_SIZE = '4m'
 const LEFT_FREE = 192 * 1024
 const RECORDER_ID = 'hub-recorder-disk-full'
 
-const isRoot = process.getuid?.() === 0
-
-function freeBytes(dir: string): number {
-  const s = statfsSync(dir)
-  return s.bavail * s.bsize
-}
-
 describe.skipIf(!isRoot)('data disk full', () => {
-  let mountPoint: string | undefined
-  let mounted = false
+  let disk: SmallDisk | undefined
+  let s: HubScenario | undefined
   let hub: HubBroker
   let recorder: HubRecorder
   let gateway: GatewayProcess
   const clients: MqttClient[] = []
 
   beforeAll(async () => {
-    mountPoint = mkdtempSync(path.join(os.tmpdir(), 'iothub-edge-tmpfs-'))
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${TMPFS_SIZE}`, 'tmpfs', mountPoint])
-    mounted = true
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: [dev] } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
+    disk = mountSmallDisk(TMPFS_SIZE, 'tmpfs')
+    s = await startHubScenario(undefined, { gw, children: [dev], recordFilter: 'upload_data/meter/#', recorderId: RECORDER_ID, options: { dataDir: path.join(disk.path, 'data') } })
+    ;({ hub, recorder, gateway } = s)
     await hub.stop()
-    gateway = new GatewayProcess(
-      { gateway: gw, northbound: { url: hub.url }, devices: [dev], log: { level: 'info' } },
-      { dataDir: path.join(mountPoint, 'data') },
-    )
     await gateway.start()
   })
 
   afterAll(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    await gateway?.close()
-    await hub?.close()
-    if (mountPoint) {
-      // Lazy: a process still holding a file there must not leave the mount behind.
-      if (mounted) execFileSync('umount', ['-l', mountPoint])
-      rmSync(mountPoint, { recursive: true, force: true })
-    }
+    await closeHubScenario(s && { ...s, clients })
+    disk?.unmount()
   })
 
   it('stops acknowledging, reports degraded and refuses CONNECT while full, resumes by itself, and loses nothing it acknowledged', async ({ onTestFailed }) => {
     onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
     const ledger = new Ledger()
-    const filler = path.join(mountPoint!, 'filler')
-    writeFileSync(filler, Buffer.alloc(Math.max(0, freeBytes(mountPoint!) - LEFT_FREE)))
+    const filler = path.join(disk!.path, 'filler')
+    writeFileSync(filler, Buffer.alloc(Math.max(0, disk!.free() - LEFT_FREE)))
 
     // Publish until the gateway stops acknowledging: it closes the connection of a device whose
     // message it could not store.

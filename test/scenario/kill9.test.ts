@@ -7,8 +7,9 @@ import type { MqttClient } from 'mqtt'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { connectDevice } from '../helpers/device.js'
-import { GatewayProcess } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import type { GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 import { awaitDelivery, checkDelivery, deliveryProblems, explainMissing, Ledger, publishSequence, testDevices } from '../helpers/ledger.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
@@ -31,25 +32,18 @@ async function until(cond: () => boolean, timeoutMs: number, what: string): Prom
 }
 
 describe('gateway killed with SIGKILL', () => {
+  let s: HubScenario | undefined
   let hub: HubBroker
   let recorder: HubRecorder
   let gateway: GatewayProcess
   let clients: MqttClient[] = []
 
-  beforeEach(async ({ onTestFailed }) => {
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: devices } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/meter/#', { clientId: RECORDER_ID })
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices, log: { level: 'info' } })
-    onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
+  beforeEach(async (ctx) => {
+    s = await startHubScenario(ctx, { gw, children: devices, recordFilter: 'upload_data/meter/#', recorderId: RECORDER_ID })
+    ;({ hub, recorder, gateway, clients } = s)
   })
 
-  afterEach(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    clients = []
-    await gateway?.close()
-    await hub?.close()
-  })
+  afterEach(() => closeHubScenario(s && { ...s, clients }))
 
   async function connectAll(): Promise<void> {
     clients = await Promise.all(devices.map((d) => connectDevice(gateway.externalUrl, d)))

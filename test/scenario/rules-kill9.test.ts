@@ -9,8 +9,9 @@ import type { MqttClient } from 'mqtt'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { connectDevice, newMessageId, publishQos1 } from '../helpers/device.js'
-import { GatewayProcess } from '../helpers/gateway-process.js'
-import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
+import type { GatewayProcess } from '../helpers/gateway-process.js'
+import type { HubRecorder } from '../helpers/hub-broker.js'
+import { closeHubScenario, startHubScenario, type HubScenario } from '../helpers/hub-scenario.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const meters = Array.from({ length: 5 }, (_, i) => ({ productId: 'meter', deviceId: `m${i}`, secret: `secret-m${i}` }))
@@ -30,25 +31,17 @@ interface WindowBody {
 }
 
 describe('rules across kill -9', () => {
-  let hub: HubBroker
+  let s: HubScenario | undefined
   let recorder: HubRecorder
   let gateway: GatewayProcess
   let clients: MqttClient[] = []
 
-  beforeEach(async ({ onTestFailed }) => {
-    hub = new HubBroker({ devices: [], gateway: { ...gw, children: [...meters, boiler] } })
-    await hub.start()
-    recorder = await hub.subscribeAll('upload_data/#', { clientId: 'hub-recorder-rules-kill9' })
-    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices: [...meters, boiler], rules, log: { level: 'info' } })
-    onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
+  beforeEach(async (ctx) => {
+    s = await startHubScenario(ctx, { gw, children: [...meters, boiler], recordFilter: 'upload_data/#', recorderId: 'hub-recorder-rules-kill9', config: { rules } })
+    ;({ recorder, gateway, clients } = s)
   })
 
-  afterEach(async () => {
-    await Promise.allSettled(clients.map((c) => c.endAsync(true)))
-    clients = []
-    await gateway?.close()
-    await hub?.close()
-  })
+  afterEach(() => closeHubScenario(s && { ...s, clients }))
 
   /** Each window a device's aggregates reached the hub with: one per window start; a repeat must be the same bytes. */
   function windowsOf(deviceId: string): WindowBody[] {

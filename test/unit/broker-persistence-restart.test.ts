@@ -92,7 +92,7 @@ describe('BrokerSessionStore after a restart', () => {
     expect(String((await after.incomingGetPacket(dev, { messageId: 9 })).payload)).toBe('q2')
     // A clean session's QoS 2 state ends with its connection: not kept.
     await expect(after.incomingGetPacket({ id: 'tool' }, { messageId: 4 })).rejects.toThrow()
-    expect(after.counts()).toEqual({ subscriptions: 2, clients: 1, queued: 2, retained: 1, wills: 1 })
+    expect(after.counts()).toEqual({ subscriptions: 2, clients: 1, queued: 2, retained: 1, wills: 1, overflowing: 0 })
   })
 
   it('forgets what was acknowledged, cleaned or unsubscribed (written with the next commit at the latest)', async () => {

@@ -6,12 +6,12 @@ import type { Aedes, Client, AedesPublishPacket, PublishPacket, Subscription } f
 import net from 'node:net'
 import tls from 'node:tls'
 import { readFileSync } from 'node:fs'
-import type { AdapterContext, BrokerSessionStore, ClientSession, PacketMarks } from '../../core/adapter-context.js'
+import type { AdapterContext, BrokerSessionStore, ClientSession, PacketMarks, QueueDrop } from '../../core/adapter-context.js'
 import type { Command, DeliveryResult, DeviceRef, SouthboundAdapter } from '../../core/types.js'
 import { deviceKey } from '../../core/types.js'
 import { ErrorCodes } from '../../core/errors.js'
 import { RateLimitedLog } from '../../core/log.js'
-import type { Gauge } from 'prom-client'
+import type { Counter, Gauge } from 'prom-client'
 import type { BrokerConfig, ListenerConfig } from './schema.js'
 import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername, serverSideSubscriptions, topicMatches } from '../../core/hub-topics.js'
 import { commandTopic, mayPublish } from '../../core/device-acl.js'
@@ -35,7 +35,7 @@ interface ClientState {
   settleSubscribed?: (ok: boolean) => void
 }
 
-export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'mqtt5'>> & { listeners: readonly ListenerConfig[] }
+export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'mqtt5' | 'maxQueuedMessages' | 'maxQueuedBytes'>> & { listeners: readonly ListenerConfig[] }
 
 // A device that does not PUBACK a command within this long is treated as gone; the command stays queued.
 const DELIVERY_ACK_TIMEOUT_MS = 10_000
@@ -90,9 +90,14 @@ export class BrokerAdapter implements SouthboundAdapter {
   private readonly ackWaiters = new Map<string, { done: (ok: boolean) => void }>()
   // `${clientId}\0${packet id}` -> ack waiter key, for the PUBACKs above.
   private readonly pubackWaiters = new Map<string, string>()
+  // `${clientId}\0${command topic}` -> the packet id a command went out with to this persistent
+  // session before (read from the copy its session queue kept, also across a restart): the command
+  // queue sends it again with that id and DUP=1 [MQTT-3.3.1-1] [MQTT-4.4.0-1]. Per connection.
+  private readonly sentIds = new Map<string, number>()
   // A will restored from broker.db (a previous run's client): who the client was.
   private readonly willOrigin = new WeakMap<object, string>()
   private readonly clientsGauge: Gauge
+  private readonly queueDropped: Counter<'unit'>
   private readonly warn: RateLimitedLog
   private stopping = false
   private boundPorts: number[] = []
@@ -103,6 +108,7 @@ export class BrokerAdapter implements SouthboundAdapter {
   ) {
     this.warn = new RateLimitedLog(core.log)
     this.clientsGauge = core.metrics.gauge('clients', 'Clients connected to the local MQTT broker (devices and local tools)')
+    this.queueDropped = core.metrics.counter('queue_dropped_total', 'Messages (unit=messages) and bytes (unit=bytes) dropped from persistent sessions’ queues over broker.maxQueuedMessages/maxQueuedBytes, oldest first', ['unit'])
   }
 
   /** Ports actually bound, in listener order (useful with port 0). */
@@ -119,6 +125,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     // Persistent sessions, retained messages and wills in broker.db (undefined: aedes' memory).
     const sessions = this.core.brokerSessions()
     sessions?.setMarks(this.marks())
+    sessions?.on('queueDropped', (d: QueueDrop) => this.onQueueDropped(d))
     this.aedes = createAedes(this.opts.mqtt5 === true, {
       persistence: sessions,
       // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
@@ -427,6 +434,22 @@ export class BrokerAdapter implements SouthboundAdapter {
     )
   }
 
+  /** A persistent session's queue went over its limits: counted; logged once per client until it comes back for its queue. */
+  private onQueueDropped(d: QueueDrop): void {
+    this.queueDropped.inc({ unit: 'messages' }, d.messages)
+    this.queueDropped.inc({ unit: 'bytes' }, d.bytes)
+    if (!d.first) return
+    this.core.log.warn(
+      { clientId: d.clientId, dropped: d.messages, code: ErrorCodes.BROKER_QUEUE_FULL, maxQueuedMessages: this.opts.maxQueuedMessages, maxQueuedBytes: this.opts.maxQueuedBytes },
+      'a persistent session is away and its queue on the local broker is full: its oldest messages are dropped (counted, not logged again until it comes back). Connect the client (or once with clean session on to discard its session), or raise broker.maxQueuedMessages / broker.maxQueuedBytes',
+    )
+  }
+
+  /** For /api/health: persistent sessions whose queue dropped messages and whose client has not come back. */
+  health(): string[] {
+    return (this.core.brokerSessions()?.counts().overflowing ?? 0) > 0 ? ['queue_dropped'] : []
+  }
+
   private onReady(client: Client): void {
     const st = this.state.get(client)
     this.clientsGauge.set(this.clientCount)
@@ -458,6 +481,7 @@ export class BrokerAdapter implements SouthboundAdapter {
 
   private onGone(client: Client): void {
     this.clientsGauge.set(this.clientCount)
+    for (const k of this.sentIds.keys()) if (k.startsWith(`${client.id}\u0000`)) this.sentIds.delete(k)
     const st = this.state.get(client)
     if (!st?.device) return
     const set = this.byDevice.get(deviceKey(st.device))
@@ -500,16 +524,28 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (target === undefined || st?.zone === 'internal') return packet
     if (!st?.device || deviceKey(st.device) !== target) return null
     const waiterKey = `${target}\u0000${packet.topic}`
-    if (packet.qos === 1 && this.ackWaiters.has(waiterKey)) {
-      // A command to this device: give the packet its id now (aedes keeps an id it is handed, and
-      // takes the next one from the same per-client counter otherwise), so its PUBACK can be matched.
-      const c = client as unknown as { _nextId: number }
-      const messageId = c._nextId
-      c._nextId = messageId >= 65535 ? 1 : messageId + 1
-      this.pubackWaiters.set(`${client.id}\u0000${messageId}`, waiterKey)
-      return Object.assign(Object.create(Object.getPrototypeOf(packet) as object) as AedesPublishPacket, packet, { messageId })
+    if (packet.qos === 0) return packet
+    // A command to this device is sent by the command queue only: a copy the broker's session
+    // queue kept (the device left before its PUBACK) is dropped here, or the device would get it
+    // twice at its reconnect, once from each queue (decision 0017, "one owner of redelivery").
+    // Its packet id is kept for that resend.
+    const sentKey = `${client.id}\u0000${packet.topic}`
+    if (!this.ackWaiters.has(waiterKey)) {
+      if (!client.clean && packet.messageId) this.sentIds.set(sentKey, packet.messageId)
+      return null
     }
-    return packet
+    // Give the packet its id now (aedes keeps an id it is handed, and takes the next one from the
+    // same per-client counter otherwise), so its PUBACK can be matched.
+    let messageId = this.sentIds.get(sentKey)
+    const resent = messageId !== undefined
+    this.sentIds.delete(sentKey)
+    if (messageId === undefined) {
+      const c = client as unknown as { _nextId: number }
+      messageId = c._nextId
+      c._nextId = messageId >= 65535 ? 1 : messageId + 1
+    }
+    this.pubackWaiters.set(`${client.id}\u0000${messageId}`, waiterKey)
+    return Object.assign(Object.create(Object.getPrototypeOf(packet) as object) as AedesPublishPacket, packet, { messageId, dup: resent })
   }
 
   private onPuback(client: Client, messageId: number): void {

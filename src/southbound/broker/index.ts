@@ -6,6 +6,6 @@ import type { BrokerConfig } from './schema.js'
 export const adapterModule: AdapterModule<BrokerConfig> = {
   create: (ctx, config) => {
     const adapter = new BrokerAdapter(ctx, config)
-    return { adapter, localPublish: (topic, payload, retain) => adapter.publishLocal(topic, payload, retain) }
+    return { adapter, localPublish: (topic, payload, retain) => adapter.publishLocal(topic, payload, retain), health: () => adapter.health() }
   },
 }

@@ -54,6 +54,17 @@ export const BrokerSchema = Type.Object(
       description:
         'also speak MQTT 5 (aedes 2.0.0-beta.1 instead of aedes 1.2.0; docs/operators/mqtt5.md): MQTT 5 clients are refused while this is false. A beta: see decision 0021-mqtt5 for what it passes',
     }),
+    maxQueuedMessages: Type.Integer({
+      minimum: 1,
+      default: 1000,
+      description:
+        'QoS 1/2 messages the broker keeps for one persistent session (a client with clean session off) while it is away, in flight included; past it the oldest are dropped, counted and logged (as Mosquitto max_queued_messages; with persistence sqlite)',
+    }),
+    maxQueuedBytes: Type.Integer({
+      minimum: 1,
+      default: 4 * 1024 * 1024,
+      description: 'the same limit in bytes (topics and payloads) for one persistent session; past it the oldest messages are dropped (as Mosquitto max_queued_bytes)',
+    }),
   },
   { additionalProperties: false, default: {}, description: 'the local MQTT broker devices connect to' },
 )

@@ -55,7 +55,7 @@ const HealthBody = Type.Object({
       seriesRejected: Type.Integer(),
     }),
   ),
-  store: Type.Optional(Type.Object({ salvage: SalvageBody })),
+  store: Type.Optional(Type.Object({ salvage: Type.Optional(SalvageBody), brokerSalvage: Type.Optional(SalvageBody) })),
 })
 
 export const healthRoutes: FastifyPluginAsync<Pick<WebDeps, 'health'>> = async (app, deps) => {
