@@ -337,17 +337,18 @@ const EVENT_TYPES = ['connected', 'disconnected', 'ota_status', 'command_deliver
 type EventType = (typeof EVENT_TYPES)[number]
 const isEventType = (s: string): s is EventType => (EVENT_TYPES as readonly string[]).includes(s)
 const EVENT_TONE: Partial<Record<EventType, 'ok' | 'bad' | 'warn' | 'muted'>> = { error: 'warn', alarm_raised: 'bad', alarm_cleared: 'ok', connected: 'ok', disconnected: 'muted' }
-// The history writes what happened about a second later: a live event reloads the timeline after this.
-const TIMELINE_RELOAD_MS = 2_000
+// The history writes what happened about a second later (later on a busy box): a live event reloads
+// the timeline after each of these.
+const TIMELINE_RELOAD_MS = [2_000, 6_000]
 
 function Timeline({ base, productId, deviceId }: { base: string; productId: string; deviceId: string }) {
   const events = useApi<{ events: HistoryEvent[] }>(`${base}/events?limit=1000`, 30_000)
   useEffect(() => {
-    let timer: ReturnType<typeof setTimeout> | undefined
+    let timers: ReturnType<typeof setTimeout>[] = []
     const mine = (e: { productId: string; deviceId: string }): void => {
       if (e.productId !== productId || e.deviceId !== deviceId) return
-      clearTimeout(timer)
-      timer = setTimeout(events.reload, TIMELINE_RELOAD_MS)
+      timers.forEach(clearTimeout)
+      timers = TIMELINE_RELOAD_MS.map((ms) => setTimeout(events.reload, ms))
     }
     const offs = (['device', 'alarm', 'command'] as const).map((n) => onLive<{ productId: string; deviceId: string }>(n, mine))
     // A warning or error naming this device (the history records it as an `error` event).
@@ -355,7 +356,7 @@ function Timeline({ base, productId, deviceId }: { base: string; productId: stri
     offs.push(onLive<{ device?: unknown; level: number }>('log', (l) => l.level >= 40 && l.device === key && mine({ productId, deviceId })))
     return () => {
       offs.forEach((off) => off())
-      clearTimeout(timer)
+      timers.forEach(clearTimeout)
     }
   }, [productId, deviceId, events.reload])
   const list = [...(events.data?.events ?? [])].reverse().slice(0, 50)
