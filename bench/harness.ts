@@ -23,10 +23,9 @@ export const MOSQUITTO = '/usr/sbin/mosquitto'
 export const PRODUCT = 'bench'
 export const SECRET = 'bench-secret'
 export const CLK_TCK = 100
-// As bin/iothub-edge.js starts it on a Node.js with process.execve (>= 22.15): glibc returns
-// scrypt's 16 MiB buffers to the system, two malloc arenas, a 2 MiB V8 semi-space (docs/performance.md,
-// "Memory"). Given here too, so that the Node.js this runs on does not change the figures.
-export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=2', IOTHUB_EDGE_TUNED: '1' }
+// As npm start and the .deb's wrapper start it: glibc returns scrypt's 16 MiB buffers to the system,
+// two malloc arenas, a 2 MiB V8 semi-space (docs/performance.md, "Memory").
+export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=2' }
 
 export type System = 'gateway' | 'reference'
 /** The reference with its persistence saving on every change (autosave_on_changes true, autosave_interval 1). */

@@ -3,11 +3,10 @@
 # /opt/iothub-edge/node (its native modules are built for exactly that Node.js); a checkout
 # installed under /opt/iothub-edge without it uses the node on the PATH.
 app=/opt/iothub-edge
-# The gateway's memory settings (docs/performance.md, "Memory"), also for a Node.js without
-# process.execve, where bin/iothub-edge.js cannot set them itself; values already set are kept.
+# The gateway's memory settings (docs/performance.md, "Memory"); values already set are kept.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 if [ -x "$app/node/bin/node" ]; then
-  exec "$app/node/bin/node" "$app/bin/iothub-edge.js" "$@"
+  exec "$app/node/bin/node" --max-semi-space-size=2 "$app/bin/iothub-edge.js" "$@"
 fi
-exec node "$app/bin/iothub-edge.js" "$@"
+exec node --max-semi-space-size=2 "$app/bin/iothub-edge.js" "$@"
