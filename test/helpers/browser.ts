@@ -83,6 +83,19 @@ export async function setUpFirstUser(page: Page, dataDir: string, username: stri
   await page.getByRole('heading', { level: 1, name: 'Overview' }).waitFor()
 }
 
+/**
+ * A browser with one context on the gateway at `baseURL` whose first user is set up (the setup
+ * code from `dataDir`) and signed in: the setup of a test file that is about pages, not first start.
+ */
+export async function signedInBrowser(baseURL: string, dataDir: string, username: string, password: string): Promise<{ browser: Browser; context: BrowserContext }> {
+  const browser = await launchBrowser()
+  const context = await browser.newContext({ baseURL })
+  const page = await context.newPage()
+  await setUpFirstUser(page, dataDir, username, password)
+  await page.close()
+  return { browser, context }
+}
+
 /** Signs in on the sign-in page the app shows (English). */
 export async function signIn(page: Page, username: string, password: string): Promise<void> {
   await page.getByLabel('User name').fill(username)

@@ -12,7 +12,7 @@ import path from 'node:path'
 import type { Browser, BrowserContext, Page, Request } from 'playwright-core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { CommandDevice } from '../helpers/command-device.js'
-import { launchBrowser, openPage, screenshot, seriousA11yViolations, setUpFirstUser, signIn } from '../helpers/browser.js'
+import { launchBrowser, openPage, screenshot, seriousA11yViolations, setUpFirstUser, signedInBrowser, signIn } from '../helpers/browser.js'
 import { GatewayProcess } from '../helpers/gateway-process.js'
 import { HubBroker } from '../helpers/hub-broker.js'
 import { reportOtaProgress, reportVersion, takeOtaUpgrade } from '../helpers/ota-device.js'
@@ -68,11 +68,7 @@ describe('web app: admin pages', () => {
     await gateway.start()
     await gateway.waitForHealth((h) => h.northbound.connected, 20_000, 'northbound connected')
     base = `http://127.0.0.1:${gateway.httpPort}`
-    browser = await launchBrowser()
-    context = await browser.newContext({ baseURL: base })
-    const page = await context.newPage()
-    await setUpFirstUser(page, gateway.dataDir, USER, PASSWORD)
-    await page.close()
+    ;({ browser, context } = await signedInBrowser(base, gateway.dataDir, USER, PASSWORD))
   }, 120_000)
 
   afterEach(async ({ task }) => {

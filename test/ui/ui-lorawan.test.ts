@@ -9,7 +9,7 @@
 // screenshot into test-artifacts/ui/.
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { launchBrowser, openPage, screenshot, sendCommandFromDevicePage, seriousA11yViolations, setUpFirstUser } from '../helpers/browser.js'
+import { openPage, screenshot, sendCommandFromDevicePage, seriousA11yViolations, signedInBrowser } from '../helpers/browser.js'
 import { GatewayProcess } from '../helpers/gateway-process.js'
 import { HubBroker } from '../helpers/hub-broker.js'
 import { ChirpstackBroker, ChirpstackSim, example } from '../helpers/chirpstack.js'
@@ -56,11 +56,7 @@ describe('web app: LoRaWAN page', () => {
     gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, lorawan, log: { level: 'info' } })
     await gateway.start()
     await gateway.waitForHealth((h) => h.northbound.connected, 20_000, 'northbound connected')
-    browser = await launchBrowser()
-    context = await browser.newContext({ baseURL: `http://127.0.0.1:${gateway.httpPort}` })
-    const page = await context.newPage()
-    await setUpFirstUser(page, gateway.dataDir, 'tech', PASSWORD)
-    await page.close()
+    ;({ browser, context } = await signedInBrowser(`http://127.0.0.1:${gateway.httpPort}`, gateway.dataDir, 'tech', PASSWORD))
   }, 120_000)
 
   afterAll(async () => {
