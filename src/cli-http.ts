@@ -7,7 +7,7 @@ import http from 'node:http'
 import https from 'node:https'
 import { readFileSync } from 'node:fs'
 import type { Readable } from 'node:stream'
-import type { RuntimeInfo } from './web/server.js'
+import type { RuntimeInfo } from './web/runtime-files.js'
 
 export interface Endpoint {
   base: string

@@ -3,32 +3,27 @@ import { createReadStream, existsSync, readFileSync, writeFileSync } from 'node:
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } from './config.js'
-import { Gateway } from './gateway.js'
 import { SystemdNotifier } from './core/systemd.js'
 import { DB_FILE, openDatabase } from './store/db.js'
 import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
 import { acknowledgeSalvage } from './store/salvage.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
-import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/server.js'
+import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/runtime-files.js'
 import { endpoint, request, type Answer, type Endpoint } from './cli-http.js'
 import { UiAuthStore } from './store/ui-auth.js'
 import { createSetupCode } from './web/auth-setup.js'
 import { ID_RULE, isId } from './core/hub-topics.js'
 import { ErrorCodes, StartError } from './core/errors.js'
-import { simulate } from './tools/simulate.js'
 import { VERSION } from './core/version.js'
 import type { DeviceRef } from './core/types.js'
 import { ConnectionStore, lastSeen as lastSeenOf, type ConnectionInfo } from './store/connections.js'
 import { deviceDetails, devicesTable, json, outputMode, statusText, table } from './cli-output.js'
 import readline from 'node:readline/promises'
 import { Readable, Writable } from 'node:stream'
-import { HubSimServer } from './tools/hub-sim-server.js'
 import { builtInAdapters } from './southbound/registry.js'
 import type { AdapterModule } from './southbound/adapter-module.js'
-import { dryRun, type DryRunResult, type SampleMessage } from './rules/dry-run.js'
+import type { DryRunResult, SampleMessage } from './rules/dry-run.js'
 import { HISTORY_FILE, openHistoryReadOnly } from './history/history-db.js'
-import { HistoryStore } from './history/history-store.js'
-import { csvLines } from './history/history-csv.js'
 
 // sysexits.h EX_CONFIG: systemd and scripts can tell "fix your config" from a crash.
 export const EXIT_CONFIG = 78
@@ -221,7 +216,7 @@ function uiCommand(rest: string[], values: { config?: string }): number {
 }
 
 /** `rules test`: the configured rules run on sample messages, nothing sent, nothing stored. */
-function rulesCommand(rest: string[], values: { config?: string; message?: string; json?: boolean }): number {
+async function rulesCommand(rest: string[], values: { config?: string; message?: string; json?: boolean }): Promise<number> {
   if (rest[0] !== 'test' || !values.message) {
     process.stderr.write(`rules needs: test -c FILE --message MSG\n${USAGE}`)
     return EXIT_USAGE
@@ -238,6 +233,7 @@ function rulesCommand(rest: string[], values: { config?: string; message?: strin
   }
   let results: DryRunResult[]
   try {
+    const { dryRun } = await import('./rules/dry-run.js')
     results = dryRun(cfg.rules, samples)
   } catch (err) {
     process.stderr.write(`${values.message}: ${(err as Error).message}\n`)
@@ -311,6 +307,9 @@ async function start(file: string | undefined): Promise<number | undefined> {
   if (typeof cfg === 'number') return cfg
   // The store found damaged while running: out without a clean stop (the lock file stays), so the
   // next start (systemd's Restart=always) runs quick_check and salvages.
+  // Loaded here, not at the top: the other commands (status, devices, --version) start faster
+  // without the whole gateway.
+  const { Gateway } = await import('./gateway.js')
   const gw = new Gateway(cfg, { onFatal: () => process.exit(EXIT_SOFTWARE) })
   for (const w of configWarnings(cfg)) gw.log.warn({ code: ErrorCodes.CONFIG_INVALID }, w)
   const systemd = new SystemdNotifier(gw.log)
@@ -791,7 +790,7 @@ async function storeCommand(args: string[], v: { config?: string }): Promise<num
  * `history export`: reads history.db directly (read-only; WAL lets it while the gateway writes), so
  * it works with the gateway stopped too.
  */
-function historyCommand(args: string[], v: { config?: string; device?: string; series?: string; from?: string; to?: string }): number {
+async function historyCommand(args: string[], v: { config?: string; device?: string; series?: string; from?: string; to?: string }): Promise<number> {
   if (args[0] !== 'export' || !v.device || !v.device.includes('/')) {
     process.stderr.write(`history export needs --device PRODUCT/DEVICE\n${USAGE}`)
     return EXIT_USAGE
@@ -810,6 +809,7 @@ function historyCommand(args: string[], v: { config?: string; device?: string; s
     process.stderr.write(`history export: no ${file} (gateway.dataDir${v.config ? ` of ${v.config}` : ', built-in default ./data'}); is store.history.enabled on, and -c right?\n`)
     return 1
   }
+  const [{ HistoryStore }, { csvLines }] = await Promise.all([import('./history/history-store.js'), import('./history/history-csv.js')])
   const db = openHistoryReadOnly(file)
   try {
     const store = new HistoryStore(db, cfg.store.history, Date.now, { reader: true })
@@ -888,6 +888,7 @@ async function runSimulate(v: Record<string, string | boolean | undefined>): Pro
     process.once('SIGTERM', () => ac.abort())
     const qos = num(v.qos as string | undefined, 1, 'qos')
     if (qos !== 0 && qos !== 1) throw new UsageError('--qos must be 0 or 1')
+    const { simulate } = await import('./tools/simulate.js')
     const stats = await simulate(
       {
         url: (v.url as string | undefined) ?? 'mqtt://127.0.0.1:1883',
@@ -915,6 +916,7 @@ async function runSimulate(v: Record<string, string | boolean | undefined>): Pro
 }
 
 async function runHubSim(v: Record<string, string | boolean | undefined>): Promise<number | undefined> {
+  const { HubSimServer } = await import('./tools/hub-sim-server.js')
   const server = new HubSimServer({
     host: (v.host as string | undefined) ?? '127.0.0.1',
     mqttPort: num(v['mqtt-port'] as string | undefined, 1884, 'mqtt-port'),

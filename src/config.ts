@@ -159,7 +159,9 @@ export class ConfigError extends Error {
 }
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true })
-const validateBuiltIn = ajv.compile(ConfigSchema)
+// Compiled on first use: compiling takes a good part of a second on a small box, and commands
+// that read no config (--version, --help) should not pay for it.
+let validateBuiltIn: ReturnType<typeof ajv.compile> | undefined
 
 /** The root schema with further adapters' sections (tests register their own adapters). */
 export function configSchemaWith(extra: readonly KeyedAdapterEntry[]): TSchema {
@@ -200,7 +202,7 @@ function allowed(schema: TSchema | undefined): unknown[] {
 /** Validate a parsed document, fill defaults, and apply cross-key rules. Throws ConfigError. */
 export function parseConfig(doc: unknown, baseDir = process.cwd(), extraAdapters: readonly KeyedAdapterEntry[] = []): Config {
   const input = doc == null ? {} : structuredClone(doc)
-  const validate = extraAdapters.length ? ajv.compile(configSchemaWith(extraAdapters)) : validateBuiltIn
+  const validate = extraAdapters.length ? ajv.compile(configSchemaWith(extraAdapters)) : (validateBuiltIn ??= ajv.compile(ConfigSchema))
   if (!validate(input)) {
     const errors = (validate.errors ?? []).filter((e) => e.keyword !== 'if')
     // For union (anyOf) failures Ajv also reports every branch; keep only the summary line.

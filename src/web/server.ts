@@ -2,8 +2,7 @@
 // http.tls), and leave in the data dir what the CLI needs to reach a running gateway (runtime.json:
 // port, scheme, the certificate's fingerprint to pin) and to authenticate (api-token). At a start
 // with no web UI user, the one-time setup code is made and told (src/web/auth-setup.ts).
-import { randomBytes } from 'node:crypto'
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -12,21 +11,7 @@ import type { WebDeps } from './deps.js'
 import { ErrorCodes, StartError } from '../core/errors.js'
 import type { ServerTls } from './tls.js'
 import { createSetupCode, readSetupCode, setupCodeFile } from './auth-setup.js'
-
-export const RUNTIME_FILE = 'runtime.json'
-export const API_TOKEN_FILE = 'api-token'
-
-/** Where a running gateway can be reached, for the CLI acting on the same data dir. */
-export interface RuntimeInfo {
-  pid: number
-  httpPort: number
-  /** 'https' with http.tls (absent in files of older versions: http). */
-  scheme?: 'http' | 'https'
-  /** The served certificate's SHA-256 fingerprint (`AB:CD:...`): the CLI pins it. */
-  certSha256?: string
-  /** The served certificate's file (PEM): the CLI trusts it, pinned to certSha256. */
-  certFile?: string
-}
+import { RUNTIME_FILE, type RuntimeInfo } from './runtime-files.js'
 
 export interface WebServerOptions {
   host: string
@@ -127,22 +112,3 @@ export class WebServer {
 
 const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || host.startsWith('127.')
 
-export function readApiToken(dataDir: string): string | undefined {
-  const f = path.join(dataDir, API_TOKEN_FILE)
-  return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined
-}
-
-/**
- * The configured token, else the one in {dataDir}/api-token, else a new one written there (0600);
- * `created` is told the file's path then (the token itself is never printed or logged).
- */
-export function loadOrCreateApiToken(dataDir: string, configured?: string, created?: (file: string) => void): string {
-  if (configured) return configured
-  const existing = readApiToken(dataDir)
-  if (existing) return existing
-  const token = randomBytes(24).toString('base64url')
-  const file = path.join(dataDir, API_TOKEN_FILE)
-  writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' })
-  created?.(file)
-  return token
-}

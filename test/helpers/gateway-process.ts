@@ -12,7 +12,7 @@ import YAML from 'yaml'
 import { isRunning, trackChild, waitForExit } from './child-processes.js'
 import { freePort } from './ports.js'
 import { endpoint, request } from '../../src/cli-http.js'
-import type { RuntimeInfo } from '../../src/web/server.js'
+import type { RuntimeInfo } from '../../src/web/runtime-files.js'
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url))
 export const gatewayBin = path.join(repoRoot, 'bin', 'iothub-edge.js')

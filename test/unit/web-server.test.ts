@@ -6,7 +6,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { pino } from 'pino'
 import type { WebDeps } from '../../src/web/deps.js'
-import { loadOrCreateApiToken, readApiToken, RUNTIME_FILE, WebServer } from '../../src/web/server.js'
+import { WebServer } from '../../src/web/server.js'
+import { loadOrCreateApiToken, readApiToken, RUNTIME_FILE } from '../../src/web/runtime-files.js'
 
 let dir: string
 const logs: Record<string, unknown>[] = []
