@@ -126,6 +126,24 @@ const { QlobberTrue } = require('qlobber') as { QlobberTrue: new (opts: object) 
 // `+` matches an empty level too [MQTT-4.7.1-3], as aedes' mqemitter does (matchEmptyLevels).
 const QLOBBER_OPTIONS = { wildcard_one: '+', wildcard_some: '#', separator: '/', match_empty_levels: true }
 
+/**
+ * Topic order: level by level, a level compared by its characters' code units, a topic before the
+ * topics below it (`a` < `a/b` < `a/b/c` < `a/c` < `ab`). At the first difference, the topic whose
+ * level ends there (`/` or the end) comes first.
+ */
+export function compareTopics(a: string, b: string): number {
+  const n = Math.min(a.length, b.length)
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i)
+    const y = b.charCodeAt(i)
+    if (x === y) continue
+    if (x === 0x2f) return -1
+    if (y === 0x2f) return 1
+    return x - y
+  }
+  return a.length - b.length
+}
+
 /** Writes that need not be durable at once get a commit of their own after this long at most. */
 const LAZY_DELAY_MS = 50
 /** After a failed commit, the writes are tried again after this long. */
@@ -426,10 +444,18 @@ export class BrokerSessionStore extends EventEmitter {
     return this.durable(() => this.st.putRetained.run(topic, row.packet, row.payload, row.payloadText, mark))
   }
 
-  private *retainedMatching(pattern: string): Generator<BrokerPacket> {
+  /**
+   * The retained messages matching one filter, in topic order (compareTopics): a parent topic
+   * before its children, the same order every time, whatever order they were retained in. The
+   * spec fixes the order only within a topic [MQTT-4.6.0-5] (one retained message per topic);
+   * Mosquitto sends a parent before its children too, and tools showing a tree expect it.
+   */
+  private retainedMatching(pattern: string): BrokerPacket[] {
     const q = new QlobberTrue(QLOBBER_OPTIONS)
     q.add(pattern, true)
-    for (const [topic, packet] of this.retained) if (q.test(topic)) yield packet
+    const topics: string[] = []
+    for (const topic of this.retained.keys()) if (q.test(topic)) topics.push(topic)
+    return topics.sort(compareTopics).map((t) => this.retained.get(t)!)
   }
 
   createRetainedStream(pattern: string): Readable {
@@ -494,6 +520,11 @@ export class BrokerSessionStore extends EventEmitter {
   async subscriptionsByClient(client: ClientLike): Promise<BrokerSubscription[]> {
     const stored = this.subscriptions.get(client.id)
     return stored ? [...stored].map(([topic, s]) => ({ topic, ...s })) : []
+  }
+
+  /** Every persistent session's subscriptions (the broker's shared subscriptions of sessions that are away, at start). */
+  *storedSubscriptions(): Generator<{ clientId: string; topic: string; qos: number }> {
+    for (const [clientId, subs] of this.subscriptions) for (const [topic, s] of subs) yield { clientId, topic, qos: s.qos }
   }
 
   async countOffline(): Promise<{ subsCount: number; clientsCount: number }> {
