@@ -198,6 +198,13 @@ const migrations: string[] = [
     mark         TEXT
   ) WITHOUT ROWID;
   `,
+  // 2: the persistent sessions themselves (client ids with CleanSession=0), also those without
+  // subscriptions or queue, so that CONNACK says a session is present after a restart [MQTT-3.2.2-2].
+  `
+  CREATE TABLE sessions (
+    client_id TEXT PRIMARY KEY
+  ) WITHOUT ROWID;
+  `,
 ]
 
 interface Stored {
@@ -263,6 +270,8 @@ export class BrokerSessionStore extends EventEmitter {
   private readonly queueBytes = new Map<string, number>()
   private readonly overflowing = new Set<string>()
   private seq = 0
+  // Client ids of the persistent sessions (CleanSession=0 connections), with or without subscriptions.
+  private readonly sessions = new Set<string>()
   // Map(clientId -> Map(messageId -> { packet, durable }))
   private readonly incoming = new Map<string, Map<number, { packet: BrokerPacket; durable: boolean }>>()
   private readonly wills = new Map<string, BrokerPacket>()
@@ -296,6 +305,8 @@ export class BrokerSessionStore extends EventEmitter {
       delRetained: p('DELETE FROM retained WHERE topic = ?'),
       putWill: p('INSERT OR REPLACE INTO wills (client_id, packet, payload, payload_text, mark) VALUES (?, ?, ?, ?, ?)'),
       delWill: p('DELETE FROM wills WHERE client_id = ?'),
+      putSession: p('INSERT OR IGNORE INTO sessions (client_id) VALUES (?)'),
+      delSession: p('DELETE FROM sessions WHERE client_id = ?'),
     }
   }
 
@@ -331,6 +342,7 @@ export class BrokerSessionStore extends EventEmitter {
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
       this.retained.set(r.topic, packet)
     }
+    for (const r of this.db.prepare('SELECT client_id FROM sessions').iterate() as Iterable<{ client_id: string }>) this.sessions.add(r.client_id)
     for (const r of this.db.prepare('SELECT * FROM wills').iterate() as Iterable<Row & { client_id: string; mark: string | null }>) {
       const packet = fromRow(r)
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
@@ -535,11 +547,29 @@ export class BrokerSessionStore extends EventEmitter {
     return this.trie.match(topic)
   }
 
+  /**
+   * A persistent session (a CleanSession=0 connection) exists for this client id: kept, so that
+   * it is reported present after a restart even without subscriptions [MQTT-3.2.2-2]. Not waited
+   * for: lost in a crash, the session is only reported absent once, as before.
+   */
+  keepSession(clientId: string): void {
+    if (this.sessions.has(clientId)) return
+    this.sessions.add(clientId)
+    this.lazy(() => this.st.putSession.run(clientId))
+  }
+
+  /** The client ids of the persistent sessions kept (keepSession). */
+  sessionIds(): Iterable<string> {
+    return this.sessions
+  }
+
   async cleanSubscriptions(client: ClientLike): Promise<void> {
     // aedes calls this when a client connects with a clean session: its previous session, the
     // queue too, is discarded [MQTT-3.1.2-6].
     const queue = this.dropQueue(client.id)
     const stored = this.subscriptions.get(client.id)
+    const session = this.sessions.delete(client.id)
+    if (session) this.lazy(() => this.st.delSession.run(client.id))
     if (!stored && !queue) return
     if (stored) for (const [topic, s] of stored) if (s.qos > 0) this.trie.remove(topic, { clientId: client.id, topic })
     this.subscriptions.delete(client.id)

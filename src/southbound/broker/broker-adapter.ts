@@ -162,6 +162,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     // aedes 1.x: the broker does nothing until listen() has set up its persistence and mq.
     await aedes.listen()
     if (!this.opts.mqtt5) this.shared = this.sharedSubscriptions(aedes, sessions)
+    if (sessions) this.keepSessions(aedes, sessions)
     if (sessions) await this.restored(aedes, sessions)
     // Every command awaiting a PUBACK listens for its device's disconnect.
     aedes.setMaxListeners(0)
@@ -370,6 +371,19 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (!this.authorizeSubscribe(client, { ...sub, topic: shared.filter })) return null
     this.shared.join(client.id, client, shared, sub.qos)
     return sub
+  }
+
+  /**
+   * Persistent sessions across a restart, also those without subscriptions: CONNACK session
+   * present [MQTT-3.2.2-2] comes from the patch's `persistentSessions` set (aedes 1.2), which
+   * broker.db fills at start and hears of each new one.
+   */
+  private keepSessions(aedes: Aedes, sessions: BrokerSessionStore): void {
+    const known = (aedes as unknown as { persistentSessions?: Set<string> }).persistentSessions
+    for (const id of sessions.sessionIds()) known?.add(id)
+    aedes.on('clientReady', (client) => {
+      if (!client.clean) sessions.keepSession(client.id)
+    })
   }
 
   /** Shared subscriptions with the way they reach a client, and those broker.db kept for persistent sessions that are away. */
