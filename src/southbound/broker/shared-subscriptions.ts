@@ -120,10 +120,7 @@ export class SharedSubscriptions {
       const m = members[(share.next + i) % n]
       if (!isLive(m.client) || !this.hooks.mayReceive(m.client, packet)) continue
       share.next = (share.next + i + 1) % n
-      // A copy of its own (aedes' Client#publish: queued in the member's session first if it is
-      // persistent), at most at the QoS granted [MQTT-3.8.4-6], RETAIN 0 as for any live message.
-      const copy = { ...packet, qos: Math.min(packet.qos, m.qos), retain: false } as AedesPublishPacket
-      m.client.publish(copy, () => cb())
+      deliverTo(m.client, packet, Math.min(packet.qos, m.qos), this.hooks.enqueue, cb)
       return
     }
     // Nobody connected: a QoS 1/2 message waits in the session of a persistent member that is
@@ -138,6 +135,30 @@ export class SharedSubscriptions {
     }
     cb()
   }
+}
+
+/**
+ * What aedes' own subscriptions do with a message for a client (lib/handlers/subscribe.js): a copy
+ * that keeps the message's brokerId/brokerCounter (aedes' per-client duplicate check, and the
+ * persistence's match of a queued copy, rely on them), at most at the QoS granted [MQTT-4.8.2-3],
+ * RETAIN 0 as for any live message; a persistent session's copy is queued first (aedes queues a
+ * message for the persistent subscriptions before it is emitted). Done synchronously, in the order
+ * messages are emitted, as aedes' own subscriptions are: the duplicate check expects it.
+ */
+function deliverTo(client: Client, packet: AedesPublishPacket, qos: number, enqueue: SharedSubscriptionHooks['enqueue'], cb: () => void): void {
+  const copy = { ...packet, qos, retain: false } as AedesPublishPacket
+  const deliver = client as unknown as AedesDelivery
+  if (qos === 0) return deliver.deliver0(copy, cb)
+  if (client.clean) return deliver.deliverQoS(copy, cb)
+  // Memory has the copy before this returns; the message is done once the copy is durable too.
+  const queued = enqueue(client.id, qos, copy)
+  deliver.deliverQoS(copy, () => void queued.then(cb, cb))
+}
+
+/** The per-client delivery functions aedes' subscriptions use (lib/client.js). */
+interface AedesDelivery {
+  deliver0(packet: AedesPublishPacket, cb: () => void): void
+  deliverQoS(packet: AedesPublishPacket, cb: () => void): void
 }
 
 function splitKey(key: string): SharedFilter {
