@@ -42,7 +42,7 @@ export const ErrorCodes = {
   OTA_FAILED: 'IHE_OTA_FAILED',
   /** A client broke an MQTT 3.1.1 rule the broker enforces (ill-formed UTF-8, packet id 0, ...): connection closed. */
   MQTT_PROTOCOL_VIOLATION: 'IHE_MQTT_PROTOCOL_VIOLATION',
-  /** A client subscribed with `$share/` or `$queue/`: shared subscriptions do not exist here, SUBACK 0x80. */
+  /** A client subscribed with `$queue/`, a malformed `$share/`, or any `$share/` with broker.mqtt5 on: SUBACK 0x80. */
   SHARED_SUBSCRIPTION: 'IHE_SHARED_SUBSCRIPTION',
   /** Five failed web UI logins (or setup codes) within a minute from one address or for one username: further attempts get 429 for a minute. */
   UI_LOGIN_RATE_LIMITED: 'IHE_UI_LOGIN_RATE_LIMITED',

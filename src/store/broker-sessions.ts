@@ -126,6 +126,24 @@ const { QlobberTrue } = require('qlobber') as { QlobberTrue: new (opts: object) 
 // `+` matches an empty level too [MQTT-4.7.1-3], as aedes' mqemitter does (matchEmptyLevels).
 const QLOBBER_OPTIONS = { wildcard_one: '+', wildcard_some: '#', separator: '/', match_empty_levels: true }
 
+/**
+ * Topic order: level by level, a level compared by its characters' code units, a topic before the
+ * topics below it (`a` < `a/b` < `a/b/c` < `a/c` < `ab`). At the first difference, the topic whose
+ * level ends there (`/` or the end) comes first.
+ */
+export function compareTopics(a: string, b: string): number {
+  const n = Math.min(a.length, b.length)
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i)
+    const y = b.charCodeAt(i)
+    if (x === y) continue
+    if (x === 0x2f) return -1
+    if (y === 0x2f) return 1
+    return x - y
+  }
+  return a.length - b.length
+}
+
 /** Writes that need not be durable at once get a commit of their own after this long at most. */
 const LAZY_DELAY_MS = 50
 /** After a failed commit, the writes are tried again after this long. */
@@ -178,6 +196,13 @@ const migrations: string[] = [
     payload      BLOB,
     payload_text INTEGER NOT NULL DEFAULT 0,
     mark         TEXT
+  ) WITHOUT ROWID;
+  `,
+  // 2: the persistent sessions themselves (client ids with CleanSession=0), also those without
+  // subscriptions or queue, so that CONNACK says a session is present after a restart [MQTT-3.2.2-2].
+  `
+  CREATE TABLE sessions (
+    client_id TEXT PRIMARY KEY
   ) WITHOUT ROWID;
   `,
 ]
@@ -245,6 +270,8 @@ export class BrokerSessionStore extends EventEmitter {
   private readonly queueBytes = new Map<string, number>()
   private readonly overflowing = new Set<string>()
   private seq = 0
+  // Client ids of the persistent sessions (CleanSession=0 connections), with or without subscriptions.
+  private readonly sessions = new Set<string>()
   // Map(clientId -> Map(messageId -> { packet, durable }))
   private readonly incoming = new Map<string, Map<number, { packet: BrokerPacket; durable: boolean }>>()
   private readonly wills = new Map<string, BrokerPacket>()
@@ -278,6 +305,8 @@ export class BrokerSessionStore extends EventEmitter {
       delRetained: p('DELETE FROM retained WHERE topic = ?'),
       putWill: p('INSERT OR REPLACE INTO wills (client_id, packet, payload, payload_text, mark) VALUES (?, ?, ?, ?, ?)'),
       delWill: p('DELETE FROM wills WHERE client_id = ?'),
+      putSession: p('INSERT OR IGNORE INTO sessions (client_id) VALUES (?)'),
+      delSession: p('DELETE FROM sessions WHERE client_id = ?'),
     }
   }
 
@@ -313,6 +342,7 @@ export class BrokerSessionStore extends EventEmitter {
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
       this.retained.set(r.topic, packet)
     }
+    for (const r of this.db.prepare('SELECT client_id FROM sessions').iterate() as Iterable<{ client_id: string }>) this.sessions.add(r.client_id)
     for (const r of this.db.prepare('SELECT * FROM wills').iterate() as Iterable<Row & { client_id: string; mark: string | null }>) {
       const packet = fromRow(r)
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
@@ -426,10 +456,18 @@ export class BrokerSessionStore extends EventEmitter {
     return this.durable(() => this.st.putRetained.run(topic, row.packet, row.payload, row.payloadText, mark))
   }
 
-  private *retainedMatching(pattern: string): Generator<BrokerPacket> {
+  /**
+   * The retained messages matching one filter, in topic order (compareTopics): a parent topic
+   * before its children, the same order every time, whatever order they were retained in. The
+   * spec fixes the order only within a topic [MQTT-4.6.0-5] (one retained message per topic);
+   * Mosquitto sends a parent before its children too, and tools showing a tree expect it.
+   */
+  private retainedMatching(pattern: string): BrokerPacket[] {
     const q = new QlobberTrue(QLOBBER_OPTIONS)
     q.add(pattern, true)
-    for (const [topic, packet] of this.retained) if (q.test(topic)) yield packet
+    const topics: string[] = []
+    for (const topic of this.retained.keys()) if (q.test(topic)) topics.push(topic)
+    return topics.sort(compareTopics).map((t) => this.retained.get(t)!)
   }
 
   createRetainedStream(pattern: string): Readable {
@@ -496,6 +534,11 @@ export class BrokerSessionStore extends EventEmitter {
     return stored ? [...stored].map(([topic, s]) => ({ topic, ...s })) : []
   }
 
+  /** Every persistent session's subscriptions (the broker's shared subscriptions of sessions that are away, at start). */
+  *storedSubscriptions(): Generator<{ clientId: string; topic: string; qos: number }> {
+    for (const [clientId, subs] of this.subscriptions) for (const [topic, s] of subs) yield { clientId, topic, qos: s.qos }
+  }
+
   async countOffline(): Promise<{ subsCount: number; clientsCount: number }> {
     return { subsCount: this.trie.subscriptionsCount, clientsCount: this.subscriptions.size }
   }
@@ -504,11 +547,29 @@ export class BrokerSessionStore extends EventEmitter {
     return this.trie.match(topic)
   }
 
+  /**
+   * A persistent session (a CleanSession=0 connection) exists for this client id: kept, so that
+   * it is reported present after a restart even without subscriptions [MQTT-3.2.2-2]. Not waited
+   * for: lost in a crash, the session is only reported absent once, as before.
+   */
+  keepSession(clientId: string): void {
+    if (this.sessions.has(clientId)) return
+    this.sessions.add(clientId)
+    this.lazy(() => this.st.putSession.run(clientId))
+  }
+
+  /** The client ids of the persistent sessions kept (keepSession). */
+  sessionIds(): Iterable<string> {
+    return this.sessions
+  }
+
   async cleanSubscriptions(client: ClientLike): Promise<void> {
     // aedes calls this when a client connects with a clean session: its previous session, the
     // queue too, is discarded [MQTT-3.1.2-6].
     const queue = this.dropQueue(client.id)
     const stored = this.subscriptions.get(client.id)
+    const session = this.sessions.delete(client.id)
+    if (session) this.lazy(() => this.st.delSession.run(client.id))
     if (!stored && !queue) return
     if (stored) for (const [topic, s] of stored) if (s.qos > 0) this.trie.remove(topic, { clientId: client.id, topic })
     this.subscriptions.delete(client.id)

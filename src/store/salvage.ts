@@ -55,7 +55,7 @@ export const BROKER_DB: SalvageTarget = {
   requiredTable: 'outgoing',
   cheapCheck(db) {
     // The broker reads all of it into memory at start anyway: every row, payloads included.
-    for (const table of ['subscriptions', 'outgoing', 'incoming', 'retained', 'wills']) for (const _row of db.prepare(`SELECT * FROM ${table}`).iterate()) void _row
+    for (const table of ['subscriptions', 'outgoing', 'incoming', 'retained', 'wills', 'sessions']) for (const _row of db.prepare(`SELECT * FROM ${table}`).iterate()) void _row
     db.prepare('SELECT client_id, seq FROM outgoing INDEXED BY outgoing_by_client').all()
   },
 }

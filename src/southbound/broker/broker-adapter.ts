@@ -17,6 +17,7 @@ import { hasUpKind, isTagTopic, mayDeviceSubscribe, parseUpTopic, parseUsername,
 import { commandTopic, mayPublish } from '../../core/device-acl.js'
 import { guardClient, type Violation } from './packet-guard.js'
 import { createAedes, ReasonCode, speaksMqtt5 } from './mqtt5.js'
+import { parseSharedFilter, SharedSubscriptions } from './shared-subscriptions.js'
 
 type Zone = 'external' | 'internal'
 
@@ -35,7 +36,7 @@ interface ClientState {
   settleSubscribed?: (ok: boolean) => void
 }
 
-export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'mqtt5' | 'maxQueuedMessages' | 'maxQueuedBytes'>> & { listeners: readonly ListenerConfig[] }
+export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'mqtt5' | 'maxQueuedMessages' | 'maxQueuedBytes' | 'allowEmptyClientId'>> & { listeners: readonly ListenerConfig[] }
 
 // A device that does not PUBACK a command within this long is treated as gone; the command stays queued.
 const DELIVERY_ACK_TIMEOUT_MS = 10_000
@@ -48,7 +49,6 @@ const NOT_AUTHORIZED = 5
 // Clients refused in preConnect for speaking MQTT 5: their CONNACK error is not "malformed".
 const unsupportedProtocol = new WeakSet<object>()
 
-const isSharedFilter = (filter: string): boolean => filter.startsWith('$share/') || filter.startsWith('$queue/')
 
 // A publish the ACL refuses: with MQTT 5 it is answered PUBACK/PUBREC 0x87 (the message is the
 // Reason String the client sees), with 3.1.1 acknowledged and dropped, or the connection closed.
@@ -62,6 +62,8 @@ export class BrokerAdapter implements SouthboundAdapter {
   readonly name = 'broker'
   readonly kind = 'native'
   private aedes?: Aedes
+  // `$share/{ShareName}/{filter}` (aedes 1.2 only; shared-subscriptions.ts).
+  private shared?: SharedSubscriptions
   private servers: net.Server[] = []
   private readonly zoneOf = new WeakMap<object, Zone>()
   // A listener's denyTopics, by connection (only for listeners that have some).
@@ -153,17 +155,32 @@ export class BrokerAdapter implements SouthboundAdapter {
         )
       },
       authorizePublish: (client, packet, cb) => this.authorizePublish(client, packet, cb),
-      authorizeSubscribe: (client, sub, cb) => cb(null, this.authorizeSubscribe(client, sub)),
+      authorizeSubscribe: (client, sub, cb) => cb(null, this.authorizeSharedOrNot(client, sub)),
       authorizeForward: (client, packet) => this.authorizeForward(client, packet),
     })
     const aedes = this.aedes
     // aedes 1.x: the broker does nothing until listen() has set up its persistence and mq.
     await aedes.listen()
+    if (!this.opts.mqtt5) this.shared = this.sharedSubscriptions(aedes, sessions)
+    if (sessions) this.keepSessions(aedes, sessions)
     if (sessions) await this.restored(aedes, sessions)
     // Every command awaiting a PUBACK listens for its device's disconnect.
     aedes.setMaxListeners(0)
     aedes.on('clientReady', (client) => this.onReady(client))
     aedes.on('clientDisconnect', (client) => this.onGone(client))
+    if (this.shared) {
+      const shared = this.shared
+      aedes.on('clientReady', (client) => {
+        if (client.clean) shared.sessionCleaned(client)
+      })
+      aedes.on('clientDisconnect', (client) => shared.disconnected(client))
+      aedes.on('unsubscribe', (topics, client) => {
+        for (const t of topics) {
+          const s = parseSharedFilter(t)
+          if (s && s !== 'invalid') shared.leave(client.id, s)
+        }
+      })
+    }
     // aedes reports a PUBACK with the acknowledged packet only for persistent sessions; every PUBACK
     // does pass through the persistence's outgoingClearMessageId (a documented plug-in method), so
     // that is where a command's acknowledgement is matched by client and packet id.
@@ -215,7 +232,7 @@ export class BrokerAdapter implements SouthboundAdapter {
         socket.setNoDelay(true)
         // The address is read now: once the guard has closed the socket it is gone.
         const ip = socket.remoteAddress ?? null
-        guardClient(aedes.handle(socket), (v) => this.onViolation(ip, v))
+        guardClient(aedes.handle(socket), (v) => this.onViolation(ip, v), { allowEmptyClientId: this.opts.allowEmptyClientId })
       }
       server.on(l.tls ? 'secureConnection' : 'connection', onConn)
       server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
@@ -337,14 +354,54 @@ export class BrokerAdapter implements SouthboundAdapter {
       `MQTT ${v.cmd} refused (${v.what}) and the connection closed: fix the client; docs/integrators/mqtt-conformance.md lists what the broker refuses`)
   }
 
-  private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
-    const st = this.state.get(client)!
-    // Shared subscriptions do not exist here: refused explicitly rather than granted as a literal
-    // topic nobody ever publishes on (MQTT 5 section 4.8.2; `$queue/` is the older spelling).
-    if (isSharedFilter(sub.topic)) {
+  /**
+   * `$share/{ShareName}/{filter}`: granted if its filter would be, on the same rules (the
+   * listener's denyTopics, the device ACL); the client joins the share. Refused (SUBACK 0x80)
+   * rather than granted as a literal topic nobody ever publishes on: `$queue/` (an older spelling
+   * Mosquitto dropped), a malformed `$share/`, and every `$share/` with broker.mqtt5 on (aedes 2
+   * refuses them for v5 clients itself).
+   */
+  private authorizeSharedOrNot(client: Client, sub: Subscription): Subscription | null {
+    const shared = parseSharedFilter(sub.topic)
+    if (shared === null && !sub.topic.startsWith('$queue/')) return this.authorizeSubscribe(client, sub)
+    if (shared === null || shared === 'invalid' || !this.shared) {
       this.sharedRefused(client, sub.topic)
       return null
     }
+    if (!this.authorizeSubscribe(client, { ...sub, topic: shared.filter })) return null
+    this.shared.join(client.id, client, shared, sub.qos)
+    return sub
+  }
+
+  /**
+   * Persistent sessions across a restart, also those without subscriptions: CONNACK session
+   * present [MQTT-3.2.2-2] comes from the patch's `persistentSessions` set (aedes 1.2), which
+   * broker.db fills at start and hears of each new one.
+   */
+  private keepSessions(aedes: Aedes, sessions: BrokerSessionStore): void {
+    const known = (aedes as unknown as { persistentSessions?: Set<string> }).persistentSessions
+    for (const id of sessions.sessionIds()) known?.add(id)
+    aedes.on('clientReady', (client) => {
+      if (!client.clean) sessions.keepSession(client.id)
+    })
+  }
+
+  /** Shared subscriptions with the way they reach a client, and those broker.db kept for persistent sessions that are away. */
+  private sharedSubscriptions(aedes: Aedes, sessions: BrokerSessionStore | undefined): SharedSubscriptions {
+    const persistence = (aedes as unknown as { persistence: { outgoingEnqueue: (sub: { clientId: string; qos: number }, p: AedesPublishPacket) => Promise<void> } }).persistence
+    const shared = new SharedSubscriptions(aedes, {
+      mayReceive: (client, packet) => this.mayReceive(client, packet),
+      enqueue: (clientId, qos, packet) => persistence.outgoingEnqueue({ clientId, qos }, packet),
+    })
+    for (const s of sessions?.storedSubscriptions() ?? []) {
+      const parsed = parseSharedFilter(s.topic)
+      if (parsed && parsed !== 'invalid') shared.join(s.clientId, null, parsed, s.qos)
+    }
+    return shared
+  }
+
+  private authorizeSubscribe(client: Client, sub: Subscription): Subscription | null {
+    const st = this.state.get(client)!
     if (this.denyOf.get(client.conn)?.some((d) => topicMatches(d, sub.topic))) {
       this.core.metrics.rejected('acl_denied')
       this.warn.warn(`deny:${client.id}`, { clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED }, "subscription refused (SUBACK 0x80): the listener's denyTopics cover it")
@@ -364,7 +421,9 @@ export class BrokerAdapter implements SouthboundAdapter {
   private sharedRefused(client: Client, topic: string): void {
     this.core.metrics.rejected('unsupported_protocol')
     this.warn.warn(`share:${client.id}`, { clientId: client.id, topic, code: ErrorCodes.SHARED_SUBSCRIPTION },
-      'subscription refused (SUBACK 0x80; MQTT 5: 0x9E for $share/, 0x87 for $queue/): shared subscriptions ($share/, $queue/) are not supported; subscribe to the topic itself')
+      this.opts.mqtt5
+        ? 'subscription refused (SUBACK 0x80; MQTT 5: 0x9E for $share/, 0x87 for $queue/): shared subscriptions are not supported with broker.mqtt5 on; subscribe to the topic itself'
+        : 'subscription refused (SUBACK 0x80): $queue/ is not supported, and a shared subscription is $share/{ShareName}/{filter} (ShareName without /, + or #); subscribe to $share/{ShareName}/{filter} or the topic itself')
   }
 
   /**
@@ -513,16 +572,24 @@ export class BrokerAdapter implements SouthboundAdapter {
     return ready.some(Boolean) && this.owns(device)
   }
 
-  private authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+  /** Whether a client may receive a packet at all (the forwarding rules, without side effects). */
+  private mayReceive(client: Client, packet: AedesPublishPacket): boolean {
     const payload = packet.payload as Buffer
-    if (this.denied.has(payload)) return null
-    if (this.denyOf.get(client.conn)?.some((d) => topicMatches(d, packet.topic))) return null
+    if (this.denied.has(payload)) return false
+    if (this.denyOf.get(client.conn)?.some((d) => topicMatches(d, packet.topic))) return false
     const st = this.state.get(client)
-    if (this.localOnly.has(payload)) return st?.zone === 'internal' ? packet : null
-    if (this.fromDevice.has(payload) && st?.zone !== 'internal') return null
+    if (this.localOnly.has(payload)) return st?.zone === 'internal'
+    if (this.fromDevice.has(payload) && st?.zone !== 'internal') return false
     const target = this.targetOf.get(payload)
+    if (target === undefined || st?.zone === 'internal') return true
+    return st?.device !== undefined && deviceKey(st.device) === target
+  }
+
+  private authorizeForward(client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    if (!this.mayReceive(client, packet)) return null
+    const st = this.state.get(client)
+    const target = this.targetOf.get(packet.payload as Buffer)
     if (target === undefined || st?.zone === 'internal') return packet
-    if (!st?.device || deviceKey(st.device) !== target) return null
     const waiterKey = `${target}\u0000${packet.topic}`
     if (packet.qos === 0) return packet
     // A command to this device is sent by the command queue only: a copy the broker's session

@@ -62,7 +62,20 @@ interface Parser {
 
 const UNACCEPTABLE_PROTOCOL_VERSION = 1
 const IDENTIFIER_REJECTED = 2
-const connack = (returnCode: number): Buffer => Buffer.from([0x20, 0x02, 0x00, returnCode])
+// MQTT 5 (broker.mqtt5): Client Identifier not valid, no properties (MQTT 5 section 3.2.2.2).
+const CLIENT_IDENTIFIER_NOT_VALID_V5 = 0x85
+const connack = (returnCode: number, protocolVersion?: number): Buffer =>
+  protocolVersion === 5 ? Buffer.from([0x20, 0x03, 0x00, CLIENT_IDENTIFIER_NOT_VALID_V5, 0x00]) : Buffer.from([0x20, 0x02, 0x00, returnCode])
+
+/** What a listener's guard is told by the configuration. */
+export interface GuardOptions {
+  /**
+   * `broker.allowEmptyClientId`: false refuses an empty client id whatever CleanSession says
+   * (CONNACK 0x02), as Mosquitto's `allow_zero_length_clientid false`. [MQTT-3.1.3-6] lets a
+   * server accept it with CleanSession=1 (and assign an id): true, the default, does.
+   */
+  allowEmptyClientId?: boolean
+}
 // Packets whose variable header and payload mqtt-packet reads to the end: anything left over is
 // malformed (a field its flag does not announce [MQTT-3.1.2-18/20/22], a too long PUBACK, ...).
 // A PUBLISH's payload is simply the rest, so it cannot have a remainder.
@@ -125,9 +138,13 @@ export function badStringReason(bytes: Buffer): { rule: string; what: string } |
 const hasWildcard = (topic: string): boolean => topic.includes('+') || topic.includes('#')
 
 /** The first rule a decoded packet breaks (strings aside), or null. */
-export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
+export function packetViolation(p: Packet, opts: GuardOptions = {}): Omit<Violation, 'cmd'> | null {
   switch (p.cmd) {
     case 'connect':
+      // [MQTT-3.1.3-6] lets a server take an empty client id; one that rejects it answers 0x02 [MQTT-3.1.3-9] (MQTT 5: 0x85).
+      if (p.clientId === '' && opts.allowEmptyClientId === false) {
+        return { rule: 'MQTT-3.1.3-9', what: 'an empty client id (broker.allowEmptyClientId is false)', connack: IDENTIFIER_REJECTED }
+      }
       // MQTT 5 lets the server assign an id whatever Clean Start says [MQTT-3.1.3-6]: aedes 2 does.
       if (p.clientId === '' && p.protocolVersion !== 5 && (p.clean === false || p.protocolVersion === 3)) {
         return { rule: 'MQTT-3.1.3-8', what: 'an empty client id needs CleanSession=1', connack: IDENTIFIER_REJECTED }
@@ -169,7 +186,7 @@ export function packetViolation(p: Packet): Omit<Violation, 'cmd'> | null {
  * Put the checks in front of one aedes client (right after `aedes.handle(socket)`). `refused`
  * hears each violation once, after the connection is closed.
  */
-export function guardClient(client: Client, refused: (v: Violation) => void): void {
+export function guardClient(client: Client, refused: (v: Violation) => void, opts: GuardOptions = {}): void {
   const parser = (client as unknown as { _parser: Parser })._parser
   const socket = client.conn as unknown as { write(data: Buffer, done: () => void): void; destroy(): void }
   const refusedAtParse = new WeakMap<Packet, { rule: string; what: string }>()
@@ -206,10 +223,10 @@ export function guardClient(client: Client, refused: (v: Violation) => void): vo
   parser.removeAllListeners('packet')
   let closed = false
   let first = true
-  const refuse = (v: Omit<Violation, 'cmd'>, cmd: string): void => {
+  const refuse = (v: Omit<Violation, 'cmd'>, cmd: string, protocolVersion?: number): void => {
     closed = true
     // The CONNACK goes out before the close [MQTT-3.2.2-5].
-    if (v.connack !== undefined) socket.write(connack(v.connack), () => socket.destroy())
+    if (v.connack !== undefined) socket.write(connack(v.connack, protocolVersion), () => socket.destroy())
     else socket.destroy()
     refused({ ...v, cmd })
   }
@@ -239,12 +256,12 @@ export function guardClient(client: Client, refused: (v: Violation) => void): vo
   parser.on('packet', (packet) => {
     if (closed) return
     first = false
-    const v: Omit<Violation, 'cmd'> | null = refusedAtParse.get(packet) ?? packetViolation(packet)
+    const v: Omit<Violation, 'cmd'> | null = refusedAtParse.get(packet) ?? packetViolation(packet, opts)
     if (!v) {
       if (packet.cmd === 'connect') level ??= packet.protocolVersion
       for (const fn of onward) fn.call(parser, packet)
       return
     }
-    refuse(v, packet.cmd)
+    refuse(v, packet.cmd, packet.protocolVersion)
   })
 }

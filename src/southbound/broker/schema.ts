@@ -54,6 +54,11 @@ export const BrokerSchema = Type.Object(
       description:
         'also speak MQTT 5 (aedes 2.0.0-beta.1 instead of aedes 1.2.0; docs/operators/mqtt5.md): MQTT 5 clients are refused while this is false. A beta: see decision 0021-mqtt5 for what it passes',
     }),
+    allowEmptyClientId: Type.Boolean({
+      default: true,
+      description:
+        'accept a CONNECT with an empty client id and CleanSession=1, giving the connection an id of its own (MQTT 3.1.1 [MQTT-3.1.3-6] allows it); false answers every empty client id with CONNACK 0x02 (identifier rejected; MQTT 5: 0x85), as Mosquitto’s allow_zero_length_clientid false. With CleanSession=0 it is always refused [MQTT-3.1.3-8]',
+    }),
     maxQueuedMessages: Type.Integer({
       minimum: 1,
       default: 1000,
