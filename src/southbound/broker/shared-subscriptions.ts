@@ -5,7 +5,7 @@
 // subscription of the broker's own to the inner filter per share, and each message that matches
 // goes to one member of the share, round robin among its connected members. Members of other
 // shares each get their copy, and non-shared subscriptions theirs (aedes, untouched).
-// Decision 00XX-shared-subscriptions.
+// Decision 0023-shared-subscriptions.
 import type { Aedes, AedesPublishPacket, Client } from 'aedes'
 
 export interface SharedFilter {
