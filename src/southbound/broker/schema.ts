@@ -19,7 +19,7 @@ const Listener = Type.Object(
     port: Type.Integer({ minimum: 0, maximum: 65535, description: 'TCP port (0 = any free port)' }),
     zone: Type.Union([Type.Literal('external'), Type.Literal('internal')], {
       default: 'external',
-      description: 'external: devices, authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
+      description: 'external: devices and local app accounts (broker.apps), authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
     }),
     tls: Type.Optional(Tls),
     denyTopics: Type.Optional(
