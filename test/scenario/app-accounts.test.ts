@@ -59,7 +59,7 @@ describe('iothub-edge hash-password', () => {
     const short = await runCli(['hash-password'], { input: 'short\n' })
     expect(short.code).toBe(64)
     expect(short.stderr).toMatch(/at least 10 characters/)
-  })
+  }, 120_000)
 })
 
 describe('local app accounts on the external listener', () => {
@@ -89,7 +89,7 @@ describe('local app accounts on the external listener', () => {
       rules: [{ name: 'local-dashboard', from: 'upload_data/+/+/temperature', actions: [{ republish: { topic: 'site/{productId}/{deviceId}/{dataType}' } }] }],
     })
     await gateway.start()
-  })
+  }, 120_000)
 
   afterAll(async () => {
     await gateway?.close()
