@@ -12,6 +12,7 @@ import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/runtime-file
 import { endpoint, request, type Answer, type Endpoint } from './cli-http.js'
 import { UiAuthStore } from './store/ui-auth.js'
 import { createSetupCode } from './web/auth-setup.js'
+import { hashPassword, passwordProblem } from './core/password-hash.js'
 import { ID_RULE, isId } from './core/hub-topics.js'
 import { ErrorCodes, StartError } from './core/errors.js'
 import { VERSION } from './core/version.js'
@@ -72,6 +73,8 @@ const USAGE = `usage:
   iothub-edge store ack [-c FILE]              acknowledge the salvage of a damaged gateway.db or broker.db (the
                               health stops saying store_salvaged / broker_sessions_salvaged; the damaged
                               file stays where it was moved)
+  iothub-edge hash-password                   the scrypt hash of a password (from a prompt, or the first line of
+                                              stdin; never an argument) for broker.apps[].passwordHash
   iothub-edge --version
   iothub-edge simulate [--url mqtt://127.0.0.1:1883] [--devices 10] [--rate 1] [--qos 1] [--product sim]
                        [--payload-bytes 64] [--secret-prefix sim-secret-] [--duration 60]
@@ -176,6 +179,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return uiCommand(rest, values)
     case 'store':
       return storeCommand(rest, values)
+    case 'hash-password':
+      return hashPasswordCommand(rest)
     default:
       if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
       process.stderr.write(`unknown command "${cmd}"\n${HELP_HINT}\n`)
@@ -545,6 +550,31 @@ function gatewayApi(cfg: Config, live: RuntimeInfo): { base: string; call: (meth
       return { status: res.status, body: res.text ? JSON.parse(res.text) : null }
     },
   }
+}
+
+/**
+ * `hash-password`: what goes into broker.apps[].passwordHash. The password comes from a prompt or
+ * stdin, never argv (shell history, `ps`); only the hash is printed, on stdout, for scripts.
+ */
+async function hashPasswordCommand(rest: string[]): Promise<number> {
+  if (rest.length) {
+    process.stderr.write('hash-password takes no arguments: type the password at the prompt, or pipe it on stdin (a password on the command line would be in shell history and visible in ps)\n')
+    return EXIT_USAGE
+  }
+  let password: string
+  try {
+    password = await readSecret('password')
+  } catch (err) {
+    process.stderr.write(`hash-password: ${(err as Error).message}\n`)
+    return 1
+  }
+  const problem = passwordProblem(password)
+  if (problem) {
+    process.stderr.write(`hash-password: ${problem}\n`)
+    return EXIT_USAGE
+  }
+  process.stdout.write(`${await hashPassword(password)}\n`)
+  return 0
 }
 
 /** A secret from a prompt without echo (on a terminal), else the first line of stdin. */

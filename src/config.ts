@@ -185,6 +185,9 @@ function describe(err: ErrorObject): string {
   const key = keyPath(err)
   if (err.keyword === 'additionalProperties') return `${key}: unknown key (check the spelling against docs/configuration.md)`
   if (err.keyword === 'pattern' && friendly[key]) return `${key}: ${friendly[key]}`
+  if (err.keyword === 'pattern' && /^broker\.apps\[\d+\]\.username$/.test(key)) {
+    return `${key}: must be 1-64 of [A-Za-z0-9_.@-], without "/" (a user name with "/", {ProductId}/{DeviceId}, is a device's)`
+  }
   if (/^rules\[\d+\]\.actions\[\d+\]$/.test(key) && ['minProperties', 'maxProperties', 'type'].includes(err.keyword)) {
     return `${key}: one action per list item, an object with exactly one key: ${Object.keys(RuleActionSchema.properties).join(', ')}`
   }

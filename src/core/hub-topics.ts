@@ -172,6 +172,15 @@ export function hasUpKind(topic: string): boolean {
   return (UP_KINDS as readonly string[]).includes(topic.slice(0, topic.indexOf('/')))
 }
 
+/** The hub's topic space (PROTOCOL.md "Up" and "Down"): the first levels it gives a meaning to. */
+export const HUB_KINDS: readonly string[] = [...UP_KINDS, 'cmd', 'rpc', 'tags'] satisfies readonly (UpKind | DownKind)[]
+
+/** Starts like a hub topic, up or down (its first level is one of HUB_KINDS). */
+export function hasHubKind(topicOrFilter: string): boolean {
+  const slash = topicOrFilter.indexOf('/')
+  return HUB_KINDS.includes(slash < 0 ? topicOrFilter : topicOrFilter.slice(0, slash))
+}
+
 /** A tag topic or filter (`tags/...`). */
 export const isTagTopic = (topic: string): boolean => topic.startsWith('tags/')
 
@@ -211,4 +220,34 @@ export function topicMatches(filter: string, topic: string): boolean {
     if (f[i] !== '+' && f[i] !== t[i]) return false
   }
   return f.length === t.length
+}
+
+/** What is wrong with an MQTT topic filter (section 4.7), or undefined when it is well formed. */
+export function filterProblem(filter: string): string | undefined {
+  if (filter === '') return 'an empty topic filter'
+  if (filter.includes('\u0000')) return 'a null character'
+  const levels = filter.split('/')
+  const hash = levels.indexOf('#')
+  if (hash >= 0 && hash !== levels.length - 1) return '# must be the last level [MQTT-4.7.1-2]'
+  if (levels.some((l) => l !== '+' && l !== '#' && /[+#]/.test(l))) return '+ and # must stand alone in their level [MQTT-4.7.1-2/3]'
+  return undefined
+}
+
+/**
+ * Whether every topic `filter` matches is also matched by `within` (both well formed): a client
+ * granted `within` may subscribe to `filter`. Topics starting with `$` are matched only by a filter
+ * that names their first level [MQTT-4.7.2-1].
+ */
+export function filterCovers(within: string, filter: string): boolean {
+  const w = within.split('/')
+  const f = filter.split('/')
+  if (f[0].startsWith('$') && (w[0] === '+' || w[0] === '#')) return false
+  for (let i = 0; i < w.length; i++) {
+    if (w[i] === '#') return true
+    if (i >= f.length) return false
+    if (f[i] === '#') return false
+    if (w[i] !== '+' && w[i] !== f[i]) return false
+  }
+  // `a/#` also matches `a` [MQTT-4.7.1-2]; `a/+` does not.
+  return f.length === w.length
 }

@@ -6,7 +6,7 @@ import type { Db } from './db.js'
 
 export interface UiUser {
   username: string
-  /** `scrypt$N$r$p$salt$hash` (base64url), see src/web/auth-password.ts. */
+  /** `scrypt$N$r$p$salt$hash` (base64url), see src/core/password-hash.ts. */
   passwordHash: string
   createdAt: number
   updatedAt: number

@@ -8,7 +8,7 @@ import type { Logger } from '../core/log.js'
 import { ErrorCodes } from '../core/errors.js'
 import type { UiAuthDeps } from './deps.js'
 import type { ApiTokenInfo } from '../store/ui-auth.js'
-import { decoyHash, hashPassword, passwordProblem, verifyPassword } from './auth-password.js'
+import { decoyHash, hashPassword, passwordProblem, verifyPassword } from '../core/password-hash.js'
 import { FailureLimiter } from './auth-limiter.js'
 import { readSetupCode, removeSetupCode, setupCodeMatches } from './auth-setup.js'
 

@@ -9,6 +9,7 @@ import { connectDevice, newMessageId, publishQos1, type ConnectError, type Devic
 import { GatewayProcess, runCli } from '../helpers/gateway-process.js'
 import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
 import { metricValue } from '../helpers/metrics.js'
+import { inbox, suback } from '../helpers/mqtt-client.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const a = { productId: 'thermo', deviceId: 'a', secret: 'secret-a' }
@@ -32,56 +33,6 @@ function closed(client: MqttClient, timeoutMs: number, what: string): Promise<vo
     client.once('close', () => {
       clearTimeout(timer)
       resolve()
-    })
-  })
-}
-
-/** Messages a client receives, with a way to wait for one. */
-function inbox(client: MqttClient): {
-  readonly topics: string[]
-  waitFor: (match: string | ((topic: string, payload: Buffer) => boolean), timeoutMs: number) => Promise<{ topic: string; payload: Buffer }>
-} {
-  const got: { topic: string; payload: Buffer }[] = []
-  const waiters = new Set<() => boolean>()
-  client.on('message', (topic, payload) => {
-    got.push({ topic, payload })
-    for (const w of waiters) w()
-  })
-  return {
-    get topics() {
-      return got.map((m) => m.topic)
-    },
-    waitFor: (match, timeoutMs) =>
-      new Promise((resolve, reject) => {
-        const matches = typeof match === 'string' ? (t: string): boolean => t === match : match
-        const check = (): boolean => {
-          const m = got.find((x) => matches(x.topic, x.payload))
-          if (!m) return false
-          clearTimeout(timer)
-          waiters.delete(check)
-          resolve(m)
-          return true
-        }
-        const timer = setTimeout(() => {
-          waiters.delete(check)
-          reject(new Error(`no matching message within ${timeoutMs} ms; got ${JSON.stringify(got.map((x) => x.topic))}`))
-        }, timeoutMs)
-        waiters.add(check)
-        check()
-      }),
-  }
-}
-
-/**
- * The SUBACK return code for one filter (0x80 = refused). MQTT.js's subscribeAsync rejects on 0x80
- * without the code, so this reads the SUBACK packet the callback gets either way.
- */
-function suback(client: MqttClient, filter: string, qos: 0 | 1): Promise<number> {
-  return new Promise((resolve, reject) => {
-    client.subscribe(filter, { qos }, (err, _granted, packet) => {
-      const code = (packet as { granted?: number[] } | undefined)?.granted?.[0]
-      if (typeof code === 'number') resolve(code)
-      else reject(err ?? new Error(`no SUBACK for ${filter}`))
     })
   })
 }

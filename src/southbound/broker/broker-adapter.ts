@@ -18,12 +18,17 @@ import { commandTopic, mayPublish } from '../../core/device-acl.js'
 import { guardClient, type Violation } from './packet-guard.js'
 import { createAedes, ReasonCode, speaksMqtt5 } from './mqtt5.js'
 import { parseSharedFilter, SharedSubscriptions } from './shared-subscriptions.js'
+import { AppAccounts, mayAppPublish, mayAppReceive, mayAppSubscribe, type AppAccount } from './app-accounts.js'
 
 type Zone = 'external' | 'internal'
 
 interface ClientState {
   zone: Zone
   device?: DeviceRef
+  /** A local application account (broker.apps) on an external listener: its own ACL, never a device. */
+  app?: AppAccount
+  /** Counted in apps_connected (from its CONNACK until it leaves). */
+  appCounted?: boolean
   keepalive: number | null
   protoVer: number | null
   session?: ClientSession
@@ -36,7 +41,7 @@ interface ClientState {
   settleSubscribed?: (ok: boolean) => void
 }
 
-export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'mqtt5' | 'maxQueuedMessages' | 'maxQueuedBytes' | 'allowEmptyClientId'>> & { listeners: readonly ListenerConfig[] }
+export type BrokerAdapterOptions = Pick<BrokerConfig, 'aclDenyAction'> & Partial<Pick<BrokerConfig, 'mqtt5' | 'maxQueuedMessages' | 'maxQueuedBytes' | 'allowEmptyClientId' | 'apps'>> & { listeners: readonly ListenerConfig[] }
 
 // A device that does not PUBACK a command within this long is treated as gone; the command stays queued.
 const DELIVERY_ACK_TIMEOUT_MS = 10_000
@@ -78,11 +83,11 @@ export class BrokerAdapter implements SouthboundAdapter {
   // ACL. Per subscription, not per client, or a device subscribing at the same moment would be too.
   private readonly serverSubscriptions = new WeakSet<object>()
   // Up messages from devices. They go north (or, m2m between children, through the core's command
-  // path); only trusted local tools on internal listeners see them on the local broker, so a
-  // device never gets one twice.
+  // path); only trusted local tools on internal listeners and app accounts (within their filters)
+  // see them on the local broker, so a device never gets one twice.
   private readonly fromDevice = new WeakSet<Buffer>()
   // What the rules republish for on-site consumers (`republish`): for trusted local tools on the
-  // internal listeners only; a device on an external listener never receives it.
+  // internal listeners and app accounts (broker.apps); a device never receives it.
   private readonly localOnly = new WeakSet<Buffer>()
   // What the core hands down to one device: forwarded to that device's clients only (and to trusted
   // local tools), never to another device holding the same topic (a tag both carry). Keyed by the
@@ -99,6 +104,8 @@ export class BrokerAdapter implements SouthboundAdapter {
   // A will restored from broker.db (a previous run's client): who the client was.
   private readonly willOrigin = new WeakMap<object, string>()
   private readonly clientsGauge: Gauge
+  private readonly appsGauge: Gauge<'app'>
+  private readonly apps: AppAccounts
   private readonly queueDropped: Counter<'unit'>
   private readonly warn: RateLimitedLog
   private stopping = false
@@ -110,6 +117,8 @@ export class BrokerAdapter implements SouthboundAdapter {
   ) {
     this.warn = new RateLimitedLog(core.log)
     this.clientsGauge = core.metrics.gauge('clients', 'Clients connected to the local MQTT broker (devices and local tools)')
+    this.appsGauge = core.metrics.gauge('apps_connected', 'Connections of each local application account (broker.apps) on the external listeners', ['app'])
+    this.apps = new AppAccounts(opts.apps ?? [])
     this.queueDropped = core.metrics.counter('queue_dropped_total', 'Messages (unit=messages) and bytes (unit=bytes) dropped from persistent sessions’ queues over broker.maxQueuedMessages/maxQueuedBytes, oldest first', ['unit'])
   }
 
@@ -257,11 +266,14 @@ export class BrokerAdapter implements SouthboundAdapter {
     const st = this.state.get(client)!
     if (!this.core.intakeOpen()) throw authError(SERVER_UNAVAILABLE, 'gateway storage full')
     if (st.zone === 'internal') return
+    const app = this.apps.get(username)
+    if (app) return this.authenticateApp(client, st, app, password)
     const ref = parseUsername(username)
     if (!ref || !password) {
       this.core.metrics.rejected('auth_failed')
-      this.warn.warn(`auth:${username ?? ''}`, { username: username ?? null, clientId: client.id, result: 'bad_username', code: ErrorCodes.AUTH_FAILED }, 'device refused: username must be {ProductId}/{DeviceId} with the Secret as password')
-      throw authError(BAD_USERNAME_OR_PASSWORD, 'username must be {ProductId}/{DeviceId} with the Secret as password')
+      this.warn.warn(`auth:${username ?? ''}`, { username: username ?? null, clientId: client.id, result: 'bad_username', code: ErrorCodes.AUTH_FAILED },
+        'client refused: the username must be a device\'s {ProductId}/{DeviceId} with its Secret as password, or a local app account of broker.apps')
+      throw authError(BAD_USERNAME_OR_PASSWORD, 'username must be {ProductId}/{DeviceId} with the Secret as password, or a broker.apps account')
     }
     const result = await this.core.devices.authenticate(ref, password.toString('utf8'))
     if (result !== 'ok') {
@@ -271,6 +283,19 @@ export class BrokerAdapter implements SouthboundAdapter {
     }
     st.device = ref
     this.register(client, st)
+  }
+
+  /** A local application account: its password against the scrypt hash of broker.apps (never logged). */
+  private async authenticateApp(client: Client, st: ClientState, app: AppAccount, password: Buffer | undefined): Promise<void> {
+    if (password !== undefined && (await this.apps.verify(app, password.toString('utf8')))) {
+      st.app = app
+      return
+    }
+    this.core.metrics.rejected('auth_failed')
+    const ip = (client.conn as net.Socket).remoteAddress ?? null
+    this.warn.warn(`auth:app:${app.username}`, { app: app.username, clientId: client.id, ip, result: password === undefined ? 'no_password' : 'bad_password', code: ErrorCodes.AUTH_FAILED },
+      'app account refused: wrong password; check the password the application uses, or make a new hash with `iothub-edge hash-password` for broker.apps[].passwordHash')
+    throw authError(BAD_USERNAME_OR_PASSWORD, 'bad user name or password')
   }
 
   /**
@@ -313,7 +338,7 @@ export class BrokerAdapter implements SouthboundAdapter {
   }
 
   /** The ACL and the way north for what a client publishes (its will too, also one a later run publishes). */
-  private checkPublish(st: Pick<ClientState, 'zone' | 'device'> & Partial<Pick<ClientState, 'protoVer'>>, clientId: string, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+  private checkPublish(st: Pick<ClientState, 'zone' | 'device' | 'app'> & Partial<Pick<ClientState, 'protoVer'>>, clientId: string, packet: PublishPacket, cb: (err?: Error | null) => void): void {
     const topic = packet.topic
     const up = parseUpTopic(topic)
     const deny = (reason: 'acl_denied' | 'bad_topic'): void => {
@@ -321,10 +346,19 @@ export class BrokerAdapter implements SouthboundAdapter {
       this.denied.add(packet.payload as Buffer)
       packet.retain = false
       const device = st.device ? deviceKey(st.device) : null
-      this.warn.warn(`${reason}:${device ?? clientId}`, { device, clientId: clientId, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
-        reason === 'bad_topic' ? 'publish refused: topic is not one of PROTOCOL.md up topics' : 'publish refused by ACL')
+      const app = st.app?.username
+      this.warn.warn(`${reason}:${device ?? (app && `app:${app}`) ?? clientId}`, { device, ...(app && { app }), clientId: clientId, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
+        reason === 'bad_topic'
+          ? 'publish refused: topic is not one of PROTOCOL.md up topics'
+          : app
+            ? "publish refused: outside the app account's publish filters (broker.apps), or in the hub's topic space, which apps may not publish in"
+            : 'publish refused by ACL')
       if (this.opts.aclDenyAction === 'disconnect' || speaksMqtt5(st.protoVer)) cb(new PublishRefused(reason))
       else cb(null)
+    }
+    if (st.app) {
+      // An app's message stays on the local broker: not a device's uplink, never north (app-accounts.ts).
+      return mayAppPublish(st.app, topic) ? cb(null) : deny('acl_denied')
     }
     if (st.zone === 'external') {
       if (!up) return deny(topic.startsWith('$SYS') || !hasUpKind(topic) ? 'acl_denied' : 'bad_topic')
@@ -408,6 +442,13 @@ export class BrokerAdapter implements SouthboundAdapter {
       return null
     }
     if (st.zone === 'internal' || this.serverSubscriptions.has(sub)) return sub
+    if (st.app) {
+      if (mayAppSubscribe(st.app, sub.topic)) return sub
+      this.core.metrics.rejected('acl_denied')
+      this.warn.warn(`sub:app:${st.app.username}`, { app: st.app.username, clientId: client.id, topic: sub.topic, code: ErrorCodes.ACL_DENIED },
+        "subscription refused (SUBACK 0x80): outside the app account's subscribe filters (broker.apps)")
+      return null
+    }
     // A persistent session's restored subscriptions come back through this hook: the device's own
     // server-side topics are the broker's, not the device's, to grant.
     if (serverSideSubscriptions(st.device!.productId, st.device!.deviceId).includes(sub.topic)) return sub
@@ -447,11 +488,11 @@ export class BrokerAdapter implements SouthboundAdapter {
       ofClient: (client) => {
         const st = this.state.get(client as Client)
         if (!st) return undefined
-        return st.zone === 'internal' ? 'internal' : st.device ? `device:${deviceKey(st.device)}` : undefined
+        return st.zone === 'internal' ? 'internal' : st.device ? `device:${deviceKey(st.device)}` : st.app ? `app:${st.app.username}` : undefined
       },
       restore: (packet, mark) => {
         const payload = packet.payload
-        if (mark === 'internal' || mark.startsWith('device:')) return void this.willOrigin.set(packet, mark)
+        if (mark === 'internal' || mark.startsWith('device:') || mark.startsWith('app:')) return void this.willOrigin.set(packet, mark)
         if (!Buffer.isBuffer(payload)) return
         if (mark === 'denied') this.denied.add(payload)
         else if (mark === 'local') this.localOnly.add(payload)
@@ -476,10 +517,12 @@ export class BrokerAdapter implements SouthboundAdapter {
       const clientId = String((will as { clientId?: string }).clientId ?? '')
       const [kind, key] = origin?.split(/:(.*)/s) ?? []
       const ref = (kind === 'device' && parseUsername(key)) || undefined
+      // An app's will: with its account's rights of this run (gone from broker.apps: not published).
+      const app = kind === 'app' ? this.apps.get(key) : undefined
       const ok =
-        (kind === 'internal' || ref !== undefined) &&
+        (kind === 'internal' || ref !== undefined || app !== undefined) &&
         (await new Promise<boolean>((resolve) =>
-          this.checkPublish({ zone: kind === 'internal' ? 'internal' : 'external', device: ref }, clientId, will, (err) => resolve(!err && !this.denied.has(will.payload as Buffer))),
+          this.checkPublish({ zone: kind === 'internal' ? 'internal' : 'external', device: ref, app }, clientId, will, (err) => resolve(!err && !this.denied.has(will.payload as Buffer))),
         ))
       if (ok) {
         await new Promise<void>((resolve) => aedes.publish(will, () => resolve()))
@@ -512,6 +555,7 @@ export class BrokerAdapter implements SouthboundAdapter {
   private onReady(client: Client): void {
     const st = this.state.get(client)
     this.clientsGauge.set(this.clientCount)
+    if (st?.app) return this.appConnected(client, st, st.app)
     if (!st?.device) return
     // Server-side subscriptions (PROTOCOL.md): exempt from the device ACL. aedes hands these same
     // objects to authorizeSubscribe.
@@ -538,10 +582,25 @@ export class BrokerAdapter implements SouthboundAdapter {
     })
   }
 
+  /** An app account's connection events: one log line each way, and its count in apps_connected. */
+  private appConnected(client: Client, st: ClientState, app: AppAccount): void {
+    st.appCounted = true
+    this.appsGauge.inc({ app: app.username })
+    this.core.log.info({ app: app.username, clientId: client.id, ip: (client.conn as net.Socket).remoteAddress ?? null, persistent: !client.clean }, 'app account connected')
+  }
+
+  private appGone(client: Client, st: ClientState, app: AppAccount): void {
+    if (!st.appCounted) return
+    st.appCounted = false
+    this.appsGauge.dec({ app: app.username })
+    if (!this.stopping) this.core.log.info({ app: app.username, clientId: client.id }, 'app account disconnected')
+  }
+
   private onGone(client: Client): void {
     this.clientsGauge.set(this.clientCount)
     for (const k of this.sentIds.keys()) if (k.startsWith(`${client.id}\u0000`)) this.sentIds.delete(k)
     const st = this.state.get(client)
+    if (st?.app) return this.appGone(client, st, st.app)
     if (!st?.device) return
     const set = this.byDevice.get(deviceKey(st.device))
     set?.delete(client)
@@ -578,6 +637,9 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (this.denied.has(payload)) return false
     if (this.denyOf.get(client.conn)?.some((d) => topicMatches(d, packet.topic))) return false
     const st = this.state.get(client)
+    // An app sees, within its subscribe filters, what a local tool does: device up messages, the
+    // rules' republish, commands on their way to devices, other apps' and tools' messages.
+    if (st?.app) return mayAppReceive(st.app, packet.topic)
     if (this.localOnly.has(payload)) return st?.zone === 'internal'
     if (this.fromDevice.has(payload) && st?.zone !== 'internal') return false
     const target = this.targetOf.get(payload)
@@ -589,7 +651,8 @@ export class BrokerAdapter implements SouthboundAdapter {
     if (!this.mayReceive(client, packet)) return null
     const st = this.state.get(client)
     const target = this.targetOf.get(packet.payload as Buffer)
-    if (target === undefined || st?.zone === 'internal') return packet
+    // Apps and local tools watch commands go by; only the target device's copy is the delivery.
+    if (target === undefined || st?.zone === 'internal' || st?.app) return packet
     const waiterKey = `${target}\u0000${packet.topic}`
     if (packet.qos === 0) return packet
     // A command to this device is sent by the command queue only: a copy the broker's session
@@ -659,7 +722,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     return (await acked) ? 'delivered' : 'offline'
   }
 
-  /** A rule's `republish`: QoS 0 to the trusted local tools subscribed on internal listeners. */
+  /** A rule's `republish`: QoS 0 to the trusted local tools on internal listeners and the app accounts whose filters cover it. */
   publishLocal(topic: string, payload: Buffer, retain: boolean): Promise<void> {
     if (!this.aedes || this.stopping) return Promise.reject(new Error('the local broker is not running'))
     const copy = Buffer.from(payload)

@@ -1,6 +1,7 @@
 // The broker adapter's configuration (`broker:` in the config file), composed into the one root
 // schema through the adapter registry.
 import { Type, type Static } from '@sinclair/typebox'
+import { AppAccountSchema, checkAppAccounts } from './app-accounts.js'
 
 const Tls = Type.Object(
   {
@@ -18,7 +19,7 @@ const Listener = Type.Object(
     port: Type.Integer({ minimum: 0, maximum: 65535, description: 'TCP port (0 = any free port)' }),
     zone: Type.Union([Type.Literal('external'), Type.Literal('internal')], {
       default: 'external',
-      description: 'external: devices, authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
+      description: 'external: devices and local app accounts (broker.apps), authentication and ACL enforced; internal: trusted local tools, no auth, may use $SYS',
     }),
     tls: Type.Optional(Tls),
     denyTopics: Type.Optional(
@@ -39,6 +40,11 @@ export const BrokerSchema = Type.Object(
         { host: '127.0.0.1', port: 11883, zone: 'internal' },
       ],
       description: 'MQTT listeners for devices and local tools',
+    }),
+    apps: Type.Array(AppAccountSchema, {
+      default: [],
+      description:
+        'local application accounts (SCADA, Home Assistant, Node-RED on the LAN) for the external listeners: user name, scrypt password hash, and the topic filters each may publish and subscribe within (docs/operators/local-apps.md)',
     }),
     aclDenyAction: Type.Union([Type.Literal('ignore'), Type.Literal('disconnect')], {
       default: 'ignore',
@@ -85,5 +91,6 @@ export function checkBrokerConfig(cfg: BrokerConfig): string[] {
     if (l.port !== 0 && ports.has(l.port)) problems.push(`broker.listeners[${i}].port: ${l.port} is used twice`)
     ports.add(l.port)
   })
+  problems.push(...checkAppAccounts(cfg.apps))
   return problems
 }

@@ -1,8 +1,9 @@
-// Password hashing for the web UI's users: scrypt (node:crypto, run in libuv's thread pool, so the
-// event loop keeps serving devices while a login is checked), stored with its parameters so they
-// can be raised later: `scrypt$N$r$p$salt$hash`, salt and hash in base64url. A hash made with
-// weaker parameters than the current ones is replaced at the next successful login.
-import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto'
+// Password hashing for the web UI's users and the local broker's app accounts (broker.apps):
+// scrypt (node:crypto, run in libuv's thread pool, so the event loop keeps serving devices while a
+// login is checked), stored with its parameters so they can be raised later:
+// `scrypt$N$r$p$salt$hash`, salt and hash in base64url. A UI user's hash made with weaker
+// parameters than the current ones is replaced at the next successful login.
+import { createHmac, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 
 /**
  * N = 2^15, r = 8: 32 MiB and about 150 ms on the development machine (an ARM box takes a few times
@@ -50,4 +51,41 @@ export function passwordProblem(password: string, username?: string): string | u
   if (length > PASSWORD_MAX_LENGTH) return `the password must be at most ${PASSWORD_MAX_LENGTH} characters long`
   if (username !== undefined && password.toLowerCase() === username.toLowerCase()) return 'the password must not be the username'
   return undefined
+}
+
+/** Whether `stored` has the shape hashPassword makes (checked at config load; says nothing of the password). */
+export function isPasswordHash(stored: string): boolean {
+  const [kind, n, r, p, salt, hash, ...rest] = stored.split('$')
+  const b64url = /^[A-Za-z0-9_-]+$/
+  return kind === 'scrypt' && rest.length === 0 && [n, r, p].every((x) => /^[1-9][0-9]*$/.test(x ?? '')) && b64url.test(salt ?? '') && b64url.test(hash ?? '') && Buffer.from(hash, 'base64url').length >= 16
+}
+
+/**
+ * Logins of an MQTT client come again and again (reconnects, tools that connect per request): after
+ * one successful scrypt check of an account's password, later ones compare an HMAC of it under a
+ * key of this run (constant time, microseconds); a wrong password repeated costs one scrypt, not one
+ * per attempt. Nothing here outlives the process.
+ */
+export class VerifiedPasswords {
+  private readonly key = randomBytes(32)
+  private readonly verified = new Map<string, Buffer>()
+  private readonly failed = new Map<string, Set<string>>()
+
+  async check(account: string, password: string, stored: string): Promise<boolean> {
+    const mac = createHmac('sha256', this.key).update(`${stored}\u0000${password}`).digest()
+    const known = this.verified.get(account)
+    if (known && timingSafeEqual(known, mac)) return true
+    const failed = this.failed.get(account)
+    if (failed?.has(mac.toString('base64'))) return false
+    const { ok } = await verifyPassword(password, stored)
+    if (ok) {
+      this.verified.set(account, mac)
+      return true
+    }
+    let set = failed
+    if (!set) this.failed.set(account, (set = new Set()))
+    if (set.size >= 16) set.clear()
+    set.add(mac.toString('base64'))
+    return false
+  }
 }
