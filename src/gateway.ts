@@ -91,6 +91,8 @@ export class Gateway {
   private activityTimer?: NodeJS.Timeout
   private readonly activityWarn: RateLimitedLog
   private stopping = false
+  /** storeDamaged() has spoken. */
+  private damaged = false
   private lock?: DataDirLock
   /** A salvage of gateway.db no operator has acknowledged yet (store-salvage.json). */
   private salvage?: SalvageReport
@@ -131,8 +133,7 @@ export class Gateway {
     )
     store.outbox.on('error', (err: Error) => {
       if (!isDamagedDatabase(err)) return log.error({ err, code: ErrorCodes.STORE_FAILED }, 'outbox write failed')
-      log.fatal({ err, code: ErrorCodes.STORE_CORRUPT }, 'gateway.db is damaged: exiting without a clean stop, so that the next start checks it and salvages what can be read')
-      this.opts.onFatal?.(ErrorCodes.STORE_CORRUPT)
+      this.storeDamaged('gateway.db', err)
     })
 
     // The core reaches the hub link only through this port; the link exists from the next step on.
@@ -185,6 +186,23 @@ export class Gateway {
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  /**
+   * A database was found damaged while running (a write, or a read such as the drain's, answered
+   * SQLITE_CORRUPT or SQLITE_NOTADB: damage done under the running gateway, or on a page the start's
+   * check does not read). Said once, with what to do; then the process must end without a clean stop
+   * (`onFatal`: exit 70), so that the lock stays and the next start runs quick_check and salvages
+   * (decision 0014-damaged-store). Everything acknowledged is committed already.
+   */
+  storeDamaged(file: string, err: unknown): void {
+    if (this.damaged) return
+    this.damaged = true
+    this.log.fatal(
+      { err, code: ErrorCodes.STORE_CORRUPT, file: path.join(this.cfg.gateway.dataDir, file) },
+      `${file} is damaged (${(err as Error).message}): exiting (code 70) without a clean stop, so that the next start checks it and salvages what can be read; systemd starts it again (Restart=always), else start it again by hand. If this repeats, the disk is failing: replace it`,
+    )
+    this.opts.onFatal?.(ErrorCodes.STORE_CORRUPT)
   }
 
   /**
@@ -301,9 +319,11 @@ export class Gateway {
       checked.db.close()
       this.brokerSalvage = this.salvageLines('broker.db', ErrorCodes.BROKER_SESSIONS_SALVAGED, checked.salvage, pendingSalvage(cfg.gateway.dataDir, BROKER_DB))
       const sessions = openBrokerSessions(cfg.gateway.dataDir, { maxMessages: cfg.broker.maxQueuedMessages, maxBytes: cfg.broker.maxQueuedBytes })
-      sessions.on('error', (err: Error) =>
-        warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk"),
-      )
+      sessions.on('error', (err: Error) => {
+        // Damaged under the running gateway: as for gateway.db, the next start salvages it.
+        if (isDamagedDatabase(err)) return this.storeDamaged('broker.db', err)
+        warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk")
+      })
       this.brokerSessions = sessions
     } catch (err) {
       this.brokerSessionsLost = true
