@@ -21,6 +21,8 @@ const FILTER = 'tags/lamp/night/cmd/+/+/+/#'
 const WINDOW = 50
 const KILL_AFTER = 150
 const ROUNDS = 3
+/** Big enough that a window's queue commit takes a while to write: a kill right after an early PUBACK lands before it. */
+const PAYLOAD = 48 * 1024
 
 function connect(url: string, opts: IClientOptions): Promise<MqttClient> {
   const client = mqtt.connect(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5_000, ...opts })
@@ -36,7 +38,8 @@ describe('a QoS 1 message PUBACKed for an away persistent session survives a kil
   const clients: MqttClient[] = []
 
   beforeEach(async (ctx) => {
-    gateway = new GatewayProcess({ gateway: gw, devices: [away], log: { level: 'info' } })
+    // Room in the session's queue for everything in flight (the limits are another test's subject).
+    gateway = new GatewayProcess({ gateway: gw, devices: [away], log: { level: 'info' }, broker: { maxQueuedBytes: 256 * 1024 * 1024, maxQueuedMessages: 100_000 } })
     ctx.onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
     await gateway.start()
   })
@@ -60,7 +63,7 @@ describe('a QoS 1 message PUBACKed for an away persistent session survives a kil
       const next = (): void => {
         if (killed) return
         const topic = `tags/lamp/night/cmd/dim/json/r${round}m${sent++}`
-        tool.publish(topic, JSON.stringify({ round, topic }), { qos: 1 }, (err) => {
+        tool.publish(topic, JSON.stringify({ round, topic, pad: 'x'.repeat(PAYLOAD) }), { qos: 1 }, (err) => {
           if (err || killed) return
           acked.push(topic)
           if (acked.length === KILL_AFTER) {
