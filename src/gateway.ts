@@ -39,7 +39,7 @@ import { DeviceActivity } from './live/device-activity.js'
 import { LiveEvents } from './live/live-events.js'
 import { LiveHub } from './web/live-hub.js'
 import { redactConfig } from './config-redact.js'
-import { openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
+import { memoryBrokerSessions, openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 /** The devices' last reported facts (src/live/device-activity.ts), kept across restarts. */
@@ -84,7 +84,7 @@ export class Gateway {
   history?: HistoryRecorder
   ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
-  /** The local broker's persistent sessions, retained messages and wills (broker.db), unless `broker.persistence` is memory. */
+  /** The local broker's persistent sessions, retained messages and wills: in broker.db, or in memory only (`broker.persistence: memory`, or broker.db unusable). */
   brokerSessions?: BrokerSessionStore
   private brokerSessionsLost = false
   private gaugeTimer?: NodeJS.Timeout
@@ -312,13 +312,15 @@ export class Gateway {
    */
   private openBrokerSessions(check: CheckKind): void {
     const { cfg, log } = this
-    if (cfg.broker.persistence !== 'sqlite') return
+    const limits = { maxMessages: cfg.broker.maxQueuedMessages, maxBytes: cfg.broker.maxQueuedBytes }
+    // Memory only: the same store without its file, so the queue limits hold as well.
+    if (cfg.broker.persistence !== 'sqlite') return void (this.brokerSessions = memoryBrokerSessions(limits))
     const warn = new RateLimitedLog(log)
     try {
       const checked = openCheckedDatabase(cfg.gateway.dataDir, check, Date.now(), BROKER_DB)
       checked.db.close()
       this.brokerSalvage = this.salvageLines('broker.db', ErrorCodes.BROKER_SESSIONS_SALVAGED, checked.salvage, pendingSalvage(cfg.gateway.dataDir, BROKER_DB))
-      const sessions = openBrokerSessions(cfg.gateway.dataDir, { maxMessages: cfg.broker.maxQueuedMessages, maxBytes: cfg.broker.maxQueuedBytes })
+      const sessions = openBrokerSessions(cfg.gateway.dataDir, limits)
       sessions.on('error', (err: Error) => {
         // Damaged under the running gateway: as for gateway.db, the next start salvages it.
         if (isDamagedDatabase(err)) return this.storeDamaged('broker.db', err)
@@ -327,6 +329,7 @@ export class Gateway {
       this.brokerSessions = sessions
     } catch (err) {
       this.brokerSessionsLost = true
+      this.brokerSessions = memoryBrokerSessions(limits)
       log.error(
         { err, code: ErrorCodes.BROKER_SESSIONS_FAILED, dataDir: cfg.gateway.dataDir },
         "broker.db could not be opened: the local broker keeps persistent sessions, retained messages and wills in memory until restart (lost then); move the file aside to start a new one",

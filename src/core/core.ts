@@ -43,7 +43,7 @@ export interface CoreDeps {
   metrics: Metrics
   log: Logger
   options: CoreOptions
-  /** The local broker's durable sessions (broker.db), when `broker.persistence` is sqlite. */
+  /** The local broker's sessions: in broker.db (`broker.persistence: sqlite`) or in memory only. */
   brokerSessions?: BrokerSessionStore
 }
 
