@@ -149,6 +149,7 @@ export class Gateway {
       metrics,
       log,
       brokerSessions: this.brokerSessions,
+      storeDamaged: (err) => this.storeDamaged('gateway.db', err),
       options: {
         identity: { productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId },
         dataDir: cfg.gateway.dataDir,

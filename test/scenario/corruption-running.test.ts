@@ -14,7 +14,7 @@ import { existsSync } from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { overflowChainHeads, overwrite } from '../helpers/damaged-db.js'
+import { damage, overflowChainHeads, overwrite } from '../helpers/damaged-db.js'
 import { connectDevice } from '../helpers/device.js'
 import type { GatewayProcess } from '../helpers/gateway-process.js'
 import type { HubBroker, HubRecorder } from '../helpers/hub-broker.js'
@@ -112,5 +112,49 @@ describe('gateway.db damaged while the gateway runs', () => {
     expect(gateway.logs()).not.toContain('IHE_STORE_CORRUPT')
     await hub.start()
     await salvagedAndDelivered(ledger, 'damaged after a clean stop')
+  }, 150_000)
+
+  it('the command queue damaged after a clean stop (the cheap check does not read it): IHE_STORE_CORRUPT, exit 70 where it is read; the next start salvages and the device gets the readable commands', async () => {
+    const target = devices[0]
+    await gateway.start()
+    const COMMANDS = 400
+    for (let i = 0; i < COMMANDS; i++) {
+      const r = await gateway.api('POST', `/api/devices/${target.productId}/${target.deviceId}/commands`, { name: 'set', payload: { i, pad: 'x'.repeat(300) } })
+      expect(r.status, JSON.stringify(r.body)).toBeLessThan(300)
+    }
+    expect(await gateway.stop()).toBe(0)
+    const db = path.join(gateway.dataDir, 'gateway.db')
+    damage(db, 'page', 'commands')
+
+    // The start reads the queue (held commands), or the device's connect does (its pending ones).
+    let exitedAtStart = false
+    try {
+      await gateway.start()
+    } catch {
+      exitedAtStart = true
+    }
+    if (!exitedAtStart) {
+      const c = await connectDevice(gateway.externalUrl, target).catch(() => undefined)
+      if (c) clients.push(c)
+      await expect.poll(() => gateway.running, { timeout: 30_000 }).toBe(false)
+    }
+    expect(gateway.exitCode).toBe(70)
+    const fatal = gateway.logs().split('\n').filter((l) => l.includes('IHE_STORE_CORRUPT'))
+    expect(fatal, 'said once').toHaveLength(1)
+    expect(fatal[0]).toContain('gateway.db is damaged')
+    expect(gateway.logs()).not.toContain('uncaught exception')
+
+    await gateway.start()
+    const h = (await gateway.api<Health>('GET', '/api/health')).body
+    expect(h.reasons).toContain('store_salvaged')
+    const commands = h.store!.salvage.tables.find((t) => t.table === 'commands')!
+    expect(commands.readErrors).toBeGreaterThan(0)
+    const got = new Set<number>()
+    const device = await connectDevice(gateway.externalUrl, target)
+    clients.push(device)
+    device.on('message', (_t, payload) => got.add((JSON.parse(payload.toString()) as { i: number }).i))
+    await expect.poll(() => got.size, { timeout: 30_000 }).toBe(commands.rows)
+    expect(got.size).toBeGreaterThan(COMMANDS - 50)
+    console.log(`command queue damaged (${exitedAtStart ? 'found at start' : 'found at the device connect'}): ${got.size} of ${COMMANDS} commands delivered after the salvage`)
   }, 150_000)
 })
