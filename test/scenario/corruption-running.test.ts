@@ -9,6 +9,10 @@
 //   what it salvaged reaches the hub;
 // - after a clean stop: the start's cheap check follows the chains (before, it did not, and the
 //   outbox's totals at start stopped every start), so the start salvages at once.
+// And a page of the command queue damaged after a clean stop (the cheap check does not read it):
+// the start reads it (held commands) and exits 70 without a clean stop (before: exit 1 after a clean
+// stop, so every later start failed the same way); the next start salvages, the device gets the
+// commands that could be read.
 import type { MqttClient } from 'mqtt'
 import { existsSync } from 'node:fs'
 import path from 'node:path'
