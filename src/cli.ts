@@ -7,6 +7,7 @@ import { SystemdNotifier } from './core/systemd.js'
 import { DB_FILE, openDatabase } from './store/db.js'
 import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
 import { acknowledgeSalvage } from './store/salvage.js'
+import { isDamagedDatabase } from './core/damaged-file.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
 import { readApiToken, RUNTIME_FILE, type RuntimeInfo } from './web/runtime-files.js'
 import { endpoint, request, type Answer, type Endpoint } from './cli-http.js'
@@ -347,6 +348,13 @@ async function start(file: string | undefined): Promise<number | undefined> {
   try {
     await gw.start()
   } catch (err) {
+    // A damaged page the start's check did not reach, read while starting (the command queue, a
+    // value's overflow pages): out without a clean stop, as while running, so that the next start
+    // runs quick_check and salvages; a clean stop would leave the next start the same cheap check.
+    if (isDamagedDatabase(err)) {
+      gw.storeDamaged('gateway.db', err)
+      return EXIT_SOFTWARE
+    }
     const code = err instanceof StartError ? err.code : undefined
     gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
     // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
@@ -365,6 +373,9 @@ async function start(file: string | undefined): Promise<number | undefined> {
   // A bug in one component is logged with its stack; durability does not depend on the process
   // surviving it (everything acknowledged is already committed), so exit and let systemd restart.
   process.on('uncaughtException', (err) => {
+    // Read from a damaged gateway.db where no caller expected it (the outbox's own reads say so
+    // themselves): not a bug but the storage; the same way out as for any damage found while running.
+    if (isDamagedDatabase(err)) return gw.storeDamaged('gateway.db', err)
     gw.log.fatal({ err }, 'uncaught exception; exiting')
     process.exit(EXIT_SOFTWARE)
   })

@@ -40,7 +40,7 @@ import { DeviceActivity } from './live/device-activity.js'
 import { LiveEvents } from './live/live-events.js'
 import { LiveHub } from './web/live-hub.js'
 import { redactConfig } from './config-redact.js'
-import { openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
+import { memoryBrokerSessions, openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
 
 const GAUGE_INTERVAL_MS = 5_000
 /** The devices' last reported facts (src/live/device-activity.ts), kept across restarts. */
@@ -85,13 +85,15 @@ export class Gateway {
   history?: HistoryRecorder
   ota!: OtaRelay
   private readonly adapters: RunningAdapter[] = []
-  /** The local broker's persistent sessions, retained messages and wills (broker.db), unless `broker.persistence` is memory. */
+  /** The local broker's persistent sessions, retained messages and wills: in broker.db, or in memory only (`broker.persistence: memory`, or broker.db unusable). */
   brokerSessions?: BrokerSessionStore
   private brokerSessionsLost = false
   private gaugeTimer?: NodeJS.Timeout
   private activityTimer?: NodeJS.Timeout
   private readonly activityWarn: RateLimitedLog
   private stopping = false
+  /** storeDamaged() has spoken. */
+  private damaged = false
   private lock?: DataDirLock
   /** A salvage of gateway.db no operator has acknowledged yet (store-salvage.json). */
   private salvage?: SalvageReport
@@ -132,8 +134,7 @@ export class Gateway {
     )
     store.outbox.on('error', (err: Error) => {
       if (!isDamagedDatabase(err)) return log.error({ err, code: ErrorCodes.STORE_FAILED }, 'outbox write failed')
-      log.fatal({ err, code: ErrorCodes.STORE_CORRUPT }, 'gateway.db is damaged: exiting without a clean stop, so that the next start checks it and salvages what can be read')
-      this.opts.onFatal?.(ErrorCodes.STORE_CORRUPT)
+      this.storeDamaged('gateway.db', err)
     })
 
     // The core reaches the hub link only through this port; the link exists from the next step on.
@@ -149,6 +150,7 @@ export class Gateway {
       metrics,
       log,
       brokerSessions: this.brokerSessions,
+      storeDamaged: (err) => this.storeDamaged('gateway.db', err),
       options: {
         identity: { productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId },
         dataDir: cfg.gateway.dataDir,
@@ -186,6 +188,23 @@ export class Gateway {
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
     )
+  }
+
+  /**
+   * A database was found damaged while running (a write, or a read such as the drain's, answered
+   * SQLITE_CORRUPT or SQLITE_NOTADB: damage done under the running gateway, or on a page the start's
+   * check does not read). Said once, with what to do; then the process must end without a clean stop
+   * (`onFatal`: exit 70), so that the lock stays and the next start runs quick_check and salvages
+   * (decision 0014-damaged-store). Everything acknowledged is committed already.
+   */
+  storeDamaged(file: string, err: unknown): void {
+    if (this.damaged) return
+    this.damaged = true
+    this.log.fatal(
+      { err, code: ErrorCodes.STORE_CORRUPT, file: path.join(this.cfg.gateway.dataDir, file) },
+      `${file} is damaged (${(err as Error).message}): exiting (code 70) without a clean stop, so that the next start checks it and salvages what can be read; systemd starts it again (Restart=always), else start it again by hand. If this repeats, the disk is failing: replace it`,
+    )
+    this.opts.onFatal?.(ErrorCodes.STORE_CORRUPT)
   }
 
   /**
@@ -295,19 +314,24 @@ export class Gateway {
    */
   private openBrokerSessions(check: CheckKind): void {
     const { cfg, log } = this
-    if (cfg.broker.persistence !== 'sqlite') return
+    const limits = { maxMessages: cfg.broker.maxQueuedMessages, maxBytes: cfg.broker.maxQueuedBytes }
+    // Memory only: the same store without its file, so the queue limits hold as well.
+    if (cfg.broker.persistence !== 'sqlite') return void (this.brokerSessions = memoryBrokerSessions(limits))
     const warn = new RateLimitedLog(log)
     try {
       const checked = openCheckedDatabase(cfg.gateway.dataDir, check, Date.now(), BROKER_DB)
       checked.db.close()
       this.brokerSalvage = this.salvageLines('broker.db', ErrorCodes.BROKER_SESSIONS_SALVAGED, checked.salvage, pendingSalvage(cfg.gateway.dataDir, BROKER_DB))
-      const sessions = openBrokerSessions(cfg.gateway.dataDir, { maxMessages: cfg.broker.maxQueuedMessages, maxBytes: cfg.broker.maxQueuedBytes })
-      sessions.on('error', (err: Error) =>
-        warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk"),
-      )
+      const sessions = openBrokerSessions(cfg.gateway.dataDir, limits)
+      sessions.on('error', (err: Error) => {
+        // Damaged under the running gateway: as for gateway.db, the next start salvages it.
+        if (isDamagedDatabase(err)) return this.storeDamaged('broker.db', err)
+        warn.warn('broker-sessions', { err: err.message, code: ErrorCodes.BROKER_SESSIONS_FAILED }, "the local broker's sessions could not be written to broker.db (retried every second): what it queued since may not survive a restart; check the data disk")
+      })
       this.brokerSessions = sessions
     } catch (err) {
       this.brokerSessionsLost = true
+      this.brokerSessions = memoryBrokerSessions(limits)
       log.error(
         { err, code: ErrorCodes.BROKER_SESSIONS_FAILED, dataDir: cfg.gateway.dataDir },
         "broker.db could not be opened: the local broker keeps persistent sessions, retained messages and wills in memory until restart (lost then); move the file aside to start a new one",

@@ -126,9 +126,10 @@ export interface AdapterContext {
   localFile(token: string): LocalFile | undefined
 
   /**
-   * The durable state of an MQTT broker's sessions, retained messages and wills ({dataDir}/broker.db,
-   * aedes' persistence interface); undefined when `broker.persistence` is memory (or broker.db could
-   * not be opened): the broker then keeps them in memory.
+   * The state of an MQTT broker's sessions, retained messages and wills (aedes' persistence
+   * interface): in {dataDir}/broker.db, or in memory only when `broker.persistence` is memory (or
+   * broker.db could not be opened; `file` is then undefined). Undefined only for a core built
+   * without one (tests): the broker then uses aedes' own memory persistence.
    */
   brokerSessions(): BrokerSessionStore | undefined
 }

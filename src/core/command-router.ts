@@ -10,6 +10,7 @@ import type { Command, DeviceRef, SouthboundAdapter } from './types.js'
 import { deviceKey, isExpired } from './types.js'
 import type { CommandOrigin, CommandStore, StoredCommand } from '../store/commands.js'
 import type { CommandHold, HeldCommands } from './command-hold.js'
+import { isDamagedDatabase } from './damaged-file.js'
 
 export interface RouterDeps {
   store: CommandStore
@@ -19,6 +20,8 @@ export interface RouterDeps {
   metrics: Metrics
   /** How long a seen RequestId is remembered (store.commands.seenTtlSeconds). */
   seenTtlMs: number
+  /** The command queue's database answered "damaged" (decision 0014-damaged-store): the gateway ends so that the next start salvages. */
+  storeDamaged?: (err: Error) => void
 }
 
 /** Events: 'delivered' (StoredCommand), 'reply' ({command: StoredCommand, payload}). */
@@ -146,7 +149,11 @@ export class CommandRouter extends EventEmitter implements HeldCommands {
   private chain(device: DeviceRef, task: () => Promise<void>): void {
     const key = deviceKey(device)
     const prev = this.chains.get(key) ?? Promise.resolve()
-    const next = prev.then(task).catch((err: Error) => this.d.log.warn({ err: err.message, device: key }, 'command delivery failed'))
+    const next = prev.then(task).catch((err: Error) => {
+      // A damaged page of the queue fails every delivery to this device from now on: not a delivery problem.
+      if (isDamagedDatabase(err) && this.d.storeDamaged) return this.d.storeDamaged(err)
+      this.d.log.warn({ err: err.message, device: key }, 'command delivery failed')
+    })
     this.chains.set(key, next)
     void next.then(() => {
       if (this.chains.get(key) === next) this.chains.delete(key)

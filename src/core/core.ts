@@ -43,8 +43,10 @@ export interface CoreDeps {
   metrics: Metrics
   log: Logger
   options: CoreOptions
-  /** The local broker's durable sessions (broker.db), when `broker.persistence` is sqlite. */
+  /** The local broker's sessions: in broker.db (`broker.persistence: sqlite`) or in memory only. */
   brokerSessions?: BrokerSessionStore
+  /** A read of gateway.db outside the outbox found it damaged (the outbox says so itself, with its 'error' event). */
+  storeDamaged?: (err: Error) => void
 }
 
 export class Core {
@@ -78,6 +80,7 @@ export class Core {
       log: log.child({ component: 'commands' }),
       metrics,
       seenTtlMs: d.options.seenTtlMs,
+      storeDamaged: d.storeDamaged,
     })
     this.tags = new TagService({ registry: store.registry, store: store.commands, router: this.router, isMapped, deliverNow, log })
     this.shadows = new ShadowService({ store: store.shadows, router: this.router, isMapped, uplink, deliverNow, log: log.child({ component: 'shadows' }) })

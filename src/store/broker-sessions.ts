@@ -255,8 +255,9 @@ type Op = () => void
  * callers that waited for it were refused), 'queueDropped' (QueueDrop: a queue went over its limits).
  */
 export class BrokerSessionStore extends EventEmitter {
-  private readonly db: Database.Database
-  private readonly st: Record<string, Statement>
+  // Absent in memory only (`broker.persistence: memory`): the same memory, limits and marks, no file.
+  private readonly db?: Database.Database
+  private readonly st: Record<string, Statement> = {}
   private broker?: BrokerLike
   private marks?: PacketMarks
   private loaded = false
@@ -283,13 +284,15 @@ export class BrokerSessionStore extends EventEmitter {
   private retryTimer?: NodeJS.Timeout
   private commits = 0
 
+  /** `file` undefined: in memory only, nothing written (what `broker.persistence: memory` runs with, so its queues are bounded too). */
   constructor(
-    readonly file: string,
+    readonly file: string | undefined,
     private readonly limits: QueueLimits = { maxMessages: Infinity, maxBytes: Infinity },
   ) {
     super()
-    this.db = openBrokerDatabase(file)
-    const p = (sql: string): Statement => this.db.prepare(sql)
+    if (file === undefined) return
+    const db = (this.db = openBrokerDatabase(file))
+    const p = (sql: string): Statement => db.prepare(sql)
     this.st = {
       putSub: p('INSERT OR REPLACE INTO subscriptions (client_id, topic, record) VALUES (?, ?, ?)'),
       delSub: p('DELETE FROM subscriptions WHERE client_id = ? AND topic = ?'),
@@ -323,27 +326,29 @@ export class BrokerSessionStore extends EventEmitter {
   }
 
   private load(): void {
+    const db = this.db
+    if (!db) return
     type Row = { packet: string; payload: Buffer | null; payload_text: number }
-    for (const r of this.db.prepare('SELECT client_id, topic, record FROM subscriptions').iterate() as Iterable<{ client_id: string; topic: string; record: string }>) {
+    for (const r of db.prepare('SELECT client_id, topic, record FROM subscriptions').iterate() as Iterable<{ client_id: string; topic: string; record: string }>) {
       this.setSub(r.client_id, r.topic, JSON.parse(r.record) as SubRecord)
     }
-    for (const r of this.db.prepare('SELECT * FROM outgoing ORDER BY seq').iterate() as Iterable<Row & { seq: number; client_id: string; mark: string | null }>) {
+    for (const r of db.prepare('SELECT * FROM outgoing ORDER BY seq').iterate() as Iterable<Row & { seq: number; client_id: string; mark: string | null }>) {
       const packet = fromRow(r)
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
       this.queueOf(r.client_id).push({ seq: r.seq, packet })
       this.addBytes(r.client_id, entryBytes(packet))
       this.seq = Math.max(this.seq, r.seq)
     }
-    for (const r of this.db.prepare('SELECT * FROM incoming').iterate() as Iterable<Row & { client_id: string; message_id: number }>) {
+    for (const r of db.prepare('SELECT * FROM incoming').iterate() as Iterable<Row & { client_id: string; message_id: number }>) {
       this.incomingOf(r.client_id).set(r.message_id, { packet: fromRow(r), durable: true })
     }
-    for (const r of this.db.prepare('SELECT * FROM retained').iterate() as Iterable<Row & { topic: string; mark: string | null }>) {
+    for (const r of db.prepare('SELECT * FROM retained').iterate() as Iterable<Row & { topic: string; mark: string | null }>) {
       const packet = fromRow(r)
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
       this.retained.set(r.topic, packet)
     }
-    for (const r of this.db.prepare('SELECT client_id FROM sessions').iterate() as Iterable<{ client_id: string }>) this.sessions.add(r.client_id)
-    for (const r of this.db.prepare('SELECT * FROM wills').iterate() as Iterable<Row & { client_id: string; mark: string | null }>) {
+    for (const r of db.prepare('SELECT client_id FROM sessions').iterate() as Iterable<{ client_id: string }>) this.sessions.add(r.client_id)
+    for (const r of db.prepare('SELECT * FROM wills').iterate() as Iterable<Row & { client_id: string; mark: string | null }>) {
       const packet = fromRow(r)
       if (r.mark !== null) this.marks?.restore(packet, r.mark)
       this.wills.set(r.client_id, packet)
@@ -374,6 +379,7 @@ export class BrokerSessionStore extends EventEmitter {
   /** Queue a write; the promise resolves once it is committed. */
   private durable(op: Op): Promise<void> {
     if (this.closed) return Promise.reject(new Error('broker sessions closed'))
+    if (!this.db) return Promise.resolve()
     this.ops.push(op)
     return new Promise((resolve, reject) => {
       this.waiters.push({ resolve, reject })
@@ -383,7 +389,7 @@ export class BrokerSessionStore extends EventEmitter {
 
   /** Queue a write that may be lost in a crash: it rides along with the next commit. */
   private lazy(op: Op): void {
-    if (this.closed) return
+    if (this.closed || !this.db) return
     this.ops.push(op)
     this.group.later()
   }
@@ -396,13 +402,14 @@ export class BrokerSessionStore extends EventEmitter {
   /** Commit everything waiting (public: close() and tests finish the batch in flight). */
   flush(): void {
     this.group.taken()
-    if (this.ops.length === 0 && this.waiters.length === 0) return
+    const db = this.db
+    if (!db || (this.ops.length === 0 && this.waiters.length === 0)) return
     const ops = this.ops
     const waiters = this.waiters
     this.ops = []
     this.waiters = []
     try {
-      this.db.transaction(() => {
+      db.transaction(() => {
         for (const op of ops) op()
       })()
       this.commits++
@@ -429,7 +436,7 @@ export class BrokerSessionStore extends EventEmitter {
     this.group.cancel()
     for (const w of this.waiters) w.reject(new Error('broker sessions closed'))
     this.waiters = []
-    this.db.close()
+    this.db?.close()
   }
 
   private destroyed = false
@@ -800,6 +807,11 @@ export function openBrokerDatabase(file: string): Database.Database {
     db.close()
     throw err
   }
+}
+
+/** The same in memory only, nothing written: aedes' memory persistence with the queue limits and the broker's marks. */
+export function memoryBrokerSessions(limits?: QueueLimits): BrokerSessionStore {
+  return new BrokerSessionStore(undefined, limits)
 }
 
 /** Open (or make) {dataDir}/broker.db. */

@@ -11,6 +11,7 @@ import type { CommitBatch, CommitResult, SqlWrite } from './outbox-commit.js'
 import { committerFor, InlineCommitter, type Committer } from './outbox-committer.js'
 import { GroupCommit } from './group-commit.js'
 import { freeBytes, isDiskFull } from './db.js'
+import { isDamagedDatabase } from '../core/damaged-file.js'
 import type { Ballast } from './ballast.js'
 import type { Uplink } from '../core/types.js'
 import type { UpTopic } from '../core/hub-topics.js'
@@ -93,7 +94,8 @@ export interface OutboxOptions {
  * Events: 'committed' (new rows are readable), 'uplinks' (the Uplinks of that commit, for observers), 'dropped' ({reason, count}), 'evicted' (ids removed by
  * the quota: readers holding them must forget them), 'full' (disk full, intake must stop),
  * 'writable' (probe() found room again after 'full'), 'relieved' ({ballastBytes, walBytes}: space the
- * gateway gave back to itself on a full disk).
+ * gateway gave back to itself on a full disk), 'error' (a commit failed for another reason than a
+ * full disk, or a read found the database damaged).
  */
 export class Outbox extends EventEmitter {
   private pending: Pending[] = []
@@ -357,9 +359,17 @@ export class Outbox extends EventEmitter {
 
   /** Rows of one priority after a cursor, in order; optionally only one device's. */
   read(prio: Priority, afterId: number, limit: number, device?: string): OutboxRow[] {
-    const raw = (
-      device === undefined ? this.st.readPrio.all(prio, afterId, limit) : this.st.readPrioDevice.all(device, prio, afterId, limit)
-    ) as { id: number; prio: Priority; device: string; kind: string; topic: string; payload: Buffer; received_at: number }[]
+    type Raw = { id: number; prio: Priority; device: string; kind: string; topic: string; payload: Buffer; received_at: number }
+    let raw: Raw[]
+    try {
+      raw = (device === undefined ? this.st.readPrio.all(prio, afterId, limit) : this.st.readPrioDevice.all(device, prio, afterId, limit)) as Raw[]
+    } catch (err) {
+      // A damaged page the start's check did not reach (a value's overflow pages), or damage done
+      // while running: the drain is where it shows. 'error' tells the owner (the gateway exits so
+      // that the next start salvages, decision 0014-damaged-store); the caller gets the error too.
+      if (isDamagedDatabase(err)) this.emit('error', err)
+      throw err
+    }
     return raw.map((r) => ({
       id: r.id,
       prio: r.prio,

@@ -41,8 +41,10 @@ export const GATEWAY_DB: SalvageTarget = {
   requiredTable: 'outbox',
   cheapCheck(db) {
     // Every page of the b-trees acknowledged messages and device logins live in (the outbox table,
-    // its index by priority, the registry) is read and parsed; values that overflow a page are not.
-    db.prepare('SELECT COUNT(*) FROM outbox NOT INDEXED').get()
+    // its index by priority, the registry) is read and parsed. `bytes` comes after the payload in a
+    // row: reading it follows a large payload's chain of overflow pages, which the outbox's totals at
+    // start read anyway (a broken chain found there instead stopped every start).
+    db.prepare('SELECT COUNT(*), SUM(bytes) FROM outbox NOT INDEXED').get()
     db.prepare('SELECT prio, COUNT(*) FROM outbox INDEXED BY outbox_by_prio GROUP BY prio').all()
     db.prepare('SELECT COUNT(*) FROM devices').get()
   },

@@ -42,3 +42,23 @@ export function damage(file: string, how: 'page' | 'header', table: string): voi
   const { pageno, pageSize } = middleLeafPage(file, table)
   overwrite(file, (pageno - 1) * pageSize, pageSize)
 }
+
+/**
+ * The first overflow page of each of a table's values that spill over more than one (in file order):
+ * damage there breaks the chain's next-page pointer, which SQLite notices when it reads the value (a
+ * chain's last page holds nothing but bytes of the value: damage there cannot be noticed by SQLite).
+ * Works on the file of a running gateway (a second, read-only connection).
+ */
+export function overflowChainHeads(file: string, table: string): { pages: number[]; pageSize: number } {
+  const db = new Database(file, { readonly: true })
+  try {
+    const rows = db.prepare("SELECT pageno, path FROM dbstat WHERE name = ? AND pagetype = 'overflow'").all(table) as { pageno: number; path: string }[]
+    // A chain's pages are `<cell>+000000`, `<cell>+000001`, ...
+    const paths = new Set(rows.map((r) => r.path))
+    const pages = rows.filter((r) => r.path.endsWith('+000000') && paths.has(`${r.path.slice(0, -6)}000001`)).map((r) => r.pageno)
+    pages.sort((a, b) => a - b)
+    return { pages, pageSize: db.pragma('page_size', { simple: true }) as number }
+  } finally {
+    db.close()
+  }
+}

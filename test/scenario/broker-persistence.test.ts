@@ -7,7 +7,7 @@
 // Real peers: the gateway process killed with SIGKILL, Mosquitto as the hub (a command from the hub,
 // a will going north), MQTT.js clients as devices on the external listener and as a local tool on
 // the internal one. The local tool publishes with QoS 2: its PUBCOMP comes once the broker has queued
-// the message (for QoS 1, aedes 1.2.0 sends the PUBACK before it queues: docs/operators/broker-sessions.md).
+// the message (QoS 1 the same: broker-persistence-puback.test.ts).
 import { randomBytes } from 'node:crypto'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { setTimeout as sleep } from 'node:timers/promises'

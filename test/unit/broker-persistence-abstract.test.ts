@@ -14,7 +14,7 @@ import { createRequire } from 'node:module'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, it } from 'vitest'
-import { BrokerSessionStore } from '../../src/store/broker-sessions.js'
+import { BrokerSessionStore, memoryBrokerSessions } from '../../src/store/broker-sessions.js'
 
 const require = createRequire(import.meta.url)
 const abstractSuite = require('aedes-persistence/abstract.js') as (opts: object) => void
@@ -66,5 +66,14 @@ describe('aedes-persistence abstract suite: BrokerSessionStore (broker.db)', () 
       opened.push(s)
       return s
     },
+  })
+})
+
+// broker.persistence: memory runs the same store without its file (so the queue limits hold there too).
+describe('aedes-persistence abstract suite: BrokerSessionStore in memory only', () => {
+  abstractSuite({
+    test: nodeTest,
+    testAsync: true,
+    persistence: () => memoryBrokerSessions(),
   })
 })

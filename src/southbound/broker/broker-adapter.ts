@@ -1,7 +1,8 @@
 // The local MQTT broker (aedes) for native devices: to them it looks exactly like the cloud hub
 // (PROTOCOL.md, "Broker-side rules"): same authentication, same ACL, same server-side subscriptions.
-// aedes PUBACKs a QoS 1 publish as soon as authorizePublish calls back, so the ACL check and the
-// durable outbox write both happen inside that hook.
+// The ACL check and the durable outbox write both happen inside authorizePublish: plain aedes
+// PUBACKs a QoS 1 publish as soon as that hook calls back (patched aedes 1.2.0 once the publish is
+// done, so that the copies queued for away sessions are durable too: decision 0016).
 import type { Aedes, Client, AedesPublishPacket, PublishPacket, Subscription } from 'aedes'
 import net from 'node:net'
 import tls from 'node:tls'
@@ -508,6 +509,7 @@ export class BrokerAdapter implements SouthboundAdapter {
    * without a DISCONNECT. Each goes through the ACL and north as it would have then.
    */
   private async restored(aedes: Aedes, sessions: BrokerSessionStore): Promise<void> {
+    if (sessions.file === undefined) return // in memory only: nothing was kept
     const counts = sessions.counts()
     const orphans: AedesPublishPacket[] = []
     for await (const will of sessions.streamWill({ [aedes.id]: true })) orphans.push(will as AedesPublishPacket)

@@ -69,7 +69,7 @@ export const BrokerSchema = Type.Object(
       minimum: 1,
       default: 1000,
       description:
-        'QoS 1/2 messages the broker keeps for one persistent session (a client with clean session off) while it is away, in flight included; past it the oldest are dropped, counted and logged (as Mosquitto max_queued_messages; with persistence sqlite)',
+        'QoS 1/2 messages the broker keeps for one persistent session (a client with clean session off) while it is away, in flight included; past it the oldest are dropped, counted and logged (as Mosquitto max_queued_messages; with persistence sqlite and memory)',
     }),
     maxQueuedBytes: Type.Integer({
       minimum: 1,
