@@ -9,7 +9,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import mqtt, { type MqttClient } from 'mqtt'
 import Database from 'better-sqlite3'
-import { GatewayProcess } from '../test/helpers/gateway-process.js'
+import { GatewayProcess, gatewayBin } from '../test/helpers/gateway-process.js'
 import { hashSecret } from '../src/store/devices.js'
 import { freePort, waitForTcp } from '../test/helpers/ports.js'
 
@@ -26,6 +26,9 @@ export const CLK_TCK = 100
 // As npm start and the .deb's wrapper start it: glibc returns scrypt's 16 MiB buffers to the system,
 // two malloc arenas, a 2 MiB V8 semi-space (docs/performance.md, "Memory").
 export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=2' }
+// BENCH_GATEWAY_NODE_ARGS: more arguments for the gateway's Node.js, space-separated
+// (`--cpu-prof --cpu-prof-dir=/tmp/prof` profiles every gateway the run starts, written when it stops).
+const GATEWAY_NODE_ARGS = process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? []
 
 export type System = 'gateway' | 'reference'
 /** The reference with its persistence saving on every change (autosave_on_changes true, autosave_interval 1). */
@@ -308,7 +311,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
-  }, { env: GATEWAY_ENV })
+  }, { env: GATEWAY_ENV, ...(GATEWAY_NODE_ARGS.length ? { command: [process.execPath, ...GATEWAY_NODE_ARGS, gatewayBin] } : {}) })
   if (registered > 0) {
     await gw.start(120_000)
     await gw.stop()
@@ -334,7 +337,11 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     health: async () => (await gw.api<{ status: string; northbound?: { connected: boolean } }>('GET', '/api/health')).body,
     kill9: () => gw.kill9(),
     restart: () => gw.restart(600_000),
-    close: () => gw.close(),
+    // With BENCH_GATEWAY_NODE_ARGS a clean stop first, so that a profile is written.
+    close: async () => {
+      if (GATEWAY_NODE_ARGS.length) await gw.stop().catch(() => null)
+      await gw.close()
+    },
     rulesEvalSeconds: async () => ((await gw.api<{ rules: { evalSeconds: number }[] }>('GET', '/api/rules')).body.rules ?? []).reduce((t, r) => t + r.evalSeconds, 0),
   }
 }
