@@ -6,11 +6,14 @@
 //   npm run build && npx tsx bench/drain.ts                      # 200,000 messages, 3 runs each
 //   BENCH_DRAIN_N=50000 BENCH_RUNS=5 npx tsx bench/drain.ts
 //   BENCH_GATEWAY_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' npx tsx bench/drain.ts   # profile the gateway
+//   BENCH_BASELINE_BIN=/tmp/old/bin/iothub-edge.js npx tsx bench/drain.ts   # also an earlier build ("baseline"), in turn
 import os from 'node:os'
 import { freePort } from '../test/helpers/ports.js'
 import { HubCounter, Mosquitto, PRODUCT, RUNS, type Sut, type System, cpuSeconds, figure, killBrokers, log, round, runLoad, sleep, startGateway, startReference } from './harness.js'
 
 const N = Number(process.env.BENCH_DRAIN_N ?? 200_000)
+const BASELINE = process.env.BENCH_BASELINE_BIN
+type Drained = System | 'baseline'
 
 async function main(): Promise<void> {
   log(`load average at start: ${os.loadavg().map(round).join(' ')}`)
@@ -20,12 +23,18 @@ async function main(): Promise<void> {
   const cloudUrl = `mqtt://127.0.0.1:${cloudPort}`
   const hub = new HubCounter(cloudUrl)
   await hub.connect()
-  const start: Record<System, () => Promise<Sut>> = { gateway: () => startGateway(cloudUrl, 100), reference: () => startReference(cloudPort) }
-  const rate: Record<System, number[]> = { gateway: [], reference: [] }
-  const cpu: Record<System, number[]> = { gateway: [], reference: [] }
-  const lost: Record<System, number> = { gateway: 0, reference: 0 }
+  const start: Record<Drained, () => Promise<Sut>> = {
+    gateway: () => startGateway(cloudUrl, 100),
+    reference: () => startReference(cloudPort),
+    baseline: () => startGateway(cloudUrl, 100, [], true, undefined, 0, BASELINE),
+  }
+  const systems: Drained[] = BASELINE ? ['gateway', 'baseline', 'reference'] : ['gateway', 'reference']
+  const rate: Record<Drained, number[]> = { gateway: [], reference: [], baseline: [] }
+  const cpu: Record<Drained, number[]> = { gateway: [], reference: [], baseline: [] }
+  const lost: Record<Drained, number> = { gateway: 0, reference: 0, baseline: 0 }
   for (let r = 0; r < RUNS; r++) {
-    for (const system of (r % 2 ? ['reference', 'gateway'] : ['gateway', 'reference']) as System[]) {
+    // A different order each run, so that a change of load on the machine does not hit one system only.
+    for (const system of systems.map((_, i) => systems[(i + r) % systems.length])) {
       const sut = await start[system]()
       await sleep(1_000)
       hub.reset()
@@ -51,6 +60,10 @@ async function main(): Promise<void> {
   const rc = figure(cpu.reference, 's')
   log(`drain of ${N}: gateway ${g.median} msg/s (${g.min}-${g.max}), bridge ${ref.median} msg/s (${ref.min}-${ref.max}), ratio ${round(g.median / ref.median)}; not arrived: gateway ${lost.gateway}, bridge ${lost.reference}`)
   log(`CPU per 10k while draining: gateway ${gc.median} s, bridge ${rc.median} s, ratio ${round(gc.median / rc.median)}; load average at the end: ${os.loadavg().map(round).join(' ')}`)
+  if (BASELINE) {
+    const b = figure(rate.baseline, 'msg/s')
+    log(`baseline (${BASELINE}): ${b.median} msg/s (${b.min}-${b.max}), ratio to the bridge ${round(b.median / ref.median)}, gateway/baseline ${round(g.median / b.median)}; not arrived: ${lost.baseline}; CPU per 10k ${figure(cpu.baseline, 's').median} s`)
+  }
   await hub.close()
   await cloud.close()
 }

@@ -301,8 +301,9 @@ export const filesBytes = (dir: string | undefined, files: string[]): number =>
  * `registered`: devices d0..d(n-1) written straight into gateway.db with one scrypt hash (the same
  * secret and salt for all) before the start, instead of seeded from the config (a scrypt each at
  * start): for 1,000-10,000 devices. Each still costs a scrypt at its first login after a start.
+ * `bin`: another build's bin/iothub-edge.js (an earlier commit built elsewhere, for before/after).
  */
-export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0): Promise<Sut> {
+export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, bin = gatewayBin): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
@@ -311,7 +312,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
-  }, { env: GATEWAY_ENV, ...(GATEWAY_NODE_ARGS.length ? { command: [process.execPath, ...GATEWAY_NODE_ARGS, gatewayBin] } : {}) })
+  }, { env: GATEWAY_ENV, bin, ...(GATEWAY_NODE_ARGS.length ? { command: [process.execPath, ...GATEWAY_NODE_ARGS, bin] } : {}) })
   if (registered > 0) {
     await gw.start(120_000)
     await gw.stop()
