@@ -301,9 +301,10 @@ export const filesBytes = (dir: string | undefined, files: string[]): number =>
  * `registered`: devices d0..d(n-1) written straight into gateway.db with one scrypt hash (the same
  * secret and salt for all) before the start, instead of seeded from the config (a scrypt each at
  * start): for 1,000-10,000 devices. Each still costs a scrypt at its first login after a start.
- * `bin`: another build's bin/iothub-edge.js (an earlier commit built elsewhere, for before/after).
+ * `bin`: another build's bin/iothub-edge.js (an earlier commit built elsewhere, for before/after);
+ * BENCH_GATEWAY_BIN sets it for a whole run.
  */
-export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, bin = gatewayBin): Promise<Sut> {
+export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, bin = process.env.BENCH_GATEWAY_BIN ?? gatewayBin): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),

@@ -153,15 +153,15 @@ export class HubConnection {
       case 'publish': {
         const { topic, qos, messageId } = p
         const payload = typeof p.payload === 'string' ? Buffer.from(p.payload) : p.payload
-        this.incoming = this.incoming.then(() =>
-          this.handler.message(topic, payload).then(
+        this.incoming = this.incoming
+          .then(() => this.handler.message(topic, payload))
+          .then(
             () => {
               if (qos === 1) this.send({ cmd: 'puback', messageId })
               else if (qos === 2) this.send({ cmd: 'pubrec', messageId })
             },
             () => this.destroy(),
-          ),
-        )
+          )
         return
       }
       case 'pubrel':
