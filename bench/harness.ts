@@ -9,7 +9,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import mqtt, { type MqttClient } from 'mqtt'
 import Database from 'better-sqlite3'
-import { GatewayProcess } from '../test/helpers/gateway-process.js'
+import { GatewayProcess, gatewayBin } from '../test/helpers/gateway-process.js'
 import { hashSecret } from '../src/store/devices.js'
 import { freePort, waitForTcp } from '../test/helpers/ports.js'
 
@@ -26,6 +26,9 @@ export const CLK_TCK = 100
 // As npm start and the .deb's wrapper start it: glibc returns scrypt's 16 MiB buffers to the system,
 // two malloc arenas, a 2 MiB V8 semi-space (docs/performance.md, "Memory").
 export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=2' }
+// BENCH_GATEWAY_NODE_ARGS: more arguments for the gateway's Node.js, space-separated
+// (`--cpu-prof --cpu-prof-dir=/tmp/prof` profiles every gateway the run starts, written when it stops).
+const GATEWAY_NODE_ARGS = process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? []
 
 export type System = 'gateway' | 'reference'
 /** The reference with its persistence saving on every change (autosave_on_changes true, autosave_interval 1). */
@@ -298,8 +301,10 @@ export const filesBytes = (dir: string | undefined, files: string[]): number =>
  * `registered`: devices d0..d(n-1) written straight into gateway.db with one scrypt hash (the same
  * secret and salt for all) before the start, instead of seeded from the config (a scrypt each at
  * start): for 1,000-10,000 devices. Each still costs a scrypt at its first login after a start.
+ * `bin`: another build's bin/iothub-edge.js (an earlier commit built elsewhere, for before/after);
+ * BENCH_GATEWAY_BIN sets it for a whole run.
  */
-export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0): Promise<Sut> {
+export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, bin = process.env.BENCH_GATEWAY_BIN ?? gatewayBin): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
@@ -308,7 +313,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
-  }, { env: GATEWAY_ENV })
+  }, { env: GATEWAY_ENV, bin, ...(GATEWAY_NODE_ARGS.length ? { command: [process.execPath, ...GATEWAY_NODE_ARGS, bin] } : {}) })
   if (registered > 0) {
     await gw.start(120_000)
     await gw.stop()
@@ -334,7 +339,11 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     health: async () => (await gw.api<{ status: string; northbound?: { connected: boolean } }>('GET', '/api/health')).body,
     kill9: () => gw.kill9(),
     restart: () => gw.restart(600_000),
-    close: () => gw.close(),
+    // With BENCH_GATEWAY_NODE_ARGS a clean stop first, so that a profile is written.
+    close: async () => {
+      if (GATEWAY_NODE_ARGS.length) await gw.stop().catch(() => null)
+      await gw.close()
+    },
     rulesEvalSeconds: async () => ((await gw.api<{ rules: { evalSeconds: number }[] }>('GET', '/api/rules')).body.rules ?? []).reduce((t, r) => t + r.evalSeconds, 0),
   }
 }

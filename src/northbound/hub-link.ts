@@ -1,9 +1,7 @@
 // One MQTT connection to the cloud hub that drains (part of) the outbox. The outbox is the only
-// source of truth: every connection starts from a fresh MQTT.js client whose own in-memory store is
-// empty, and the link resends every row the hub has not acknowledged, with its original topic and
-// MessageId (at-least-once; the hub's duplicate filter does the rest).
-import mqtt, { type MqttClient, type IClientOptions } from 'mqtt'
-import type { Socket } from 'node:net'
+// source of truth: every connection starts empty (hub-connection.ts keeps no store), and the link
+// resends every row the hub has not acknowledged, with its original topic and MessageId
+// (at-least-once; the hub's duplicate filter does the rest).
 import type { Logger } from '../core/log.js'
 import type { Metrics } from '../core/metrics.js'
 import type { Outbox, OutboxRow, Priority } from '../store/outbox.js'
@@ -11,6 +9,7 @@ import { PRIORITIES } from '../store/outbox.js'
 import { ErrorCodes } from '../core/errors.js'
 import { redactUrls } from '../core/log.js'
 import type { LinkError } from '../core/link-types.js'
+import { HubConnection, type HubConnectionHandler } from './hub-connection.js'
 
 export type { LinkError } from '../core/link-types.js'
 
@@ -40,9 +39,12 @@ const BACKOFF_MIN_MS = 1_000
 const BACKOFF_MAX_MS = 60_000
 const STABLE_AFTER_MS = 60_000
 const ERROR_TEXT_MAX = 300
+const CONNECT_TIMEOUT_MS = 15_000
+// Packet ids are 16 bits: what the window may use, leaving some for subscriptions and direct publishes.
+const WINDOW_MAX = 65_000
 
 export class HubLink {
-  private client?: MqttClient
+  private client?: HubConnection
   private generation = 0
   private connected = false
   private connectedSince = 0
@@ -55,6 +57,9 @@ export class HubLink {
   private rateTimer?: NodeJS.Timeout
   private stopped = true
   private readonly inflight = new Set<number>()
+  private readonly window: number
+  // Filters of each SUBSCRIBE waiting for its SUBACK, by packet id.
+  private readonly subscribing = new Map<number, string[]>()
   private buffer: OutboxRow[] = []
   private bufferPos = 0
   private cursors: Record<Priority, number> = { 0: 0, 1: 0, 2: 0 }
@@ -79,7 +84,9 @@ export class HubLink {
     private readonly opts: HubLinkOptions,
     private readonly log: Logger,
     private readonly metrics: Metrics,
-  ) {}
+  ) {
+    this.window = Math.min(opts.inflight, WINDOW_MAX)
+  }
 
   get isConnected(): boolean {
     return this.connected
@@ -121,74 +128,90 @@ export class HubLink {
     const gen = ++this.generation
     this.retryAt = null
     this.erredThisAttempt = false
-    const o: IClientOptions = {
-      clientId: this.opts.clientId,
-      username: this.opts.username,
-      password: this.opts.password,
-      keepalive: this.opts.keepalive,
-      // A persistent session: commands the hub publishes during a short outage arrive afterwards.
-      clean: false,
-      protocolVersion: 4,
-      reconnectPeriod: 0, // our own backoff with jitter, below
-      connectTimeout: 15_000,
-      ...(this.opts.tls ?? {}),
+    const current = (): boolean => gen === this.generation
+    const handler: HubConnectionHandler = {
+      connected: () => current() && this.onUp(),
+      acked: (id) => {
+        if (!current() || !id) return // 0: a direct publish
+        this.inflight.delete(id)
+        this.outbox.ack(id)
+        this.acked++
+      },
+      // All the PUBACKs of one read are in: one pump refills the window, one write sends it.
+      readDone: () => current() && this.pump(),
+      // The PUBACK goes out only once the command is durable. A command that cannot be stored is
+      // not acknowledged; dropping the connection makes the hub send it again from the persistent
+      // session once we are back.
+      message: (topic, payload) => {
+        if (!current()) return Promise.reject(new Error('stale connection'))
+        return this.opts.onMessage(topic, payload).catch((err: Error) => {
+          this.log.warn({ err: err.message, topic, code: ErrorCodes.NORTHBOUND }, 'could not store a message from the hub; it will be redelivered')
+          throw err
+        })
+      },
+      subscribed: (messageId, granted) => {
+        const filters = this.subscribing.get(messageId) ?? []
+        this.subscribing.delete(messageId)
+        const refused = filters.filter((_, i) => granted[i] === 128)
+        if (current() && refused.length && !this.refusedLogged) {
+          this.refusedLogged = true
+          this.log.info({ topics: refused }, 'hub refused a command subscription (SUBACK 0x80): assuming it subscribes server-side')
+        }
+      },
+      error: (err) => {
+        if (!current()) return
+        this.noteError(err)
+        this.log.warn({ err: err.message, code: ErrorCodes.NORTHBOUND, url: this.opts.url }, 'hub connection error')
+      },
+      closed: () => {
+        if (!current()) return
+        if (!this.erredThisAttempt) {
+          this.noteError(new Error(this.connected ? 'the hub closed the connection' : 'the connection closed before the hub accepted it'), this.connected ? 'closed' : 'not_accepted')
+        }
+        this.onDown()
+      },
     }
-    const client = mqtt.connect(this.opts.url, o)
-    this.client = client
-    client.on('connect', () => {
-      if (gen !== this.generation) return
-      // Nagle + delayed ACK collapse a window of small QoS 1 publishes to ~1k msg/s.
-      ;(client.stream as Socket).setNoDelay?.(true)
-      this.connected = true
-      this.connectedSince = Date.now()
-      this.metrics.northboundConnected.set(1)
-      const outageS = this.downAt === null ? null : Math.round((this.connectedSince - this.downAt) / 1000)
-      this.downAt = null
-      const waiting = this.waiting()
-      this.backlog = waiting > 0 && this.opts.device === undefined ? { messages: waiting, since: this.connectedSince } : null
-      this.log.info(
-        { url: this.opts.url, clientId: this.opts.clientId, outageS, waiting },
-        `connected to hub${outageS === null ? '' : ` after ${outageS} s without it`}; ${waiting} message(s) waiting in the outbox are sent now`,
-      )
-      // The hub may still hold subscriptions of our persistent session from before (an earlier run
-      // included): what is no longer wanted is unsubscribed; what is wanted is subscribed again.
-      const wanted = new Set(this.opts.subscriptions())
-      const stale = (this.opts.heldSubscriptions?.load() ?? []).filter((f) => !wanted.has(f))
-      if (stale.length) {
-        this.log.info({ filters: stale }, 'dropping hub subscriptions that are no longer wanted')
-        client.unsubscribe(stale)
-      }
-      this.subscribed.clear()
-      this.syncSubscriptions()
-      this.opts.onConnected?.()
-      this.pump()
-    })
-    // MQTT.js sends the PUBACK when handleMessage calls back: only after the command is durable.
-    // A command that cannot be stored is not acknowledged; dropping the connection makes the hub
-    // send it again from the persistent session once we are back.
-    client.handleMessage = (packet, done) => {
-      if (gen !== this.generation) return done(new Error('stale connection'))
-      this.opts.onMessage(packet.topic, packet.payload as Buffer).then(
-        () => done(),
-        (err: Error) => {
-          this.log.warn({ err: err.message, topic: packet.topic, code: ErrorCodes.NORTHBOUND }, 'could not store a message from the hub; it will be redelivered')
-          done(err)
-          client.end(true)
-        },
-      )
+    this.client = new HubConnection(
+      {
+        url: this.opts.url,
+        clientId: this.opts.clientId,
+        username: this.opts.username,
+        password: this.opts.password,
+        keepalive: this.opts.keepalive,
+        // A persistent session: commands the hub publishes during a short outage arrive afterwards.
+        clean: false,
+        connectTimeoutMs: CONNECT_TIMEOUT_MS,
+        tls: this.opts.tls,
+      },
+      handler,
+    )
+  }
+
+  private onUp(): void {
+    const client = this.client!
+    this.connected = true
+    this.connectedSince = Date.now()
+    this.metrics.northboundConnected.set(1)
+    const outageS = this.downAt === null ? null : Math.round((this.connectedSince - this.downAt) / 1000)
+    this.downAt = null
+    const waiting = this.waiting()
+    this.backlog = waiting > 0 && this.opts.device === undefined ? { messages: waiting, since: this.connectedSince } : null
+    this.log.info(
+      { url: this.opts.url, clientId: this.opts.clientId, outageS, waiting },
+      `connected to hub${outageS === null ? '' : ` after ${outageS} s without it`}; ${waiting} message(s) waiting in the outbox are sent now`,
+    )
+    // The hub may still hold subscriptions of our persistent session from before (an earlier run
+    // included): what is no longer wanted is unsubscribed; what is wanted is subscribed again.
+    const wanted = new Set(this.opts.subscriptions())
+    const stale = (this.opts.heldSubscriptions?.load() ?? []).filter((f) => !wanted.has(f))
+    if (stale.length) {
+      this.log.info({ filters: stale }, 'dropping hub subscriptions that are no longer wanted')
+      client.unsubscribe(stale)
     }
-    client.on('error', (err) => {
-      if (gen !== this.generation) return
-      this.noteError(err)
-      this.log.warn({ err: err.message, code: ErrorCodes.NORTHBOUND, url: this.opts.url }, 'hub connection error')
-    })
-    client.on('close', () => {
-      if (gen !== this.generation) return
-      if (!this.erredThisAttempt) {
-        this.noteError(new Error(this.connected ? 'the hub closed the connection' : 'the connection closed before the hub accepted it'), this.connected ? 'closed' : 'not_accepted')
-      }
-      this.onDown()
-    })
+    this.subscribed.clear()
+    this.syncSubscriptions()
+    this.opts.onConnected?.()
+    this.pump()
   }
 
   private onDown(): void {
@@ -199,10 +222,9 @@ export class HubLink {
     if (wasUp) this.downAt = Date.now()
     // Forget everything in flight: it is all still in the outbox and is sent again from the start.
     this.generation++
-    this.client?.end(true)
+    this.client?.destroy()
     this.client = undefined
-    this.outbox.unsent(this.inflight)
-    this.inflight.clear()
+    this.forgetInflight()
     this.buffer = []
     this.bufferPos = 0
     this.cursors = { 0: 0, 1: 0, 2: 0 }
@@ -246,14 +268,8 @@ export class HubLink {
     for (const t of add) this.subscribed.add(t)
     if (add.length || remove.length || this.heldDirty) this.saveHeld()
     if (!add.length) return
-    client.subscribe(add, { qos: 1 }, (err, granted) => {
-      if (err) return this.log.warn({ err: err.message }, 'hub subscription failed')
-      const refused = (granted ?? []).filter((g) => g.qos === 128)
-      if (refused.length && !this.refusedLogged) {
-        this.refusedLogged = true
-        this.log.info({ topics: refused.map((g) => g.topic) }, 'hub refused a command subscription (SUBACK 0x80): assuming it subscribes server-side')
-      }
-    })
+    const id = client.subscribe(add)
+    if (id) this.subscribing.set(id, add)
   }
 
   private heldDirty = true
@@ -299,9 +315,8 @@ export class HubLink {
   private pump(): void {
     const client = this.client
     if (!client || !this.connected) return
-    const gen = this.generation
     const expired: number[] = []
-    while (this.inflight.size < this.opts.inflight) {
+    while (this.inflight.size < this.window) {
       if (this.opts.maxRate > 0 && !this.takeToken()) break
       const row = this.next()
       if (!row) break
@@ -309,19 +324,13 @@ export class HubLink {
         expired.push(row.id)
         continue
       }
+      if (!client.publish(row.topic, row.payload, row.id)) {
+        // Every packet id is taken (subscriptions waiting too): the row is read again later.
+        this.bufferPos--
+        break
+      }
       this.inflight.add(row.id)
       this.outbox.sent(row.id)
-      client.publish(row.topic, row.payload, { qos: 1 }, (err) => {
-        if (gen !== this.generation) return
-        this.inflight.delete(row.id)
-        if (err) {
-          this.outbox.unsent([row.id])
-          return // the connection is going down; the row is sent again after reconnect
-        }
-        this.outbox.ack(row.id)
-        this.acked++
-        this.pump()
-      })
     }
     if (expired.length) void this.outbox.drop(expired, 'rpc_resp_expired')
     // Counted here, once per pump, rather than once per acknowledgement.
@@ -376,8 +385,14 @@ export class HubLink {
   /** Publish directly, outside the outbox (time-critical control traffic such as our own `$ntp` probe). */
   publishDirect(topic: string, payload: Buffer): boolean {
     if (!this.client || !this.connected) return false
-    this.client.publish(topic, payload, { qos: 1 })
-    return true
+    return this.client.publish(topic, payload) !== 0
+  }
+
+  // The rows in flight are all still in the outbox: sent again from the start on the next connection.
+  private forgetInflight(): void {
+    this.outbox.unsent(this.inflight)
+    this.inflight.clear()
+    this.subscribing.clear()
   }
 
   async stop(): Promise<void> {
@@ -388,8 +403,7 @@ export class HubLink {
     this.generation++
     this.connected = false
     this.client = undefined
-    this.outbox.unsent(this.inflight)
-    this.inflight.clear()
-    if (client) await new Promise<void>((r) => client.end(false, {}, () => r()))
+    this.forgetInflight()
+    await client?.end()
   }
 }

@@ -184,6 +184,7 @@ export class HubBroker {
   async stop(): Promise<void> {
     const child = this.child
     if (!child || !isRunning(child)) return
+    child.kill('SIGCONT') // a frozen one would not act on SIGTERM
     child.kill('SIGTERM')
     try {
       await waitForExit(child, 10_000)
@@ -200,6 +201,18 @@ export class HubBroker {
     if (!child || !isRunning(child)) return
     child.kill('SIGKILL')
     await waitForExit(child, 5_000)
+  }
+
+  /**
+   * SIGSTOP: a hub that stops answering while its connections stay open (a hung broker, or a
+   * half-open connection behind a NAT that forgot it): only keepalive notices. `resume` is SIGCONT.
+   */
+  freeze(): void {
+    if (isRunning(this.child)) this.child!.kill('SIGSTOP')
+  }
+
+  resume(): void {
+    if (isRunning(this.child)) this.child!.kill('SIGCONT')
   }
 
   async restart(): Promise<void> {
