@@ -2,7 +2,7 @@
 // use) and a plain TCP or TLS socket: CONNECT/CONNACK, keepalive, packet ids, QoS 1 publishes in
 // batches, subscriptions, and QoS 1 messages from the hub acknowledged only once the caller says
 // so. No reconnects, no retries, no store of its own: the hub link (hub-link.ts) owns all of that,
-// and the outbox is the only retry state (docs/decisions/0003, 00XX-lean-hub-link).
+// and the outbox is the only retry state (docs/decisions/0003, 0025-lean-hub-link).
 //
 // Why not MQTT.js: it wrote one socket write per packet (each publish corks and uncorks on its own
 // tick, and each PUBACK is handled on a tick of its own), and cloned options, stored the packet and
