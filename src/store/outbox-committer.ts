@@ -35,6 +35,7 @@ export class WorkerCommitter implements Committer {
   // A writer thread that died (it could not open the file, or crashed): the commits go on here.
   private fallback?: InlineCommitter
   private closed = false
+  private writerClosed = false
 
   constructor(private readonly db: Db) {
     const pragmas = ['journal_mode', 'synchronous', 'busy_timeout', 'wal_autocheckpoint', 'journal_size_limit', 'foreign_keys'].map(
@@ -79,6 +80,10 @@ export class WorkerCommitter implements Committer {
   }
 
   private reply(r: WorkerReply): void {
+    if ('closed' in r) {
+      this.writerClosed = true
+      return
+    }
     const w = this.waiting.shift()
     if (!this.waiting.length) this.port.unref()
     if (!w) return
@@ -86,20 +91,30 @@ export class WorkerCommitter implements Committer {
     else w.reject(Object.assign(new Error(r.error.message), r.error.code ? { code: r.error.code } : {}))
   }
 
-  /** The commit in flight finishes (its result is delivered synchronously), then the writer stops. */
+  /**
+   * The commit in flight finishes (its result is delivered synchronously), then the writer closes its
+   * connection, waited for too: the main thread's connection is then the last one open, and its close
+   * checkpoints the WAL into the file as a clean stop should.
+   */
   close(): void {
     if (this.closed) return
     const deadline = Date.now() + CLOSE_WAIT_MS
+    this.waitFor(() => this.waiting.length === 0, deadline)
+    this.closed = true
+    if (!this.fallback) {
+      this.worker.postMessage({ close: true })
+      this.waitFor(() => this.writerClosed, deadline)
+    }
+    this.port.close()
+  }
+
+  private waitFor(done: () => boolean, deadline: number): void {
     const nap = new Int32Array(new SharedArrayBuffer(4))
-    while (this.waiting.length && Date.now() < deadline) {
+    while (!done() && Date.now() < deadline) {
       const m = receiveMessageOnPort(this.port)
       if (m) this.reply(m.message as WorkerReply)
       else Atomics.wait(nap, 0, 0, 5)
     }
-    this.closed = true
-    // The writer closes its connection and ends (its last port closed).
-    this.worker.postMessage({ close: true })
-    this.port.close()
   }
 }
 

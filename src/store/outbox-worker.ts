@@ -9,7 +9,7 @@ export interface WorkerSetup {
   pragmas: string[]
   port: MessagePort
 }
-export type WorkerReply = { ok: CommitResult } | { error: CommitError }
+export type WorkerReply = { ok: CommitResult } | { error: CommitError } | { closed: true }
 
 const setup = (workerData as { outbox: WorkerSetup }).outbox
 const db = new Database(setup.file)
@@ -18,7 +18,10 @@ const tx = new OutboxTransaction(db)
 
 parentPort!.on('message', (m: CommitBatch | { close: true }) => {
   if ('close' in m) {
+    // Closed before the main thread closes its own connection: the last one to close checkpoints
+    // the WAL into the file, and that is the main thread's, at a clean stop.
     db.close()
+    setup.port.postMessage({ closed: true } satisfies WorkerReply)
     setup.port.close()
     parentPort!.close()
     return

@@ -156,6 +156,29 @@ describe.each([
     expect(kept()).not.toContain('tele-0')
   })
 
+  it('never hands out a row the quota is evicting while that commit runs, nor evicts one taken meanwhile', async () => {
+    const o = open(6 * 110)
+    let n = 0
+    while (o.stats().bytes + 100 <= o.maxBytes) await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    await o.flush() // the last commit has settled: the next flush starts one at once
+    const evicted: number[][] = []
+    o.on('evicted', (ids: number[]) => evicted.push(ids))
+    const arriving = o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    // The commit that evicts the oldest row starts; on the writer thread it is in flight from here.
+    void o.flush()
+    // What the hub link reads meanwhile and publishes: the oldest row is being evicted, not offered.
+    const [next] = o.read(2, 0, 1)
+    expect(next.payload.toString()).toBe('tele-1')
+    o.sent(next.id)
+    await arriving
+    const kept = o.read(2, 0, 100).map((r) => r.payload.toString())
+    expect(kept[0], 'the row on its way to the hub stays').toBe('tele-1')
+    expect(kept).not.toContain('tele-0')
+    expect(o.stats().dropped.quota).toBe(1)
+    expect(evicted.flat()).toHaveLength(1)
+    expect(o.stats().bytes).toBeLessThanOrEqual(o.maxBytes)
+  })
+
   it('refuses new messages after close', async () => {
     const o = open()
     o.close()
