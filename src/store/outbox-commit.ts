@@ -58,6 +58,18 @@ export interface CommitResult {
   dropped: Partial<Record<DropReason, number>>
 }
 
+/** Where and how a committer's connection commits (read back from the connection itself). */
+export interface CommitterSettings {
+  thread: boolean
+  /** 2 is FULL. */
+  synchronous: number
+  journalMode: string
+}
+
+export function connectionSettings(db: Database.Database, thread: boolean): CommitterSettings {
+  return { thread, synchronous: db.pragma('synchronous', { simple: true }) as number, journalMode: db.pragma('journal_mode', { simple: true }) as string }
+}
+
 export interface CommitError {
   message: string
   code?: string

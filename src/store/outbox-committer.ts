@@ -2,7 +2,7 @@
 // (outbox-worker.ts) with a second connection to the same file (decision 0022-store-off-event-loop).
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads'
 import type { Db } from './db.js'
-import { OutboxTransaction, type CommitBatch, type CommitResult } from './outbox-commit.js'
+import { OutboxTransaction, connectionSettings, type CommitBatch, type CommitResult, type CommitterSettings } from './outbox-commit.js'
 import type { WorkerReply, WorkerSetup } from './outbox-worker.js'
 
 /** Where the outbox's batches are committed. */
@@ -11,18 +11,23 @@ export interface Committer {
   commit(batch: CommitBatch): CommitResult | Promise<CommitResult>
   /** Waits (blocking) for a commit in flight, then stops the writer. */
   close(): void
+  /** The committing connection's settings, read back from it. */
+  settings(): Promise<CommitterSettings>
 }
 
 /** On the calling thread, on the caller's connection. */
 export class InlineCommitter implements Committer {
   private readonly tx: OutboxTransaction
-  constructor(db: Db) {
+  constructor(private readonly db: Db) {
     this.tx = new OutboxTransaction(db)
   }
   commit(batch: CommitBatch): CommitResult {
     return this.tx.run(batch)
   }
   close(): void {}
+  settings(): Promise<CommitterSettings> {
+    return Promise.resolve(connectionSettings(this.db, false))
+  }
 }
 
 const CLOSE_WAIT_MS = 30_000
@@ -36,6 +41,8 @@ export class WorkerCommitter implements Committer {
   private fallback?: InlineCommitter
   private closed = false
   private writerClosed = false
+  private readonly ready: Promise<CommitterSettings>
+  private gotSettings?: (s: CommitterSettings) => void
 
   constructor(private readonly db: Db) {
     const pragmas = ['journal_mode', 'synchronous', 'busy_timeout', 'wal_autocheckpoint', 'journal_size_limit', 'foreign_keys'].map(
@@ -43,6 +50,7 @@ export class WorkerCommitter implements Committer {
     )
     const { port1, port2 } = new MessageChannel()
     this.port = port1
+    this.ready = new Promise((resolve) => (this.gotSettings = resolve))
     const here = import.meta.url
     // Built (dist/): the .js beside this file. From the sources (tests, tsx): the .ts through tsx.
     const ts = here.endsWith('.ts')
@@ -60,6 +68,7 @@ export class WorkerCommitter implements Committer {
     const died = (err: Error): void => {
       if (this.closed || this.fallback) return
       this.fallback = new InlineCommitter(this.db)
+      void this.fallback.settings().then(this.gotSettings)
       for (const w of this.waiting.splice(0)) w.reject(Object.assign(new Error(`the outbox writer thread stopped: ${err.message}`), { cause: err }))
     }
     this.worker.on('error', died)
@@ -79,7 +88,15 @@ export class WorkerCommitter implements Committer {
     })
   }
 
+  settings(): Promise<CommitterSettings> {
+    return this.ready
+  }
+
   private reply(r: WorkerReply): void {
+    if ('settings' in r) {
+      this.gotSettings?.(r.settings)
+      return
+    }
     if ('closed' in r) {
       this.writerClosed = true
       return

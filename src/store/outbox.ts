@@ -7,7 +7,7 @@ import { statSync } from 'node:fs'
 import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
-import type { BatchDrop, CommitBatch, CommitResult, SqlWrite } from './outbox-commit.js'
+import type { BatchDrop, CommitBatch, CommitResult, CommitterSettings, SqlWrite } from './outbox-commit.js'
 import { committerFor, InlineCommitter, type Committer } from './outbox-committer.js'
 import { GroupCommit } from './group-commit.js'
 import { freeBytes, isDiskFull } from './db.js'
@@ -513,6 +513,11 @@ export class Outbox extends EventEmitter {
     this.emit('writable')
     this.group.now()
     return true
+  }
+
+  /** Where and how the group commits run: on a writer thread or not, and the connection's synchronous and journal mode, read back from it. */
+  durability(): Promise<CommitterSettings> {
+    return this.committer.settings()
   }
 
   /** Refuse new messages, commit what is waiting. */

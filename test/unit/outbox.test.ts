@@ -49,9 +49,11 @@ describe.each([
     writerThread = thread
   })
 
-  it('runs SQLite in WAL mode with synchronous=FULL', () => {
+  it('runs SQLite in WAL mode with synchronous=FULL, on the connection that commits too', async () => {
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal')
     expect(db.pragma('synchronous', { simple: true })).toBe(2)
+    // On the writer thread that is a connection of its own: read back from it.
+    expect(await open().durability()).toEqual({ thread, synchronous: 2, journalMode: 'wal' })
   })
 
   it('resolves enqueue only once the row is committed, and commits a burst in one group', async () => {
