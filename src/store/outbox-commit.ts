@@ -1,5 +1,6 @@
 // The outbox's group commit as one transaction over a batch the main thread put together (new rows,
-// the hub's acknowledgements, drops, the commit participants' writes, and the quota). It runs on a
+// the hub's acknowledgements, drops (the quota's victims among them), the commit participants'
+// writes). It runs on a
 // writer thread of its own (outbox-worker.ts) with its own connection to gateway.db, so the fsync of
 // synchronous=FULL never blocks the event loop: the main thread goes on parsing, acknowledging and
 // publishing to the hub while a commit is on its way to the disk, and the next batch gathers
@@ -28,27 +29,45 @@ export interface NewRows {
   payloads: Uint8Array
 }
 
+/** Rows deleted for a reason (counted): the hub no longer wants them, or the quota evicts them. */
+export interface BatchDrop {
+  ids: number[]
+  reason: DropReason
+  /** New rows of this batch dropped without being written (the quota, when the batch alone is over it): counted with the rest. */
+  unsaved?: number
+}
+
 export interface CommitBatch {
   rows: NewRows
   /** Rows the hub acknowledged. */
   acked: number[]
-  /** Rows dropped for a reason (counted). */
-  drops: { ids: number[]; reason: DropReason }[]
+  /**
+   * Rows dropped for a reason (counted). The quota's victims are among them: chosen by the main
+   * thread when it put the batch together (Outbox.batch), never in the transaction, so that a row the
+   * hub link publishes while the commit runs cannot be evicted under it.
+   */
+  drops: BatchDrop[]
   writes: SqlWrite[]
-  /** The committed totals per priority before this batch, and the quota they are held to. */
-  totals: Record<Priority, { messages: number; bytes: number }>
-  maxBytes: number
-  /** Rows on their way to the hub: never evicted. Only sent when the batch may exceed the quota. */
-  sending?: number[]
 }
 
 export interface CommitResult {
   /** The ids the new rows got, in order. */
   ids: number[]
-  /** Net change of the totals per priority (inserted minus deleted, evicted and dropped). */
+  /** Net change of the totals per priority (inserted minus deleted and dropped). */
   delta: Record<Priority, { messages: number; bytes: number }>
   dropped: Partial<Record<DropReason, number>>
-  evicted: number[]
+}
+
+/** Where and how a committer's connection commits (read back from the connection itself). */
+export interface CommitterSettings {
+  thread: boolean
+  /** 2 is FULL. */
+  synchronous: number
+  journalMode: string
+}
+
+export function connectionSettings(db: Database.Database, thread: boolean): CommitterSettings {
+  return { thread, synchronous: db.pragma('synchronous', { simple: true }) as number, journalMode: db.pragma('journal_mode', { simple: true }) as string }
 }
 
 export interface CommitError {
@@ -58,25 +77,24 @@ export interface CommitError {
 
 /** Runs a batch as one transaction on a connection. */
 export class OutboxTransaction {
-  private readonly st: { insert: Statement; del: Statement; evictCandidates: Statement; bumpCounter: Statement }
+  private readonly st: { insert: Statement; del: Statement; bumpCounter: Statement }
   private readonly prepared = new Map<string, Statement>()
 
   constructor(private readonly db: Database.Database) {
     this.st = {
       insert: db.prepare('INSERT INTO outbox (prio, device, kind, topic, payload, bytes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       del: db.prepare('DELETE FROM outbox WHERE id = ? RETURNING prio, bytes'),
-      evictCandidates: db.prepare('SELECT id, bytes FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT 256'),
       bumpCounter: db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value'),
     }
   }
 
   run(b: CommitBatch): CommitResult {
     const delta: CommitResult['delta'] = { 0: { messages: 0, bytes: 0 }, 1: { messages: 0, bytes: 0 }, 2: { messages: 0, bytes: 0 } }
-    const res: CommitResult = { ids: [], delta, dropped: {}, evicted: [] }
+    const res: CommitResult = { ids: [], delta, dropped: {} }
     const payloads = Buffer.from(b.rows.payloads.buffer, b.rows.payloads.byteOffset, b.rows.payloads.byteLength)
     this.db.transaction(() => {
       this.deleteRows(b.acked, delta)
-      for (const d of b.drops) this.drop(d.reason, this.deleteRows(d.ids, delta), res)
+      for (const d of b.drops) this.drop(d.reason, this.deleteRows(d.ids, delta) + (d.unsaved ?? 0), res)
       const r = b.rows
       let start = 0
       for (let i = 0; i < r.prio.length; i++) {
@@ -88,7 +106,6 @@ export class OutboxTransaction {
         delta[r.prio[i]].bytes += r.bytes[i]
       }
       for (const w of b.writes) this.statement(w.sql).run(...w.args)
-      this.enforceQuota(b, res)
     })()
     return res
   }
@@ -116,39 +133,5 @@ export class OutboxTransaction {
     if (!n) return
     this.st.bumpCounter.run(`dropped.${reason}`, n)
     res.dropped[reason] = (res.dropped[reason] ?? 0) + n
-  }
-
-  // Over quota: the oldest telemetry goes first, then the middle class, replies last (DESIGN.md).
-  private enforceQuota(b: CommitBatch, res: CommitResult): void {
-    const prios = [0, 1, 2] as const
-    const byPrio = prios.map((p) => ({ messages: b.totals[p].messages + res.delta[p].messages }))
-    let bytes = 0
-    for (const p of prios) bytes += b.totals[p].bytes + res.delta[p].bytes
-    if (bytes <= b.maxBytes) return
-    const sending = new Set(b.sending)
-    let evicted = 0
-    for (const prio of [2, 1, 0] as const) {
-      let after = 0
-      while (bytes > b.maxBytes && byPrio[prio].messages > 0) {
-        const rows = this.st.evictCandidates.all(prio, after) as { id: number; bytes: number }[]
-        if (rows.length === 0) break
-        after = rows[rows.length - 1].id
-        const victims: number[] = []
-        let freed = 0
-        for (const r of rows) {
-          if (bytes - freed <= b.maxBytes) break
-          if (sending.has(r.id)) continue
-          victims.push(r.id)
-          freed += r.bytes
-        }
-        const before = res.delta[prio].bytes
-        const n = this.deleteRows(victims, res.delta)
-        bytes += res.delta[prio].bytes - before
-        byPrio[prio].messages -= n
-        evicted += n
-        res.evicted.push(...victims)
-      }
-    }
-    this.drop('quota', evicted, res)
   }
 }

@@ -2,7 +2,7 @@
 // (outbox-worker.ts) with a second connection to the same file (decision 0022-store-off-event-loop).
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads'
 import type { Db } from './db.js'
-import { OutboxTransaction, type CommitBatch, type CommitResult } from './outbox-commit.js'
+import { OutboxTransaction, connectionSettings, type CommitBatch, type CommitResult, type CommitterSettings } from './outbox-commit.js'
 import type { WorkerReply, WorkerSetup } from './outbox-worker.js'
 
 /** Where the outbox's batches are committed. */
@@ -11,18 +11,23 @@ export interface Committer {
   commit(batch: CommitBatch): CommitResult | Promise<CommitResult>
   /** Waits (blocking) for a commit in flight, then stops the writer. */
   close(): void
+  /** The committing connection's settings, read back from it. */
+  settings(): Promise<CommitterSettings>
 }
 
 /** On the calling thread, on the caller's connection. */
 export class InlineCommitter implements Committer {
   private readonly tx: OutboxTransaction
-  constructor(db: Db) {
+  constructor(private readonly db: Db) {
     this.tx = new OutboxTransaction(db)
   }
   commit(batch: CommitBatch): CommitResult {
     return this.tx.run(batch)
   }
   close(): void {}
+  settings(): Promise<CommitterSettings> {
+    return Promise.resolve(connectionSettings(this.db, false))
+  }
 }
 
 const CLOSE_WAIT_MS = 30_000
@@ -35,6 +40,9 @@ export class WorkerCommitter implements Committer {
   // A writer thread that died (it could not open the file, or crashed): the commits go on here.
   private fallback?: InlineCommitter
   private closed = false
+  private writerClosed = false
+  private readonly ready: Promise<CommitterSettings>
+  private gotSettings?: (s: CommitterSettings) => void
 
   constructor(private readonly db: Db) {
     const pragmas = ['journal_mode', 'synchronous', 'busy_timeout', 'wal_autocheckpoint', 'journal_size_limit', 'foreign_keys'].map(
@@ -42,6 +50,7 @@ export class WorkerCommitter implements Committer {
     )
     const { port1, port2 } = new MessageChannel()
     this.port = port1
+    this.ready = new Promise((resolve) => (this.gotSettings = resolve))
     const here = import.meta.url
     // Built (dist/): the .js beside this file. From the sources (tests, tsx): the .ts through tsx.
     const ts = here.endsWith('.ts')
@@ -59,6 +68,7 @@ export class WorkerCommitter implements Committer {
     const died = (err: Error): void => {
       if (this.closed || this.fallback) return
       this.fallback = new InlineCommitter(this.db)
+      void this.fallback.settings().then(this.gotSettings)
       for (const w of this.waiting.splice(0)) w.reject(Object.assign(new Error(`the outbox writer thread stopped: ${err.message}`), { cause: err }))
     }
     this.worker.on('error', died)
@@ -78,7 +88,19 @@ export class WorkerCommitter implements Committer {
     })
   }
 
+  settings(): Promise<CommitterSettings> {
+    return this.ready
+  }
+
   private reply(r: WorkerReply): void {
+    if ('settings' in r) {
+      this.gotSettings?.(r.settings)
+      return
+    }
+    if ('closed' in r) {
+      this.writerClosed = true
+      return
+    }
     const w = this.waiting.shift()
     if (!this.waiting.length) this.port.unref()
     if (!w) return
@@ -86,20 +108,30 @@ export class WorkerCommitter implements Committer {
     else w.reject(Object.assign(new Error(r.error.message), r.error.code ? { code: r.error.code } : {}))
   }
 
-  /** The commit in flight finishes (its result is delivered synchronously), then the writer stops. */
+  /**
+   * The commit in flight finishes (its result is delivered synchronously), then the writer closes its
+   * connection, waited for too: the main thread's connection is then the last one open, and its close
+   * checkpoints the WAL into the file as a clean stop should.
+   */
   close(): void {
     if (this.closed) return
     const deadline = Date.now() + CLOSE_WAIT_MS
+    this.waitFor(() => this.waiting.length === 0, deadline)
+    this.closed = true
+    if (!this.fallback) {
+      this.worker.postMessage({ close: true })
+      this.waitFor(() => this.writerClosed, deadline)
+    }
+    this.port.close()
+  }
+
+  private waitFor(done: () => boolean, deadline: number): void {
     const nap = new Int32Array(new SharedArrayBuffer(4))
-    while (this.waiting.length && Date.now() < deadline) {
+    while (!done() && Date.now() < deadline) {
       const m = receiveMessageOnPort(this.port)
       if (m) this.reply(m.message as WorkerReply)
       else Atomics.wait(nap, 0, 0, 5)
     }
-    this.closed = true
-    // The writer closes its connection and ends (its last port closed).
-    this.worker.postMessage({ close: true })
-    this.port.close()
   }
 }
 

@@ -7,7 +7,7 @@ import { statSync } from 'node:fs'
 import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
-import type { CommitBatch, CommitResult, SqlWrite } from './outbox-commit.js'
+import type { BatchDrop, CommitBatch, CommitResult, CommitterSettings, SqlWrite } from './outbox-commit.js'
 import { committerFor, InlineCommitter, type Committer } from './outbox-committer.js'
 import { GroupCommit } from './group-commit.js'
 import { freeBytes, isDiskFull } from './db.js'
@@ -54,12 +54,24 @@ export interface OutboxRow {
 // What a row costs against the quota besides its topic and payload (index entries, row header).
 const ROW_OVERHEAD = 64
 
+// Quota eviction reads its candidates in pages of this many rows.
+const EVICT_PAGE = 256
+
 // Hub acknowledgements wait at most this long, or until this many are pending, for a commit.
 const ACK_DELAY_MS = 50
 const ACK_BATCH_MAX = 5_000
 
 /** Free space the data disk needs before intake resumes after it was full. */
 export const RESUME_FREE_BYTES = 1 << 20
+
+/** A new row of a batch, before it is written. */
+interface FreshRow {
+  up: Uplink
+  topic: string
+  prio: Priority
+  bytes: number
+  device: string
+}
 
 interface Pending {
   /** Absent for a barrier: a caller that only needs its participants' writes committed. */
@@ -91,8 +103,8 @@ export interface OutboxOptions {
 }
 
 /**
- * Events: 'committed' (new rows are readable), 'uplinks' (the Uplinks of that commit, for observers), 'dropped' ({reason, count}), 'evicted' (ids removed by
- * the quota: readers holding them must forget them), 'full' (disk full, intake must stop),
+ * Events: 'committed' (new rows are readable), 'uplinks' (the Uplinks of that commit, for observers), 'dropped' ({reason, count}), 'evicted' (ids the quota
+ * removes, told when the batch that deletes them is put together: readers holding them must forget them), 'full' (disk full, intake must stop),
  * 'writable' (probe() found room again after 'full'), 'relieved' ({ballastBytes, walBytes}: space the
  * gateway gave back to itself on a full disk), 'error' (a commit failed for another reason than a
  * full disk, or a read found the database damaged).
@@ -100,7 +112,10 @@ export interface OutboxOptions {
 export class Outbox extends EventEmitter {
   private pending: Pending[] = []
   private acked: number[] = []
-  private drops: { ids: number[]; reason: DropReason }[] = []
+  private drops: BatchDrop[] = []
+  // The quota's victims in the commit in flight: read() passes over them until it is back, so that
+  // the hub link never publishes a row that is being evicted (decision 0022-store-off-event-loop).
+  private evicting = new Set<number>()
   // Rows published to the hub and awaiting its PUBACK. Quota eviction passes over them: they are
   // leaving anyway, and evicting one would count as dropped a message the hub then acknowledges.
   private readonly sending = new Set<number>()
@@ -121,6 +136,8 @@ export class Outbox extends EventEmitter {
     readPrio: Statement
     readPrioDevice: Statement
     bumpCounter: Statement
+    rowSize: Statement
+    evictCandidates: Statement
   }
 
   constructor(
@@ -140,6 +157,8 @@ export class Outbox extends EventEmitter {
       bumpCounter: db.prepare(
         'INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value',
       ),
+      rowSize: db.prepare('SELECT bytes FROM outbox WHERE id = ?').pluck(),
+      evictCandidates: db.prepare(`SELECT id, bytes FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ${EVICT_PAGE}`),
     }
     for (const r of db.prepare('SELECT prio, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM outbox GROUP BY prio').all() as {
       prio: Priority
@@ -258,17 +277,26 @@ export class Outbox extends EventEmitter {
     )
   }
 
-  private batch(batch: Pending[], acked: number[], drops: { ids: number[]; reason: DropReason }[], rows: OutboxRow[]): CommitBatch {
-    const cols: CommitBatch['rows'] = { prio: [], device: [], kind: [], topic: [], bytes: [], receivedAt: [], ends: [], payloads: new Uint8Array(0) }
-    let size = 0
-    let added = 0
+  private batch(batch: Pending[], acked: number[], drops: BatchDrop[], rows: OutboxRow[]): CommitBatch {
+    const fresh: FreshRow[] = []
     for (const p of batch) {
       if (!p.up) continue
       const up = p.up
       const topic = formatUpTopic(up.topic)
-      const prio = priorityOf(up.topic)
-      const bytes = topic.length + up.payload.length + ROW_OVERHEAD
-      const device = deviceKey(up.topic)
+      fresh.push({ up, topic, prio: priorityOf(up.topic), bytes: topic.length + up.payload.length + ROW_OVERHEAD, device: deviceKey(up.topic) })
+    }
+    const { victims, unsaved } = this.eviction(fresh, acked, drops)
+    if (victims.length || unsaved.size) {
+      drops = drops.concat({ ids: victims, reason: 'quota', unsaved: unsaved.size })
+      this.evicting = new Set(victims)
+      // Readers holding them (the hub link's read-ahead) forget them now, before the commit runs.
+      if (victims.length) this.emit('evicted', victims)
+    }
+    const cols: CommitBatch['rows'] = { prio: [], device: [], kind: [], topic: [], bytes: [], receivedAt: [], ends: [], payloads: new Uint8Array(0) }
+    let size = 0
+    for (let i = 0; i < fresh.length; i++) {
+      if (unsaved.has(i)) continue
+      const { up, topic, prio, bytes, device } = fresh[i]
       cols.prio.push(prio)
       cols.device.push(device)
       cols.kind.push(up.topic.kind)
@@ -277,7 +305,6 @@ export class Outbox extends EventEmitter {
       cols.receivedAt.push(up.receivedAt)
       size += up.payload.length
       cols.ends.push(size)
-      added += bytes
       rows.push({ id: 0, prio, device, kind: up.topic.kind, topic, payload: up.payload, receivedAt: up.receivedAt })
     }
     // One buffer of its own for all payloads: it is moved to the writer thread, not copied.
@@ -286,16 +313,49 @@ export class Outbox extends EventEmitter {
     for (const r of rows) at += r.payload.copy(payloads, at)
     cols.payloads = payloads
     const writes = this.participants.flatMap((p) => p.write())
-    return {
-      rows: cols,
-      acked,
-      drops,
-      writes,
-      totals: structuredClone(this.byPrio),
-      maxBytes: this.opts.maxBytes,
-      // Eviction passes over rows in flight; it can only happen when the batch adds more than fits.
-      ...(this.totals.bytes + added > this.opts.maxBytes ? { sending: [...this.sending] } : {}),
+    return { rows: cols, acked, drops, writes }
+  }
+
+  /**
+   * Over quota: the oldest telemetry goes first, then the middle class, replies last (DESIGN.md);
+   * never a row on its way to the hub (it is leaving anyway, and evicting it would count as dropped
+   * a message the hub then acknowledges). Chosen here, on the main thread, when the batch is put
+   * together: no commit is in flight then (one at a time), so the totals and the rows read are the
+   * committed state exactly, and `sending` is complete; the victims are hidden from read() until the
+   * commit is back. New rows of this batch go last within their class (`unsaved`: never written).
+   */
+  private eviction(fresh: FreshRow[], acked: number[], drops: BatchDrop[]): { victims: number[]; unsaved: Set<number> } {
+    const victims: number[] = []
+    const unsaved = new Set<number>()
+    const max = this.opts.maxBytes
+    let bytes = this.totals.bytes
+    for (const f of fresh) bytes += f.bytes
+    if (bytes <= max) return { victims, unsaved }
+    // What this batch deletes anyway (the hub's acknowledgements, other drops) frees its bytes first.
+    const leaving = new Set(acked)
+    for (const d of drops) for (const id of d.ids) leaving.add(id)
+    for (const id of leaving) bytes -= (this.st.rowSize.get(id) as number | undefined) ?? 0
+    for (const prio of [2, 1, 0] as const) {
+      let after = 0
+      while (bytes > max) {
+        const page = this.st.evictCandidates.all(prio, after) as { id: number; bytes: number }[]
+        if (page.length === 0) break
+        after = page[page.length - 1].id
+        for (const r of page) {
+          if (bytes <= max) break
+          if (this.sending.has(r.id) || leaving.has(r.id)) continue
+          victims.push(r.id)
+          bytes -= r.bytes
+        }
+      }
+      for (let i = 0; i < fresh.length && bytes > max; i++) {
+        if (fresh[i].prio !== prio) continue
+        unsaved.add(i)
+        bytes -= fresh[i].bytes
+      }
+      if (bytes <= max) break
     }
+    return { victims, unsaved }
   }
 
   private done(r: CommitResult, batch: Pending[], rows: OutboxRow[]): void {
@@ -307,8 +367,8 @@ export class Outbox extends EventEmitter {
       this.totals.bytes += d.bytes
     }
     for (let i = 0; i < rows.length; i++) rows[i].id = r.ids[i]
+    this.evicting.clear()
     for (const part of this.participants) part.committed()
-    if (r.evicted.length) this.emit('evicted', r.evicted)
     for (const [reason, n] of Object.entries(r.dropped) as [DropReason, number][]) {
       this.dropCounts[reason] += n
       this.emit('dropped', { reason, count: n })
@@ -318,10 +378,7 @@ export class Outbox extends EventEmitter {
     for (const p of batch) p.resolve()
     // The new rows go with the event: a reader that is caught up takes them from here instead of
     // reading them back from the database.
-    if (rows.length) {
-      const evicted = r.evicted.length ? new Set(r.evicted) : undefined
-      this.emit('committed', evicted ? rows.filter((x) => !evicted.has(x.id)) : rows)
-    }
+    if (rows.length) this.emit('committed', rows)
     // Observers (local history) get the uplinks themselves, transport metadata included, once they
     // are durable; only when someone listens, so the hot path pays nothing otherwise.
     if (rows.length && this.listenerCount('uplinks')) {
@@ -333,6 +390,8 @@ export class Outbox extends EventEmitter {
     // Nothing of this batch is on disk: refuse it all, so no sender gets an acknowledgement.
     // The acknowledged deletions are kept for the next commit (worst case a duplicate later).
     this.acked = acked.concat(this.acked)
+    // The quota's victims are still there; the next commit chooses again.
+    this.evicting.clear()
     for (const part of this.participants) part.failed()
     // What gathered while this commit was in flight was staged on top of the state that is now put
     // back to what is on disk: it is refused too (its senders send it again).
@@ -357,28 +416,30 @@ export class Outbox extends EventEmitter {
     return this.flush()
   }
 
-  /** Rows of one priority after a cursor, in order; optionally only one device's. */
+  /** Rows of one priority after a cursor, in order; optionally only one device's. Never a row being evicted. */
   read(prio: Priority, afterId: number, limit: number, device?: string): OutboxRow[] {
     type Raw = { id: number; prio: Priority; device: string; kind: string; topic: string; payload: Buffer; received_at: number }
-    let raw: Raw[]
-    try {
-      raw = (device === undefined ? this.st.readPrio.all(prio, afterId, limit) : this.st.readPrioDevice.all(device, prio, afterId, limit)) as Raw[]
-    } catch (err) {
-      // A damaged page the start's check did not reach (a value's overflow pages), or damage done
-      // while running: the drain is where it shows. 'error' tells the owner (the gateway exits so
-      // that the next start salvages, decision 0014-damaged-store); the caller gets the error too.
-      if (isDamagedDatabase(err)) this.emit('error', err)
-      throw err
+    const out: OutboxRow[] = []
+    for (;;) {
+      let raw: Raw[]
+      try {
+        raw = (device === undefined ? this.st.readPrio.all(prio, afterId, limit) : this.st.readPrioDevice.all(device, prio, afterId, limit)) as Raw[]
+      } catch (err) {
+        // A damaged page the start's check did not reach (a value's overflow pages), or damage done
+        // while running: the drain is where it shows. 'error' tells the owner (the gateway exits so
+        // that the next start salvages, decision 0014-damaged-store); the caller gets the error too.
+        if (isDamagedDatabase(err)) this.emit('error', err)
+        throw err
+      }
+      for (const r of raw) {
+        if (this.evicting.has(r.id) || out.length >= limit) continue
+        out.push({ id: r.id, prio: r.prio, device: r.device, kind: r.kind, topic: r.topic, payload: r.payload, receivedAt: r.received_at })
+      }
+      // A page the eviction in flight thinned out: read on, so that a reader is not told "no more"
+      // while rows wait behind the victims.
+      if (raw.length < limit || out.length >= limit) return out
+      afterId = raw[raw.length - 1].id
     }
-    return raw.map((r) => ({
-      id: r.id,
-      prio: r.prio,
-      device: r.device,
-      kind: r.kind,
-      topic: r.topic,
-      payload: r.payload,
-      receivedAt: r.received_at,
-    }))
   }
 
   isRpcRespExpired(row: OutboxRow, now = Date.now()): boolean {
@@ -462,6 +523,11 @@ export class Outbox extends EventEmitter {
     this.emit('writable')
     this.group.now()
     return true
+  }
+
+  /** Where and how the group commits run: on a writer thread or not, and the connection's synchronous and journal mode, read back from it. */
+  durability(): Promise<CommitterSettings> {
+    return this.committer.settings()
   }
 
   /** Refuse new messages, commit what is waiting. */

@@ -47,9 +47,11 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
   const walPages = ballast.walPages(db.pragma('page_size', { simple: true }) as number)
   db.pragma(`wal_autocheckpoint = ${walPages}`)
   db.pragma(`journal_size_limit = ${walPages * (db.pragma('page_size', { simple: true }) as number)}`)
-  // The group commits on a writer thread (their fsync off the event loop) are an experiment, off
-  // unless IOTHUB_EDGE_OUTBOX_WRITER_THREAD=1: not faster in what could be measured, and two known
-  // gaps (decision 0022-store-off-event-loop).
+  // The group commits can run on a writer thread with its own connection (their fsync off the event
+  // loop, synchronous=FULL kept, a sender acknowledged only once its commit is back; the quota's
+  // victims chosen on this thread): IOTHUB_EDGE_OUTBOX_WRITER_THREAD=1. Off by default: measured
+  // side by side with the Mosquitto bridge, throughput was a little better with it and the backlog
+  // drain and the latency worse, on a starved machine (decision 0022-store-off-event-loop).
   const writerThread = process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD === '1'
   const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast, writerThread })
   // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).

@@ -49,9 +49,11 @@ describe.each([
     writerThread = thread
   })
 
-  it('runs SQLite in WAL mode with synchronous=FULL', () => {
+  it('runs SQLite in WAL mode with synchronous=FULL, on the connection that commits too', async () => {
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal')
     expect(db.pragma('synchronous', { simple: true })).toBe(2)
+    // On the writer thread that is a connection of its own: read back from it.
+    expect(await open().durability()).toEqual({ thread, synchronous: 2, journalMode: 'wal' })
   })
 
   it('resolves enqueue only once the row is committed, and commits a burst in one group', async () => {
@@ -154,6 +156,29 @@ describe.each([
     o.unsent([first.id, second.id])
     await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
     expect(kept()).not.toContain('tele-0')
+  })
+
+  it('never hands out a row the quota is evicting while that commit runs, nor evicts one taken meanwhile', async () => {
+    const o = open(6 * 110)
+    let n = 0
+    while (o.stats().bytes + 100 <= o.maxBytes) await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    await o.flush() // the last commit has settled: the next flush starts one at once
+    const evicted: number[][] = []
+    o.on('evicted', (ids: number[]) => evicted.push(ids))
+    const arriving = o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    // The commit that evicts the oldest row starts; on the writer thread it is in flight from here.
+    void o.flush()
+    // What the hub link reads meanwhile and publishes: the oldest row is being evicted, not offered.
+    const [next] = o.read(2, 0, 1)
+    expect(next.payload.toString()).toBe('tele-1')
+    o.sent(next.id)
+    await arriving
+    const kept = o.read(2, 0, 100).map((r) => r.payload.toString())
+    expect(kept[0], 'the row on its way to the hub stays').toBe('tele-1')
+    expect(kept).not.toContain('tele-0')
+    expect(o.stats().dropped.quota).toBe(1)
+    expect(evicted.flat()).toHaveLength(1)
+    expect(o.stats().bytes).toBeLessThanOrEqual(o.maxBytes)
   })
 
   it('refuses new messages after close', async () => {
