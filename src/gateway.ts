@@ -39,6 +39,7 @@ import { DeviceActivity } from './live/device-activity.js'
 import { LiveEvents } from './live/live-events.js'
 import { LiveHub } from './web/live-hub.js'
 import { redactConfig } from './config-redact.js'
+import { keepYoungGenerationSmall } from './core/young-generation.js'
 import { openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
 
 const GAUGE_INTERVAL_MS = 5_000
@@ -123,6 +124,8 @@ export class Gateway {
     // (decision 0014-damaged-store): either way a damaged one is moved aside and salvaged.
     const unclean = this.lock?.previous
     this.store = await openStore(cfg, log, unclean ? 'quick_check' : 'cheap')
+    // The outbox's writer thread, when it has one, reset V8's young-generation setting.
+    keepYoungGenerationSmall()
     const store = this.store
     this.storeOpened(unclean?.pid)
     const warn = new RateLimitedLog(log)
