@@ -26,6 +26,8 @@ export const CLK_TCK = 100
 // As npm start and the .deb's wrapper start it: glibc returns scrypt's 16 MiB buffers to the system,
 // two malloc arenas, a 2 MiB V8 semi-space (docs/performance.md, "Memory").
 export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=2' }
+// As `node bin/iothub-edge.js start` run by hand: none of those settings (undefined drops a variable).
+export const DIRECT_ENV: NodeJS.ProcessEnv = { MALLOC_MMAP_THRESHOLD_: undefined, MALLOC_ARENA_MAX: undefined, NODE_OPTIONS: '' }
 
 export type System = 'gateway' | 'reference'
 /** The reference with its persistence saving on every change (autosave_on_changes true, autosave_interval 1). */
@@ -299,7 +301,7 @@ export const filesBytes = (dir: string | undefined, files: string[]): number =>
  * secret and salt for all) before the start, instead of seeded from the config (a scrypt each at
  * start): for 1,000-10,000 devices. Each still costs a scrypt at its first login after a start.
  */
-export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0): Promise<Sut> {
+export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, env: NodeJS.ProcessEnv = GATEWAY_ENV): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
@@ -308,7 +310,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
-  }, { env: GATEWAY_ENV })
+  }, { env })
   if (registered > 0) {
     await gw.start(120_000)
     await gw.stop()

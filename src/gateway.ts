@@ -443,6 +443,8 @@ export class Gateway {
       log: this.log.child({ component: 'history' }),
       registry: this.metrics.registry,
       gateway: deviceKey({ productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId }),
+      // A new isolate resets V8's young-generation growth setting (src/core/young-generation.ts).
+      threadStarted: keepYoungGenerationSmall,
       vitals: () => {
         const s = store.outbox.stats()
         return {

@@ -5,8 +5,8 @@
 // `node bin/iothub-edge.js start` grows it during its start. What can be set at run time is the
 // growth factor: at 1 the new space keeps its initial size (1 MiB semi-spaces). V8 raises the
 // factor back to its minimum of 2 whenever it configures a new isolate, i.e. each time a worker
-// thread starts, so whoever starts one calls this again right after (measured: src/history,
-// src/gateway.ts after the store opened its writer thread).
+// thread starts, so whoever starts one calls this again right after (src/gateway.ts: after the store
+// opened its writer thread, and for each start of the history's).
 import v8 from 'node:v8'
 
 let operatorChose: boolean | undefined

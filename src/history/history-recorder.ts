@@ -15,7 +15,6 @@ import { statfsSync } from 'node:fs'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { Counter, Gauge, type Registry } from 'prom-client'
-import { keepYoungGenerationSmall } from '../core/young-generation.js'
 import type { Logger } from '../core/log.js'
 import { RateLimitedLog } from '../core/log.js'
 import { ErrorCodes } from '../core/errors.js'
@@ -50,6 +49,8 @@ export interface HistoryDeps {
   gateway: string
   /** Vitals the composition root knows (outbox depth and age, hub link); the recorder adds CPU, memory, disk. */
   vitals: () => Record<string, number>
+  /** Called right after the writer thread is created (each time it wakes). */
+  threadStarted?: () => void
   /** The writer thread stops after this long without anything to write (default 30 s). */
   writerIdleMs?: number
 }
@@ -144,8 +145,7 @@ export class HistoryRecorder implements PipelineObserver {
     const worker = ts
       ? new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(file.href)}) })`, { eval: true, workerData })
       : new Worker(file, { workerData })
-    // A new isolate resets V8's young-generation growth setting (src/core/young-generation.ts).
-    keepYoungGenerationSmall()
+    this.d.threadStarted?.()
     const opened = await new Promise<WorkerReply>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`the history writer did not open ${HISTORY_FILE} within ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS)
       worker.once('message', (r: WorkerReply) => {
