@@ -313,7 +313,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
   }, { env })
   if (registered > 0) {
     await gw.start(120_000)
-    await gw.stop()
+    await gw.stop(120_000)
     const hash = await hashSecret(SECRET)
     const db = new Database(path.join(gw.dataDir, 'gateway.db'))
     const now = Date.now()
