@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   const start: Record<Drained, () => Promise<Sut>> = {
     gateway: () => startGateway(cloudUrl, 100),
     reference: () => startReference(cloudPort),
-    baseline: () => startGateway(cloudUrl, 100, [], true, undefined, 0, BASELINE),
+    baseline: () => startGateway(cloudUrl, 100, [], true, undefined, 0, undefined, BASELINE),
   }
   const systems: Drained[] = BASELINE ? ['gateway', 'baseline', 'reference'] : ['gateway', 'reference']
   const rate: Record<Drained, number[]> = { gateway: [], reference: [], baseline: [] }

@@ -29,6 +29,8 @@ export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX:
 // BENCH_GATEWAY_NODE_ARGS: more arguments for the gateway's Node.js, space-separated
 // (`--cpu-prof --cpu-prof-dir=/tmp/prof` profiles every gateway the run starts, written when it stops).
 const GATEWAY_NODE_ARGS = process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? []
+// As `node bin/iothub-edge.js start` run by hand: none of those settings (undefined drops a variable).
+export const DIRECT_ENV: NodeJS.ProcessEnv = { MALLOC_MMAP_THRESHOLD_: undefined, MALLOC_ARENA_MAX: undefined, NODE_OPTIONS: '' }
 
 export type System = 'gateway' | 'reference'
 /** The reference with its persistence saving on every change (autosave_on_changes true, autosave_interval 1). */
@@ -304,7 +306,7 @@ export const filesBytes = (dir: string | undefined, files: string[]): number =>
  * `bin`: another build's bin/iothub-edge.js (an earlier commit built elsewhere, for before/after);
  * BENCH_GATEWAY_BIN sets it for a whole run.
  */
-export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, bin = process.env.BENCH_GATEWAY_BIN ?? gatewayBin): Promise<Sut> {
+export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, env: NodeJS.ProcessEnv = GATEWAY_ENV, bin = process.env.BENCH_GATEWAY_BIN ?? gatewayBin): Promise<Sut> {
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
@@ -313,10 +315,10 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
-  }, { env: GATEWAY_ENV, bin, ...(GATEWAY_NODE_ARGS.length ? { command: [process.execPath, ...GATEWAY_NODE_ARGS, bin] } : {}) })
+  }, { env, bin, ...(GATEWAY_NODE_ARGS.length ? { command: [process.execPath, ...GATEWAY_NODE_ARGS, bin] } : {}) })
   if (registered > 0) {
     await gw.start(120_000)
-    await gw.stop()
+    await gw.stop(120_000)
     const hash = await hashSecret(SECRET)
     const db = new Database(path.join(gw.dataDir, 'gateway.db'))
     const now = Date.now()

@@ -2,12 +2,15 @@
 // publishers; drain rate and disk bytes per message for backlogs of 20k (and 2M with --full; 200k is
 // drain_200k in bench/run.ts; 2M: kill9_recovery_2m); the time from a kill -9 with a large backlog to healthy and draining;
 // RSS with 1k (5k, 10k with --full) authenticated idle devices and how long until they are all
-// connected again after a restart. The references are the Mosquitto bridge with its default
+// connected again after a restart; the idle gateway's RSS with 100 devices registered, started as
+// `npm start` does and as `node bin/iothub-edge.js start` by hand. The references are the Mosquitto bridge with its default
 // persistence (autosave every 1800 s) and the same bridge saving on every change.
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import {
+  DIRECT_ENV,
   FULL,
+  GATEWAY_ENV,
   type Figure,
   type HubCounter,
   type Mosquitto,
@@ -48,8 +51,9 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
   const start = (k: Kind, registered = 1000): Promise<Sut> =>
     k === 'gateway' ? startGateway(cloudUrl, 0, [], true, undefined, registered) : startReference(cloudPort, k === 'referenceSaveEveryChange')
   const runs = FULL ? RUNS : 1
-  // BENCH_PARTS=recovery,idle (of publishers, backlog, recovery, idle): only those.
-  const parts = new Set(process.env.BENCH_PARTS?.split(',') ?? ['publishers', 'backlog', 'recovery', 'idle'])
+  // BENCH_PARTS=recovery,idle (of publishers, backlog, recovery, idle, startup): only those.
+  const parts = new Set(process.env.BENCH_PARTS?.split(',') ?? ['publishers', 'backlog', 'recovery', 'idle', 'startup'])
+  if (parts.has('startup')) await idleRss(cloudUrl)
   if (parts.has('recovery')) {
     // kill -9 with a large backlog: from the restart to the API answering, healthy, first delivery.
     await killRecovery(cloud, cloudUrl, hub, Math.round(20_000 * SCALE), 'kill9_recovery_20k')
@@ -127,11 +131,13 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
       await sleep(3_000)
       const withN = rssMb(sut.pid())
       const t1 = now()
-      const again = held.allConnectedAgain(1_800_000)
-      await sut.restart()
+      // BENCH_IDLE_RESTART=0: no restart (on a loaded machine each scrypt check takes long).
+      const restart = process.env.BENCH_IDLE_RESTART !== '0'
+      const again = restart ? held.allConnectedAgain(1_800_000) : Promise.resolve(NaN)
+      if (restart) await sut.restart()
       const at = await again
-      await sleep(3_000)
-      const after = rssMb(sut.pid())
+      if (restart) await sleep(3_000)
+      const after = restart ? rssMb(sut.pid()) : NaN
       res[k] = {
         ...figure([((withN - idle) / n) * 1000], 'MB per 1,000'),
         rssIdleMb: round(idle),
@@ -224,5 +230,34 @@ async function recovery(sut: Sut, cloud: Mosquitto, hub: HubCounter, acked: numb
   scenarios[name] = {
     gateway: r,
     note: `backlog ${how}; restart after kill -9 (quick_check of gateway.db after an unclean stop, then the outbox) to: API answering, health ok with the hub link connected, first message at the hub; then the drain`,
+  }
+}
+
+/**
+ * The idle gateway's RSS (VmRSS, as `ps` shows it) 30 s after its API answered, 100 devices seeded
+ * from the config (100 scrypt hashes at the first start, none at the restart), hub link up, no
+ * traffic: started as `npm start` does (glibc and V8 settings) and as `node bin/iothub-edge.js
+ * start` run by hand (none), the two alternating.
+ */
+async function idleRss(cloudUrl: string): Promise<void> {
+  const IDLE_MS = 30_000
+  const res: Record<string, { first: number[]; restart: number[] }> = { npmStart: { first: [], restart: [] }, direct: { first: [], restart: [] } }
+  for (let r = 0; r < (FULL ? RUNS : 1); r++) {
+    for (const [way, env] of [['npmStart', GATEWAY_ENV], ['direct', DIRECT_ENV]] as const) {
+      const sut = await startGateway(cloudUrl, 100, [], true, undefined, 0, env)
+      await sleep(IDLE_MS)
+      res[way].first.push(rssMb(sut.pid()))
+      await sut.restart()
+      await sleep(IDLE_MS)
+      res[way].restart.push(rssMb(sut.pid()))
+      log(`  idle RSS, ${way}: first start ${res[way].first.at(-1)!.toFixed(1)} MB, after a restart ${res[way].restart.at(-1)!.toFixed(1)} MB`)
+      await sut.close()
+    }
+  }
+  scenarios.idle_rss_100_devices = {
+    gateway: { ...figure(res.npmStart.first, 'MB'), afterRestart: figure(res.npmStart.restart, 'MB') },
+    reference: { ...figure(res.direct.first, 'MB'), afterRestart: figure(res.direct.restart, 'MB') },
+    ratio: round(figure(res.npmStart.first, 'MB').median / figure(res.direct.first, 'MB').median),
+    note: 'gateway = started as npm start does (MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX, --max-semi-space-size=2); reference = the same gateway started as node bin/iothub-edge.js start (nothing set); VmRSS 30 s after the API answered, 100 devices seeded from the config (first start: 100 scrypt hashes; afterRestart: none)',
   }
 }

@@ -6,7 +6,11 @@
 // starts, so they are set by whatever starts it: `npm start`, the .deb's /usr/bin/iothub-edge
 // wrapper and the container image. (A re-exec from here with process.execve was tried: when execve
 // fails, e.g. an arm64 Node.js under qemu-user, Node.js aborts the process instead of going on.)
+// Of these, V8's young-generation growth is the one that can be set from here, before the modules
+// load: dist/core/young-generation.js (a no-op when the command line or NODE_OPTIONS sizes it).
 
+const { keepYoungGenerationSmall } = await import('../dist/core/young-generation.js')
+keepYoungGenerationSmall()
 const { main } = await import('../dist/cli.js')
 main(process.argv.slice(2)).then(
   (code) => { if (typeof code === 'number') process.exitCode = code },

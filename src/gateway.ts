@@ -40,6 +40,7 @@ import { DeviceActivity } from './live/device-activity.js'
 import { LiveEvents } from './live/live-events.js'
 import { LiveHub } from './web/live-hub.js'
 import { redactConfig } from './config-redact.js'
+import { keepYoungGenerationSmall } from './core/young-generation.js'
 import { memoryBrokerSessions, openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
 
 const GAUGE_INTERVAL_MS = 5_000
@@ -126,6 +127,8 @@ export class Gateway {
     // (decision 0014-damaged-store): either way a damaged one is moved aside and salvaged.
     const unclean = this.lock?.previous
     this.store = await openStore(cfg, log, unclean ? 'quick_check' : 'cheap')
+    // The outbox's writer thread, when it has one, reset V8's young-generation setting.
+    keepYoungGenerationSmall()
     const store = this.store
     this.storeOpened(unclean?.pid)
     const warn = new RateLimitedLog(log)
@@ -465,6 +468,8 @@ export class Gateway {
       log: this.log.child({ component: 'history' }),
       registry: this.metrics.registry,
       gateway: deviceKey({ productId: cfg.gateway.productId, deviceId: cfg.gateway.deviceId }),
+      // A new isolate resets V8's young-generation growth setting (src/core/young-generation.ts).
+      threadStarted: keepYoungGenerationSmall,
       vitals: () => {
         const s = store.outbox.stats()
         return {

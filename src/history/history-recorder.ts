@@ -5,6 +5,12 @@
 // behind it sheds whole batches and counts them: devices are never held up for it. It also records
 // device events (sessions, commands, replies) and the gateway's own vitals, and reads history.db for
 // the API through a connection of its own.
+//
+// The writer thread (its own V8 isolate, ~13 MB) runs only while there is something to write: it
+// is stopped after `writerIdleMs` without a batch and started again by the next uplink or device
+// event. While it sleeps the gateway's own vitals gather here and are written at the latest every
+// 10 minutes (with the expiry run), so an idle gateway does not keep a thread for them
+// (docs/performance.md, "Memory").
 import { statfsSync } from 'node:fs'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
@@ -30,6 +36,9 @@ const CHUNK = 5_000
 const MAINTAIN_MS = 10 * MINUTE
 const START_TIMEOUT_MS = 15_000
 const STOP_TIMEOUT_MS = 5_000
+const WRITER_IDLE_MS = 30_000
+// While the writer sleeps, vitals alone wake it at most this often.
+const VITALS_MAX_WAIT_MS = MAINTAIN_MS
 
 export interface HistoryDeps {
   dataDir: string
@@ -40,10 +49,26 @@ export interface HistoryDeps {
   gateway: string
   /** Vitals the composition root knows (outbox depth and age, hub link); the recorder adds CPU, memory, disk. */
   vitals: () => Record<string, number>
+  /** Called right after the writer thread is created (each time it wakes). */
+  threadStarted?: () => void
+  /** The writer thread stops after this long without anything to write (default 30 s). */
+  writerIdleMs?: number
 }
 
 export class HistoryRecorder implements PipelineObserver {
+  /** The writer thread, while it runs (it sleeps when idle: see the top of this file). */
   private worker?: Worker
+  /** Started and not off after a failure: what is committed is recorded. */
+  private running = false
+  private waking?: Promise<void>
+  private sleeping?: Promise<void>
+  /** Requests for the writer while it sleeps or wakes. */
+  private queued: WorkerRequest[] = []
+  /** Batches and expiry runs the writer has not answered yet: it sleeps only when there are none. */
+  private outstanding = 0
+  private idleTimer?: NodeJS.Timeout
+  private extraSince = 0
+  private wakes = 0
   private reader?: { db: HistoryDb; store: HistoryStore }
   private buffered: (readonly Uplink[])[] = []
   // Uplinks buffered here or handed to the worker and not yet written: what "behind" is measured in.
@@ -92,6 +117,25 @@ export class HistoryRecorder implements PipelineObserver {
 
   /** Start the writer thread (it opens history.db, quarantining an unusable one), then the reader and the timers. */
   async start(): Promise<void> {
+    await this.spawnWriter()
+    this.running = true
+    this.post({ type: 'maintain' })
+    this.vitalsTimer = setInterval(() => this.recordVitals(), this.d.config.vitalsIntervalSeconds * 1000).unref()
+    this.maintainTimer = setInterval(() => this.post({ type: 'maintain' }), MAINTAIN_MS).unref()
+  }
+
+  /** How often the writer thread was started again after sleeping (tests, diagnostics). */
+  get writerWakes(): number {
+    return this.wakes
+  }
+
+  /** Whether the writer thread runs now. */
+  get writerRunning(): boolean {
+    return this.worker !== undefined
+  }
+
+  /** The writer thread, opened; throws when it cannot open history.db. */
+  private async spawnWriter(): Promise<void> {
     const here = import.meta.url
     // Built (dist/): the .js beside this file. From the sources (tests, tsx): the .ts through tsx.
     const ts = here.endsWith('.ts')
@@ -101,7 +145,7 @@ export class HistoryRecorder implements PipelineObserver {
     const worker = ts
       ? new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(file.href)}) })`, { eval: true, workerData })
       : new Worker(file, { workerData })
-    this.worker = worker
+    this.d.threadStarted?.()
     const opened = await new Promise<WorkerReply>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`the history writer did not open ${HISTORY_FILE} within ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS)
       worker.once('message', (r: WorkerReply) => {
@@ -121,13 +165,61 @@ export class HistoryRecorder implements PipelineObserver {
       throw new Error(opened.error)
     }
     worker.on('message', (r: WorkerReply) => this.fromWorker(r))
-    worker.on('error', (err) => this.workerDied(err))
+    worker.on('error', (err) => this.workerDied(worker, err))
     worker.unref()
-    this.openReader()
+    this.worker = worker
+    if (!this.reader || (opened.type === 'opened' && opened.quarantined)) this.openReader()
     if (opened.type === 'opened' && opened.quarantined) this.recreated(opened.quarantined)
-    this.post({ type: 'maintain' })
-    this.vitalsTimer = setInterval(() => this.recordVitals(), this.d.config.vitalsIntervalSeconds * 1000).unref()
-    this.maintainTimer = setInterval(() => this.post({ type: 'maintain' }), MAINTAIN_MS).unref()
+  }
+
+  /** Start the sleeping writer again, then hand it what waited. */
+  private wake(): void {
+    if (this.waking || this.worker || !this.running) return
+    this.waking = (async () => {
+      await this.sleeping
+      this.wakes++
+      await this.spawnWriter()
+      const queued = this.queued
+      this.queued = []
+      for (const m of queued) this.post(m)
+    })()
+      .catch((err: Error) => this.off(err.message))
+      .finally(() => {
+        this.waking = undefined
+      })
+  }
+
+  /** No batch for writerIdleMs and none unanswered: close history.db and end the thread. */
+  private armIdle(): void {
+    clearTimeout(this.idleTimer)
+    if (!this.worker || this.outstanding > 0) return
+    this.idleTimer = setTimeout(() => this.sleep(), this.d.writerIdleMs ?? WRITER_IDLE_MS).unref()
+  }
+
+  private sleep(): void {
+    const worker = this.worker
+    // An unanswered request re-arms the timer when its answer comes; uplinks or events about to be
+    // handed over, now (vitals alone wait: see flush).
+    if (!worker || this.outstanding > 0) return
+    if (this.buffered.length || this.events.length) return this.armIdle()
+    this.worker = undefined
+    this.sleeping = this.closeWriter(worker).finally(() => {
+      this.sleeping = undefined
+    })
+  }
+
+  /** Let the writer finish what it has and close history.db (bounded), then end the thread. */
+  private async closeWriter(worker: Worker): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, STOP_TIMEOUT_MS)
+      this.stopped = () => {
+        clearTimeout(timer)
+        resolve()
+      }
+      worker.postMessage({ type: 'stop' } satisfies WorkerRequest)
+    })
+    this.stopped = undefined
+    await worker.terminate()
   }
 
   private openReader(): void {
@@ -144,6 +236,8 @@ export class HistoryRecorder implements PipelineObserver {
   private fromWorker(r: WorkerReply): void {
     switch (r.type) {
       case 'written':
+        this.outstanding = Math.max(0, this.outstanding - 1)
+        this.armIdle()
         this.pendingCount = Math.max(0, this.pendingCount - r.uplinks)
         this.m.samples.inc(r.written)
         for (const [device, n] of r.rejected) this.capped(device, n)
@@ -157,6 +251,8 @@ export class HistoryRecorder implements PipelineObserver {
         }
         return
       case 'maintained':
+        this.outstanding = Math.max(0, this.outstanding - 1)
+        this.armIdle()
         this.m.bytes.set(r.bytes)
         this.m.series.set(r.series)
         if (r.dropped.expiry.length) this.m.dropped.inc({ reason: 'expiry' }, r.dropped.expiry.length)
@@ -193,13 +289,17 @@ export class HistoryRecorder implements PipelineObserver {
     )
   }
 
-  private workerDied(err: Error): void {
-    this.off(err.message)
+  private workerDied(worker: Worker, err: Error): void {
+    if (worker === this.worker) this.off(err.message)
   }
 
   private off(error: string): void {
     this.state = 'failed'
+    this.running = false
+    clearTimeout(this.idleTimer)
+    void this.worker?.terminate()
     this.worker = undefined
+    this.queued = []
     this.reader?.db.close()
     this.reader = undefined
     this.d.log.error({ err: error, code: ErrorCodes.HISTORY_FAILED }, 'the local history stopped and is off until restart; the outbox and the devices are not affected')
@@ -218,7 +318,7 @@ export class HistoryRecorder implements PipelineObserver {
   // --- PipelineObserver: called in the outbox's commit turn, so only a reference is kept -----------
 
   committed(batch: readonly Uplink[]): void {
-    if (!this.worker) return
+    if (!this.running) return
     if (this.pendingCount + batch.length > this.d.config.maxPending) {
       this.m.shed.inc(batch.length)
       this.shedTotal += batch.length
@@ -236,7 +336,7 @@ export class HistoryRecorder implements PipelineObserver {
   }
 
   deviceEvent(e: DeviceEvent): void {
-    if (!this.worker) return
+    if (!this.running) return
     this.events.push({ device: deviceKey(e.device), ts: e.at, type: e.type, detail: e.detail })
     this.schedule()
   }
@@ -251,6 +351,8 @@ export class HistoryRecorder implements PipelineObserver {
 
   /** Hand what gathered to the writer, at most CHUNK uplinks per message (all of it when `all`). */
   private flush(all = false): void {
+    // The writer sleeps and only vitals wait: they wake it at most every VITALS_MAX_WAIT_MS.
+    if (!this.worker && !all && !this.buffered.length && !this.events.length && Date.now() - this.extraSince < VITALS_MAX_WAIT_MS) return
     do {
       const uplinks = []
       while (this.buffered.length && uplinks.length < CHUNK) for (const up of this.buffered.shift()!) uplinks.push(compact(up))
@@ -264,12 +366,19 @@ export class HistoryRecorder implements PipelineObserver {
   }
 
   private post(m: WorkerRequest): void {
-    this.worker?.postMessage(m)
+    if (m.type === 'batch' || m.type === 'maintain') this.outstanding++
+    if (!this.worker) {
+      if (m.type === 'batch' || m.type === 'maintain') this.outstanding--
+      this.queued.push(m)
+      return this.wake()
+    }
+    clearTimeout(this.idleTimer)
+    this.worker.postMessage(m)
   }
 
   /** The gateway's own vitals, as samples of its own device. */
   private recordVitals(): void {
-    if (!this.worker) return
+    if (!this.running) return
     const at = Date.now()
     const cpu = process.cpuUsage()
     const mem = process.memoryUsage()
@@ -293,6 +402,7 @@ export class HistoryRecorder implements PipelineObserver {
     }
     this.lastVitals = { at, cpu, depth }
     this.committedSinceVitals = 0
+    if (!this.extra.length) this.extraSince = at
     for (const [k, value] of Object.entries(v)) this.extra.push({ device: this.d.gateway, name: `$vitals.${k}`, ts: at, value })
     this.schedule()
   }
@@ -322,20 +432,18 @@ export class HistoryRecorder implements PipelineObserver {
     clearTimeout(this.flushTimer)
     clearInterval(this.vitalsTimer)
     clearInterval(this.maintainTimer)
+    clearTimeout(this.idleTimer)
     this.flushTimer = undefined
+    // What waits is written before the end: a sleeping writer is woken for it.
+    if (this.buffered.length || this.events.length || this.extra.length || this.queued.length) this.wake()
+    await this.waking
+    await this.sleeping
+    this.running = false
     const worker = this.worker
     if (worker) {
       this.flush(true)
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, STOP_TIMEOUT_MS)
-        this.stopped = () => {
-          clearTimeout(timer)
-          resolve()
-        }
-        this.post({ type: 'stop' })
-      })
       this.worker = undefined
-      await worker.terminate()
+      await this.closeWriter(worker)
     }
     this.reader?.db.close()
     this.reader = undefined

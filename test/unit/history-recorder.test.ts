@@ -35,11 +35,22 @@ describe('history recorder', () => {
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
-  function make(over: Partial<HistoryConfig> = {}): HistoryRecorder {
+  function make(over: Partial<HistoryConfig> = {}, writerIdleMs?: number): HistoryRecorder {
     dir = mkdtempSync(path.join(os.tmpdir(), 'history-rec-'))
-    recorder = new HistoryRecorder({ dataDir: dir, config: config(over), log: createLogger({ level: 'silent' }), registry: new Registry(), gateway: 'gateways/gw-01', vitals: () => ({}) })
+    recorder = new HistoryRecorder({
+      dataDir: dir,
+      config: config(over),
+      log: createLogger({ level: 'silent' }),
+      registry: new Registry(),
+      gateway: 'gateways/gw-01',
+      vitals: () => ({}),
+      writerIdleMs,
+    })
     return recorder
   }
+
+  const values = (store: HistoryStore, device: string, name: string, t: number): number[] =>
+    [...store.rows(store.seriesByName(device, name)!.id, 'raw', t, t + 10_000)].map((x) => x.last)
 
   function readBack(): HistoryStore {
     const db = openHistoryReadOnly(path.join(dir!, HISTORY_FILE))
@@ -85,5 +96,30 @@ describe('history recorder', () => {
     recorder = undefined
     const store = readBack()
     expect([...store.rows(store.seriesByName('lora/m2', 'v.x')!.id, 'raw', t, t + 1000)]).toHaveLength(80)
+  })
+
+  it('stops its writer thread when there is nothing to write, starts it again for the next uplink, and writes the vitals gathered meanwhile', async () => {
+    const r = make({ vitalsIntervalSeconds: 1 }, 300)
+    await r.start()
+    // Idle: the thread (its own V8 isolate) ends.
+    await expect.poll(() => r.writerRunning, { timeout: 15_000 }).toBe(false)
+    const t = Date.now()
+    r.committed([up('m3', 'meter', { kwh: 1.5 }, undefined, t)])
+    r.deviceEvent({ device: { productId: 'lora', deviceId: 'm3' }, at: t, type: 'command_delivered', detail: { name: 'open', requestId: 'r3' } })
+    // Written by a writer started again, and readable through the API's connection.
+    await expect.poll(() => r.tables?.seriesByName('lora/m3', 'meter.kwh') !== undefined, { timeout: 15_000 }).toBe(true)
+    expect(r.writerWakes).toBeGreaterThanOrEqual(1)
+    expect(r.tables!.events('lora/m3', t, t + 1000).map((e) => e.type)).toEqual(['command_delivered'])
+    await expect.poll(() => r.writerRunning, { timeout: 15_000 }).toBe(false)
+    // Vitals alone do not wake it; what gathered is written when the gateway stops.
+    await new Promise((resolve) => setTimeout(resolve, 2_500))
+    expect(r.writerRunning).toBe(false)
+    const since = Date.now() - 2_000
+    await r.stop()
+    recorder = undefined
+    const store = readBack()
+    const rss = store.seriesByName('gateways/gw-01', '$vitals.rss_bytes')!
+    expect([...store.rows(rss.id, 'raw', since, Date.now())].length).toBeGreaterThanOrEqual(1)
+    expect(values(store, 'lora/m3', 'meter.kwh', t)).toEqual([1.5])
   })
 })
