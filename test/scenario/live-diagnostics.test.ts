@@ -134,7 +134,8 @@ describe('diagnostics bundle, system and LoRaWAN radio facts', () => {
     expect(await read('metrics.txt')).toContain('iothub_edge_outbox_messages')
     const logs = (await read('logs.ndjson')).trim().split('\n').map((l) => JSON.parse(l) as { msg: string })
     expect(logs.some((l) => l.msg === 'gateway started')).toBe(true)
-    expect(logs.some((l) => l.msg.startsWith('device refused'))).toBe(true)
+    // The refused login above (a user name that is neither a device nor an app account).
+    expect(logs.some((l) => l.msg.startsWith('client refused: the username must be'))).toBe(true)
     expect(JSON.parse(await read('outbox.json'))).toMatchObject({ outbox: { messages: expect.any(Number), maxBytes: expect.any(Number) }, northbound: { connected: true } })
     expect(JSON.parse(await read('system.json')).disk.path).toBe(gateway.dataDir)
     expect(JSON.parse(await read('versions.json'))).toMatchObject({ gateway: expect.any(String), node: { node: process.versions.node } })
