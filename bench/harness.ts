@@ -108,7 +108,9 @@ export class Mosquitto {
   }
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const c = this.child
-    if (!c || c.exitCode !== null) return
+    // A process killed by a signal has exitCode null and signalCode set: it has exited all the same
+    // (waiting for its 'exit' again would wait forever, as the reference's kill -9 restart did).
+    if (!c || c.exitCode !== null || c.signalCode !== null) return
     const exited = new Promise((r) => c.once('exit', r))
     c.kill(signal)
     await exited

@@ -100,6 +100,8 @@ export interface OutboxOptions {
   ballast?: Ballast
   /** Commit on a writer thread of its own (the gateway; decision 0022-store-off-event-loop). Default: on the calling thread. */
   writerThread?: boolean
+  /** After each commit (the WAL's checkpointer counts them: wal-checkpointer.ts). */
+  onCommit?: () => void
 }
 
 /**
@@ -368,6 +370,7 @@ export class Outbox extends EventEmitter {
     }
     for (let i = 0; i < rows.length; i++) rows[i].id = r.ids[i]
     this.evicting.clear()
+    this.opts.onCommit?.()
     for (const part of this.participants) part.committed()
     for (const [reason, n] of Object.entries(r.dropped) as [DropReason, number][]) {
       this.dropCounts[reason] += n

@@ -7,6 +7,7 @@ import type { Logger } from '../core/log.js'
 import { ErrorCodes } from '../core/errors.js'
 import { freeBytes, isDiskFull, type Db } from './db.js'
 import { openCheckedDatabase, type CheckedDatabase, type CheckKind } from './salvage.js'
+import { WalCheckpointer } from './wal-checkpointer.js'
 import { Outbox, RESUME_FREE_BYTES } from './outbox.js'
 import { Ballast } from './ballast.js'
 import { DeviceRegistry } from './devices.js'
@@ -53,7 +54,18 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
   // side by side with the Mosquitto bridge, throughput was a little better with it and the backlog
   // drain and the latency worse, on a starved machine (decision 0022-store-off-event-loop).
   const writerThread = process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD === '1'
-  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast, writerThread })
+  // The WAL's checkpoints on a thread of their own while commits are frequent (decision
+  // 0026-wal-checkpoint-thread); the automatic checkpoint above stays as the backstop.
+  const warned = new Set<string>()
+  const checkpointer = new WalCheckpointer(db, {
+    onError: (err) => {
+      // A full disk is the outbox's to report (IHE_STORE_FULL) and to relieve.
+      if (isDiskFull(err) || warned.has(err.code ?? err.message)) return
+      warned.add(err.code ?? err.message)
+      log.warn({ err: err.message, code: ErrorCodes.STORE_FAILED }, 'the WAL checkpointer thread could not checkpoint gateway.db; the main connection checkpoints instead (logged once per cause)')
+    },
+  })
+  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast, writerThread, onCommit: () => checkpointer.committed() })
   // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
   // A quota near the free space means the disk fills before the quota ever evicts anything.
   const free = freeBytes(dataDir)
@@ -87,6 +99,7 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
     opened,
     close() {
       outbox.close()
+      checkpointer.close()
       db.close()
     },
   }

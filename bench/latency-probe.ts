@@ -1,0 +1,35 @@
+// Latency at a fixed rate through gateways started with different environments, alternating, in one
+// invocation (a probe for the p99 at 1,000 msg/s): LAT_VARIANTS='old:BIN=/tmp/base/bin/iothub-edge.js,new:' (a variant: name:VAR=value;VAR=value, BIN the gateway's launcher) npx tsx bench/latency-probe.ts
+import { freePort } from '../test/helpers/ports.js'
+import { GATEWAY_ENV, HubCounter, Mosquitto, PRODUCT, log, percentile, runLoad, startGateway } from './harness.js'
+
+const variants = (process.env.LAT_VARIANTS ?? 'default:').split(',').map((v) => {
+  const [name, envs] = v.split(':')
+  const env: Record<string, string> = {}
+  for (const kv of (envs ?? '').split(';').filter(Boolean)) env[kv.split('=')[0]] = kv.split('=')[1]
+  return { name, env }
+})
+const rounds = Number(process.env.LAT_ROUNDS ?? 2)
+const n = Number(process.env.LAT_N ?? 5000)
+const history = process.env.LAT_HISTORY !== '0'
+
+const port = await freePort()
+const cloud = new Mosquitto(port, ['max_inflight_messages 0'])
+await cloud.start()
+const hub = new HubCounter(`mqtt://127.0.0.1:${port}`)
+await hub.connect()
+for (let r = 0; r < rounds; r++) {
+  for (const v of variants) {
+    const { BIN, ...env } = v.env
+    const sut = await startGateway(`mqtt://127.0.0.1:${port}`, 10, [], history, undefined, 0, { ...GATEWAY_ENV, ...env }, BIN)
+    hub.reset()
+    await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 1, perPublisher: n, window: 100, payloadBytes: 64, rate: 1000, run: `lat${v.name}${r}`, productId: PRODUCT, auth: sut.auth })
+    await hub.waitFor(n)
+    const s = [...hub.latencies].sort((a, b) => a - b)
+    log(`${v.name} round ${r + 1}: p50 ${percentile(s, 50).toFixed(2)} ms, p90 ${percentile(s, 90).toFixed(2)}, p99 ${percentile(s, 99).toFixed(2)} ms, max ${s.at(-1)!.toFixed(1)} (${s.length})`)
+    await sut.close()
+  }
+}
+await hub.close()
+await cloud.close()
+process.exit(0)
