@@ -200,7 +200,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
     return values.help ? 0 : EXIT_USAGE
   }
   const adapterKey = Object.hasOwn(builtInAdapters, cmd) ? (cmd as keyof typeof builtInAdapters) : undefined
-  const spec = COMMANDS[cmd]
+  // Own keys only: `iothub-edge constructor` is no command.
+  const spec = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined
   if (!spec && !adapterKey) return usageError(undefined, `unknown command "${cmd}"`)
   if (values.help) {
     if (adapterKey) return adapterTool(adapterKey, [], {}, true)
@@ -222,7 +223,34 @@ export async function main(argv: string[]): Promise<number | undefined> {
   if (values.config === undefined && envConfig && (adapterKey || spec?.options.includes('config'))) values.config = envConfig
   try {
     if (adapterKey) return await adapterTool(adapterKey, rest, values)
-    return await run(cmd, rest, values)
+    switch (cmd) {
+      case 'start':
+        return await start(values.config)
+      case 'check-config':
+        return checkConfig(rest[0] ?? values.config)
+      case 'devices':
+        return await devices(rest, values)
+      case 'status':
+        return await status(values)
+      case 'ota':
+        return await ota(rest, values)
+      case 'simulate':
+        return await runSimulate(values)
+      case 'hub-sim':
+        return await runHubSim(values)
+      case 'rules':
+        return await rulesCommand(rest, values)
+      case 'history':
+        return await historyCommand(rest, values)
+      case 'diagnostics':
+        return await diagnostics(values)
+      case 'ui':
+        return uiCommand(rest, values)
+      case 'store':
+        return await storeCommand(rest, values)
+      default:
+        return await hashPasswordCommand(rest)
+    }
   } catch (err) {
     if (err instanceof UsageError) return usageError(cmd, `${cmd}: ${err.message}`)
     return failed(cmd, err)
@@ -233,37 +261,6 @@ export async function main(argv: string[]): Promise<number | undefined> {
 const isBug = (err: unknown): boolean => (err instanceof TypeError && !(err as Error).cause) || err instanceof ReferenceError || err instanceof RangeError || err instanceof SyntaxError
 
 type Values = Record<string, string | boolean | undefined>
-
-function run(cmd: string, rest: string[], values: Values & { config?: string }): Promise<number | undefined> | number | undefined {
-  switch (cmd) {
-    case 'start':
-      return start(values.config)
-    case 'check-config':
-      return checkConfig(rest[0] ?? values.config)
-    case 'devices':
-      return devices(rest, values)
-    case 'status':
-      return status(values)
-    case 'ota':
-      return ota(rest, values)
-    case 'simulate':
-      return runSimulate(values)
-    case 'hub-sim':
-      return runHubSim(values)
-    case 'rules':
-      return rulesCommand(rest, values)
-    case 'history':
-      return historyCommand(rest, values)
-    case 'diagnostics':
-      return diagnostics(values)
-    case 'ui':
-      return uiCommand(rest, values)
-    case 'store':
-      return storeCommand(rest, values)
-    default:
-      return hashPasswordCommand(rest)
-  }
-}
 
 /**
  * A command that failed on something outside it (a file it may not write, a port taken, the
@@ -444,7 +441,9 @@ async function start(file: string | undefined): Promise<number | undefined> {
       gw.storeDamaged('gateway.db', err)
       return EXIT_SOFTWARE
     }
-    const code = err instanceof StartError ? err.code : undefined
+    // A StartError, or another error that carries one of the catalogue's codes (a broker listener).
+    const own = (err as { code?: unknown }).code
+    const code = err instanceof StartError ? err.code : typeof own === 'string' && own.startsWith('IHE_') ? own : undefined
     gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
     // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
     process.stderr.write(`${ERR}iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
