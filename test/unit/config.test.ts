@@ -43,7 +43,7 @@ describe('config', () => {
     })
     expect(p).toContain('northbound.url: must be mqtt:// or mqtts://')
     expect(p).toContain('northbound.mode: must be one of ["gateway","devices"]')
-    expect(p).toContain('northbound.tls.rejectUnauthorized: must be boolean')
+    expect(p).toContain('northbound.tls.rejectUnauthorized: must be boolean, not a string')
     expect(p).toContain('broker.listeners[0].port: must be <= 65535')
     expect(p).toContain('broker.aclDenyAction: must be one of ["ignore","disconnect"]')
     expect(p.some((l) => l.startsWith('gatway: unknown key'))).toBe(true)
