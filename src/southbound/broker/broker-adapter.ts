@@ -245,7 +245,6 @@ export class BrokerAdapter implements SouthboundAdapter {
         guardClient(aedes.handle(socket), (v) => this.onViolation(ip, v), { allowEmptyClientId: this.opts.allowEmptyClientId })
       }
       server.on(l.tls ? 'secureConnection' : 'connection', onConn)
-      server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject)
         server.listen(l.port, l.host, () => {
@@ -258,6 +257,8 @@ export class BrokerAdapter implements SouthboundAdapter {
           code: ErrorCodes.LISTENER_FAILED,
         })
       })
+      // Once listening (a failed listen is the start's error above, said once).
+      server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
       this.servers.push(server)
       this.boundPorts.push((server.address() as net.AddressInfo).port)
       log.info(
