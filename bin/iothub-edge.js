@@ -9,6 +9,14 @@
 // Of these, V8's young-generation growth is the one that can be set from here, before the modules
 // load: dist/core/young-generation.js (a no-op when the command line or NODE_OPTIONS sizes it).
 
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+
+// A checkout after `npm ci` alone has no dist/: say what to run rather than Node's module-not-found trace.
+if (!existsSync(new URL('../dist/cli.js', import.meta.url))) {
+  console.error(`iothub-edge: not built yet: run \`npm run build\` in ${fileURLToPath(new URL('..', import.meta.url))} (\`npm start\` builds by itself)`)
+  process.exit(1)
+}
 const { keepYoungGenerationSmall } = await import('../dist/core/young-generation.js')
 keepYoungGenerationSmall()
 const { main } = await import('../dist/cli.js')

@@ -2,7 +2,7 @@
 // npm run demo: a simulated cloud hub (hub-sim), the gateway configured against it, and simulated
 // devices, all on this machine. Prints where to look; Ctrl-C stops everything.
 import { spawn } from 'node:child_process'
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -24,7 +24,7 @@ broker:
 http: { host: 127.0.0.1, port: ${ports.gwHttp}, apiToken: ${API_TOKEN} }
 devices:
 ${Array.from({ length: DEVICES }, (_, i) => `  - { productId: sim, deviceId: sim-${String(i).padStart(5, '0')}, secret: sim-secret-${i}, tags: [${i % 2 ? 'odd' : 'even'}] }`).join('\n')}
-log: { level: warn }
+log: { level: warn, format: pretty }
 `
 writeFileSync(path.join(dir, 'gateway.yaml'), config)
 
@@ -35,6 +35,12 @@ function run(name, args) {
   child.stdout.on('data', (c) => process.stdout.write(prefix(c)))
   child.stderr.on('data', (c) => process.stderr.write(prefix(c)))
   children.push(child)
+  // One of them gone while the demo runs (a port taken, a crash): its lines above say why.
+  child.on('exit', (code, signal) => {
+    if (stopping) return
+    console.error(`[demo] ${name} exited (${signal ?? `code ${code}`}): see its lines above; stopping the demo`)
+    stopAll(1)
+  })
   return child
 }
 
@@ -53,26 +59,39 @@ async function waitHttp(url, ms = 20_000) {
 }
 
 let stopping = false
-function stopAll() {
+function stopAll(code = 0) {
   if (stopping) return
   stopping = true
   for (const c of children.reverse()) c.kill('SIGTERM')
   setTimeout(() => {
     rmSync(dir, { recursive: true, force: true })
-    process.exit(0)
+    process.exit(code)
   }, 1500)
 }
-process.on('SIGINT', stopAll)
-process.on('SIGTERM', stopAll)
+process.on('SIGINT', () => stopAll())
+process.on('SIGTERM', () => stopAll())
 
-run('hub-sim', ['hub-sim', '--mqtt-port', String(ports.hubMqtt), '--http-port', String(ports.hubHttp)])
-await waitHttp(`http://127.0.0.1:${ports.hubHttp}/stats`)
-run('gateway', ['start', '-c', path.join(dir, 'gateway.yaml')])
-await waitHttp(`http://127.0.0.1:${ports.gwHttp}/api/health`)
+try {
+  run('hub-sim', ['hub-sim', '--mqtt-port', String(ports.hubMqtt), '--http-port', String(ports.hubHttp)])
+  await waitHttp(`http://127.0.0.1:${ports.hubHttp}/stats`)
+  run('gateway', ['start', '-c', path.join(dir, 'gateway.yaml')])
+  await waitHttp(`http://127.0.0.1:${ports.gwHttp}/api/health`)
+} catch (err) {
+  console.error(`[demo] ${err.message}: see the lines above; stopping the demo`)
+  stopAll(1)
+  await new Promise(() => {})
+}
+let setupCode = '(see the gateway\'s log above)'
+try {
+  setupCode = readFileSync(path.join(dir, 'data', 'ui-setup-code'), 'utf8').trim()
+} catch {
+  // already set up, or not written: the log says
+}
 run('devices', ['simulate', '--url', `mqtt://127.0.0.1:${ports.gwMqtt}`, '--devices', String(DEVICES), '--rate', '2', '--duration', '86400'])
 
 console.log(`
 iothub-edge demo is running (Ctrl-C stops it):
+  web UI           http://127.0.0.1:${ports.gwHttp}/  (first visit: setup code ${setupCode}, then choose a user and password)
   gateway health   curl http://127.0.0.1:${ports.gwHttp}/api/health
   gateway metrics  curl http://127.0.0.1:${ports.gwHttp}/metrics
   gateway API      curl -H 'Authorization: Bearer ${API_TOKEN}' http://127.0.0.1:${ports.gwHttp}/api/devices

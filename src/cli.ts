@@ -1,5 +1,5 @@
 // iothub-edge command line: start, check-config, devices, status, rules, history, ota, the adapters' tools (lorawan import).
-import { createReadStream, existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { accessSync, constants as fsConstants, createReadStream, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } from './config.js'
@@ -86,6 +86,51 @@ const USAGE = `usage:
 
 const HELP_HINT = '`iothub-edge --help` lists the commands and their options'
 
+/**
+ * What each command takes: its long options (besides --help) and how many arguments after its
+ * name. Anything else is a usage error, said in one line: an option another command takes (e.g.
+ * `simulate --device 5`) or a config file given without -c (`start gateway.yaml`) would otherwise
+ * be ignored without a word.
+ */
+const COMMANDS: Record<string, { options: readonly string[]; args: number }> = {
+  start: { options: ['config'], args: 0 },
+  'check-config': { options: ['config'], args: 1 },
+  status: { options: ['config', 'json'], args: 0 },
+  devices: { options: ['config', 'secret', 'tags', 'create', 'json'], args: 3 },
+  rules: { options: ['config', 'message', 'json'], args: 1 },
+  history: { options: ['config', 'device', 'series', 'from', 'to'], args: 1 },
+  ota: { options: ['config', 'image-version', 'type', 'devices', 'product', 'tags', 'expires', 'max-concurrent'], args: 2 },
+  diagnostics: { options: ['config', 'output'], args: 0 },
+  ui: { options: ['config'], args: 1 },
+  store: { options: ['config'], args: 1 },
+  // Its own check says why a password never goes on the command line.
+  'hash-password': { options: [], args: Infinity },
+  simulate: { options: ['url', 'devices', 'rate', 'qos', 'product', 'payload-bytes', 'secret-prefix', 'duration', 'connect-rate', 'api', 'token'], args: 0 },
+  'hub-sim': { options: ['host', 'mqtt-port', 'http-port', 'username', 'password'], args: 0 },
+}
+
+/** One command's lines of USAGE (its block), for `iothub-edge CMD --help`. */
+export function usageOf(cmd: string): string | undefined {
+  const out: string[] = []
+  let mine = false
+  for (const line of USAGE.split('\n')) {
+    const head = /^ {2}iothub-edge ([a-z][a-z-]*)/.exec(line)
+    if (head) mine = head[1] === cmd
+    else if (!/^ {3,}\S/.test(line)) mine = false
+    if (mine) out.push(line)
+  }
+  return out.length ? `usage:\n${out.join('\n')}\n` : undefined
+}
+
+/** A wrong command line: what is wrong in one line, then where its usage is; exit 64. */
+function usageError(cmd: string | undefined, message: string): number {
+  process.stderr.write(`${message}\n${cmd && usageOf(cmd) ? `\`iothub-edge ${cmd} --help\` shows its usage` : HELP_HINT}\n`)
+  return EXIT_USAGE
+}
+
+/** Thrown for a bad option value (`--rate x`): said as a usage error of the command, exit 64. */
+class UsageError extends Error {}
+
 /** node:util's parseArgs messages, said the way an operator reads them. */
 function argsError(err: Error & { code?: string }): string {
   // "Unknown option '--foo'.", "Option '-c, --config <value>' argument missing": the long name if any.
@@ -151,42 +196,86 @@ export async function main(argv: string[]): Promise<number | undefined> {
     process.stdout.write(`iothub-edge ${VERSION}\n`)
     return 0
   }
-  if (values.help || !cmd) {
+  if (!cmd) {
     process.stdout.write(USAGE)
-    return cmd || values.help ? 0 : EXIT_USAGE
+    return values.help ? 0 : EXIT_USAGE
   }
-  switch (cmd) {
-    case 'start':
-      return start(values.config)
-    case 'check-config':
-      return checkConfig(rest[0] ?? values.config)
-    case 'devices':
-      return devices(rest, values)
-    case 'status':
-      return status(values)
-    case 'ota':
-      return ota(rest, values)
-    case 'simulate':
-      return runSimulate(values)
-    case 'hub-sim':
-      return runHubSim(values)
-    case 'rules':
-      return rulesCommand(rest, values)
-    case 'history':
-      return historyCommand(rest, values)
-    case 'diagnostics':
-      return diagnostics(values)
-    case 'ui':
-      return uiCommand(rest, values)
-    case 'store':
-      return storeCommand(rest, values)
-    case 'hash-password':
-      return hashPasswordCommand(rest)
-    default:
-      if (Object.hasOwn(builtInAdapters, cmd)) return adapterTool(cmd as keyof typeof builtInAdapters, rest, values)
-      process.stderr.write(`unknown command "${cmd}"\n${HELP_HINT}\n`)
-      return EXIT_USAGE
+  const adapterKey = Object.hasOwn(builtInAdapters, cmd) ? (cmd as keyof typeof builtInAdapters) : undefined
+  // Own keys only: `iothub-edge constructor` is no command.
+  const spec = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined
+  if (!spec && !adapterKey) return usageError(undefined, `unknown command "${cmd}"`)
+  if (values.help) {
+    if (adapterKey) return adapterTool(adapterKey, [], {}, true)
+    process.stdout.write(usageOf(cmd) ?? USAGE)
+    return 0
   }
+  if (spec) {
+    const foreign = Object.keys(values).find((k) => k !== 'help' && !spec.options.includes(k))
+    if (foreign) return usageError(cmd, `${cmd} does not take --${foreign}`)
+    if (rest.length > spec.args) {
+      const extra = rest[spec.args]
+      const hint = cmd === 'start' && /\.ya?ml$/i.test(extra) ? `: the config file goes after -c (iothub-edge start -c ${extra})` : ''
+      return usageError(cmd, `${cmd}: unexpected argument "${extra}"${hint}`)
+    }
+  }
+  // The package's /usr/bin/iothub-edge names /etc/iothub-edge/gateway.yaml here: on an installed
+  // gateway `iothub-edge status` finds the service's data folder without -c.
+  const envConfig = process.env.IOTHUB_EDGE_CONFIG
+  if (values.config === undefined && envConfig && (adapterKey || spec?.options.includes('config'))) values.config = envConfig
+  try {
+    if (adapterKey) return await adapterTool(adapterKey, rest, values)
+    switch (cmd) {
+      case 'start':
+        return await start(values.config)
+      case 'check-config':
+        return checkConfig(rest[0] ?? values.config)
+      case 'devices':
+        return await devices(rest, values)
+      case 'status':
+        return await status(values)
+      case 'ota':
+        return await ota(rest, values)
+      case 'simulate':
+        return await runSimulate(values)
+      case 'hub-sim':
+        return await runHubSim(values)
+      case 'rules':
+        return await rulesCommand(rest, values)
+      case 'history':
+        return await historyCommand(rest, values)
+      case 'diagnostics':
+        return await diagnostics(values)
+      case 'ui':
+        return uiCommand(rest, values)
+      case 'store':
+        return await storeCommand(rest, values)
+      default:
+        return await hashPasswordCommand(rest)
+    }
+  } catch (err) {
+    if (err instanceof UsageError) return usageError(cmd, `${cmd}: ${err.message}`)
+    return failed(cmd, err)
+  }
+}
+
+/** A programming error rather than something the command met (fetch's own TypeError carries a cause). */
+const isBug = (err: unknown): boolean => (err instanceof TypeError && !(err as Error).cause) || err instanceof ReferenceError || err instanceof RangeError || err instanceof SyntaxError
+
+type Values = Record<string, string | boolean | undefined>
+
+/**
+ * A command that failed on something outside it (a file it may not write, a port taken, the
+ * gateway's API answering nonsense): one line with the reason and exit 1, not Node's stack trace.
+ * IOTHUB_EDGE_DEBUG=1 adds the stack, for a bug report.
+ */
+function failed(cmd: string, err: unknown): number {
+  const e = err as NodeJS.ErrnoException & { cause?: Error }
+  const cause = e.cause?.message && !e.message.includes(e.cause.message) ? ` (${e.cause.message})` : ''
+  const hint = e.code === 'EADDRINUSE' ? ': another process has this port' : e.code === 'EACCES' || e.code === 'EPERM' ? `: not allowed for this user (uid ${process.getuid?.() ?? '?'})` : ''
+  process.stderr.write(`${ERR}iothub-edge ${cmd}: ${e.message ?? String(err)}${cause}${hint}\n`)
+  if (process.env.IOTHUB_EDGE_DEBUG) process.stderr.write(`${e.stack ?? ''}\n`)
+  else if (isBug(err)) process.stderr.write(`${ERR}(a bug: IOTHUB_EDGE_DEBUG=1 iothub-edge ... prints where it happened; please report it with that)\n`)
+  return 1
 }
 
 /**
@@ -196,13 +285,16 @@ export async function main(argv: string[]): Promise<number | undefined> {
  * the users and the code's file at each request.
  */
 function uiCommand(rest: string[], values: { config?: string }): number {
-  if (rest[0] !== 'reset-password') {
-    process.stderr.write(`ui needs: reset-password [-c FILE]\n${USAGE}`)
-    return EXIT_USAGE
-  }
+  if (rest[0] !== 'reset-password') return usageError('ui', rest[0] ? `ui: unknown subcommand "${rest[0]}" (there is: reset-password)` : 'ui needs a subcommand: reset-password')
   const cfg = readConfig(values.config)
   if (typeof cfg === 'number') return cfg
   const dataDir = cfg.gateway.dataDir
+  // Also with the gateway running: it must be able to read the setup code file made here.
+  const foreign = rootOnForeignDataDir(dataDir, 'ui reset-password')
+  if (foreign) {
+    process.stderr.write(`${foreign}\n`)
+    return 1
+  }
   if (!existsSync(path.join(dataDir, DB_FILE))) {
     process.stderr.write(`ui reset-password: there is no gateway database in ${dataDir}: check -c FILE (the gateway's config), or start the gateway once\n`)
     return 1
@@ -223,10 +315,8 @@ function uiCommand(rest: string[], values: { config?: string }): number {
 
 /** `rules test`: the configured rules run on sample messages, nothing sent, nothing stored. */
 async function rulesCommand(rest: string[], values: { config?: string; message?: string; json?: boolean }): Promise<number> {
-  if (rest[0] !== 'test' || !values.message) {
-    process.stderr.write(`rules needs: test -c FILE --message MSG\n${USAGE}`)
-    return EXIT_USAGE
-  }
+  if (rest[0] !== 'test') return usageError('rules', rest[0] ? `rules: unknown subcommand "${rest[0]}" (there is: test)` : 'rules needs a subcommand: test')
+  if (!values.message) return usageError('rules', 'rules test needs --message MSG (a JSON file with the sample message or messages)')
   const cfg = readConfig(values.config)
   if (typeof cfg === 'number') return cfg
   let samples: SampleMessage[]
@@ -296,10 +386,7 @@ function readConfig(file: string | undefined, files = false): Config | number {
 }
 
 function checkConfig(file: string | undefined): number {
-  if (!file) {
-    process.stderr.write(`check-config needs a FILE\n${USAGE}`)
-    return EXIT_USAGE
-  }
+  if (!file) return usageError('check-config', 'check-config needs the config FILE to check')
   const cfg = readConfig(file, true)
   if (typeof cfg === 'number') return cfg
   const warnings = configWarnings(cfg)
@@ -355,7 +442,9 @@ async function start(file: string | undefined): Promise<number | undefined> {
       gw.storeDamaged('gateway.db', err)
       return EXIT_SOFTWARE
     }
-    const code = err instanceof StartError ? err.code : undefined
+    // A StartError, or another error that carries one of the catalogue's codes (a broker listener).
+    const own = (err as { code?: unknown }).code
+    const code = err instanceof StartError ? err.code : typeof own === 'string' && own.startsWith('IHE_') ? own : undefined
     gw.log.fatal({ err, code }, `gateway failed to start: ${(err as Error).message}`)
     // Also in plain words on stderr, for whoever ran it by hand (the log may be JSON).
     process.stderr.write(`${ERR}iothub-edge: cannot start: ${(err as Error).message}${code ? ` (${code})` : ''}\n`)
@@ -384,12 +473,55 @@ async function start(file: string | undefined): Promise<number | undefined> {
 
 // --- devices ---------------------------------------------------------------------------------
 
+/** The user name owning a file (from /etc/passwd), else `#uid` as sudo -u takes it. */
+function ownerOf(file: string): string {
+  let uid: number
+  try {
+    uid = statSync(file).uid
+  } catch {
+    return "the gateway's user"
+  }
+  try {
+    const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[2] === String(uid))
+    if (line) return line.split(':')[0]
+  } catch {
+    // no /etc/passwd: the number will do
+  }
+  return `'#${uid}'`
+}
+
+/**
+ * Root about to write into a data folder that belongs to another user (the gateway's, with the
+ * service stopped): what it made there (the database's -wal and -shm, a setup code) would be
+ * root's, and the gateway could not open it at its next start. The reason to refuse, or undefined.
+ */
+function rootOnForeignDataDir(dataDir: string, what: string): string | undefined {
+  if (process.getuid?.() !== 0) return undefined
+  let uid: number
+  try {
+    uid = statSync(dataDir).uid
+  } catch {
+    return undefined
+  }
+  if (uid === 0) return undefined
+  const owner = ownerOf(dataDir)
+  return `${what}: ${dataDir} belongs to ${owner} and this runs as root: files made now would be root's and the gateway could not open them; run it as ${owner}: sudo -u ${owner} iothub-edge ...`
+}
+
 /**
  * The gateway running on this data folder, if any: the lock tells whether one lives (a runtime.json
  * left by a gateway killed with -9, or one whose pid now belongs to another process, is stale and
  * ignored); runtime.json tells its HTTP port.
  */
 function runningGateway(dataDir: string): (Omit<RuntimeInfo, 'httpPort'> & { httpPort?: number }) | undefined {
+  // A folder this user may not look into would read as "no gateway, no database": say so instead.
+  try {
+    accessSync(dataDir, fsConstants.R_OK | fsConstants.X_OK)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new Error(`${dataDir} (gateway.dataDir) is not open to this user (uid ${process.getuid?.() ?? '?'}): run the command as ${ownerOf(dataDir)} (sudo -u ${ownerOf(dataDir)} iothub-edge ...) or as root`)
+    }
+  }
   const owner = lockOwner(dataDir)
   if (!owner) return undefined
   try {
@@ -416,17 +548,16 @@ type Result = { ok: true; body: Record<string, unknown> | null } | { ok: false; 
 
 async function devices(args: string[], values: DeviceValues): Promise<number> {
   const [sub, productId, deviceId] = args
+  if (!sub) return usageError('devices', `devices needs a subcommand: ${DEVICE_COMMANDS.join(', ')}`)
+  if (!DEVICE_COMMANDS.includes(sub)) return usageError('devices', `devices: unknown subcommand "${sub}" (there are: ${DEVICE_COMMANDS.join(', ')})`)
+  const needsId = sub !== 'list'
+  if (!needsId && productId !== undefined) return usageError('devices', `devices list takes no PRODUCT or DEVICE ("${productId}"); devices show PRODUCT DEVICE shows one`)
+  if (needsId && (productId === undefined || deviceId === undefined)) return usageError('devices', `devices ${sub} needs PRODUCT and DEVICE (devices ${sub} thermo t-001)`)
+  if (needsId && (!isId(productId) || !isId(deviceId))) {
+    return usageError('devices', `devices ${sub}: PRODUCT and DEVICE must be ${ID_RULE} (got "${!isId(productId) ? productId : deviceId}")`)
+  }
   const cfg = readConfig(values.config)
   if (typeof cfg === 'number') return cfg
-  const needsId = sub !== 'list'
-  if (!sub || !DEVICE_COMMANDS.includes(sub)) {
-    process.stderr.write(USAGE)
-    return EXIT_USAGE
-  }
-  if (needsId && (!isId(productId) || !isId(deviceId))) {
-    process.stderr.write(`devices ${sub}: PRODUCT and DEVICE must be ${ID_RULE}\n`)
-    return EXIT_USAGE
-  }
   const ref = { productId, deviceId }
   if (values.secret !== undefined) {
     // Still accepted (scripts use it), but said once: argv is in shell history and `ps` for everyone.
@@ -490,7 +621,9 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
                     ? await api.call('PATCH', dev, { tags })
                     : await api.call('PATCH', dev, { enabled: sub === 'enable' })
       const body = r.body as Record<string, unknown> | null
-      result = r.status >= 400 ? { ok: false, status: r.status, message: `${r.status} ${JSON.stringify(body)}` } : { ok: true, body }
+      // Said as the database path says it (a 404 is no such device, a 409 an existing one).
+      const message = r.status === 404 ? `no device ${productId}/${deviceId}` : r.status === 409 ? `${productId}/${deviceId} already exists` : refusal(r)
+      result = r.status >= 400 ? { ok: false, status: r.status, message } : { ok: true, body }
       if (sub === 'show' && body) {
         online = body.online === true
         lastSeen = typeof body.lastSeen === 'number' ? body.lastSeen : null
@@ -508,6 +641,11 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
         `devices ${sub}: no gateway database in ${dataDir} (gateway.dataDir${values.config ? ` of ${values.config}` : ', built-in default ./data'}); ` +
           `check -c FILE, or pass --create to start a new one there\n`,
       )
+      return 1
+    }
+    const foreign = rootOnForeignDataDir(dataDir, `devices ${sub}`)
+    if (foreign) {
+      process.stderr.write(`${foreign}\n`)
       return 1
     }
     // Hold the data folder while working on it, so that a gateway does not start meanwhile.
@@ -558,9 +696,23 @@ function gatewayApi(cfg: Config, live: RuntimeInfo): { base: string; call: (meth
       if (raw) headers['content-type'] = raw.type
       else if (body) headers['content-type'] = 'application/json'
       const res = await request(ep, method, p, headers, raw ? raw.stream : body ? JSON.stringify(body) : undefined)
-      return { status: res.status, body: res.text ? JSON.parse(res.text) : null }
+      try {
+        return { status: res.status, body: res.text ? JSON.parse(res.text) : null }
+      } catch {
+        throw new Error(`${ep.base}${p} answered ${res.status} with something that is not the gateway's JSON: is another program on that port?`)
+      }
     },
   }
+}
+
+/** The gateway's refusal of an API call, in one line: its message, and what to do about a 401. */
+function refusal(r: { status: number; body: unknown }): string {
+  const b = r.body as { error?: string; message?: string } | null
+  const said = b?.message ?? b?.error ?? JSON.stringify(b)
+  if (r.status === 401) {
+    return `the gateway refused the API token (401): the CLI sends http.apiToken of the config, else the api-token file in gateway.dataDir; is -c the running gateway's config?`
+  }
+  return `the gateway answered ${r.status}: ${said}`
 }
 
 /**
@@ -648,7 +800,7 @@ async function offlineDevices(sub: string, ref: DeviceRef, cfg: Config, secret: 
       case 'remove':
         return registry.remove(ref) ? { ok: true, body: null } : missing
       default:
-        return { ok: false, status: 400, message: USAGE }
+        return { ok: false, status: 400, message: `unknown subcommand ${sub}` }
     }
   } finally {
     db.close()
@@ -657,16 +809,24 @@ async function offlineDevices(sub: string, ref: DeviceRef, cfg: Config, secret: 
 
 // --- adapter tools (iothub-edge lorawan import) ---------------------------------------------
 
-async function adapterTool(key: keyof typeof builtInAdapters, args: string[], values: Record<string, string | boolean | undefined>): Promise<number> {
+async function adapterTool(key: keyof typeof builtInAdapters, args: string[], values: Values, help = false): Promise<number> {
   const [name, ...rest] = args
   const mod = (await builtInAdapters[key].load()) as { adapterModule: AdapterModule<unknown> }
   const tools = mod.adapterModule.tools ?? {}
+  const list = Object.values(tools).map((t) => `  iothub-edge ${key} ${t.usage}\n`).join('')
+  if (help) {
+    process.stdout.write(list ? `usage:\n${list}` : `${key} has no command-line tools\n`)
+    return 0
+  }
   const tool = name ? tools[name] : undefined
   if (!tool) {
-    const list = Object.values(tools).map((t) => `  iothub-edge ${key} ${t.usage}\n`).join('')
-    process.stderr.write(list ? `usage:\n${list}` : `${key} has no command-line tools\n${USAGE}`)
-    return EXIT_USAGE
+    const names = Object.keys(tools).join(', ')
+    if (!names) return usageError(undefined, `${key} has no command-line tools`)
+    return usageError(key, name ? `${key}: unknown subcommand "${name}" (there is: ${names})` : `${key} needs a subcommand: ${names}`)
   }
+  const foreign = Object.keys(values).find((k) => k !== 'config' && !(tool.options ?? []).includes(k))
+  if (foreign) return usageError(key, `${key} ${name} does not take --${foreign}`)
+  if (rest.length) return usageError(key, `${key} ${name}: unexpected argument "${rest[0]}"`)
   const cfg = readConfig(values.config as string | undefined)
   if (typeof cfg === 'number') return cfg
   const section = (cfg as unknown as Record<string, unknown>)[key]
@@ -713,6 +873,8 @@ async function registerChildren(cfg: Config, children: { device: DeviceRef; tags
   if (!existsSync(path.join(dataDir, DB_FILE)) && !create) {
     throw new Error(`no gateway database in ${dataDir} (gateway.dataDir); check -c FILE, or pass --create to start a new one there`)
   }
+  const foreign = rootOnForeignDataDir(dataDir, 'registering children')
+  if (foreign) throw new Error(foreign)
   const lock = new DataDirLock(dataDir)
   lock.acquire()
   const db = openDatabase(dataDir)
@@ -739,7 +901,7 @@ async function status(values: { config?: string; json?: boolean }): Promise<numb
   if (typeof cfg === 'number') return cfg
   const live = runningGateway(cfg.gateway.dataDir)
   if (!live) {
-    process.stderr.write(`no gateway is running on ${cfg.gateway.dataDir}\n`)
+    process.stderr.write(`no gateway is running on ${cfg.gateway.dataDir}${values.config ? '' : " (the built-in data folder: give the gateway's config with -c FILE)"}\n`)
     return EXIT_NOT_RUNNING
   }
   if (live.httpPort === undefined) {
@@ -754,6 +916,11 @@ async function status(values: { config?: string; json?: boolean }): Promise<numb
     const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message
     process.stderr.write(`the gateway (pid ${live.pid}) does not answer on ${api.base} (${cause}); check its log\n`)
     return EXIT_NOT_RUNNING
+  }
+  // 503 is the health of a degraded gateway, with the same body.
+  if (r.status !== 200 && r.status !== 503) {
+    process.stderr.write(`status: ${refusal(r)}\n`)
+    return 1
   }
   const health = r.body as Parameters<typeof statusText>[2]
   process.stdout.write(outputMode(values.json).json ? json({ pid: live.pid, url: api.base, ...health }) : statusText(live.pid, api.base, health))
@@ -798,10 +965,7 @@ async function diagnostics(values: { config?: string; output?: string }): Promis
 
 /** `store ack`: through the running gateway's API, or on the data folder when none runs. */
 async function storeCommand(args: string[], v: { config?: string }): Promise<number> {
-  if (args[0] !== 'ack') {
-    process.stderr.write(`store needs: ack [-c FILE]\n${USAGE}`)
-    return EXIT_USAGE
-  }
+  if (args[0] !== 'ack') return usageError('store', args[0] ? `store: unknown subcommand "${args[0]}" (there is: ack)` : 'store needs a subcommand: ack')
   const cfg = readConfig(v.config)
   if (typeof cfg === 'number') return cfg
   const dataDir = cfg.gateway.dataDir
@@ -814,11 +978,16 @@ async function storeCommand(args: string[], v: { config?: string }): Promise<num
     }
     const r = await gatewayApi(cfg, { ...live, httpPort: live.httpPort }).call('POST', '/api/store/salvage/ack')
     if (r.status !== 200) {
-      process.stderr.write(`the gateway answered ${r.status}: ${JSON.stringify(r.body)}\n`)
+      process.stderr.write(`store ack: ${refusal(r)}\n`)
       return 1
     }
     acknowledged = (r.body as { acknowledged: boolean }).acknowledged
   } else {
+    const foreign = rootOnForeignDataDir(dataDir, 'store ack')
+    if (foreign) {
+      process.stderr.write(`${foreign}\n`)
+      return 1
+    }
     acknowledged = acknowledgeSalvage(dataDir)
   }
   process.stdout.write(acknowledged ? 'salvage acknowledged\n' : `nothing to acknowledge: no salvage of ${path.join(dataDir, 'gateway.db')} or broker.db is pending\n`)
@@ -832,10 +1001,8 @@ async function storeCommand(args: string[], v: { config?: string }): Promise<num
  * it works with the gateway stopped too.
  */
 async function historyCommand(args: string[], v: { config?: string; device?: string; series?: string; from?: string; to?: string }): Promise<number> {
-  if (args[0] !== 'export' || !v.device || !v.device.includes('/')) {
-    process.stderr.write(`history export needs --device PRODUCT/DEVICE\n${USAGE}`)
-    return EXIT_USAGE
-  }
+  if (args[0] !== 'export') return usageError('history', args[0] ? `history: unknown subcommand "${args[0]}" (there is: export)` : 'history needs a subcommand: export')
+  if (!v.device || !/^[^/]+\/[^/]+$/.test(v.device)) return usageError('history', `history export needs --device PRODUCT/DEVICE${v.device ? `, not "${v.device}"` : ''}`)
   const cfg = readConfig(v.config)
   if (typeof cfg === 'number') return cfg
   const time = (s: string | undefined): number | undefined => (s === undefined ? undefined : /^\d+$/.test(s) ? Number(s) : Date.parse(s))
@@ -873,42 +1040,48 @@ async function historyCommand(args: string[], v: { config?: string; device?: str
 
 async function ota(args: string[], v: { config?: string; 'image-version'?: string; type?: string; devices?: string; product?: string; tags?: string; expires?: string; 'max-concurrent'?: string }): Promise<number> {
   const [sub, arg] = args
-  if (!['images', 'jobs', 'upload', 'push'].includes(sub ?? '') || ((sub === 'upload' || sub === 'push') && !arg)) {
-    process.stderr.write(USAGE)
-    return EXIT_USAGE
-  }
+  const subs = ['images', 'jobs', 'upload', 'push']
+  if (!sub) return usageError('ota', `ota needs a subcommand: ${subs.join(', ')}`)
+  if (!subs.includes(sub)) return usageError('ota', `ota: unknown subcommand "${sub}" (there are: ${subs.join(', ')})`)
+  if (sub === 'upload' && !arg) return usageError('ota', 'ota upload needs the image FILE')
+  if (sub === 'push' && !arg) return usageError('ota', 'ota push needs the IMAGE (its md5, as `ota images` lists it)')
+  if ((sub === 'images' || sub === 'jobs') && arg) return usageError('ota', `ota ${sub}: unexpected argument "${arg}"`)
+  // Everything the command line alone can get wrong is said before the gateway is asked.
+  let send: () => Promise<{ status: number; body: unknown }>
   const cfg = readConfig(v.config)
   if (typeof cfg === 'number') return cfg
+  let api: ReturnType<typeof gatewayApi> | undefined
+  if (sub === 'images' || sub === 'jobs') {
+    send = () => api!.call('GET', `/api/ota/${sub}`)
+  } else if (sub === 'upload') {
+    if (!v['image-version'] || !v.type) return usageError('ota', 'ota upload needs --image-version V and --type T (e.g. --type firmware)')
+    try {
+      if (!statSync(arg).isFile()) return usageError('ota', `ota upload: ${arg} is not a file`)
+    } catch (err) {
+      return usageError('ota', `ota upload: cannot read ${arg} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
+    }
+    const query = `version=${encodeURIComponent(v['image-version'])}&type=${encodeURIComponent(v.type)}`
+    send = () => api!.call('POST', `/api/ota/images?${query}`, undefined, { type: 'application/octet-stream', stream: createReadStream(arg) })
+  } else {
+    const devices = (v.devices ?? '').split(',').filter(Boolean)
+    if (devices.length === 0 && !(v.product && v.tags)) return usageError('ota', 'ota push needs --devices p/d,p/d or --product P --tags TAG')
+    const expiresAt = v.expires === undefined ? undefined : Math.floor(Date.now() / 1000) + num(v.expires, 0, 'expires')
+    const maxConcurrent = v['max-concurrent'] === undefined ? undefined : num(v['max-concurrent'], 0, 'max-concurrent')
+    send = () => api!.call('POST', '/api/ota/jobs', { image: arg, devices, ...(v.product && v.tags ? { productId: v.product, tag: v.tags } : {}), expiresAt, maxConcurrent })
+  }
   const live = runningGateway(cfg.gateway.dataDir)
   if (live?.httpPort === undefined) {
     process.stderr.write(`ota ${sub}: no gateway is running (and answering) on ${cfg.gateway.dataDir}; start it first\n`)
     return EXIT_NOT_RUNNING
   }
-  const api = gatewayApi(cfg, { ...live, httpPort: live.httpPort })
-  let r: { status: number; body: unknown }
-  if (sub === 'images' || sub === 'jobs') {
-    r = await api.call('GET', `/api/ota/${sub}`)
-  } else if (sub === 'upload') {
-    if (!v['image-version'] || !v.type) {
-      process.stderr.write('ota upload: --image-version and --type are required\n')
-      return EXIT_USAGE
-    }
-    r = await api.call('POST', `/api/ota/images?version=${encodeURIComponent(v['image-version'])}&type=${encodeURIComponent(v.type)}`, undefined, {
-      type: 'application/octet-stream',
-      stream: createReadStream(arg),
-    })
-  } else {
-    const devices = (v.devices ?? '').split(',').filter(Boolean)
-    if (devices.length === 0 && !(v.product && v.tags)) {
-      process.stderr.write('ota push: --devices p/d,... or --product P --tags TAG\n')
-      return EXIT_USAGE
-    }
-    const expiresAt = v.expires ? Math.floor(Date.now() / 1000) + Number(v.expires) : undefined
-    const maxConcurrent = v['max-concurrent'] === undefined ? undefined : Number(v['max-concurrent'])
-    r = await api.call('POST', '/api/ota/jobs', { image: arg, devices, ...(v.product && v.tags ? { productId: v.product, tag: v.tags } : {}), expiresAt, maxConcurrent })
+  api = gatewayApi(cfg, { ...live, httpPort: live.httpPort })
+  const r = await send()
+  if (r.status >= 400) {
+    process.stderr.write(`ota ${sub}: ${refusal(r)}\n`)
+    return 1
   }
   process.stdout.write(json(r.body))
-  return r.status < 400 ? 0 : 1
+  return 0
 }
 
 // --- tools -----------------------------------------------------------------------------------
@@ -916,58 +1089,67 @@ async function ota(args: string[], v: { config?: string; 'image-version'?: strin
 function num(v: string | undefined, def: number, name: string): number {
   if (v === undefined) return def
   const n = Number(v)
-  if (!Number.isFinite(n) || n < 0) throw new UsageError(`--${name} must be a non-negative number`)
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new UsageError(`--${name} must be a non-negative number, not "${v}"`)
   return n
 }
 
-class UsageError extends Error {}
-
-async function runSimulate(v: Record<string, string | boolean | undefined>): Promise<number> {
-  try {
-    const ac = new AbortController()
-    process.once('SIGINT', () => ac.abort())
-    process.once('SIGTERM', () => ac.abort())
-    const qos = num(v.qos as string | undefined, 1, 'qos')
-    if (qos !== 0 && qos !== 1) throw new UsageError('--qos must be 0 or 1')
-    const { simulate } = await import('./tools/simulate.js')
-    const stats = await simulate(
-      {
-        url: (v.url as string | undefined) ?? 'mqtt://127.0.0.1:1883',
-        productId: (v.product as string | undefined) ?? 'sim',
-        devices: num(v.devices as string | undefined, 10, 'devices'),
-        rate: num(v.rate as string | undefined, 1, 'rate'),
-        qos,
-        payloadBytes: num(v['payload-bytes'] as string | undefined, 64, 'payload-bytes'),
-        secretPrefix: (v['secret-prefix'] as string | undefined) ?? 'sim-secret-',
-        durationS: num(v.duration as string | undefined, 60, 'duration'),
-        connectRate: num(v['connect-rate'] as string | undefined, 500, 'connect-rate'),
-        api: v.api ? { url: v.api as string, token: (v.token as string | undefined) ?? '' } : undefined,
-      },
-      ac.signal,
-    )
-    process.stdout.write(JSON.stringify(stats) + '\n')
-    return stats.connected > 0 ? 0 : 1
-  } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`simulate: ${err.message}\n`)
-      return EXIT_USAGE
-    }
-    throw err
-  }
+function port(v: string | undefined, def: number, name: string): number {
+  const n = num(v, def, name)
+  if (!Number.isInteger(n) || n > 65535) throw new UsageError(`--${name} must be a port number (0-65535), not "${v}"`)
+  return n
 }
 
-async function runHubSim(v: Record<string, string | boolean | undefined>): Promise<number | undefined> {
-  const { HubSimServer } = await import('./tools/hub-sim-server.js')
-  const server = new HubSimServer({
+async function runSimulate(v: Values): Promise<number> {
+  const qos = num(v.qos as string | undefined, 1, 'qos')
+  if (qos !== 0 && qos !== 1) throw new UsageError('--qos must be 0 or 1')
+  const options = {
+    url: (v.url as string | undefined) ?? 'mqtt://127.0.0.1:1883',
+    productId: (v.product as string | undefined) ?? 'sim',
+    devices: num(v.devices as string | undefined, 10, 'devices'),
+    rate: num(v.rate as string | undefined, 1, 'rate'),
+    qos: qos as 0 | 1,
+    payloadBytes: num(v['payload-bytes'] as string | undefined, 64, 'payload-bytes'),
+    secretPrefix: (v['secret-prefix'] as string | undefined) ?? 'sim-secret-',
+    durationS: num(v.duration as string | undefined, 60, 'duration'),
+    connectRate: num(v['connect-rate'] as string | undefined, 500, 'connect-rate'),
+    api: v.api ? { url: v.api as string, token: (v.token as string | undefined) ?? '' } : undefined,
+  }
+  if (!/^mqtts?:\/\//.test(options.url)) throw new UsageError(`--url must be mqtt://HOST:PORT or mqtts://..., not "${options.url}"`)
+  if (options.api && !options.api.token) throw new UsageError('--api needs --token T (the gateway\'s API token: cat DATADIR/api-token)')
+  const ac = new AbortController()
+  process.once('SIGINT', () => ac.abort())
+  process.once('SIGTERM', () => ac.abort())
+  const { simulate } = await import('./tools/simulate.js')
+  const stats = await simulate(options, ac.signal)
+  process.stdout.write(JSON.stringify(stats) + '\n')
+  if (stats.connected > 0) return 0
+  process.stderr.write(
+    `simulate: no device connected${stats.lastError ? ` (${stats.lastError})` : ''}; ` +
+      `check --url, and that the devices ${options.productId}/sim-NNNNN are registered with the secrets --secret-prefix gives (--api URL --token T registers them)\n`,
+  )
+  return 1
+}
+
+async function runHubSim(v: Values): Promise<number | undefined> {
+  const opts = {
     host: (v.host as string | undefined) ?? '127.0.0.1',
-    mqttPort: num(v['mqtt-port'] as string | undefined, 1884, 'mqtt-port'),
-    httpPort: num(v['http-port'] as string | undefined, 8091, 'http-port'),
+    mqttPort: port(v['mqtt-port'] as string | undefined, 1884, 'mqtt-port'),
+    httpPort: port(v['http-port'] as string | undefined, 8091, 'http-port'),
     username: v.username as string | undefined,
     password: v.password as string | undefined,
-  })
-  await server.start()
+  }
+  if (!opts.username !== !opts.password) throw new UsageError('--username and --password go together (without both, anyone may log in)')
+  const { HubSimServer } = await import('./tools/hub-sim-server.js')
+  const server = new HubSimServer(opts)
+  try {
+    await server.start()
+  } catch (err) {
+    await server.stop().catch(() => undefined)
+    throw err
+  }
+  const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host
   process.stdout.write(
-    `hub-sim (a stand-in cloud hub for demos and tests, NOT a production hub)\n  MQTT  mqtt://127.0.0.1:${server.mqttPort}\n  HTTP  http://127.0.0.1:${server.httpPort}  (GET /stats, GET /uploads, POST /devices/{p}/{d}/commands, POST /devices/{p}/{d}/rpc, PUT /devices/{p}/{d}/shadow, PUT /devices/{p}/{d}/tags, POST /tags/{p}/{tag}/commands)\n`,
+    `hub-sim (a stand-in cloud hub for demos and tests, NOT a production hub)\n  MQTT  mqtt://${host}:${server.mqttPort}${opts.username ? ` (login ${opts.username})` : ' (anyone may log in)'}\n  HTTP  http://${host}:${server.httpPort}  (GET /stats, GET /uploads, POST /devices/{p}/{d}/commands, POST /devices/{p}/{d}/rpc, PUT /devices/{p}/{d}/shadow, PUT /devices/{p}/{d}/tags, POST /tags/{p}/{tag}/commands)\n`,
   )
   const stop = (): void => void server.stop().then(() => process.exit(0))
   process.once('SIGINT', stop)

@@ -181,9 +181,43 @@ function keyPath(err: ErrorObject): string {
   return parts.map((p) => (/^\d+$/.test(p) ? `[${p}]` : p)).join('.').replace(/\.\[/g, '[') || '(root)'
 }
 
+/** Edit distance (insertions, deletions, substitutions, swapped neighbours), for "did you mean". */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)))
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1)
+    }
+  }
+  return d[a.length][b.length]
+}
+
+/** The key of the same object a mistyped one most likely meant (`datadir`, `dataDirr`: dataDir). */
+function meant(unknown: string, parent: TSchema | undefined): string | undefined {
+  const known = Object.keys((parent as { properties?: Record<string, unknown> } | undefined)?.properties ?? {})
+  const lower = unknown.toLowerCase()
+  let best: { key: string; d: number } | undefined
+  for (const key of known) {
+    const d = key.toLowerCase() === lower ? 0 : distance(lower, key.toLowerCase())
+    if (!best || d < best.d) best = { key, d }
+  }
+  return best && best.d <= Math.max(1, Math.floor(unknown.length / 3)) ? best.key : undefined
+}
+
+const kindOf = (v: unknown): string => (v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v === 'object' ? 'a mapping' : `a ${typeof v}`)
+
 function describe(err: ErrorObject): string {
   const key = keyPath(err)
-  if (err.keyword === 'additionalProperties') return `${key}: unknown key (check the spelling against docs/configuration.md)`
+  if (err.keyword === 'additionalProperties') {
+    const guess = meant(String(err.params.additionalProperty), err.parentSchema as TSchema | undefined)
+    return `${key}: unknown key (${guess ? `did you mean ${guess}? ` : ''}check the spelling against docs/configuration.md)`
+  }
+  // The value's kind, never the value itself: a secret typed as a number must not be echoed.
+  if (err.keyword === 'type') {
+    if (key === '(root)') return `(root): the file must be a YAML mapping of sections (gateway:, broker:, ...), not ${kindOf(err.data)}`
+    return `${key}: ${err.message ?? 'is invalid'}, not ${kindOf(err.data)}`
+  }
   if (err.keyword === 'pattern' && friendly[key]) return `${key}: ${friendly[key]}`
   if (err.keyword === 'pattern' && /^broker\.apps\[\d+\]\.username$/.test(key)) {
     return `${key}: must be 1-64 of [A-Za-z0-9_.@-], without "/" (a user name with "/", {ProductId}/{DeviceId}, is a device's)`
@@ -249,7 +283,17 @@ export function loadConfig(file?: string, extraAdapters: readonly KeyedAdapterEn
   try {
     text = readFileSync(file, 'utf8')
   } catch (err) {
-    throw new ConfigError([`${file}: cannot read (${(err as Error).message})`])
+    const code = (err as NodeJS.ErrnoException).code
+    const abs = path.resolve(file)
+    const why =
+      code === 'ENOENT'
+        ? `there is no such file${abs !== file ? ` (${abs})` : ''}`
+        : code === 'EACCES'
+          ? `not readable by this user (uid ${process.getuid?.() ?? '?'}): run the command as root or as the gateway's user (sudo -u iothub-edge iothub-edge ...)`
+          : code === 'EISDIR'
+            ? 'it is a folder; give the config file in it'
+            : (err as Error).message
+    throw new ConfigError([`${file}: cannot read: ${why}`])
   }
   let doc: unknown
   try {
@@ -339,6 +383,15 @@ export function configWarnings(cfg: Config): string[] {
   for (const { key, section } of urlsWithCredentials(cfg)) {
     warnings.push(`${key}: holds credentials (user:password@host): they show in process listings and support bundles; use ${section}.username and ${section}.password instead`)
   }
+  // An internal listener checks no login and no ACL: fine on 127.0.0.1, open to anyone anywhere else.
+  const listeners = (cfg as { broker?: { listeners: { host: string; port: number; zone: string }[] } }).broker?.listeners ?? []
+  listeners.forEach((l, i) => {
+    if (l.zone !== 'internal' || l.host === 'localhost' || l.host === '::1' || l.host.startsWith('127.')) return
+    warnings.push(
+      `broker.listeners[${i}]: an internal listener (no login, no ACL) on ${l.host}:${l.port}: anyone who reaches it may publish and subscribe to everything, the hub's topics included; ` +
+        'bind it to 127.0.0.1, or give LAN applications accounts on an external listener (broker.apps, docs/operators/local-apps.md)',
+    )
+  })
   const nb = cfg.northbound
   if (!nb.url) return warnings
   let url: URL | undefined

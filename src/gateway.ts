@@ -602,7 +602,11 @@ export class Gateway {
       } catch (err) {
         running.health.state = 'failed'
         running.health.error = (err as Error).message
-        if (entry.required) throw err
+        if (entry.required) {
+          // What it opened before failing (the listeners bound so far) would keep the process alive.
+          await running.instance?.adapter.stop().catch(() => undefined)
+          throw err
+        }
         this.log.error(
           { err, adapter: entry.name, code: ErrorCodes.ADAPTER_FAILED },
           `adapter ${entry.name} failed to start; the rest of the gateway carries on without it: fix its "${entry.key}" config section or its device, then restart`,

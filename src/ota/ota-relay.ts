@@ -604,7 +604,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
    */
   createJob(spec: { image: string; devices?: DeviceRef[]; tag?: { productId: string; tag: string }; expiresAt?: number; maxConcurrent?: number }): { job: string; devices: string[] } {
     const img = this.store.images().find((i) => i.state === 'ready' && (i.key === spec.image || i.md5 === spec.image.toLowerCase()))
-    if (!img) throw new ImageRefused(OTHER_ERROR, `no cached image ${spec.image}: upload it first (POST /api/ota/images)`)
+    if (!img) throw new ImageRefused(OTHER_ERROR, `no cached image ${spec.image}: upload it first (iothub-edge ota upload FILE, or POST /api/ota/images); iothub-edge ota images lists the cached ones`)
     // A mistyped device would otherwise get a job that waits for it forever.
     const unknown = (spec.devices ?? []).filter((d) => this.d.isRegistered?.(d) === false)
     if (unknown.length) throw new UnknownDevices(unknown)

@@ -52,6 +52,8 @@ export interface ToolContext<C> {
 export interface AdapterTool<C> {
   /** Its usage after `iothub-edge {key} `, one or two lines. */
   usage: string
+  /** The long options it takes (besides --config and --help): any other is refused as a usage error. */
+  options?: readonly string[]
   /** Resolves with the exit code. */
   run(t: ToolContext<C>): Promise<number>
 }

@@ -41,7 +41,15 @@ export class HubSimServer {
       s.setNoDelay(true)
       aedes.handle(s)
     })
-    await new Promise<void>((r) => this.server!.listen(this.o.mqttPort, this.o.host, r))
+    // A port in use rejects here (an 'error' event without a listener would end the process).
+    const server = this.server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(this.o.mqttPort, this.o.host, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
     this.mqttPort = (this.server.address() as net.AddressInfo).port
 
     this.sim = new HubSim({ url: `mqtt://127.0.0.1:${this.mqttPort}`, username: '$hub-sim', clientId: 'hub-sim-core' })

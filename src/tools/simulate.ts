@@ -30,6 +30,8 @@ export interface SimulateStats {
   acked: number
   commands: number
   elapsedS: number
+  /** Why a device last failed to connect or lost its connection (refused login, nothing listening, ...). */
+  lastError?: string
 }
 
 export const simDeviceId = (i: number): string => `sim-${String(i).padStart(5, '0')}`
@@ -51,7 +53,9 @@ export async function registerDevices(o: SimulateOptions): Promise<void> {
       body: JSON.stringify({ productId: o.productId, deviceId: simDeviceId(i), secret: `${o.secretPrefix}${i}` }),
     })
     await res.arrayBuffer()
-    if (res.status !== 201 && res.status !== 409) throw new Error(`registering ${simDeviceId(i)}: HTTP ${res.status}`)
+    if (res.status !== 201 && res.status !== 409) {
+      throw new Error(`registering ${simDeviceId(i)} through ${o.api.url}: HTTP ${res.status}${res.status === 401 ? ' (check --token: the gateway\'s api-token file)' : ''}`)
+    }
   }
 }
 
@@ -77,7 +81,7 @@ export async function simulate(o: SimulateOptions, signal?: AbortSignal): Promis
       connectTimeout: 30_000,
     })
     clients.push(c)
-    c.on('error', () => undefined)
+    c.on('error', (err) => (stats.lastError = err.message))
     c.once('connect', () => {
       if (o.rate > 0) {
         const every = 1000 / o.rate
@@ -128,7 +132,9 @@ export async function simulate(o: SimulateOptions, signal?: AbortSignal): Promis
     const rate = ((stats.acked - last.acked) * 1000) / (now - last.t)
     last = { t: now, acked: stats.acked }
     const failed = clients.filter((c) => !c.connected).length
-    report(`connected ${clients.length - failed}/${o.devices}  not connected ${failed}  published ${stats.published}  acked ${stats.acked}  ${rate.toFixed(0)} msg/s  commands ${stats.commands}`)
+    report(
+      `connected ${clients.length - failed}/${o.devices}  not connected ${failed}${failed && stats.lastError ? ` (${stats.lastError})` : ''}  published ${stats.published}  acked ${stats.acked}  ${rate.toFixed(0)} msg/s  commands ${stats.commands}`,
+    )
   }, 2_000)
 
   await new Promise<void>((resolve) => {

@@ -78,6 +78,9 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     const res = await run('dpkg', ['-i', deb])
     expect(res.code, res.stderr).toBe(0)
     expect(await installedStatus()).toBe('install ok installed')
+    // What to do next: where the web UI's setup code is, what to edit.
+    expect(res.stdout).toContain(`sudo cat ${DATA}/ui-setup-code`)
+    expect(res.stdout).toContain(`sudoedit ${CONF}`)
     expect(elfMachine(`${APP}/node/bin/node`)).toBe('x86-64')
     expect(elfMachine(`${APP}/node_modules/better-sqlite3/build/Release/better_sqlite3.node`)).toBe('x86-64')
     // It declares the C library its binaries really need (SQLite is built on this Debian).
@@ -97,6 +100,8 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     expect(user[5]).toBe(DATA)
     expect(user[6]).toBe('/usr/sbin/nologin')
     const gid = Number((await run('getent', ['group', 'iothub-edge'])).stdout.split(':')[2])
+    // The serial ports' group, for the serial adapter.
+    expect((await run('id', ['-nG', 'iothub-edge'])).stdout.split(/\s+/)).toContain('dialout')
 
     const conf = statSync(CONF)
     expect(conf.mode & 0o777).toBe(0o640)
@@ -159,11 +164,22 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
       const asset = await fetch(`http://127.0.0.1:${http}${script}`, { headers: { 'accept-encoding': 'br' } })
       expect(asset.status).toBe(200)
       expect(asset.headers.get('content-encoding')).toBe('br')
+      // The installed command finds the service's gateway without -c (/usr/bin/iothub-edge names the config).
+      const status = await run('iothub-edge', ['status', '--json'])
+      expect(status.code, status.stderr).toBe(0)
+      expect(JSON.parse(status.stdout)).toMatchObject({ pid: child.pid, status: 'ok' })
     } finally {
       child.kill('SIGTERM')
     }
     const { code } = await waitForExit(child, 20_000)
     expect(code, out).toBe(0)
+    // With the service stopped, root would leave root-owned files in its data folder: refused, saying how.
+    const asRoot = await run('iothub-edge', ['devices', 'list'])
+    expect(asRoot.code).toBe(1)
+    expect(asRoot.stderr).toContain(`${DATA} belongs to iothub-edge and this runs as root`)
+    expect(asRoot.stderr).toContain('sudo -u iothub-edge iothub-edge ...')
+    const asService = await run('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'devices', 'list'])
+    expect(asService.code, asService.stderr).toBe(0)
 
     editConfig((doc) => (doc.http.port = 'eighty'))
     const bad = await run('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'start', '-c', CONF])

@@ -44,7 +44,7 @@ describe('the adapter registry', () => {
       expect.unreachable('a misspelt key must be refused')
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError)
-      expect((err as ConfigError).problems).toContain('loopback.lable: unknown key (check the spelling against docs/configuration.md)')
+      expect((err as ConfigError).problems).toContain('loopback.lable: unknown key (did you mean label? check the spelling against docs/configuration.md)')
     }
     // Without the entry the key is unknown: adapters own their sections.
     expect(() => parseConfig({ loopback: {} })).toThrow(/loopback: unknown key/)

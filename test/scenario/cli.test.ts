@@ -2,8 +2,9 @@
 // `devices set-secret` with the secret from stdin (never argv; --secret still works but warns),
 // `devices set-tags`, tables on a terminal and JSON for scripts.
 import { execFile } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { chownSync, copyFileSync, mkdirSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
@@ -67,6 +68,102 @@ describe('cli', () => {
     }
   })
 
+  it('any other wrong command line: one line that says what is wrong, one that says where the usage is, exit 64, nothing done', async () => {
+    const cases: [string[], string, string][] = [
+      [['devices'], 'devices needs a subcommand: list, add, show, set-secret, set-tags, disable, enable, remove', 'devices'],
+      [['devices', 'lsit'], 'devices: unknown subcommand "lsit" (there are: list, add, show, set-secret, set-tags, disable, enable, remove)', 'devices'],
+      [['devices', 'add', 'thermo'], 'devices add needs PRODUCT and DEVICE (devices add thermo t-001)', 'devices'],
+      [['devices', 'add', 'thermo', 't 1'], 'devices add: PRODUCT and DEVICE must be 1-64 of [A-Za-z0-9_-] (got "t 1")', 'devices'],
+      // A config file given without -c would start the gateway on the built-in defaults.
+      [['start', 'gateway.yaml'], 'start: unexpected argument "gateway.yaml": the config file goes after -c (iothub-edge start -c gateway.yaml)', 'start'],
+      // An option of another command (history's --device) would be ignored: 10 devices, not 5.
+      [['simulate', '--device', '5'], 'simulate does not take --device', 'simulate'],
+      [['simulate', '--rate', 'fast'], 'simulate: --rate must be a non-negative number, not "fast"', 'simulate'],
+      [['hub-sim', '--mqtt-port', '99999'], 'hub-sim: --mqtt-port must be a port number (0-65535), not "99999"', 'hub-sim'],
+      [['hub-sim', '--username', 'hub'], 'hub-sim: --username and --password go together (without both, anyone may log in)', 'hub-sim'],
+      [['status', '--tags', 'a'], 'status does not take --tags', 'status'],
+      [['rules', 'test'], 'rules test needs --message MSG (a JSON file with the sample message or messages)', 'rules'],
+      [['history', 'export', '--device', 'thermo'], 'history export needs --device PRODUCT/DEVICE, not "thermo"', 'history'],
+      [['ota', 'push', 'abc'], 'ota push needs --devices p/d,p/d or --product P --tags TAG', 'ota'],
+      [['ota', 'push', 'abc', '--devices', 'p/d', '--expires', 'tomorrow'], 'ota: --expires must be a non-negative number, not "tomorrow"', 'ota'],
+      [['ota', 'upload', 'no-such-image.bin', '--image-version', '1', '--type', 'firmware'], 'ota upload: cannot read no-such-image.bin (ENOENT)', 'ota'],
+      [['store', 'nack'], 'store: unknown subcommand "nack" (there is: ack)', 'store'],
+      [['ui'], 'ui needs a subcommand: reset-password', 'ui'],
+      [['lorawan', 'export'], 'lorawan: unknown subcommand "export" (there is: import)', 'lorawan'],
+      [['lorawan', 'import', '--rate', '1'], 'lorawan import does not take --rate', 'lorawan'],
+    ]
+    for (const [args, said, cmd] of cases) {
+      const r = await runCli(args, { cwd: tmp })
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(64)
+      expect(r.stderr.split('\n'), args.join(' ')).toEqual([said, `\`iothub-edge ${cmd} --help\` shows its usage`, ''])
+      expect(r.stdout, args.join(' ')).toBe('')
+    }
+  })
+
+  it('COMMAND --help shows that command\'s usage alone (adapters\' tools too), exit 0', async () => {
+    const devices = await runCli(['devices', '--help'])
+    expect(devices.code).toBe(0)
+    const lines = devices.stdout.trimEnd().split('\n')
+    expect(lines[0]).toBe('usage:')
+    expect(lines.filter((l) => l.startsWith('  iothub-edge ')).length).toBe(8)
+    expect(lines.filter((l) => l.startsWith('  iothub-edge ') && !l.startsWith('  iothub-edge devices '))).toEqual([])
+    const status = await runCli(['status', '-h'])
+    expect(status.stdout).toMatch(/^usage:\n {2}iothub-edge status \[-c FILE\] \[--json\] .*\n {10,}\(exit 0 ok, 2 degraded, 3 not running\)\n$/)
+    const lorawan = await runCli(['lorawan', '--help'])
+    expect(lorawan.code).toBe(0)
+    expect(lorawan.stdout).toMatch(/^usage:\n {2}iothub-edge lorawan import \[-c FILE\] .*\[--create\]\n/)
+  })
+
+  it('a command that fails on something outside it: one line with the reason, exit 1, no stack trace', async () => {
+    // hub-sim on a port another process has.
+    const server = net.createServer()
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const busy = (server.address() as net.AddressInfo).port
+    try {
+      const r = await runCli(['hub-sim', '--mqtt-port', String(busy), '--http-port', '0'], { cwd: tmp })
+      expect(r.code, r.stderr).toBe(1)
+      expect(r.stderr).toBe(`iothub-edge hub-sim: listen EADDRINUSE: address already in use 127.0.0.1:${busy}: another process has this port\n`)
+    } finally {
+      server.close()
+    }
+    // simulate registering its devices through an API nobody answers.
+    const api = `http://127.0.0.1:${await freePort()}`
+    const sim = await runCli(['simulate', '--devices', '1', '--duration', '1', '--api', api, '--token', 'x'], { cwd: tmp })
+    expect(sim.code).toBe(1)
+    expect(sim.stderr).toMatch(/^iothub-edge simulate: fetch failed \(connect ECONNREFUSED 127\.0\.0\.1:\d+\)\n$/)
+    // simulate against a broker nobody runs: it says why no device connected.
+    const url = `mqtt://127.0.0.1:${await freePort()}`
+    const none = await runCli(['simulate', '--devices', '1', '--duration', '1', '--url', url], { cwd: tmp })
+    expect(none.code).toBe(1)
+    expect(none.stderr).toMatch(/^simulate: no device connected \(connect ECONNREFUSED 127\.0\.0\.1:\d+\); check --url, and that the devices sim\/sim-NNNNN are registered/m)
+  })
+
+  it('a checkout that was never built: the launcher says to run npm run build', async () => {
+    const checkout = path.join(tmp, 'unbuilt')
+    mkdirSync(path.join(checkout, 'bin'), { recursive: true })
+    copyFileSync(gatewayBin, path.join(checkout, 'bin', 'iothub-edge.js'))
+    await writeFile(path.join(checkout, 'package.json'), '{"type":"module"}')
+    const r = await runCli(['--version'], { bin: path.join(checkout, 'bin', 'iothub-edge.js') })
+    expect(r.code).toBe(1)
+    expect(r.stderr).toBe(`iothub-edge: not built yet: run \`npm run build\` in ${checkout}${path.sep} (\`npm start\` builds by itself)\n`)
+  })
+
+  it('as root on a data folder that belongs to the gateway\'s user: refused, saying which user to run it as', async () => {
+    const dataDir = path.join(tmp, 'service-owned')
+    const file = path.join(tmp, 'service-owned.yaml')
+    await writeFile(file, YAML.stringify({ gateway: { ...gw, dataDir } }))
+    const add = await runCli(['devices', 'add', 'thermo', 's1', '--create', '-c', file])
+    expect(add.code, add.stderr).toBe(0)
+    // The service's user (nobody stands in for it); this test runs as root, as CI does.
+    expect(process.getuid?.()).toBe(0)
+    chownSync(dataDir, 65534, 65534)
+    for (const args of [['devices', 'list'], ['ui', 'reset-password'], ['store', 'ack']]) {
+      const r = await runCli([...args, '-c', file])
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(1)
+      expect(r.stderr, args.join(' ')).toMatch(new RegExp(`^${args.join(' ')}: ${dataDir} belongs to (nobody|'#65534') and this runs as root: .* run it as (nobody|'#65534'): sudo -u (nobody|'#65534') iothub-edge \\.\\.\\.\n$`))
+    }
+  })
+
   it('docs/operators/cli.md documents every command --help lists', async () => {
     const help = await runCli(['--help'])
     expect(help.code).toBe(0)
@@ -88,11 +185,19 @@ describe('cli', () => {
     const none = await runCli(['status', '-c', g.configFile])
     expect(none.code).toBe(3)
     expect(none.stderr).toContain(`no gateway is running on ${g.dataDir}`)
+    // Without -c: the built-in ./data, and the hint that the gateway's config was not given.
+    const bare = await runCli(['status'], { cwd: tmp })
+    expect(bare.code).toBe(3)
+    expect(bare.stderr).toBe(`no gateway is running on ${path.join(tmp, 'data')} (the built-in data folder: give the gateway's config with -c FILE)\n`)
 
     await g.start()
     const ok = await runCli(['status', '-c', g.configFile])
     expect(ok.code, ok.stderr).toBe(0)
     expect(JSON.parse(ok.stdout)).toMatchObject({ status: 'ok', pid: g.pid, northbound: { configured: false } })
+    // IOTHUB_EDGE_CONFIG (set by the package's /usr/bin/iothub-edge) stands for -c.
+    const fromEnv = await runCli(['status'], { cwd: tmp, env: { IOTHUB_EDGE_CONFIG: g.configFile } })
+    expect(fromEnv.code, fromEnv.stderr).toBe(0)
+    expect(JSON.parse(fromEnv.stdout)).toMatchObject({ pid: g.pid })
     const text = await onTerminal(['status', '-c', g.configFile])
     expect(text).toMatch(/^status\s+ok$/m)
     expect(text).toMatch(new RegExp(`^gateway\\s+pid ${g.pid}, http://127\\.0\\.0\\.1:${g.httpPort}$`, 'm'))

@@ -201,4 +201,23 @@ describe('start failures name the key, the path and the code', () => {
       server.close()
     }
   })
+
+  it('an MQTT port in use (a system mosquitto on 1883)', async () => {
+    const server = net.createServer()
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const port = (server.address() as net.AddressInfo).port
+    try {
+      const file = path.join(tmp, 'busy-mqtt.yaml')
+      const dataDir = path.join(tmp, 'busy-mqtt-data')
+      await writeFile(file, YAML.stringify({ gateway: { ...gw, dataDir }, http: { host: '127.0.0.1', port: 0 }, broker: { listeners: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port, zone: 'internal' }] } }))
+      const r = await runCli(['start', '-c', file], { cwd: tmp, timeoutMs: 20_000 })
+      expect(r.code).toBe(1)
+      expect(r.stderr).toBe(
+        `iothub-edge: cannot start: broker.listeners[1]: cannot listen on 127.0.0.1:${port} (another process has this port: a system mosquitto?): stop the other process or change broker.listeners (IHE_LISTENER_FAILED)\n`,
+      )
+      expect(existsSync(path.join(dataDir, 'gateway.lock'))).toBe(false)
+    } finally {
+      server.close()
+    }
+  })
 })

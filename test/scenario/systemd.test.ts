@@ -74,6 +74,15 @@ describe('systemd integration', () => {
     expect(directives.filter((l) => l.startsWith('ExecStart='))).toEqual([expect.stringMatching(/ start -c \/etc\/iothub-edge\/gateway\.yaml$/)])
   })
 
+  it('ships a unit and a package that let the serial adapter open its ports (the real /dev, the dialout group)', () => {
+    const unit = readFileSync(path.join(repoRoot, 'systemd', 'iothub-edge.service'), 'utf8')
+    const directives = unit.split('\n').filter((l) => /^[A-Za-z]+=/.test(l))
+    // PrivateDevices=yes would hide /dev/ttyUSB0 and /dev/serial/by-id/... from the gateway.
+    expect(directives.filter((l) => /^(PrivateDevices|DevicePolicy)=/.test(l))).toEqual([])
+    const postinst = readFileSync(path.join(repoRoot, 'packaging', 'deb', 'postinst'), 'utf8')
+    expect(postinst).toMatch(/usermod -a -G dialout "\$USER_NAME"/)
+  })
+
   it('ships a unit file that systemd-analyze accepts', async () => {
     // It exits 1 when /usr/bin/iothub-edge is not installed (test/package/deb-install.test.ts
     // verifies the unit where it is); complaints about paths that exist only on an installed box

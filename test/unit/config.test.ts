@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest'
 import { readFileSync } from 'node:fs'
-import { ConfigError, fileProblems, parseConfig } from '../../src/config.js'
+import os from 'node:os'
+import path from 'node:path'
+import { ConfigError, configWarnings, fileProblems, loadConfig, parseConfig } from '../../src/config.js'
 import { renderConfigDoc } from '../../scripts/gen-config-doc.js'
 
 function problems(doc: unknown): string[] {
@@ -41,10 +43,46 @@ describe('config', () => {
     })
     expect(p).toContain('northbound.url: must be mqtt:// or mqtts://')
     expect(p).toContain('northbound.mode: must be one of ["gateway","devices"]')
-    expect(p).toContain('northbound.tls.rejectUnauthorized: must be boolean')
+    expect(p).toContain('northbound.tls.rejectUnauthorized: must be boolean, not a string')
     expect(p).toContain('broker.listeners[0].port: must be <= 65535')
     expect(p).toContain('broker.aclDenyAction: must be one of ["ignore","disconnect"]')
     expect(p.some((l) => l.startsWith('gatway: unknown key'))).toBe(true)
+  })
+
+  it('a mistyped key names the one meant; a wrong type says what was given, never the value; a file that is not a mapping says so', () => {
+    const p = problems({ gatway: { datadir: './d' }, http: { prot: 8090 }, northbound: { Url: 'mqtt://h' }, broker: { listners: [] } })
+    expect(p).toContain('gatway: unknown key (did you mean gateway? check the spelling against docs/configuration.md)')
+    expect(p).toContain('http.prot: unknown key (did you mean port? check the spelling against docs/configuration.md)')
+    expect(p).toContain('northbound.Url: unknown key (did you mean url? check the spelling against docs/configuration.md)')
+    expect(p).toContain('broker.listners: unknown key (did you mean listeners? check the spelling against docs/configuration.md)')
+    // Nothing close: no guess.
+    expect(problems({ gateway: { colour: 'blue' } })).toEqual(['gateway.colour: unknown key (check the spelling against docs/configuration.md)'])
+    expect(problems({ http: { port: 'eighty' } })).toEqual(['http.port: must be integer, not a string'])
+    // A secret given as a number is refused without being echoed.
+    const secret = problems({ gateway: { secret: 123456789 } })
+    expect(secret).toEqual(['gateway.secret: must be string, not a number'])
+    expect(problems(['gateway'])).toEqual(['(root): the file must be a YAML mapping of sections (gateway:, broker:, ...), not a list'])
+  })
+
+  it('a config file that is missing or a folder: one line that says which', () => {
+    const missing = path.join(os.tmpdir(), 'no-such-iothub-edge-config.yaml')
+    expect(() => loadConfig(missing)).toThrow(ConfigError)
+    const said = (file: string): string[] => {
+      try {
+        loadConfig(file)
+      } catch (err) {
+        return (err as ConfigError).problems
+      }
+      return []
+    }
+    expect(said(missing)).toEqual([`${missing}: cannot read: there is no such file`])
+    expect(said(os.tmpdir())).toEqual([`${os.tmpdir()}: cannot read: it is a folder; give the config file in it`])
+  })
+
+  it('warns about an internal listener (no login, no ACL) bound beyond the loopback', () => {
+    expect(configWarnings(parseConfig({})).filter((w) => w.startsWith('broker.'))).toEqual([])
+    const open = parseConfig({ broker: { listeners: [{ port: 1883 }, { host: '0.0.0.0', port: 11883, zone: 'internal' }, { host: '::1', port: 11884, zone: 'internal' }] } })
+    expect(configWarnings(open)).toEqual([expect.stringMatching(/^broker\.listeners\[1\]: an internal listener \(no login, no ACL\) on 0\.0\.0\.0:11883: anyone who reaches it may publish and subscribe to everything.*bind it to 127\.0\.0\.1/)])
   })
 
   it('http.tls: cert and key together, or selfSigned, not both; paths relative to the config file; sessions default to 30 min idle, 12 h', () => {

@@ -55,6 +55,24 @@ describe('Dockerfile.arm64', () => {
     }
   })
 
+  it('gives the build stage every file `npm run build` reads (the web UI too), before it runs', () => {
+    const build = (JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { scripts: { build: string } }).scripts.build
+    const buildStep = steps.findIndex((s) => s.op === 'RUN' && s.args.includes('npm run build'))
+    expect(buildStep).toBeGreaterThan(0)
+    const copied = steps.slice(0, buildStep).filter((s) => s.op === 'COPY' && !s.args.startsWith('--from')).flatMap((s) => s.args.split(/\s+/).slice(0, -1))
+    const covered = (file: string): boolean => copied.some((c) => file === c || file.startsWith(`${c.replace(/\/$/, '')}/`))
+    // The files the build script names (tsconfig.build.json, scripts/build-ui.mjs), the sources and the UI it builds.
+    const named = [...build.matchAll(/(?:-p |node )(\S+)/g)].map((m) => m[1])
+    expect(named).toEqual(['tsconfig.build.json', 'scripts/build-ui.mjs'])
+    for (const file of [...named, 'tsconfig.json', 'src/cli.ts', 'ui/main.tsx']) expect(covered(file), file).toBe(true)
+  })
+
+  it('puts iothub-edge on the PATH with the config it starts with, for docker exec', () => {
+    expect(steps.some((s) => s.op === 'RUN' && s.args.includes('ln -s /opt/iothub-edge/bin/iothub-edge.js /usr/local/bin/iothub-edge'))).toBe(true)
+    const env = all('ENV').map((s) => s.args).join(' ')
+    expect(env).toContain(`IOTHUB_EDGE_CONFIG=${CONFIG}`)
+  })
+
   it('ships the example config at the path it starts with, passed with -c', () => {
     const copy = all('COPY').find((s) => s.args.endsWith(` ${CONFIG}`))
     expect(copy?.args).toBe(`packaging/gateway.example.yaml ${CONFIG}`)

@@ -226,7 +226,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     })
     this.core.devices.onRevoked((ref, why) => this.kick(ref, why))
 
-    for (const l of this.opts.listeners) {
+    for (const [i, l] of this.opts.listeners.entries()) {
       const server = l.tls
         ? tls.createServer({
             cert: readFileSync(l.tls.cert),
@@ -245,21 +245,26 @@ export class BrokerAdapter implements SouthboundAdapter {
         guardClient(aedes.handle(socket), (v) => this.onViolation(ip, v), { allowEmptyClientId: this.opts.allowEmptyClientId })
       }
       server.on(l.tls ? 'secureConnection' : 'connection', onConn)
-      server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject)
         server.listen(l.port, l.host, () => {
           server.off('error', reject)
           resolve()
         })
-      }).catch((err: Error) => {
-        throw Object.assign(new Error(`cannot listen on ${l.host}:${l.port} (${err.message}); change broker.listeners or free the port`), {
+      }).catch((err: NodeJS.ErrnoException) => {
+        const why = err.code === 'EADDRINUSE' ? 'another process has this port: a system mosquitto?' : err.code === 'EADDRNOTAVAIL' ? 'the address is not one of this machine' : err.message
+        throw Object.assign(new Error(`broker.listeners[${i}]: cannot listen on ${l.host}:${l.port} (${why}): stop the other process or change broker.listeners`), {
           code: ErrorCodes.LISTENER_FAILED,
         })
       })
+      // Once listening (a failed listen is the start's error above, said once).
+      server.on('error', (err) => log.error({ err, code: ErrorCodes.LISTENER_FAILED, port: l.port }, 'MQTT listener failed'))
       this.servers.push(server)
       this.boundPorts.push((server.address() as net.AddressInfo).port)
-      log.info({ host: l.host, port: this.boundPorts.at(-1), zone: l.zone, tls: !!l.tls }, 'MQTT listener up')
+      log.info(
+        { host: l.host, port: this.boundPorts.at(-1), zone: l.zone, tls: !!l.tls },
+        `MQTT listener on ${l.host}:${this.boundPorts.at(-1)}${l.tls ? ' (TLS)' : ''}: ${l.zone === 'internal' ? 'internal, no login (local tools)' : 'external, devices and app accounts log in'}`,
+      )
     }
   }
 

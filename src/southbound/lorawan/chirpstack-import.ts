@@ -27,8 +27,10 @@ interface ImportRow {
 
 export const importTool: AdapterTool<LorawanConfig> = {
   usage:
-    'import [-c FILE] [--tenant UUID] [--application UUID[,UUID]] [--dry-run] [--json]\n' +
-    '      register ChirpStack\'s devices as children by the mapping (needs lorawan.chirpstack.api)',
+    'import [-c FILE] [--tenant UUID] [--application UUID[,UUID]] [--dry-run] [--json] [--create]\n' +
+    '      register ChirpStack\'s devices as children by the mapping (needs lorawan.chirpstack.api;\n' +
+    '      --create: allow a new database when the data folder has none and no gateway runs)',
+  options: ['tenant', 'application', 'dry-run', 'json', 'create'],
   async run(t) {
     const apiCfg = t.config.chirpstack.api
     if (!apiCfg) {
