@@ -77,18 +77,18 @@ export interface CommitError {
 
 /** Runs a batch as one transaction on a connection. */
 export class OutboxTransaction {
-  private readonly st: { insert: Statement; delOne: Statement; delRange: Statement; delSet: Statement; bumpCounter: Statement }
+  private readonly st: { insert: Statement; weigh: Statement; delSet: Statement; bumpCounter: Statement }
   private readonly prepared = new Map<string, Statement>()
 
   constructor(private readonly db: Database.Database) {
     this.st = {
       insert: db.prepare('INSERT INTO outbox (prio, device, kind, topic, payload, bytes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
-      // A batch of deletions in one statement (docs/performance.md, 2026-12-02 outbox): a run of
-      // consecutive ids (a drain acknowledges one) as a range, any other set as a JSON array. RETURNING
-      // names exactly the rows that were still there, so the totals never count a row twice.
-      delOne: db.prepare('DELETE FROM outbox WHERE id = ? RETURNING prio, bytes').raw(),
-      delRange: db.prepare('DELETE FROM outbox WHERE id BETWEEN ? AND ? RETURNING prio, bytes').raw(),
-      delSet: db.prepare('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?)) RETURNING prio, bytes').raw(),
+      // A batch of deletions in one pass over the ids (bench/outbox-statements.ts; docs/performance.md,
+      // "2026-12-02: the outbox's drain"): what the rows still there weigh, per priority, then their
+      // deletion. Counted in SQL, so a row already gone (evicted, or acknowledged twice) counts
+      // nothing, and no row becomes a JS value.
+      weigh: db.prepare('SELECT prio, COUNT(*), SUM(bytes) FROM outbox WHERE id IN (SELECT value FROM json_each(?)) GROUP BY prio').raw(),
+      delSet: db.prepare('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))'),
       bumpCounter: db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value'),
     }
   }
@@ -127,15 +127,15 @@ export class OutboxTransaction {
    */
   private deleteRows(ids: readonly number[], delta: CommitResult['delta']): number {
     if (ids.length === 0) return 0
-    const run = ids.length === 1 ? undefined : consecutive(ids)
-    const gone = (
-      ids.length === 1 ? this.st.delOne.all(ids[0]) : run ? this.st.delRange.all(run.first, run.last) : this.st.delSet.all(JSON.stringify(ids))
-    ) as [Priority, number][]
-    for (const [prio, bytes] of gone) {
-      delta[prio].messages--
+    const set = JSON.stringify(ids)
+    let n = 0
+    for (const [prio, count, bytes] of this.st.weigh.all(set) as [Priority, number, number][]) {
+      delta[prio].messages -= count
       delta[prio].bytes -= bytes
+      n += count
     }
-    return gone.length
+    if (n) this.st.delSet.run(set)
+    return n
   }
 
   private drop(reason: DropReason, n: number, res: CommitResult): void {
@@ -145,23 +145,3 @@ export class OutboxTransaction {
   }
 }
 
-/**
- * The first and last id when the ids are every integer from one to the other, each once (in any
- * order): then `BETWEEN first AND last` deletes exactly them. Undefined otherwise (a gap, a duplicate).
- */
-export function consecutive(ids: readonly number[]): { first: number; last: number } | undefined {
-  let first = ids[0]
-  let last = ids[0]
-  for (const id of ids) {
-    if (id < first) first = id
-    else if (id > last) last = id
-  }
-  if (last - first + 1 !== ids.length) return undefined
-  // As many ids as the range has integers: they cover it unless one came twice.
-  const seen = new Uint8Array(ids.length)
-  for (const id of ids) {
-    if (seen[id - first]) return undefined
-    seen[id - first] = 1
-  }
-  return { first, last }
-}

@@ -51,8 +51,8 @@ export interface OutboxRow {
 }
 
 
-// An OutboxRow as the reads select it.
-const ROW_COLUMNS = 'id, prio, device, kind, topic, payload, received_at AS receivedAt'
+// An OutboxRow's columns, in the order read() takes them from a raw row.
+const ROW_COLUMNS = 'id, prio, device, kind, topic, payload, received_at'
 
 // What a row costs against the quota besides its topic and payload (index entries, row header).
 const ROW_OVERHEAD = 64
@@ -101,6 +101,12 @@ export interface OutboxOptions {
   rpcRespTtlMs: number
   /** Space reserved on the data disk, released when the disk is full (decision 0015-wal-full-disk). */
   ballast?: Ballast
+  /**
+   * Readers take one device's rows (northbound devices mode): keep the index that finds them
+   * (outbox_by_device), created here if missing; without it, dropped (it costs every insert and
+   * delete). Default false.
+   */
+  byDevice?: boolean
   /** Commit on a writer thread of its own (the gateway; decision 0022-store-off-event-loop). Default: on the calling thread. */
   writerThread?: boolean
 }
@@ -148,6 +154,11 @@ export class Outbox extends EventEmitter {
     private readonly opts: OutboxOptions,
   ) {
     super()
+    try {
+      db.exec(opts.byDevice ? 'CREATE INDEX IF NOT EXISTS outbox_by_device ON outbox (device, prio, id)' : 'DROP INDEX IF EXISTS outbox_by_device')
+    } catch {
+      // A full disk at start: the reads by device are slower without it, never wrong; the next start tries again.
+    }
     this.st = {
       // The first row of each priority by id (rows go in in arrival order), through outbox_by_prio:
       // three index seeks, where MIN(received_at) read the whole table (1 s at 2M rows, on every
@@ -155,10 +166,10 @@ export class Outbox extends EventEmitter {
       oldest: db.prepare(
         `SELECT MIN(t) AS t FROM (${[0, 1, 2].map((p) => `SELECT (SELECT received_at FROM outbox INDEXED BY outbox_by_prio WHERE prio = ${p} ORDER BY id LIMIT 1) AS t`).join(' UNION ALL ')})`,
       ),
-      // The columns an OutboxRow has, under its names: the rows come out of the statement as the
-      // hub link takes them, without a copy (not `bytes`, which only the quota reads).
-      readPrio: db.prepare(`SELECT ${ROW_COLUMNS} FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?`),
-      readPrioDevice: db.prepare(`SELECT ${ROW_COLUMNS} FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?`),
+      // The columns an OutboxRow has, as arrays (.raw()): cheaper to make than better-sqlite3's
+      // objects with named keys, even with the OutboxRow made from each (bench/outbox-statements.ts).
+      readPrio: db.prepare(`SELECT ${ROW_COLUMNS} FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?`).raw(),
+      readPrioDevice: db.prepare(`SELECT ${ROW_COLUMNS} FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?`).raw(),
       bumpCounter: db.prepare(
         'INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value',
       ),
@@ -424,11 +435,12 @@ export class Outbox extends EventEmitter {
 
   /** Rows of one priority after a cursor, in order; optionally only one device's. Never a row being evicted. */
   read(prio: Priority, afterId: number, limit: number, device?: string): OutboxRow[] {
+    type Raw = [number, Priority, string, string, string, Buffer, number]
     const out: OutboxRow[] = []
     for (;;) {
-      let raw: OutboxRow[]
+      let raw: Raw[]
       try {
-        raw = (device === undefined ? this.st.readPrio.all(prio, afterId, limit) : this.st.readPrioDevice.all(device, prio, afterId, limit)) as OutboxRow[]
+        raw = (device === undefined ? this.st.readPrio.all(prio, afterId, limit) : this.st.readPrioDevice.all(device, prio, afterId, limit)) as Raw[]
       } catch (err) {
         // A damaged page the start's check did not reach (a value's overflow pages), or damage done
         // while running: the drain is where it shows. 'error' tells the owner (the gateway exits so
@@ -436,16 +448,15 @@ export class Outbox extends EventEmitter {
         if (isDamagedDatabase(err)) this.emit('error', err)
         throw err
       }
-      // No eviction in flight (nearly always): the rows as the statement made them.
-      if (this.evicting.size === 0 && out.length === 0) return raw
+      const evicting = this.evicting.size > 0
       for (const r of raw) {
-        if (this.evicting.has(r.id) || out.length >= limit) continue
-        out.push(r)
+        if ((evicting && this.evicting.has(r[0])) || out.length >= limit) continue
+        out.push({ id: r[0], prio: r[1], device: r[2], kind: r[3], topic: r[4], payload: r[5], receivedAt: r[6] })
       }
       // A page the eviction in flight thinned out: read on, so that a reader is not told "no more"
       // while rows wait behind the victims.
       if (raw.length < limit || out.length >= limit) return out
-      afterId = raw[raw.length - 1].id
+      afterId = raw[raw.length - 1][0]
     }
   }
 

@@ -53,7 +53,7 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
   // side by side with the Mosquitto bridge, throughput was a little better with it and the backlog
   // drain and the latency worse, on a starved machine (decision 0022-store-off-event-loop).
   const writerThread = process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD === '1'
-  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast, writerThread })
+  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast, writerThread, byDevice: cfg.northbound.mode === 'devices' })
   // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
   // A quota near the free space means the disk fills before the quota ever evicts anything.
   const free = freeBytes(dataDir)

@@ -107,6 +107,21 @@ describe.each([
     expect(a).toEqual(['a0', 'a1', 'a2'])
   })
 
+  it('keeps the index of rows by device only while links read by device (northbound devices mode)', async () => {
+    const index = (): unknown => db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'outbox_by_device'").pluck().get()
+    expect(index()).toBeUndefined()
+    const o = new Outbox(db, { maxBytes: 1 << 30, rpcRespTtlMs: 10_000, writerThread, byDevice: true })
+    opened.push(o)
+    expect(index()).toBe('outbox_by_device')
+    await Promise.all([o.enqueue(up('upload_data/p/a/t/{id}', 'a0')), o.enqueue(up('upload_data/p/b/t/{id}', 'b0')), o.enqueue(up('upload_data/p/a/t/{id}', 'a1'))])
+    const plan = db.prepare("EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE device = 'p/a' AND prio = 2 AND id > 0 ORDER BY id").all() as { detail: string }[]
+    expect(plan.map((p) => p.detail).join()).toContain('outbox_by_device')
+    expect(o.read(2, 0, 10, 'p/a').map((r) => r.payload.toString())).toEqual(['a0', 'a1'])
+    // Opened for gateway mode again: gone.
+    open()
+    expect(index()).toBeUndefined()
+  })
+
   it('evicts over quota: oldest telemetry first, then the middle class, replies last, and counts it', async () => {
     // Each row here costs 64 + topic + payload bytes; a quota of ~6 rows.
     const o = open(6 * 110)
