@@ -27,8 +27,16 @@ const BACKLOG = Number(process.env.OUTBOX_BENCH_BACKLOG ?? 100_000)
 const DRAIN_WORK_US = Number(process.env.OUTBOX_BENCH_DRAIN_WORK_US ?? 2)
 const BASELINE = process.env.OUTBOX_BENCH_BASELINE
 type OutboxClass = typeof Outbox
-const builds: Record<string, OutboxClass> = { new: Outbox }
-if (BASELINE) builds.old = ((await import(pathToFileURL(path.join(BASELINE, 'src/store/outbox.ts')).href)) as { Outbox: OutboxClass }).Outbox
+// Each build with its own schema (openDatabase's migrations) and its own outbox.
+interface Build {
+  Outbox: OutboxClass
+  openDatabase: typeof openDatabase
+}
+const builds: Record<string, Build> = { new: { Outbox, openDatabase } }
+if (BASELINE) {
+  const load = async <T>(file: string): Promise<T> => (await import(pathToFileURL(path.join(BASELINE, file)).href)) as T
+  builds.old = { Outbox: (await load<{ Outbox: OutboxClass }>('src/store/outbox.ts')).Outbox, openDatabase: (await load<{ openDatabase: typeof openDatabase }>('src/store/db.ts')).openDatabase }
+}
 
 function busy(us: number): void {
   const until = performance.now() + us / 1000
@@ -37,10 +45,10 @@ function busy(us: number): void {
   }
 }
 
-async function run(OutboxImpl: OutboxClass, writerThread: boolean): Promise<{ rate: number; elu: number }> {
+async function run(build: Build, writerThread: boolean): Promise<{ rate: number; elu: number }> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'outbox-bench-'))
-  const db = openDatabase(dir)
-  const outbox = new OutboxImpl(db, { maxBytes: 1 << 30, rpcRespTtlMs: 10_000, writerThread })
+  const db = build.openDatabase(dir)
+  const outbox = new build.Outbox(db, { maxBytes: 1 << 30, rpcRespTtlMs: 10_000, writerThread })
   outbox.on('committed', (rows: OutboxRow[]) => setImmediate(() => rows.forEach((r) => outbox.ack(r.id))))
   const payload = Buffer.alloc(64, 1)
   let sent = 0
@@ -68,10 +76,10 @@ async function run(OutboxImpl: OutboxClass, writerThread: boolean): Promise<{ ra
 }
 
 /** A backlog drained as the hub link drains it; the rate and the main thread's busy time per message. */
-async function drain(OutboxImpl: OutboxClass, writerThread: boolean): Promise<{ rate: number; elu: number; busyUs: number }> {
+async function drain(build: Build, writerThread: boolean): Promise<{ rate: number; elu: number; busyUs: number }> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'outbox-bench-'))
-  const db = openDatabase(dir)
-  const outbox = new OutboxImpl(db, { maxBytes: 1 << 30, rpcRespTtlMs: 10_000, writerThread })
+  const db = build.openDatabase(dir)
+  const outbox = new build.Outbox(db, { maxBytes: 1 << 30, rpcRespTtlMs: 10_000, writerThread })
   const payload = Buffer.alloc(64, 1)
   for (let i = 0; i < BACKLOG; ) {
     const batch: Promise<void>[] = []
