@@ -173,6 +173,13 @@ const migrations: string[] = [
     last_used_at INTEGER
   ) WITHOUT ROWID;
   `,
+  // 8: outbox_by_device leaves the fixed schema: only northbound devices mode reads the outbox by
+  // device, and in gateway mode the index cost every insert and delete about a third more
+  // (docs/performance.md, "2026-12-02: the outbox's drain"). The outbox creates it when it is
+  // opened for devices mode (OutboxOptions.byDevice) and drops it otherwise.
+  `
+  DROP INDEX IF EXISTS outbox_by_device;
+  `,
 ]
 
 /** The database file in the data folder. */

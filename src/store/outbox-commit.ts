@@ -77,13 +77,18 @@ export interface CommitError {
 
 /** Runs a batch as one transaction on a connection. */
 export class OutboxTransaction {
-  private readonly st: { insert: Statement; del: Statement; bumpCounter: Statement }
+  private readonly st: { insert: Statement; weigh: Statement; delSet: Statement; bumpCounter: Statement }
   private readonly prepared = new Map<string, Statement>()
 
   constructor(private readonly db: Database.Database) {
     this.st = {
       insert: db.prepare('INSERT INTO outbox (prio, device, kind, topic, payload, bytes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
-      del: db.prepare('DELETE FROM outbox WHERE id = ? RETURNING prio, bytes'),
+      // A batch of deletions in one pass over the ids (bench/outbox-statements.ts; docs/performance.md,
+      // "2026-12-02: the outbox's drain"): what the rows still there weigh, per priority, then their
+      // deletion. Counted in SQL, so a row already gone (evicted, or acknowledged twice) counts
+      // nothing, and no row becomes a JS value.
+      weigh: db.prepare('SELECT prio, COUNT(*), SUM(bytes) FROM outbox WHERE id IN (SELECT value FROM json_each(?)) GROUP BY prio').raw(),
+      delSet: db.prepare('DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))'),
       bumpCounter: db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value'),
     }
   }
@@ -116,16 +121,20 @@ export class OutboxTransaction {
     return st
   }
 
-  private deleteRows(ids: number[], delta: CommitResult['delta']): number {
+  /**
+   * Deletes the rows of these ids that are still there (one the quota evicted, or one acknowledged
+   * twice, is not there) and takes exactly those off the totals: how many it deleted.
+   */
+  private deleteRows(ids: readonly number[], delta: CommitResult['delta']): number {
+    if (ids.length === 0) return 0
+    const set = JSON.stringify(ids)
     let n = 0
-    for (const id of ids) {
-      const r = this.st.del.get(id) as { prio: Priority; bytes: number } | undefined
-      if (r) {
-        delta[r.prio].messages--
-        delta[r.prio].bytes -= r.bytes
-        n++
-      }
+    for (const [prio, count, bytes] of this.st.weigh.all(set) as [Priority, number, number][]) {
+      delta[prio].messages -= count
+      delta[prio].bytes -= bytes
+      n += count
     }
+    if (n) this.st.delSet.run(set)
     return n
   }
 
@@ -135,3 +144,4 @@ export class OutboxTransaction {
     res.dropped[reason] = (res.dropped[reason] ?? 0) + n
   }
 }
+

@@ -51,6 +51,9 @@ export interface OutboxRow {
 }
 
 
+// An OutboxRow's columns, in the order read() takes them from a raw row.
+const ROW_COLUMNS = 'id, prio, device, kind, topic, payload, received_at'
+
 // What a row costs against the quota besides its topic and payload (index entries, row header).
 const ROW_OVERHEAD = 64
 
@@ -98,6 +101,12 @@ export interface OutboxOptions {
   rpcRespTtlMs: number
   /** Space reserved on the data disk, released when the disk is full (decision 0015-wal-full-disk). */
   ballast?: Ballast
+  /**
+   * Readers take one device's rows (northbound devices mode): keep the index that finds them
+   * (outbox_by_device), created here if missing; without it, dropped (it costs every insert and
+   * delete). Default false.
+   */
+  byDevice?: boolean
   /** Commit on a writer thread of its own (the gateway; decision 0022-store-off-event-loop). Default: on the calling thread. */
   writerThread?: boolean
   /** After each commit (the WAL's checkpointer counts them: wal-checkpointer.ts). */
@@ -138,7 +147,7 @@ export class Outbox extends EventEmitter {
     readPrio: Statement
     readPrioDevice: Statement
     bumpCounter: Statement
-    rowSize: Statement
+    leavingBytes: Statement
     evictCandidates: Statement
   }
 
@@ -147,6 +156,11 @@ export class Outbox extends EventEmitter {
     private readonly opts: OutboxOptions,
   ) {
     super()
+    try {
+      db.exec(opts.byDevice ? 'CREATE INDEX IF NOT EXISTS outbox_by_device ON outbox (device, prio, id)' : 'DROP INDEX IF EXISTS outbox_by_device')
+    } catch {
+      // A full disk at start: the reads by device are slower without it, never wrong; the next start tries again.
+    }
     this.st = {
       // The first row of each priority by id (rows go in in arrival order), through outbox_by_prio:
       // three index seeks, where MIN(received_at) read the whole table (1 s at 2M rows, on every
@@ -154,12 +168,15 @@ export class Outbox extends EventEmitter {
       oldest: db.prepare(
         `SELECT MIN(t) AS t FROM (${[0, 1, 2].map((p) => `SELECT (SELECT received_at FROM outbox INDEXED BY outbox_by_prio WHERE prio = ${p} ORDER BY id LIMIT 1) AS t`).join(' UNION ALL ')})`,
       ),
-      readPrio: db.prepare('SELECT * FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?'),
-      readPrioDevice: db.prepare('SELECT * FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?'),
+      // The columns an OutboxRow has, as arrays (.raw()): cheaper to make than better-sqlite3's
+      // objects with named keys, even with the OutboxRow made from each (bench/outbox-statements.ts).
+      readPrio: db.prepare(`SELECT ${ROW_COLUMNS} FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ?`).raw(),
+      readPrioDevice: db.prepare(`SELECT ${ROW_COLUMNS} FROM outbox WHERE device = ? AND prio = ? AND id > ? ORDER BY id LIMIT ?`).raw(),
       bumpCounter: db.prepare(
         'INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value',
       ),
-      rowSize: db.prepare('SELECT bytes FROM outbox WHERE id = ?').pluck(),
+      // What the rows a batch deletes anyway free, in one statement (a drain's batch has thousands).
+      leavingBytes: db.prepare('SELECT COALESCE(SUM(bytes), 0) FROM outbox WHERE id IN (SELECT value FROM json_each(?))').pluck(),
       evictCandidates: db.prepare(`SELECT id, bytes FROM outbox WHERE prio = ? AND id > ? ORDER BY id LIMIT ${EVICT_PAGE}`),
     }
     for (const r of db.prepare('SELECT prio, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM outbox GROUP BY prio').all() as {
@@ -336,7 +353,7 @@ export class Outbox extends EventEmitter {
     // What this batch deletes anyway (the hub's acknowledgements, other drops) frees its bytes first.
     const leaving = new Set(acked)
     for (const d of drops) for (const id of d.ids) leaving.add(id)
-    for (const id of leaving) bytes -= (this.st.rowSize.get(id) as number | undefined) ?? 0
+    if (leaving.size) bytes -= this.st.leavingBytes.get(JSON.stringify([...leaving])) as number
     for (const prio of [2, 1, 0] as const) {
       let after = 0
       while (bytes > max) {
@@ -421,7 +438,7 @@ export class Outbox extends EventEmitter {
 
   /** Rows of one priority after a cursor, in order; optionally only one device's. Never a row being evicted. */
   read(prio: Priority, afterId: number, limit: number, device?: string): OutboxRow[] {
-    type Raw = { id: number; prio: Priority; device: string; kind: string; topic: string; payload: Buffer; received_at: number }
+    type Raw = [number, Priority, string, string, string, Buffer, number]
     const out: OutboxRow[] = []
     for (;;) {
       let raw: Raw[]
@@ -434,14 +451,15 @@ export class Outbox extends EventEmitter {
         if (isDamagedDatabase(err)) this.emit('error', err)
         throw err
       }
+      const evicting = this.evicting.size > 0
       for (const r of raw) {
-        if (this.evicting.has(r.id) || out.length >= limit) continue
-        out.push({ id: r.id, prio: r.prio, device: r.device, kind: r.kind, topic: r.topic, payload: r.payload, receivedAt: r.received_at })
+        if ((evicting && this.evicting.has(r[0])) || out.length >= limit) continue
+        out.push({ id: r[0], prio: r[1], device: r[2], kind: r[3], topic: r[4], payload: r[5], receivedAt: r[6] })
       }
       // A page the eviction in flight thinned out: read on, so that a reader is not told "no more"
       // while rows wait behind the victims.
       if (raw.length < limit || out.length >= limit) return out
-      afterId = raw[raw.length - 1].id
+      afterId = raw[raw.length - 1][0]
     }
   }
 

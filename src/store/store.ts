@@ -65,7 +65,7 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
       log.warn({ err: err.message, code: ErrorCodes.STORE_FAILED }, 'the WAL checkpointer thread could not checkpoint gateway.db; the main connection checkpoints instead (logged once per cause)')
     },
   })
-  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast, writerThread, onCommit: () => checkpointer.committed() })
+  const outbox = new Outbox(db, { maxBytes, rpcRespTtlMs: cfg.store.outbox.rpcRespTtlSeconds * 1000, ballast, writerThread, byDevice: cfg.northbound.mode === 'devices', onCommit: () => checkpointer.committed() })
   // The quota counts rows; SQLite needs about as much again (indexes, the WAL, room to checkpoint).
   // A quota near the free space means the disk fills before the quota ever evicts anything.
   const free = freeBytes(dataDir)

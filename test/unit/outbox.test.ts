@@ -29,6 +29,18 @@ function readAll(o: Outbox): { prio: Priority; topic: string }[] {
   return ([0, 1, 2] as const).flatMap((p) => o.read(p, 0, 1e6).map((r) => ({ prio: r.prio, topic: r.topic })))
 }
 
+function readIds(o: Outbox): number[] {
+  return ([0, 1, 2] as const).flatMap((p) => o.read(p, 0, 1e6).map((r) => r.id)).sort((a, b) => a - b)
+}
+
+/** The outbox's running totals equal what the table holds (counted afresh, as a restart does). */
+function expectTrueTotals(o: Outbox): void {
+  const fresh = new Outbox(db, { maxBytes: 1 << 30, rpcRespTtlMs: 10_000 })
+  const { messages, bytes, byPriority } = fresh.stats()
+  fresh.close()
+  expect({ messages, bytes, byPriority }).toEqual({ messages: o.stats().messages, bytes: o.stats().bytes, byPriority: o.stats().byPriority })
+}
+
 beforeEach(() => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'outbox-'))
   db = openDatabase(dir)
@@ -95,6 +107,21 @@ describe.each([
     expect(a).toEqual(['a0', 'a1', 'a2'])
   })
 
+  it('keeps the index of rows by device only while links read by device (northbound devices mode)', async () => {
+    const index = (): unknown => db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'outbox_by_device'").pluck().get()
+    expect(index()).toBeUndefined()
+    const o = new Outbox(db, { maxBytes: 1 << 30, rpcRespTtlMs: 10_000, writerThread, byDevice: true })
+    opened.push(o)
+    expect(index()).toBe('outbox_by_device')
+    await Promise.all([o.enqueue(up('upload_data/p/a/t/{id}', 'a0')), o.enqueue(up('upload_data/p/b/t/{id}', 'b0')), o.enqueue(up('upload_data/p/a/t/{id}', 'a1'))])
+    const plan = db.prepare("EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE device = 'p/a' AND prio = 2 AND id > 0 ORDER BY id").all() as { detail: string }[]
+    expect(plan.map((p) => p.detail).join()).toContain('outbox_by_device')
+    expect(o.read(2, 0, 10, 'p/a').map((r) => r.payload.toString())).toEqual(['a0', 'a1'])
+    // Opened for gateway mode again: gone.
+    open()
+    expect(index()).toBeUndefined()
+  })
+
   it('evicts over quota: oldest telemetry first, then the middle class, replies last, and counts it', async () => {
     // Each row here costs 64 + topic + payload bytes; a quota of ~6 rows.
     const o = open(6 * 110)
@@ -158,6 +185,19 @@ describe.each([
     expect(kept()).not.toContain('tele-0')
   })
 
+  it('counts the rows a batch deletes anyway against the quota before it evicts anything', async () => {
+    const o = open(6 * 110)
+    let n = 0
+    while (o.stats().bytes + 100 <= o.maxBytes) await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    const [first, second] = o.read(2, 0, 2)
+    // Acknowledged (twice, as a resend can be) in the same batch as a row that would not fit otherwise.
+    for (const id of [first.id, second.id, second.id]) o.ack(id)
+    await o.enqueue(up('upload_data/p/d/t/{id}', `tele-${n++}`))
+    expect(o.stats().dropped.quota).toBe(0)
+    expect(o.read(2, 0, 100).map((r) => r.payload.toString())[0]).toBe('tele-2')
+    expectTrueTotals(o)
+  })
+
   it('never hands out a row the quota is evicting while that commit runs, nor evicts one taken meanwhile', async () => {
     const o = open(6 * 110)
     let n = 0
@@ -179,6 +219,77 @@ describe.each([
     expect(o.stats().dropped.quota).toBe(1)
     expect(evicted.flat()).toHaveLength(1)
     expect(o.stats().bytes).toBeLessThanOrEqual(o.maxBytes)
+  })
+
+  // The deletions of a batch run as one statement (a range when the ids are a run): the totals
+  // must still take off exactly the rows that were there.
+  it('takes off the totals exactly the rows an acknowledgement deleted: twice-acked, already gone, across priorities', async () => {
+    const o = open()
+    const topics = ['cmd_resp/p/d/c/r1/{id}', 'update_status/p/d/{id}', 'upload_data/p/d/t/{id}']
+    await Promise.all(Array.from({ length: 30 }, (_, i) => o.enqueue(up(topics[i % 3], 'x'.repeat(i)))))
+    const ids = ([0, 1, 2] as const).flatMap((p) => o.read(p, 0, 100).map((r) => r.id)).sort((a, b) => a - b)
+    expect(ids).toHaveLength(30)
+    // A run of ids across the three priorities, one of them twice, and one gone already.
+    o.ack(ids[0])
+    await o.flush()
+    expectTrueTotals(o)
+    for (const id of [...ids.slice(0, 6), ids[3]]) o.ack(id)
+    await o.flush()
+    expectTrueTotals(o)
+    expect(o.stats().messages).toBe(24)
+    // As many ids as a run would have, but with a duplicate in place of ids[8]: ids[8] must stay.
+    for (const id of [ids[6], ids[7], ids[7], ids[9]]) o.ack(id)
+    await o.flush()
+    expectTrueTotals(o)
+    expect(o.stats().messages).toBe(21)
+    expect(readIds(o)).toContain(ids[8])
+    // A scattered set, duplicates and ids that never existed among them.
+    for (const id of [ids[12], ids[20], ids[12], ids[29], ids[29] + 1000, ids[0]]) o.ack(id)
+    await o.flush()
+    expectTrueTotals(o)
+    expect(o.stats().messages).toBe(18)
+    expect(readIds(o)).toEqual(ids.filter((_, i) => i === 8 || i === 10 || i === 11 || (i > 12 && i < 29 && i !== 20)))
+  })
+
+  it('counts a drop only for the rows it deleted, by reason, and the totals stay exact', async () => {
+    const o = open()
+    await Promise.all(Array.from({ length: 10 }, (_, i) => o.enqueue(up('rpc_resp/p/d/c/r1/{id}', `r${i}`))))
+    await Promise.all(Array.from({ length: 5 }, () => o.enqueue(up('upload_data/p/d/t/{id}'))))
+    const ids = o.read(0, 0, 100).map((r) => r.id)
+    const dropped: { reason: string; count: number }[] = []
+    o.on('dropped', (d: { reason: string; count: number }) => dropped.push(d))
+    // Acknowledged in the same batch as the drop names it: deleted once, as acknowledged, not counted as dropped.
+    o.ack(ids[0])
+    await o.drop([ids[0], ids[1], ids[2], ids[2]], 'rpc_resp_expired')
+    expect(o.stats().dropped.rpc_resp_expired).toBe(2)
+    expectTrueTotals(o)
+    // A run of ids two of which are gone already.
+    await o.drop(ids.slice(1, 6), 'rpc_resp_expired')
+    expect(o.stats().dropped.rpc_resp_expired).toBe(5)
+    expect(dropped).toEqual([
+      { reason: 'rpc_resp_expired', count: 2 },
+      { reason: 'rpc_resp_expired', count: 3 },
+    ])
+    expectTrueTotals(o)
+    expect(o.stats().byPriority[0].messages).toBe(4)
+    expect(o.stats().byPriority[2].messages).toBe(5)
+    // The counter on disk agrees.
+    db.close()
+    db = openDatabase(dir)
+    expect(open().stats().dropped.rpc_resp_expired).toBe(5)
+  })
+
+  it('deletes a whole drain of acknowledgements (thousands of consecutive ids) in one commit, exactly', async () => {
+    const o = open()
+    await Promise.all(Array.from({ length: 3000 }, (_, i) => o.enqueue(up(i % 100 === 0 ? 'update_status/p/d/{id}' : 'upload_data/p/d/t/{id}'))))
+    const ids = ([0, 1, 2] as const).flatMap((p) => o.read(p, 0, 5000).map((r) => r.id)).sort((a, b) => a - b)
+    // Acknowledged out of order, as PUBACKs of two priorities interleave.
+    const acked = ids.slice(100, 2100)
+    for (const id of [...acked.slice(1000), ...acked.slice(0, 1000)]) o.ack(id)
+    await o.flush()
+    expectTrueTotals(o)
+    expect(o.stats().messages).toBe(1000)
+    expect(readIds(o)).toEqual([...ids.slice(0, 100), ...ids.slice(2100)])
   })
 
   it('refuses new messages after close', async () => {
