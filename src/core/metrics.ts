@@ -9,7 +9,11 @@ export class Metrics {
     help: 'Messages accepted for the hub, by transport and kind',
     labelNames: ['transport', 'kind'] as const,
     registers: [this.registry],
+    // What countUplink() added up since the last read goes in now, before the values are read.
+    collect: () => this.collectUplinks(),
   })
+  // Uplinks counted per message by countUplink(), not yet handed to the counter: by transport, then kind.
+  private readonly uplinkCells = new Map<string, Map<string, { labels: { transport: string; kind: string }; n: number }>>()
   readonly rejected = new Counter({
     name: 'iothub_edge_rejected_total',
     help: 'Input refused, by reason (bad_topic, acl_denied, auth_failed, malformed_packet, unsupported_protocol, store_full)',
@@ -62,6 +66,29 @@ export class Metrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'iothub_edge_' })
+  }
+
+  /**
+   * One more message accepted for the hub: `iothub_edge_uplinks_total{transport, kind}`. A plain
+   * addition per message; the counter gets the sums when it is read (a scrape), since prom-client's
+   * `inc` with labels builds and checks a key for its labels on every call, also through `labels()`.
+   */
+  countUplink(transport: string, kind: string): void {
+    let byKind = this.uplinkCells.get(transport)
+    if (!byKind) this.uplinkCells.set(transport, (byKind = new Map()))
+    const cell = byKind.get(kind)
+    if (cell) cell.n++
+    else byKind.set(kind, { labels: { transport, kind }, n: 1 })
+  }
+
+  private collectUplinks(): void {
+    for (const byKind of this.uplinkCells.values()) {
+      for (const cell of byKind.values()) {
+        if (cell.n === 0) continue
+        this.uplinks.inc(cell.labels, cell.n)
+        cell.n = 0
+      }
+    }
   }
 
   /** An adapter's own metrics, in the same registry, named `iothub_edge_{adapter}_{name}`. */

@@ -6,7 +6,6 @@
 // they see what is really going north, after the gateway answered what it answers locally.
 import type { Metrics } from './metrics.js'
 import type { Command, DeliveryResult, DeviceRef, Uplink } from './types.js'
-import { deviceKey } from './types.js'
 import type { CommandRouter } from './command-router.js'
 import type { TagService } from './tags.js'
 import type { ShadowService } from './shadows.js'
@@ -41,8 +40,9 @@ export interface PipelineDeps {
 export class UplinkPipeline {
   readonly steps: readonly NamedStep[]
   private rules: UplinkStep | undefined
-  // When each device last sent something (ms), since the start: the API's `lastSeen`.
-  private readonly heard = new Map<string, number>()
+  // When each device last sent something (ms), since the start: the API's `lastSeen`. By product,
+  // then device: no key string is made per message.
+  private readonly heard = new Map<string, Map<string, number>>()
   // One continuation per step, made once: the hot path allocates no closures.
   private readonly nexts: ((up: Uplink) => Promise<void>)[]
 
@@ -65,7 +65,7 @@ export class UplinkPipeline {
 
   /** When the device last sent a message since the gateway started (ms), if it did. */
   lastHeard(device: DeviceRef): number | undefined {
-    return this.heard.get(deviceKey(device))
+    return this.heard.get(device.productId)?.get(device.deviceId)
   }
 
   /** Resolves once the message is durable or handled; rejects when it could not be made durable. */
@@ -83,16 +83,15 @@ export class UplinkPipeline {
     }
   }
 
-  // The counter of each (transport, kind), looked up once: inc() with labels hashes them per call.
-  private readonly uplinkCounters = new Map<string, { inc(): void }>()
-
   private count(up: Uplink, next: (up: Uplink) => Promise<void>): Promise<void> {
-    const key = `${up.transport} ${up.topic.kind}`
-    let counter = this.uplinkCounters.get(key)
-    if (!counter) this.uplinkCounters.set(key, (counter = this.d.metrics.uplinks.labels({ transport: up.transport, kind: up.topic.kind })))
-    counter.inc()
+    const t = up.topic
+    this.d.metrics.countUplink(up.transport, t.kind)
     // The core's own uploads on a device's behalf ($connection, ...) are not the device speaking.
-    if (up.transport !== 'internal') this.heard.set(deviceKey(up.topic), up.receivedAt)
+    if (up.transport !== 'internal') {
+      let devices = this.heard.get(t.productId)
+      if (!devices) this.heard.set(t.productId, (devices = new Map()))
+      devices.set(t.deviceId, up.receivedAt)
+    }
     return next(up)
   }
 

@@ -24,7 +24,7 @@ import { deviceKey } from '../core/types.js'
 import { HISTORY_FILE, openHistoryReadOnly, type HistoryDb } from './history-db.js'
 import { HistoryStore, MINUTE, type HistoryEvent, type Sample } from './history-store.js'
 import type { WorkerReply, WorkerRequest, WorkerSetup } from './history-worker.js'
-import { compact } from './uplink-samples.js'
+import { UplinkPack } from './uplink-pack.js'
 import type { HistoryConfig } from './schema.js'
 import type { HistoryHealth } from './history-types.js'
 
@@ -70,7 +70,8 @@ export class HistoryRecorder implements PipelineObserver {
   private extraSince = 0
   private wakes = 0
   private reader?: { db: HistoryDb; store: HistoryStore }
-  private buffered: (readonly Uplink[])[] = []
+  // Committed uplinks packed for the writer (uplink-pack.ts), at most CHUNK a pack.
+  private buffered: UplinkPack[] = []
   // Uplinks buffered here or handed to the worker and not yet written: what "behind" is measured in.
   private pendingCount = 0
   private events: HistoryEvent[] = []
@@ -329,7 +330,12 @@ export class HistoryRecorder implements PipelineObserver {
       )
       return
     }
-    this.buffered.push(batch)
+    // Packed now, in the commit's turn: nothing of the batch is kept until the hand-over.
+    let pack = this.buffered.at(-1)
+    for (const up of batch) {
+      if (!pack || pack.count >= CHUNK) this.buffered.push((pack = new UplinkPack()))
+      pack.add(up)
+    }
     this.pendingCount += batch.length
     this.committedSinceVitals += batch.length
     this.schedule()
@@ -354,13 +360,12 @@ export class HistoryRecorder implements PipelineObserver {
     // The writer sleeps and only vitals wait: they wake it at most every VITALS_MAX_WAIT_MS.
     if (!this.worker && !all && !this.buffered.length && !this.events.length && Date.now() - this.extraSince < VITALS_MAX_WAIT_MS) return
     do {
-      const uplinks = []
-      while (this.buffered.length && uplinks.length < CHUNK) for (const up of this.buffered.shift()!) uplinks.push(compact(up))
+      const pack = this.buffered.shift()
       const events = this.events
       const samples = this.extra
       this.events = []
       this.extra = []
-      if (uplinks.length || events.length || samples.length) this.post({ type: 'batch', uplinks, events, samples })
+      if (pack || events.length || samples.length) this.post({ type: 'batch', uplinks: pack?.bytes() ?? new Uint8Array(0), events, samples })
     } while (all && this.buffered.length)
     if (this.buffered.length) this.schedule(0)
   }
@@ -373,7 +378,8 @@ export class HistoryRecorder implements PipelineObserver {
       return this.wake()
     }
     clearTimeout(this.idleTimer)
-    this.worker.postMessage(m)
+    // A pack's buffer is its own (uplink-pack.ts): moved to the writer, not copied.
+    this.worker.postMessage(m, m.type === 'batch' && m.uplinks.byteLength ? [m.uplinks.buffer as ArrayBuffer] : [])
   }
 
   /** The gateway's own vitals, as samples of its own device. */

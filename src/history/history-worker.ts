@@ -5,7 +5,8 @@
 import { parentPort, workerData } from 'node:worker_threads'
 import { isCorrupt, openHistoryDb, quarantine, type HistoryDb } from './history-db.js'
 import { HistoryStore, type DroppedTables, type HistoryEvent, type HistoryLimits, type Sample } from './history-store.js'
-import { SampleMaker, type CompactUplink } from './uplink-samples.js'
+import { SampleMaker } from './uplink-samples.js'
+import { unpack } from './uplink-pack.js'
 
 export interface WorkerSetup {
   dataDir: string
@@ -13,7 +14,8 @@ export interface WorkerSetup {
 }
 
 export type WorkerRequest =
-  | { type: 'batch'; uplinks: CompactUplink[]; events: HistoryEvent[]; samples: Sample[] }
+  /** `uplinks`: an UplinkPack's bytes (uplink-pack.ts), moved to this thread. */
+  | { type: 'batch'; uplinks: Uint8Array; events: HistoryEvent[]; samples: Sample[] }
   | { type: 'maintain' }
   | { type: 'stop' }
 
@@ -55,7 +57,8 @@ class HistoryWriter {
     }
   }
 
-  private batch(uplinks: CompactUplink[], events: HistoryEvent[], samples: Sample[]): void {
+  private batch(packed: Uint8Array, events: HistoryEvent[], samples: Sample[]): void {
+    const uplinks = unpack(packed)
     for (const up of uplinks) this.maker.add(up, samples, events)
     if (!this.store) return this.reply({ type: 'written', uplinks: uplinks.length, written: 0, rejected: [], error: 'the history is off after a failure' })
     try {

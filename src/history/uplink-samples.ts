@@ -1,13 +1,10 @@
 // What one committed uplink becomes in the history: samples (the numeric and boolean leaves of its
 // JSON, transport metadata) and events (`$connection` sessions, OTA status). Uplinks cross to the
-// history's worker thread in this compact form: the payload as text only where it can matter.
-import type { Uplink, UplinkMeta } from '../core/types.js'
-import { deviceKey } from '../core/types.js'
+// history's worker thread packed (uplink-pack.ts) and are read back there in this compact form: the
+// payload as text only where it can matter.
+import type { UplinkMeta } from '../core/types.js'
 import type { HistoryEvent, Sample } from './history-store.js'
 import { payloadLeaves } from './payload-leaves.js'
-
-// Larger payloads are not read for leaves (a history is for values, not documents).
-const MAX_TEXT = 64 * 1024
 
 export interface CompactUplink {
   device: string
@@ -18,25 +15,6 @@ export interface CompactUplink {
   meta?: UplinkMeta
   /** Made by the gateway itself (a rule's alarm change, a window), not sent by the device. */
   internal?: true
-}
-
-/** On the pipeline's side: as little work as possible, no copy of pooled socket buffers. */
-export function compact(up: Uplink): CompactUplink {
-  const t = up.topic
-  const what =
-    t.kind === 'upload_data'
-      ? t.name === '$connection' || !t.name?.startsWith('$')
-        ? t.name
-        : undefined
-      : t.kind === 'update_status'
-        ? 'status'
-        : t.kind === 'update_ota_status'
-          ? '$ota'
-          : undefined
-  const text = what !== undefined && up.payload.length <= MAX_TEXT ? up.payload.toString('utf8') : undefined
-  const c: CompactUplink = { device: deviceKey(t), what, ts: up.receivedAt, text, meta: up.meta }
-  if (up.transport === 'internal') c.internal = true
-  return c
 }
 
 /** Turns compact uplinks into samples and events; remembers frame counters to tell gaps. */

@@ -551,6 +551,9 @@ export class BrokerSessionStore extends EventEmitter {
   }
 
   async subscriptionsByTopic(topic: string): Promise<object[]> {
+    // aedes asks for every QoS > 0 publish; with no persistent session subscribed (the usual load)
+    // there is nothing to match.
+    if (this.trie.subscriptionsCount === 0) return []
     return this.trie.match(topic)
   }
 

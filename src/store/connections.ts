@@ -1,6 +1,13 @@
 // Connection tracking per client id, with the hub's Connection fields (PROTOCOL.md `$connection`).
+// With the outbox given (the gateway), a connect or disconnect is staged and joins the outbox's next
+// group commit, the one that carries its `$connection` upload: no commit (no fsync) of its own on
+// the event loop. 100 devices connecting used to cost 100 fsyncs, about a second with the event
+// loop blocked while they published (docs/performance.md, 2026-12-02 intake). The table is
+// bookkeeping: a record lost in a crash (or a failed commit) shows as a stale connection at the next
+// start, as before.
 import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
+import type { Outbox, SqlWrite } from './outbox.js'
 import type { DeviceRef, Transport } from '../core/types.js'
 
 export interface ConnectionInfo {
@@ -29,31 +36,61 @@ interface Row {
   disconnect_at: number | null
 }
 
+const UPSERT = `INSERT INTO connections (client_id, product_id, device_id, transport, connected, ipaddress, keepalive, proto_ver, connected_at, disconnect_at)
+  VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL)
+  ON CONFLICT(client_id) DO UPDATE SET product_id = excluded.product_id, device_id = excluded.device_id,
+    transport = excluded.transport, connected = 1, ipaddress = excluded.ipaddress, keepalive = excluded.keepalive,
+    proto_ver = excluded.proto_ver, connected_at = excluded.connected_at, disconnect_at = NULL`
+const DISCONNECT = 'UPDATE connections SET connected = 0, disconnect_at = ? WHERE client_id = ? AND connected = 1'
+
 export class ConnectionStore {
   private readonly st: Record<'upsert' | 'disconnect' | 'all' | 'stale', Statement>
+  // Writes waiting for the outbox's next group commit (with an outbox only).
+  private staged: SqlWrite[] = []
 
-  constructor(private readonly db: Db) {
+  constructor(
+    private readonly db: Db,
+    private readonly outbox?: Outbox,
+  ) {
     this.st = {
-      upsert: db.prepare(
-        `INSERT INTO connections (client_id, product_id, device_id, transport, connected, ipaddress, keepalive, proto_ver, connected_at, disconnect_at)
-         VALUES (@clientId, @productId, @deviceId, @transport, 1, @ipaddress, @keepalive, @protoVer, @connectedAt, NULL)
-         ON CONFLICT(client_id) DO UPDATE SET product_id = excluded.product_id, device_id = excluded.device_id,
-           transport = excluded.transport, connected = 1, ipaddress = excluded.ipaddress, keepalive = excluded.keepalive,
-           proto_ver = excluded.proto_ver, connected_at = excluded.connected_at, disconnect_at = NULL`,
-      ),
-      disconnect: db.prepare('UPDATE connections SET connected = 0, disconnect_at = ? WHERE client_id = ? AND connected = 1'),
+      upsert: db.prepare(UPSERT),
+      disconnect: db.prepare(DISCONNECT),
       all: db.prepare('SELECT * FROM connections ORDER BY client_id'),
       stale: db.prepare('SELECT * FROM connections WHERE connected = 1'),
     }
+    outbox?.addParticipant({
+      write: () => {
+        const writes = this.staged
+        this.staged = []
+        return writes
+      },
+      committed: () => {},
+      // Gone with the failed commit: a connection left open shows as stale at the next start.
+      failed: () => {},
+    })
   }
 
   connected(c: Omit<ConnectionInfo, 'connected' | 'disconnectAt'> & DeviceRef): ConnectionInfo {
-    this.st.upsert.run(c)
+    this.write(UPSERT, [c.clientId, c.productId, c.deviceId, c.transport, c.ipaddress, c.keepalive, c.protoVer, c.connectedAt])
     return { ...c, connected: true, disconnectAt: null }
   }
 
   disconnected(clientId: string, at = Date.now()): void {
-    this.st.disconnect.run(at, clientId)
+    this.write(DISCONNECT, [at, clientId])
+  }
+
+  private write(sql: string, args: SqlWrite['args']): void {
+    if (!this.outbox) {
+      this.statement(sql).run(...args)
+      return
+    }
+    this.staged.push({ sql, args })
+    // The commit that carries it (the `$connection` upload usually asks for it in the same turn).
+    this.outbox.barrier().catch(() => undefined)
+  }
+
+  private statement(sql: string): Statement {
+    return sql === UPSERT ? this.st.upsert : this.st.disconnect
   }
 
   list(): ConnectionInfo[] {

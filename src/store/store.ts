@@ -88,7 +88,8 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
     db,
     outbox,
     registry,
-    connections: new ConnectionStore(db),
+    // Its records join the outbox's group commits (connections.ts).
+    connections: new ConnectionStore(db, outbox),
     commands: new CommandStore(db),
     shadows: new ShadowStore(db),
     hubSubscriptions: new HubSubscriptionStore(db),

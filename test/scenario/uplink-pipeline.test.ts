@@ -12,6 +12,7 @@ import { Gateway } from '../../src/gateway.js'
 import type { BrokerAdapter } from '../../src/southbound/broker/broker-adapter.js'
 import { HubBroker, type HubRecorder } from '../helpers/hub-broker.js'
 import { connectDevice } from '../helpers/device.js'
+import { metricValue } from '../helpers/metrics.js'
 
 const gwLogin = { productId: 'gateways', deviceId: 'gw-01', secret: 'gw-secret' }
 const dev = { productId: 'boiler', deviceId: 'b-1', secret: 'b-1-secret' }
@@ -64,6 +65,21 @@ describe('the uplink pipeline and its rules slot', () => {
 
   it('runs its steps in a fixed order, the rules slot last before the outbox', () => {
     expect(gw.core.pipeline.steps.map((s) => s.name)).toEqual(['count', 'local-answers', 'local-replies', 'm2m-between-children', 'shadow-copy', 'rules'])
+  })
+
+  // The per-message count is summed in the gateway and handed to the metric when it is read: what a
+  // scraper sees is every accepted message once, however often it reads.
+  it('counts each accepted message once in iothub_edge_uplinks_total, by transport and kind, and tells the API when the device was last heard', async () => {
+    const uplinks = async (kind: string): Promise<number> => metricValue(await gw.metrics.registry.metrics(), 'iothub_edge_uplinks_total', { transport: 'mqtt', kind })
+    const before = { data: await uplinks('upload_data'), status: await uplinks('update_status') }
+    const sent = Date.now()
+    for (let n = 10; n < 15; n++) expect(await publish(device, `upload_data/${dev.productId}/${dev.deviceId}/temp/${MID(n)}`, '{"c":1}')).toBe('acked')
+    expect(await publish(device, `update_status/${dev.productId}/${dev.deviceId}/${MID(15)}`, '{"v":"1.0"}')).toBe('acked')
+    expect(await uplinks('upload_data')).toBe(before.data + 5)
+    expect(await uplinks('upload_data')).toBe(before.data + 5)
+    expect(await uplinks('update_status')).toBe(before.status + 1)
+    expect(gw.core.pipeline.lastHeard(dev)).toBeGreaterThanOrEqual(sent)
+    expect(gw.core.pipeline.lastHeard({ productId: dev.productId, deviceId: 'never-connected' })).toBeUndefined()
   })
 
   it('sends north what a rule makes of a message, acknowledges what it drops, and does not acknowledge what it fails on', async () => {

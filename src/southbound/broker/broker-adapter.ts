@@ -23,6 +23,9 @@ import { AppAccounts, mayAppPublish, mayAppReceive, mayAppSubscribe, type AppAcc
 
 type Zone = 'external' | 'internal'
 
+/** Who publishes, as far as the ACL asks (a connected client's state, or a will's origin). */
+type PublisherState = Pick<ClientState, 'zone' | 'device' | 'app'> & Partial<Pick<ClientState, 'protoVer'>>
+
 interface ClientState {
   zone: Zone
   device?: DeviceRef
@@ -344,33 +347,18 @@ export class BrokerAdapter implements SouthboundAdapter {
   }
 
   /** The ACL and the way north for what a client publishes (its will too, also one a later run publishes). */
-  private checkPublish(st: Pick<ClientState, 'zone' | 'device' | 'app'> & Partial<Pick<ClientState, 'protoVer'>>, clientId: string, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+  private checkPublish(st: PublisherState, clientId: string, packet: PublishPacket, cb: (err?: Error | null) => void): void {
     const topic = packet.topic
     const up = parseUpTopic(topic)
-    const deny = (reason: 'acl_denied' | 'bad_topic'): void => {
-      this.core.metrics.rejected(reason)
-      this.denied.add(packet.payload as Buffer)
-      packet.retain = false
-      const device = st.device ? deviceKey(st.device) : null
-      const app = st.app?.username
-      this.warn.warn(`${reason}:${device ?? (app && `app:${app}`) ?? clientId}`, { device, ...(app && { app }), clientId: clientId, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
-        reason === 'bad_topic'
-          ? 'publish refused: topic is not one of PROTOCOL.md up topics'
-          : app
-            ? "publish refused: outside the app account's publish filters (broker.apps), or in the hub's topic space, which apps may not publish in"
-            : 'publish refused by ACL')
-      if (this.opts.aclDenyAction === 'disconnect' || speaksMqtt5(st.protoVer)) cb(new PublishRefused(reason))
-      else cb(null)
-    }
     if (st.app) {
       // An app's message stays on the local broker: not a device's uplink, never north (app-accounts.ts).
-      return mayAppPublish(st.app, topic) ? cb(null) : deny('acl_denied')
+      return mayAppPublish(st.app, topic) ? cb(null) : this.deny(st, clientId, packet, 'acl_denied', cb)
     }
     if (st.zone === 'external') {
-      if (!up) return deny(topic.startsWith('$SYS') || !hasUpKind(topic) ? 'acl_denied' : 'bad_topic')
-      if (!mayPublish(st.device!, up)) return deny('acl_denied')
+      if (!up) return this.deny(st, clientId, packet, topic.startsWith('$SYS') || !hasUpKind(topic) ? 'acl_denied' : 'bad_topic', cb)
+      if (!mayPublish(st.device!, up)) return this.deny(st, clientId, packet, 'acl_denied', cb)
     } else if (topic.startsWith('$SYS')) {
-      return deny('acl_denied') // $SYS is the broker's own, for everybody (aedes' default rule)
+      return this.deny(st, clientId, packet, 'acl_denied', cb) // $SYS is the broker's own, for everybody (aedes' default rule)
     } else if (!up) {
       return cb(null) // internal tools may use any topic locally; only hub topics go north
     }
@@ -385,6 +373,24 @@ export class BrokerAdapter implements SouthboundAdapter {
           cb(err)
         },
       )
+  }
+
+  /** A publish the ACL refuses: counted, logged once per publisher and reason, never forwarded. */
+  private deny(st: PublisherState, clientId: string, packet: PublishPacket, reason: 'acl_denied' | 'bad_topic', cb: (err?: Error | null) => void): void {
+    const topic = packet.topic
+    this.core.metrics.rejected(reason)
+    this.denied.add(packet.payload as Buffer)
+    packet.retain = false
+    const device = st.device ? deviceKey(st.device) : null
+    const app = st.app?.username
+    this.warn.warn(`${reason}:${device ?? (app && `app:${app}`) ?? clientId}`, { device, ...(app && { app }), clientId: clientId, topic, code: reason === 'bad_topic' ? ErrorCodes.BAD_TOPIC : ErrorCodes.ACL_DENIED },
+      reason === 'bad_topic'
+        ? 'publish refused: topic is not one of PROTOCOL.md up topics'
+        : app
+          ? "publish refused: outside the app account's publish filters (broker.apps), or in the hub's topic space, which apps may not publish in"
+          : 'publish refused by ACL')
+    if (this.opts.aclDenyAction === 'disconnect' || speaksMqtt5(st.protoVer)) cb(new PublishRefused(reason))
+    else cb(null)
   }
 
   /** A packet the guard refused (the connection is closed already): counted and logged once. */

@@ -124,9 +124,9 @@ const validId = (id: number | undefined): boolean => id !== undefined && id >= 1
  * surrogates) [MQTT-1.5.3-1], U+0000 [MQTT-1.5.3-2], or a control character U+0001-U+001F /
  * U+007F-U+009F, which section 1.5.3 lets a receiver close the connection for (Mosquitto does).
  */
-export function badStringReason(bytes: Buffer): { rule: string; what: string } | null {
+export function badStringReason(bytes: Buffer, decoded?: string): { rule: string; what: string } | null {
   if (!isUtf8(bytes)) return { rule: 'MQTT-1.5.3-1', what: 'ill-formed UTF-8' }
-  const s = bytes.toString('utf8')
+  const s = decoded ?? bytes.toString('utf8')
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i)
     if (c === 0) return { rule: 'MQTT-1.5.3-2', what: 'the null character U+0000' }
@@ -136,6 +136,19 @@ export function badStringReason(bytes: Buffer): { rule: string; what: string } |
 }
 
 const hasWildcard = (topic: string): boolean => topic.includes('+') || topic.includes('#')
+
+/**
+ * A string mqtt-packet decoded that is printable ASCII throughout (a topic, usually) came from
+ * well-formed bytes: an ill-formed sequence would have been decoded as U+FFFD. Such a string needs
+ * no second look at its bytes.
+ */
+function printableAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i)
+    if (c < 0x20 || c >= 0x7f) return false
+  }
+  return true
+}
 
 /** The first rule a decoded packet breaks (strings aside), or null. */
 export function packetViolation(p: Packet, opts: GuardOptions = {}): Omit<Violation, 'cmd'> | null {
@@ -203,8 +216,8 @@ export function guardClient(client: Client, refused: (v: Violation) => void, opt
   parser._parseString = function guardedParseString(this: Parser, maybeBuffer?: boolean): string | null {
     const start = this._pos + 2
     const result = readString.call(this, maybeBuffer)
-    if (result !== null && !refusedAtParse.has(this.packet)) {
-      const reason = badStringReason(this._list.slice(start, this._pos))
+    if (result !== null && !(typeof result === 'string' && printableAscii(result)) && !refusedAtParse.has(this.packet)) {
+      const reason = badStringReason(this._list.slice(start, this._pos), typeof result === 'string' ? result : undefined)
       if (reason) refusedAtParse.set(this.packet, { rule: reason.rule, what: `${reason.what} in a string` })
     }
     return result
