@@ -125,7 +125,7 @@ export default {
       comment: 'The local history only watches: it gets committed uplinks and events through the core\'s observer seam (src/core/observers.ts) from the composition root, and keeps its own history.db. It never reaches the outbox\'s store, the adapters, the cloud link or the web, so it cannot drive or slow the pipeline.',
       severity: 'error',
       from: { path: '^src/history/' },
-      to: { path: ['^src/(store|southbound|northbound|web|rules)/', '^src/gateway\\.ts$', '^src/cli\\.ts$', '^src/core/(?!types|log|errors|observers|damaged-file)[^/]+\\.ts$'] },
+      to: { path: ['^src/(store|southbound|northbound|web|rules)/', '^src/gateway\\.ts$', '^src/cli\\.ts$', '^src/core/(?!types|log|errors|observers|damaged-file|worker-thread)[^/]+\\.ts$'] },
     },
     {
       name: 'web-history-types-only',

@@ -13,7 +13,8 @@
 // (docs/performance.md, "Memory").
 import { statfsSync } from 'node:fs'
 import path from 'node:path'
-import { Worker } from 'node:worker_threads'
+import type { Worker } from 'node:worker_threads'
+import { workerBeside } from '../core/worker-thread.js'
 import { Counter, Gauge, type Registry } from 'prom-client'
 import type { Logger } from '../core/log.js'
 import { RateLimitedLog } from '../core/log.js'
@@ -137,15 +138,8 @@ export class HistoryRecorder implements PipelineObserver {
 
   /** The writer thread, opened; throws when it cannot open history.db. */
   private async spawnWriter(): Promise<void> {
-    const here = import.meta.url
-    // Built (dist/): the .js beside this file. From the sources (tests, tsx): the .ts through tsx.
-    const ts = here.endsWith('.ts')
     const setup: WorkerSetup = { dataDir: this.d.dataDir, limits: this.d.config }
-    const file = new URL(ts ? './history-worker.ts' : './history-worker.js', here)
-    const workerData = { history: setup }
-    const worker = ts
-      ? new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(file.href)}) })`, { eval: true, workerData })
-      : new Worker(file, { workerData })
+    const worker = workerBeside(import.meta.url, 'history-worker', { workerData: { history: setup } })
     this.d.threadStarted?.()
     const opened = await new Promise<WorkerReply>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`the history writer did not open ${HISTORY_FILE} within ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS)

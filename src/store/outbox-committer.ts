@@ -1,6 +1,7 @@
 // Where the outbox's group commits run: on the calling thread, or on a writer thread of their own
 // (outbox-worker.ts) with a second connection to the same file (decision 0022-store-off-event-loop).
-import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads'
+import { MessageChannel, receiveMessageOnPort, type MessagePort, type Worker } from 'node:worker_threads'
+import { workerBeside } from '../core/worker-thread.js'
 import type { Db } from './db.js'
 import { OutboxTransaction, connectionSettings, type CommitBatch, type CommitResult, type CommitterSettings } from './outbox-commit.js'
 import type { WorkerReply, WorkerSetup } from './outbox-worker.js'
@@ -51,18 +52,8 @@ export class WorkerCommitter implements Committer {
     const { port1, port2 } = new MessageChannel()
     this.port = port1
     this.ready = new Promise((resolve) => (this.gotSettings = resolve))
-    const here = import.meta.url
-    // Built (dist/): the .js beside this file. From the sources (tests, tsx): the .ts through tsx.
-    const ts = here.endsWith('.ts')
-    const file = new URL(ts ? './outbox-worker.ts' : './outbox-worker.js', here)
     const workerData = { outbox: { file: db.name, pragmas, port: port2 } satisfies WorkerSetup }
-    this.worker = ts
-      ? new Worker(`import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(file.href)}) })`, {
-          eval: true,
-          workerData,
-          transferList: [port2],
-        })
-      : new Worker(file, { workerData, transferList: [port2] })
+    this.worker = workerBeside(import.meta.url, 'outbox-worker', { workerData, transferList: [port2] })
     // A batch whose commit was cut short is refused (its senders send it again; a commit that did
     // reach the disk before the thread died only makes those messages duplicates, same MessageIds).
     const died = (err: Error): void => {
