@@ -7,7 +7,8 @@
 // image set it; `node bin/iothub-edge.js start` does not, and JavaScript cannot change it later).
 // Worker threads only bound it (measured: +36 MB kept after 40 checks on one thread). A process
 // gives all of it back: the helper is this same Node.js running `PROGRAM`, started with glibc's
-// settings on the first check, ending `scryptHelper.idleMs` after the last (and with the gateway:
+// settings on the first check once the gateway asked for it (`useScryptHelper()`; a CLI command's few
+// checks stay in libuv's pool), ending `scryptHelper.idleMs` after the last (and with the gateway:
 // it exits when its IPC channel closes, also after a kill -9). While it runs (a reconnect storm, a
 // seeding) it takes ~45 MB of its own. Where it cannot be started, scrypt runs in libuv's pool as
 // before. The same computation and parameters either way: only where it runs changes.
@@ -49,6 +50,14 @@ let answered = false
 let idleTimer: NodeJS.Timeout | undefined
 /** The helper could not be started here: scrypt runs in libuv's pool, as node:crypto does. */
 let noHelper = false
+/** Only a long-running gateway asks for the helper; a CLI command's few checks run in libuv's pool. */
+let useHelper = false
+let poolRunning = 0
+
+/** From now on, scrypt runs in the helper process (the gateway calls this when it starts). */
+export function useScryptHelper(): void {
+  useHelper = true
+}
 
 /** scrypt(password, salt), the key as `crypto.scrypt` gives it, computed in the gateway's scrypt helper. */
 export function scryptOffProcess(password: string, salt: Buffer, keylen: number, options: ScryptOptions): Promise<Buffer> {
@@ -64,23 +73,29 @@ export function scryptHelperPid(): number | undefined {
 }
 
 function inPool(job: Job): void {
+  poolRunning++
   try {
-    scryptInPool(job.password, job.salt, job.keylen, job.options, (err, key) => (err ? job.reject(err) : job.resolve(key)))
+    scryptInPool(job.password, job.salt, job.keylen, job.options, (err, key) => {
+      poolRunning--
+      if (err) job.reject(err)
+      else job.resolve(key)
+      dispatch()
+    })
   } catch (err) {
     // Parameters scrypt refuses (a stored hash's N not a power of two) throw at once.
+    poolRunning--
     job.reject(err as Error)
   }
 }
 
 function dispatch(): void {
-  if (noHelper) {
-    for (const job of queue.splice(0)) inPool(job)
-    return
-  }
-  while (queue.length > 0 && inFlight.size < CONCURRENCY) {
-    const child = helper ?? start()
-    if (!child) return dispatch()
+  while (queue.length > 0 && inFlight.size + poolRunning < CONCURRENCY) {
     const job = queue.shift()!
+    const child = useHelper && !noHelper ? (helper ?? start()) : undefined
+    if (!child) {
+      inPool(job)
+      continue
+    }
     const id = nextId++
     inFlight.set(id, job)
     clearTimeout(idleTimer)
@@ -88,7 +103,7 @@ function dispatch(): void {
     child.ref()
     child.channel?.ref()
     try {
-      // A send that fails is followed by the helper's 'exit' or 'error', which hands its jobs to the pool.
+      // A send that fails is followed by the helper's 'exit' or 'error', which hands its jobs back.
       child.send({ id, password: job.password, salt: job.salt.toString('base64'), keylen: job.keylen, options: job.options }, () => {})
     } catch {
       // (the same)
@@ -121,17 +136,15 @@ function start(): ChildProcess | undefined {
     if (queue.length > 0) return dispatch()
     if (inFlight.size === 0) idle(child)
   })
-  // The helper could not start (spawn failed) or ended: what it had in hand is computed in libuv's
-  // pool (the same result), and the next checks start a new helper, or, if this one never
-  // answered, run in the pool from now on.
+  // The helper could not start (spawn failed) or ended: what it had in hand goes back in the queue,
+  // for a new helper, or, if this one never answered, for libuv's pool from now on (the same result).
   const ended = (): void => {
     if (helper !== child) return
     helper = undefined
     clearTimeout(idleTimer)
     if (!answered) noHelper = true
-    const orphans = [...inFlight.values()]
+    queue.unshift(...inFlight.values())
     inFlight.clear()
-    for (const job of orphans) inPool(job)
     dispatch()
   }
   child.on('error', ended)

@@ -14,7 +14,10 @@ import { openDatabase, type Db } from '../../src/store/db.js'
 import { DeviceRegistry, hashSecret } from '../../src/store/devices.js'
 import { hashPassword, verifyPassword } from '../../src/core/password-hash.js'
 import { repoRoot } from '../helpers/gateway-process.js'
-import { CONCURRENCY, scryptHelper, scryptHelperPid, scryptOffProcess } from '../../src/core/scrypt-process.js'
+import { CONCURRENCY, scryptHelper, scryptHelperPid, scryptOffProcess, useScryptHelper } from '../../src/core/scrypt-process.js'
+
+// As the gateway does when it starts (a CLI command's checks stay in libuv's pool).
+useScryptHelper()
 
 let dir: string
 let db: Db
@@ -94,7 +97,8 @@ describe('scrypt in the gateway’s helper process', () => {
 
   it('ends when the process it serves is killed with kill -9', async () => {
     const built = pathToFileURL(path.join(repoRoot, 'dist', 'core', 'scrypt-process.js')).href
-    const program = `import { scryptOffProcess, scryptHelperPid } from ${JSON.stringify(built)}
+    const program = `import { scryptOffProcess, scryptHelperPid, useScryptHelper } from ${JSON.stringify(built)}
+useScryptHelper()
 await scryptOffProcess('x', Buffer.alloc(16), 16, { N: 1024, r: 8, p: 1 })
 console.log(scryptHelperPid())
 setInterval(() => {}, 1000)`
