@@ -7,7 +7,9 @@
 // wrapper and the container image. (A re-exec from here with process.execve was tried: when execve
 // fails, e.g. an arm64 Node.js under qemu-user, Node.js aborts the process instead of going on.)
 // Of these, V8's young-generation growth is the one that can be set from here, before the modules
-// load: dist/core/young-generation.js (a no-op when the command line or NODE_OPTIONS sizes it).
+// load: dist/core/young-generation.js (a no-op when the command line or NODE_OPTIONS sizes it). The
+// glibc settings matter most for scrypt's 16 MiB buffers, and those are computed in a helper process
+// started with them (dist/core/scrypt-process.js), however this one was started.
 
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'

@@ -158,10 +158,19 @@ export class ConfigError extends Error {
   }
 }
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true })
+type Validate = ReturnType<Ajv['compile']>
 // Compiled on first use: compiling takes a good part of a second on a small box, and commands
-// that read no config (--version, --help) should not pay for it.
-let validateBuiltIn: ReturnType<typeof ajv.compile> | undefined
+// that read no config (--version, --help) should not pay for it. Held only weakly, with an Ajv of
+// its own: the gateway reads its config once, and the compiled validator (about 2 MB of heap) is
+// then garbage for the rest of the run (docs/performance.md, "Memory"); a later parse soon after
+// (tests, check-config) finds it still there.
+let validateBuiltIn: WeakRef<Validate> | undefined
+const compileConfig = (schema: TSchema): Validate => new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true }).compile(schema)
+function builtInValidator(): Validate {
+  let validate = validateBuiltIn?.deref()
+  if (!validate) validateBuiltIn = new WeakRef((validate = compileConfig(ConfigSchema)))
+  return validate
+}
 
 /** The root schema with further adapters' sections (tests register their own adapters). */
 export function configSchemaWith(extra: readonly KeyedAdapterEntry[]): TSchema {
@@ -239,7 +248,7 @@ function allowed(schema: TSchema | undefined): unknown[] {
 /** Validate a parsed document, fill defaults, and apply cross-key rules. Throws ConfigError. */
 export function parseConfig(doc: unknown, baseDir = process.cwd(), extraAdapters: readonly KeyedAdapterEntry[] = []): Config {
   const input = doc == null ? {} : structuredClone(doc)
-  const validate = extraAdapters.length ? ajv.compile(configSchemaWith(extraAdapters)) : (validateBuiltIn ??= ajv.compile(ConfigSchema))
+  const validate = extraAdapters.length ? compileConfig(configSchemaWith(extraAdapters)) : builtInValidator()
   if (!validate(input)) {
     const errors = (validate.errors ?? []).filter((e) => e.keyword !== 'if')
     // For union (anyOf) failures Ajv also reports every branch; keep only the summary line.

@@ -41,6 +41,8 @@ import { LiveEvents } from './live/live-events.js'
 import { LiveHub } from './web/live-hub.js'
 import { redactConfig } from './config-redact.js'
 import { keepYoungGenerationSmall } from './core/young-generation.js'
+import mqttPacket from 'mqtt-packet'
+import { useScryptHelper } from './core/scrypt-process.js'
 import { memoryBrokerSessions, openBrokerSessions, type BrokerSessionStore } from './store/broker-sessions.js'
 
 const GAUGE_INTERVAL_MS = 5_000
@@ -120,6 +122,13 @@ export class Gateway {
 
   async start(): Promise<void> {
     const { cfg, log, metrics } = this
+    // mqtt-packet (the local broker's codec, aedes) otherwise makes a 2-byte Buffer for every 16-bit
+    // number at its first write and keeps them: 65,536 Buffers, 6 MB of heap on an idle gateway
+    // (docs/performance.md, "Memory"). MQTT.js turned it off for itself; nothing here needs it.
+    mqttPacket.writeToStream.cacheNumbers = false
+    // scrypt (the seeding's hashes, devices' and users' logins) in a helper process whose 16 MiB
+    // buffers go back to the system (src/core/scrypt-process.ts, decision 00XX-scrypt-helper-process).
+    useScryptHelper()
     this.lockDataDir()
     // Before anything listens: a TLS pair that cannot be used stops the start at once.
     const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)

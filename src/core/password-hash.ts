@@ -1,9 +1,10 @@
 // Password hashing for the web UI's users and the local broker's app accounts (broker.apps):
-// scrypt (node:crypto, run in libuv's thread pool, so the event loop keeps serving devices while a
-// login is checked), stored with its parameters so they can be raised later:
+// scrypt (node:crypto, run in the gateway's scrypt helper process, src/core/scrypt-process.ts, so the event
+// loop keeps serving devices while a login is checked), stored with its parameters so they can be raised later:
 // `scrypt$N$r$p$salt$hash`, salt and hash in base64url. A UI user's hash made with weaker
 // parameters than the current ones is replaced at the next successful login.
-import { createHmac, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto'
+import { createHmac, randomBytes, timingSafeEqual, type ScryptOptions } from 'node:crypto'
+import { scryptOffProcess } from './scrypt-process.js'
 
 /**
  * N = 2^15, r = 8: 32 MiB and about 150 ms on the development machine (an ARM box takes a few times
@@ -17,7 +18,7 @@ export const PASSWORD_MAX_LENGTH = 256
 function scrypt(password: string, salt: Buffer, keylen: number, opts: ScryptOptions): Promise<Buffer> {
   // maxmem: 128 * N * r bytes plus some room (node's default of 32 MiB is exactly N = 2^15's need).
   const maxmem = 128 * (opts.N ?? 0) * (opts.r ?? 8) * 2
-  return new Promise((resolve, reject) => scryptCb(password.normalize('NFC'), salt, keylen, { ...opts, maxmem }, (err, key) => (err ? reject(err) : resolve(key))))
+  return scryptOffProcess(password.normalize('NFC'), salt, keylen, { ...opts, maxmem })
 }
 
 export async function hashPassword(password: string, params: { N: number; r: number; p: number } = SCRYPT_PARAMS): Promise<string> {

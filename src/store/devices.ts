@@ -1,7 +1,7 @@
 // The device registry: identities, secrets (scrypt-hashed; AES-GCM-encrypted only when the
 // northbound link needs them in clear, in `devices` mode), tags and the enabled flag.
 import { EventEmitter } from 'node:events'
-import { createCipheriv, createDecipheriv, createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { readFileSync, writeFileSync, existsSync } from 'node:fs'
 import path from 'node:path'
 import type { Statement } from 'better-sqlite3'
@@ -9,6 +9,7 @@ import type { Db } from './db.js'
 import type { DeviceRef } from '../core/types.js'
 import type { AuthResult } from '../core/adapter-context.js'
 import { deviceKey } from '../core/types.js'
+import { scryptOffProcess } from '../core/scrypt-process.js'
 import type { DeviceSeedConfig } from '../config.js'
 
 export interface Device extends DeviceRef {
@@ -37,24 +38,11 @@ interface Row {
 // PROTOCOL.md / issue: salted scrypt, N=2^14, r=8, p=1.
 const SCRYPT = { N: 1 << 14, r: 8, p: 1, keylen: 32, maxmem: 64 * 1024 * 1024 }
 
-// Each scrypt holds 16 MiB (128 * N * r) while it runs. At most two at a time (one per core here):
-// a reconnect storm then costs bounded memory instead of one 16 MiB buffer per waiting device,
-// and the allocator is not left holding four threads' worth of them.
-const SCRYPT_CONCURRENCY = 2
-let scryptRunning = 0
-const scryptQueue: (() => void)[] = []
-
-async function scryptAsync(secret: string, salt: Buffer): Promise<Buffer> {
-  if (scryptRunning >= SCRYPT_CONCURRENCY) await new Promise<void>((r) => scryptQueue.push(r))
-  scryptRunning++
-  try {
-    return await new Promise((resolve, reject) =>
-      scrypt(secret, salt, SCRYPT.keylen, SCRYPT, (err, key) => (err ? reject(err) : resolve(key))),
-    )
-  } finally {
-    scryptRunning--
-    scryptQueue.shift()?.()
-  }
+// Each scrypt holds 16 MiB (128 * N * r) while it runs: in the gateway's scrypt helper, at most two
+// at a time (src/core/scrypt-process.ts), so a reconnect storm costs bounded memory instead of one
+// 16 MiB buffer per waiting device, and the allocator is not left holding libuv's four threads' worth (64 MiB).
+function scryptAsync(secret: string, salt: Buffer): Promise<Buffer> {
+  return scryptOffProcess(secret, salt, SCRYPT.keylen, SCRYPT)
 }
 
 export async function hashSecret(secret: string): Promise<string> {
