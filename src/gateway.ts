@@ -127,7 +127,7 @@ export class Gateway {
     // (docs/performance.md, "Memory"). MQTT.js turned it off for itself; nothing here needs it.
     mqttPacket.writeToStream.cacheNumbers = false
     // scrypt (the seeding's hashes, devices' and users' logins) in a helper process whose 16 MiB
-    // buffers go back to the system (src/core/scrypt-process.ts, decision 00XX-scrypt-helper-process).
+    // buffers go back to the system (src/core/scrypt-process.ts, decision 0027-scrypt-helper-process).
     useScryptHelper()
     this.lockDataDir()
     // Before anything listens: a TLS pair that cannot be used stops the start at once.
