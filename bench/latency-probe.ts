@@ -1,12 +1,12 @@
 // Latency at a fixed rate through gateways started with different environments, alternating, in one
-// invocation (a probe for the p99 at 1,000 msg/s): LAT_VARIANTS='old:BIN=/tmp/base/bin/iothub-edge.js,new:' (a variant: name:VAR=value;VAR=value, BIN the gateway's launcher) npx tsx bench/latency-probe.ts
+// invocation (a probe for the p99 at 1,000 msg/s): LAT_VARIANTS='old:BIN=/tmp/base/bin/iothub-edge.js,new:' (a variant: name:VAR=value;VAR=value, BIN the gateway's launcher, HISTORY=0 the local history off) npx tsx bench/latency-probe.ts
 import { freePort } from '../test/helpers/ports.js'
 import { GATEWAY_ENV, HubCounter, Mosquitto, PRODUCT, log, percentile, runLoad, startGateway } from './harness.js'
 
 const variants = (process.env.LAT_VARIANTS ?? 'default:').split(',').map((v) => {
   const [name, envs] = v.split(':')
   const env: Record<string, string> = {}
-  for (const kv of (envs ?? '').split(';').filter(Boolean)) env[kv.split('=')[0]] = kv.split('=')[1]
+  for (const kv of (envs ?? '').split(';').filter(Boolean)) env[kv.slice(0, kv.indexOf('='))] = kv.slice(kv.indexOf('=') + 1)
   return { name, env }
 })
 const rounds = Number(process.env.LAT_ROUNDS ?? 2)
@@ -20,8 +20,8 @@ const hub = new HubCounter(`mqtt://127.0.0.1:${port}`)
 await hub.connect()
 for (let r = 0; r < rounds; r++) {
   for (const v of variants) {
-    const { BIN, ...env } = v.env
-    const sut = await startGateway(`mqtt://127.0.0.1:${port}`, 10, [], history, undefined, 0, { ...GATEWAY_ENV, ...env }, BIN)
+    const { BIN, HISTORY, ...env } = v.env
+    const sut = await startGateway(`mqtt://127.0.0.1:${port}`, 10, [], HISTORY ? HISTORY !== '0' : history, undefined, 0, { ...GATEWAY_ENV, ...env }, BIN)
     hub.reset()
     await sut.metrics!() // prom-client starts the event loop's delay histogram again at each scrape
     await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 1, perPublisher: n, window: 100, payloadBytes: 64, rate: 1000, run: `lat${v.name}${r}`, productId: PRODUCT, auth: sut.auth })
