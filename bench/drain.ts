@@ -8,8 +8,7 @@
 //   BENCH_GATEWAY_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' npx tsx bench/drain.ts   # profile the gateway
 //   BENCH_BASELINE_BIN=/tmp/old/bin/iothub-edge.js npx tsx bench/drain.ts   # also an earlier build ("baseline"), in turn
 import os from 'node:os'
-import { freePort } from '../test/helpers/ports.js'
-import { HubCounter, Mosquitto, PRODUCT, RUNS, type Sut, type System, cpuSeconds, figure, killBrokers, log, round, runLoad, sleep, startGateway, startReference } from './harness.js'
+import { Mosquitto, PRODUCT, RUNS, type Sut, type System, cpuSeconds, figure, runBench, startCloud, log, round, runLoad, sleep, startGateway, startReference } from './harness.js'
 
 const N = Number(process.env.BENCH_DRAIN_N ?? 200_000)
 const BASELINE = process.env.BENCH_BASELINE_BIN
@@ -17,12 +16,7 @@ type Drained = System | 'baseline'
 
 async function main(): Promise<void> {
   log(`load average at start: ${os.loadavg().map(round).join(' ')}`)
-  const cloudPort = await freePort()
-  const cloud = new Mosquitto(cloudPort, ['max_inflight_messages 0'])
-  await cloud.start()
-  const cloudUrl = `mqtt://127.0.0.1:${cloudPort}`
-  const hub = new HubCounter(cloudUrl)
-  await hub.connect()
+  const { cloud, cloudPort, cloudUrl, hub } = await startCloud()
   const start: Record<Drained, () => Promise<Sut>> = {
     gateway: () => startGateway(cloudUrl, 100),
     reference: () => startReference(cloudPort),
@@ -68,11 +62,4 @@ async function main(): Promise<void> {
   await cloud.close()
 }
 
-main().then(
-  () => process.exit(0),
-  (err: Error) => {
-    log(`failed: ${err.stack ?? err.message}`)
-    killBrokers()
-    process.exit(1)
-  },
-)
+runBench(main)

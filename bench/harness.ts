@@ -414,3 +414,26 @@ export async function throughput(sut: Sut, hub: HubCounter, publishers: number, 
   if (!all) log(`  ${sut.system}: only ${hub.ids.size}/${expected} arrived (undelivered, reported as such)`)
   return { rate: all ? rate : NaN, cpuPer10k: (cpu / expected) * 10_000, arrived: hub.ids.size, expected }
 }
+
+/** The cloud side of a bench: a Mosquitto playing the hub, and the subscriber that counts what reaches it. */
+export async function startCloud(): Promise<{ cloud: Mosquitto; cloudPort: number; cloudUrl: string; hub: HubCounter }> {
+  const cloudPort = await freePort()
+  const cloud = new Mosquitto(cloudPort, ['max_inflight_messages 0'])
+  await cloud.start()
+  const cloudUrl = `mqtt://127.0.0.1:${cloudPort}`
+  const hub = new HubCounter(cloudUrl)
+  await hub.connect()
+  return { cloud, cloudPort, cloudUrl, hub }
+}
+
+/** Runs a bench's main: exit 0 when it is done; on a failure its stack, every broker it started killed, exit 1. */
+export function runBench(main: () => Promise<void>): void {
+  main().then(
+    () => process.exit(0),
+    (err: Error) => {
+      log(`failed: ${err.stack ?? err.message}`)
+      killBrokers()
+      process.exit(1)
+    },
+  )
+}

@@ -11,8 +11,7 @@
 //   BENCH_BASELINE_BIN=/tmp/old/bin/iothub-edge.js npx tsx bench/intake.ts                  # before/after
 import { readdirSync, readFileSync } from 'node:fs'
 import os from 'node:os'
-import { freePort } from '../test/helpers/ports.js'
-import { CLK_TCK, HubCounter, Mosquitto, RUNS, type Sut, figure, killBrokers, log, round, sleep, startGateway, startReference, throughput } from './harness.js'
+import { CLK_TCK, Mosquitto, RUNS, type Sut, figure, runBench, startCloud, log, round, sleep, startGateway, startReference, throughput } from './harness.js'
 
 const N = Number(process.env.BENCH_INTAKE_N ?? 50_000)
 const PUBLISHERS = (process.env.BENCH_PUBLISHERS ?? '1,10,100').split(',').map(Number)
@@ -41,12 +40,7 @@ function threadCpu(pid: number | undefined): Map<string, number> {
 
 async function main(): Promise<void> {
   log(`load average at start: ${os.loadavg().map(round).join(' ')}`)
-  const cloudPort = await freePort()
-  const cloud = new Mosquitto(cloudPort, ['max_inflight_messages 0'])
-  await cloud.start()
-  const cloudUrl = `mqtt://127.0.0.1:${cloudPort}`
-  const hub = new HubCounter(cloudUrl)
-  await hub.connect()
+  const { cloud, cloudPort, cloudUrl, hub } = await startCloud()
   const start: Record<Kind, () => Promise<Sut>> = {
     gateway: () => startGateway(cloudUrl, 100),
     baseline: () => startGateway(cloudUrl, 100, [], true, undefined, 0, undefined, BASELINE),
@@ -92,11 +86,4 @@ async function main(): Promise<void> {
   await cloud.close()
 }
 
-main().then(
-  () => process.exit(0),
-  (err: Error) => {
-    log(`failed: ${err.stack ?? err.message}`)
-    killBrokers()
-    process.exit(1)
-  },
-)
+runBench(main)

@@ -1,7 +1,6 @@
 // Latency at a fixed rate through gateways started with different environments, alternating, in one
 // invocation (a probe for the p99 at 1,000 msg/s): LAT_VARIANTS='old:BIN=/tmp/base/bin/iothub-edge.js,new:' (a variant: name:VAR=value;VAR=value, BIN the gateway's launcher, HISTORY=0 the local history off) npx tsx bench/latency-probe.ts
-import { freePort } from '../test/helpers/ports.js'
-import { GATEWAY_ENV, HubCounter, Mosquitto, PRODUCT, log, percentile, runLoad, startGateway } from './harness.js'
+import { GATEWAY_ENV, PRODUCT, log, percentile, runLoad, startCloud, startGateway } from './harness.js'
 
 const variants = (process.env.LAT_VARIANTS ?? 'default:').split(',').map((v) => {
   const [name, envs] = v.split(':')
@@ -13,15 +12,11 @@ const rounds = Number(process.env.LAT_ROUNDS ?? 2)
 const n = Number(process.env.LAT_N ?? 5000)
 const history = process.env.LAT_HISTORY !== '0'
 
-const port = await freePort()
-const cloud = new Mosquitto(port, ['max_inflight_messages 0'])
-await cloud.start()
-const hub = new HubCounter(`mqtt://127.0.0.1:${port}`)
-await hub.connect()
+const { cloud, cloudUrl, hub } = await startCloud()
 for (let r = 0; r < rounds; r++) {
   for (const v of variants) {
     const { BIN, HISTORY, ...env } = v.env
-    const sut = await startGateway(`mqtt://127.0.0.1:${port}`, 10, [], HISTORY ? HISTORY !== '0' : history, undefined, 0, { ...GATEWAY_ENV, ...env }, BIN)
+    const sut = await startGateway(cloudUrl, 10, [], HISTORY ? HISTORY !== '0' : history, undefined, 0, { ...GATEWAY_ENV, ...env }, BIN)
     hub.reset()
     await sut.metrics!() // prom-client starts the event loop's delay histogram again at each scrape
     await runLoad({ kind: 'publish', url: sut.deviceUrl, publishers: 1, perPublisher: n, window: 100, payloadBytes: 64, rate: 1000, run: `lat${v.name}${r}`, productId: PRODUCT, auth: sut.auth })

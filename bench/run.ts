@@ -8,7 +8,6 @@ import os from 'node:os'
 import path from 'node:path'
 import mqtt from 'mqtt'
 import { metricValue } from '../test/helpers/metrics.js'
-import { freePort } from '../test/helpers/ports.js'
 import { ALL_MATCH_RULES, SITE_RULES } from './rule-sets.js'
 import { scaleScenarios } from './scale.js'
 import {
@@ -28,7 +27,6 @@ import {
   figure,
   filesBytes,
   holdIdle,
-  killBrokers,
   log,
   percentile,
   record,
@@ -39,6 +37,8 @@ import {
   scenarios,
   sleep,
   startGateway,
+  runBench,
+  startCloud,
   startReference,
   throughput,
 } from './harness.js'
@@ -136,12 +136,7 @@ async function main(): Promise<void> {
     loadAverageAtStart: os.loadavg().map(round),
     mosquitto: 'Debian 2.0.11 (reference)',
   }
-  const cloudPort = await freePort()
-  const cloud = new Mosquitto(cloudPort, ['max_inflight_messages 0'])
-  await cloud.start()
-  const hub = new HubCounter(`mqtt://127.0.0.1:${cloudPort}`)
-  await hub.connect()
-  const cloudUrl = `mqtt://127.0.0.1:${cloudPort}`
+  const { cloud, cloudPort, cloudUrl, hub } = await startCloud()
 
   const systems: Record<System, () => Promise<Sut>> = {
     gateway: () => startGateway(cloudUrl, 100),
@@ -407,11 +402,4 @@ function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<st
   return lines.join('\n')
 }
 
-main().then(
-  () => process.exit(0),
-  (err: Error) => {
-    log(`failed: ${err.stack ?? err.message}`)
-    killBrokers()
-    process.exit(1)
-  },
-)
+runBench(main)
