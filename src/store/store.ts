@@ -51,8 +51,8 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
   // The group commits can run on a writer thread with its own connection (their fsync off the event
   // loop, synchronous=FULL kept, a sender acknowledged only once its commit is back; the quota's
   // victims chosen on this thread): IOTHUB_EDGE_OUTBOX_WRITER_THREAD=1. Off by default: measured
-  // side by side with the Mosquitto bridge, throughput was a little better with it and the backlog
-  // drain and the latency worse, on a starved machine (decision 0022-store-off-event-loop).
+  // side by side with the Mosquitto bridge on a quiet machine, throughput and the backlog drain were
+  // the same with it and the latency worse (decision 0022-store-off-event-loop).
   const writerThread = process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD === '1'
   // The WAL's checkpoints on a thread of their own while commits are frequent (decision
   // 0026-wal-checkpoint-thread); the automatic checkpoint above stays as the backstop.
