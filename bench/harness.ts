@@ -53,6 +53,8 @@ export type Scenario = {
   referenceSaveEveryChange?: Figure | Record<string, unknown>
   ratio?: number
   ratioSaveEveryChange?: number
+  /** bench/run.ts's latency: the same load published straight to the cloud broker. */
+  direct?: Figure
   note?: string
 }
 export const scenarios: Record<string, Scenario> = {}
@@ -309,6 +311,8 @@ export const filesBytes = (dir: string | undefined, files: string[]): number =>
  * BENCH_GATEWAY_BIN sets it for a whole run.
  */
 export async function startGateway(cloudUrl: string, devices: number, rules: unknown[] = [], history = true, brokerPersistence?: 'sqlite' | 'memory', registered = 0, env: NodeJS.ProcessEnv = GATEWAY_ENV, bin = process.env.BENCH_GATEWAY_BIN ?? gatewayBin): Promise<Sut> {
+  // a variant's own Node.js arguments (bench/latency-probe.ts) or the run's
+  const nodeArgs = env.BENCH_GATEWAY_NODE_ARGS !== undefined ? env.BENCH_GATEWAY_NODE_ARGS.split(' ').filter(Boolean) : GATEWAY_NODE_ARGS
   const gw = new GatewayProcess({
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
@@ -317,7 +321,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
-  }, { env, bin, ...(GATEWAY_NODE_ARGS.length ? { command: [process.execPath, ...GATEWAY_NODE_ARGS, bin] } : {}) })
+  }, { env, bin, ...(nodeArgs.length ? { command: [process.execPath, ...nodeArgs, bin] } : {}) })
   if (registered > 0) {
     await gw.start(120_000)
     await gw.stop(120_000)
@@ -345,7 +349,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     restart: () => gw.restart(600_000),
     // With BENCH_GATEWAY_NODE_ARGS a clean stop first, so that a profile is written.
     close: async () => {
-      if (GATEWAY_NODE_ARGS.length) await gw.stop().catch(() => null)
+      if (nodeArgs.length) await gw.stop().catch(() => null)
       await gw.close()
     },
     rulesEvalSeconds: async () => ((await gw.api<{ rules: { evalSeconds: number }[] }>('GET', '/api/rules')).body.rules ?? []).reduce((t, r) => t + r.evalSeconds, 0),

@@ -27,7 +27,10 @@ for (let r = 0; r < rounds; r++) {
       const r = new RegExp(`^iothub_edge_nodejs_eventloop_lag_${q}_seconds (\\S+)`, 'm').exec(m)
       return r ? (Number(r[1]) * 1000).toFixed(1) : '?'
     }
-    log(`${v.name} round ${r + 1}: p50 ${percentile(s, 50).toFixed(2)} ms, p90 ${percentile(s, 90).toFixed(2)}, p99 ${percentile(s, 99).toFixed(2)} ms, max ${s.at(-1)!.toFixed(1)} (${s.length}); the gateway's event loop delay p50 ${lag('p50')}, p99 ${lag('p99')}, max ${lag('max')} ms`)
+    // GC time by kind while the load ran (prom-client's histogram, since the scrape before it)
+    const gc = [...m.matchAll(/^iothub_edge_nodejs_gc_duration_seconds_(sum|count)\{kind="(\w+)"\} (\S+)/gm)].reduce<Record<string, number>>((a, x) => ({ ...a, [`${x[2]} ${x[1]}`]: Number(x[3]) }), {})
+    const gcText = Object.keys(gc).filter((k) => k.endsWith('sum')).map((k) => `${k.split(' ')[0]} ${gc[`${k.split(' ')[0]} count`]}x ${(gc[k] * 1000).toFixed(0)} ms`).join(', ')
+    log(`${v.name} round ${r + 1}: p50 ${percentile(s, 50).toFixed(2)} ms, p90 ${percentile(s, 90).toFixed(2)}, p99 ${percentile(s, 99).toFixed(2)} ms, max ${s.at(-1)!.toFixed(1)} (${s.length}); the gateway's event loop delay p50 ${lag('p50')}, p99 ${lag('p99')}, max ${lag('max')} ms; GC ${gcText}`)
     await sut.close()
   }
 }
