@@ -226,10 +226,31 @@ async function main(): Promise<void> {
     }
     await sut.close()
   }
+  // The same load published straight to the cloud broker (no edge at all): what the rig itself
+  // (load generator, cloud Mosquitto, the hub's subscriber, all on this machine) adds, so that the
+  // latency an edge adds is its figure minus this one.
+  const direct: { p50: number[]; p99: number[] } = { p50: [], p99: [] }
+  for (let r = 0; r < RUNS; r++) {
+    hub.reset()
+    const n = Math.round(5_000 * SCALE)
+    await runLoad({ kind: 'publish', url: cloudUrl, publishers: 1, perPublisher: n, window: 100, payloadBytes: 64, rate: 1000, run: `ld${r}`, productId: PRODUCT })
+    await hub.waitFor(n)
+    const sorted = [...hub.latencies].sort((a, b) => a - b)
+    direct.p50.push(percentile(sorted, 50))
+    direct.p99.push(percentile(sorted, 99))
+    log(`  direct to the cloud latency run ${r + 1}: p50 ${percentile(sorted, 50).toFixed(2)} ms, p99 ${percentile(sorted, 99).toFixed(2)} ms`)
+  }
   for (const [name, v] of Object.entries(tp)) record(name, figure(v.gateway, 'msg/s'), figure(v.reference, 'msg/s'))
   record('cpu_s_per_10k_64b_1pub', figure(cpu.gateway, 's'), figure(cpu.reference, 's'))
   record('latency_1k_rate_p50', figure(lat.gateway.p50, 'ms'), figure(lat.reference.p50, 'ms'))
   record('latency_1k_rate_p99', figure(lat.gateway.p99, 'ms'), figure(lat.reference.p99, 'ms'))
+  for (const q of ['p50', 'p99'] as const) {
+    const d = figure(direct[q], 'ms')
+    const added = (v: number[]): Figure => figure(v.map((x) => x - d.median), 'ms', `${q} minus the direct path's median ${q} (${d.median} ms)`)
+    record(`latency_1k_rate_added_${q}`, added(lat.gateway[q]), added(lat.reference[q]))
+    scenarios[`latency_1k_rate_added_${q}`].direct = d
+    scenarios[`latency_1k_rate_added_${q}`].note = `what each edge adds: its ${q} at 1,000 msg/s minus the ${q} of the same load published straight to the cloud broker (direct: ${d.median} ms)`
+  }
 
   // Memory: idle, and with idle connections held open (gateway: internal listener, so that the
   // figure is the connection's cost, not 5,000 scrypt hashes to seed).
