@@ -25,7 +25,13 @@ export const SECRET = 'bench-secret'
 export const CLK_TCK = 100
 // As npm start and the .deb's wrapper start it: glibc returns scrypt's 16 MiB buffers to the system,
 // two malloc arenas, a 2 MiB V8 semi-space (docs/performance.md, "Memory").
-export const GATEWAY_ENV = { MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=2' }
+// (IOTHUB_EDGE_OUTBOX_WRITER_THREAD in the bench's environment is handed on: decision 0022's mode.)
+export const GATEWAY_ENV = {
+  MALLOC_MMAP_THRESHOLD_: '131072',
+  MALLOC_ARENA_MAX: '2',
+  NODE_OPTIONS: '--max-semi-space-size=2',
+  ...(process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD ? { IOTHUB_EDGE_OUTBOX_WRITER_THREAD: process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD } : {}),
+}
 // BENCH_GATEWAY_NODE_ARGS: more arguments for the gateway's Node.js, space-separated
 // (`--cpu-prof --cpu-prof-dir=/tmp/prof` profiles every gateway the run starts, written when it stops).
 const GATEWAY_NODE_ARGS = process.env.BENCH_GATEWAY_NODE_ARGS?.split(' ').filter(Boolean) ?? []
@@ -36,6 +42,11 @@ export type System = 'gateway' | 'reference'
 /** The reference with its persistence saving on every change (autosave_on_changes true, autosave_interval 1). */
 export type Reference = 'reference' | 'referenceSaveEveryChange'
 // --full (npm run bench -- --full) or BENCH_FULL=1: the large sizes of bench/scale.ts too.
+// BENCH_INFLIGHT: QoS 1 messages in flight to the cloud for the bridge (max_inflight_messages: 100,
+// more than Mosquitto's default of 20; a larger window did not make it faster, decision 0028) and, when
+// set, for the gateway too (its default otherwise: northbound.inflight).
+const INFLIGHT = Number(process.env.BENCH_INFLIGHT ?? 100)
+const GATEWAY_INFLIGHT = process.env.BENCH_INFLIGHT ? { inflight: INFLIGHT } : {}
 export const FULL = process.argv.includes('--full') || process.env.BENCH_FULL === '1'
 export interface Figure {
   median: number
@@ -317,7 +328,7 @@ export async function startGateway(cloudUrl: string, devices: number, rules: unk
     gateway: { productId: 'gateways', deviceId: 'bench-gw', secret: 'gw' },
     ...(brokerPersistence ? { broker: { persistence: brokerPersistence } } : {}),
     rules,
-    northbound: { url: cloudUrl, inflight: 100 },
+    northbound: { url: cloudUrl, ...GATEWAY_INFLIGHT },
     store: { outbox: { maxBytes: 4 * 1024 ** 3 }, history: { enabled: history } },
     devices: Array.from({ length: devices }, (_, i) => ({ productId: PRODUCT, deviceId: `d${i}`, secret: SECRET })),
     log: { level: 'warn' },
@@ -365,7 +376,7 @@ export async function startReference(cloudPort: number, saveEveryChange = false)
   // seconds, so with 1 it writes its whole in-memory database after every change.
   const edge = new Mosquitto(port, [
     ...(saveEveryChange ? ['autosave_on_changes true', 'autosave_interval 1'] : []),
-    'max_inflight_messages 100',
+    `max_inflight_messages ${INFLIGHT}`,
     'connection cloud',
     `address 127.0.0.1:${cloudPort}`,
     'topic upload_data/# out 1',

@@ -89,7 +89,7 @@ const rootProperties = {
           ),
         ),
         keepalive: Type.Integer({ default: 60, minimum: 5, description: 'MQTT keepalive towards the hub, seconds' }),
-        inflight: Type.Integer({ default: 100, minimum: 1, maximum: 65535, description: 'QoS 1 messages in flight to the hub per connection' }),
+        inflight: Type.Integer({ default: 1000, minimum: 1, maximum: 65535, description: 'QoS 1 messages in flight to the hub per connection (and at most 4 MiB of them, however many)' }),
         maxRate: Type.Number({ default: 0, minimum: 0, description: 'messages per second towards the hub, 0 = unlimited' }),
         degradedAfterSeconds: Type.Integer({
           default: 300,

@@ -42,6 +42,10 @@ const ERROR_TEXT_MAX = 300
 const CONNECT_TIMEOUT_MS = 15_000
 // Packet ids are 16 bits: what the window may use, leaving some for subscriptions and direct publishes.
 const WINDOW_MAX = 65_000
+// What the window may hold in bytes (topics and payloads), whatever its count: a window of large
+// messages neither piles up in memory behind a slow link nor is all sent again after a reconnect.
+// At least one message is always in flight, however large.
+export const WINDOW_BYTES_MAX = 4 * 1024 * 1024
 
 export class HubLink {
   private client?: HubConnection
@@ -56,7 +60,9 @@ export class HubLink {
   private reconnectTimer?: NodeJS.Timeout
   private rateTimer?: NodeJS.Timeout
   private stopped = true
-  private readonly inflight = new Set<number>()
+  // The rows in flight to the hub, with their size.
+  private readonly inflight = new Map<number, number>()
+  private inflightBytes = 0
   private readonly window: number
   // Filters of each SUBSCRIBE waiting for its SUBACK, by packet id.
   private readonly subscribing = new Map<number, string[]>()
@@ -133,7 +139,11 @@ export class HubLink {
       connected: () => current() && this.onUp(),
       acked: (id) => {
         if (!current() || !id) return // 0: a direct publish
-        this.inflight.delete(id)
+        const bytes = this.inflight.get(id)
+        if (bytes !== undefined) {
+          this.inflightBytes -= bytes
+          this.inflight.delete(id)
+        }
         this.outbox.ack(id)
         this.acked++
       },
@@ -316,7 +326,7 @@ export class HubLink {
     const client = this.client
     if (!client || !this.connected) return
     const expired: number[] = []
-    while (this.inflight.size < this.window) {
+    while (this.inflight.size < this.window && (this.inflightBytes < WINDOW_BYTES_MAX || this.inflight.size === 0)) {
       if (this.opts.maxRate > 0 && !this.takeToken()) break
       const row = this.next()
       if (!row) break
@@ -329,7 +339,9 @@ export class HubLink {
         this.bufferPos--
         break
       }
-      this.inflight.add(row.id)
+      const bytes = row.topic.length + row.payload.length
+      this.inflight.set(row.id, bytes)
+      this.inflightBytes += bytes
       this.outbox.sent(row.id)
     }
     if (expired.length) void this.outbox.drop(expired, 'rpc_resp_expired')
@@ -390,8 +402,9 @@ export class HubLink {
 
   // The rows in flight are all still in the outbox: sent again from the start on the next connection.
   private forgetInflight(): void {
-    this.outbox.unsent(this.inflight)
+    this.outbox.unsent(this.inflight.keys())
     this.inflight.clear()
+    this.inflightBytes = 0
     this.subscribing.clear()
   }
 

@@ -338,7 +338,10 @@ export class Outbox extends EventEmitter {
   /**
    * Over quota: the oldest telemetry goes first, then the middle class, replies last (DESIGN.md);
    * never a row on its way to the hub (it is leaving anyway, and evicting it would count as dropped
-   * a message the hub then acknowledges). Chosen here, on the main thread, when the batch is put
+   * a message the hub then acknowledges). The rows on their way count as gone already: the quota
+   * may be passed by what is in flight, at most the hub link's window (4 MiB, decision 0028), for the
+   * time the hub takes to acknowledge it, rather than a new message be dropped for bytes that are
+   * about to be freed. Chosen here, on the main thread, when the batch is put
    * together: no commit is in flight then (one at a time), so the totals and the rows read are the
    * committed state exactly, and `sending` is complete; the victims are hidden from read() until the
    * commit is back. New rows of this batch go last within their class (`unsaved`: never written).
@@ -353,6 +356,7 @@ export class Outbox extends EventEmitter {
     // What this batch deletes anyway (the hub's acknowledgements, other drops) frees its bytes first.
     const leaving = new Set(acked)
     for (const d of drops) for (const id of d.ids) leaving.add(id)
+    for (const id of this.sending) leaving.add(id)
     if (leaving.size) bytes -= this.st.leavingBytes.get(JSON.stringify([...leaving])) as number
     for (const prio of [2, 1, 0] as const) {
       let after = 0

@@ -23,7 +23,7 @@ describe('config', () => {
       { host: '127.0.0.1', port: 11883, zone: 'internal' },
     ])
     expect(cfg.http.port).toBe(8090)
-    expect(cfg.northbound).toMatchObject({ mode: 'gateway', keepalive: 60, inflight: 100, maxRate: 0 })
+    expect(cfg.northbound).toMatchObject({ mode: 'gateway', keepalive: 60, inflight: 1000, maxRate: 0 })
     expect(cfg.northbound.url).toBeUndefined()
     expect(cfg.store.outbox.rpcRespTtlSeconds).toBe(10)
     expect(Object.isFrozen(cfg.northbound)).toBe(true)
