@@ -9,15 +9,19 @@
 //   BENCH_PUBLISHERS=1,100 BENCH_INTAKE_N=50000 BENCH_RUNS=3 npx tsx bench/intake.ts
 //   BENCH_GATEWAY_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' npx tsx bench/intake.ts   # profile the gateway
 //   BENCH_BASELINE_BIN=/tmp/old/bin/iothub-edge.js npx tsx bench/intake.ts                  # before/after
+//   BENCH_BASELINE_NODE_OPTIONS='--max-semi-space-size=2'   # the baseline's NODE_OPTIONS, when its start settings differ
+//   BENCH_IDLE_AFTER=40   # also the gateway's RSS 5 s and 40 s after its last load (young generation given back?)
 import { readdirSync, readFileSync } from 'node:fs'
 import os from 'node:os'
-import { CLK_TCK, Mosquitto, RUNS, type Sut, figure, runBench, startCloud, log, round, sleep, startGateway, startReference, throughput } from './harness.js'
+import { CLK_TCK, GATEWAY_ENV, Mosquitto, RUNS, type Sut, figure, runBench, startCloud, log, round, sleep, startGateway, startReference, throughput } from './harness.js'
 
 const N = Number(process.env.BENCH_INTAKE_N ?? 50_000)
 const PUBLISHERS = (process.env.BENCH_PUBLISHERS ?? '1,10,100').split(',').map(Number)
 const PAYLOAD = Number(process.env.BENCH_PAYLOAD ?? 64)
 const BASELINE = process.env.BENCH_BASELINE_BIN
 const BRIDGE = process.env.BENCH_WITH_BRIDGE === '1'
+const BASELINE_NODE_OPTIONS = process.env.BENCH_BASELINE_NODE_OPTIONS
+const IDLE_AFTER = Number(process.env.BENCH_IDLE_AFTER ?? 0)
 type Kind = 'gateway' | 'baseline' | 'reference'
 
 /** CPU seconds of each thread of a process, by thread name (several threads of one name add up). */
@@ -38,12 +42,14 @@ function threadCpu(pid: number | undefined): Map<string, number> {
   return out
 }
 
+const rssMb = (pid: number | undefined): number => (pid ? Math.round(Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024) : NaN)
+
 async function main(): Promise<void> {
   log(`load average at start: ${os.loadavg().map(round).join(' ')}`)
   const { cloud, cloudPort, cloudUrl, hub } = await startCloud()
   const start: Record<Kind, () => Promise<Sut>> = {
     gateway: () => startGateway(cloudUrl, 100),
-    baseline: () => startGateway(cloudUrl, 100, [], true, undefined, 0, undefined, BASELINE),
+    baseline: () => startGateway(cloudUrl, 100, [], true, undefined, 0, BASELINE_NODE_OPTIONS === undefined ? undefined : { ...GATEWAY_ENV, NODE_OPTIONS: BASELINE_NODE_OPTIONS }, BASELINE),
     reference: () => startReference(cloudPort),
   }
   const kinds: Kind[] = ['gateway', ...(BASELINE ? (['baseline'] as const) : []), ...(BRIDGE ? (['reference'] as const) : [])]
@@ -66,6 +72,14 @@ async function main(): Promise<void> {
           `  ${kind} run ${r + 1}, ${publishers} publisher(s): ${Math.round(res.rate)} msg/s, ${res.cpuPer10k.toFixed(3)} CPU s per 10k (${split.map(([t, s]) => `${t} ${s.toFixed(3)}`).join(', ')}); load ${os.loadavg()[0].toFixed(2)}`,
         )
         await sleep(500)
+      }
+      if (IDLE_AFTER > 0 && kind !== 'reference') {
+        const rss = [rssMb(sut.pid())]
+        await sleep(5_000)
+        rss.push(rssMb(sut.pid()))
+        await sleep(Math.max(0, IDLE_AFTER - 5) * 1000)
+        rss.push(rssMb(sut.pid()))
+        log(`  ${kind} run ${r + 1}: RSS after the load ${rss[0]} MB, 5 s later ${rss[1]} MB, ${IDLE_AFTER} s later ${rss[2]} MB`)
       }
       await sut.close()
     }
