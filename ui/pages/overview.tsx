@@ -4,7 +4,7 @@ import { useEffect } from 'preact/hooks'
 import { Badge, ErrorLine, Section, TableWrap, useApi, useNow, THead } from '../components.js'
 import { ago, bytes, dateTime, duration, num } from '../format.js'
 import { t } from '../i18n.js'
-import { ensureHealth, health, onLive } from '../live.js'
+import { ensureHealth, health, onLive, onLiveGap } from '../live.js'
 import { Link } from '../router.js'
 import type { AlarmView, OutboxStats, SystemInfo } from '../types.js'
 
@@ -151,7 +151,11 @@ export function Overview() {
 /** The rules' alarms (raised only, or raised and cleared), reloaded when the stream says one changed. */
 export function Alarms({ raisedOnly }: { raisedOnly?: boolean }) {
   const alarms = useApi<{ alarms: AlarmView[] }>(raisedOnly ? '/api/alarms?state=raised' : '/api/alarms')
-  useEffect(() => onLive('alarm', alarms.reload), [alarms.reload])
+  useEffect(() => {
+    // Alarms raised or cleared while no stream was open came with no event: reload when it opens.
+    const offs = [onLive('alarm', alarms.reload), onLiveGap(alarms.reload)]
+    return () => offs.forEach((off) => off())
+  }, [alarms.reload])
   return (
     <Section title={t('ov.alarms')} id="alarms">
       <ErrorLine error={alarms.error} />
