@@ -6,6 +6,7 @@ import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } fr
 import { SystemdNotifier } from './core/systemd.js'
 import { DB_FILE, openDatabase } from './store/db.js'
 import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
+import { userName } from './store/data-dir-access.js'
 import { acknowledgeSalvage } from './store/salvage.js'
 import { isDamagedDatabase } from './core/damaged-file.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
@@ -486,13 +487,8 @@ function ownerOf(file: string): string {
   } catch {
     return "the gateway's user"
   }
-  try {
-    const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[2] === String(uid))
-    if (line) return line.split(':')[0]
-  } catch {
-    // no /etc/passwd: the number will do
-  }
-  return `'#${uid}'`
+  const name = userName(uid)
+  return name.startsWith('#') ? `'${name}'` : name
 }
 
 /**
