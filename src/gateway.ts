@@ -201,6 +201,10 @@ export class Gateway {
       this.watchOutbox()
     }, GAUGE_INTERVAL_MS).unref()
     core.updateGauges()
+    // A new user's first device would be refused without a word on why: say how to add one.
+    if (this.store.registry.isEmpty()) {
+      log.info('no device is registered yet: a device logs in with its ProductId, DeviceId and secret; add one with `iothub-edge devices add PRODUCT DEVICE` (prints its secret once) or on the web UI\'s Devices page')
+    }
     log.info(
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',

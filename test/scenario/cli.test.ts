@@ -229,6 +229,8 @@ describe('cli', () => {
     expect(text).toMatch(/^status\s+ok$/m)
     expect(text).toMatch(new RegExp(`^gateway\\s+pid ${g.pid}, http://127\\.0\\.0\\.1:${g.httpPort}$`, 'm'))
     expect(text).toMatch(/^hub\s+not configured/m)
+    // The outbox's quota in units a person reads (by default a share of the data disk).
+    expect(text).toMatch(/^outbox\s+\d+ message\(s\), \d+ bytes of a \d+\.\d (KiB|MiB|GiB|TiB) quota \(\d+\.\d %\)/m)
 
     const down = track(new GatewayProcess({ gateway: gw, log: { level: 'warn' }, northbound: { url: `mqtt://127.0.0.1:${await freePort()}`, degradedAfterSeconds: 1 } }))
     await down.start()
