@@ -2,9 +2,10 @@
 // Chromium through playwright-core) against a real gateway process, Mosquitto as the hub and a real
 // MQTT device: an alarm a rule raises between the page's first load and the stream's connection, and
 // one raised after a gateway restart before the stream reconnected, both show on the timeline once
-// the stream (re)connects. Playwright's routing holds the stream's request back to open that window
-// at will, and holds the timeline's own 30 s poll (its requests carry `x-background: 1`) for the whole
-// test, so only the reload on the stream's (re)connection can bring an alarm the page missed.
+// the stream (re)connects, loaded in the background (not the session's use: an unattended page still
+// reaches the idle timeout). Playwright's routing holds the stream's request back to open that window
+// at will, and an init script keeps the timeline's own 30 s poll from ever firing, so only the reload
+// on the stream's (re)connection can bring an alarm the page missed.
 import type { Browser, BrowserContext, Page, Route } from 'playwright-core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { CommandDevice } from '../helpers/command-device.js'
@@ -51,15 +52,17 @@ async function holdLiveStream(page: Page): Promise<{ held: Promise<void>; releas
   }
 }
 
-/** The timeline's 30 s poll (a background request) never gets through; the page's own loads do. */
-async function holdTimelinePoll(page: Page): Promise<void> {
-  await page.route(
-    (url) => url.pathname === EVENTS,
-    async (route) => {
-      if (route.request().headers()['x-background'] === '1') return // held until the page closes
-      await route.continue()
-    },
-  )
+/** The page's 30 s polls (the timeline's) never fire: what it shows comes from its own loads alone. */
+async function withoutTimelinePoll(page: Page): Promise<void> {
+  await page.addInitScript(`{
+    const every = window.setInterval
+    window.setInterval = (fn, ms, ...args) => (ms >= 30000 ? 0 : every(fn, ms, ...args))
+  }`)
+}
+
+/** The next load of the timeline's events, and whether it went as a background request. */
+function nextTimelineLoad(page: Page): Promise<{ background: boolean }> {
+  return page.waitForRequest((r) => new URL(r.url()).pathname === EVENTS).then((r) => ({ background: r.headers()['x-background'] === '1' }))
 }
 
 describe('web app: the device page after the live stream was not connected', () => {
@@ -100,7 +103,7 @@ describe('web app: the device page after the live stream was not connected', () 
     const device = await CommandDevice.connect(gateway.externalUrl, valve)
     clients.push(device)
     const { page, problems } = await openPage(context)
-    await holdTimelinePoll(page)
+    await withoutTimelinePoll(page)
     const stream = await holdLiveStream(page)
     const firstLoad = page.waitForResponse((r) => new URL(r.url()).pathname === EVENTS && r.status() === 200)
     await page.goto('/ui/devices/valve/v1')
@@ -111,16 +114,18 @@ describe('web app: the device page after the live stream was not connected', () 
     const raised = page.locator('ol.timeline li[data-type="alarm_raised"]')
     // The page loaded before the alarm and has heard nothing since.
     expect(await raised.count()).toBe(0)
+    const reload = nextTimelineLoad(page)
     await stream.release()
     await raised.first().waitFor()
     expect(await raised.first().textContent()).toContain('"value":6.5')
+    expect(await reload).toEqual({ background: true })
     expect(problems.errors).toEqual([])
     await page.close()
   })
 
   it('after a gateway restart, what happened before the stream reconnected shows once it has', async () => {
     const { page, problems } = await openPage(context)
-    await holdTimelinePoll(page)
+    await withoutTimelinePoll(page)
     const connected = page.waitForResponse((r) => new URL(r.url()).pathname === '/api/events' && r.status() === 200)
     await page.goto('/ui/devices/valve/v1')
     await connected
@@ -139,9 +144,11 @@ describe('web app: the device page after the live stream was not connected', () 
     const cleared = page.locator('ol.timeline li[data-type="alarm_cleared"]', { hasText: '"value":4' })
     expect(await raisedAgain.count()).toBe(0)
     expect(await cleared.count()).toBe(0)
+    const reload = nextTimelineLoad(page)
     await stream.release()
     await raisedAgain.waitFor()
     await cleared.waitFor()
+    expect(await reload).toEqual({ background: true })
     await page.getByRole('status').filter({ hasText: /^live$/ }).waitFor()
     await screenshot(page, 'device-after-restart')
     expect(problems.errors).toEqual([])

@@ -25,12 +25,12 @@ export function DevicePage({ productId, deviceId }: { productId: string; deviceI
   useEffect(() => {
     const offs = [
       onLive<{ productId: string; deviceId: string }>('device', (e) => {
-        if (e.productId === productId && e.deviceId === deviceId) detail.reload()
+        if (e.productId === productId && e.deviceId === deviceId) detail.refresh()
       }),
-      onLiveGap(detail.reload),
+      onLiveGap(detail.refresh),
     ]
     return () => offs.forEach((off) => off())
-  }, [productId, deviceId, detail.reload])
+  }, [productId, deviceId, detail.refresh])
   const d = detail.data
   return (
     <>
@@ -143,10 +143,10 @@ function Payloads({ base, productId, deviceId }: { base: string; productId: stri
         if (u.productId === productId && u.deviceId === deviceId) setLive((l) => [u, ...l].slice(0, 20))
       }),
       // Uplinks while no stream was open are in the gateway's list only.
-      onLiveGap(loaded.reload),
+      onLiveGap(loaded.refresh),
     ]
     return () => offs.forEach((off) => off())
-  }, [productId, deviceId, loaded.reload])
+  }, [productId, deviceId, loaded.refresh])
   const seen = new Set(live.map((m) => m.messageId))
   const all = [...live, ...(loaded.data?.messages ?? []).filter((m) => !seen.has(m.messageId))].slice(0, 20)
   return (
@@ -238,12 +238,12 @@ function Commands({ base, productId, deviceId }: { base: string; productId: stri
   useEffect(() => {
     const offs = [
       onLive<{ productId: string; deviceId: string }>('command', (c) => {
-        if (c.productId === productId && c.deviceId === deviceId) list.reload()
+        if (c.productId === productId && c.deviceId === deviceId) list.refresh()
       }),
-      onLiveGap(list.reload),
+      onLiveGap(list.refresh),
     ]
     return () => offs.forEach((off) => off())
-  }, [productId, deviceId, list.reload])
+  }, [productId, deviceId, list.refresh])
   const cmds = list.data?.commands ?? []
   return (
     <Section title={t('dv.commands')} id="commands" actions={<button type="button" onClick={list.reload}>{t('refresh')}</button>}>
@@ -356,7 +356,7 @@ function Timeline({ base, productId, deviceId }: { base: string; productId: stri
     let timers: ReturnType<typeof setTimeout>[] = []
     const reloadSoon = (): void => {
       timers.forEach(clearTimeout)
-      timers = TIMELINE_RELOAD_MS.map((ms) => setTimeout(events.reload, ms))
+      timers = TIMELINE_RELOAD_MS.map((ms) => setTimeout(events.refresh, ms))
     }
     const mine = (e: { productId: string; deviceId: string }): void => {
       if (e.productId === productId && e.deviceId === deviceId) reloadSoon()
@@ -364,7 +364,7 @@ function Timeline({ base, productId, deviceId }: { base: string; productId: stri
     const offs = (['device', 'alarm', 'command'] as const).map((n) => onLive<{ productId: string; deviceId: string }>(n, mine))
     offs.push(
       onLiveGap(() => {
-        events.reload()
+        events.refresh()
         reloadSoon()
       }),
     )
@@ -375,7 +375,7 @@ function Timeline({ base, productId, deviceId }: { base: string; productId: stri
       offs.forEach((off) => off())
       timers.forEach(clearTimeout)
     }
-  }, [productId, deviceId, events.reload])
+  }, [productId, deviceId, events.refresh])
   const list = [...(events.data?.events ?? [])].reverse().slice(0, 50)
   return (
     <Section title={t('dv.timeline')} id="timeline">

@@ -14,9 +14,10 @@ export function Overview() {
   const h = health.value
   const outbox = useApi<OutboxStats>('/api/outbox', 5_000)
   const system = useApi<SystemInfo>('/api/system', 10_000)
-  // The outbox depth in the health event is fresher than the poll: reload on each change.
+  // The outbox depth in the health event is fresher than the poll: reload on each change (in the
+  // background, as the poll: not the session's use).
   useEffect(() => {
-    if (h) outbox.reload()
+    if (h) outbox.refresh()
   }, [h?.outbox.messages])
 
   return (
@@ -153,9 +154,9 @@ export function Alarms({ raisedOnly }: { raisedOnly?: boolean }) {
   const alarms = useApi<{ alarms: AlarmView[] }>(raisedOnly ? '/api/alarms?state=raised' : '/api/alarms')
   useEffect(() => {
     // Alarms raised or cleared while no stream was open came with no event: reload when it opens.
-    const offs = [onLive('alarm', alarms.reload), onLiveGap(alarms.reload)]
+    const offs = [onLive('alarm', alarms.refresh), onLiveGap(alarms.refresh)]
     return () => offs.forEach((off) => off())
-  }, [alarms.reload])
+  }, [alarms.refresh])
   return (
     <Section title={t('ov.alarms')} id="alarms">
       <ErrorLine error={alarms.error} />
