@@ -100,6 +100,17 @@ interface HealthLike {
   adapters: { name: string; state: string; error?: string }[]
 }
 
+/** 1536 -> "1.5 KiB", 30619357692 -> "28.5 GiB". */
+function binaryBytes(n: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB']
+  let i = 0
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024
+    i++
+  }
+  return i === 0 ? `${n} bytes` : `${n.toFixed(1)} ${units[i]}`
+}
+
 export function statusText(pid: number, url: string, h: HealthLike): string {
   const nb = h.northbound
   const hub = !nb.configured
@@ -110,11 +121,15 @@ export function statusText(pid: number, url: string, h: HealthLike): string {
         (nb.lastError ? `; last error: ${nb.lastError.message}${nb.lastError.reason ? ` (${nb.lastError.reason})` : ''}` : '') +
         (nb.nextRetryAt ? `; next attempt ${iso(nb.nextRetryAt)}` : '')
   const pct = h.outbox.maxBytes ? ((100 * h.outbox.bytes) / h.outbox.maxBytes).toFixed(1) : '0'
+  // The quota itself (by default a share of the data disk, tens of GB): "0.0 % of the quota" alone says nothing of it.
+  const quota = h.outbox.maxBytes ? ` of a ${binaryBytes(h.outbox.maxBytes)} quota (${pct} %)` : ''
+  // An empty outbox has no oldest message ("oldest 0 s" read as one that just arrived).
+  const oldest = h.outbox.messages > 0 ? `, oldest ${Math.round(h.outbox.oldestAgeMs / 1000)} s` : ''
   const rows: [string, string][] = [
     ['status', `${h.status}${h.reasons.length ? ` (${h.reasons.join(', ')})` : ''}`],
     ['gateway', `pid ${pid}, ${url}`],
     ['hub', hub],
-    ['outbox', `${h.outbox.messages} message(s), ${h.outbox.bytes} bytes (${pct} % of the quota), oldest ${Math.round(h.outbox.oldestAgeMs / 1000)} s${h.outbox.drainRate ? `, draining ${h.outbox.drainRate.last10s}/s (10 s), ${h.outbox.drainRate.last60s}/s (60 s)` : ''}`],
+    ['outbox', `${h.outbox.messages} message(s), ${h.outbox.bytes} bytes${quota}${oldest}${h.outbox.drainRate ? `, draining ${h.outbox.drainRate.last10s}/s (10 s), ${h.outbox.drainRate.last60s}/s (60 s)` : ''}`],
     ['adapters', h.adapters.map((a) => `${a.name}:${a.state}${a.error ? ` (${a.error})` : ''}`).join(', ') || '-'],
   ]
   return rows.map(([k, v]) => `${k.padEnd(8)} ${v}`).join('\n') + '\n'

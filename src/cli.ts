@@ -6,6 +6,7 @@ import { ConfigError, configWarnings, fileProblems, loadConfig, type Config } fr
 import { SystemdNotifier } from './core/systemd.js'
 import { DB_FILE, openDatabase } from './store/db.js'
 import { DataDirLock, lockOwner } from './store/data-dir-lock.js'
+import { userName } from './store/data-dir-access.js'
 import { acknowledgeSalvage } from './store/salvage.js'
 import { isDamagedDatabase } from './core/damaged-file.js'
 import { DeviceRegistry, type Device } from './store/devices.js'
@@ -210,7 +211,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
     return 0
   }
   if (spec) {
-    const foreign = Object.keys(values).find((k) => k !== 'help' && !spec.options.includes(k))
+    const foreign = optionNotTaken(values, spec.options)
     if (foreign) return usageError(cmd, `${cmd} does not take --${foreign}`)
     if (rest.length > spec.args) {
       const extra = rest[spec.args]
@@ -256,6 +257,11 @@ export async function main(argv: string[]): Promise<number | undefined> {
     if (err instanceof UsageError) return usageError(cmd, `${cmd}: ${err.message}`)
     return failed(cmd, err)
   }
+}
+
+/** The first option given that is not among `options` (--help goes with any). */
+function optionNotTaken(values: object, options: readonly string[]): string | undefined {
+  return Object.keys(values).find((k) => k !== 'help' && !options.includes(k))
 }
 
 /** A programming error rather than something the command met (fetch's own TypeError carries a cause). */
@@ -481,13 +487,8 @@ function ownerOf(file: string): string {
   } catch {
     return "the gateway's user"
   }
-  try {
-    const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.split(':')[2] === String(uid))
-    if (line) return line.split(':')[0]
-  } catch {
-    // no /etc/passwd: the number will do
-  }
-  return `'#${uid}'`
+  const name = userName(uid)
+  return name.startsWith('#') ? `'${name}'` : name
 }
 
 /**
@@ -533,7 +534,22 @@ function runningGateway(dataDir: string): (Omit<RuntimeInfo, 'httpPort'> & { htt
   return { pid: owner.pid }
 }
 
-const DEVICE_COMMANDS = ['list', 'add', 'show', 'set-secret', 'set-tags', 'disable', 'enable', 'remove']
+/**
+ * Each devices subcommand and the options it takes: one it does not take (`devices list --tags a`,
+ * `devices disable P D --create`) is refused, not ignored. --secret is still taken where a secret is
+ * set (with a warning), --json by all.
+ */
+const DEVICE_OPTIONS: Record<string, readonly string[]> = {
+  list: ['config', 'json'],
+  add: ['config', 'json', 'tags', 'create', 'secret'],
+  show: ['config', 'json'],
+  'set-secret': ['config', 'json', 'secret'],
+  'set-tags': ['config', 'json', 'tags'],
+  disable: ['config', 'json'],
+  enable: ['config', 'json'],
+  remove: ['config', 'json'],
+}
+const DEVICE_COMMANDS = Object.keys(DEVICE_OPTIONS)
 
 interface DeviceValues {
   config?: string
@@ -550,6 +566,8 @@ async function devices(args: string[], values: DeviceValues): Promise<number> {
   const [sub, productId, deviceId] = args
   if (!sub) return usageError('devices', `devices needs a subcommand: ${DEVICE_COMMANDS.join(', ')}`)
   if (!DEVICE_COMMANDS.includes(sub)) return usageError('devices', `devices: unknown subcommand "${sub}" (there are: ${DEVICE_COMMANDS.join(', ')})`)
+  const foreign = optionNotTaken(values, DEVICE_OPTIONS[sub])
+  if (foreign) return usageError('devices', `devices ${sub} does not take --${foreign}`)
   const needsId = sub !== 'list'
   if (!needsId && productId !== undefined) return usageError('devices', `devices list takes no PRODUCT or DEVICE ("${productId}"); devices show PRODUCT DEVICE shows one`)
   if (needsId && (productId === undefined || deviceId === undefined)) return usageError('devices', `devices ${sub} needs PRODUCT and DEVICE (devices ${sub} thermo t-001)`)
@@ -1038,11 +1056,21 @@ async function historyCommand(args: string[], v: { config?: string; device?: str
 
 // --- OTA: offline campaigns through the running gateway's API (docs/operators/ota.md) ---------
 
+/** Each ota subcommand and the options it takes (`ota images --devices x` is refused, not ignored). */
+const OTA_OPTIONS: Record<string, readonly string[]> = {
+  images: ['config'],
+  jobs: ['config'],
+  upload: ['config', 'image-version', 'type'],
+  push: ['config', 'devices', 'product', 'tags', 'expires', 'max-concurrent'],
+}
+
 async function ota(args: string[], v: { config?: string; 'image-version'?: string; type?: string; devices?: string; product?: string; tags?: string; expires?: string; 'max-concurrent'?: string }): Promise<number> {
   const [sub, arg] = args
-  const subs = ['images', 'jobs', 'upload', 'push']
+  const subs = Object.keys(OTA_OPTIONS)
   if (!sub) return usageError('ota', `ota needs a subcommand: ${subs.join(', ')}`)
   if (!subs.includes(sub)) return usageError('ota', `ota: unknown subcommand "${sub}" (there are: ${subs.join(', ')})`)
+  const foreign = optionNotTaken(v, OTA_OPTIONS[sub])
+  if (foreign) return usageError('ota', `ota ${sub} does not take --${foreign}`)
   if (sub === 'upload' && !arg) return usageError('ota', 'ota upload needs the image FILE')
   if (sub === 'push' && !arg) return usageError('ota', 'ota push needs the IMAGE (its md5, as `ota images` lists it)')
   if ((sub === 'images' || sub === 'jobs') && arg) return usageError('ota', `ota ${sub}: unexpected argument "${arg}"`)

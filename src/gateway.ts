@@ -16,6 +16,7 @@ import { ErrorCodes, StartError, type ErrorCode } from './core/errors.js'
 import { VERSION } from './core/version.js'
 import { openStore, type Store } from './store/store.js'
 import { DataDirBusyError, DataDirLock } from './store/data-dir-lock.js'
+import { describeUnusable, findUnusable } from './store/data-dir-access.js'
 import { acknowledgeSalvage, BROKER_DB, openCheckedDatabase, pendingSalvage, type CheckKind, type SalvageReport } from './store/salvage.js'
 import { isDamagedDatabase } from './core/damaged-file.js'
 import { storeRoutes } from './web/routes/store.js'
@@ -130,6 +131,10 @@ export class Gateway {
     // buffers go back to the system (src/core/scrypt-process.ts, decision 0027-scrypt-helper-process).
     useScryptHelper()
     this.lockDataDir()
+    // Before any database is opened: SQLite would open one the gateway's user may not write
+    // read-only without a word, and fail at the first write (src/store/data-dir-access.ts).
+    const unusable = findUnusable(cfg.gateway.dataDir)
+    if (unusable) throw new StartError(ErrorCodes.DATA_FILE_UNWRITABLE, 'gateway.dataDir', describeUnusable(cfg.gateway.dataDir, unusable))
     // Before anything listens: a TLS pair that cannot be used stops the start at once.
     const tls = await loadServerTls(cfg.http.tls, cfg.gateway.dataDir)
     // After an unclean stop the whole database is checked (quick_check); else the cheap check
@@ -196,6 +201,10 @@ export class Gateway {
       this.watchOutbox()
     }, GAUGE_INTERVAL_MS).unref()
     core.updateGauges()
+    // A new user's first device would be refused without a word on why: say how to add one.
+    if (this.store.registry.isEmpty()) {
+      log.info('no device is registered yet: a device logs in with its ProductId, DeviceId and secret; add one with `iothub-edge devices add PRODUCT DEVICE` (prints its secret once) or on the web UI\'s Devices page')
+    }
     log.info(
       { version: VERSION, dataDir: cfg.gateway.dataDir, adapters: this.adapters.map((a) => `${a.health.name}:${a.health.state}`), http: this.web.port, northbound: cfg.northbound.url ?? null },
       'gateway started',
@@ -581,10 +590,14 @@ export class Gateway {
     } catch (err) {
       if (err instanceof DataDirBusyError) throw new StartError(ErrorCodes.DATA_DIR_BUSY, 'gateway.dataDir', err.message)
       const e = err as NodeJS.ErrnoException
+      // The folder (or a lock file left by another user's run) exists but is not this user's to write: say whose it is.
+      const denied = (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') && e.path !== undefined && existsSync(e.path)
       throw new StartError(
         ErrorCodes.DATA_DIR_UNWRITABLE,
         'gateway.dataDir',
-        `cannot create or write ${dir} (${e.code ?? e.message}): make it writable by the user the gateway runs as (uid ${process.getuid?.() ?? '?'}), or set gateway.dataDir to a folder that is`,
+        denied
+          ? `cannot create or write ${dir}: ${describeUnusable(dir, { path: e.path!, need: 'write', errno: e.code! })}`
+          : `cannot create or write ${dir} (${e.code ?? e.message}): make it writable by the user the gateway runs as (uid ${process.getuid?.() ?? '?'}), or set gateway.dataDir to a folder that is`,
       )
     }
     this.lock = lock

@@ -72,15 +72,22 @@ export function Empty(props: { children?: ComponentChildren }) {
 export interface Loaded<T> {
   data: T | undefined
   error: unknown
+  /** Load again for the user (after a change they made, a click on Refresh): counts as the session's use. */
   reload: () => void
+  /**
+   * Load again on the page's own account (a live event, the live stream reconnecting): a background
+   * request, like the poll, so that an unattended page still reaches the session's idle timeout.
+   */
+  refresh: () => void
 }
 
 /** GET `path` now, and again every `everyMs` when given (data the live stream does not carry). */
 export function useApi<T>(path: string | null, everyMs?: number): Loaded<T> {
   const [data, setData] = useState<T>()
   const [error, setError] = useState<unknown>()
-  const [tick, setTick] = useState(0)
-  const reload = useCallback(() => setTick((n) => n + 1), [])
+  const [tick, setTick] = useState({ n: 0, background: false })
+  const reload = useCallback(() => setTick((t) => ({ n: t.n + 1, background: false })), [])
+  const refresh = useCallback(() => setTick((t) => ({ n: t.n + 1, background: true })), [])
   useEffect(() => {
     if (!path) return
     let live = true
@@ -95,14 +102,14 @@ export function useApi<T>(path: string | null, everyMs?: number): Loaded<T> {
         (e: unknown) => live && setError(e),
       )
     }
-    load()
+    load(tick.background)
     const timer = everyMs ? setInterval(() => load(true), everyMs) : undefined
     return () => {
       live = false
       clearInterval(timer)
     }
   }, [path, everyMs, tick])
-  return { data, error, reload }
+  return { data, error, reload, refresh }
 }
 
 /** Re-render every `ms` (ages like "5 min ago" move on). */

@@ -60,6 +60,8 @@ export const ErrorCodes = {
   BROKER_QUEUE_FULL: 'IHE_BROKER_QUEUE_FULL',
   /** broker.db was damaged: moved aside, its readable rows salvaged into a fresh one; degraded until acknowledged. */
   BROKER_SESSIONS_SALVAGED: 'IHE_BROKER_SESSIONS_SALVAGED',
+  /** A database, folder or key in the data folder that the gateway's user may not write or read (it belongs to root or another user): the start stops and says which and what to run. */
+  DATA_FILE_UNWRITABLE: 'IHE_DATA_FILE_UNWRITABLE',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -116,6 +116,11 @@ export class DeviceRegistry extends EventEmitter {
     return (this.st.all.all() as Row[]).map(toDevice)
   }
 
+  /** Whether any device is registered (one row read, whatever the table's size). */
+  isEmpty(): boolean {
+    return this.db.prepare('SELECT 1 FROM devices LIMIT 1').get() === undefined
+  }
+
   /** Seed from config: create what is absent; re-apply a changed seed only where the API never changed the device. */
   async seed(seeds: readonly DeviceSeedConfig[]): Promise<{ created: number; updated: number }> {
     let created = 0

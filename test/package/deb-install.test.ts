@@ -4,7 +4,7 @@
 // service is run here as systemd would run it (its user, its ExecStart) and the unit is checked
 // with systemd-analyze; the package is purged and its user and data folder removed afterwards.
 import { execFile, spawn } from 'node:child_process'
-import { existsSync, lstatSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import YAML from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -40,6 +40,31 @@ async function run(cmd: string, args: string[]): Promise<Run> {
 
 async function installedStatus(): Promise<string> {
   return (await run('dpkg-query', ['-W', '-f=${Status}', 'iothub-edge'])).stdout
+}
+
+/**
+ * The installed gateway started with `args` (as systemd would: `setpriv ... iothub-edge start`), once
+ * its /api/health answers 200 on `httpPort`; stop() sends SIGTERM and resolves with the exit code.
+ */
+async function serve(cmd: string, args: string[], httpPort: number): Promise<{ pid: number; output: () => string; stop: () => Promise<number | null> }> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  trackChild(child)
+  let out = ''
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+  const stop = async (): Promise<number | null> => {
+    child.kill('SIGTERM')
+    return (await waitForExit(child, 20_000)).code
+  }
+  try {
+    await expect
+      .poll(async () => (await fetch(`http://127.0.0.1:${httpPort}/api/health`).then((r) => r.status, () => 0)), { timeout: 60_000, interval: 250 })
+      .toBe(200)
+  } catch (err) {
+    await stop()
+    throw new Error(`${cmd} ${args.join(' ')} did not come up: ${(err as Error).message}\n${out}`)
+  }
+  return { pid: child.pid!, output: () => out, stop }
 }
 
 /** Edit the installed config as an operator would (keeping its owner and mode). */
@@ -87,6 +112,37 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     const { stdout } = await run('readelf', ['-V', '--wide', `${APP}/node/bin/node`, `${APP}/node_modules/better-sqlite3/build/Release/better_sqlite3.node`])
     const needed = [...stdout.matchAll(/GLIBC_(\d+)\.(\d+)/g)].map((m) => [Number(m[1]), Number(m[2])]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).pop()
     expect(await debField(deb, 'Depends')).toContain(`libc6 (>= ${needed?.join('.')})`)
+  })
+
+  it('ships of its dependencies only what a running gateway reads: no tests, examples, docs, source maps or TypeScript; licenses, native modules and wasm stay; every module of the gateway loads', async () => {
+    const nm = `${APP}/node_modules`
+    const list = async (type: 'f' | 'd'): Promise<string[]> => (await run('find', [nm, '-type', type])).stdout.trim().split('\n')
+    const [files, dirs] = [await list('f'), await list('d')]
+    // What scripts/package-deb.sh prunes (prune_node_modules): none of it may come back.
+    expect(dirs.filter((d) => /\/(test|tests|__tests__|benchmarks?|bench|examples?|docs|fixtures|coverage|\.github|@types)$/.test(d))).toEqual([])
+    const license = /\/(licen[cs]e|notice|copying)[^/]*$/i
+    expect(files.filter((f) => /\.(map|tsx?|mts|cts|tsbuildinfo|md|markdown|h|hpp|c|cc|cpp|gypi?|yml|log)$/.test(f) && !license.test(f))).toEqual([])
+    for (const bundle of ['mqtt/dist', 'yaml/browser', 'protobufjs/dist']) expect(existsSync(`${nm}/${bundle}`), bundle).toBe(false)
+    // What stays: the native modules' builds, QuickJS's wasm, the licenses.
+    expect(files).toContain(`${nm}/better-sqlite3/build/Release/better_sqlite3.node`)
+    expect(files.filter((f) => f.includes('/@serialport/bindings-cpp/prebuilds/linux-x64/') && f.endsWith('.node'))).not.toEqual([])
+    expect(files.filter((f) => f.includes('/@jitl/quickjs-wasmfile-release-sync/') && f.endsWith('.wasm'))).not.toEqual([])
+    for (const dep of ['fastify', 'aedes', 'better-sqlite3', 'mqtt']) expect(files.filter((f) => f.startsWith(`${nm}/${dep}/`) && license.test(f)), dep).not.toEqual([])
+    const kb = Number((await run('du', ['-sk', nm])).stdout.split('\t')[0])
+    console.log(`installed node_modules: ${(kb / 1024).toFixed(1)} MB, ${files.length} files`)
+    // Every module of the gateway (a worker thread's only in its thread) loads with the package's
+    // Node.js from the pruned tree: a deep import into a pruned folder would fail here.
+    const importAll = `
+      import { readdirSync } from 'node:fs'
+      const failed = []
+      for (const f of readdirSync('dist', { recursive: true })) {
+        if (!f.endsWith('.js') || f.startsWith('ui/') || f.endsWith('-worker.js')) continue
+        await import('./dist/' + f).catch((e) => failed.push(f + ': ' + e.message))
+      }
+      console.log(JSON.stringify(failed))
+      process.exit(0)`
+    const { stdout } = await execFileAsync(`${APP}/node/bin/node`, ['--input-type=module', '-e', importAll], { cwd: APP, timeout: 120_000 })
+    expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual([])
   })
 
   it('puts iothub-edge on the PATH, creates its system user, and installs the example config 0640 root:iothub-edge', async () => {
@@ -138,15 +194,9 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
       doc.http = { ...doc.http, host: '127.0.0.1', port: http }
     })
     // As systemd runs it: its user, its ExecStart (setpriv execs it: the signal reaches the gateway).
-    const child = spawn('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'start', '-c', CONF], { stdio: ['ignore', 'pipe', 'pipe'] })
-    trackChild(child)
-    let out = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()))
+    const child = await serve('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'start', '-c', CONF], http)
+    let code: number | null
     try {
-      await expect
-        .poll(async () => (await fetch(`http://127.0.0.1:${http}/api/health`).then((r) => r.status, () => 0)), { timeout: 60_000, interval: 250 })
-        .toBe(200)
       const token = statSync(`${DATA}/api-token`)
       expect(token.mode & 0o777).toBe(0o600)
       expect(token.uid).toBe(statSync(DATA).uid)
@@ -169,10 +219,9 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
       expect(status.code, status.stderr).toBe(0)
       expect(JSON.parse(status.stdout)).toMatchObject({ pid: child.pid, status: 'ok' })
     } finally {
-      child.kill('SIGTERM')
+      code = await child.stop()
     }
-    const { code } = await waitForExit(child, 20_000)
-    expect(code, out).toBe(0)
+    expect(code, child.output()).toBe(0)
     // With the service stopped, root would leave root-owned files in its data folder: refused, saying how.
     const asRoot = await run('iothub-edge', ['devices', 'list'])
     expect(asRoot.code).toBe(1)
@@ -187,6 +236,32 @@ describe('the amd64 Debian package, installed with dpkg -i', () => {
     expect(bad.stderr).toMatch(/http\.port/)
     expect(bad.stderr).toContain('IHE_CONFIG_INVALID')
     editConfig((doc) => (doc.http.port = http))
+  })
+
+  it('a data folder a gateway run by hand as root left behind: the service stops at start naming the file, its owner and the chown to run; once run, it starts', async () => {
+    const http = Number(YAML.parse(readFileSync(CONF, 'utf8')).http.port)
+    // As on a new install: the data folder empty, then the gateway tried by hand (`sudo iothub-edge start`).
+    await run('sh', ['-c', `rm -rf ${DATA}/*`])
+    const byHand = await serve('iothub-edge', ['start'], http)
+    expect(await byHand.stop(), byHand.output()).toBe(0)
+    expect(statSync(`${DATA}/gateway.db`).uid).toBe(0)
+
+    const refused = await run('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'start', '-c', CONF])
+    expect(refused.code, refused.stderr).toBe(1)
+    const said = refused.stderr.split('\n').filter((l) => l.startsWith('iothub-edge: cannot start:'))
+    expect(said).toHaveLength(1)
+    expect(said[0]).toMatch(new RegExp(`gateway\\.dataDir: ${DATA}/\\S+ belongs to root, and the gateway's user iothub-edge \\(uid \\d+\\) may not (write|read) it`))
+    expect(said[0]).toContain('(IHE_DATA_FILE_UNWRITABLE)')
+    expect(refused.stderr).not.toContain('readonly database')
+    // Nothing was opened: no database taken for damaged and moved aside.
+    expect(readdirSync(DATA).filter((f) => f.includes('corrupt'))).toEqual([])
+
+    const fix = /: run (chown -R \S+ \S+) as root/.exec(said[0])?.[1]
+    expect(fix).toBe(`chown -R iothub-edge: ${DATA}`)
+    const chown = await run('sh', ['-c', fix!])
+    expect(chown.code, chown.stderr).toBe(0)
+    const service = await serve('setpriv', [...AS_SERVICE_USER, 'iothub-edge', 'start', '-c', CONF], http)
+    expect(await service.stop(), service.output()).toBe(0)
   })
 
   it('upgrades in place keeping the edited config and the data; dpkg -r keeps both; dpkg --purge drops the config and keeps the data', async () => {

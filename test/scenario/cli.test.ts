@@ -2,7 +2,7 @@
 // `devices set-secret` with the secret from stdin (never argv; --secret still works but warns),
 // `devices set-tags`, tables on a terminal and JSON for scripts.
 import { execFile } from 'node:child_process'
-import { chownSync, copyFileSync, mkdirSync, readFileSync } from 'node:fs'
+import { chownSync, copyFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
@@ -98,6 +98,33 @@ describe('cli', () => {
       expect(r.stderr.split('\n'), args.join(' ')).toEqual([said, `\`iothub-edge ${cmd} --help\` shows its usage`, ''])
       expect(r.stdout, args.join(' ')).toBe('')
     }
+  })
+
+  it('devices and ota refuse an option their subcommand does not take, in one line, exit 64, and create nothing', async () => {
+    const cwd = await mkdtemp(path.join(tmp, 'sub-options-'))
+    const cases: [string[], string, string][] = [
+      // --create on list would have made an empty gateway.db in ./data; --tags on list filtered nothing.
+      [['devices', 'list', '--create'], 'devices list does not take --create', 'devices'],
+      [['devices', 'list', '--tags', 'roof'], 'devices list does not take --tags', 'devices'],
+      [['devices', 'show', 'thermo', 't1', '--secret', 'x'], 'devices show does not take --secret', 'devices'],
+      [['devices', 'set-tags', 'thermo', 't1', '--tags', 'roof', '--create'], 'devices set-tags does not take --create', 'devices'],
+      [['devices', 'set-secret', 'thermo', 't1', '--tags', 'roof'], 'devices set-secret does not take --tags', 'devices'],
+      [['devices', 'disable', 'thermo', 't1', '--create'], 'devices disable does not take --create', 'devices'],
+      [['devices', 'remove', 'thermo', 't1', '--tags', 'roof'], 'devices remove does not take --tags', 'devices'],
+      [['ota', 'images', '--devices', 'thermo/t1'], 'ota images does not take --devices', 'ota'],
+      [['ota', 'push', 'abc', '--devices', 'thermo/t1', '--image-version', '2'], 'ota push does not take --image-version', 'ota'],
+    ]
+    for (const [args, said, cmd] of cases) {
+      const r = await runCli(args, { cwd })
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(64)
+      expect(r.stderr.split('\n'), args.join(' ')).toEqual([said, `\`iothub-edge ${cmd} --help\` shows its usage`, ''])
+      expect(r.stdout, args.join(' ')).toBe('')
+    }
+    expect(readdirSync(cwd)).toEqual([])
+    // What each subcommand does take still passes the check (then finds no database here).
+    const add = await runCli(['devices', 'add', 'thermo', 't1', '--tags', 'roof', '--json'], { cwd })
+    expect(add.stderr).toContain('no gateway database in')
+    expect(add.code).toBe(1)
   })
 
   it('COMMAND --help shows that command\'s usage alone (adapters\' tools too), exit 0', async () => {
@@ -202,6 +229,8 @@ describe('cli', () => {
     expect(text).toMatch(/^status\s+ok$/m)
     expect(text).toMatch(new RegExp(`^gateway\\s+pid ${g.pid}, http://127\\.0\\.0\\.1:${g.httpPort}$`, 'm'))
     expect(text).toMatch(/^hub\s+not configured/m)
+    // The outbox's quota in units a person reads (by default a share of the data disk).
+    expect(text).toMatch(/^outbox\s+\d+ message\(s\), \d+ bytes of a \d+\.\d (KiB|MiB|GiB|TiB) quota \(\d+\.\d %\)/m)
 
     const down = track(new GatewayProcess({ gateway: gw, log: { level: 'warn' }, northbound: { url: `mqtt://127.0.0.1:${await freePort()}`, degradedAfterSeconds: 1 } }))
     await down.start()

@@ -140,7 +140,7 @@ describe('data folder of the devices CLI', () => {
 })
 
 describe('logs of a first start', () => {
-  it('say where the API token is without printing it; every line is JSON carrying the gateway id', async () => {
+  it('say where the API token is without printing it and how to add a device, and no zero-count restore; every line is JSON carrying the gateway id', async () => {
     const g = track(new GatewayProcess({ gateway: { ...gw, id: 'site-7' }, log: { level: 'info', format: 'json' } }))
     await g.start()
     const token = g.apiToken!
@@ -148,6 +148,9 @@ describe('logs of a first start', () => {
     const logs = g.logs()
     expect(logs).not.toContain(token)
     expect(logs).toContain(`API token generated into ${path.join(g.dataDir, 'api-token')}`)
+    // What a new user needs next, and no zero-count noise (broker.db kept nothing on a first start).
+    expect(logs).toContain('no device is registered yet: a device logs in with its ProductId, DeviceId and secret; add one with `iothub-edge devices add PRODUCT DEVICE`')
+    expect(logs).not.toContain('local broker sessions restored')
     const lines = logs.split('\n').filter((l) => l && !l.startsWith('--- [test]'))
     expect(lines.length).toBeGreaterThan(3)
     for (const l of lines) expect((JSON.parse(l) as { gateway?: string }).gateway, l).toBe('site-7')

@@ -9,7 +9,8 @@ describe('a signal while the gateway starts', () => {
   let gateway: GatewayProcess
 
   beforeEach(({ onTestFailed }) => {
-    gateway = new GatewayProcess({ log: { level: 'info' } })
+    // debug: the marker below is at debug when broker.db kept nothing (a first start).
+    gateway = new GatewayProcess({ log: { level: 'debug' } })
     onTestFailed(() => console.log(gateway.failure('output when the test failed').message))
   })
 

@@ -7,7 +7,7 @@ import { Chart } from '../chart.js'
 import { Badge, Empty, ErrorLine, Section, TableWrap, useApi, useField, useNow, THead } from '../components.js'
 import { ago, dateTime, payloadText } from '../format.js'
 import { t } from '../i18n.js'
-import { onLive } from '../live.js'
+import { onLive, onLiveGap } from '../live.js'
 import { navigate } from '../router.js'
 import type { Command, DeviceRow, HistoryPoint, Uplink } from '../types.js'
 import { SecretOnce } from './devices.js'
@@ -22,13 +22,15 @@ export function DevicePage({ productId, deviceId }: { productId: string; deviceI
   const base = `/api/devices/${devicePath(productId, deviceId)}`
   const detail = useApi<DeviceDetail>(base)
   const now = useNow()
-  useEffect(
-    () =>
+  useEffect(() => {
+    const offs = [
       onLive<{ productId: string; deviceId: string }>('device', (e) => {
-        if (e.productId === productId && e.deviceId === deviceId) detail.reload()
+        if (e.productId === productId && e.deviceId === deviceId) detail.refresh()
       }),
-    [productId, deviceId, detail.reload],
-  )
+      onLiveGap(detail.refresh),
+    ]
+    return () => offs.forEach((off) => off())
+  }, [productId, deviceId, detail.refresh])
   const d = detail.data
   return (
     <>
@@ -135,13 +137,16 @@ function Payloads({ base, productId, deviceId }: { base: string; productId: stri
   const loaded = useApi<{ messages: Uplink[] }>(`${base}/messages`)
   const [live, setLive] = useState<Uplink[]>([])
   useEffect(() => setLive([]), [base])
-  useEffect(
-    () =>
+  useEffect(() => {
+    const offs = [
       onLive<Uplink>('uplink', (u) => {
         if (u.productId === productId && u.deviceId === deviceId) setLive((l) => [u, ...l].slice(0, 20))
       }),
-    [productId, deviceId],
-  )
+      // Uplinks while no stream was open are in the gateway's list only.
+      onLiveGap(loaded.refresh),
+    ]
+    return () => offs.forEach((off) => off())
+  }, [productId, deviceId, loaded.refresh])
   const seen = new Set(live.map((m) => m.messageId))
   const all = [...live, ...(loaded.data?.messages ?? []).filter((m) => !seen.has(m.messageId))].slice(0, 20)
   return (
@@ -230,13 +235,15 @@ function SendCommand({ base }: { base: string }) {
 
 function Commands({ base, productId, deviceId }: { base: string; productId: string; deviceId: string }) {
   const list = useApi<{ commands: Command[] }>(`${base}/commands`)
-  useEffect(
-    () =>
+  useEffect(() => {
+    const offs = [
       onLive<{ productId: string; deviceId: string }>('command', (c) => {
-        if (c.productId === productId && c.deviceId === deviceId) list.reload()
+        if (c.productId === productId && c.deviceId === deviceId) list.refresh()
       }),
-    [productId, deviceId, list.reload],
-  )
+      onLiveGap(list.refresh),
+    ]
+    return () => offs.forEach((off) => off())
+  }, [productId, deviceId, list.refresh])
   const cmds = list.data?.commands ?? []
   return (
     <Section title={t('dv.commands')} id="commands" actions={<button type="button" onClick={list.reload}>{t('refresh')}</button>}>
@@ -338,19 +345,29 @@ type EventType = (typeof EVENT_TYPES)[number]
 const isEventType = (s: string): s is EventType => (EVENT_TYPES as readonly string[]).includes(s)
 const EVENT_TONE: Partial<Record<EventType, 'ok' | 'bad' | 'warn' | 'muted'>> = { error: 'warn', alarm_raised: 'bad', alarm_cleared: 'ok', connected: 'ok', disconnected: 'muted' }
 // The history writes what happened about a second later (later on a busy box): a live event reloads
-// the timeline after each of these.
+// the timeline after each of these. So does the stream's (re)connection, at once too: what happened
+// while no stream was open (between the page's first load and the stream's connection, while the
+// gateway restarted) came with no live event; without it only the 30 s poll would show it.
 const TIMELINE_RELOAD_MS = [2_000, 6_000]
 
 function Timeline({ base, productId, deviceId }: { base: string; productId: string; deviceId: string }) {
   const events = useApi<{ events: HistoryEvent[] }>(`${base}/events?limit=1000`, 30_000)
   useEffect(() => {
     let timers: ReturnType<typeof setTimeout>[] = []
-    const mine = (e: { productId: string; deviceId: string }): void => {
-      if (e.productId !== productId || e.deviceId !== deviceId) return
+    const reloadSoon = (): void => {
       timers.forEach(clearTimeout)
-      timers = TIMELINE_RELOAD_MS.map((ms) => setTimeout(events.reload, ms))
+      timers = TIMELINE_RELOAD_MS.map((ms) => setTimeout(events.refresh, ms))
+    }
+    const mine = (e: { productId: string; deviceId: string }): void => {
+      if (e.productId === productId && e.deviceId === deviceId) reloadSoon()
     }
     const offs = (['device', 'alarm', 'command'] as const).map((n) => onLive<{ productId: string; deviceId: string }>(n, mine))
+    offs.push(
+      onLiveGap(() => {
+        events.refresh()
+        reloadSoon()
+      }),
+    )
     // A warning or error naming this device (the history records it as an `error` event).
     const key = `${productId}/${deviceId}`
     offs.push(onLive<{ device?: unknown; level: number }>('log', (l) => l.level >= 40 && l.device === key && mine({ productId, deviceId })))
@@ -358,7 +375,7 @@ function Timeline({ base, productId, deviceId }: { base: string; productId: stri
       offs.forEach((off) => off())
       timers.forEach(clearTimeout)
     }
-  }, [productId, deviceId, events.reload])
+  }, [productId, deviceId, events.refresh])
   const list = [...(events.data?.events ?? [])].reverse().slice(0, 50)
   return (
     <Section title={t('dv.timeline')} id="timeline">

@@ -5,7 +5,7 @@ import { api } from '../api.js'
 import { Badge, ErrorLine, Section, TableWrap, useApi, useNow } from '../components.js'
 import { ago, num } from '../format.js'
 import { t, type Key } from '../i18n.js'
-import { onLive } from '../live.js'
+import { onLive, onLiveGap } from '../live.js'
 import { Link } from '../router.js'
 import type { DeviceRow } from '../types.js'
 
@@ -70,17 +70,20 @@ export function Devices() {
     if (list.data) setRows(list.data.devices)
   }, [list.data])
   // A device going on or off line changes its row at once; anything else waits for the next poll.
-  useEffect(
-    () =>
+  // What went on or off line while the stream was not connected: the list again when it connects.
+  useEffect(() => {
+    const offs = [
       onLive<{ productId: string; deviceId: string; online: boolean; lastSeen: number | null }>('device', (e) => {
         setRows((rs) => {
           const known = rs.some((d) => d.productId === e.productId && d.deviceId === e.deviceId)
-          if (!known) list.reload()
+          if (!known) list.refresh()
           return rs.map((d) => (d.productId === e.productId && d.deviceId === e.deviceId ? { ...d, online: e.online, lastSeen: e.lastSeen } : d))
         })
       }),
-    [list.reload],
-  )
+      onLiveGap(list.refresh),
+    ]
+    return () => offs.forEach((off) => off())
+  }, [list.refresh])
   const shown = useMemo(() => {
     const q = query.trim().toLowerCase()
     const col = COLS.find((c) => c.id === sort.col)!

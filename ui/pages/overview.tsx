@@ -4,7 +4,7 @@ import { useEffect } from 'preact/hooks'
 import { Badge, ErrorLine, Section, TableWrap, useApi, useNow, THead } from '../components.js'
 import { ago, bytes, dateTime, duration, num } from '../format.js'
 import { t } from '../i18n.js'
-import { ensureHealth, health, onLive } from '../live.js'
+import { ensureHealth, health, onLive, onLiveGap } from '../live.js'
 import { Link } from '../router.js'
 import type { AlarmView, OutboxStats, SystemInfo } from '../types.js'
 
@@ -14,9 +14,10 @@ export function Overview() {
   const h = health.value
   const outbox = useApi<OutboxStats>('/api/outbox', 5_000)
   const system = useApi<SystemInfo>('/api/system', 10_000)
-  // The outbox depth in the health event is fresher than the poll: reload on each change.
+  // The outbox depth in the health event is fresher than the poll: reload on each change (in the
+  // background, as the poll: not the session's use).
   useEffect(() => {
-    if (h) outbox.reload()
+    if (h) outbox.refresh()
   }, [h?.outbox.messages])
 
   return (
@@ -151,7 +152,11 @@ export function Overview() {
 /** The rules' alarms (raised only, or raised and cleared), reloaded when the stream says one changed. */
 export function Alarms({ raisedOnly }: { raisedOnly?: boolean }) {
   const alarms = useApi<{ alarms: AlarmView[] }>(raisedOnly ? '/api/alarms?state=raised' : '/api/alarms')
-  useEffect(() => onLive('alarm', alarms.reload), [alarms.reload])
+  useEffect(() => {
+    // Alarms raised or cleared while no stream was open came with no event: reload when it opens.
+    const offs = [onLive('alarm', alarms.refresh), onLiveGap(alarms.refresh)]
+    return () => offs.forEach((off) => off())
+  }, [alarms.refresh])
   return (
     <Section title={t('ov.alarms')} id="alarms">
       <ErrorLine error={alarms.error} />

@@ -543,7 +543,9 @@ export class BrokerAdapter implements SouthboundAdapter {
       }
       await sessions.delWill({ id: clientId })
     }
-    this.core.log.info(
+    // Nothing kept (a first start, or only clean-session clients): not worth a line at info.
+    const any = counts.clients > 0 || counts.queued > 0 || counts.retained > 0 || orphans.length > 0
+    this.core.log[any ? 'info' : 'debug'](
       { ...counts, willsPublished: published, file: sessions.file },
       `local broker sessions restored from broker.db: ${counts.clients} persistent session(s), ${counts.queued} queued message(s), ${counts.retained} retained, ${published} will(s) of clients connected when the gateway last stopped published`,
     )

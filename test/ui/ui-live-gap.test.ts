@@ -1,0 +1,157 @@
+// What happens while a device page's live stream is not connected, in a real browser (Debian's
+// Chromium through playwright-core) against a real gateway process, Mosquitto as the hub and a real
+// MQTT device: an alarm a rule raises between the page's first load and the stream's connection, and
+// one raised after a gateway restart before the stream reconnected, both show on the timeline once
+// the stream (re)connects, loaded in the background (not the session's use: an unattended page still
+// reaches the idle timeout). Playwright's routing holds the stream's request back to open that window
+// at will, and an init script keeps the timeline's own 30 s poll from ever firing, so only the reload
+// on the stream's (re)connection can bring an alarm the page missed.
+import type { Browser, BrowserContext, Page, Route } from 'playwright-core'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { CommandDevice } from '../helpers/command-device.js'
+import { openPage, screenshot, signedInBrowser } from '../helpers/browser.js'
+import { GatewayProcess } from '../helpers/gateway-process.js'
+import { HubBroker } from '../helpers/hub-broker.js'
+
+const gw = { productId: 'gateways', deviceId: 'gw-gap', secret: 'gw-gap-secret' }
+const valve = { productId: 'valve', deviceId: 'v1', secret: 'valve-secret-1' }
+const EVENTS = '/api/devices/valve/v1/events'
+const rules = [
+  {
+    name: 'valve-pressure',
+    from: 'upload_data/valve/+/pressure',
+    actions: [{ alarm: { name: 'overpressure', set: 'payload.bar > 6.0', clear: 'payload.bar < 5.0', value: 'payload.bar' } }],
+  },
+]
+
+interface HistoryEvent {
+  type: string
+  detail?: { value?: number }
+}
+
+/** Holds every request of the live stream (`GET /api/events`) from now until release(). */
+async function holdLiveStream(page: Page): Promise<{ held: Promise<void>; release: () => Promise<void> }> {
+  const routes: Route[] = []
+  let released = false
+  let heldOne: () => void = () => undefined
+  const held = new Promise<void>((resolve) => (heldOne = resolve))
+  await page.route(
+    (url) => url.pathname === '/api/events',
+    async (route) => {
+      if (released) return route.continue()
+      routes.push(route)
+      heldOne()
+    },
+  )
+  return {
+    held,
+    release: async () => {
+      released = true
+      await Promise.all(routes.splice(0).map((r) => r.continue()))
+    },
+  }
+}
+
+/** The page's 30 s polls (the timeline's) never fire: what it shows comes from its own loads alone. */
+async function withoutTimelinePoll(page: Page): Promise<void> {
+  await page.addInitScript(`{
+    const every = window.setInterval
+    window.setInterval = (fn, ms, ...args) => (ms >= 30000 ? 0 : every(fn, ms, ...args))
+  }`)
+}
+
+/** The next load of the timeline's events, and whether it went as a background request. */
+function nextTimelineLoad(page: Page): Promise<{ background: boolean }> {
+  return page.waitForRequest((r) => new URL(r.url()).pathname === EVENTS).then((r) => ({ background: r.headers()['x-background'] === '1' }))
+}
+
+describe('web app: the device page after the live stream was not connected', () => {
+  let hub: HubBroker
+  let gateway: GatewayProcess
+  let browser: Browser
+  let context: BrowserContext
+  const clients: CommandDevice[] = []
+
+  /** The alarm with that value is in the gateway's history (what the page loads). */
+  async function alarmRecorded(type: 'alarm_raised' | 'alarm_cleared', value: number): Promise<void> {
+    await expect
+      .poll(async () => (await gateway.api<{ events: HistoryEvent[] }>('GET', `${EVENTS}?limit=1000`)).body.events.some((e) => e.type === type && e.detail?.value === value), { timeout: 20_000 })
+      .toBe(true)
+  }
+
+  beforeAll(async () => {
+    hub = new HubBroker({ devices: [], gateway: { ...gw, children: [valve] } })
+    await hub.start()
+    gateway = new GatewayProcess({ gateway: gw, northbound: { url: hub.url }, devices: [valve], rules, log: { level: 'info' } })
+    await gateway.start()
+    ;({ browser, context } = await signedInBrowser(`http://127.0.0.1:${gateway.httpPort}`, gateway.dataDir, 'tech', 'correct horse battery'))
+  }, 120_000)
+
+  afterEach(async ({ task }) => {
+    await Promise.allSettled(clients.splice(0).map((c) => c.close()))
+    if (task.result?.state === 'fail') console.log(gateway.failure(`output after "${task.name}" failed`).message)
+  })
+
+  afterAll(async () => {
+    await context?.close()
+    await browser?.close()
+    await gateway?.close()
+    await hub?.close()
+  })
+
+  it('an alarm raised after the page loaded its timeline but before its live stream connected shows once the stream connects', async () => {
+    const device = await CommandDevice.connect(gateway.externalUrl, valve)
+    clients.push(device)
+    const { page, problems } = await openPage(context)
+    await withoutTimelinePoll(page)
+    const stream = await holdLiveStream(page)
+    const firstLoad = page.waitForResponse((r) => new URL(r.url()).pathname === EVENTS && r.status() === 200)
+    await page.goto('/ui/devices/valve/v1')
+    await firstLoad
+    await stream.held
+    await device.upload('pressure', { bar: 6.5 })
+    await alarmRecorded('alarm_raised', 6.5)
+    const raised = page.locator('ol.timeline li[data-type="alarm_raised"]')
+    // The page loaded before the alarm and has heard nothing since.
+    expect(await raised.count()).toBe(0)
+    const reload = nextTimelineLoad(page)
+    await stream.release()
+    await raised.first().waitFor()
+    expect(await raised.first().textContent()).toContain('"value":6.5')
+    expect(await reload).toEqual({ background: true })
+    expect(problems.errors).toEqual([])
+    await page.close()
+  })
+
+  it('after a gateway restart, what happened before the stream reconnected shows once it has', async () => {
+    const { page, problems } = await openPage(context)
+    await withoutTimelinePoll(page)
+    const connected = page.waitForResponse((r) => new URL(r.url()).pathname === '/api/events' && r.status() === 200)
+    await page.goto('/ui/devices/valve/v1')
+    await connected
+    await page.getByRole('status').filter({ hasText: /^live$/ }).waitFor()
+    // The browser's reconnection after the restart is held until the alarm cleared and raised again.
+    const stream = await holdLiveStream(page)
+    await gateway.restart()
+    await stream.held
+    const device = await CommandDevice.connect(gateway.externalUrl, valve)
+    clients.push(device)
+    await device.upload('pressure', { bar: 4.0 })
+    await alarmRecorded('alarm_cleared', 4.0)
+    await device.upload('pressure', { bar: 7.5 })
+    await alarmRecorded('alarm_raised', 7.5)
+    const raisedAgain = page.locator('ol.timeline li[data-type="alarm_raised"]', { hasText: '"value":7.5' })
+    const cleared = page.locator('ol.timeline li[data-type="alarm_cleared"]', { hasText: '"value":4' })
+    expect(await raisedAgain.count()).toBe(0)
+    expect(await cleared.count()).toBe(0)
+    const reload = nextTimelineLoad(page)
+    await stream.release()
+    await raisedAgain.waitFor()
+    await cleared.waitFor()
+    expect(await reload).toEqual({ background: true })
+    await page.getByRole('status').filter({ hasText: /^live$/ }).waitFor()
+    await screenshot(page, 'device-after-restart')
+    expect(problems.errors).toEqual([])
+    await page.close()
+  })
+})
