@@ -3,7 +3,8 @@
 // before it had schemas (the CLI and integrators read it). Schemas carry the "what" in
 // `description`, so the wording lives next to the rule it explains.
 import { Ajv, type ErrorObject, type Options } from 'ajv'
-import type { FastifySchemaCompiler, FastifySchemaValidationError } from 'fastify'
+import { createRequire } from 'node:module'
+import type { FastifySchemaCompiler, FastifySchemaValidationError, FastifySerializerCompiler } from 'fastify'
 
 // allErrors stays off as in fastify's defaults: with it a crafted body makes Ajv do unbounded work.
 // verbose gives each error its schema, where the description is.
@@ -38,4 +39,33 @@ function fieldOf(e: ErrorObject): string {
   const parts = e.instancePath.split('/').slice(1)
   if (e.keyword === 'required') parts.push(String(e.params.missingProperty))
   return parts.reduce((path, p) => (/^\d+$/.test(p) ? `${path}[${p}]` : path ? `${path}.${p}` : p), '')
+}
+
+type SerializerFactory = (externalSchemas?: unknown, options?: object) => FastifySerializerCompiler<unknown>
+
+/**
+ * fastify's compilers (its `schemaController.compilersFactory`): requests are validated by
+ * `compileValidator`; answers are serialized as fastify does by default (fast-json-stringify,
+ * through the compiler fastify itself would load), but each route's serializer is compiled by its
+ * first answer, not at start. An idle gateway then never loads fast-json-stringify, its Ajv and
+ * fastify's default validator compiler (~2 MB of heap; docs/performance.md "2026-12-03").
+ */
+export const schemaCompilers = {
+  buildValidator: (): FastifySchemaCompiler<unknown> => compileValidator,
+  buildSerializer: (externalSchemas?: unknown, options?: object): FastifySerializerCompiler<unknown> => {
+    let compiler: FastifySerializerCompiler<unknown> | undefined
+    return (route) => {
+      let serialize: ((data: unknown) => string) | undefined
+      return (data) => {
+        compiler ??= (fastifyRequire()('@fastify/fast-json-stringify-compiler') as () => SerializerFactory)()(externalSchemas, options)
+        return (serialize ??= compiler(route))(data)
+      }
+    }
+  },
+}
+
+/** `require` as fastify's own module resolves it (its serializer compiler is fastify's dependency, not ours). */
+function fastifyRequire(): NodeJS.Require {
+  const require = createRequire(import.meta.url)
+  return createRequire(require.resolve('fastify'))
 }
