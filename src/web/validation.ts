@@ -4,7 +4,7 @@
 // `description`, so the wording lives next to the rule it explains.
 import { Ajv, type ErrorObject, type Options } from 'ajv'
 import { createRequire } from 'node:module'
-import type { FastifySchemaCompiler, FastifySchemaValidationError, FastifySerializerCompiler } from 'fastify'
+import type { FastifySchemaValidationError, FastifyServerOptions } from 'fastify'
 
 // allErrors stays off as in fastify's defaults: with it a crafted body makes Ajv do unbounded work.
 // verbose gives each error its schema, where the description is.
@@ -13,9 +13,6 @@ const common: Options = { allErrors: false, useDefaults: true, strict: false, ve
 // strings have none, so those are coerced as fastify does by default.
 const bodyAjv = new Ajv({ ...common, coerceTypes: false })
 const urlAjv = new Ajv({ ...common, coerceTypes: 'array' })
-
-export const compileValidator: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) =>
-  (httpPart === 'body' ? bodyAjv : urlAjv).compile(schema as object)
 
 /** The failure as one sentence that names the field (fastify's schemaErrorFormatter). */
 export function describeValidationError(errors: FastifySchemaValidationError[], dataVar: string): Error {
@@ -41,19 +38,21 @@ function fieldOf(e: ErrorObject): string {
   return parts.reduce((path, p) => (/^\d+$/.test(p) ? `${path}[${p}]` : path ? `${path}.${p}` : p), '')
 }
 
-type SerializerFactory = (externalSchemas?: unknown, options?: object) => FastifySerializerCompiler<unknown>
+type CompilersFactory = NonNullable<NonNullable<FastifyServerOptions['schemaController']>['compilersFactory']>
+type SerializerFactory = NonNullable<CompilersFactory['buildSerializer']>
+type SerializerCompiler = ReturnType<SerializerFactory>
 
 /**
- * fastify's compilers (its `schemaController.compilersFactory`): requests are validated by
- * `compileValidator`; answers are serialized as fastify does by default (fast-json-stringify,
+ * fastify's compilers (its `schemaController.compilersFactory`): requests are validated by the
+ * two Ajv above; answers are serialized as fastify does by default (fast-json-stringify,
  * through the compiler fastify itself would load), but each route's serializer is compiled by its
  * first answer, not at start. An idle gateway then never loads fast-json-stringify, its Ajv and
  * fastify's default validator compiler (~2 MB of heap; docs/performance.md "2026-12-03").
  */
-export const schemaCompilers = {
-  buildValidator: (): FastifySchemaCompiler<unknown> => compileValidator,
-  buildSerializer: (externalSchemas?: unknown, options?: object): FastifySerializerCompiler<unknown> => {
-    let compiler: FastifySerializerCompiler<unknown> | undefined
+export const schemaCompilers: CompilersFactory = {
+  buildValidator: () => ({ schema, httpPart }) => (httpPart === 'body' ? bodyAjv : urlAjv).compile(schema as object),
+  buildSerializer: (externalSchemas, options) => {
+    let compiler: SerializerCompiler | undefined
     return (route) => {
       let serialize: ((data: unknown) => string) | undefined
       return (data) => {
