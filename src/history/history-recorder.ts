@@ -10,7 +10,9 @@
 // is stopped after `writerIdleMs` without a batch and started again by the next uplink or device
 // event. While it sleeps the gateway's own vitals gather here and are written at the latest every
 // 10 minutes (with the expiry run), so an idle gateway does not keep a thread for them
-// (docs/performance.md, "Memory").
+// (docs/performance.md, "Memory"). At the gateway's start the thread opens history.db (quarantining
+// an unusable one) and runs the expiry; when nothing else came to write meanwhile it sleeps as soon
+// as that is done, not 30 s later (an idle gateway's first minute is measured too).
 import { statfsSync } from 'node:fs'
 import path from 'node:path'
 import type { Worker } from 'node:worker_threads'
@@ -68,6 +70,8 @@ export class HistoryRecorder implements PipelineObserver {
   /** Batches and expiry runs the writer has not answered yet: it sleeps only when there are none. */
   private outstanding = 0
   private idleTimer?: NodeJS.Timeout
+  /** Uplinks or device events were handed to the writer since the start (until then it sleeps as soon as it is idle). */
+  private handedWork = false
   private extraSince = 0
   private wakes = 0
   private reader?: { db: HistoryDb; store: HistoryStore }
@@ -188,7 +192,7 @@ export class HistoryRecorder implements PipelineObserver {
   private armIdle(): void {
     clearTimeout(this.idleTimer)
     if (!this.worker || this.outstanding > 0) return
-    this.idleTimer = setTimeout(() => this.sleep(), this.d.writerIdleMs ?? WRITER_IDLE_MS).unref()
+    this.idleTimer = setTimeout(() => this.sleep(), this.handedWork ? (this.d.writerIdleMs ?? WRITER_IDLE_MS) : 0).unref()
   }
 
   private sleep(): void {
@@ -359,6 +363,7 @@ export class HistoryRecorder implements PipelineObserver {
       const samples = this.extra
       this.events = []
       this.extra = []
+      if (pack || events.length) this.handedWork = true
       if (pack || events.length || samples.length) this.post({ type: 'batch', uplinks: pack?.bytes() ?? new Uint8Array(0), events, samples })
     } while (all && this.buffered.length)
     if (this.buffered.length) this.schedule(0)

@@ -2,7 +2,11 @@
 // complete, no host access (the project never evaluates user code with eval, new Function or
 // node:vm). One environment declares the variables a rule sees; expressions are parsed and type
 // checked once, at start, and every error is reported against the key it came from.
-import { Environment } from '@marcbachmann/cel-js'
+// cel-js is loaded by the first expression compiled, so a gateway without rules never holds it
+// (~0.8 MB of heap, docs/performance.md "2026-12-03"); compiling is synchronous (the config's
+// check), hence `require` of the ES module (Node.js >= 20.19 and 22.12).
+import { createRequire } from 'node:module'
+import type { Environment } from '@marcbachmann/cel-js'
 
 /** The variables every expression sees (documented in docs/operators/rules.md). */
 export const CEL_VARIABLES = {
@@ -17,14 +21,21 @@ export const CEL_VARIABLES = {
 
 export type CelContext = Record<keyof typeof CEL_VARIABLES, unknown>
 
-const env = new Environment({
-  // JSON maps mix value types ({"t": 21.5, "unit": "C"}); literal maps a rule builds do too.
-  homogeneousAggregateLiterals: false,
-  // payload.?humidity.orValue(0.0): a field that may be missing, without an error.
-  enableOptionalTypes: true,
-  limits: { maxAstNodes: 2_000, maxDepth: 50, maxListElements: 1_000, maxMapEntries: 200, maxCallArguments: 16 },
-})
-for (const [name, v] of Object.entries(CEL_VARIABLES)) env.registerVariable(name, v.type)
+let environment: Environment | undefined
+
+function celEnvironment(): Environment {
+  if (environment) return environment
+  const { Environment } = createRequire(import.meta.url)('@marcbachmann/cel-js') as typeof import('@marcbachmann/cel-js')
+  const env = new Environment({
+    // JSON maps mix value types ({"t": 21.5, "unit": "C"}); literal maps a rule builds do too.
+    homogeneousAggregateLiterals: false,
+    // payload.?humidity.orValue(0.0): a field that may be missing, without an error.
+    enableOptionalTypes: true,
+    limits: { maxAstNodes: 2_000, maxDepth: 50, maxListElements: 1_000, maxMapEntries: 200, maxCallArguments: 16 },
+  })
+  for (const [name, v] of Object.entries(CEL_VARIABLES)) env.registerVariable(name, v.type)
+  return (environment = env)
+}
 
 export type CompiledExpression = ((ctx: CelContext) => unknown) & {
   /**
@@ -41,6 +52,7 @@ const TOPIC_VARIABLES = new Set(['device', 'dataType', 'kind'])
 
 /** Parse and type-check; throws an Error whose message says what is wrong and where. */
 export function compileCel(source: string): CompiledExpression {
+  const env = celEnvironment()
   const checked = env.check(source)
   if (!checked.valid) throw new Error(firstLines(checked.error?.message ?? 'invalid expression'))
   const fn = env.parse(source)

@@ -20,7 +20,7 @@ import { metricsRoutes } from './routes/metrics.js'
 import { outboxRoutes } from './routes/outbox.js'
 import { rulesRoutes } from './routes/rules.js'
 import { uiRoutes } from './routes/ui.js'
-import { compileValidator, describeValidationError } from './validation.js'
+import { describeValidationError, schemaCompilers } from './validation.js'
 
 /** The server's TLS key and certificate (PEM), when it speaks https (src/web/tls.ts). */
 export interface HttpsOptions {
@@ -32,7 +32,7 @@ export function buildApp(deps: WebDeps, https?: HttpsOptions): FastifyInstance {
   const log = deps.log.child({ component: 'web' })
   const ui = deps.ui && new UiAuth(deps.ui, log)
   const checkToken = requireCredentials(deps.apiToken, deps.apiTokenWhere, ui)
-  const common = { logger: false, bodyLimit: 1 << 20, schemaErrorFormatter: describeValidationError } as const
+  const common = { logger: false, bodyLimit: 1 << 20, schemaErrorFormatter: describeValidationError, schemaController: { compilersFactory: schemaCompilers } } as const
   // Two calls: fastify's types tell an https server from a plain one by the option's presence.
   const app = (https ? Fastify({ ...common, https }) : Fastify(common)) as unknown as FastifyInstance
   app.decorateRequest('credential', null)
@@ -41,7 +41,6 @@ export function buildApp(deps: WebDeps, https?: HttpsOptions): FastifyInstance {
   app.addHook('onRequest', async (_req, reply) => {
     reply.header('x-content-type-options', 'nosniff').header('referrer-policy', 'no-referrer').header('x-frame-options', 'DENY')
   })
-  app.setValidatorCompiler(compileValidator)
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const status = err.statusCode ?? 500
     // Schema failures and what fastify refuses before a handler runs (bad JSON, too large, not JSON):

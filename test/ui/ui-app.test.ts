@@ -139,7 +139,7 @@ describe('web app', () => {
       expect(await metrics.text()).toContain('iothub_edge_')
     })
 
-    it('serves hashed assets as immutable, pre-compressed by Accept-Encoding, and the first page JS is within 60 KB gzip', async () => {
+    it('serves hashed assets as immutable, pre-compressed by Accept-Encoding, with the app\'s headers, and the first page JS is within 60 KB gzip', async () => {
       const manifest = JSON.parse(readFileSync(path.join(uiDir, 'manifest.json'), 'utf8')) as Manifest
       const index = await (await fetch(`${base}/`)).text()
       expect(index).toContain(`/assets/${manifest.entry}`)
@@ -151,6 +151,9 @@ describe('web app', () => {
       expect(br.headers.get('content-encoding')).toBe('br')
       expect(br.headers.get('vary')?.toLowerCase()).toContain('accept-encoding')
       expect(br.headers.get('content-type')).toContain('javascript')
+      // The asset server is made by the first asset request (src/web/routes/ui.ts): the app's own headers still come with it.
+      expect(br.headers.get('x-content-type-options')).toBe('nosniff')
+      expect(br.headers.get('x-frame-options')).toBe('DENY')
       // fetch() decodes: the bytes are the built file's, sent as the .br the build wrote.
       expect(Buffer.from(await br.arrayBuffer()).equals(readFileSync(path.join(uiDir, 'assets', manifest.entry)))).toBe(true)
       expect(Number(br.headers.get('content-length'))).toBe(readFileSync(path.join(uiDir, 'assets', `${manifest.entry}.br`)).length)
@@ -172,6 +175,8 @@ describe('web app', () => {
 
       const missing = await fetch(`${base}/assets/nope-123.js`)
       expect(missing.status).toBe(404)
+      expect(await missing.json()).toMatchObject({ error: 'not_found' })
+      expect((await fetch(`${base}/assets/..%2f..%2fpackage.json`)).status).not.toBe(200)
     })
   })
 

@@ -100,6 +100,18 @@ describe('history recorder', () => {
     expect([...store.rows(store.seriesByName('lora/m2', 'v.x')!.id, 'raw', t, t + 1000)]).toHaveLength(80)
   })
 
+  it('ends its writer thread as soon as the start\'s work is done when nothing came to write, and keeps it for its idle time once something did', async () => {
+    // An idle time far longer than the test: only the start's own rule can end the thread.
+    const r = make({}, 600_000)
+    await r.start()
+    await expect.poll(() => r.writerRunning, { timeout: 15_000 }).toBe(false)
+    const t = Date.now()
+    r.committed([up('m4', 'meter', { kwh: 2.5 }, undefined, t)])
+    await expect.poll(() => r.tables?.seriesByName('lora/m4', 'meter.kwh') !== undefined, { timeout: 15_000 }).toBe(true)
+    expect(r.writerWakes).toBe(1)
+    expect(r.writerRunning).toBe(true)
+  })
+
   it('stops its writer thread when there is nothing to write, starts it again for the next uplink, and writes the vitals gathered meanwhile', async () => {
     const r = make({ vitalsIntervalSeconds: 1 }, 300)
     await r.start()

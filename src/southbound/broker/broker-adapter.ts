@@ -141,7 +141,7 @@ export class BrokerAdapter implements SouthboundAdapter {
     const sessions = this.core.brokerSessions()
     sessions?.setMarks(this.marks())
     sessions?.on('queueDropped', (d: QueueDrop) => this.onQueueDropped(d))
-    this.aedes = createAedes(this.opts.mqtt5 === true, {
+    this.aedes = await createAedes(this.opts.mqtt5 === true, {
       persistence: sessions,
       // The SDK's client ids are `{ProductId}/{DeviceId}/{suffix}`: longer than MQTT 3.1's 23.
       maxClientsIdLength: 256,

@@ -4,8 +4,10 @@
 // MQTT 5 (CONNACK properties, session and message expiry, user properties, subscription
 // identifiers, v5 reason codes). Both take the same options, hooks and persistence interface; the
 // broker adapter is the same for both and asks `speaksMqtt5` where they answer differently.
+// aedes 2 is imported only when `broker.mqtt5` is on (an idle gateway keeps ~0.5 MB of heap less,
+// docs/performance.md "2026-12-03").
 import { Aedes, type AedesOptions } from 'aedes'
-import { Aedes as AedesV5, type AedesOptions as AedesV5Options } from 'aedes-v5'
+import type { AedesOptions as AedesV5Options } from 'aedes-v5'
 
 /** MQTT 5.0 reason codes the adapter sends itself (section 2.4). */
 export const ReasonCode = {
@@ -19,8 +21,9 @@ export const ReasonCode = {
  * adapter uses from aedes 1.2 (the same class surface, hooks and events); its types differ only in
  * MQTT 5 additions, so it is handed out under aedes 1.2's type.
  */
-export function createAedes(mqtt5: boolean, options: AedesOptions): Aedes {
+export async function createAedes(mqtt5: boolean, options: AedesOptions): Promise<Aedes> {
   if (!mqtt5) return new Aedes(options)
+  const { Aedes: AedesV5 } = await import('aedes-v5')
   // aedes 2's own defaults otherwise. Not `topicAliasMaximum` > 0: aedes 2.0.0-beta.1 then takes a
   // Topic Alias 0 instead of disconnecting [MQTT-3.3.2-8] (Paho's test_client_topic_alias).
   return new AedesV5(options as AedesV5Options) as unknown as Aedes

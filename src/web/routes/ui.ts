@@ -6,11 +6,13 @@
 // - `/assets/*` are content-hashed: cached for a year as immutable; the `.br`/`.gz` the build wrote
 //   are chosen by Accept-Encoding, so a slow ARM box never compresses on the fly.
 // App routes live under /ui/ so they can never shadow /api, /devices (HTTP ingest), /ota, /metrics.
+// - The assets are served by `@fastify/static` in a small fastify instance of their own, made by the
+//   first asset request: a gateway nobody opens the UI of never loads it (with glob and send, ~1 MB
+//   of heap; docs/performance.md "2026-12-03"). The app's own headers (nosniff, ...) are kept.
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import fastifyStatic from '@fastify/static'
-import type { FastifyPluginAsync, FastifyReply } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 
 /** Where `npm run build` puts the app: {package root}/dist/ui (this file is src/web/routes or dist/web/routes). */
 export const DEFAULT_UI_DIR = fileURLToPath(new URL('../../../dist/ui/', import.meta.url))
@@ -53,8 +55,26 @@ export const uiRoutes: FastifyPluginAsync<UiRoutesOptions> = async (app, { dir }
   app.get('/ui', page)
   app.get('/ui/*', page)
   if (!index) return
-  await app.register(fastifyStatic, {
-    root: path.join(dir, 'assets'),
+  let assets: Promise<FastifyInstance> | undefined
+  app.get('/assets/*', async (req, reply) => {
+    const server = await (assets ??= assetServer(path.join(dir, 'assets')).catch((err: unknown) => {
+      assets = undefined
+      throw err
+    }))
+    // What the app set on this answer so far (its onRequest headers) goes out with the file.
+    for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) reply.raw.setHeader(name, value)
+    reply.hijack()
+    server.routing(req.raw, reply.raw)
+  })
+}
+
+/** The hashed assets' own server (not listening: it answers the requests handed to it). */
+async function assetServer(root: string): Promise<FastifyInstance> {
+  const [{ default: Fastify }, { default: fastifyStatic }] = await Promise.all([import('fastify'), import('@fastify/static')])
+  const server = Fastify({ logger: false })
+  server.setNotFoundHandler((req: FastifyRequest, reply: FastifyReply) => reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` }))
+  await server.register(fastifyStatic, {
+    root,
     prefix: '/assets/',
     preCompressed: true,
     immutable: true,
@@ -66,4 +86,6 @@ export const uiRoutes: FastifyPluginAsync<UiRoutesOptions> = async (app, { dir }
     etag: false,
     lastModified: false,
   })
+  await server.ready()
+  return server
 }
