@@ -38,6 +38,7 @@ export const GATEWAY_ENV = {
   MALLOC_ARENA_MAX: '2',
   NODE_OPTIONS: '--max-semi-space-size=2',
   ...(process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD ? { IOTHUB_EDGE_OUTBOX_WRITER_THREAD: process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD } : {}),
+  ...(process.env.IOTHUB_EDGE_WAL_CHECKPOINT_MS ? { IOTHUB_EDGE_WAL_CHECKPOINT_MS: process.env.IOTHUB_EDGE_WAL_CHECKPOINT_MS } : {}),
 }
 // BENCH_GATEWAY_NODE_ARGS: more arguments for the gateway's Node.js, space-separated
 // (`--cpu-prof --cpu-prof-dir=/tmp/prof` profiles every gateway the run starts, written when it stops).

@@ -10,6 +10,7 @@
 //   BENCH_GATEWAY_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' npx tsx bench/intake.ts   # profile the gateway
 //   BENCH_BASELINE_BIN=/tmp/old/bin/iothub-edge.js npx tsx bench/intake.ts                  # before/after
 //   BENCH_BASELINE_NODE_OPTIONS='--max-semi-space-size=2'   # the baseline's NODE_OPTIONS, when its start settings differ
+//   BENCH_BASELINE_HISTORY=0   # the baseline with the local history off (what the history costs)
 //   BENCH_IDLE_AFTER=40   # also the gateway's RSS 5 s and 40 s after its last load (young generation given back?)
 import { readdirSync, readFileSync } from 'node:fs'
 import os from 'node:os'
@@ -49,7 +50,7 @@ async function main(): Promise<void> {
   const { cloud, cloudPort, cloudUrl, hub } = await startCloud()
   const start: Record<Kind, () => Promise<Sut>> = {
     gateway: () => startGateway(cloudUrl, 100),
-    baseline: () => startGateway(cloudUrl, 100, [], true, undefined, 0, BASELINE_NODE_OPTIONS === undefined ? undefined : { ...GATEWAY_ENV, NODE_OPTIONS: BASELINE_NODE_OPTIONS }, BASELINE),
+    baseline: () => startGateway(cloudUrl, 100, [], process.env.BENCH_BASELINE_HISTORY !== '0', undefined, 0, BASELINE_NODE_OPTIONS === undefined ? undefined : { ...GATEWAY_ENV, NODE_OPTIONS: BASELINE_NODE_OPTIONS }, BASELINE),
     reference: () => startReference(cloudPort),
   }
   const kinds: Kind[] = ['gateway', ...(BASELINE ? (['baseline'] as const) : []), ...(BRIDGE ? (['reference'] as const) : [])]

@@ -56,8 +56,11 @@ export async function openStore(cfg: Config, log: Logger, check: CheckKind = 'ch
   const writerThread = process.env.IOTHUB_EDGE_OUTBOX_WRITER_THREAD === '1'
   // The WAL's checkpoints on a thread of their own while commits are frequent (decision
   // 0026-wal-checkpoint-thread); the automatic checkpoint above stays as the backstop.
+  // IOTHUB_EDGE_WAL_CHECKPOINT_MS: the thread's interval, for measuring (0: no thread).
   const warned = new Set<string>()
+  const everyMs = Number(process.env.IOTHUB_EDGE_WAL_CHECKPOINT_MS)
   const checkpointer = new WalCheckpointer(db, {
+    ...(process.env.IOTHUB_EDGE_WAL_CHECKPOINT_MS && Number.isFinite(everyMs) && everyMs >= 0 ? { everyMs } : {}),
     onError: (err) => {
       // A full disk is the outbox's to report (IHE_STORE_FULL) and to relieve.
       if (isDiskFull(err) || warned.has(err.code ?? err.message)) return

@@ -15,7 +15,7 @@ import { workerBeside } from '../core/worker-thread.js'
 import type { CheckpointReply, CheckpointSetup } from './wal-checkpoint-worker.js'
 
 export interface WalCheckpointerOptions {
-  /** How often the thread checkpoints while it runs. */
+  /** How often the thread checkpoints while it runs (0: never started). */
   everyMs?: number
   /** The thread ends after this long with nothing new in the WAL. */
   idleMs?: number
@@ -42,7 +42,7 @@ export class WalCheckpointer {
     private readonly db: Database.Database,
     opts: WalCheckpointerOptions = {},
   ) {
-    this.o = { everyMs: 20, idleMs: 10_000, startAfter: 50, gapMs: 500, ...opts }
+    this.o = { everyMs: 100, idleMs: 10_000, startAfter: 50, gapMs: 500, ...opts }
   }
 
   get running(): boolean {
@@ -51,7 +51,7 @@ export class WalCheckpointer {
 
   /** A commit on the main connection wrote to the WAL. */
   committed(): void {
-    if (this.worker || this.closed || this.db.memory) return
+    if (this.worker || this.closed || this.db.memory || this.o.everyMs <= 0) return
     const now = Date.now()
     this.run = now - this.last > this.o.gapMs ? 1 : this.run + 1
     this.last = now
