@@ -550,6 +550,14 @@ export class BrokerSessionStore extends EventEmitter {
     return { subsCount: this.trie.subscriptionsCount, clientsCount: this.subscriptions.size }
   }
 
+  /**
+   * No session subscribes at QoS > 0, so no publish has anything to queue (asked synchronously by
+   * the aedes patch before each QoS > 0 publish's enqueueOffline round, decision 0016).
+   */
+  subscribesNothing(): boolean {
+    return this.trie.subscriptionsCount === 0
+  }
+
   async subscriptionsByTopic(topic: string): Promise<object[]> {
     // aedes asks for every QoS > 0 publish; with no persistent session subscribed (the usual load)
     // there is nothing to match.

@@ -27,6 +27,8 @@ export interface NewRows {
   /** End offset of each payload in `payloads`. */
   ends: number[]
   payloads: Uint8Array
+  /** Instead of `payloads`, for a commit on the calling thread: the payloads as they came (nothing copied). */
+  list?: Uint8Array[]
 }
 
 /** Rows deleted for a reason (counted): the hub no longer wants them, or the quota evicts them. */
@@ -104,7 +106,7 @@ export class OutboxTransaction {
       let start = 0
       for (let i = 0; i < r.prio.length; i++) {
         const end = r.ends[i]
-        const ins = this.st.insert.run(r.prio[i], r.device[i], r.kind[i], r.topic[i], payloads.subarray(start, end), r.bytes[i], r.receivedAt[i])
+        const ins = this.st.insert.run(r.prio[i], r.device[i], r.kind[i], r.topic[i], r.list ? r.list[i] : payloads.subarray(start, end), r.bytes[i], r.receivedAt[i])
         start = end
         res.ids.push(Number(ins.lastInsertRowid))
         delta[r.prio[i]].messages++

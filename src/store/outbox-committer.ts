@@ -8,6 +8,8 @@ import type { WorkerReply, WorkerSetup } from './outbox-worker.js'
 
 /** Where the outbox's batches are committed. */
 export interface Committer {
+  /** The batch's payloads must be packed into one buffer of their own (it is moved to a writer thread). */
+  readonly packs: boolean
   /** The result, or (on a writer thread) a promise of it. Throws/rejects with the transaction's error. */
   commit(batch: CommitBatch): CommitResult | Promise<CommitResult>
   /** Waits (blocking) for a commit in flight, then stops the writer. */
@@ -18,6 +20,7 @@ export interface Committer {
 
 /** On the calling thread, on the caller's connection. */
 export class InlineCommitter implements Committer {
+  readonly packs = false
   private readonly tx: OutboxTransaction
   constructor(private readonly db: Db) {
     this.tx = new OutboxTransaction(db)
@@ -35,6 +38,7 @@ const CLOSE_WAIT_MS = 30_000
 
 /** On a writer thread with its own connection to the same file (WAL: the main thread's reads go on meanwhile). */
 export class WorkerCommitter implements Committer {
+  readonly packs = true
   private readonly worker: Worker
   private readonly port: MessagePort
   private readonly waiting: { resolve: (r: CommitResult) => void; reject: (e: Error) => void }[] = []

@@ -25,6 +25,8 @@ export type { SqlWrite } from './outbox-commit.js'
 export const PRIORITIES = [0, 1, 2] as const satisfies readonly Priority[]
 
 /** Priority class of an up message: 0 replies, 1 control and internal, 2 telemetry (DESIGN.md). */
+const NO_BYTES = new Uint8Array(0)
+
 export function priorityOf(t: UpTopic): Priority {
   switch (t.kind) {
     case 'cmd_resp':
@@ -311,7 +313,8 @@ export class Outbox extends EventEmitter {
       // Readers holding them (the hub link's read-ahead) forget them now, before the commit runs.
       if (victims.length) this.emit('evicted', victims)
     }
-    const cols: CommitBatch['rows'] = { prio: [], device: [], kind: [], topic: [], bytes: [], receivedAt: [], ends: [], payloads: new Uint8Array(0) }
+    const packs = this.committer.packs
+    const cols: CommitBatch['rows'] = { prio: [], device: [], kind: [], topic: [], bytes: [], receivedAt: [], ends: [], payloads: NO_BYTES, ...(packs ? {} : { list: [] }) }
     let size = 0
     for (let i = 0; i < fresh.length; i++) {
       if (unsaved.has(i)) continue
@@ -324,13 +327,16 @@ export class Outbox extends EventEmitter {
       cols.receivedAt.push(up.receivedAt)
       size += up.payload.length
       cols.ends.push(size)
+      cols.list?.push(up.payload)
       rows.push({ id: 0, prio, device, kind: up.topic.kind, topic, payload: up.payload, receivedAt: up.receivedAt })
     }
-    // One buffer of its own for all payloads: it is moved to the writer thread, not copied.
-    const payloads = Buffer.allocUnsafeSlow(size)
-    let at = 0
-    for (const r of rows) at += r.payload.copy(payloads, at)
-    cols.payloads = payloads
+    if (packs) {
+      // One buffer of its own for all payloads: it is moved to the writer thread, not copied.
+      const payloads = Buffer.allocUnsafeSlow(size)
+      let at = 0
+      for (const r of rows) at += r.payload.copy(payloads, at)
+      cols.payloads = payloads
+    }
     const writes = this.participants.flatMap((p) => p.write())
     return { rows: cols, acked, drops, writes }
   }
