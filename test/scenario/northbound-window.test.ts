@@ -109,6 +109,34 @@ describe('the hub link window', () => {
     await expect.poll(() => new Set(hub.received.filter((r) => r.topic.startsWith(prefix)).map((r) => r.topic)).size, { timeout: 30_000, interval: 200 }).toBe(n)
   })
 
+  it('sends what waited behind a full window once each, in order within each priority, however far behind the link fell', async () => {
+    const { hub, publish } = await setup({ inflight: 5 })
+    // Replies first, then status, then telemetry (DESIGN.md's classes). 3,000 rows
+    // while the window stays full: more than the link's read-ahead (512) and than what it keeps of
+    // the commits in memory (2,048), so its read-ahead, the committed rows it kept and the reads back
+    // from the outbox all take turns.
+    const base = `${dev.productId}/${dev.deviceId}`
+    const topicOf = (i: number): string =>
+      i % 4 === 0 ? `cmd_resp/${base}/reboot/r${i}/${newMessageId()}` : i % 4 === 1 ? `update_status/${base}/${newMessageId()}` : `upload_data/${base}/t/${newMessageId()}`
+    const n = 3000
+    const sent: string[] = []
+    for (let i = 0; i < n; i += 100) {
+      const batch = Array.from({ length: 100 }, (_, k) => topicOf(i + k))
+      sent.push(...batch)
+      await Promise.all(batch.map((t, k) => publish(t, Buffer.from(String(i + k)))))
+    }
+    await expect.poll(() => hub.waiting.count, { timeout: 20_000, interval: 100 }).toBe(5)
+    hub.release()
+    const mine = (): string[] => hub.received.map((r) => r.topic).filter((t) => t.includes(`/${base}/`) && !t.includes('/$'))
+    await expect.poll(() => new Set(mine()).size, { timeout: 60_000, interval: 200 }).toBe(n)
+    await sleep(500)
+    const got = mine()
+    expect(got.length).toBe(n) // none twice
+    for (const cls of [(t: string) => t.startsWith('cmd_resp/'), (t: string) => t.startsWith('update_status/'), (t: string) => t.includes('/t/')]) {
+      expect(got.filter(cls)).toEqual(sent.filter(cls))
+    }
+  }, 120_000)
+
   it('keeps at most 4 MiB of large messages in flight, however many the window allows', async () => {
     const { hub, publish } = await setup({}) // the default window: 1,000 messages
     const prefix = `upload_data/${dev.productId}/${dev.deviceId}/image/`
