@@ -35,8 +35,6 @@ export interface HubLinkOptions {
 }
 
 const READ_BATCH = 512
-// At most this many committed rows are kept for a link that fell behind (see `tail`).
-const TAIL_MAX = 4 * READ_BATCH
 const BACKOFF_MIN_MS = 1_000
 const BACKOFF_MAX_MS = 60_000
 const STABLE_AFTER_MS = 60_000
@@ -76,15 +74,6 @@ export class HubLink {
   // Whether the outbox may hold rows past our cursors: set on every commit, cleared when a read
   // finds nothing. Without it every acknowledgement would cost three empty queries.
   private maybeMore = true
-  // Rows committed while this link was behind, by priority, in id order, from `tailPos`: it takes
-  // its next rows from here instead of reading them back from the outbox, as long as nothing it has
-  // not read lies before them. Every committed row of this link's with id >= `seenFrom` is either
-  // read already (id <= its priority's cursor) or here; past TAIL_MAX rows the tail starts again
-  // (the reads catch up to it). Only an allocation and a read saved: the outbox stays the record.
-  private tail: Record<Priority, OutboxRow[]> = { 0: [], 1: [], 2: [] }
-  private tailPos: Record<Priority, number> = { 0: 0, 1: 0, 2: 0 }
-  private tailSize = 0
-  private seenFrom = Infinity
   private tokens = 0
   private lastRefill = 0
   private error: LinkError | null = null
@@ -250,8 +239,6 @@ export class HubLink {
     this.bufferPos = 0
     this.cursors = { 0: 0, 1: 0, 2: 0 }
     this.maybeMore = true
-    // Read again from the start: the rows read before are unread again, and none is in the tail.
-    this.resetTail(Infinity)
     if (this.stopped) return
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempts++)
     const delay = Math.round(base / 2 + (Math.random() * base) / 2)
@@ -314,51 +301,6 @@ export class HubLink {
       this.buffer = this.buffer.slice(this.bufferPos).filter((r) => !ids.has(r.id))
       this.bufferPos = 0
     }
-    if (this.tailSize) {
-      for (const prio of PRIORITIES) {
-        this.tail[prio] = this.tail[prio].slice(this.tailPos[prio]).filter((r) => !ids.has(r.id))
-        this.tailPos[prio] = 0
-      }
-      this.tailSize = this.tail[0].length + this.tail[1].length + this.tail[2].length
-    }
-  }
-
-  private resetTail(seenFrom: number): void {
-    this.tail = { 0: [], 1: [], 2: [] }
-    this.tailPos = { 0: 0, 1: 0, 2: 0 }
-    this.tailSize = 0
-    this.seenFrom = seenFrom
-  }
-
-  /** The rows of a commit this link did not take at once (they are in id order). */
-  private keep(rows: readonly OutboxRow[]): void {
-    if (rows.length === 0) return
-    if (this.seenFrom === Infinity) this.seenFrom = rows[0].id
-    const mine = this.opts.device === undefined ? rows : rows.filter((r) => r.device === this.opts.device)
-    if (this.tailSize + mine.length > TAIL_MAX) {
-      // Too far behind to keep them: read from the outbox up to here, keep what comes after.
-      this.resetTail(rows[rows.length - 1].id + 1)
-      return
-    }
-    for (const r of mine) this.tail[r.prio].push(r)
-    this.tailSize += mine.length
-  }
-
-  /** Up to READ_BATCH unread rows of this priority from the tail; undefined if unread ones may lie before it. */
-  private fromTail(prio: Priority): OutboxRow[] | undefined {
-    if (this.cursors[prio] < this.seenFrom - 1) return undefined
-    const t = this.tail[prio]
-    let pos = this.tailPos[prio]
-    while (pos < t.length && t[pos].id <= this.cursors[prio]) pos++
-    const out = t.slice(pos, pos + READ_BATCH)
-    pos += out.length
-    this.tailSize -= pos - this.tailPos[prio]
-    if (pos === t.length) {
-      this.tail[prio] = []
-      pos = 0
-    }
-    this.tailPos[prio] = pos
-    return out
   }
 
   /** New rows were committed. A link that has read everything before them takes them as they are. */
@@ -367,7 +309,6 @@ export class HubLink {
     // Only while caught up, and only a read-ahead's worth: when intake outpaces the hub, the rows
     // wait in the outbox (not in memory) and are read in order from there.
     if (rows && this.connected && !this.maybeMore && pending + rows.length <= READ_BATCH) {
-      if (this.seenFrom === Infinity && rows.length) this.seenFrom = rows[0].id
       const mine = this.opts.device === undefined ? rows : rows.filter((r) => r.device === this.opts.device)
       if (mine.length) {
         for (const r of mine) this.cursors[r.prio] = Math.max(this.cursors[r.prio], r.id)
@@ -377,7 +318,6 @@ export class HubLink {
       }
     } else {
       this.maybeMore = true
-      if (rows) this.keep(rows)
     }
     this.pump()
   }
@@ -426,7 +366,7 @@ export class HubLink {
   private refill(): void {
     if (!this.maybeMore) return
     for (const prio of PRIORITIES) {
-      const rows = this.fromTail(prio) ?? this.read(prio)
+      const rows = this.outbox.read(prio, this.cursors[prio], READ_BATCH, this.opts.device)
       if (rows.length) {
         this.cursors[prio] = rows[rows.length - 1].id
         this.buffer = rows
@@ -435,14 +375,6 @@ export class HubLink {
       }
     }
     this.maybeMore = false
-  }
-
-  private read(prio: Priority): OutboxRow[] {
-    const rows = this.outbox.read(prio, this.cursors[prio], READ_BATCH, this.opts.device)
-    // Fewer than asked: every row of this priority committed before the tail began is read, so
-    // what is left of it is in the tail.
-    if (rows.length < READ_BATCH && this.seenFrom !== Infinity) this.cursors[prio] = Math.max(this.cursors[prio], rows.length ? rows[rows.length - 1].id : 0, this.seenFrom - 1)
-    return rows
   }
 
   private takeToken(): boolean {
