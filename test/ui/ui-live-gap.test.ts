@@ -7,16 +7,21 @@
 // at will, and an init script keeps the timeline's own 30 s poll from ever firing and lets the test
 // wait until the page's delayed reloads (2 s and 6 s after its stream opened) have run before the
 // restart, so only the reload on the stream's (re)connection can bring an alarm the page missed.
+// And a page too slow for its stream (its main thread held still): the uplinks the gateway dropped
+// for it show once the stream tells it so, newest first although the stream then sends it older
+// ones it had queued.
 import type { Browser, BrowserContext, Page, Route } from 'playwright-core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { CommandDevice } from '../helpers/command-device.js'
 import { openPage, screenshot, signedInBrowser } from '../helpers/browser.js'
 import { GatewayProcess } from '../helpers/gateway-process.js'
 import { HubBroker } from '../helpers/hub-broker.js'
+import { metricValue } from '../helpers/metrics.js'
 
 const gw = { productId: 'gateways', deviceId: 'gw-gap', secret: 'gw-gap-secret' }
 const valve = { productId: 'valve', deviceId: 'v1', secret: 'valve-secret-1' }
 const EVENTS = '/api/devices/valve/v1/events'
+const MESSAGES = '/api/devices/valve/v1/messages'
 const rules = [
   {
     name: 'valve-pressure',
@@ -86,12 +91,12 @@ async function settled(page: Page): Promise<void> {
   await page.waitForFunction(() => (window as unknown as { pageSettled: () => boolean }).pageSettled(), undefined, { polling: 100, timeout: 30_000 })
 }
 
-/** The next load of the timeline's events, and whether it went as a background request. */
-function nextTimelineLoad(page: Page): Promise<{ background: boolean }> {
-  return page.waitForRequest((r) => new URL(r.url()).pathname === EVENTS).then((r) => ({ background: r.headers()['x-background'] === '1' }))
+/** The next load of `path` (the timeline's events by default), and whether it went as a background request. */
+function nextLoad(page: Page, path = EVENTS): Promise<{ background: boolean }> {
+  return page.waitForRequest((r) => new URL(r.url()).pathname === path).then((r) => ({ background: r.headers()['x-background'] === '1' }))
 }
 
-describe('web app: the device page after the live stream was not connected', () => {
+describe('web app: the device page after its live stream missed events', () => {
   let hub: HubBroker
   let gateway: GatewayProcess
   let browser: Browser
@@ -103,6 +108,11 @@ describe('web app: the device page after the live stream was not connected', () 
     await expect
       .poll(async () => (await gateway.api<{ events: HistoryEvent[] }>('GET', `${EVENTS}?limit=1000`)).body.events.some((e) => e.type === type && e.detail?.value === value), { timeout: 20_000 })
       .toBe(true)
+  }
+
+  /** Live stream events the gateway did not send to a client too slow for them (since it started). */
+  async function liveDropped(): Promise<number> {
+    return metricValue((await gateway.api<string>('GET', '/metrics')).body, 'iothub_edge_live_stream_dropped_total')
   }
 
   beforeAll(async () => {
@@ -140,7 +150,7 @@ describe('web app: the device page after the live stream was not connected', () 
     const raised = page.locator('ol.timeline li[data-type="alarm_raised"]')
     // The page loaded before the alarm and has heard nothing since.
     expect(await raised.count()).toBe(0)
-    const reload = nextTimelineLoad(page)
+    const reload = nextLoad(page)
     await stream.release()
     await raised.first().waitFor()
     expect(await raised.first().textContent()).toContain('"value":6.5')
@@ -176,7 +186,7 @@ describe('web app: the device page after the live stream was not connected', () 
     const cleared = page.locator('ol.timeline li[data-type="alarm_cleared"]', { hasText: '"value":4' })
     expect(await raisedAgain.count()).toBe(0)
     expect(await cleared.count()).toBe(0)
-    const reload = nextTimelineLoad(page)
+    const reload = nextLoad(page)
     await stream.release()
     await raisedAgain.waitFor()
     await cleared.waitFor()
@@ -184,6 +194,40 @@ describe('web app: the device page after the live stream was not connected', () 
     await page.getByRole('status').filter({ hasText: /^live$/ }).waitFor()
     await screenshot(page, 'device-after-restart')
     expect(problems.errors).toEqual([])
+    await page.close()
+  })
+
+  it('a page too slow for its live stream shows the uplinks the gateway dropped for it once told so, newest first', async () => {
+    const device = await CommandDevice.connect(gateway.externalUrl, valve)
+    clients.push(device)
+    const { page, problems } = await openPage(context)
+    await watchPageTimers(page)
+    await page.goto('/ui/devices/valve/v1')
+    await page.getByRole('status').filter({ hasText: /^live$/ }).waitFor()
+    await settled(page)
+    // The page's main thread held still (in the debugger, as a long task holds it): the browser stops
+    // reading the stream, the gateway queues what the socket does not take, then drops and counts.
+    const cdp = await context.newCDPSession(page)
+    await cdp.send('Debugger.enable')
+    await cdp.send('Debugger.pause')
+    const droppedBefore = await liveDropped()
+    const pad = 'x'.repeat(15_000)
+    let seq = 0
+    // Loopback socket buffers take a few MB before the gateway's queue fills and it drops.
+    while ((await liveDropped()) === droppedBefore) {
+      if (seq >= 6000) throw new Error(`the gateway dropped nothing for a stalled page after ${seq} uplinks of 15 kB`)
+      for (let i = 0; i < 50; i++) await device.upload('blob', { seq: ++seq, pad })
+    }
+    // Its queue is full and nothing drains: these never reach the page live, and outnumber its list.
+    for (let i = 0; i < 25; i++) await device.upload('blob', { seq: ++seq, pad })
+    const reload = nextLoad(page, MESSAGES)
+    await cdp.send('Debugger.resume')
+    const payloads = page.locator('ol.payloads li')
+    await payloads.filter({ hasText: `"seq":${seq},` }).waitFor()
+    expect(await payloads.first().textContent()).toContain(`"seq":${seq},`)
+    expect(await reload).toEqual({ background: true })
+    expect(problems.errors).toEqual([])
+    await cdp.detach()
     await page.close()
   })
 })
