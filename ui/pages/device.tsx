@@ -148,7 +148,10 @@ function Payloads({ base, productId, deviceId }: { base: string; productId: stri
     return () => offs.forEach((off) => off())
   }, [productId, deviceId, loaded.refresh])
   const seen = new Set(live.map((m) => m.messageId))
-  const all = [...live, ...(loaded.data?.messages ?? []).filter((m) => !seen.has(m.messageId))].slice(0, 20)
+  // Newest first by the gateway's time, not by arrival: a stream that dropped events for this slow
+  // reader says so before it sends what it had queued, so older uplinks arrive after the reload that
+  // brought the newer ones.
+  const all = [...live, ...(loaded.data?.messages ?? []).filter((m) => !seen.has(m.messageId))].sort((a, b) => b.ts - a.ts).slice(0, 20)
   return (
     <Section title={t('dv.payloads')} id="payloads">
       <ErrorLine error={loaded.error} />
