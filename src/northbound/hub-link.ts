@@ -311,16 +311,18 @@ export class HubLink {
     const store = this.opts.heldSubscriptions
     if (!store) return
     try {
-      if (!this.recorded) {
+      const recorded = this.recorded
+      if (!recorded) {
         store.save(this.subscribed)
-      } else {
-        const recorded = this.recorded
-        const add = [...this.subscribed].filter((f) => !recorded.has(f))
-        const remove = [...recorded].filter((f) => !this.subscribed.has(f))
-        if (!add.length && !remove.length) return
-        store.update(add, remove)
+        this.recorded = new Set(this.subscribed)
+        return
       }
-      this.recorded = new Set(this.subscribed)
+      const add = [...this.subscribed].filter((f) => !recorded.has(f))
+      const remove = [...recorded].filter((f) => !this.subscribed.has(f))
+      if (!add.length && !remove.length) return
+      store.update(add, remove)
+      for (const f of remove) recorded.delete(f)
+      for (const f of add) recorded.add(f)
     } catch (err) {
       // Bookkeeping only (a full disk): the next change writes it whole.
       this.recorded = null
