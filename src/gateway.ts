@@ -186,7 +186,11 @@ export class Gateway {
       onMessage: core.fromHub,
       onConnected: core.hubConnected,
       extraSubscriptions: core.hubFilters,
-      heldSubscriptions: (link) => ({ load: () => store.hubSubscriptions.load(link), save: (filters) => store.hubSubscriptions.save(link, filters) }),
+      heldSubscriptions: (link) => ({
+        load: () => store.hubSubscriptions.load(link),
+        save: (filters) => store.hubSubscriptions.save(link, filters),
+        update: (add, remove) => store.hubSubscriptions.update(link, add, remove),
+      }),
     })
     this.bridge.start()
 

@@ -35,7 +35,7 @@ export interface GatewayDeviceDeps {
   log: Logger
   uplink: (up: Uplink) => Promise<void>
   outboxStats: () => OutboxStats
-  children: () => Device[]
+  children: () => readonly Device[]
   onlineCount: () => number
   /** Children whose `$tags`/`$shadow` the gateway asks for on a hub connection. */
   asksFor: (device: Device) => boolean

@@ -9,7 +9,7 @@ import type { DeviceRef } from '../core/types.js'
 import { deviceKey } from '../core/types.js'
 import type { Outbox, OutboxRow } from '../store/outbox.js'
 import type { DeviceRegistry } from '../store/devices.js'
-import { HubLink, type HubLinkOptions } from './hub-link.js'
+import { HubLink, type HeldSubscriptions, type HubLinkOptions } from './hub-link.js'
 import type { BridgeStatus } from '../core/link-types.js'
 
 export type { BridgeStatus } from '../core/link-types.js'
@@ -24,7 +24,7 @@ export interface BridgeHooks {
   /** Further filters to hold on the hub (tag topics): all of them, or one child's in devices mode. */
   extraSubscriptions: (device?: DeviceRef) => string[]
   /** Durable record of what each link (by key) holds on the hub. */
-  heldSubscriptions?: (linkKey: string) => { load: () => string[]; save: (filters: string[]) => void }
+  heldSubscriptions?: (linkKey: string) => HeldSubscriptions
 }
 
 

@@ -78,20 +78,47 @@ function packetEnd(buf: Buffer, pos: number): number {
 /** A QoS 1 PUBLISH up to its payload: fixed header, remaining length, topic, packet id (MQTT 3.1.1, 3.3). */
 function publishHeader(topic: string, payloadBytes: number, id: number): Buffer {
   const topicBytes = Buffer.byteLength(topic)
-  let remaining = 2 + topicBytes + 2 + payloadBytes
-  const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4
-  const h = Buffer.allocUnsafe(1 + lengthBytes + 2 + topicBytes + 2)
+  const remaining = 2 + topicBytes + 2 + payloadBytes
+  const h = Buffer.allocUnsafe(1 + lengthBytes(remaining) + 2 + topicBytes + 2)
   h[0] = PUBLISH_QOS1_BYTE
+  const at = writeLength(h, remaining)
+  h.writeUInt16BE(topicBytes, at)
+  h.write(topic, at + 2, 'utf8')
+  h.writeUInt16BE(id, at + 2 + topicBytes)
+  return h
+}
+
+/**
+ * A SUBSCRIBE of every filter at QoS 1 (MQTT 3.1.1, 3.8), or an UNSUBSCRIBE (3.10), in one buffer:
+ * a gateway with thousands of children sends tens of thousands of filters at each connection.
+ */
+function filtersPacket(kind: 'subscribe' | 'unsubscribe', id: number, filters: readonly string[]): Buffer {
+  const qos = kind === 'subscribe' ? 1 : 0
+  let remaining = 2
+  for (const f of filters) remaining += 2 + Buffer.byteLength(f) + qos
+  const h = Buffer.allocUnsafe(1 + lengthBytes(remaining) + remaining)
+  h[0] = kind === 'subscribe' ? 0x82 : 0xa2
+  let at = h.writeUInt16BE(id, writeLength(h, remaining))
+  for (const f of filters) {
+    const n = h.write(f, at + 2, 'utf8')
+    h.writeUInt16BE(n, at)
+    at += 2 + n
+    if (qos) h[at++] = 1
+  }
+  return h
+}
+
+const lengthBytes = (remaining: number): number => (remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4)
+
+/** The remaining length after the first byte; returns where the variable header starts. */
+function writeLength(h: Buffer, remaining: number): number {
   let at = 1
   do {
     const digit = remaining % 128
     remaining = Math.floor(remaining / 128)
     h[at++] = remaining > 0 ? digit | 0x80 : digit
   } while (remaining > 0)
-  h.writeUInt16BE(topicBytes, at)
-  h.write(topic, at + 2, 'utf8')
-  h.writeUInt16BE(id, at + 2 + topicBytes)
-  return h
+  return at
 }
 
 function codedError(message: string, code: string | number): Error & { code: string | number } {
@@ -317,14 +344,14 @@ export class HubConnection {
   subscribe(filters: string[]): number {
     if (!this.isUp || !filters.length) return 0
     const id = this.take(0)
-    if (id) this.send({ cmd: 'subscribe', messageId: id, subscriptions: filters.map((topic) => ({ topic, qos: 1 as const })) })
+    if (id) this.queue(filtersPacket('subscribe', id, filters))
     return id
   }
 
   unsubscribe(filters: string[]): void {
     if (!this.isUp || !filters.length) return
     const id = this.take(0)
-    if (id) this.send({ cmd: 'unsubscribe', messageId: id, unsubscriptions: filters })
+    if (id) this.queue(filtersPacket('unsubscribe', id, filters))
   }
 
   private send(p: Packet): void {

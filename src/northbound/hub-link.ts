@@ -29,12 +29,24 @@ export interface HubLinkOptions {
   /** A message from the hub; it is PUBACKed only once this resolves (the command is durable). */
   onMessage: (topic: string, payload: Buffer) => Promise<void>
   /** What this link held on the hub in an earlier connection or run (persistent session). */
-  heldSubscriptions?: { load: () => string[]; save: (filters: string[]) => void }
+  heldSubscriptions?: HeldSubscriptions
   /** Called once per connection after the subscriptions are in place. */
   onConnected?: () => void
 }
 
+/** The durable record of the filters a link holds on the hub: all of them, or a change. */
+export interface HeldSubscriptions {
+  load: () => string[]
+  save: (filters: Iterable<string>) => void
+  update: (add: readonly string[], remove: readonly string[]) => void
+}
+
 const READ_BATCH = 512
+// Bytes of topic filters per SUBSCRIBE / UNSUBSCRIBE: a gateway with thousands of children holds
+// three filters each, which in one packet would pass a hub's packet size limit (EMQX's
+// mqtt.max_packet_size is 1 MB by default; the hub closes the connection on a larger packet) and
+// would be one large buffer at every connection.
+export const SUBSCRIBE_BYTES_MAX = 32 * 1024
 const BACKOFF_MIN_MS = 1_000
 const BACKOFF_MAX_MS = 60_000
 const STABLE_AFTER_MS = 60_000
@@ -213,13 +225,14 @@ export class HubLink {
     // The hub may still hold subscriptions of our persistent session from before (an earlier run
     // included): what is no longer wanted is unsubscribed; what is wanted is subscribed again.
     const wanted = new Set(this.opts.subscriptions())
-    const stale = (this.opts.heldSubscriptions?.load() ?? []).filter((f) => !wanted.has(f))
+    const held = this.loadHeld()
+    const stale = held.filter((f) => !wanted.has(f))
     if (stale.length) {
-      this.log.info({ filters: stale }, 'dropping hub subscriptions that are no longer wanted')
-      client.unsubscribe(stale)
+      this.log.info({ filters: stale.length > 20 ? [...stale.slice(0, 20), `... ${stale.length - 20} more`] : stale }, 'dropping hub subscriptions that are no longer wanted')
+      for (const part of packetsOf(stale)) client.unsubscribe(part)
     }
     this.subscribed.clear()
-    this.syncSubscriptions()
+    this.syncSubscriptions(wanted)
     this.opts.onConnected?.()
     this.pump()
   }
@@ -265,32 +278,54 @@ export class HubLink {
   }
 
   /** Subscribe what is wanted and not held; unsubscribe what is held and no longer wanted. */
-  syncSubscriptions(): void {
+  syncSubscriptions(wanted?: ReadonlySet<string>): void {
     const client = this.client
     if (!client || !this.connected) return
-    const want = new Set(this.opts.subscriptions())
+    const want = wanted ?? new Set(this.opts.subscriptions())
     const add = [...want].filter((t) => !this.subscribed.has(t))
     const remove = [...this.subscribed].filter((t) => !want.has(t))
     if (remove.length) {
       for (const t of remove) this.subscribed.delete(t)
-      client.unsubscribe(remove)
+      for (const part of packetsOf(remove)) client.unsubscribe(part)
     }
     for (const t of add) this.subscribed.add(t)
-    if (add.length || remove.length || this.heldDirty) this.saveHeld()
-    if (!add.length) return
-    const id = client.subscribe(add)
-    if (id) this.subscribing.set(id, add)
+    this.saveHeld()
+    for (const part of packetsOf(add)) {
+      const id = client.subscribe(part)
+      if (id) this.subscribing.set(id, part)
+    }
   }
 
-  private heldDirty = true
+  // What the durable record holds now (null: not known, after a failed write: written whole next).
+  private recorded: Set<string> | null = null
 
+  private loadHeld(): string[] {
+    const held = this.opts.heldSubscriptions?.load() ?? []
+    this.recorded = new Set(held)
+    return held
+  }
+
+  // Only the change is written: a gateway with 10,000 children holds 30,000 filters, the same at
+  // almost every connection.
   private saveHeld(): void {
+    const store = this.opts.heldSubscriptions
+    if (!store) return
     try {
-      this.opts.heldSubscriptions?.save([...this.subscribed])
-      this.heldDirty = false
+      const recorded = this.recorded
+      if (!recorded) {
+        store.save(this.subscribed)
+        this.recorded = new Set(this.subscribed)
+        return
+      }
+      const add = [...this.subscribed].filter((f) => !recorded.has(f))
+      const remove = [...recorded].filter((f) => !this.subscribed.has(f))
+      if (!add.length && !remove.length) return
+      store.update(add, remove)
+      for (const f of remove) recorded.delete(f)
+      for (const f of add) recorded.add(f)
     } catch (err) {
-      // Bookkeeping only (a full disk): the next change tries again.
-      this.heldDirty = true
+      // Bookkeeping only (a full disk): the next change writes it whole.
+      this.recorded = null
       this.log.warn({ err: (err as Error).message }, 'could not record the hub subscriptions')
     }
   }
@@ -419,4 +454,23 @@ export class HubLink {
     this.forgetInflight()
     await client?.end()
   }
+}
+
+/** Topic filters in groups of at most SUBSCRIBE_BYTES_MAX bytes (one filter per group at least). */
+export function packetsOf(filters: readonly string[]): string[][] {
+  const out: string[][] = []
+  let part: string[] = []
+  let bytes = 0
+  for (const f of filters) {
+    const size = Buffer.byteLength(f) + 3 // length prefix and the QoS byte
+    if (part.length && bytes + size > SUBSCRIBE_BYTES_MAX) {
+      out.push(part)
+      part = []
+      bytes = 0
+    }
+    part.push(f)
+    bytes += size
+  }
+  if (part.length) out.push(part)
+  return out
 }

@@ -83,7 +83,10 @@ export class DeviceRegistry extends EventEmitter {
     this.localKey = loadOrCreateKey(path.join(dataDir, 'secret.key'))
     this.st = {
       get: db.prepare('SELECT * FROM devices WHERE product_id = ? AND device_id = ?'),
-      all: db.prepare('SELECT * FROM devices ORDER BY product_id, device_id'),
+      // Not the secrets: a list of 10,000 devices is read at start and on every hub connection.
+      all: db.prepare(
+        'SELECT product_id, device_id, tags, tags_version, enabled, secret_hash IS NOT NULL AS has_secret, created_at, updated_at FROM devices ORDER BY product_id, device_id',
+      ),
       insert: db.prepare(
         `INSERT INTO devices (product_id, device_id, secret_hash, secret_enc, tags, enabled, seed_digest, changed_by_api, created_at, updated_at)
          VALUES (@p, @d, @hash, @enc, @tags, @enabled, @seed, @api, @now, @now)`,
@@ -112,8 +115,27 @@ export class DeviceRegistry extends EventEmitter {
     return r && toDevice(r)
   }
 
-  list(): Device[] {
-    return (this.st.all.all() as Row[]).map(toDevice)
+  /**
+   * Every device, read once per synchronous run of code: at start and on each hub connection several
+   * parts (the children's hub subscriptions, their tag filters, their state requests) each want the
+   * whole list in the same turn; read apart, 10,000 devices cost ~7 MB of short-lived objects each.
+   * A write through this registry reads it again. Callers do not change what they get.
+   */
+  list(): readonly Device[] {
+    if (this.listed) return this.listed
+    const list = (this.st.all.all() as ListRow[]).map(toDevice)
+    this.listed = list
+    queueMicrotask(() => {
+      if (this.listed === list) this.listed = undefined
+    })
+    return list
+  }
+
+  private listed: readonly Device[] | undefined
+
+  // A write: the next list() reads the table again.
+  private touched(): void {
+    this.listed = undefined
   }
 
   /** Whether any device is registered (one row read, whatever the table's size). */
@@ -147,10 +169,12 @@ export class DeviceRegistry extends EventEmitter {
         now: Date.now(),
       }
       if (row) {
+        this.touched()
         this.st.applySeed.run(values)
         this.forget(s)
         updated++
       } else {
+        this.touched()
         this.st.insert.run(values)
         created++
       }
@@ -164,6 +188,7 @@ export class DeviceRegistry extends EventEmitter {
     if (this.get(ref)) throw Object.assign(new Error(`device ${deviceKey(ref)} already exists`), { code: 'EXISTS' })
     const secret = ref.secret ?? randomBytes(18).toString('base64url')
     this.st.untomb.run(ref.productId, ref.deviceId)
+    this.touched()
     this.st.insert.run({
       p: ref.productId,
       d: ref.deviceId,
@@ -181,6 +206,7 @@ export class DeviceRegistry extends EventEmitter {
   }
 
   setEnabled(ref: DeviceRef, enabled: boolean): Device | undefined {
+    this.touched()
     if (this.st.setEnabled.run(enabled ? 1 : 0, Date.now(), ref.productId, ref.deviceId).changes === 0) return undefined
     const device = this.get(ref)!
     if (!enabled) {
@@ -194,6 +220,7 @@ export class DeviceRegistry extends EventEmitter {
   async setSecret(ref: DeviceRef, secret: string): Promise<boolean> {
     const hash = await hashSecret(secret)
     const enc = this.keepSecretsForNorthbound ? this.encrypt(secret) : null
+    this.touched()
     if (this.st.setSecret.run(hash, enc, Date.now(), ref.productId, ref.deviceId).changes === 0) return false
     this.forget(ref)
     this.emit('changed', this.get(ref))
@@ -204,7 +231,8 @@ export class DeviceRegistry extends EventEmitter {
     const row = this.st.get.get(ref.productId, ref.deviceId) as Row | undefined
     if (!row) return false
     this.db.transaction(() => {
-      this.st.remove.run(ref.productId, ref.deviceId)
+      this.touched()
+        this.st.remove.run(ref.productId, ref.deviceId)
       if (row.seed_digest) this.st.tomb.run(ref.productId, ref.deviceId, row.seed_digest)
     })()
     this.forget(ref)
@@ -213,6 +241,7 @@ export class DeviceRegistry extends EventEmitter {
   }
 
   setTags(ref: DeviceRef, tags: string[], version: number): void {
+    this.touched()
     this.st.setTags.run(JSON.stringify(tags), version, Date.now(), ref.productId, ref.deviceId)
   }
 
@@ -223,6 +252,7 @@ export class DeviceRegistry extends EventEmitter {
    */
   editTags(ref: DeviceRef, tags: string[]): Device | undefined {
     const unique = [...new Set(tags)]
+    this.touched()
     if (this.st.editTags.run(JSON.stringify(unique), Date.now(), ref.productId, ref.deviceId).changes === 0) return undefined
     const device = this.get(ref)!
     this.emit('changed', device)
@@ -285,14 +315,17 @@ export class DeviceRegistry extends EventEmitter {
   }
 }
 
-function toDevice(r: Row): Device {
+// What list() reads: no secrets.
+type ListRow = Pick<Row, 'product_id' | 'device_id' | 'tags' | 'tags_version' | 'enabled' | 'created_at' | 'updated_at'> & { has_secret: number }
+
+function toDevice(r: Row | ListRow): Device {
   return {
     productId: r.product_id,
     deviceId: r.device_id,
     tags: JSON.parse(r.tags) as string[],
     tagsVersion: r.tags_version,
     enabled: r.enabled === 1,
-    hasSecret: r.secret_hash !== null,
+    hasSecret: 'has_secret' in r ? r.has_secret === 1 : r.secret_hash !== null,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   }

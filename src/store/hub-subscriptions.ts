@@ -5,13 +5,14 @@ import type { Statement } from 'better-sqlite3'
 import type { Db } from './db.js'
 
 export class HubSubscriptionStore {
-  private readonly st: Record<'load' | 'clear' | 'add', Statement>
+  private readonly st: Record<'load' | 'clear' | 'add' | 'remove', Statement>
 
   constructor(private readonly db: Db) {
     this.st = {
       load: db.prepare('SELECT filter FROM hub_subscriptions WHERE link = ? ORDER BY filter'),
       clear: db.prepare('DELETE FROM hub_subscriptions WHERE link = ?'),
-      add: db.prepare('INSERT INTO hub_subscriptions (link, filter) VALUES (?, ?)'),
+      add: db.prepare('INSERT OR IGNORE INTO hub_subscriptions (link, filter) VALUES (?, ?)'),
+      remove: db.prepare('DELETE FROM hub_subscriptions WHERE link = ? AND filter = ?'),
     }
   }
 
@@ -22,7 +23,15 @@ export class HubSubscriptionStore {
   save(link: string, filters: Iterable<string>): void {
     this.db.transaction(() => {
       this.st.clear.run(link)
-      for (const f of new Set(filters)) this.st.add.run(link, f)
+      for (const f of filters) this.st.add.run(link, f)
+    })()
+  }
+
+  /** A change to what the link holds: only these rows are written. */
+  update(link: string, add: readonly string[], remove: readonly string[]): void {
+    this.db.transaction(() => {
+      for (const f of remove) this.st.remove.run(link, f)
+      for (const f of add) this.st.add.run(link, f)
     })()
   }
 }

@@ -30,7 +30,7 @@ export interface NewDevice {
 
 /** Device administration for the technician (registry plus what the core knows of the device). */
 export interface DeviceAdmin {
-  list(): Device[]
+  list(): readonly Device[]
   get(ref: DeviceRef): Device | undefined
   /** Rejects with `{code: 'EXISTS'}` when the device exists. The secret is returned this once. */
   add(d: NewDevice): Promise<{ device: Device; secret?: string }>

@@ -37,7 +37,7 @@ export class ContractCore implements AdapterContext {
     this.devices = {
       authenticate: (d, secret) => registry.authenticate(d, secret),
       get: (d) => registry.get(d),
-      list: () => registry.list(),
+      list: () => [...registry.list()],
       register: async (d, opts) => registry.get(d) ?? (await registry.add({ ...d, tags: opts?.tags ?? [] })).device,
       onRevoked: (l) => {
         registry.on('disabled', (d: DeviceRef) => l(d, 'disabled'))

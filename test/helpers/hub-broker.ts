@@ -45,6 +45,8 @@ export interface HubBrokerOptions {
   devices: DeviceCredentials[]
   gateway?: HubGateway
   extraUsers?: HubUser[]
+  /** More mosquitto.conf lines (e.g. `max_packet_size 262144`, a hub's packet size limit). */
+  config?: string[]
 }
 
 export interface RecordedMessage {
@@ -326,6 +328,7 @@ export class HubBroker {
       `log_dest file ${path.join(dir, 'mosquitto.log')}`,
       'log_type all',
       'log_timestamp_format %Y-%m-%dT%H:%M:%S',
+      ...(this.options.config ?? []),
       '',
     ]
     await writeFile(path.join(dir, 'mosquitto.conf'), conf.join('\n'))

@@ -47,3 +47,46 @@ describe('hub subscriptions across gateway restarts', () => {
     expect(now.has(cmdFilter(keep))).toBe(true)
   })
 })
+
+// A site with many children: the gateway holds three command filters per child on its one hub
+// connection. In one SUBSCRIBE they pass a hub's packet size limit (EMQX's max_packet_size is 1 MB
+// by default; here Mosquitto's at 256 KiB, ~1,500 children with long ids), and the hub closes the
+// connection at every attempt: no child would get a command.
+describe('hub subscriptions of a gateway with many children', () => {
+  const login = { productId: 'gateways', deviceId: 'gw-many', secret: 'gw-secret' }
+  const clientId = `${login.productId}/${login.deviceId}/edge`
+  const children = Array.from({ length: 1500 }, (_, i) => ({ productId: 'meter', deviceId: `m-${String(i).padStart(5, '0')}-${'x'.repeat(50)}` }))
+  const wanted = children.flatMap(({ productId: p, deviceId: d }) => [`cmd/${p}/${d}/+/+/+/#`, `rpc/${p}/${d}/+/+/+/#`, `m2m/${p}/${d}/+/+`])
+  let hub: HubBroker
+  let gateway: GatewayProcess
+
+  beforeAll(async () => {
+    hub = new HubBroker({ devices: [], gateway: { ...login, children }, config: ['max_packet_size 262144'] })
+    await hub.start()
+    // Seeds without secrets: no scrypt for 1,500 devices.
+    gateway = new GatewayProcess({ gateway: login, northbound: { url: hub.url }, devices: children, log: { level: 'warn' } })
+    await gateway.start(60_000)
+  }, 90_000)
+  afterAll(async () => {
+    await gateway?.close()
+    await hub?.close()
+  })
+
+  const missing = async (): Promise<number> => {
+    const held = await hub.subscriptionsOf(clientId)
+    return wanted.filter((f) => !held.has(f)).length
+  }
+  const connections = async (): Promise<number> =>
+    (await hub.log()).split('\n').filter((l) => l.includes('New client connected') && l.includes(` as ${clientId} `)).length
+
+  it('holds every child’s cmd, rpc and m2m filters on one connection, also after a restart', async () => {
+    await expect.poll(missing, { timeout: 30_000, interval: 500 }).toBe(0)
+    expect(await connections()).toBe(1)
+
+    await gateway.restart()
+    await expect.poll(connections, { timeout: 30_000, interval: 500 }).toBe(2)
+    await expect.poll(missing, { timeout: 30_000, interval: 500 }).toBe(0)
+    expect((await gateway.health()).northbound.connected).toBe(true)
+    expect(await connections()).toBe(2)
+  }, 120_000)
+})
