@@ -75,6 +75,16 @@ export type Scenario = {
 }
 export const scenarios: Record<string, Scenario> = {}
 export const log = (s: string): void => void process.stderr.write(`[bench] ${s}\n`)
+/** Wall seconds of each part of the run (written to the results as `partSeconds`): where the time goes. */
+export const partSeconds: Record<string, number> = {}
+let lapAt = Date.now()
+/** Ends the part that ran since the previous lap (or the start) and records its wall time under `name`. */
+export function lap(name: string): void {
+  const now = Date.now()
+  partSeconds[name] = Math.round(((partSeconds[name] ?? 0) + (now - lapAt) / 1000) * 10) / 10
+  lapAt = now
+  log(`(part ${name}: ${partSeconds[name]} s)`)
+}
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
 export function figure(values: number[], unit: string, note?: string): Figure {

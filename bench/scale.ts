@@ -20,6 +20,7 @@ import {
   type Sut,
   figure,
   holdReconnecting,
+  lap,
   log,
   round,
   rssMb,
@@ -53,13 +54,17 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
   const runs = FULL ? RUNS : 1
   // BENCH_PARTS=recovery,idle (of publishers, backlog, recovery, idle, startup): only those.
   const parts = new Set(process.env.BENCH_PARTS?.split(',') ?? ['publishers', 'backlog', 'recovery', 'idle', 'startup'])
-  if (parts.has('startup')) await idleRss(cloudUrl)
+  if (parts.has('startup')) {
+    await idleRss(cloudUrl)
+    lap('scale: idle RSS at start (startup)')
+  }
   if (parts.has('recovery')) {
     // kill -9 with a large backlog: from the restart to the API answering, healthy, first delivery.
     await killRecovery(cloud, cloudUrl, hub, Math.round(20_000 * SCALE), 'kill9_recovery_20k')
     checkpoint()
     if (FULL) await bigBacklogRecovery(cloud, cloudUrl, hub, Math.round(2_000_000 * SCALE), Math.round(20_000 * SCALE), 'kill9_recovery_2m')
     checkpoint()
+    lap('scale: kill -9 recovery')
   }
 
   // Throughput against the number of publishers (64 B, QoS 1, 100 in flight each).
@@ -77,6 +82,7 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
       }
     }
     await sut.close()
+    lap(`scale: publishers, ${k}`)
   }
   for (const p of parts.has('publishers') ? publishers : []) {
     put(`publishers_${p}_throughput`, Object.fromEntries(KINDS.map((k) => [k, figure(tp[p][k] ?? [], 'msg/s')])), `64 B, QoS 1, ${Math.max(perCount, p)} messages, ${p} publisher(s) with 100 in flight each; the gateway's publishers are registered devices`)
@@ -111,6 +117,7 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
         diskBytesPerMessage: round(bytes / load.acked),
         rssMbWithBacklog: round(rss),
       }
+      lap(`scale: backlog ${n}, ${k}`)
       log(`  ${k} backlog ${n}: intake ${Math.round(load.acked / load.seconds)} msg/s, ${round(bytes / load.acked)} B on disk per message, RSS ${rss.toFixed(0)} MB; drain ${Math.round(drain)} msg/s, ${hub.ids.size}/${load.acked} arrived`)
       await sut.close()
     }
@@ -149,6 +156,7 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
       log(`  ${k} ${n} idle devices: RSS ${idle.toFixed(0)} -> ${withN.toFixed(0)} MB, connected in ${connectS.toFixed(1)} s; after a restart all back in ${((at - t1) / 1000).toFixed(1)} s, RSS ${after.toFixed(0)} MB`)
       await held.release()
       await sut.close()
+      lap(`scale: ${n} idle devices, ${k}`)
     }
     put(`idle_devices_${n}`, res, `gateway: ${n} registered devices logging in with their secrets (external listener, a scrypt check each per start); reference: anonymous connections; restart = SIGTERM and start again`)
     checkpoint()
