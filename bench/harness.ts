@@ -245,8 +245,10 @@ function loadWorker(): string {
     // Under node_modules, so that its `mqtt` resolves from the project's.
     const dir = path.join(root, 'node_modules', '.cache', 'iothub-edge-bench')
     mkdirSync(dir, { recursive: true })
-    loadJs = path.join(dir, `load-${process.pid}.mjs`)
-    writeFileSync(loadJs, out)
+    const file = (loadJs = path.join(dir, `load-${process.pid}.mjs`))
+    writeFileSync(file, out)
+    // Whatever script ran it, however it ends (process.exit included).
+    process.once('exit', () => rmSync(file, { force: true }))
   }
   return loadJs
 }
@@ -450,9 +452,8 @@ function seededFolder(config: { devices: unknown[] }, opts: { env: NodeJS.Proces
   }
   return made
 }
-/** Removes the run's template folders and its transpiled load worker (at its end). */
+/** Removes the run's template folders (at its end). */
 function removeTemplates(): void {
-  if (loadJs) rmSync(loadJs, { force: true })
   for (const dir of templateDirs) rmSync(dir, { recursive: true, force: true })
   templateDirs.clear()
   templates.clear()
