@@ -433,6 +433,7 @@ function seededFolder(config: { devices: unknown[] }, opts: { env: NodeJS.Proces
       await gw.start(300_000)
       await gw.stop(120_000)
       const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-gw-template-'))
+      if (!templateDirs.size) process.once('exit', removeTemplates)
       templateDirs.add(dir)
       for (const f of TEMPLATE_FILES) if (existsSync(path.join(gw.dataDir, f))) copyFileSync(path.join(gw.dataDir, f), path.join(dir, f))
       await gw.close()
