@@ -8,6 +8,7 @@
 //   npm run build && npx tsx bench/idle-memory.ts
 //   BENCH_BASELINE_BIN=/tmp/old/bin/iothub-edge.js BENCH_RUNS=2 npx tsx bench/idle-memory.ts
 //   BENCH_IDLE_RESTART=0 BENCH_IDLE_WAYS=direct npx tsx bench/idle-memory.ts
+//   BENCH_IDLE_TRACE_S=40 BENCH_RUNS=1 npx tsx bench/idle-memory.ts   # a reading each second: when it settles
 import { readFileSync } from 'node:fs'
 import os from 'node:os'
 import { DIRECT_ENV, GATEWAY_ENV, RUNS, figure, log, round, runBench, sleep, startCloud, startGateway } from './harness.js'
@@ -15,7 +16,9 @@ import { DIRECT_ENV, GATEWAY_ENV, RUNS, figure, log, round, runBench, sleep, sta
 const BASELINE = process.env.BENCH_BASELINE_BIN
 const WAYS = (process.env.BENCH_IDLE_WAYS ?? 'npmStart,direct').split(',') as ('npmStart' | 'direct')[]
 const RESTART = process.env.BENCH_IDLE_RESTART !== '0'
-const AT_S = [2, 30]
+// BENCH_IDLE_TRACE_S=40: a reading every second up to 40 s instead (when does the figure settle?).
+const TRACE_S = Number(process.env.BENCH_IDLE_TRACE_S ?? 0)
+const AT_S = TRACE_S > 0 ? Array.from({ length: TRACE_S }, (_, i) => i + 1) : [2, 30]
 
 /** VmRSS, RssAnon and RssFile of a process in MB (/proc/PID/status). */
 function rss(pid: number | undefined): { rss: number; anon: number; file: number } {

@@ -15,9 +15,11 @@ import {
   type Figure,
   HEAVY_RUNS,
   HubCounter,
+  lap,
   Mosquitto,
   ONLY,
   PRODUCT,
+  partSeconds,
   RUNS,
   SCALE,
   SECRET,
@@ -55,7 +57,7 @@ async function historyCost(cloudUrl: string, hub: HubCounter): Promise<void> {
   const filePerSample: number[] = []
   for (let r = 0; r < RUNS; r++) {
     for (const mode of (r % 2 ? ['on', 'off'] : ['off', 'on']) as ('on' | 'off')[]) {
-      const sut = await startGateway(cloudUrl, 10, [], mode === 'on')
+      const sut = await startGateway(cloudUrl, 10, [], mode === 'on', undefined, 0, undefined, undefined, true)
       await sleep(1_000)
       const res = await throughput(sut, hub, 10, 0, Math.round(50_000 * SCALE), `h${mode}${r}`, 'telemetry')
       rate[mode].push(res.rate)
@@ -100,7 +102,7 @@ async function brokerSessionsCost(cloudUrl: string, hub: HubCounter): Promise<vo
   for (let r = 0; r < RUNS; r++) {
     for (const load of ['clean', 'persistentSubs'] as Load[]) {
       for (const mode of (r % 2 ? ['sqlite', 'memory'] : ['memory', 'sqlite']) as Mode[]) {
-        const sut = await startGateway(cloudUrl, 10, [], false, mode)
+        const sut = await startGateway(cloudUrl, 10, [], false, mode, 0, undefined, undefined, true)
         const release = load === 'persistentSubs' ? await holdIdle(sut.idleUrl, 10, { subscribe: 'upload_data/#', clean: false }) : undefined
         await sleep(1_000)
         const res = await throughput(sut, hub, 10, 64, Math.round(30_000 * SCALE), `bs${load[0]}${mode[0]}${r}`)
@@ -137,9 +139,13 @@ async function main(): Promise<void> {
     mosquitto: 'Debian 2.0.11 (reference)',
   }
   const { cloud, cloudPort, cloudUrl, hub } = await startCloud()
+  lap('cloud broker and hub subscriber')
 
-  const systems: Record<System, () => Promise<Sut>> = {
-    gateway: () => startGateway(cloudUrl, 100),
+  // Started on an empty data folder (the 100 devices seeded at this start: a scrypt hash each), as
+  // the memory figures need; `seeded`: on a copy of one seeded once in the run, for the scenarios
+  // that measure messages (bench/harness.ts, startGateway's `seedOnce`).
+  const systems: Record<System, (seeded?: boolean) => Promise<Sut>> = {
+    gateway: (seeded = false) => startGateway(cloudUrl, 100, [], true, undefined, 0, undefined, undefined, seeded),
     reference: () => startReference(cloudPort),
   }
 
@@ -167,7 +173,7 @@ async function main(): Promise<void> {
     const evalUs: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
     for (let r = 0; r < RUNS; r++) {
       for (const v of Object.keys(variants) as Variant[]) {
-        const sut = await startGateway(cloudUrl, 100, [...variants[v]])
+        const sut = await startGateway(cloudUrl, 100, [...variants[v]], true, undefined, 0, undefined, undefined, true)
         await sleep(1_000)
         const res = await throughput(sut, hub, 100, 64, Math.round(50_000 * SCALE), `rules-${v}-r${r}`)
         rate[v].push(res.rate)
@@ -185,9 +191,16 @@ async function main(): Promise<void> {
       scenarios[`rules_${v}_eval_us_per_msg`] = { gateway: figure(evalUs[v], 'µs'), note: 'time in the rules step per message (the rules\' evalSeconds)' }
     }
   }
+  if (ONLY !== 'history' && ONLY !== 'core') lap('rules')
   if (ONLY === 'rules') return finish(started, machine, hub, cloud)
-  if (!ONLY || ONLY === 'history') await historyCost(cloudUrl, hub)
-  if (!ONLY) await brokerSessionsCost(cloudUrl, hub)
+  if (!ONLY || ONLY === 'history') {
+    await historyCost(cloudUrl, hub)
+    lap('history')
+  }
+  if (!ONLY) {
+    await brokerSessionsCost(cloudUrl, hub)
+    lap('broker sessions')
+  }
   if (!ONLY) await scaleScenarios(cloud, cloudUrl, cloudPort, hub)
   // BENCH_ONLY=history: this scenario alone (it compares the gateway with itself).
   if (ONLY === 'history') return finish(started, machine, hub, cloud)
@@ -225,6 +238,7 @@ async function main(): Promise<void> {
       log(`  ${system} latency run ${r + 1}: p50 ${percentile(sorted, 50).toFixed(2)} ms, p99 ${percentile(sorted, 99).toFixed(2)} ms`)
     }
     await sut.close()
+    lap(`throughput and latency, ${system}`)
   }
   // The same load published straight to the cloud broker (no edge at all): what the rig itself
   // (load generator, cloud Mosquitto, the hub's subscriber, all on this machine) adds, so that the
@@ -240,6 +254,7 @@ async function main(): Promise<void> {
     direct.p99.push(percentile(sorted, 99))
     log(`  direct to the cloud latency run ${r + 1}: p50 ${percentile(sorted, 50).toFixed(2)} ms, p99 ${percentile(sorted, 99).toFixed(2)} ms`)
   }
+  lap('latency, direct path')
   for (const [name, v] of Object.entries(tp)) record(name, figure(v.gateway, 'msg/s'), figure(v.reference, 'msg/s'))
   record('cpu_s_per_10k_64b_1pub', figure(cpu.gateway, 's'), figure(cpu.reference, 's'))
   record('latency_1k_rate_p50', figure(lat.gateway.p50, 'ms'), figure(lat.reference.p50, 'ms'))
@@ -271,6 +286,7 @@ async function main(): Promise<void> {
     per1k[system].push((with5k - idle) / (5 * Math.max(SCALE, 0.2)))
     log(`  ${system} rss idle ${idle.toFixed(1)} MB, 1k ${with1k.toFixed(1)} MB, 5k ${with5k.toFixed(1)} MB`)
     await sut.close()
+    lap(`memory, ${system}`)
   }
   record('rss_idle', figure(rssIdle.gateway, 'MB'), figure(rssIdle.reference, 'MB'))
   record('rss_per_1k', figure(per1k.gateway, 'MB'), figure(per1k.reference, 'MB'))
@@ -283,7 +299,7 @@ async function main(): Promise<void> {
   const kill: Record<System, { acked: number; arrived: number }> = { gateway: { acked: 0, arrived: 0 }, reference: { acked: 0, arrived: 0 } }
   for (const system of ['gateway', 'reference'] as System[]) {
     for (let r = 0; r < HEAVY_RUNS; r++) {
-      const sut = await systems[system]()
+      const sut = await systems[system](true)
       await sleep(1_000)
       hub.reset()
       await cloud.stop()
@@ -306,9 +322,10 @@ async function main(): Promise<void> {
       log(`  ${system} drain: ${hub.ids.size}/${load.acked} arrived, ${Math.round(drain[system].rate.at(-1)!)} msg/s while draining, ${drain[system].total.at(-1)!.toFixed(1)} s after the cloud came back`)
       await sut.close()
     }
+    lap(`drain, ${system}`)
     // kill -9 with an acknowledged backlog.
     if (ONLY === 'core') continue
-    const sut = await systems[system]()
+    const sut = await systems[system](true)
     await sleep(1_000)
     hub.reset()
     await cloud.stop()
@@ -321,6 +338,7 @@ async function main(): Promise<void> {
     kill[system] = { acked: load.acked, arrived: hub.ids.size }
     log(`  ${system} kill -9: ${hub.ids.size} of ${load.acked} acknowledged messages arrived`)
     await sut.close()
+    lap(`kill -9, ${system}`)
   }
   scenarios.drain_200k = {
     gateway: { ...figure(drain.gateway.rate, 'msg/s'), arrived: drain.gateway.arrived, expected: drain.gateway.expected, secondsAfterCloudBack: figure(drain.gateway.total, 's'), diskBytesPerMessage: figure(drain.gateway.bytes, 'B').median },
@@ -333,7 +351,7 @@ async function main(): Promise<void> {
   // RPC: through the gateway vs a device connected to the cloud broker directly.
   const rpc: Record<'gateway' | 'direct', number[]> = { gateway: [], direct: [] }
   {
-    const sut = await systems.gateway()
+    const sut = await systems.gateway(true)
     const viaGateway = await mqtt.connectAsync(sut.deviceUrl, { protocolVersion: 4, username: `${PRODUCT}/d0`, password: SECRET, clientId: 'rpc-dev-gw' })
     const direct = await mqtt.connectAsync(cloudUrl, { protocolVersion: 4, clientId: 'rpc-dev-direct' })
     await direct.subscribeAsync(`rpc/${PRODUCT}/d1/#`, { qos: 1 })
@@ -367,6 +385,7 @@ async function main(): Promise<void> {
     await Promise.all([viaGateway.endAsync(), direct.endAsync(), caller.endAsync()])
     await sut.close()
   }
+  lap('rpc')
   const sortedGw = [...rpc.gateway].sort((a, b) => a - b)
   const sortedDirect = [...rpc.direct].sort((a, b) => a - b)
   record('rpc_latency_p50', figure([percentile(sortedGw, 50)], 'ms'), figure([percentile(sortedDirect, 50)], 'ms'))
@@ -384,15 +403,17 @@ async function finish(started: number, machine: Record<string, unknown>, hub: Hu
 
 function writeResults(started: number, machine: Record<string, unknown>): void {
   const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}${FULL ? '-full' : ''}${process.env.BENCH_PARTS ? `-${process.env.BENCH_PARTS.replaceAll(',', '-')}` : ''}`
-  const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, machine, scenarios }
-  mkdirSync(path.join(root, 'bench', 'results'), { recursive: true })
-  writeFileSync(path.join(root, 'bench', 'results', `${date}.json`), JSON.stringify(result, null, 2) + '\n')
+  const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, full: FULL, machine, partSeconds, scenarios }
+  // BENCH_RESULTS_DIR: another folder for the results (a trial run that is not to be committed).
+  const dir = process.env.BENCH_RESULTS_DIR ?? path.join(root, 'bench', 'results')
+  mkdirSync(dir, { recursive: true })
+  writeFileSync(path.join(dir, `${date}.json`), JSON.stringify(result, null, 2) + '\n')
   const table = renderTable(result)
-  writeFileSync(path.join(root, 'bench', 'results', `${date}.md`), table)
+  writeFileSync(path.join(dir, `${date}.md`), table)
   process.stdout.write(table)
 }
 
-function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<string, Scenario>; durationS: number; runs: number; heavyRuns: number }): string {
+function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<string, Scenario>; durationS: number; runs: number; heavyRuns: number; partSeconds: Record<string, number> }): string {
   const lines = [
     `# Benchmark ${new Date().toISOString().slice(0, 10)}`,
     '',
@@ -413,9 +434,14 @@ function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<st
       .join(', ')
   }
   for (const [name, s] of Object.entries(r.scenarios)) {
+    if (s.measured === false) {
+      lines.push(`| ${name} | ${s.note ?? 'not measured in this run'} | | |`)
+      continue
+    }
     lines.push(`| ${name} | ${cell(s.gateway)} | ${cell(s.reference)} | ${s.ratio ?? ''} |`)
     if (s.referenceSaveEveryChange) lines.push(`| ${name}, reference saving on every change | | ${cell(s.referenceSaveEveryChange)} | ${s.ratioSaveEveryChange ?? ''} |`)
   }
+  lines.push('', `Wall time by part (s): ${Object.entries(r.partSeconds).map(([k, v]) => `${k} ${v}`).join('; ')}.`)
   lines.push('', 'Reference: Debian Mosquitto 2.0.11 as the edge broker (persistence on) bridged with QoS 1 to a Mosquitto playing the cloud; for RPC, a device connected to the cloud broker directly.')
   if (Object.keys(r.scenarios).some((k) => k.startsWith('rules_'))) lines.push('For rules_*: gateway = the gateway with the rules of bench/rule-sets.ts, reference = the same gateway without rules.')
   if (Object.keys(r.scenarios).some((k) => k.startsWith('broker_sessions_'))) lines.push('For broker_sessions_*: gateway = broker.persistence sqlite (broker.db), reference = the same gateway with broker.persistence memory.')

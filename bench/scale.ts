@@ -8,6 +8,7 @@
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import {
+  DEFAULT_SCALE,
   DIRECT_ENV,
   FULL,
   GATEWAY_ENV,
@@ -20,6 +21,8 @@ import {
   type Sut,
   figure,
   holdReconnecting,
+  lap,
+  notMeasured,
   log,
   round,
   rssMb,
@@ -32,6 +35,12 @@ import {
 } from './harness.js'
 
 type Kind = 'gateway' | 'reference' | 'referenceSaveEveryChange'
+/** Where the sizes behind --full were last measured (the default run cites them instead of leaving the keys out). */
+const LAST_FULL: Record<string, string> = {
+  kill9_recovery_2m: 'bench/results/2026-12-02-scale-full-recovery.json (API answering 3.0 s after the restart, 174 B of disk per message)',
+  idle_devices_5000: 'bench/results/2026-12-02-scale-idle.json (5.3 MB per 1,000)',
+  idle_devices_10000: 'bench/results/2026-12-02-scale-idle-10k.json (6.2 MB per 1,000; all back 597 s after a restart)',
+}
 const KINDS: Kind[] = ['gateway', 'reference', 'referenceSaveEveryChange']
 const now = (): number => performance.timeOrigin + performance.now()
 
@@ -53,13 +62,18 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
   const runs = FULL ? RUNS : 1
   // BENCH_PARTS=recovery,idle (of publishers, backlog, recovery, idle, startup): only those.
   const parts = new Set(process.env.BENCH_PARTS?.split(',') ?? ['publishers', 'backlog', 'recovery', 'idle', 'startup'])
-  if (parts.has('startup')) await idleRss(cloudUrl)
+  if (parts.has('startup')) {
+    await idleRss(cloudUrl)
+    lap('scale: idle RSS at start (startup)')
+  }
   if (parts.has('recovery')) {
     // kill -9 with a large backlog: from the restart to the API answering, healthy, first delivery.
     await killRecovery(cloud, cloudUrl, hub, Math.round(20_000 * SCALE), 'kill9_recovery_20k')
     checkpoint()
     if (FULL) await bigBacklogRecovery(cloud, cloudUrl, hub, Math.round(2_000_000 * SCALE), Math.round(20_000 * SCALE), 'kill9_recovery_2m')
+    else notMeasured('kill9_recovery_2m', `the 2M backlog runs with --full (BENCH_FULL=1); last measured: ${LAST_FULL.kill9_recovery_2m}`)
     checkpoint()
+    lap('scale: kill -9 recovery')
   }
 
   // Throughput against the number of publishers (64 B, QoS 1, 100 in flight each).
@@ -77,6 +91,7 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
       }
     }
     await sut.close()
+    lap(`scale: publishers, ${k}`)
   }
   for (const p of parts.has('publishers') ? publishers : []) {
     put(`publishers_${p}_throughput`, Object.fromEntries(KINDS.map((k) => [k, figure(tp[p][k] ?? [], 'msg/s')])), `64 B, QoS 1, ${Math.max(perCount, p)} messages, ${p} publisher(s) with 100 in flight each; the gateway's publishers are registered devices`)
@@ -111,6 +126,7 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
         diskBytesPerMessage: round(bytes / load.acked),
         rssMbWithBacklog: round(rss),
       }
+      lap(`scale: backlog ${n}, ${k}`)
       log(`  ${k} backlog ${n}: intake ${Math.round(load.acked / load.seconds)} msg/s, ${round(bytes / load.acked)} B on disk per message, RSS ${rss.toFixed(0)} MB; drain ${Math.round(drain)} msg/s, ${hub.ids.size}/${load.acked} arrived`)
       await sut.close()
     }
@@ -119,7 +135,13 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
   }
 
   // Authenticated idle devices: RSS, and how long until all are connected again after a restart.
-  for (const n of (!parts.has('idle') ? [] : process.env.BENCH_IDLE_DEVICES?.split(',').map(Number) ?? [1000, ...(FULL ? [5000, 10_000] : [])]).map((x) => Math.max(100, Math.round(x * Math.max(SCALE, 0.1))))) {
+  // Counts of devices, not of messages: 1,000 (5,000 and 10,000 with --full) whatever BENCH_SCALE,
+  // except in a smoke run below the default scale (x BENCH_SCALE, at least 100).
+  const idleSizes = process.env.BENCH_IDLE_DEVICES?.split(',').map(Number) ?? [1000, ...(FULL ? [5000, 10_000] : [])]
+  if (parts.has('idle') && !process.env.BENCH_IDLE_DEVICES && !FULL) {
+    for (const n of [5000, 10_000]) notMeasured(`idle_devices_${n}`, `${n} devices (one scrypt check each per start, two at a time: minutes) run with --full; last measured: ${LAST_FULL[`idle_devices_${n}`]}`)
+  }
+  for (const n of (parts.has('idle') ? idleSizes : []).map((x) => (SCALE >= DEFAULT_SCALE ? x : Math.max(100, Math.round(x * SCALE))))) {
     const res: Partial<Record<Kind, Record<string, unknown>>> = {}
     for (const k of ['gateway', 'reference'] as Kind[]) {
       const sut = await start(k, n)
@@ -149,6 +171,7 @@ export async function scaleScenarios(cloud: Mosquitto, cloudUrl: string, cloudPo
       log(`  ${k} ${n} idle devices: RSS ${idle.toFixed(0)} -> ${withN.toFixed(0)} MB, connected in ${connectS.toFixed(1)} s; after a restart all back in ${((at - t1) / 1000).toFixed(1)} s, RSS ${after.toFixed(0)} MB`)
       await held.release()
       await sut.close()
+      lap(`scale: ${n} idle devices, ${k}`)
     }
     put(`idle_devices_${n}`, res, `gateway: ${n} registered devices logging in with their secrets (external listener, a scrypt check each per start); reference: anonymous connections; restart = SIGTERM and start again`)
     checkpoint()
@@ -237,7 +260,11 @@ async function recovery(sut: Sut, cloud: Mosquitto, hub: HubCounter, acked: numb
  * The idle gateway's RSS (VmRSS, as `ps` shows it) 30 s after its API answered, 100 devices seeded
  * from the config (100 scrypt hashes at the first start, none at the restart), hub link up, no
  * traffic: started as `npm start` does (glibc and V8 settings) and as `node bin/iothub-edge.js
- * start` run by hand (none), the two alternating.
+ * start` run by hand (none), the two alternating. The restart's reading only with --full.
+ * Why 30 s and not less: read each second (`BENCH_IDLE_TRACE_S=40 npx tsx bench/idle-memory.ts`,
+ * docs/performance.md, "2026-12-02: the default bench in under 10 minutes"), the RSS steps down at
+ * ~9 s, again between 15 and 22 s after a restart, and again at ~31 s: it does not settle earlier, so
+ * a shorter wait would read another figure than every earlier run did.
  */
 async function idleRss(cloudUrl: string): Promise<void> {
   const IDLE_MS = 30_000
@@ -247,16 +274,19 @@ async function idleRss(cloudUrl: string): Promise<void> {
       const sut = await startGateway(cloudUrl, 100, [], true, undefined, 0, env)
       await sleep(IDLE_MS)
       res[way].first.push(rssMb(sut.pid()))
-      await sut.restart()
-      await sleep(IDLE_MS)
-      res[way].restart.push(rssMb(sut.pid()))
-      log(`  idle RSS, ${way}: first start ${res[way].first.at(-1)!.toFixed(1)} MB, after a restart ${res[way].restart.at(-1)!.toFixed(1)} MB`)
+      if (FULL) {
+        await sut.restart()
+        await sleep(IDLE_MS)
+        res[way].restart.push(rssMb(sut.pid()))
+      }
+      log(`  idle RSS, ${way}: first start ${res[way].first.at(-1)!.toFixed(1)} MB${FULL ? `, after a restart ${res[way].restart.at(-1)!.toFixed(1)} MB` : ''}`)
       await sut.close()
     }
   }
+  const afterRestart = (v: number[]): Figure | string => (FULL ? figure(v, 'MB') : 'not measured in this run (the restart, 30 s more per way, runs with --full)')
   scenarios.idle_rss_100_devices = {
-    gateway: { ...figure(res.npmStart.first, 'MB'), afterRestart: figure(res.npmStart.restart, 'MB') },
-    reference: { ...figure(res.direct.first, 'MB'), afterRestart: figure(res.direct.restart, 'MB') },
+    gateway: { ...figure(res.npmStart.first, 'MB'), afterRestart: afterRestart(res.npmStart.restart) },
+    reference: { ...figure(res.direct.first, 'MB'), afterRestart: afterRestart(res.direct.restart) },
     ratio: round(figure(res.npmStart.first, 'MB').median / figure(res.direct.first, 'MB').median),
     note: 'gateway = started as npm start does (MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX, --max-semi-space-size=2); reference = the same gateway started as node bin/iothub-edge.js start (nothing set); VmRSS 30 s after the API answered, 100 devices seeded from the config (first start: 100 scrypt hashes; afterRestart: none)',
   }
