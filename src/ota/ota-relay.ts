@@ -111,6 +111,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
   private readonly warn: RateLimitedLog
   private readonly ca?: Buffer
   private sweepTimer?: NodeJS.Timeout
+  private releaseTimer?: NodeJS.Timeout
   private sweeps = 0
   private stopped = false
   private readonly m: {
@@ -166,6 +167,7 @@ export class OtaRelay implements CommandHold, LocalFiles {
   async stop(): Promise<void> {
     this.stopped = true
     clearInterval(this.sweepTimer)
+    clearTimeout(this.releaseTimer)
     this.abort.abort()
     await Promise.allSettled([...this.fetching.values()])
     this.flushServed()
@@ -240,6 +242,18 @@ export class OtaRelay implements CommandHold, LocalFiles {
    * limit (its `maxConcurrent`, or `maxConcurrentPerJob`) of the same job: a staged rollout.
    */
   private releaseWaiting(): void {
+    // At a start, a download resumed from before can finish before the web server listens: the
+    // device's URL would then carry the configured port (0: not chosen yet). Released once it does.
+    if (!this.d.cfg.httpUrl && !this.d.httpPort()) {
+      if (!this.stopped && !this.releaseTimer) {
+        this.releaseTimer = setTimeout(() => {
+          this.releaseTimer = undefined
+          if (!this.stopped) this.releaseWaiting()
+        }, 200)
+        this.releaseTimer.unref()
+      }
+      return
+    }
     const limit = this.d.cfg.maxConcurrentDevices
     let busy = limit > 0 ? this.store.busyCount() : 0
     const jobBusy = new Map<string, number>()
