@@ -45,20 +45,6 @@ function scryptAsync(secret: string, salt: Buffer): Promise<Buffer> {
   return scryptOffProcess(secret, salt, SCRYPT.keylen, SCRYPT)
 }
 
-/** `fn` over `items`, at most two running at once; the results in the items' order. */
-async function mapTwoAtATime<T, R>(items: readonly T[], fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length)
-  let next = 0
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++
-      out[i] = await fn(items[i])
-    }
-  }
-  await Promise.all([worker(), worker()])
-  return out
-}
-
 export async function hashSecret(secret: string): Promise<string> {
   const salt = randomBytes(16)
   const key = await scryptAsync(secret, salt)
@@ -161,8 +147,8 @@ export class DeviceRegistry extends EventEmitter {
   async seed(seeds: readonly DeviceSeedConfig[]): Promise<{ created: number; updated: number }> {
     let created = 0
     let updated = 0
-    // What needs writing is decided first; the secrets are then hashed two at a time (the scrypt
-    // helper's own limit: a first start with 100 devices in the config took ~8 s one after another),
+    // What needs writing is decided first; the secrets are then hashed together (the scrypt queue
+    // runs two at a time: a first start with 100 devices in the config took ~8 s one after another),
     // and the writes applied in the config's order.
     const todo: { s: DeviceSeedConfig; digest: string; row: Row | undefined; tomb: boolean }[] = []
     for (const s of seeds) {
@@ -176,7 +162,7 @@ export class DeviceRegistry extends EventEmitter {
       if (tomb && tomb.seed_digest === digest) continue
       todo.push({ s, digest, row, tomb: !!tomb })
     }
-    const hashes = await mapTwoAtATime(todo, (t) => (t.s.secret ? hashSecret(t.s.secret) : Promise.resolve(null)))
+    const hashes = await Promise.all(todo.map((t) => (t.s.secret ? hashSecret(t.s.secret) : null)))
     todo.forEach(({ s, digest, row, tomb }, i) => {
       if (tomb) this.st.untomb.run(s.productId, s.deviceId)
       const values = {
@@ -190,13 +176,12 @@ export class DeviceRegistry extends EventEmitter {
         api: 0,
         now: Date.now(),
       }
+      this.touched()
       if (row) {
-        this.touched()
         this.st.applySeed.run(values)
         this.forget(s)
         updated++
       } else {
-        this.touched()
         this.st.insert.run(values)
         created++
       }
@@ -254,7 +239,7 @@ export class DeviceRegistry extends EventEmitter {
     if (!row) return false
     this.db.transaction(() => {
       this.touched()
-        this.st.remove.run(ref.productId, ref.deviceId)
+      this.st.remove.run(ref.productId, ref.deviceId)
       if (row.seed_digest) this.st.tomb.run(ref.productId, ref.deviceId, row.seed_digest)
     })()
     this.forget(ref)
