@@ -162,7 +162,7 @@ export class DeviceRegistry extends EventEmitter {
       if (tomb && tomb.seed_digest === digest) continue
       todo.push({ s, digest, row, tomb: !!tomb })
     }
-    const hashes = await Promise.all(todo.map((t) => (t.s.secret ? hashSecret(t.s.secret) : null)))
+    const hashes = await Promise.all(todo.map((t) => (t.s.secret ? hashSecret(t.s.secret) : Promise.resolve(null))))
     todo.forEach(({ s, digest, row, tomb }, i) => {
       if (tomb) this.st.untomb.run(s.productId, s.deviceId)
       const values = {
