@@ -68,6 +68,8 @@ export class DeviceRegistry extends EventEmitter {
   private readonly verified = new Map<string, Buffer>()
   // Recently failed secrets per device, so a client hammering a wrong password costs one scrypt.
   private readonly failed = new Map<string, Set<string>>()
+  // scrypt checks under way, by device, secret (its HMAC) and stored hash.
+  private readonly checking = new Map<string, Promise<boolean>>()
   private readonly localKey: Buffer
   private readonly st: Record<
     'get' | 'all' | 'insert' | 'setEnabled' | 'setSecret' | 'remove' | 'setTags' | 'editTags' | 'applySeed' | 'tomb' | 'tombstone' | 'untomb',
@@ -277,7 +279,16 @@ export class DeviceRegistry extends EventEmitter {
     if (known) return timingSafeEqual(known, mac) ? 'ok' : this.checkFailed(key, mac)
     const macB64 = mac.toString('base64')
     if (this.failed.get(key)?.has(macB64)) return 'bad_secret'
-    const ok = await verifyHash(secret, row.secret_hash)
+    // Connections of one device with one secret that arrive while its check runs (several clients of
+    // one device, a client that gave up waiting for its CONNACK and connected again, a reconnect
+    // storm after a restart) wait for that check instead of each queueing a scrypt of its own.
+    const checkKey = `${key}\n${macB64}\n${row.secret_hash}`
+    let check = this.checking.get(checkKey)
+    if (!check) {
+      check = verifyHash(secret, row.secret_hash).finally(() => this.checking.delete(checkKey))
+      this.checking.set(checkKey, check)
+    }
+    const ok = await check
     // The device may have been changed while scrypt ran; only cache against the current hash.
     const now = this.st.get.get(ref.productId, ref.deviceId) as Row | undefined
     if (!now || now.secret_hash !== row.secret_hash) return now && !now.enabled ? 'disabled' : 'bad_secret'
