@@ -363,6 +363,18 @@ export interface Sut {
   rulesEvalSeconds?: () => Promise<number>
 }
 
+/**
+ * After a start, before the load: a gateway once its hub link is connected (health says so; usually
+ * at once) and 200 ms more; the reference, whose bridge shows nothing of the kind, 1 s (what every
+ * start waited before 2026-12-03).
+ */
+export async function settle(sut: Sut): Promise<void> {
+  if (!sut.health) return sleep(1_000)
+  const deadline = Date.now() + 10_000
+  while (Date.now() < deadline && !(await sut.health().catch(() => undefined))?.northbound?.connected) await sleep(50)
+  await sleep(200)
+}
+
 export const filesBytes = (dir: string | undefined, files: string[]): number =>
   dir ? files.reduce((a, f) => a + (existsSync(path.join(dir, f)) ? statSync(path.join(dir, f)).size : 0), 0) : NaN
 
@@ -497,7 +509,12 @@ export async function startReference(cloudPort: number, saveEveryChange = false)
 
 // --- scenarios ---------------------------------------------------------------------------------
 
-export async function throughput(sut: Sut, hub: HubCounter, publishers: number, payloadBytes: number, total: number, run: string, body: 'fill' | 'telemetry' = 'fill') {
+/**
+ * `devices`: the publishers are connections of this many devices (publisher i logs in as device
+ * i % devices, with its own client id, as an SDK's `{ProductId}/{DeviceId}/{suffix}` clients do): one
+ * scrypt check per device at the gateway instead of one per publisher. Default: one device each.
+ */
+export async function throughput(sut: Sut, hub: HubCounter, publishers: number, payloadBytes: number, total: number, run: string, body: 'fill' | 'telemetry' = 'fill', devices?: number) {
   hub.reset()
   // From the first publish: the publishers' logins (a scrypt each) are not the messages' cost.
   let cpu0 = cpuSeconds(sut.pid())
@@ -513,6 +530,7 @@ export async function throughput(sut: Sut, hub: HubCounter, publishers: number, 
     body,
     productId: PRODUCT,
     auth: sut.auth,
+    devices,
   }, () => (cpu0 = cpuSeconds(sut.pid())))
   const expected = Math.floor(total / publishers) * publishers
   const all = await hub.waitFor(expected)

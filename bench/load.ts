@@ -19,6 +19,8 @@ interface PublishJob {
   body?: 'fill' | 'telemetry'
   auth?: { productId: string; secret: string; deviceIdPrefix: string }
   productId: string
+  /** Publisher i is a connection of device i % devices (default: one device per publisher). */
+  devices?: number
 }
 
 interface IdleJob {
@@ -55,7 +57,8 @@ async function publish(j: PublishJob): Promise<void> {
   const payload = Buffer.alloc(j.payloadBytes, 'p')
   const clients = await Promise.all(
     Array.from({ length: j.publishers }, (_, i) => {
-      const deviceId = j.auth ? `${j.auth.deviceIdPrefix}${i}` : `dev${i}`
+      const d = i % (j.devices ?? j.publishers)
+      const deviceId = j.auth ? `${j.auth.deviceIdPrefix}${d}` : `dev${d}`
       return connect(j.url, {
         clientId: `bench-${j.run}-${i}`,
         username: j.auth ? `${j.productId}/${deviceId}` : undefined,

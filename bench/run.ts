@@ -37,6 +37,7 @@ import {
   rssMb,
   runLoad,
   scenarios,
+  settle,
   sleep,
   startGateway,
   runBench,
@@ -55,10 +56,11 @@ async function historyCost(cloudUrl: string, hub: HubCounter): Promise<void> {
   const cpu: Record<'off' | 'on', number[]> = { off: [], on: [] }
   const perSample: number[] = []
   const filePerSample: number[] = []
-  for (let r = 0; r < RUNS; r++) {
+  // Two alternating runs of each by default (the default bench's 10 minutes), RUNS with --full.
+  for (let r = 0; r < (FULL ? RUNS : Math.min(RUNS, 2)); r++) {
     for (const mode of (r % 2 ? ['on', 'off'] : ['off', 'on']) as ('on' | 'off')[]) {
       const sut = await startGateway(cloudUrl, 10, [], mode === 'on', undefined, 0, undefined, undefined, true)
-      await sleep(1_000)
+      await settle(sut)
       const res = await throughput(sut, hub, 10, 0, Math.round(50_000 * SCALE), `h${mode}${r}`, 'telemetry')
       rate[mode].push(res.rate)
       cpu[mode].push(res.cpuPer10k)
@@ -99,12 +101,13 @@ async function brokerSessionsCost(cloudUrl: string, hub: HubCounter): Promise<vo
   type Load = 'clean' | 'persistentSubs'
   const rate: Record<string, number[]> = {}
   const cpu: Record<string, number[]> = {}
-  for (let r = 0; r < RUNS; r++) {
+  // Two alternating runs of each by default (the default bench's 10 minutes), RUNS with --full.
+  for (let r = 0; r < (FULL ? RUNS : Math.min(RUNS, 2)); r++) {
     for (const load of ['clean', 'persistentSubs'] as Load[]) {
       for (const mode of (r % 2 ? ['sqlite', 'memory'] : ['memory', 'sqlite']) as Mode[]) {
         const sut = await startGateway(cloudUrl, 10, [], false, mode, 0, undefined, undefined, true)
         const release = load === 'persistentSubs' ? await holdIdle(sut.idleUrl, 10, { subscribe: 'upload_data/#', clean: false }) : undefined
-        await sleep(1_000)
+        await settle(sut)
         // With 10 persistent subscribers each message is queued ten times: a third as many keep its
         // part as long as the clean one's (the default bench's 10 minutes; --full keeps the counts).
         const n = Math.round((load === 'persistentSubs' && !FULL ? 10_000 : 30_000) * SCALE)
@@ -178,8 +181,9 @@ async function main(): Promise<void> {
     for (let r = 0; r < (FULL ? RUNS : Math.min(RUNS, 2)); r++) {
       for (const v of Object.keys(variants) as Variant[]) {
         const sut = await startGateway(cloudUrl, 100, [...variants[v]], true, undefined, 0, undefined, undefined, true)
-        await sleep(1_000)
-        const res = await throughput(sut, hub, 100, 64, Math.round(50_000 * SCALE), `rules-${v}-r${r}`)
+        await settle(sut)
+        // 100 publishers, connections of 10 devices: 10 scrypt logins per start instead of 100.
+        const res = await throughput(sut, hub, 100, 64, Math.round(50_000 * SCALE), `rules-${v}-r${r}`, 'fill', 10)
         rate[v].push(res.rate)
         cpuPer10k[v].push(res.cpuPer10k)
         evalUs[v].push(((await sut.rulesEvalSeconds!()) / res.expected) * 1e6)
@@ -189,7 +193,7 @@ async function main(): Promise<void> {
     }
     const ratio = (a: number[], b: number[]): number => round(figure(a, '').median / figure(b, '').median)
     for (const v of ['site', 'allMatch'] as const) {
-      const note = `gateway with ${v === 'site' ? 'the 10 site rules (SITE_RULES, 2 match the load)' : '10 rules that all match the load (ALL_MATCH_RULES)'} vs the same gateway without rules; 100 publishers, QoS 1, 64 B`
+      const note = `gateway with ${v === 'site' ? 'the 10 site rules (SITE_RULES, 2 match the load)' : '10 rules that all match the load (ALL_MATCH_RULES)'} vs the same gateway without rules; 100 publishers (connections of 10 devices), QoS 1, 64 B`
       scenarios[`rules_${v}_intake`] = { gateway: figure(rate[v], 'msg/s'), reference: figure(rate.none, 'msg/s'), ratio: ratio(rate[v], rate.none), note }
       scenarios[`rules_${v}_cpu_s_per_10k`] = { gateway: figure(cpuPer10k[v], 's'), reference: figure(cpuPer10k.none, 's'), ratio: ratio(cpuPer10k[v], cpuPer10k.none), note }
       scenarios[`rules_${v}_eval_us_per_msg`] = { gateway: figure(evalUs[v], 'µs'), note: 'time in the rules step per message (the rules\' evalSeconds)' }
@@ -274,21 +278,18 @@ async function main(): Promise<void> {
   // Memory: idle, and with idle connections held open (gateway: internal listener, so that the
   // figure is the connection's cost, not 5,000 scrypt hashes to seed).
   const per1k: Record<System, number[]> = { gateway: [], reference: [] }
-  if (ONLY !== 'core') for (const system of ['gateway', 'reference'] as System[]) for (let r = 0; r < HEAVY_RUNS; r++) {
+  // Two runs of each by default (with the throughput section's start, three idle readings), HEAVY_RUNS with --full.
+  if (ONLY !== 'core') for (const system of ['gateway', 'reference'] as System[]) for (let r = 0; r < (FULL ? HEAVY_RUNS : Math.min(HEAVY_RUNS, 2)); r++) {
     const sut = await systems[system]()
     await sleep(2_000)
     const idle = rssMb(sut.pid())
-    if (r > 0) rssIdle[system].push(idle)
-    const release1k = await holdIdle(sut.idleUrl, 1000)
-    await sleep(2_000)
-    const with1k = rssMb(sut.pid())
-    await release1k()
+    if (!FULL || r > 0) rssIdle[system].push(idle)
     const release5k = await holdIdle(sut.idleUrl, Math.round(5000 * Math.max(SCALE, 0.2)))
     await sleep(3_000)
     const with5k = rssMb(sut.pid())
     await release5k()
     per1k[system].push((with5k - idle) / (5 * Math.max(SCALE, 0.2)))
-    log(`  ${system} rss idle ${idle.toFixed(1)} MB, 1k ${with1k.toFixed(1)} MB, 5k ${with5k.toFixed(1)} MB`)
+    log(`  ${system} rss idle ${idle.toFixed(1)} MB, ${Math.round(5000 * Math.max(SCALE, 0.2))} idle connections ${with5k.toFixed(1)} MB`)
     await sut.close()
     lap(`memory, ${system}`)
   }
@@ -304,7 +305,7 @@ async function main(): Promise<void> {
   for (const system of ['gateway', 'reference'] as System[]) {
     for (let r = 0; r < HEAVY_RUNS; r++) {
       const sut = await systems[system](true)
-      await sleep(1_000)
+      await settle(sut)
       hub.reset()
       await cloud.stop()
       const n = Math.round(200_000 * SCALE)
@@ -330,7 +331,7 @@ async function main(): Promise<void> {
     // kill -9 with an acknowledged backlog.
     if (ONLY === 'core') continue
     const sut = await systems[system](true)
-    await sleep(1_000)
+    await settle(sut)
     hub.reset()
     await cloud.stop()
     const n = Math.round(100_000 * SCALE)
@@ -417,11 +418,11 @@ function writeResults(started: number, machine: Record<string, unknown>): void {
   process.stdout.write(table)
 }
 
-function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<string, Scenario>; durationS: number; runs: number; heavyRuns: number; partSeconds: Record<string, number> }): string {
+function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<string, Scenario>; durationS: number; runs: number; heavyRuns: number; full: boolean; partSeconds: Record<string, number> }): string {
   const lines = [
     `# Benchmark ${new Date().toISOString().slice(0, 10)}`,
     '',
-    `Machine: ${JSON.stringify(r.machine)}. Took ${r.durationS} s. Runs per figure: ${r.runs} (memory, backlog: ${r.heavyRuns}; kill -9 and RPC: 1).`,
+    `Machine: ${JSON.stringify(r.machine)}. Took ${r.durationS} s. Runs per figure: ${r.runs} (backlog drain: ${r.heavyRuns}; ${r.full ? `memory: ${r.heavyRuns}` : `rules, history, broker sessions: ${Math.min(r.runs, 2)}; memory: ${Math.min(r.heavyRuns, 2)} plus the throughput section's start`}; kill -9, RPC and how cost grows: 1).`,
     '',
     '| scenario | gateway | reference | gateway/reference |',
     '| --- | --- | --- | --- |',
