@@ -366,7 +366,7 @@ export interface Sut {
 /**
  * After a start, before the load: a gateway once its hub link is connected (health says so; usually
  * at once) and 200 ms more; the reference, whose bridge shows nothing of the kind, 1 s (what every
- * start waited before 2026-12-03).
+ * start had before).
  */
 export async function settle(sut: Sut): Promise<void> {
   if (!sut.health) return sleep(1_000)
