@@ -11,6 +11,7 @@
 //   BENCH_BASELINE_BIN=/tmp/old/bin/iothub-edge.js npx tsx bench/intake.ts                  # before/after
 //   BENCH_BASELINE_NODE_OPTIONS='--max-semi-space-size=2'   # the baseline's NODE_OPTIONS, when its start settings differ
 //   BENCH_BASELINE_HISTORY=0   # the baseline with the local history off (what the history costs)
+//   BENCH_BASELINE_ENV=IOTHUB_EDGE_WAL_CHECKPOINT_MS=250   # the baseline with more environment (with BENCH_BASELINE_BIN=bin/iothub-edge.js: a setting A/B)
 //   BENCH_IDLE_AFTER=40   # also the gateway's RSS 5 s and 40 s after its last load (young generation given back?)
 import { readdirSync, readFileSync } from 'node:fs'
 import os from 'node:os'
@@ -23,6 +24,9 @@ const BASELINE = process.env.BENCH_BASELINE_BIN
 const BRIDGE = process.env.BENCH_WITH_BRIDGE === '1'
 const BASELINE_NODE_OPTIONS = process.env.BENCH_BASELINE_NODE_OPTIONS
 const IDLE_AFTER = Number(process.env.BENCH_IDLE_AFTER ?? 0)
+// BENCH_BASELINE_ENV='IOTHUB_EDGE_WAL_CHECKPOINT_MS=250,…': more environment for the baseline only
+// (the same build with another setting: BENCH_BASELINE_BIN=bin/iothub-edge.js).
+const BASELINE_ENV = Object.fromEntries((process.env.BENCH_BASELINE_ENV ?? '').split(',').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]))
 type Kind = 'gateway' | 'baseline' | 'reference'
 
 /** CPU seconds of each thread of a process, by thread name (several threads of one name add up). */
@@ -50,7 +54,7 @@ async function main(): Promise<void> {
   const { cloud, cloudPort, cloudUrl, hub } = await startCloud()
   const start: Record<Kind, () => Promise<Sut>> = {
     gateway: () => startGateway(cloudUrl, 100),
-    baseline: () => startGateway(cloudUrl, 100, [], process.env.BENCH_BASELINE_HISTORY !== '0', undefined, 0, BASELINE_NODE_OPTIONS === undefined ? undefined : { ...GATEWAY_ENV, NODE_OPTIONS: BASELINE_NODE_OPTIONS }, BASELINE),
+    baseline: () => startGateway(cloudUrl, 100, [], process.env.BENCH_BASELINE_HISTORY !== '0', undefined, 0, { ...GATEWAY_ENV, ...(BASELINE_NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: BASELINE_NODE_OPTIONS }), ...BASELINE_ENV }, BASELINE),
     reference: () => startReference(cloudPort),
   }
   const kinds: Kind[] = ['gateway', ...(BASELINE ? (['baseline'] as const) : []), ...(BRIDGE ? (['reference'] as const) : [])]
