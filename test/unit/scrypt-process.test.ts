@@ -83,6 +83,11 @@ describe('scrypt in the gateway’s helper process', () => {
       expect(pid).toBeDefined()
       expect(pid).not.toBe(process.pid)
       expect(alive(pid!)).toBe(true)
+      // glibc's defaults and a pool of two threads in the helper, whatever the gateway was started
+      // with: a fixed mmap threshold there made each check ~2.7 times slower (docs/performance.md).
+      const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')
+      expect(environ).toContain(`UV_THREADPOOL_SIZE=${CONCURRENCY}`)
+      expect(environ.filter((e) => e.startsWith('MALLOC_'))).toEqual([])
       // N not a power of two: an error, as from node:crypto, and the next check still works.
       await expect(scryptOffProcess('x', salt, 32, { N: 1000, r: 8, p: 1 })).rejects.toThrow(/N|invalid/i)
       expect((await scryptOffProcess('x', salt, 16, { N: 1024, r: 8, p: 1 })).length).toBe(16)
