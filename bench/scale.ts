@@ -39,8 +39,8 @@ type Kind = 'gateway' | 'reference' | 'referenceSaveEveryChange'
 /** Where the sizes behind --full were last measured (the default run cites them instead of leaving the keys out). */
 const LAST_FULL: Record<string, string> = {
   kill9_recovery_2m: 'bench/results/2026-12-02-scale-full-recovery.json (API answering 3.0 s after the restart, 174 B of disk per message)',
-  idle_devices_5000: 'bench/results/2026-12-02-scale-idle.json (5.3 MB per 1,000)',
-  idle_devices_10000: 'bench/results/2026-12-02-scale-idle-10k.json (6.2 MB per 1,000; all back 597 s after a restart)',
+  idle_devices_5000: 'bench/results/2026-12-02-scale-idle.json (5.3 MB per 1,000, read 2 s after the start and 3 s after the last login, before the settled readings)',
+  idle_devices_10000: 'bench/results/2026-12-02-scale-full-idle.json (14.8 MB per 1,000 read 30 s after the start and after the last login; all back 242 s after a restart)',
 }
 const KINDS: Kind[] = ['gateway', 'reference', 'referenceSaveEveryChange']
 /** The publishers scenario's publishers are connections of at most this many devices. */
