@@ -546,7 +546,7 @@ export class Gateway {
           .list()
           .filter((c) => c.productId === dev.productId && c.deviceId === dev.deviceId)
           .sort((a, b) => (b.connectedAt ?? 0) - (a.connectedAt ?? 0))[0]?.transport,
-      httpPort: () => this.web?.port ?? cfg.http.port,
+      httpPort: () => this.web?.port ?? 0,
       coapPort: () => this.adapter<{ port: number }>('coap')?.port,
       tls: { ca: cfg.northbound.tls?.ca, rejectUnauthorized: cfg.northbound.tls?.rejectUnauthorized ?? true },
       sendLocal: (cmd) => core.router.accept(cmd, 'local'),

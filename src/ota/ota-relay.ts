@@ -53,6 +53,7 @@ export interface OtaRelayDeps {
   isMapped: (device: DeviceRef) => boolean
   /** The transport a native device was last connected over (its URL is of that kind). */
   transportOf: (device: DeviceRef) => Transport | undefined
+  /** The web server's port once it listens (it starts after the adapters), 0 until then. */
   httpPort: () => number
   coapPort: () => number | undefined
   /** The hub's TLS settings (northbound.tls), used for image downloads too. */
@@ -242,9 +243,11 @@ export class OtaRelay implements CommandHold, LocalFiles {
    * limit (its `maxConcurrent`, or `maxConcurrentPerJob`) of the same job: a staged rollout.
    */
   private releaseWaiting(): void {
-    // At a start, a download resumed from before can finish before the web server listens: the
-    // device's URL would then carry the configured port (0: not chosen yet). Released once it does.
-    if (!this.d.cfg.httpUrl && !this.d.httpPort()) {
+    // At a start, a download resumed from before can finish before the gateway listens: the
+    // device's URL would then carry the configured port (0: not chosen yet), or, for a CoAP device
+    // whose endpoint had not started yet, the HTTP one. The web server listens last, after every
+    // adapter (src/gateway.ts): released once it does, whatever `ota.httpUrl` says.
+    if (!this.d.httpPort()) {
       if (!this.stopped && !this.releaseTimer) {
         this.releaseTimer = setTimeout(() => {
           this.releaseTimer = undefined
