@@ -9,7 +9,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import type { Browser, BrowserContext, Page, Request } from 'playwright-core'
+import type { Browser, BrowserContext, Frame, Page, Request } from 'playwright-core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { CommandDevice } from '../helpers/command-device.js'
 import { launchBrowser, openPage, screenshot, seriousA11yViolations, setUpFirstUser, signedInBrowser, signIn } from '../helpers/browser.js'
@@ -283,15 +283,28 @@ describe('web app: idle session', () => {
       // The stream is the one this page opened and the gateway answered: the previous page's
       // stream, cut by the navigation, never gets a response (on a slow box it may still be
       // retrying while the new page loads).
+      // Chosen among the streams requested once the new page's document is there: on a loaded box
+      // the previous page's stream could be answered again (a retry) just before the navigation,
+      // and was taken for this page's, which never finishes (failed once in CI). Finished streams
+      // are recorded from the start, so one that ends before the wait below is not missed.
       const isStream = (r: Request): boolean => new URL(r.url()).pathname === '/api/events'
-      const answered = page.waitForResponse((r) => isStream(r.request()) && r.status() === 200)
+      let navigated = false
+      const finished = new Set<Request>()
+      const onNavigated = (f: Frame): void => {
+        if (f === page.mainFrame() && new URL(f.url()).pathname === '/ui/tokens') navigated = true
+      }
+      const onFinished = (r: Request): void => void (isStream(r) && finished.add(r))
+      page.on('framenavigated', onNavigated)
+      page.on('requestfinished', onFinished)
+      const answered = page.waitForResponse((r) => navigated && isStream(r.request()) && r.status() === 200)
       await page.goto('/ui/tokens')
       await page.getByRole('heading', { level: 1, name: 'API tokens' }).waitFor()
       const stream = (await answered).request()
-      const ended = page.waitForEvent('requestfinished', { predicate: (r) => r === stream, timeout: 60_000 })
       await page.getByText('Your session ended: sign in again.').waitFor({ timeout: 60_000 })
       await page.getByRole('heading', { level: 1, name: 'Sign in' }).waitFor()
-      await ended
+      await expect.poll(() => finished.has(stream), { timeout: 60_000 }).toBe(true)
+      page.off('framenavigated', onNavigated)
+      page.off('requestfinished', onFinished)
       expect((await page.request.get('/api/auth/state')).ok()).toBe(true)
       expect(((await (await page.request.get('/api/auth/state')).json()) as { user: unknown }).user).toBeNull()
       await screenshot(page, 'session-expired')
