@@ -29,6 +29,10 @@ export const HEAVY_RUNS = Number(process.env.BENCH_HEAVY_RUNS ?? 3)
 // (the idle devices only below the default scale, in a smoke run).
 // --full (npm run bench -- --full) or BENCH_FULL=1: the large sizes of bench/scale.ts too.
 export const FULL = process.argv.includes('--full') || process.env.BENCH_FULL === '1'
+/** Runs of the gateway-against-itself costs (rules, history, broker sessions): two by default (the default bench's 10 minutes), RUNS with --full. */
+export const COST_RUNS = FULL ? RUNS : Math.min(RUNS, 2)
+/** Runs of the memory section: two by default (with the throughput section's start, three idle readings), HEAVY_RUNS with --full. */
+export const MEMORY_RUNS = FULL ? HEAVY_RUNS : Math.min(HEAVY_RUNS, 2)
 export const DEFAULT_SCALE = 0.4
 export const SCALE = Number(process.env.BENCH_SCALE ?? (FULL ? 1 : DEFAULT_SCALE))
 // BENCH_ONLY=rules: only the cost of the local rules (npm run bench:rules)

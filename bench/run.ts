@@ -15,6 +15,8 @@ import {
   type Figure,
   HEAVY_RUNS,
   HubCounter,
+  COST_RUNS,
+  MEMORY_RUNS,
   lap,
   Mosquitto,
   ONLY,
@@ -56,8 +58,7 @@ async function historyCost(cloudUrl: string, hub: HubCounter): Promise<void> {
   const cpu: Record<'off' | 'on', number[]> = { off: [], on: [] }
   const perSample: number[] = []
   const filePerSample: number[] = []
-  // Two alternating runs of each by default (the default bench's 10 minutes), RUNS with --full.
-  for (let r = 0; r < (FULL ? RUNS : Math.min(RUNS, 2)); r++) {
+  for (let r = 0; r < COST_RUNS; r++) {
     for (const mode of (r % 2 ? ['on', 'off'] : ['off', 'on']) as ('on' | 'off')[]) {
       const sut = await startGateway(cloudUrl, 10, [], mode === 'on', undefined, 0, undefined, undefined, true)
       await settle(sut)
@@ -101,8 +102,7 @@ async function brokerSessionsCost(cloudUrl: string, hub: HubCounter): Promise<vo
   type Load = 'clean' | 'persistentSubs'
   const rate: Record<string, number[]> = {}
   const cpu: Record<string, number[]> = {}
-  // Two alternating runs of each by default (the default bench's 10 minutes), RUNS with --full.
-  for (let r = 0; r < (FULL ? RUNS : Math.min(RUNS, 2)); r++) {
+  for (let r = 0; r < COST_RUNS; r++) {
     for (const load of ['clean', 'persistentSubs'] as Load[]) {
       for (const mode of (r % 2 ? ['sqlite', 'memory'] : ['memory', 'sqlite']) as Mode[]) {
         const sut = await startGateway(cloudUrl, 10, [], false, mode, 0, undefined, undefined, true)
@@ -177,8 +177,7 @@ async function main(): Promise<void> {
     const rate: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
     const cpuPer10k: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
     const evalUs: Record<Variant, number[]> = { none: [], site: [], allMatch: [] }
-    // Two alternating runs of each variant by default (the default bench's 10 minutes), RUNS with --full.
-    for (let r = 0; r < (FULL ? RUNS : Math.min(RUNS, 2)); r++) {
+    for (let r = 0; r < COST_RUNS; r++) {
       for (const v of Object.keys(variants) as Variant[]) {
         const sut = await startGateway(cloudUrl, 100, [...variants[v]], true, undefined, 0, undefined, undefined, true)
         await settle(sut)
@@ -278,8 +277,7 @@ async function main(): Promise<void> {
   // Memory: idle, and with idle connections held open (gateway: internal listener, so that the
   // figure is the connection's cost, not 5,000 scrypt hashes to seed).
   const per1k: Record<System, number[]> = { gateway: [], reference: [] }
-  // Two runs of each by default (with the throughput section's start, three idle readings), HEAVY_RUNS with --full.
-  if (ONLY !== 'core') for (const system of ['gateway', 'reference'] as System[]) for (let r = 0; r < (FULL ? HEAVY_RUNS : Math.min(HEAVY_RUNS, 2)); r++) {
+  if (ONLY !== 'core') for (const system of ['gateway', 'reference'] as System[]) for (let r = 0; r < MEMORY_RUNS; r++) {
     const sut = await systems[system]()
     await sleep(2_000)
     const idle = rssMb(sut.pid())
@@ -408,7 +406,7 @@ async function finish(started: number, machine: Record<string, unknown>, hub: Hu
 
 function writeResults(started: number, machine: Record<string, unknown>): void {
   const date = `${new Date().toISOString().slice(0, 10)}${ONLY ? `-${ONLY}` : ''}${FULL ? '-full' : ''}${process.env.BENCH_PARTS ? `-${process.env.BENCH_PARTS.replaceAll(',', '-')}` : ''}`
-  const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, scale: SCALE, full: FULL, machine, partSeconds, scenarios }
+  const result = { date: new Date().toISOString(), durationS: round((Date.now() - started) / 1000), runs: RUNS, heavyRuns: HEAVY_RUNS, costRuns: COST_RUNS, memoryRuns: MEMORY_RUNS, scale: SCALE, full: FULL, machine, partSeconds, scenarios }
   // BENCH_RESULTS_DIR: another folder for the results (a trial run that is not to be committed).
   const dir = process.env.BENCH_RESULTS_DIR ?? path.join(root, 'bench', 'results')
   mkdirSync(dir, { recursive: true })
@@ -418,11 +416,11 @@ function writeResults(started: number, machine: Record<string, unknown>): void {
   process.stdout.write(table)
 }
 
-function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<string, Scenario>; durationS: number; runs: number; heavyRuns: number; full: boolean; partSeconds: Record<string, number> }): string {
+function renderTable(r: { machine: Record<string, unknown>; scenarios: Record<string, Scenario>; durationS: number; runs: number; heavyRuns: number; costRuns: number; memoryRuns: number; full: boolean; partSeconds: Record<string, number> }): string {
   const lines = [
     `# Benchmark ${new Date().toISOString().slice(0, 10)}`,
     '',
-    `Machine: ${JSON.stringify(r.machine)}. Took ${r.durationS} s. Runs per figure: ${r.runs} (backlog drain: ${r.heavyRuns}; ${r.full ? `memory: ${r.heavyRuns}` : `rules, history, broker sessions: ${Math.min(r.runs, 2)}; memory: ${Math.min(r.heavyRuns, 2)} plus the throughput section's start`}; kill -9, RPC and how cost grows: 1).`,
+    `Machine: ${JSON.stringify(r.machine)}. Took ${r.durationS} s. Runs per figure: ${r.runs} (backlog drain: ${r.heavyRuns}; rules, history, broker sessions: ${r.costRuns}; memory: ${r.memoryRuns}${r.full ? '' : " plus the throughput section's start"}; kill -9, RPC and how cost grows: 1).`,
     '',
     '| scenario | gateway | reference | gateway/reference |',
     '| --- | --- | --- | --- |',

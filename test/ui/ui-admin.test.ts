@@ -280,12 +280,10 @@ describe('web app: idle session', () => {
 
       // A page that asks nothing by itself: only the live stream is open. The gateway ends it at
       // the idle timeout (the request finishes, rather than failing as a stream the page closed).
-      // The stream is the one this page opened and the gateway answered: the previous page's
-      // stream, cut by the navigation, never gets a response (on a slow box it may still be
-      // retrying while the new page loads).
-      // Chosen among the streams requested once the new page's document is there: on a loaded box
-      // the previous page's stream could be answered again (a retry) just before the navigation,
-      // and was taken for this page's, which never finishes (failed once in CI). Finished streams
+      // The stream is the one this page opened and the gateway answered, chosen among the streams
+      // requested once the new page's document is there: the previous page's stream, cut by the
+      // navigation, never finishes, and on a loaded box it could be answered again (a retry) just
+      // before the navigation and be taken for this page's (failed once in CI). Finished streams
       // are recorded from the start, so one that ends before the wait below is not missed.
       const isStream = (r: Request): boolean => new URL(r.url()).pathname === '/api/events'
       let navigated = false
