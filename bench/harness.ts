@@ -137,6 +137,11 @@ export class Mosquitto {
     private readonly extra: string[],
   ) {}
   async start(): Promise<void> {
+    // A fresh machine has no Mosquitto until `npm test` (scripts/test.sh) installs it: say so rather
+    // than crash on spawn's ENOENT.
+    if (!existsSync(MOSQUITTO)) {
+      throw new Error(`the bench needs Mosquitto at ${MOSQUITTO} (the reference it measures against): install it with \`apt-get install mosquitto\`, or run \`npm test\` once, which installs every package the tests and the bench use`)
+    }
     const conf = [
       `listener ${this.port} 127.0.0.1`,
       'allow_anonymous true',

@@ -195,86 +195,146 @@ export function packetViolation(p: Packet, opts: GuardOptions = {}): Omit<Violat
   }
 }
 
+/** What the guard keeps per connection: one object, read by functions shared by every connection. */
+interface GuardState {
+  socket: { write(data: Buffer, done: () => void): void; destroy(): void }
+  refused: (v: Violation) => void
+  opts: GuardOptions
+  /** aedes' own 'packet' and 'error' listeners, called once the guard has let a packet through */
+  onward: ((packet: Packet) => void)[]
+  failed: ((err: Error) => void)[]
+  /** the protocol level of the connection's accepted CONNECT */
+  level: number | undefined
+  closed: boolean
+  first: boolean
+  /** the packet being parsed, when one of its fields was found wrong while reading it, and why */
+  markedPacket: Packet | null
+  mark: { rule: string; what: string } | null
+  /** the parser's own readers, which the guarded ones call */
+  readers: Readers
+}
+
+const GUARD = Symbol('iothub-edge packet guard')
+type GuardedParser = Parser & { [GUARD]: GuardState }
+
+// The parser's own readers, taken once from its class's prototype (aedes and aedes 2 may bring
+// different mqtt-packet versions). The guarded ones below are set on each connection's parser; they
+// are module-level functions, not closures, so that a connection costs one GuardState and no
+// functions of its own (docs/performance.md, "What an idle authenticated device costs").
+type Readers = Pick<Parser, '_parsePayload' | '_parseString' | '_parseHeader' | '_parseLength'>
+const readersOf = new WeakMap<object, Readers>()
+
+function markOnce(g: GuardState, packet: Packet, why: { rule: string; what: string }): void {
+  if (g.markedPacket === packet) return
+  g.markedPacket = packet
+  g.mark = why
+}
+
+function guardedParsePayload(this: GuardedParser): boolean {
+  const done = this[GUARD].readers._parsePayload.call(this)
+  const p = this.packet
+  if (done && !this.error && READ_TO_THE_END.has(p.cmd) && this._pos !== p.length) {
+    markOnce(this[GUARD], p, { rule: 'MQTT-4.8.0-1', what: `${(p.length ?? 0) - this._pos} byte(s) more than its fields hold` })
+  }
+  return done
+}
+
+function guardedParseString(this: GuardedParser, maybeBuffer?: boolean): string | null {
+  const start = this._pos + 2
+  const result = this[GUARD].readers._parseString.call(this, maybeBuffer)
+  const g = this[GUARD]
+  if (result !== null && !(typeof result === 'string' && printableAscii(result)) && g.markedPacket !== this.packet) {
+    const reason = badStringReason(this._list.slice(start, this._pos), typeof result === 'string' ? result : undefined)
+    if (reason) markOnce(g, this.packet, { rule: reason.rule, what: `${reason.what} in a string` })
+  }
+  return result
+}
+
+function guardedParseHeader(this: GuardedParser): boolean {
+  const cmd = this[GUARD].level === 3 ? DUP_IN_MQTT31.get(this._list.readUInt8(0)) : undefined
+  if (cmd === undefined) return this[GUARD].readers._parseHeader.call(this)
+  Object.assign(this.packet, { cmd, qos: 1, dup: true, retain: false })
+  this._list.consume(1)
+  return true
+}
+
+function guardedParseLength(this: GuardedParser): boolean {
+  const done = this[GUARD].readers._parseLength.call(this)
+  const g = this[GUARD]
+  if (!done || g.closed) return done
+  const v = headerViolation(this.packet.cmd, this.packet.length ?? 0, g.level !== undefined)
+  if (!v) return true
+  refuse(g, v, this.packet.cmd)
+  return false // nothing more of this connection is parsed
+}
+
+function refuse(g: GuardState, v: Omit<Violation, 'cmd'>, cmd: string, protocolVersion?: number): void {
+  g.closed = true
+  // The CONNACK goes out before the close [MQTT-3.2.2-5].
+  if (v.connack !== undefined) g.socket.write(connack(v.connack, protocolVersion), () => g.socket.destroy())
+  else g.socket.destroy()
+  g.refused({ ...v, cmd })
+}
+
+// A CONNECT of a protocol level aedes does not speak is a parse error in mqtt-packet; the spec
+// wants CONNACK 0x01 before the close [MQTT-3.1.2-2].
+function onParseError(this: GuardedParser, err: Error): void {
+  const g = this[GUARD]
+  const forward = (): void => {
+    for (const fn of g.failed) fn.call(this, err)
+  }
+  if (g.first && !g.closed && err.message === 'Invalid protocol version') {
+    g.closed = true
+    g.socket.write(connack(UNACCEPTABLE_PROTOCOL_VERSION), forward)
+    g.refused({ rule: 'MQTT-3.1.2-2', what: 'a protocol level other than 3 (3.1) or 4 (3.1.1)', cmd: 'connect', connack: UNACCEPTABLE_PROTOCOL_VERSION })
+  } else forward()
+}
+
+function onPacket(this: GuardedParser, packet: Packet): void {
+  const g = this[GUARD]
+  if (g.closed) return
+  g.first = false
+  const marked = g.markedPacket === packet ? g.mark : null
+  g.markedPacket = g.mark = null
+  const v: Omit<Violation, 'cmd'> | null = marked ?? packetViolation(packet, g.opts)
+  if (!v) {
+    if (packet.cmd === 'connect') g.level ??= packet.protocolVersion
+    for (const fn of g.onward) fn.call(this, packet)
+    return
+  }
+  refuse(g, v, packet.cmd, packet.protocolVersion)
+}
+
 /**
  * Put the checks in front of one aedes client (right after `aedes.handle(socket)`). `refused`
  * hears each violation once, after the connection is closed.
  */
 export function guardClient(client: Client, refused: (v: Violation) => void, opts: GuardOptions = {}): void {
-  const parser = (client as unknown as { _parser: Parser })._parser
-  const socket = client.conn as unknown as { write(data: Buffer, done: () => void): void; destroy(): void }
-  const refusedAtParse = new WeakMap<Packet, { rule: string; what: string }>()
-  const readPayload = parser._parsePayload
-  parser._parsePayload = function guardedParsePayload(this: Parser): boolean {
-    const done = readPayload.call(this)
-    const p = this.packet
-    if (done && !this.error && READ_TO_THE_END.has(p.cmd) && this._pos !== p.length && !refusedAtParse.has(p)) {
-      refusedAtParse.set(p, { rule: 'MQTT-4.8.0-1', what: `${(p.length ?? 0) - this._pos} byte(s) more than its fields hold` })
-    }
-    return done
-  }
-  const readString = parser._parseString
-  parser._parseString = function guardedParseString(this: Parser, maybeBuffer?: boolean): string | null {
-    const start = this._pos + 2
-    const result = readString.call(this, maybeBuffer)
-    if (result !== null && !(typeof result === 'string' && printableAscii(result)) && !refusedAtParse.has(this.packet)) {
-      const reason = badStringReason(this._list.slice(start, this._pos), typeof result === 'string' ? result : undefined)
-      if (reason) refusedAtParse.set(this.packet, { rule: reason.rule, what: `${reason.what} in a string` })
-    }
-    return result
-  }
-  // The protocol level of the connection's accepted CONNECT.
-  let level: number | undefined
-  const readHeader = parser._parseHeader
-  parser._parseHeader = function guardedParseHeader(this: Parser): boolean {
-    const cmd = level === 3 ? DUP_IN_MQTT31.get(this._list.readUInt8(0)) : undefined
-    if (cmd === undefined) return readHeader.call(this)
-    Object.assign(this.packet, { cmd, qos: 1, dup: true, retain: false })
-    this._list.consume(1)
-    return true
-  }
+  const parser = (client as unknown as { _parser: GuardedParser })._parser
+  const proto = Object.getPrototypeOf(parser) as Parser
+  let readers = readersOf.get(proto)
+  if (!readers) readersOf.set(proto, (readers = { _parsePayload: proto._parsePayload, _parseString: proto._parseString, _parseHeader: proto._parseHeader, _parseLength: proto._parseLength }))
   const onward = parser.listeners('packet') as ((packet: Packet) => void)[]
   parser.removeAllListeners('packet')
-  let closed = false
-  let first = true
-  const refuse = (v: Omit<Violation, 'cmd'>, cmd: string, protocolVersion?: number): void => {
-    closed = true
-    // The CONNACK goes out before the close [MQTT-3.2.2-5].
-    if (v.connack !== undefined) socket.write(connack(v.connack, protocolVersion), () => socket.destroy())
-    else socket.destroy()
-    refused({ ...v, cmd })
-  }
-  const readLength = parser._parseLength
-  parser._parseLength = function guardedParseLength(this: Parser): boolean {
-    const done = readLength.call(this)
-    if (!done || closed) return done
-    const v = headerViolation(this.packet.cmd, this.packet.length ?? 0, level !== undefined)
-    if (!v) return true
-    refuse(v, this.packet.cmd)
-    return false // nothing more of this connection is parsed
-  }
-  // A CONNECT of a protocol level aedes does not speak is a parse error in mqtt-packet; the spec
-  // wants CONNACK 0x01 before the close [MQTT-3.1.2-2].
   const failed = parser.listeners('error') as ((err: Error) => void)[]
   parser.removeAllListeners('error')
-  parser.on('error', (err) => {
-    const forward = (): void => {
-      for (const fn of failed) fn.call(parser, err)
-    }
-    if (first && !closed && err.message === 'Invalid protocol version') {
-      closed = true
-      socket.write(connack(UNACCEPTABLE_PROTOCOL_VERSION), forward)
-      refused({ rule: 'MQTT-3.1.2-2', what: 'a protocol level other than 3 (3.1) or 4 (3.1.1)', cmd: 'connect', connack: UNACCEPTABLE_PROTOCOL_VERSION })
-    } else forward()
-  })
-  parser.on('packet', (packet) => {
-    if (closed) return
-    first = false
-    const v: Omit<Violation, 'cmd'> | null = refusedAtParse.get(packet) ?? packetViolation(packet, opts)
-    if (!v) {
-      if (packet.cmd === 'connect') level ??= packet.protocolVersion
-      for (const fn of onward) fn.call(parser, packet)
-      return
-    }
-    refuse(v, packet.cmd, packet.protocolVersion)
-  })
+  parser[GUARD] = {
+    socket: client.conn as unknown as GuardState['socket'],
+    refused,
+    opts,
+    onward,
+    failed,
+    level: undefined,
+    closed: false,
+    first: true,
+    markedPacket: null,
+    mark: null,
+    readers,
+  }
+  parser._parsePayload = guardedParsePayload
+  parser._parseString = guardedParseString
+  parser._parseHeader = guardedParseHeader
+  parser._parseLength = guardedParseLength
+  parser.on('error', onParseError)
+  parser.on('packet', onPacket)
 }
